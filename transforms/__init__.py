@@ -1,1 +1,2 @@
 
+from transforms.target_builder import TargetBuilder
