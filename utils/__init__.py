@@ -1,1 +1,2 @@
 
+from utils.submission import check_coverage, write_submission
