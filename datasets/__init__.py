@@ -1,1 +1,6 @@
-
+"""Data layer: dataset adapters -> scenario record -> QCNet features -> on-disk cache -> Dataset / DataModule."""
+from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, DATASET_IDS, POINT_SIDES, POINT_TYPES,
+                               POLYGON_IS_INTERSECTIONS, POLYGON_KINDS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES,
+                               AgentTracks, MapRecord, Polylines, ScenarioError, ScenarioRecord, TimeBase)
+from datasets.argoverse_v2 import list_argoverse_v2_scenarios, load_argoverse_v2_scenario
+from datasets.processing import build_qcnet_features, process_scenario, to_hetero_data
