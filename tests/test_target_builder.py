@@ -67,3 +67,29 @@ def test_input_sample_and_predict_mask_are_left_untouched():
 def test_sample_without_future_is_rejected_with_scenario_id():
     with pytest.raises(ValueError, match='scenario sample-0: .* 50/50 steps, expected 50 history \\+ 60 future'):
         TargetBuilder(50, 60)(make_sample(num_steps=50))
+
+
+REAL_TRAIN_SCENARIO = ('../shared/data/av2/train/0a1e6f0a-1817-4a98-b02e-db8c9327d151')
+
+
+def test_real_scenario_targets_map_back_to_world_positions():
+    import os
+    if not os.path.isdir(REAL_TRAIN_SCENARIO):
+        pytest.skip(f'real AV2 sample not found at {REAL_TRAIN_SCENARIO} (shared data absent)')
+    from datasets import load_argoverse_v2_scenario, process_scenario
+    data = TargetBuilder(50, 60)(process_scenario(load_argoverse_v2_scenario(REAL_TRAIN_SCENARIO)))
+    agent = data['agent']
+    assert agent['target'].shape == (agent['num_nodes'], 60, 4)
+    focal = int((agent['category'] == 3).nonzero().item())
+    assert agent['id'][focal] == '138951'
+    assert agent['predict_mask'][focal, 50:].all()
+    # Rotating the focal agent's targets back by its heading at step 49 (as test-time submission code does)
+    # must give back its logged future positions.
+    theta = agent['heading'][focal, 49]
+    back = torch.stack([agent['target'][focal, :, 0] * theta.cos() - agent['target'][focal, :, 1] * theta.sin(),
+                        agent['target'][focal, :, 0] * theta.sin() + agent['target'][focal, :, 1] * theta.cos()], -1)
+    back = back + agent['position'][focal, 49, :2]
+    torch.testing.assert_close(back, agent['position'][focal, 50:, :2], atol=1e-3, rtol=0)
+    # This focal vehicle creeps forward and stops: ~1.9 m straight ahead, almost no lateral offset or turn.
+    final = agent['target'][focal, -1]
+    assert 1.5 < final[0] < 2.5 and final[1].abs() < 0.3 and final[3].abs() < 0.05
