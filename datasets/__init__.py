@@ -4,3 +4,5 @@ from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, DATASET_IDS, POINT
                                AgentTracks, MapRecord, Polylines, ScenarioError, ScenarioRecord, TimeBase)
 from datasets.argoverse_v2 import list_argoverse_v2_scenarios, load_argoverse_v2_scenario
 from datasets.processing import build_qcnet_features, process_scenario, to_hetero_data
+from datasets.storage import (CACHE_SUFFIX, FORMAT_VERSION, CacheError, CacheVersionError, load_features, read_header,
+                              save_features)
