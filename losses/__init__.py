@@ -1,1 +1,5 @@
 
+from losses.laplace_nll_loss import LaplaceNLLLoss
+from losses.mixture_nll_loss import MixtureNLLLoss
+from losses.nll_loss import NLLLoss
+from losses.von_mises_nll_loss import VonMisesNLLLoss

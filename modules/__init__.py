@@ -1,1 +1,6 @@
 
+from modules.qcnet_agent_encoder import QCNetAgentEncoder
+from modules.qcnet_decoder import QCNetDecoder
+from modules.qcnet_encoder import QCNetEncoder
+from modules.qcnet_map_encoder import QCNetMapEncoder
+from modules.qcnet_proposal_decoder import QCNetProposalDecoder, QCNetProposeStage

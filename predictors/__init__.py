@@ -1,1 +1,2 @@
 
+from predictors.qcnet import QCNet

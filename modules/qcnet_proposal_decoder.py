@@ -1,0 +1,227 @@
+"""Mode-query decoding shared by the supervised QCNet decoder and the propose-only SmartPretrain decoder.
+
+``QCNetProposeStage`` builds the query graphs (history -> mode, map -> mode, agent -> mode, mode <-> mode) and runs
+the recurrent proposal attention; ``QCNetProposalDecoder`` exposes the mode embedding after each recurrence, and
+``modules.qcnet_decoder.QCNetDecoder`` adds the trajectory heads and the refinement stage.
+
+Mode-query layouts used below (A agents, K modes): "agent-major" index a * K + k, "mode-major" index k * A + a.
+"""
+from typing import Dict, List, Mapping, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+from torch_geometric.data import Batch, HeteroData
+
+from layers.attention_layer import AttentionLayer
+from layers.fourier_embedding import FourierEmbedding
+from modules.qcnet_map_encoder import MAX_NUM_NEIGHBORS, relative_pose_features
+from utils.geometry import angle_between_2d_vectors, wrap_angle
+from utils.graph import bipartite_dense_to_sparse, radius, radius_graph
+from utils.weight_init import weight_init
+
+
+class ModeQueryGraph(NamedTuple):
+    """Inputs of the mode-query attention layers (node sets and edges), computed once per forward pass.
+
+    x_t [A*T, hidden] agent history (agent-major), x_pl [P, hidden] map polygons, x_a [A, hidden] agents at the
+    current step; edge_index_t2m [2, E] (x_t -> agent-major queries), edge_index_pl2m (x_pl -> mode-major queries),
+    edge_index_a2m (x_a -> mode-major queries), edge_index_m2m (agent-major queries <-> same agent's queries);
+    r_* the matching edge embeddings [E, hidden].
+    """
+    x_t: torch.Tensor
+    x_pl: torch.Tensor
+    x_a: torch.Tensor
+    edge_index_t2m: torch.Tensor
+    r_t2m: torch.Tensor
+    edge_index_pl2m: torch.Tensor
+    r_pl2m: torch.Tensor
+    edge_index_a2m: torch.Tensor
+    r_a2m: torch.Tensor
+    edge_index_m2m: torch.Tensor
+
+
+class QCNetProposeStage(nn.Module):
+    """Shared part of the QCNet decoders: mode embeddings, relative-pose embeddings and proposal attention."""
+
+    def __init__(self, dataset: str, input_dim: int, hidden_dim: int, output_dim: int, output_head: bool,
+                 num_historical_steps: int, num_future_steps: int, num_modes: int, num_recurrent_steps: int,
+                 num_t2m_steps: Optional[int], pl2m_radius: float, a2m_radius: float, num_freq_bands: int,
+                 num_layers: int, num_heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        if dataset != 'argoverse_v2':
+            raise ValueError(f'{dataset} is not a valid dataset')
+        self.dataset = dataset
+        self.input_dim = input_dim
+        self.hidden_dim = hidden_dim
+        self.output_dim = output_dim
+        self.output_head = output_head
+        self.num_historical_steps = num_historical_steps
+        self.num_future_steps = num_future_steps
+        self.num_modes = num_modes
+        self.num_recurrent_steps = num_recurrent_steps
+        self.num_t2m_steps = num_t2m_steps if num_t2m_steps is not None else num_historical_steps
+        self.pl2m_radius = pl2m_radius
+        self.a2m_radius = a2m_radius
+        self.num_freq_bands = num_freq_bands
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+
+        input_dim_r_t = 4  # distance, bearing, relative heading, time offset
+        input_dim_r_pl2m = 3
+        input_dim_r_a2m = 3
+
+        # Registration order reproduces the official state-dict order.
+        self.mode_emb = nn.Embedding(num_modes, hidden_dim)
+        self.r_t2m_emb = FourierEmbedding(input_dim=input_dim_r_t, hidden_dim=hidden_dim, num_freq_bands=num_freq_bands)
+        self.r_pl2m_emb = FourierEmbedding(input_dim=input_dim_r_pl2m, hidden_dim=hidden_dim,
+                                           num_freq_bands=num_freq_bands)
+        self.r_a2m_emb = FourierEmbedding(input_dim=input_dim_r_a2m, hidden_dim=hidden_dim,
+                                          num_freq_bands=num_freq_bands)
+        self._register_trajectory_embedding()
+        self.t2m_propose_attn_layers = self._attention_stack(bipartite=True)
+        self.pl2m_propose_attn_layers = self._attention_stack(bipartite=True)
+        self.a2m_propose_attn_layers = self._attention_stack(bipartite=True)
+        self.m2m_propose_attn_layer = self._attention(bipartite=False, has_pos_emb=False)
+
+    def _register_trajectory_embedding(self) -> None:
+        """Hook for subclasses that embed proposed trajectories (registered here to keep the official key order)."""
+
+    def _attention(self, bipartite: bool, has_pos_emb: bool) -> AttentionLayer:
+        return AttentionLayer(hidden_dim=self.hidden_dim, num_heads=self.num_heads, head_dim=self.head_dim,
+                              dropout=self.dropout, bipartite=bipartite, has_pos_emb=has_pos_emb)
+
+    def _attention_stack(self, bipartite: bool) -> nn.ModuleList:
+        return nn.ModuleList([self._attention(bipartite=bipartite, has_pos_emb=True) for _ in range(self.num_layers)])
+
+    def build_query_graph(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> ModeQueryGraph:
+        """Edges and edge embeddings of the mode queries, in each agent's frame at the last history step."""
+        steps, num_modes = self.num_historical_steps, self.num_modes
+        agent = data['agent']
+        pos_m = agent['position'][:, steps - 1, :self.input_dim]  # [A, D]
+        head_m = agent['heading'][:, steps - 1]
+        head_vector_m = torch.stack([head_m.cos(), head_m.sin()], dim=-1)
+        num_agents = pos_m.size(0)
+
+        x_t = scene_enc['x_a'].reshape(-1, self.hidden_dim)
+        x_pl = scene_enc['x_pl'][:, steps - 1]
+        x_a = scene_enc['x_a'][:, -1]
+
+        # Only the last num_t2m_steps valid history steps feed the queries; only agents to be predicted get queries.
+        mask_src = agent['valid_mask'][:, :steps].clone()
+        mask_src[:, :steps - self.num_t2m_steps] = False
+        mask_dst = agent['predict_mask'].any(dim=-1)  # [A]
+
+        # History -> mode: the edge embedding depends on (agent, step) only, so it is computed once and shared by
+        # the K modes (edges ordered agent, step, mode).
+        pos_t = agent['position'][:, :steps, :self.input_dim].reshape(-1, self.input_dim)
+        head_t = agent['heading'][:, :steps].reshape(-1)
+        src, dst = bipartite_dense_to_sparse((mask_src & mask_dst.unsqueeze(1)).unsqueeze(2))
+        rel_pos_t2m = pos_t[src] - pos_m[dst]
+        r_t2m = torch.stack(
+            [torch.linalg.vector_norm(rel_pos_t2m[:, :2], dim=-1),
+             angle_between_2d_vectors(ctr_vector=head_vector_m[dst], nbr_vector=rel_pos_t2m[:, :2]),
+             wrap_angle(head_t[src] - head_m[dst]),
+             ((src % steps) - steps + 1).to(pos_t.dtype)], dim=-1)
+        r_t2m = self.r_t2m_emb(continuous_inputs=r_t2m, categorical_embs=None)
+        modes = torch.arange(num_modes, device=src.device)
+        edge_index_t2m = torch.stack([src.repeat_interleave(num_modes),
+                                      (dst.unsqueeze(1) * num_modes + modes).reshape(-1)], dim=0)
+        r_t2m = r_t2m.repeat_interleave(repeats=num_modes, dim=0)
+
+        batch_a = agent['batch'] if isinstance(data, Batch) else None
+        batch_pl = data['map_polygon']['batch'] if isinstance(data, Batch) else None
+        pos_pl = data['map_polygon']['position'][:, :self.input_dim]
+        orient_pl = data['map_polygon']['orientation']
+        # Map -> mode (mode-major queries); sources are the P polygon rows, shared by all modes.
+        edge_index_pl2m = radius(x=pos_m[:, :2], y=pos_pl[:, :2], r=self.pl2m_radius, batch_x=batch_a,
+                                 batch_y=batch_pl, max_num_neighbors=MAX_NUM_NEIGHBORS)
+        edge_index_pl2m = edge_index_pl2m[:, mask_dst[edge_index_pl2m[1]]]
+        src, dst = edge_index_pl2m
+        r_pl2m = relative_pose_features(pos_pl[src] - pos_m[dst], head_vector_m[dst],
+                                        wrap_angle(orient_pl[src] - head_m[dst]), input_dim=2)
+        r_pl2m = self.r_pl2m_emb(continuous_inputs=r_pl2m, categorical_embs=None)
+        edge_index_pl2m = self._repeat_over_modes(edge_index_pl2m, num_agents)
+        r_pl2m = r_pl2m.repeat(num_modes, 1)
+
+        # Agent -> mode (mode-major queries); sources are the A agents at the current step.
+        edge_index_a2m = radius_graph(x=pos_m[:, :2], r=self.a2m_radius, batch=batch_a, loop=False,
+                                      max_num_neighbors=MAX_NUM_NEIGHBORS)
+        edge_index_a2m = edge_index_a2m[:, mask_src[:, -1][edge_index_a2m[0]] & mask_dst[edge_index_a2m[1]]]
+        src, dst = edge_index_a2m
+        r_a2m = relative_pose_features(pos_m[src] - pos_m[dst], head_vector_m[dst],
+                                       wrap_angle(head_m[src] - head_m[dst]), input_dim=2)
+        r_a2m = self.r_a2m_emb(continuous_inputs=r_a2m, categorical_embs=None)
+        edge_index_a2m = self._repeat_over_modes(edge_index_a2m, num_agents)
+        r_a2m = r_a2m.repeat(num_modes, 1)
+
+        # Mode <-> mode: all modes of one agent attend to each other (self included); agent-major.
+        pair = mask_dst.view(-1, 1, 1).expand(-1, num_modes, num_modes)
+        edge_index_m2m = bipartite_dense_to_sparse(pair)
+        return ModeQueryGraph(x_t, x_pl, x_a, edge_index_t2m, r_t2m, edge_index_pl2m, r_pl2m,
+                              edge_index_a2m, r_a2m, edge_index_m2m)
+
+    def _repeat_over_modes(self, edge_index: torch.Tensor, num_agents: int) -> torch.Tensor:
+        """[2, E] edges into agent queries -> [2, K*E] edges into mode-major queries (sources unchanged)."""
+        offsets = torch.arange(self.num_modes, device=edge_index.device).unsqueeze(1) * num_agents
+        return torch.stack([edge_index[0].repeat(self.num_modes),
+                            (edge_index[1].unsqueeze(0) + offsets).reshape(-1)], dim=0)
+
+    def attend(self, m: torch.Tensor, graph: ModeQueryGraph, t2m_layers: nn.ModuleList, pl2m_layers: nn.ModuleList,
+               a2m_layers: nn.ModuleList, m2m_layer: AttentionLayer) -> torch.Tensor:
+        """One pass of query attention: m [A*K, hidden] agent-major -> [A, K, hidden]."""
+        num_modes = self.num_modes
+        for i in range(self.num_layers):
+            m = m.reshape(-1, self.hidden_dim)
+            m = t2m_layers[i]((graph.x_t, m), graph.r_t2m, graph.edge_index_t2m)
+            m = m.reshape(-1, num_modes, self.hidden_dim).transpose(0, 1).reshape(-1, self.hidden_dim)
+            m = pl2m_layers[i]((graph.x_pl, m), graph.r_pl2m, graph.edge_index_pl2m)
+            m = a2m_layers[i]((graph.x_a, m), graph.r_a2m, graph.edge_index_a2m)
+            m = m.reshape(num_modes, -1, self.hidden_dim).transpose(0, 1).reshape(-1, self.hidden_dim)
+        m = m2m_layer(m, None, graph.edge_index_m2m)
+        return m.reshape(-1, num_modes, self.hidden_dim)
+
+    def propose(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]):
+        """Runs the recurrent proposal stage.
+
+        Returns (graph, list of num_recurrent_steps mode embeddings [A, K, hidden]); each recurrence starts from the
+        previous one's output (the first from the learnt mode embeddings).
+        """
+        graph = self.build_query_graph(data, scene_enc)
+        num_agents = scene_enc['x_a'].size(0)
+        m = self.mode_emb.weight.repeat(num_agents, 1)  # [A*K, hidden], agent-major
+        embeddings: List[torch.Tensor] = []
+        for _ in range(self.num_recurrent_steps):
+            m = self.attend(m, graph, self.t2m_propose_attn_layers, self.pl2m_propose_attn_layers,
+                            self.a2m_propose_attn_layers, self.m2m_propose_attn_layer)
+            embeddings.append(m)
+        return graph, embeddings
+
+
+class QCNetProposalDecoder(QCNetProposeStage):
+    """Propose-only QCNet decoder used by SmartPretrain (no trajectory heads, no refinement, no traj_emb).
+
+    Same constructor as :class:`modules.qcnet_decoder.QCNetDecoder`; parameter names match the ``decoder.*``
+    entries of the official SmartPretrain checkpoints. ``forward(data, scene_enc)`` returns the mode embedding after
+    each recurrence, shaped [num_recurrent_steps, A, hidden] when ``num_modes == 1`` (SmartPretrain) and
+    [num_recurrent_steps, A, num_modes, hidden] otherwise. Agents without any prediction target get embeddings that
+    only saw the mode embedding (they receive no edges).
+    """
+
+    def __init__(self, dataset: str, input_dim: int, hidden_dim: int, output_dim: int, output_head: bool,
+                 num_historical_steps: int, num_future_steps: int, num_modes: int, num_recurrent_steps: int,
+                 num_t2m_steps: Optional[int], pl2m_radius: float, a2m_radius: float, num_freq_bands: int,
+                 num_layers: int, num_heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__(dataset=dataset, input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim,
+                         output_head=output_head, num_historical_steps=num_historical_steps,
+                         num_future_steps=num_future_steps, num_modes=num_modes,
+                         num_recurrent_steps=num_recurrent_steps, num_t2m_steps=num_t2m_steps,
+                         pl2m_radius=pl2m_radius, a2m_radius=a2m_radius, num_freq_bands=num_freq_bands,
+                         num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
+        self.apply(weight_init)
+
+    def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        _, embeddings = self.propose(data, scene_enc)
+        out = torch.stack(embeddings)  # [R, A, K, hidden]
+        return out.squeeze(2) if self.num_modes == 1 else out
