@@ -6,3 +6,6 @@ from datasets.argoverse_v2 import list_argoverse_v2_scenarios, load_argoverse_v2
 from datasets.processing import build_qcnet_features, process_scenario, to_hetero_data
 from datasets.storage import (CACHE_SUFFIX, FORMAT_VERSION, CacheError, CacheVersionError, load_features, read_header,
                               save_features)
+from datasets.preprocess import ProcessingOptions, PreprocessSummary, preprocess_scenarios
+from datasets.argoverse_v2_dataset import ArgoverseV2Dataset
+from datasets.datamodule import ArgoverseV2DataModule, SizeCappedBatchSampler
