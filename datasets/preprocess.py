@@ -136,6 +136,13 @@ def _init_worker(raw_dir: str, processed_dir: str, dataset: str, options: Proces
                    meta=options.as_meta(dataset), strict=strict)
 
 
+def _init_pool_worker(*args: Any) -> None:
+    # one thread per worker process: N processes x M intra-op threads would oversubscribe the cores
+    import torch
+    torch.set_num_threads(1)
+    _init_worker(*args)
+
+
 def process_one(name: str) -> Tuple[str, Optional[int], Optional[Tuple[str, str]]]:
     """Worker: raw scenario ``name`` -> cache file. Returns (name, bytes written or None, (file, reason) or None)."""
     options: ProcessingOptions = _WORKER['options']
@@ -221,7 +228,7 @@ def _run(todo: List[str], num_workers: int, init_args: tuple, chunksize: int, su
     # fork: workers inherit the imported modules (no re-import of torch); they only use numpy/pyarrow
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
-    with context.Pool(num_workers, initializer=_init_worker, initargs=init_args) as pool:
+    with context.Pool(num_workers, initializer=_init_pool_worker, initargs=init_args) as pool:
         _collect(pool.imap_unordered(process_one, todo, chunksize=chunksize), summary, bar)
 
 
