@@ -90,3 +90,141 @@ def test_prediction_rejects_wrong_shapes():
         Prediction(np.zeros((6, 60)), np.full(6, 1 / 6), label='bad')
     with pytest.raises(ValueError, match='5 probabilities for 6 modes'):
         Prediction(np.zeros((6, 60, 2)), np.full(5, 0.2), label='bad')
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Real Argoverse 2 samples
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _load_real(split: str, scenario_id: str):
+    from datasets import load_argoverse_v2_scenario, process_scenario
+    return process_scenario(load_argoverse_v2_scenario(SHARED_AV2 / split / scenario_id))
+
+
+@pytest.fixture(scope='module')
+def austin():
+    if not (SHARED_AV2 / 'train' / AUSTIN_ID).is_dir():
+        pytest.skip(f'real AV2 samples not found at {SHARED_AV2} (../shared/data/av2)')
+    return _load_real('train', AUSTIN_ID)
+
+
+def _curved_modes(num_agents: int, num_modes: int = 6, num_steps: int = 60, seed: int = 0):
+    """Hand-made QCNet-like output: K arcs in each agent's frame (forward = +x) and random mixture logits."""
+    generator = torch.Generator().manual_seed(seed)
+    speed = torch.linspace(3.0, 12.0, num_modes)[:, None]                # m/s per mode
+    curvature = torch.linspace(-0.04, 0.04, num_modes)[:, None]          # 1/m per mode
+    arc = speed * torch.arange(1, num_steps + 1, dtype=torch.float32) / 10.0  # [K, F] travelled distance
+    angle = curvature * arc
+    # chord of the arc: length ~ arc, direction half the turned angle
+    local = torch.stack([arc * torch.cos(angle / 2), arc * torch.sin(angle / 2)], dim=-1)
+    return {'loc_refine_pos': local.expand(num_agents, -1, -1, -1).clone(),
+            'pi': torch.randn(num_agents, num_modes, generator=generator)}
+
+
+@needs_real_data
+def test_map_polygons_reproduce_the_raw_lane_boundaries(austin):
+    raw = json.loads(next((SHARED_AV2 / 'train' / AUSTIN_ID).glob('log_map_archive_*.json')).read_text())
+    polygons = map_polygons(austin)
+    lanes = [p for p in polygons if p.polygon_type != 'PEDESTRIAN']
+    assert len(lanes) == 71 and len(polygons) - len(lanes) == 2 * 6  # each crosswalk is two directed polygons
+    for lane in raw['lane_segments'].values():
+        for side in ('left', 'right'):
+            expected = np.array([[p['x'], p['y']] for p in lane[f'{side}_lane_boundary']])
+            # the whole boundary, last point included (rebuilt from the last vector), in some polygon
+            matches = [p for p in lanes if getattr(p, side).shape == expected.shape and
+                       np.allclose(getattr(p, side), expected, atol=2e-3)]
+            assert matches, f'lane {lane["id"]} {side} boundary not reproduced'
+            assert matches[0].__dict__[f'{side}_mark'] == lane[f'{side}_lane_mark_type']
+
+
+@needs_real_data
+def test_prediction_from_output_uses_the_focal_frame(austin):
+    focal = focal_agent_index(austin)
+    assert austin['agent']['id'][focal] == '138951'
+    output = _curved_modes(austin['agent']['num_nodes'])
+    prediction = prediction_from_output(austin, output, label='x')
+    origin = austin['agent']['position'][focal, 49, :2].double().numpy()
+    heading = float(austin['agent']['heading'][focal, 49])
+    first_step = prediction.trajectories[:, 0] - origin  # one step ahead of the agent
+    along = first_step @ np.array([math.cos(heading), math.sin(heading)])
+    np.testing.assert_allclose(along, output['loc_refine_pos'][focal, :, 0, 0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(prediction.probabilities, torch.softmax(output['pi'][focal].double(), -1).numpy())
+
+
+@needs_real_data
+def test_side_by_side_prediction_plot_on_real_scenario(austin, tmp_path):
+    output = _curved_modes(austin['agent']['num_nodes'])
+    scratch = prediction_from_output(austin, output, label='scratch')
+    better = {'loc_refine_pos': output['loc_refine_pos'] * 0.5, 'pi': output['pi'] * 3}
+    pretrained = prediction_from_output(austin, better, label='pre-trained')
+    figure = plot_scenario(austin, [scratch, pretrained])
+    focal = focal_agent_index(austin)
+    future = austin['agent']['position'][focal, 50:, :2].double().numpy()
+    valid = austin['agent']['valid_mask'][focal, 50:].numpy()
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert len(panels) == 2
+    for ax, prediction in zip(panels, (scratch, pretrained)):
+        ade, fde = min_ade_fde(prediction, future, valid)
+        assert ax.get_title() == f'{prediction.label}\nminFDE {fde:.2f} m   minADE {ade:.2f} m'
+        # every mode's endpoint and the ground truth are inside the (shared) view
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        points = np.concatenate([prediction.trajectories[:, -1], future[valid]])
+        assert ((points[:, 0] > x0) & (points[:, 0] < x1) & (points[:, 1] > y0) & (points[:, 1] < y1)).all()
+    path = Path(save_figure(figure, tmp_path / 'nested' / 'austin.png'))
+    pixels = _assert_rich_png(path)
+    assert _pixels_near(pixels, PRED_COLOR) > 500, 'no predicted modes drawn'
+    assert _pixels_near(pixels, FOCAL_COLOR) > 20, 'focal agent not drawn'
+    assert [p.name for p in path.parent.iterdir()] == ['austin.png']  # no temporary file left behind
+
+
+@needs_real_data
+def test_test_split_scenario_draws_history_only(tmp_path):
+    data = _load_real('test', TEST_SPLIT_ID)
+    figure = plot_scenario(data)
+    assert 'history only' in figure.axes[0].get_title()
+    pixels = _assert_rich_png(Path(save_figure(figure, tmp_path / 'test.png')))
+    assert _pixels_near(pixels, GT_COLOR, tolerance=25) == 0  # no future to draw
+    assert _pixels_near(pixels, FOCAL_COLOR) > 20
+
+
+@needs_real_data
+def test_pretraining_views_plot_from_ssl_views(austin, tmp_path):
+    from transforms.ssl_views import SSLViews
+    from utils.visualize import windows_from_views
+    views = SSLViews(50, 60, seed=3)(austin)
+    windows = windows_from_views(views)
+    assert [w.label for w in windows] == ['anchor view', 'target view']
+    anchor, target = windows
+    assert anchor.end - anchor.start == 50 and target.end - target.start == 50 and anchor.end <= target.start
+    np.testing.assert_array_equal(anchor.agent_mask, views['anchor']['agent']['view_mask'].numpy())
+    pixels = _assert_rich_png(Path(save_figure(plot_pretraining_views(austin, windows), tmp_path / 'views.png')))
+    for color in VIEW_COLORS[:2]:
+        assert _pixels_near(pixels, color, tolerance=30) > 100, f'no {color} (view window colour) in the plot'
+
+
+@needs_real_data
+def test_bad_inputs_give_clear_errors(austin):
+    with pytest.raises(ValueError, match=r"'target view' \[60, 120\) is outside the 110 steps"):
+        plot_pretraining_views(austin, [ViewWindow('target view', 60, 120)])
+    no_focal = austin.clone()
+    no_focal['agent']['category'] = torch.zeros_like(no_focal['agent']['category'])
+    with pytest.raises(ValueError, match=f'scenario {AUSTIN_ID}: no agent has category 3'):
+        plot_scenario(no_focal)
+    broken = austin.clone()
+    del broken['map_point']['side']
+    with pytest.raises(KeyError, match='map_point.side'):
+        plot_scenario(broken)
+
+
+def test_save_figure_replaces_atomically_with_normal_permissions(tmp_path):
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(2, 2))
+    figure.add_subplot(1, 1, 1).plot([0, 1], [1, 0])
+    target = tmp_path / 'plot.png'
+    target.write_bytes(b'old')
+    save_figure(figure, target, dpi=50)
+    assert target.read_bytes().startswith(PNG_SIGNATURE)
+    assert [p.name for p in tmp_path.iterdir()] == ['plot.png']
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -17,18 +17,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Circle, Patch, Polygon, Rectangle
+from matplotlib.patches import Circle, Polygon, Rectangle
 import matplotlib.transforms as mtransforms
 
-# Vocabularies of the official QCNet Argoverse 2 processing (indices stored in the uint8 fields of the sample).
-AGENT_TYPES = ('vehicle', 'pedestrian', 'motorcyclist', 'cyclist', 'bus', 'static', 'background', 'construction',
-               'riderless_bicycle', 'unknown')
-POLYGON_TYPES = ('VEHICLE', 'BIKE', 'BUS', 'PEDESTRIAN')
-POINT_TYPES = ('DASH_SOLID_YELLOW', 'DASH_SOLID_WHITE', 'DASHED_WHITE', 'DASHED_YELLOW', 'DOUBLE_SOLID_YELLOW',
-               'DOUBLE_SOLID_WHITE', 'DOUBLE_DASH_YELLOW', 'DOUBLE_DASH_WHITE', 'SOLID_YELLOW', 'SOLID_WHITE',
-               'SOLID_DASH_WHITE', 'SOLID_DASH_YELLOW', 'SOLID_BLUE', 'NONE', 'UNKNOWN', 'CROSSWALK', 'CENTERLINE')
-POINT_SIDES = ('LEFT', 'RIGHT', 'CENTER')
-FOCAL_CATEGORY = 3
+# Vocabularies (official QCNet indices) come from the scenario record, the single place that defines them.
+from datasets.scenario import AGENT_TYPES, FOCAL_CATEGORY, POINT_SIDES, POINT_TYPES, POLYGON_TYPES
 
 # Colours close to the SmartPretrain paper's figures: grey road, white paint, orange focal agent, blue others,
 # pink ground truth, blue predicted modes.
@@ -558,10 +551,34 @@ def plot_scenario(data: Any, predictions: Sequence[Prediction] = (), agent_index
 
 @dataclass
 class ViewWindow:
-    """One temporal pre-training view: steps ``start`` (inclusive) to ``end`` (exclusive) of the full scenario."""
+    """One temporal pre-training view: steps ``start`` (inclusive) to ``end`` (exclusive) of the full scenario.
+
+    agent_mask: optional bool[A], the agents that take part in the view (e.g. ``view_mask`` of ``SSLViews``);
+    the others are drawn faintly inside the window.
+    """
     label: str
     start: int
     end: int
+    agent_mask: Optional[np.ndarray] = None
+
+
+def windows_from_views(views: Mapping[str, Any]) -> List[ViewWindow]:
+    """:class:`ViewWindow` list from a two-view dict of ``transforms.SSLViews`` (``{'anchor': ..., 'target': ...}``).
+
+    Each view carries ``agent.view_start`` long[A] (absolute first step), ``agent.position`` [A, H, 3] (H = window
+    length) and ``agent.view_mask`` bool[A] (participating agents).
+    """
+    windows = []
+    for name, view in views.items():
+        agent = view['agent']
+        for key in ('view_start', 'position', 'view_mask'):
+            if key not in agent:
+                raise KeyError(f'view {name!r} has no agent.{key}; expected the output of transforms.SSLViews')
+        starts = _np(agent['view_start']).reshape(-1)
+        start = int(starts[0]) if starts.size else 0
+        windows.append(ViewWindow(label=f'{name} view', start=start, end=start + int(agent['position'].shape[1]),
+                                  agent_mask=_np(agent['view_mask']).astype(bool)))
+    return windows
 
 
 def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index: Optional[int] = None,
@@ -570,8 +587,9 @@ def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index
 
     Args:
         data: the full-length sample the views were cut from (world frame, T steps).
-        windows: the views' time windows; steps outside every window are drawn thin and grey.
-        agent_index: agent the view is centred on (drawn thicker); default the focal agent.
+        windows: the views' time windows; steps outside every window are drawn thin, grey and dashed.
+        agent_index: agent the plot is centred on (drawn thicker); default the focal agent.
+        view_radius: half-width (m) of the square view, centred on that agent at the end of the first window.
     """
     if not windows:
         raise ValueError('plot_pretraining_views needs at least one ViewWindow')
@@ -580,13 +598,18 @@ def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index
     heading = _np(agent['heading']).astype(np.float64)
     valid = _np(agent['valid_mask']).astype(bool)
     agent_type = _np(agent['type']).astype(np.int64)
-    num_steps = position.shape[1]
+    num_agents, num_steps = position.shape[:2]
     for window in windows:
         if not 0 <= window.start < window.end <= num_steps:
             raise ValueError(f'scenario {_scenario_name(data)}: view window {window.label!r} '
                              f'[{window.start}, {window.end}) is outside the {num_steps} steps of the sample')
+        if window.agent_mask is not None and np.asarray(window.agent_mask).shape != (num_agents,):
+            raise ValueError(f'scenario {_scenario_name(data)}: view window {window.label!r} has an agent_mask of '
+                             f'shape {list(np.asarray(window.agent_mask).shape)} for {num_agents} agents')
     if agent_index is None:
         agent_index = focal_agent_index(data)
+    if not valid[agent_index].any():
+        raise ValueError(f'scenario {_scenario_name(data)}: agent {agent_index} is never observed')
     center_step = windows[0].end - 1
     center = position[agent_index, center_step] if valid[agent_index, center_step] else \
         position[agent_index, np.flatnonzero(valid[agent_index])[-1]]
@@ -595,7 +618,7 @@ def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index
     figure, axes = _new_figure(1, panel_inches=6.0)
     ax = axes[0]
     draw_map(ax, map_polygons(data), box)
-    for index in range(position.shape[0]):
+    for index in range(num_agents):
         if not valid[index].any():
             continue
         is_focal = index == agent_index
@@ -606,7 +629,10 @@ def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index
         for number, window in enumerate(windows):
             color = VIEW_COLORS[number % len(VIEW_COLORS)]
             part = track[window.start:window.end]
-            ax.plot(part[:, 0], part[:, 1], color=color, linewidth=2.2 if is_focal else 1.2,
+            if window.agent_mask is not None and not window.agent_mask[index]:
+                ax.plot(part[:, 0], part[:, 1], color=color, linewidth=0.9, alpha=0.35, zorder=5.5)
+                continue
+            ax.plot(part[:, 0], part[:, 1], color=color, linewidth=2.2 if is_focal else 1.3,
                     solid_capstyle='round', zorder=7 if is_focal else 6)
             last = window.end - 1
             if valid[index, last]:
@@ -614,13 +640,20 @@ def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index
                 draw_agent_footprint(ax, position[index, last], heading[index, last], type_name, color,
                                      zorder=7.5 if is_focal else 6.5, emphasised=is_focal)
     _finish_axes(ax, box, None)
-    handles = [Line2D([], [], color=VIEW_COLORS[i % len(VIEW_COLORS)], linewidth=2.0,
-                      label=f'{w.label}: steps {w.start}-{w.end - 1}') for i, w in enumerate(windows)]
+    handles = []
+    for number, window in enumerate(windows):
+        color = VIEW_COLORS[number % len(VIEW_COLORS)]
+        text = f'{window.label}: steps {window.start}-{window.end - 1}'
+        if window.agent_mask is not None:
+            text += f' ({int(np.asarray(window.agent_mask).sum())} agents)'
+        handles.append(Line2D([], [], color=color, linewidth=2.0, label=text))
+    if any(window.agent_mask is not None for window in windows):
+        handles.append(Line2D([], [], color=VIEW_COLORS[0], linewidth=0.9, alpha=0.35,
+                              label='faint: agent not taking part in that view'))
     handles.append(Line2D([], [], color=OUTSIDE_VIEW_COLOR, linewidth=1.0, linestyle=(0, (2, 2)),
-                          label='outside the views'))
+                          label='outside the windows'))
     figure.suptitle(title if title is not None else f'pre-training views, {_scenario_heading(data)}', fontsize=10)
-    figure.legend(handles=handles, loc='outside lower center', ncol=min(3, len(handles)), fontsize=8,
-                  frameon=False)
+    figure.legend(handles=handles, loc='outside lower center', ncol=2, fontsize=8, frameon=False)
     return figure
 
 
