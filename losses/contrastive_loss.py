@@ -58,19 +58,27 @@ def all_gather_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, int]:
 @dataclass
 class ContrastiveOutput:
     loss: torch.Tensor         # scalar, this process's share (see module docstring); differentiable w.r.t. queries
-    accuracy: torch.Tensor     # scalar, global fraction of queries whose best key is their positive
+    accuracy: torch.Tensor     # scalar, global fraction of (query, recurrence) pairs whose best key is the positive
     num_queries: torch.Tensor  # scalar long, queries in the global batch
-    num_keys: torch.Tensor     # scalar long, keys in the global batch
+    num_keys: torch.Tensor     # scalar long, valid keys in the global batch
+
+
+# Finite stand-in for -inf: exp() underflows to exactly 0 next to any real logit (|logit| <= 1 / temperature), yet a
+# row with no valid key at all stays finite, so masked-out rows cannot turn gradients into NaN.
+_MASKED_LOGIT = -1e9
 
 
 class ContrastiveLoss(nn.Module):
     """InfoNCE over recurrences, scaled by ``2 * temperature`` like the official loss.
 
-    forward(queries [Q, R, D], keys [K, R, D], positive_index [Q], self_index [Q]):
-        queries: predictor outputs of this process's query agents (not normalised);
-        keys: this process's momentum keys of both views, valid agents only (not normalised, no gradient);
-        positive_index / self_index: row of each query's positive key / own anchor-view key in ``keys``.
-    The loss of each recurrence is computed separately and the recurrences are averaged.
+    forward(queries [N, R, D], query_mask [N], keys [M, R, D], key_mask [M], positive_index [N], self_index [N]):
+        queries: predictor outputs (not normalised); only rows with ``query_mask`` count;
+        keys: this process's momentum keys (not normalised, no gradient); rows without ``key_mask`` are ignored;
+        positive_index / self_index: row in ``keys`` of each query's positive key / of its own anchor-view key
+        (masked out of the negatives).
+    Masks instead of boolean indexing keep the step free of host synchronisation in a single process (one small
+    synchronisation per step under DDP, for the gathered key count). Each recurrence is a separate InfoNCE; the
+    recurrences are averaged.
     """
 
     def __init__(self, temperature: float = 0.07, gather_keys: bool = True) -> None:
@@ -80,49 +88,40 @@ class ContrastiveLoss(nn.Module):
         self.temperature = temperature
         self.gather_keys = gather_keys
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, positive_index: torch.Tensor,
-                self_index: torch.Tensor) -> ContrastiveOutput:
+    def forward(self, queries: torch.Tensor, query_mask: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
+                positive_index: torch.Tensor, self_index: torch.Tensor) -> ContrastiveOutput:
         if queries.dim() != 3 or keys.dim() != 3 or queries.shape[1:] != keys.shape[1:]:
-            raise ValueError(f'ContrastiveLoss: expected queries [Q, R, D] and keys [K, R, D], got '
+            raise ValueError(f'ContrastiveLoss: expected queries [N, R, D] and keys [M, R, D], got '
                              f'{tuple(queries.shape)} and {tuple(keys.shape)}')
-        # Similarities in float32 even under mixed precision: logits / 0.07 overflow bf16 resolution.
+        # Similarities in float32 even under mixed precision: logits / 0.07 exceed bf16 resolution.
         q = F.normalize(queries.float(), dim=-1)
         k = F.normalize(keys.detach().float(), dim=-1)
+        key_mask = key_mask.bool()
         if self.gather_keys:
-            k, offset = all_gather_rows(k)
+            # One gather for keys and their validity (an extra column), so one count exchange per step.
+            packed = torch.cat([k.reshape(k.shape[0], -1), key_mask.to(k.dtype).unsqueeze(-1)], dim=-1)
+            packed, offset = all_gather_rows(packed)
+            k, key_mask = packed[:, :-1].view(-1, *keys.shape[1:]), packed[:, -1] > 0.5
         else:
             offset = 0
-        positive_index = positive_index + offset
-        self_index = self_index + offset
         num_q, num_r = q.shape[0], q.shape[1]
+        rows = torch.arange(num_q, device=q.device)
 
-        logits = torch.einsum('qrd,krd->rqk', q, k) / self.temperature           # [R, Q, K_global]
-        self_mask = torch.zeros(num_q, k.shape[0], dtype=torch.bool, device=q.device)
-        self_mask[torch.arange(num_q, device=q.device), self_index] = True
-        logits = logits.masked_fill(self_mask.unsqueeze(0), float('-inf'))
-        labels = positive_index.unsqueeze(0).expand(num_r, num_q)
+        logits = torch.einsum('nrd,mrd->rnm', q, k) / self.temperature           # [R, N, M_global]
+        excluded = (~key_mask).unsqueeze(0).expand(num_q, -1).clone()             # [N, M_global]
+        excluded[rows, self_index + offset] = True
+        logits = logits.masked_fill(excluded.unsqueeze(0), _MASKED_LOGIT)
+        labels = (positive_index + offset).unsqueeze(0).expand(num_r, num_q)
         per_query = F.cross_entropy(logits.reshape(num_r * num_q, -1), labels.reshape(-1),
                                     reduction='none').view(num_r, num_q)
+        query_mask = query_mask.bool().unsqueeze(0)
+        per_query = torch.where(query_mask, per_query, torch.zeros_like(per_query))
 
-        num_queries = all_reduce_sum(torch.tensor(num_q, device=q.device, dtype=torch.long))
-        num_keys = all_reduce_sum(torch.tensor(keys.shape[0], device=q.device, dtype=torch.long))
+        num_queries = all_reduce_sum(query_mask.sum())
+        num_keys = all_reduce_sum(key_mask.sum()) if not self.gather_keys else key_mask.sum()
         denominator = num_queries.clamp(min=1).to(per_query.dtype)
         # Per recurrence: sum over local queries / global queries, times world size (DDP averages the processes).
-        loss = per_query.sum(dim=1) / denominator * world_size()
-        loss = loss.mean() * (2.0 * self.temperature)
-        correct = (logits.detach().argmax(dim=-1) == labels).sum()
+        loss = (per_query.sum(dim=1) / denominator * world_size()).mean() * (2.0 * self.temperature)
+        correct = ((logits.detach().argmax(dim=-1) == labels) & query_mask).sum()
         accuracy = all_reduce_sum(correct).float() / (denominator.float() * num_r)
         return ContrastiveOutput(loss=loss, accuracy=accuracy, num_queries=num_queries, num_keys=num_keys)
-
-
-def key_layout(anchor_mask: torch.Tensor, target_mask: torch.Tensor,
-               query_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rows of each query's own anchor key and positive target key when the keys are laid out as
-    ``cat(anchor_keys[anchor_mask], target_keys[target_mask])``.
-
-    anchor_mask, target_mask, query_mask: bool [A] (queries must be valid in both views).
-    Returns ``(self_index [Q], positive_index [Q])`` for the agents ``query_mask.nonzero()`` in order.
-    """
-    anchor_row = torch.cumsum(anchor_mask.long(), 0) - 1
-    target_row = torch.cumsum(target_mask.long(), 0) - 1 + anchor_mask.long().sum()
-    return anchor_row[query_mask], target_row[query_mask]

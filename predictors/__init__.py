@@ -1,2 +1,3 @@
 
 from predictors.qcnet import QCNet
+from predictors.smartpretrain import SmartPretrain

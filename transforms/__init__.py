@@ -1,2 +1,3 @@
 
 from transforms.target_builder import TargetBuilder
+from transforms.ssl_views import SSLViews

@@ -1,0 +1,352 @@
+"""SmartPretrain: self-supervised pre-training of a motion-prediction backbone (contrastive + reconstructive).
+
+A batch is ``{'anchor': Batch, 'target': Batch}`` from ``transforms.SSLViews``. The online branch (backbone +
+projector) embeds the anchor view; the momentum branch (an EMA copy, no gradients) embeds both views and gives the
+keys. Losses: ``losses.ContrastiveLoss`` (keys gathered from every process) and ``losses.ReconstructionLoss`` (the
+target window's trajectory predicted from the anchor embedding plus a learnt embedding of the anchor's start step).
+
+Parameter layout = official SmartPretrain checkpoints: ``branch.*``, ``momentum_branch.*``, ``contra_predictor.*``,
+``rec_predictor.*``, ``temp_emb``. Schedules (``utils.schedules.SSLSchedule``) are applied per optimizer step,
+before the step, on a fractional epoch like the official code; their configuration and the RNG states are stored in
+checkpoints so that a resumed run continues the same curves.
+"""
+import copy
+import random
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
+import torch
+import torch.nn as nn
+from torch_geometric.data import HeteroData
+
+from losses.contrastive_loss import ContrastiveLoss, ContrastiveOutput, all_reduce_sum, world_size
+from losses.reconstruction_loss import ReconstructionLoss, gather_segment_displacements, recurrence_segments
+from modules.backbone import SSLBranch, build_backbone
+from transforms.ssl_views import ANCHOR, TARGET
+from utils.schedules import SSLSchedule
+from utils.weight_init import weight_init
+
+# Parameters of these module types have their "weight" decayed; biases, norms, embeddings, temp_emb are not.
+_DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, nn.LSTM, nn.LSTMCell,
+                    nn.GRU, nn.GRUCell)
+SCHEDULE_KEY = 'ssl_schedule'
+RNG_KEY = 'ssl_rng_states'
+
+
+class SmartPretrain(pl.LightningModule):
+    """Pre-training Lightning module. Constructor arguments follow the official ``QCNet_ssl`` names (unused ones,
+    e.g. ``T_max`` or ``submission_dir``, are accepted and stored so official hyper-parameters load), plus
+    ``lambda_rec`` (weight of the reconstruction loss), ``backbone`` (registry name) and ``seed``."""
+
+    def __init__(self,
+                 dataset: str = 'argoverse_v2',
+                 input_dim: int = 2,
+                 hidden_dim: int = 128,
+                 output_dim: int = 2,
+                 output_head: bool = False,
+                 num_historical_steps: int = 50,
+                 num_future_steps: int = 60,
+                 num_modes: int = 1,
+                 num_recurrent_steps: int = 3,
+                 num_freq_bands: int = 64,
+                 num_map_layers: int = 1,
+                 num_agent_layers: int = 2,
+                 num_dec_layers: int = 2,
+                 num_heads: int = 8,
+                 head_dim: int = 16,
+                 dropout: float = 0.1,
+                 pl2pl_radius: float = 150.0,
+                 time_span: Optional[int] = 10,
+                 pl2a_radius: float = 50.0,
+                 a2a_radius: float = 50.0,
+                 num_t2m_steps: Optional[int] = 30,
+                 pl2m_radius: float = 150.0,
+                 a2m_radius: float = 150.0,
+                 lr: float = 1.5e-3,
+                 weight_decay: float = 1e-1,
+                 T_max: int = 32,
+                 submission_dir: str = './',
+                 submission_file_name: str = 'submission',
+                 lr_init: float = 1e-4,
+                 lr_last: float = 1e-6,
+                 weight_decay_init: float = 1e-2,
+                 contra_t: float = 0.07,
+                 contra_momentum: float = 0.996,
+                 warmup: int = 15,
+                 lambda_rec: float = 1.0,
+                 backbone: str = 'qcnet',
+                 seed: int = 2025,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        hp = self.hparams
+        self.num_historical_steps = num_historical_steps
+        self.num_future_steps = num_future_steps
+        self.num_recurrent_steps = num_recurrent_steps
+        self.lambda_rec = lambda_rec
+
+        online = build_backbone(backbone, **dict(hp))
+        if online.num_recurrent_steps != num_recurrent_steps:
+            raise ValueError(f'backbone {backbone!r} has {online.num_recurrent_steps} recurrences, '
+                             f'expected {num_recurrent_steps}')
+        embed_dim = online.embed_dim
+        proj_dim = 2 * embed_dim          # official: projector 128 -> 512 -> 256
+        head_dim_ssl = 1024               # official hidden width of predictor and reconstruction heads
+        num_steps = num_historical_steps + num_future_steps
+
+        self.branch = SSLBranch(online, proj_hidden_dim=4 * embed_dim, proj_dim=proj_dim)
+        self.branch.proj.apply(weight_init)
+        # Registered right after the online branch: the official state-dict order.
+        self.momentum_branch = copy.deepcopy(self.branch)
+        self.momentum_branch.requires_grad_(False)
+        self.contra_predictor = nn.Sequential(nn.Linear(proj_dim, head_dim_ssl), nn.BatchNorm1d(head_dim_ssl),
+                                              nn.ReLU(inplace=True), nn.Linear(head_dim_ssl, proj_dim))
+        self.rec_predictor = nn.Sequential(nn.Linear(2 * proj_dim, head_dim_ssl), nn.LayerNorm(head_dim_ssl),
+                                           nn.ReLU(inplace=True), nn.Linear(head_dim_ssl, num_steps * 2))
+        # One row per start step; the official table has 2 * num_steps rows (only starts 0..T-2H are ever used).
+        self.temp_emb = nn.Parameter(torch.zeros(num_steps * 2, proj_dim))
+        for head in (self.contra_predictor, self.rec_predictor):
+            head.apply(weight_init)
+
+        self.contrastive_loss = ContrastiveLoss(temperature=contra_t)
+        self.reconstruction_loss = ReconstructionLoss()
+        self.rec_segments = recurrence_segments(num_historical_steps, num_future_steps, num_recurrent_steps)
+        self.schedule: Optional[SSLSchedule] = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # losses
+    # ------------------------------------------------------------------------------------------------------------
+    def forward(self, batch: Dict[str, HeteroData]) -> Dict[str, torch.Tensor]:
+        """Losses of one batch of view pairs -> dict of scalars ('loss', 'contra_loss', 'rec_loss', 'contra_acc',
+        'num_queries', 'num_keys'). 'loss' is this process's share (see ``losses.contrastive_loss``)."""
+        anchor, target = batch[ANCHOR], batch[TARGET]
+        anchor_agent, target_agent = anchor['agent'], target['agent']
+        with torch.no_grad():
+            key_target = self.momentum_branch(target)                    # [A, R, P]
+        z_anchor = self.branch(anchor)                                   # [A, R, P]
+        with torch.no_grad():
+            key_anchor = self.momentum_branch(anchor)
+        num_agents, num_rec, proj_dim = z_anchor.shape
+
+        # Contrastive: keys = [anchor-view keys; target-view keys] of all agents, invalid ones masked.
+        queries = self.contra_predictor(z_anchor.reshape(num_agents * num_rec, proj_dim))
+        queries = queries.view(num_agents, num_rec, proj_dim)
+        agents = torch.arange(num_agents, device=z_anchor.device)
+        contra: ContrastiveOutput = self.contrastive_loss(
+            queries, anchor_agent['query_mask'], torch.cat([key_anchor, key_target], dim=0),
+            torch.cat([anchor_agent['view_mask'], target_agent['view_mask']], dim=0),
+            positive_index=agents + num_agents, self_index=agents)
+
+        # Reconstruction of the target window from the anchor embedding + embedding of the anchor start step.
+        temp = self.temp_emb[anchor_agent['view_start']].unsqueeze(1).expand(-1, num_rec, -1)
+        displacements = self.rec_predictor(torch.cat([z_anchor, temp], dim=-1))
+        displacements = displacements.view(num_agents, num_rec, -1, 2)     # [A, R, T, 2] per absolute step
+        window = torch.arange(self.num_historical_steps, device=z_anchor.device)
+        target_steps = target_agent['view_start'].unsqueeze(1) + window     # [A, H]
+        pred_positions = torch.cumsum(
+            gather_segment_displacements(displacements.float(), target_steps, self.rec_segments), dim=1)
+        rec_loss = self.reconstruction_loss(pred_positions, anchor_agent['rec_target'], anchor_agent['rec_mask'])
+
+        return {'loss': contra.loss + self.lambda_rec * rec_loss, 'contra_loss': contra.loss, 'rec_loss': rec_loss,
+                'contra_acc': contra.accuracy, 'num_queries': contra.num_queries, 'num_keys': contra.num_keys}
+
+    def _log_losses(self, out: Dict[str, torch.Tensor], prefix: str, on_step: bool) -> None:
+        # Loss shares are averaged over processes once here (one all-reduce), then logged unsynchronised.
+        shares = torch.stack([out['loss'].detach(), out['contra_loss'].detach(), out['rec_loss'].detach()])
+        total, contra, rec = (all_reduce_sum(shares) / world_size()).unbind(0)
+        kwargs = dict(on_step=on_step, on_epoch=True, batch_size=1, sync_dist=False)
+        self.log(f'{prefix}loss', total, prog_bar=True, **kwargs)
+        self.log(f'{prefix}component/contra_loss', contra, **kwargs)
+        self.log(f'{prefix}component/rec_loss', rec, **kwargs)
+        self.log(f'{prefix}contra_acc', out['contra_acc'], prog_bar=True, **kwargs)
+        self.log(f'{prefix}num_neg_sample', out['num_keys'].float(), **kwargs)
+        self.log(f'{prefix}num_query', out['num_queries'].float(), **kwargs)
+
+    def training_step(self, batch: Dict[str, HeteroData], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        self._log_losses(out, prefix='', on_step=True)
+        return out['loss']
+
+    def validation_step(self, batch: Dict[str, HeteroData], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        self._log_losses(out, prefix='val_', on_step=False)
+        return out['loss']
+
+    # ------------------------------------------------------------------------------------------------------------
+    # momentum branch and schedules
+    # ------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_momentum_branch(self, momentum: float) -> None:
+        """EMA of the online branch's parameters: p_m <- m * p_m + (1 - m) * p_online (buffers are left alone,
+        as in the official code: the momentum branch's BatchNorm statistics come from its own forward passes)."""
+        online = [p.detach() for p in self.branch.parameters()]
+        target = list(self.momentum_branch.parameters())
+        torch._foreach_mul_(target, momentum)
+        torch._foreach_add_(target, online, alpha=1.0 - momentum)
+
+    def build_schedule(self) -> SSLSchedule:
+        trainer = self.trainer
+        accumulate = max(int(trainer.accumulate_grad_batches), 1)
+        batches = trainer.num_training_batches
+        if not np.isfinite(batches) or batches <= 0:
+            raise ValueError('SmartPretrain needs a sized training dataloader to lay out its per-step schedules')
+        steps_per_epoch = max(int(np.ceil(batches / accumulate)), 1)
+        total = int(trainer.estimated_stepping_batches)
+        hp = self.hparams
+        return SSLSchedule.from_epochs(steps_per_epoch=steps_per_epoch, max_epochs=max(trainer.max_epochs or 1, 1),
+                                       warmup_epochs=hp.warmup, total_steps=total, lr_init=hp.lr_init, lr=hp.lr,
+                                       lr_last=hp.lr_last, weight_decay_init=hp.weight_decay_init,
+                                       weight_decay=hp.weight_decay, momentum=hp.contra_momentum)
+
+    def on_train_start(self) -> None:
+        # The schedule is a pure function of (optimizer step, run length); a resumed run recomputes it from its own
+        # trainer settings and says so when they changed the curves stored in the checkpoint.
+        schedule = self.build_schedule()
+        if self.schedule is not None and self.schedule != schedule:
+            rank_zero_warn(f'SmartPretrain: resumed with a different schedule than the checkpoint\'s '
+                           f'({self.schedule.state_dict()} -> {schedule.state_dict()}); continuing with the new one')
+        self.schedule = schedule
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        step = self.trainer.global_step
+        lr, decay, momentum = self.schedule.at(step)
+        for group in self.trainer.optimizers[0].param_groups:
+            group['lr'] = lr
+            # Only the decayed group follows the weight-decay schedule (the official code also decayed biases/norms).
+            group['weight_decay'] = decay if group.get('decayed', False) else 0.0
+        if batch_idx % max(int(self.trainer.accumulate_grad_batches), 1) == 0:
+            self.update_momentum_branch(momentum)
+        kwargs = dict(on_step=True, on_epoch=False, batch_size=1, sync_dist=False)
+        self.log('lr', lr, **kwargs)
+        self.log('decay', decay, **kwargs)
+        self.log('momentum_m', momentum, **kwargs)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        decayed, not_decayed = [], []
+        for module_name, module in self.named_modules():
+            for param_name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue  # the momentum branch is updated by EMA only
+                if 'weight' in param_name and 'bias' not in param_name and isinstance(module, _DECAYED_MODULES):
+                    decayed.append(param)
+                else:
+                    not_decayed.append(param)
+        hp = self.hparams
+        groups = [{'params': decayed, 'weight_decay': hp.weight_decay_init, 'decayed': True},
+                  {'params': not_decayed, 'weight_decay': 0.0, 'decayed': False}]
+        on_cuda = all(p.is_cuda for g in groups for p in g['params'])
+        return torch.optim.AdamW(groups, lr=hp.lr_init, weight_decay=hp.weight_decay_init, fused=on_cuda or None)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # seeding and checkpoints
+    # ------------------------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Different dropout streams per process (Lightning seeds every process alike); resumed runs overwrite this.
+        if stage == 'fit':
+            seed_process(int(self.hparams.seed) + 1_000_003 * self.global_rank)
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if self.schedule is not None:
+            checkpoint[SCHEDULE_KEY] = self.schedule.state_dict()
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if SCHEDULE_KEY in checkpoint:
+            self.schedule = SSLSchedule.from_state_dict(checkpoint[SCHEDULE_KEY])
+        if RNG_KEY in checkpoint and self._trainer is not None:
+            if self.global_rank == 0:
+                set_rng_states(checkpoint[RNG_KEY])
+            else:  # only rank 0's states are saved; the others get a fresh stream per (seed, rank, step)
+                seed_process(int(self.hparams.seed) + 1_000_003 * self.global_rank
+                             + 7919 * int(checkpoint.get('global_step', 0)))
+
+    @staticmethod
+    def add_model_specific_args(parent_parser):
+        parser = parent_parser.add_argument_group('SmartPretrain')
+        parser.add_argument('--dataset', type=str, default='argoverse_v2')
+        parser.add_argument('--backbone', type=str, default='qcnet', help='registered backbone (modules/backbone.py)')
+        parser.add_argument('--input_dim', type=int, default=2)
+        parser.add_argument('--hidden_dim', type=int, default=128)
+        parser.add_argument('--output_dim', type=int, default=2)
+        parser.add_argument('--output_head', action='store_true')
+        parser.add_argument('--num_historical_steps', type=int, default=50)
+        parser.add_argument('--num_future_steps', type=int, default=60)
+        parser.add_argument('--num_modes', type=int, default=1, help='mode queries while pre-training (1)')
+        parser.add_argument('--num_recurrent_steps', type=int, default=3)
+        parser.add_argument('--num_freq_bands', type=int, default=64)
+        parser.add_argument('--num_map_layers', type=int, default=1)
+        parser.add_argument('--num_agent_layers', type=int, default=2)
+        parser.add_argument('--num_dec_layers', type=int, default=2)
+        parser.add_argument('--num_heads', type=int, default=8)
+        parser.add_argument('--head_dim', type=int, default=16)
+        parser.add_argument('--dropout', type=float, default=0.1)
+        parser.add_argument('--pl2pl_radius', type=float, default=150)
+        parser.add_argument('--time_span', type=int, default=10)
+        parser.add_argument('--pl2a_radius', type=float, default=50)
+        parser.add_argument('--a2a_radius', type=float, default=50)
+        parser.add_argument('--num_t2m_steps', type=int, default=30)
+        parser.add_argument('--pl2m_radius', type=float, default=150)
+        parser.add_argument('--a2m_radius', type=float, default=150)
+        parser.add_argument('--lr', type=float, default=1.5e-3, help='peak learning rate (after warm-up)')
+        parser.add_argument('--weight_decay', type=float, default=1e-1, help='final weight decay')
+        parser.add_argument('--T_max', type=int, default=32, help='accepted for compatibility; the schedule '
+                            'follows --max_epochs')
+        parser.add_argument('--submission_dir', type=str, default='./')
+        parser.add_argument('--submission_file_name', type=str, default='submission')
+        parser.add_argument('--lr_init', type=float, default=1e-4, help='learning rate at the first step')
+        parser.add_argument('--lr_last', type=float, default=1e-6, help='learning rate at the last step')
+        parser.add_argument('--weight_decay_init', type=float, default=1e-2, help='weight decay at the first step')
+        parser.add_argument('--contra_t', type=float, default=0.07, help='InfoNCE temperature')
+        parser.add_argument('--contra_momentum', type=float, default=0.996, help='EMA momentum at the first step')
+        parser.add_argument('--warmup', type=int, default=15, help='learning-rate warm-up in epochs')
+        parser.add_argument('--lambda_rec', type=float, default=1.0, help='weight of the reconstruction loss')
+        return parent_parser
+
+
+def seed_process(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices) of this process."""
+    seed = seed % (2 ** 32)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> Dict[str, Any]:
+    # NumPy's key array is stored as a tensor so that checkpoints stay loadable with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: Dict[str, Any] = {'python': random.getstate(),
+                              'numpy': (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+                              'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    random.setstate(states['python'])
+    kind, keys, pos, has_gauss, cached = states['numpy']
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available():
+        cuda_states: List[torch.Tensor] = states['cuda']
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+class ViewEpochCallback(pl.Callback):
+    """Tells the training transform (``transforms.SSLViews``) the current epoch so views change every epoch.
+
+    Set at ``on_train_epoch_start`` (before later epochs' loaders start) and by ``sync`` from the datamodule's
+    ``train_dataloader`` (before the first loader of a run, also a resumed one, starts prefetching).
+    """
+
+    def __init__(self, views: Any) -> None:
+        self.views = views
+
+    def sync(self, trainer: pl.Trainer) -> None:
+        self.views.set_epoch(trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sync(trainer)

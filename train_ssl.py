@@ -1,0 +1,185 @@
+"""SmartPretrain self-supervised pre-training of a QCNet backbone on Argoverse 2 (or the synthetic data set).
+
+Mirrors the official train_qcnet_ssl.py flags. Extras: --devices, --precision, --resume, --log_dir, --max_steps,
+--limit_*_batches, --lambda_rec, --backbone, --seed. One device (or CPU) trains without DDP; DDP with synchronised
+BatchNorm is used only when devices * num_nodes > 1.
+
+Run directory <log_dir>/<exp_name>/ holds checkpoints/ (top-5 by val_loss + last.ckpt, written atomically),
+tensorboard/version_N/ and csv/version_N/. Fine-tune from a checkpoint with
+`train.py --pretrained_ckpt <ckpt> --copy_refine 1` (the momentum branch's encoder and decoder are transferred).
+"""
+import sys
+from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
+from pathlib import Path
+from typing import List, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from datasets import ArgoverseV2DataModule
+from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
+from transforms.ssl_views import SSLViews
+from utils.atomic_checkpoint_io import AtomicCheckpointIO
+from utils.cli import int_or_float, positive_int, str2bool, training_strategy
+
+MONITOR = 'val_loss'
+DEFAULT_LOG_DIR = 'logs_pretrain'
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group('data')
+    data.add_argument('--root', type=str, required=True, help='dataset root with train/ and val/ splits')
+    data.add_argument('--train_batch_size', type=positive_int, default=4, help='scenarios per batch and device')
+    data.add_argument('--val_batch_size', type=positive_int, default=4)
+    data.add_argument('--test_batch_size', type=positive_int, default=4, help='accepted for compatibility (unused)')
+    data.add_argument('--shuffle', type=str2bool, default=True)
+    data.add_argument('--num_workers', type=int, default=8)
+    data.add_argument('--pin_memory', type=str2bool, default=True)
+    data.add_argument('--persistent_workers', type=str2bool, default=True)
+    for split in ('train', 'val', 'test'):
+        data.add_argument(f'--{split}_raw_dir', type=str, default=None)
+    for split in ('train', 'val', 'test'):
+        data.add_argument(f'--{split}_processed_dir', type=str, default=None)
+    data.add_argument('--max_agents_per_batch', type=int, default=None,
+                      help='cap on the agents of one batch (dense scenes form smaller batches)')
+    data.add_argument('--max_polygons_per_batch', type=int, default=None)
+    data.add_argument('--load_av1', type=int, default=0, choices=[0, 1], help='also pre-train on Argoverse 1')
+    data.add_argument('--load_waymo', type=int, default=0, choices=[0, 1], help='also pre-train on Waymo Open Motion')
+    data.add_argument('--is_pretrain', type=int, default=1, choices=[1], help='accepted for compatibility')
+
+    trainer = parser.add_argument_group('trainer')
+    trainer.add_argument('--accelerator', type=str, default='auto')
+    trainer.add_argument('--devices', type=positive_int, default=1,
+                         help='devices per node; DDP (+ synchronised BatchNorm) only when devices * num_nodes > 1')
+    trainer.add_argument('--num_nodes', type=positive_int, default=1)
+    trainer.add_argument('--max_epochs', type=int, default=32)
+    trainer.add_argument('--max_steps', type=int, default=-1,
+                         help='stop after this many optimiser steps (-1: off); the schedules then span these steps')
+    trainer.add_argument('--limit_train_batches', type=int_or_float, default=1.0,
+                         help='batches (int) or fraction (float) of the training data per epoch')
+    trainer.add_argument('--limit_val_batches', type=int_or_float, default=1.0)
+    trainer.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed', '16-mixed'])
+    trainer.add_argument('--log_every_n_steps', type=positive_int, default=50)
+    trainer.add_argument('--seed', type=int, default=2025,
+                         help='seeds initialisation, per-process randomness and the view sampling')
+
+    run = parser.add_argument_group('run directory')
+    run.add_argument('--log_dir', type=str, default=DEFAULT_LOG_DIR)
+    run.add_argument('--exp_name', type=str, default='smartpretrain')
+    run.add_argument('--resume', nargs='?', const='last', default=None, metavar='CKPT',
+                     help='continue training (optimizer, schedules, momentum branch, epoch, RNG): without a value '
+                          'from <log_dir>/<exp_name>/checkpoints/last.ckpt, or from the given checkpoint file')
+    run.add_argument('--resume_path', type=str, default='null',
+                     help="official form of --resume: a run name under <log_dir> (continues its last.ckpt), "
+                          "a checkpoint file, or 'null'")
+
+    SmartPretrain.add_model_specific_args(parser)
+    return parser
+
+
+def check_args(args: Namespace) -> None:
+    for flag, name in (('load_av1', 'Argoverse 1'), ('load_waymo', 'Waymo Open Motion')):
+        if getattr(args, flag):
+            raise SystemExit(f'error: --{flag} 1: multi-dataset pre-training with {name} is not available yet (no '
+                             f'{name} adapter in datasets/); pre-train on Argoverse 2 only (--{flag} 0)')
+    if args.dataset != 'argoverse_v2':
+        raise SystemExit(f'error: --dataset {args.dataset}: only argoverse_v2 is supported')
+    if args.resume is not None and args.resume_path not in (None, 'null'):
+        raise SystemExit('error: give either --resume or --resume_path, not both')
+
+
+def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional[str]:
+    """Checkpoint to continue from, or None for a fresh run (which must not mix into an existing run)."""
+    if args.resume_path not in (None, 'null'):
+        candidate = Path(args.resume_path)
+        path = candidate if candidate.is_file() else Path(args.log_dir) / args.resume_path / 'checkpoints' / 'last.ckpt'
+    elif args.resume is not None:
+        path = checkpoint_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
+    else:
+        existing = sorted(checkpoint_dir.glob('*.ckpt'))
+        if existing:
+            raise SystemExit(f'error: {checkpoint_dir} already holds {len(existing)} checkpoint(s) '
+                             f'(e.g. {existing[0].name}); pass --resume to continue that run or choose another '
+                             f'--exp_name / --log_dir')
+        return None
+    if not path.is_file():
+        raise SystemExit(f'error: resume checkpoint {path} does not exist')
+    return str(path)
+
+
+class PretrainingDataModule(ArgoverseV2DataModule):
+    """Argoverse 2 data module whose training loader starts with the view transform set to the current epoch
+    (the first loader of a run, resumed or not, is created before any epoch hook runs)."""
+
+    def __init__(self, view_callback: ViewEpochCallback, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.view_callback = view_callback
+
+    def train_dataloader(self):
+        self.view_callback.sync(self.trainer)
+        return super().train_dataloader()
+
+
+def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Path,
+                  loggers: List[pl.loggers.Logger]) -> None:
+    metrics = trainer.callback_metrics
+    lines = ['', '=' * 78,
+             f'Pre-training finished: epoch {trainer.current_epoch}, {trainer.global_step} optimiser steps',
+             f'  run directory : {run_dir}']
+    if checkpoint.best_model_path:
+        score = checkpoint.best_model_score
+        score_text = f' ({MONITOR} = {score.item():.4f})' if score is not None else ''
+        lines.append(f'  best ckpt     : {checkpoint.best_model_path}{score_text}')
+    last = Path(checkpoint.dirpath) / 'last.ckpt'
+    if last.is_file():
+        lines.append(f'  last ckpt     : {last}')
+    for logger in loggers:
+        lines.append(f'  {type(logger).__name__:<14}: {logger.log_dir}')
+    lines.append(f'  tensorboard   : tensorboard --logdir {run_dir / "tensorboard"}')
+    for name in ('loss_epoch', 'component/contra_loss_epoch', 'component/rec_loss_epoch', 'contra_acc_epoch',
+                 'val_loss', 'val_component/contra_loss', 'val_component/rec_loss', 'val_contra_acc'):
+        if name in metrics:
+            lines.append(f'  {name:<28} {float(metrics[name]):.4f}')
+    lines.append('  fine-tune     : python train.py ... --pretrained_ckpt <ckpt> --copy_refine 1')
+    lines.append('=' * 78)
+    print('\n'.join(lines), flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> pl.Trainer:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    pl.seed_everything(args.seed, workers=True)  # same initial weights on every process
+
+    run_dir = Path(args.log_dir) / args.exp_name
+    checkpoint_dir = run_dir / 'checkpoints'
+    resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
+
+    model = SmartPretrain(**vars(args))
+    train_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed)
+    # Validation views never change (epoch stays 0), so val_loss is comparable across epochs.
+    val_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed + 1)
+    view_callback = ViewEpochCallback(train_views)
+    datamodule = PretrainingDataModule(view_callback=view_callback,
+                                       **{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
+                                          'test_transform': None})
+    model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
+                                       save_last=True, filename='epoch={epoch}-step={step}-val_loss={val_loss:.4f}',
+                                       auto_insert_metric_name=False)
+    loggers = [TensorBoardLogger(save_dir=run_dir, name='tensorboard'), CSVLogger(save_dir=run_dir, name='csv')]
+    distributed = args.devices * args.num_nodes > 1
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
+                         strategy=training_strategy(args.devices, args.num_nodes), sync_batchnorm=distributed,
+                         precision=args.precision, max_epochs=args.max_epochs, max_steps=args.max_steps,
+                         limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
+                         log_every_n_steps=args.log_every_n_steps, callbacks=[model_checkpoint, view_callback],
+                         logger=loggers, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+    trainer.fit(model, datamodule, ckpt_path=resume_path)
+    if trainer.is_global_zero:
+        print_summary(trainer, model_checkpoint, run_dir, loggers)
+    return trainer
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

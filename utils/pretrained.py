@@ -1,0 +1,178 @@
+"""Transfer of SmartPretrain pre-trained weights into a QCNet model for fine-tuning.
+
+Taken from a pre-training checkpoint (ours or the official release; same layout): the MOMENTUM branch's
+``momentum_branch.encoder.*`` -> ``model.encoder`` (every key must fit: strict) and ``momentum_branch.decoder.*`` ->
+``model.decoder`` (only the proposal part exists in pre-training: non-strict). The single pre-training mode embedding
+is repeated to the model's number of modes; with ``copy_refine`` the proposal attention layers are also copied into
+the refinement attention layers. Everything else (trajectory heads, refinement layers without ``copy_refine``, ...)
+keeps its fresh initialisation and nothing is frozen. The returned ``TransferReport`` lists what was loaded.
+"""
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping
+
+import torch
+import torch.nn as nn
+
+SOURCE_PREFIX = 'momentum_branch.'
+# Vocabulary tables whose pre-training version may be longer (official multi-dataset pre-training adds AV1/Waymo
+# categories after the Argoverse 2 ones): only these may be cut to the model's vocabulary.
+_VOCABULARY_TABLES = ('type_pt_emb', 'side_pt_emb', 'type_pl_emb', 'type_a_emb')
+_PROPOSE_TO_REFINE = (('t2m_propose_attn_layers', 't2m_refine_attn_layers'),
+                      ('pl2m_propose_attn_layers', 'pl2m_refine_attn_layers'),
+                      ('a2m_propose_attn_layers', 'a2m_refine_attn_layers'),
+                      ('m2m_propose_attn_layer', 'm2m_refine_attn_layer'))
+
+
+@dataclass
+class TransferReport:
+    """What ``load_pretrained_into_qcnet`` did; keys are the model's state-dict names (``encoder.*``, ...)."""
+    checkpoint: str
+    loaded: List[str] = field(default_factory=list)
+    copied_to_refine: List[str] = field(default_factory=list)
+    adapted: List[str] = field(default_factory=list)       # human-readable notes (mode repeat, vocabulary cut)
+    not_loaded: List[str] = field(default_factory=list)    # model keys left at their fresh initialisation
+    unused: List[str] = field(default_factory=list)        # checkpoint keys not used
+
+    def summary(self) -> str:
+        def groups(keys: List[str]) -> str:
+            counts: Dict[str, int] = {}
+            for key in keys:
+                parts = key.split('.')
+                head = '.'.join(parts[:2])
+                counts[head] = counts.get(head, 0) + 1
+            return ', '.join(f'{name} ({n})' for name, n in counts.items()) or '-'
+        lines = [f'pre-trained weights from {self.checkpoint}:',
+                 f'  loaded      {len(self.loaded):4d} tensors: {groups(self.loaded)}',
+                 f'  of which    {len(self.copied_to_refine):4d} copied from proposal into refinement layers',
+                 f'  fresh init  {len(self.not_loaded):4d} tensors: {groups(self.not_loaded)}',
+                 f'  unused      {len(self.unused):4d} checkpoint tensors: {groups(self.unused)}']
+        lines.extend(f'  adapted: {note}' for note in self.adapted)
+        return '\n'.join(lines)
+
+
+def read_checkpoint_state_dict(ckpt_path: str) -> Dict[str, torch.Tensor]:
+    """``state_dict`` of a Lightning checkpoint (or a bare state dict), loaded on CPU without unpickling code."""
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f'{ckpt_path}: no such checkpoint file')
+    try:
+        checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f'{ckpt_path}: not a plain PyTorch/Lightning checkpoint (refused to unpickle: '
+                         f'{first_line})') from None
+    except Exception as error:  # truncated file, not a zip/pickle at all, ...
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ''
+        raise ValueError(f'{ckpt_path}: not a readable PyTorch checkpoint file (torch.load failed: '
+                         f'{type(error).__name__} {detail})') from None
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('state_dict'), Mapping):
+        state_dict = checkpoint['state_dict']
+    elif isinstance(checkpoint, Mapping) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        state_dict = checkpoint
+    else:
+        raise ValueError(f'{ckpt_path}: checkpoint has no state_dict (top-level keys: '
+                         f'{sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__})')
+    return dict(state_dict)
+
+
+def _check_pretraining_layout(ckpt_path: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+    if any(k.startswith(SOURCE_PREFIX + 'encoder.') for k in state_dict):
+        return
+    if any(k.startswith('encoder.') for k in state_dict) and any(k.startswith('decoder.') for k in state_dict):
+        raise ValueError(f'{ckpt_path}: this is a QCNet (supervised / fine-tuned) checkpoint (keys encoder.*, '
+                         f'decoder.*), not a SmartPretrain pre-training checkpoint; resume or evaluate it directly '
+                         f'instead of using it as --pretrained_ckpt')
+    raise ValueError(f'{ckpt_path}: not a SmartPretrain pre-training checkpoint: no {SOURCE_PREFIX}encoder.* keys '
+                     f'(first keys: {list(state_dict)[:4]})')
+
+
+def _strip(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _fit_vocabulary(name: str, value: torch.Tensor, wanted: torch.Size, notes: List[str]) -> torch.Tensor:
+    table = name.split('.')[-2] if '.' in name else name
+    if (table in _VOCABULARY_TABLES and value.dim() == 2 and value.shape[1:] == wanted[1:]
+            and value.shape[0] > wanted[0]):
+        notes.append(f'{name}: vocabulary table cut from {value.shape[0]} to {wanted[0]} rows')
+        return value[:wanted[0]]
+    return value
+
+
+def _mismatches(ckpt_path: str, module_name: str, weights: Mapping[str, torch.Tensor],
+                expected: Mapping[str, torch.Tensor], strict: bool) -> None:
+    missing = [k for k in expected if k not in weights] if strict else []
+    unexpected = [k for k in weights if k not in expected] if strict else []
+    shapes = [f'{k} {tuple(v.shape)} vs model {tuple(expected[k].shape)}' for k, v in weights.items()
+              if k in expected and v.shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f'missing {missing[:6]}{" ..." if len(missing) > 6 else ""} ({len(missing)})')
+        if unexpected:
+            problems.append(f'unexpected {unexpected[:6]}{" ..." if len(unexpected) > 6 else ""} ({len(unexpected)})')
+        if shapes:
+            problems.append(f'shape mismatch {shapes[:4]}{" ..." if len(shapes) > 4 else ""} ({len(shapes)})')
+        raise ValueError(f'{ckpt_path}: pre-trained {module_name} weights do not fit the model ({"; ".join(problems)}); '
+                         f'were both built with the same hyper-parameters?')
+
+
+def load_pretrained_into_qcnet(model: nn.Module, ckpt_path: str, copy_refine: bool,
+                               verbose: bool = True) -> TransferReport:
+    """Loads the momentum branch of a SmartPretrain checkpoint into ``model.encoder`` / ``model.decoder``.
+
+    Args:
+        model: QCNet module with ``encoder`` (QCNetEncoder) and ``decoder`` (QCNetDecoder) submodules.
+        ckpt_path: pre-training checkpoint (``.ckpt`` of ``train_ssl.py`` or of the official release).
+        copy_refine: also initialise the refinement attention layers from the proposal ones.
+        verbose: print ``report.summary()``.
+    Returns a ``TransferReport``; raises ``ValueError`` naming the file on a checkpoint of the wrong kind or shape.
+    """
+    state_dict = read_checkpoint_state_dict(ckpt_path)
+    _check_pretraining_layout(ckpt_path, state_dict)
+    report = TransferReport(checkpoint=str(ckpt_path))
+
+    # Encoder: every tensor must be there and fit.
+    encoder_expected = model.encoder.state_dict()
+    encoder_weights = {k: _fit_vocabulary(k, v, encoder_expected[k].shape, report.adapted) if k in encoder_expected
+                       else v for k, v in _strip(state_dict, SOURCE_PREFIX + 'encoder.').items()}
+    _mismatches(ckpt_path, 'encoder', encoder_weights, encoder_expected, strict=True)
+    model.encoder.load_state_dict(encoder_weights, strict=True)
+    report.loaded.extend(f'encoder.{k}' for k in encoder_weights)
+
+    # Decoder: only the proposal stage exists in pre-training.
+    decoder_expected = model.decoder.state_dict()
+    decoder_weights: Dict[str, torch.Tensor] = {}
+    unused_decoder: List[str] = []
+    for key, value in _strip(state_dict, SOURCE_PREFIX + 'decoder.').items():
+        if key.startswith('mode_emb.') and key in decoder_expected:
+            num_modes = decoder_expected[key].shape[0]
+            if value.shape[0] == 1 and num_modes > 1:
+                value = value.repeat(num_modes, *([1] * (value.dim() - 1)))
+                report.adapted.append(f'decoder.{key}: pre-training mode embedding repeated to {num_modes} modes')
+        if key not in decoder_expected:
+            unused_decoder.append(key)
+            continue
+        decoder_weights[key] = value
+        if copy_refine:
+            for propose, refine in _PROPOSE_TO_REFINE:
+                if key.startswith(propose + '.') or key == propose:
+                    refine_key = refine + key[len(propose):]
+                    if refine_key in decoder_expected:
+                        decoder_weights[refine_key] = value.clone()
+                        report.copied_to_refine.append(f'decoder.{refine_key}')
+    _mismatches(ckpt_path, 'decoder', decoder_weights, decoder_expected, strict=False)
+    result = model.decoder.load_state_dict(decoder_weights, strict=False)
+    if result.unexpected_keys:  # cannot happen after the filtering above; guard against silent partial loads
+        raise ValueError(f'{ckpt_path}: unexpected decoder keys {result.unexpected_keys[:6]}')
+    report.loaded.extend(f'decoder.{k}' for k in decoder_weights)
+
+    loaded = set(report.loaded)
+    report.not_loaded = [k for k in model.state_dict() if k not in loaded]
+    report.unused = ([k for k in state_dict if not k.startswith((SOURCE_PREFIX + 'encoder.',
+                                                                 SOURCE_PREFIX + 'decoder.'))]
+                     + [SOURCE_PREFIX + 'decoder.' + k for k in unused_decoder])
+    if verbose:
+        print(report.summary(), flush=True)
+    return report
