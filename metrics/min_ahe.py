@@ -4,7 +4,8 @@ from typing import Optional
 import torch
 
 from metrics.agent_mean_metric import AgentMeanMetric
-from metrics.utils import as_float, best_mode, check_inputs, eval_agent_mask, masked_sum, top_modes, wrap_angle
+from metrics.utils import as_float, best_mode, check_inputs, eval_agent_mask, masked_sum, top_modes
+from utils.geometry import wrap_angle
 
 
 class minAHE(AgentMeanMetric):

@@ -5,7 +5,8 @@ import torch
 
 from metrics.agent_mean_metric import AgentMeanMetric
 from metrics.utils import as_float, check_inputs, eval_agent_mask, final_displacement, last_valid_index, \
-    masked_sum, top_modes, wrap_angle
+    masked_sum, top_modes
+from utils.geometry import wrap_angle
 
 
 class minFHE(AgentMeanMetric):

@@ -4,15 +4,9 @@ All helpers work on a batch of N agents with K predicted modes over T future ste
 pred [N, K, T, D], target [N, T, D], prob [N, K], valid_mask bool[N, T]. Nothing here moves data to the host,
 so the metrics can be updated every validation step without synchronising the device.
 """
-import math
 from typing import Optional, Tuple
 
 import torch
-
-
-def wrap_angle(angle: torch.Tensor, min_val: float = -math.pi, max_val: float = math.pi) -> torch.Tensor:
-    """Wraps angles (radians, any shape) into [min_val, max_val)."""
-    return min_val + (angle + max_val) % (max_val - min_val)
 
 
 def check_inputs(

@@ -3,7 +3,7 @@ import torch
 from torch_geometric.data import HeteroData
 from torch_geometric.transforms import BaseTransform
 
-from metrics.utils import wrap_angle
+from utils.geometry import wrap_angle
 
 
 class TargetBuilder(BaseTransform):
