@@ -1,0 +1,160 @@
+"""Supervised training (or SmartPretrain fine-tuning) of QCNet on Argoverse 2.
+
+Mirrors the official train_qcnet.py flags. Extras: --pretrained_ckpt/--copy_refine (SmartPretrain fine-tuning),
+--precision, --resume, --log_dir/--exp_name, --max_steps, --limit_*_batches, --seed.
+
+Run directory <log_dir>/<exp_name>/ holds checkpoints/ (top-5 by val_minFDE + last.ckpt, written atomically),
+tensorboard/version_N/ and csv/version_N/ (one version per start, so a resumed run never overwrites earlier logs).
+"""
+import sys
+from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
+from pathlib import Path
+from typing import List, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from datasets import ArgoverseV2DataModule
+from predictors import QCNet
+from transforms import TargetBuilder
+from utils.atomic_checkpoint_io import AtomicCheckpointIO
+from utils.cli import int_or_float, positive_int, str2bool, training_strategy
+
+MONITOR = 'val_minFDE'
+SUMMARY_METRICS = ('val_minADE', 'val_minFDE', 'val_MR', 'val_Brier', 'val_minAHE', 'val_minFHE')
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group('data')
+    data.add_argument('--root', type=str, required=True, help='dataset root with train/ val/ test/ splits')
+    data.add_argument('--train_batch_size', type=positive_int, required=True, help='scenarios per batch and device')
+    data.add_argument('--val_batch_size', type=positive_int, required=True)
+    data.add_argument('--test_batch_size', type=positive_int, required=True)
+    data.add_argument('--shuffle', type=str2bool, default=True)
+    data.add_argument('--num_workers', type=int, default=8)
+    data.add_argument('--pin_memory', type=str2bool, default=True)
+    data.add_argument('--persistent_workers', type=str2bool, default=True)
+    for split in ('train', 'val', 'test'):
+        data.add_argument(f'--{split}_raw_dir', type=str, default=None)
+    for split in ('train', 'val', 'test'):
+        data.add_argument(f'--{split}_processed_dir', type=str, default=None)
+
+    trainer = parser.add_argument_group('trainer')
+    trainer.add_argument('--accelerator', type=str, default='auto')
+    trainer.add_argument('--devices', type=positive_int, default=1,
+                         help='devices per node; DDP is used only when devices * num_nodes > 1')
+    trainer.add_argument('--num_nodes', type=positive_int, default=1)
+    trainer.add_argument('--max_epochs', type=int, default=64)
+    trainer.add_argument('--max_steps', type=int, default=-1, help='stop after this many optimiser steps (-1: off)')
+    trainer.add_argument('--limit_train_batches', type=int_or_float, default=1.0,
+                         help='batches (int) or fraction (float) of the training data per epoch')
+    trainer.add_argument('--limit_val_batches', type=int_or_float, default=1.0)
+    trainer.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
+    trainer.add_argument('--log_every_n_steps', type=positive_int, default=50)
+    trainer.add_argument('--num_sanity_val_steps', type=int, default=2,
+                         help='validation batches run before training to catch errors early (0: off)')
+    trainer.add_argument('--seed', type=int, default=2023)
+
+    run = parser.add_argument_group('run directory')
+    run.add_argument('--log_dir', type=str, default='lightning_logs')
+    run.add_argument('--exp_name', type=str, default='qcnet')
+    run.add_argument('--resume', nargs='?', const='last', default=None, metavar='CKPT',
+                     help='continue training: without a value from <log_dir>/<exp_name>/checkpoints/last.ckpt, '
+                          'or from the given checkpoint file')
+
+    finetune = parser.add_argument_group('fine-tuning from SmartPretrain')
+    finetune.add_argument('--pretrained_ckpt', type=str, default=None,
+                          help='SmartPretrain pre-training checkpoint whose encoder/decoder initialise the model')
+    finetune.add_argument('--copy_refine', type=int, default=0, choices=[0, 1],
+                          help='also initialise the refinement attention layers from the proposal ones')
+
+    QCNet.add_model_specific_args(parser)
+    return parser
+
+
+def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional[str]:
+    """Path to resume from, or None for a fresh run; refuses to silently mix a fresh run into an old one."""
+    if args.resume is None:
+        existing = sorted(checkpoint_dir.glob('*.ckpt'))
+        if existing:
+            raise SystemExit(f'error: {checkpoint_dir} already holds {len(existing)} checkpoint(s) '
+                             f'(e.g. {existing[0].name}); pass --resume to continue that run or choose another '
+                             f'--exp_name / --log_dir')
+        return None
+    path = checkpoint_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
+    if not path.is_file():
+        raise SystemExit(f'error: --resume: checkpoint {path} does not exist')
+    return str(path)
+
+
+def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Path,
+                  loggers: List[pl.loggers.Logger]) -> None:
+    metrics = trainer.callback_metrics
+    lines = ['', '=' * 78, f'Training finished: epoch {trainer.current_epoch}, {trainer.global_step} optimiser steps',
+             f'  run directory : {run_dir}']
+    if checkpoint.best_model_path:
+        score = checkpoint.best_model_score
+        score_text = f' ({MONITOR} = {score.item():.4f})' if score is not None else ''
+        lines.append(f'  best ckpt     : {checkpoint.best_model_path}{score_text}')
+    last = Path(checkpoint.dirpath) / 'last.ckpt'
+    lines.append(f'  last ckpt     : {last if last.is_file() else "(none written)"}')
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            lines.append(f'  csv metrics   : {Path(logger.log_dir) / "metrics.csv"}')
+        elif isinstance(logger, TensorBoardLogger):
+            lines.append(f'  tensorboard   : tensorboard --logdir {Path(logger.log_dir).parent}  ({logger.log_dir})')
+    shown = [(name, metrics[name]) for name in SUMMARY_METRICS if name in metrics]
+    if shown:
+        lines.append('  final validation metrics:')
+        lines.extend(f'    {name[4:]:<12} {float(value):.4f}' for name, value in shown)
+        if 'val_minFDE' in metrics and 'val_Brier' in metrics:
+            lines.append(f'    {"brier-minFDE":<12} {float(metrics["val_minFDE"]) + float(metrics["val_Brier"]):.4f}')
+    else:
+        lines.append('  no validation metrics were logged (validation did not run)')
+    lines.append('=' * 78)
+    print('\n'.join(lines), flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> pl.Trainer:
+    args = build_parser().parse_args(argv)
+    pl.seed_everything(args.seed, workers=True)
+
+    run_dir = Path(args.log_dir) / args.exp_name
+    checkpoint_dir = run_dir / 'checkpoints'
+    resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
+
+    model = QCNet(**vars(args))
+    if args.pretrained_ckpt is not None:
+        if resume_path is not None:
+            print(f'--resume given: weights come from {resume_path}, --pretrained_ckpt is not loaded again')
+        else:
+            from utils.pretrained import load_pretrained_into_qcnet
+            print(f'fine-tuning from {args.pretrained_ckpt} (copy_refine={args.copy_refine})')
+            load_pretrained_into_qcnet(model, args.pretrained_ckpt, args.copy_refine)
+
+    datamodule = ArgoverseV2DataModule(
+        **{**vars(args),
+           'train_transform': TargetBuilder(args.num_historical_steps, args.num_future_steps),
+           'val_transform': TargetBuilder(args.num_historical_steps, args.num_future_steps),
+           'test_transform': None})
+    model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
+                                       save_last=True, filename='epoch={epoch}-step={step}-val_minFDE={val_minFDE:.4f}',
+                                       auto_insert_metric_name=False)
+    loggers = [TensorBoardLogger(save_dir=run_dir, name='tensorboard'), CSVLogger(save_dir=run_dir, name='csv')]
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
+                         strategy=training_strategy(args.devices, args.num_nodes), precision=args.precision,
+                         max_epochs=args.max_epochs, max_steps=args.max_steps,
+                         limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
+                         log_every_n_steps=args.log_every_n_steps, num_sanity_val_steps=args.num_sanity_val_steps,
+                         callbacks=[model_checkpoint, LearningRateMonitor(logging_interval='epoch')],
+                         logger=loggers, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+    trainer.fit(model, datamodule, ckpt_path=resume_path)
+    if trainer.is_global_zero:
+        print_summary(trainer, model_checkpoint, run_dir, loggers)
+    return trainer
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
