@@ -69,15 +69,32 @@ def compare_state_dicts(expected: Mapping[str, torch.Tensor], actual: Mapping[st
     return missing, unexpected, mismatched
 
 
+def aliased_keys(model: torch.nn.Module) -> List[List[str]]:
+    """Groups of state-dict names that refer to one tensor (e.g. the shared source/target norm of a
+    self-attention layer, saved under both names)."""
+    groups: Dict[Tuple[int, int, Tuple[int, ...]], List[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault((tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape)), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
                      strict: bool = True) -> None:
     """Raises :class:`CheckpointMismatchError` when ``state_dict`` does not fit ``model``.
 
-    Shape mismatches always fail; missing/unexpected keys fail when ``strict``.
+    Shape mismatches always fail; missing/unexpected keys fail when ``strict``. Names that the model shares
+    between two keys must hold equal values in the checkpoint (else one would silently win).
     """
     missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), state_dict)
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointMismatchError(source, missing if strict else [], unexpected if strict else [], mismatched)
+    conflicting = [names for names in aliased_keys(model)
+                   if len({k for k in names if k in state_dict}) > 1
+                   and not all(torch.equal(state_dict[names[0]], state_dict[k]) for k in names[1:] if k in state_dict)]
+    if conflicting:
+        listing = '; '.join(' = '.join(names) for names in conflicting)
+        raise CheckpointError(f'{source}: entries that share one parameter in the model hold different values: '
+                              f'{listing}')
 
 
 def extract_prefixed(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
