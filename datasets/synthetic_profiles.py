@@ -1,0 +1,95 @@
+"""Named configurations ("profiles") of the synthetic Argoverse 2 scenario generator.
+
+A profile fixes the kind of road network and the traffic statistics, so that two profiles behave like two
+different datasets (used for multi-dataset experiments). Ranges are (low, high) for uniform draws; weight tuples
+are ((value, weight), ...) for categorical draws.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+AV2_CITIES = ('austin', 'dearborn', 'miami', 'palo-alto', 'pittsburgh', 'washington-dc')
+
+
+@dataclass(frozen=True)
+class SyntheticProfile:
+    name: str
+    description: str
+    road_kind: str                                   # 'grid' (urban intersections) or 'highway'
+    cities: Tuple[str, ...] = AV2_CITIES
+    # --- urban grid network ---
+    grid_shapes: Tuple = (((1, 1), 0.2), ((2, 1), 0.45), ((2, 2), 0.2), ((3, 1), 0.15))
+    block_length: Tuple[float, float] = (70.0, 120.0)
+    dangling_length: Tuple[float, float] = (55.0, 90.0)
+    dangling_drop_prob: float = 0.25                 # a dropped outer arm turns a 4-way node into a T-junction
+    node_jitter: float = 4.0                         # metres, breaks the perfect grid
+    arm_angle_jitter_deg: float = 10.0
+    lanes_per_direction: Tuple = ((1, 0.45), (2, 0.45), (3, 0.10))
+    lane_width: Tuple[float, float] = (3.2, 3.8)
+    divided_prob: float = 0.45                       # painted/raised median between the two directions
+    turn_pocket_prob: float = 0.6                    # on divided roads: left-turn pocket before the node
+    bike_lane_prob: float = 0.35
+    bike_lane_width: Tuple[float, float] = (1.5, 2.0)
+    crosswalk_prob: float = 0.7                      # per intersection arm
+    node_control_weights: Tuple = (('all_stop', 0.35), ('minor_stop', 0.35), ('uncontrolled', 0.30))
+    warp_amplitude: Tuple[float, float] = (0.0, 5.0)  # smooth deformation making grid roads curve
+    warp_wavelength: Tuple[float, float] = (220.0, 420.0)
+    # --- highway network ---
+    highway_length: Tuple[float, float] = (420.0, 540.0)
+    highway_lanes: Tuple = ((2, 0.3), (3, 0.5), (4, 0.2))
+    highway_lane_width: Tuple[float, float] = (3.5, 3.9)
+    highway_median: Tuple[float, float] = (1.0, 10.0)
+    highway_max_curvature: float = 1.0 / 350.0
+    exit_ramp_prob: float = 0.6
+    entry_ramp_prob: float = 0.5
+    # --- traffic ---
+    vehicle_density: Tuple[float, float] = (1.6, 3.2)   # vehicles per 100 m of lane
+    desired_speed: Tuple[float, float] = (9.0, 15.0)     # m/s, per vehicle
+    upstream_length: float = 130.0                       # virtual road before map entries that feeds traffic in
+    turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.5, 'left': 0.25, 'right': 0.25})
+    pocket_choice_prob: float = 0.3                      # taking the left-turn pocket when passing one
+    exit_choice_prob: float = 0.3                        # taking a highway exit ramp
+    lane_change_prob: float = 0.15                       # per vehicle, a voluntary lane change on its route
+    vehicle_type_weights: Tuple = (('vehicle', 0.93), ('bus', 0.04), ('motorcyclist', 0.03))
+    cyclists: Tuple[int, int] = (0, 3)
+    pedestrians: Tuple[int, int] = (2, 14)
+    static_objects: Tuple[int, int] = (2, 10)
+    parked_side_prob: float = 0.3                        # per road side: a row of parked cars at the curb
+    sensor_range: Tuple[float, float] = (70.0, 100.0)    # metres around the AV in which tracks are observed
+    dropout_prob: float = 0.25                           # per agent: an occlusion gap that splits its track
+
+
+PROFILES: Dict[str, SyntheticProfile] = {
+    'default': SyntheticProfile(
+        name='default',
+        description='urban grid: 1-6 intersections (4-way and T), 1-3 lanes per direction, turn pockets, '
+                    'bike lanes, crosswalks, stop-controlled and uncontrolled nodes, pedestrians and cyclists',
+        road_kind='grid',
+    ),
+    'highway': SyntheticProfile(
+        name='highway',
+        description='divided multi-lane curved road (2-4 lanes per direction) with exit and entry ramps, '
+                    'high speeds, frequent lane changes, no pedestrians',
+        road_kind='highway',
+        cities=('austin', 'dearborn', 'miami', 'pittsburgh'),
+        vehicle_density=(1.2, 2.4),
+        desired_speed=(21.0, 32.0),
+        upstream_length=320.0,
+        lane_change_prob=0.35,
+        vehicle_type_weights=(('vehicle', 0.94), ('bus', 0.03), ('motorcyclist', 0.03)),
+        cyclists=(0, 0),
+        pedestrians=(0, 0),
+        static_objects=(0, 4),
+        parked_side_prob=0.0,
+        sensor_range=(90.0, 130.0),
+        dropout_prob=0.3,
+    ),
+}
+
+
+def get_profile(name: str) -> SyntheticProfile:
+    """The profile called `name`; raises ValueError listing the known names otherwise."""
+    if name not in PROFILES:
+        raise ValueError(f'unknown synthetic profile {name!r}; known profiles: {", ".join(sorted(PROFILES))}')
+    return PROFILES[name]
