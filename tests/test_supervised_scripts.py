@@ -190,3 +190,36 @@ def test_boolean_flags_parse_like_their_spelling():
     assert [str2bool(v) for v in ('true', 'False', '1', '0', 'yes', 'n')] == [True, False, True, False, True, False]
     with pytest.raises(Exception, match='expected a boolean'):
         str2bool('maybe')
+
+
+def test_fine_tuning_starts_from_the_pretrained_momentum_branch(dataset_root, tmp_path, capsys):
+    from predictors.smartpretrain import SmartPretrain
+    hparams = dict(hidden_dim=16, num_heads=2, head_dim=8, num_freq_bands=4, num_map_layers=1, num_agent_layers=1,
+                   num_dec_layers=1)
+    torch.manual_seed(123)
+    pretrained = SmartPretrain(**hparams)
+    with torch.no_grad():  # make the momentum branch clearly different from any fresh initialisation
+        for name, tensor in pretrained.state_dict().items():
+            if name.startswith('momentum_branch.') and tensor.is_floating_point():
+                tensor.add_(0.5)
+    ckpt_path = tmp_path / 'pretrain.ckpt'
+    torch.save({'state_dict': pretrained.state_dict(), 'hyper_parameters': dict(pretrained.hparams)}, ckpt_path)
+
+    # lr = 0 and no weight decay: after one step the weights are still exactly the loaded ones.
+    load_script('train').main(train_args(dataset_root, tmp_path / 'logs', '--max_epochs', '1', '--lr', '0',
+                                         '--weight_decay', '0', '--pretrained_ckpt', str(ckpt_path),
+                                         '--copy_refine', '1'))
+    assert f'fine-tuning from {ckpt_path}' in capsys.readouterr().out
+    source = pretrained.state_dict()
+    tuned = torch.load(tmp_path / 'logs' / 'tiny' / 'checkpoints' / 'last.ckpt', map_location='cpu',
+                       weights_only=False)['state_dict']
+    encoder_keys = [k for k in tuned if k.startswith('encoder.')]
+    assert encoder_keys
+    for key in encoder_keys:
+        expected = source['momentum_branch.' + key]
+        assert torch.equal(tuned[key], expected[:tuned[key].shape[0]] if expected.dim() else expected), key
+    refine_keys = [k for k in tuned if k.startswith('decoder.') and '_refine_attn_layer' in k]
+    assert refine_keys
+    for key in refine_keys:  # copy_refine: refinement attention initialised from the proposal attention
+        propose_key = 'momentum_branch.' + key.replace('_refine_attn_layer', '_propose_attn_layer')
+        assert torch.equal(tuned[key], source[propose_key]), key
