@@ -43,7 +43,7 @@ def _assert_rich_png(path: Path, min_kilobytes: float = 30.0) -> np.ndarray:
     assert path.is_file(), f'{path} was not written'
     assert path.stat().st_size > min_kilobytes * 1024, f'{path} is suspiciously small ({path.stat().st_size} B)'
     pixels = _read_png(path)
-    assert pixels.shape[0] > 400 and pixels.shape[1] > 400
+    assert pixels.shape[0] >= 300 and pixels.shape[1] >= 300
     assert pixels.std() > 10.0, 'image is (almost) uniform'
     distinct = np.unique(pixels.reshape(-1, 3) // 8, axis=0).shape[0]
     assert distinct > 50, f'only {distinct} colour bins used'
@@ -228,3 +228,90 @@ def test_save_figure_replaces_atomically_with_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# visualize.py CLI
+# ----------------------------------------------------------------------------------------------------------------------
+
+TINY_QCNET = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=16, output_dim=2, output_head=False,
+                  num_historical_steps=50, num_future_steps=60, num_modes=6, num_recurrent_steps=3, num_freq_bands=4,
+                  num_map_layers=1, num_agent_layers=1, num_dec_layers=1, num_heads=2, head_dim=8, dropout=0.1,
+                  pl2pl_radius=15.0, time_span=4, pl2a_radius=15.0, a2a_radius=15.0, num_t2m_steps=10,
+                  pl2m_radius=15.0, a2m_radius=15.0, lr=5e-4, weight_decay=1e-4, T_max=64, submission_dir='./',
+                  submission_file_name='submission')  # small radii keep the graphs, hence the CPU forward, small
+
+
+def _tiny_checkpoint(path: Path, seed: int) -> Path:
+    """A randomly initialised hidden_dim-16 QCNet saved the way Lightning saves checkpoints (weights + hparams)."""
+    import pytorch_lightning as pl
+    from predictors import QCNet
+    torch.manual_seed(seed)
+    model = QCNet(**TINY_QCNET)
+    torch.save({'state_dict': model.state_dict(), 'hyper_parameters': dict(model.hparams),
+                'pytorch-lightning_version': pl.__version__}, path)
+    return path
+
+
+def _cli():
+    import visualize
+    return visualize.main
+
+
+@needs_real_data
+def test_cli_ground_truth_only_with_views_on_raw_av2(tmp_path, capsys):
+    root = tmp_path / 'root'
+    written = _cli()(['--root', str(root), '--split', 'train', '--raw_dir', str(SHARED_AV2 / 'train'),
+                      '--num_scenarios', '1', '--views', '--out_dir', str(tmp_path / 'plots'), '--dpi', '80'])
+    first = sorted(p.name for p in (SHARED_AV2 / 'train').iterdir() if p.is_dir())[0]
+    assert [Path(p).name for p in written] == [f'{first}.png', f'{first}_views.png']
+    assert capsys.readouterr().out.split() == written  # the paths are printed, one per line
+    for path in written:
+        _assert_rich_png(Path(path), min_kilobytes=15)
+    assert not root.exists(), 'plotting a few raw scenarios must not build a cache'
+
+
+@needs_real_data
+def test_cli_compares_two_tiny_qcnet_checkpoints(tmp_path):
+    scratch = _tiny_checkpoint(tmp_path / 'scratch.ckpt', seed=0)
+    pretrained = _tiny_checkpoint(tmp_path / 'pretrained.ckpt', seed=1)
+    out_dir = tmp_path / 'plots'
+    written = _cli()(['--root', str(tmp_path), '--split', 'train', '--raw_dir', str(SHARED_AV2 / 'train'),
+                      '--ckpt_path', str(scratch), '--compare_ckpt', str(pretrained), '--labels', 'scratch',
+                      'pretrained', '--scenario_ids', AUSTIN_ID, '--out_dir', str(out_dir)])
+    assert written == [str(out_dir / f'{AUSTIN_ID}.png')]
+    pixels = _assert_rich_png(Path(written[0]))
+    assert _pixels_near(pixels, PRED_COLOR) > 200, 'no predicted modes drawn'
+    assert pixels.shape[1] > 1.6 * pixels.shape[0], 'expected two panels side by side'
+
+
+@needs_real_data
+def test_cli_errors_name_the_problem(tmp_path):
+    main = _cli()
+    raw = ['--root', str(tmp_path), '--split', 'train', '--raw_dir', str(SHARED_AV2 / 'train'),
+           '--out_dir', str(tmp_path / 'plots')]
+    with pytest.raises(SystemExit, match='scenario\\(s\\) not-a-scenario not found in'):
+        main(raw + ['--scenario_ids', 'not-a-scenario'])
+    with pytest.raises(SystemExit, match='--compare_ckpt needs --ckpt_path'):
+        main(raw + ['--compare_ckpt', 'b.ckpt'])
+    with pytest.raises(SystemExit, match='checkpoint .*missing.ckpt does not exist'):
+        main(raw + ['--ckpt_path', str(tmp_path / 'missing.ckpt')])
+    with pytest.raises(SystemExit, match='no observed future; pre-training views'):
+        main(['--root', str(tmp_path), '--split', 'test', '--raw_dir', str(SHARED_AV2 / 'test'), '--views',
+              '--out_dir', str(tmp_path / 'plots')])
+
+
+def test_cli_on_synthetic_scenarios_with_checkpoint_and_views(tmp_path):
+    synthetic = pytest.importorskip('datasets.synthetic', reason='datasets.synthetic (generator) not available')
+    raw_root = tmp_path / 'raw'
+    synthetic.main(['--out', str(raw_root), '--split', 'val', '--num', '2', '--seed', '5'])
+    checkpoint = _tiny_checkpoint(tmp_path / 'model.ckpt', seed=0)
+    written = _cli()(['--root', str(tmp_path / 'data'), '--split', 'val', '--raw_dir', str(raw_root / 'val'),
+                      '--ckpt_path', str(checkpoint), '--num_scenarios', '1', '--views',
+                      '--out_dir', str(tmp_path / 'plots'), '--dpi', '100'])
+    scenario = sorted(p.name for p in (raw_root / 'val').iterdir())[0]
+    assert [Path(p).name for p in written] == [f'{scenario}.png', f'{scenario}_views.png']
+    prediction_pixels = _assert_rich_png(Path(written[0]), min_kilobytes=20)
+    assert _pixels_near(prediction_pixels, PRED_COLOR) > 100
+    views_pixels = _assert_rich_png(Path(written[1]), min_kilobytes=20)
+    assert _pixels_near(views_pixels, VIEW_COLORS[0], tolerance=30) > 100

@@ -483,13 +483,13 @@ def _scenario_heading(data: Any) -> str:
 
 
 def _prediction_legend(has_ground_truth: bool, has_predictions: bool) -> List[Any]:
-    handles = [Line2D([], [], color=FOCAL_COLOR, linewidth=2.0, label='focal agent (history)'),
+    handles = [Line2D([], [], color=FOCAL_COLOR, linewidth=2.0, label='focal agent'),
                Line2D([], [], color=AGENT_COLOR, linewidth=1.0, label='other agents'),
                Line2D([], [], color=AV_COLOR, linewidth=1.0, label='ego vehicle (AV)')]
     if has_ground_truth:
         handles.append(Line2D([], [], color=GT_COLOR, linewidth=5.0, alpha=0.6, label='ground truth'))
     if has_predictions:
-        handles.append(Line2D([], [], color=PRED_COLOR, linewidth=1.4, label='predicted modes (probability)'))
+        handles.append(Line2D([], [], color=PRED_COLOR, linewidth=1.4, label='predicted modes'))
     return handles
 
 
@@ -589,7 +589,7 @@ def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index
         data: the full-length sample the views were cut from (world frame, T steps).
         windows: the views' time windows; steps outside every window are drawn thin, grey and dashed.
         agent_index: agent the plot is centred on (drawn thicker); default the focal agent.
-        view_radius: half-width (m) of the square view, centred on that agent at the end of the first window.
+        view_radius: minimum half-width (m) of the square view, which holds that agent's motion in all windows.
     """
     if not windows:
         raise ValueError('plot_pretraining_views needs at least one ViewWindow')
@@ -613,7 +613,11 @@ def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index
     center_step = windows[0].end - 1
     center = position[agent_index, center_step] if valid[agent_index, center_step] else \
         position[agent_index, np.flatnonzero(valid[agent_index])[-1]]
-    box = (center[0] - view_radius, center[1] - view_radius, center[0] + view_radius, center[1] + view_radius)
+    in_windows = np.zeros(num_steps, dtype=bool)
+    for window in windows:
+        in_windows[window.start:window.end] = True
+    # the centre agent's whole motion inside the windows stays in view (fast agents travel > 100 m)
+    box = square_box(position[agent_index][in_windows & valid[agent_index]], center, view_radius)
 
     figure, axes = _new_figure(1, panel_inches=6.0)
     ax = axes[0]
