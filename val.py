@@ -76,6 +76,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                                  num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
     loader = DataLoader(dataset, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
+    if args.devices > 1:
+        print(f'note: {args.devices} devices: the distributed sampler repeats up to {args.devices - 1} scenarios to '
+              f'even out the ranks, so the metrics can differ slightly from a one-device run', flush=True)
     trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices,
                          strategy=evaluation_strategy(args.devices), precision=args.precision,
                          limit_val_batches=args.limit_val_batches, logger=False)
