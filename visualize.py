@@ -121,10 +121,14 @@ class ScenarioSource:
                 raise SystemExit(f'visualize.py: {cache} was processed with {steps[0]} history + {steps[1]} future '
                                  f'steps, expected {wanted[0]} + {wanted[1]}')
             return to_hetero_data(load_features(cache))
+        from datasets import ScenarioError
         options = self.options
-        record = load_argoverse_v2_scenario(os.path.join(self.raw_dir, name),
-                                            num_historical_steps=options.num_historical_steps,
-                                            num_future_steps=options.num_future_steps)
+        try:
+            record = load_argoverse_v2_scenario(os.path.join(self.raw_dir, name),
+                                                num_historical_steps=options.num_historical_steps,
+                                                num_future_steps=options.num_future_steps)
+        except ScenarioError as error:  # already '<file>: <problem>'
+            raise SystemExit(f'visualize.py: {error}') from None
         return to_hetero_data(build_qcnet_features(record, dim=options.dim,
                                                    predict_unseen_agents=options.predict_unseen_agents,
                                                    vector_repr=options.vector_repr,

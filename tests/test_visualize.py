@@ -315,3 +315,25 @@ def test_cli_on_synthetic_scenarios_with_checkpoint_and_views(tmp_path):
     assert _pixels_near(prediction_pixels, PRED_COLOR) > 100
     views_pixels = _assert_rich_png(Path(written[1]), min_kilobytes=20)
     assert _pixels_near(views_pixels, VIEW_COLORS[0], tolerance=30) > 100
+
+
+@needs_real_data
+def test_polygons_known_by_one_polyline_are_drawn_as_lines(austin):
+    from matplotlib.figure import Figure
+    from utils.visualize import draw_map
+    centre_only = austin.clone()
+    keep = centre_only['map_point']['side'] == 2  # CENTER: as a map with centrelines only (e.g. Waymo lanes)
+    for key in ('position', 'orientation', 'magnitude', 'height', 'type', 'side'):
+        centre_only['map_point'][key] = centre_only['map_point'][key][keep]
+    centre_only['map_point']['num_nodes'] = int(keep.sum())
+    edges = centre_only['map_point', 'to', 'map_polygon']['edge_index'][:, keep]
+    centre_only['map_point', 'to', 'map_polygon']['edge_index'] = torch.stack(
+        [torch.arange(edges.shape[1]), edges[1]])
+    polygons = map_polygons(centre_only)
+    assert len(polygons) == 83 and all(p.left is None and p.right is None for p in polygons)
+    ax = Figure().add_subplot(1, 1, 1)
+    draw_map(ax, polygons)
+    assert len(ax.patches) == 0 and len(ax.lines) == len(polygons)
+    full = Figure().add_subplot(1, 1, 1)
+    draw_map(full, map_polygons(austin))
+    assert len(full.patches) == 2 * 71 + 12  # two passes over the lanes, one per directed crosswalk polygon

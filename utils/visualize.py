@@ -115,6 +115,7 @@ class MapPolygon:
     center: Optional[np.ndarray]
     left_mark: str
     right_mark: str
+    center_mark: str = 'CENTERLINE'
 
     def bounds(self) -> Tuple[float, float, float, float]:
         points = np.concatenate([p for p in (self.left, self.right, self.center) if p is not None], axis=0)
@@ -166,7 +167,7 @@ def map_polygons(data: Any) -> List[MapPolygon]:
         result.append(MapPolygon(polygon_type=POLYGON_TYPES[type_index] if type_index < len(POLYGON_TYPES)
                                  else 'UNKNOWN',
                                  left=lines['LEFT'], right=lines['RIGHT'], center=lines['CENTER'],
-                                 left_mark=marks['LEFT'], right_mark=marks['RIGHT']))
+                                 left_mark=marks['LEFT'], right_mark=marks['RIGHT'], center_mark=marks['CENTER']))
     return result
 
 
@@ -277,6 +278,8 @@ def draw_map(ax: Any, polygons: Sequence[MapPolygon], box: Optional[Box] = None,
              draw_centerlines: bool = False) -> None:
     """Draws lanes (grey road, dark outer edge, painted markings) and crosswalks (light, hatched).
 
+    Polygons without left/right boundaries (single-polyline map elements of other datasets) are drawn as lines.
+
     The outer road edge comes from a two-pass trick: every lane is first drawn with a thick dark outline, then all
     lanes are filled again without outline on top; shared boundaries get covered by the neighbours' fill and only
     the outline of the union survives, with no polygon-union library needed.
@@ -285,9 +288,12 @@ def draw_map(ax: Any, polygons: Sequence[MapPolygon], box: Optional[Box] = None,
         span = max(box[2] - box[0], box[3] - box[1])
         grown = (box[0] - 0.1 * span, box[1] - 0.1 * span, box[2] + 0.1 * span, box[3] + 0.1 * span)
         polygons = [p for p in polygons if _intersects(p.bounds(), grown)]
-    lanes, crosswalks = [], []
+    lanes, crosswalks, polylines = [], [], []
     for polygon in polygons:
         if polygon.left is None or polygon.right is None:
+            # no area to fill (e.g. Waymo-style lanes, road lines and road edges known by one polyline only)
+            if polygon.center is not None:
+                polylines.append(polygon)
             continue
         outline = np.concatenate([polygon.left, polygon.right[::-1]], axis=0)
         (crosswalks if polygon.polygon_type == 'PEDESTRIAN' else lanes).append((polygon, outline))
@@ -311,6 +317,19 @@ def draw_map(ax: Any, polygons: Sequence[MapPolygon], box: Optional[Box] = None,
         if draw_centerlines and polygon.center is not None:
             ax.plot(polygon.center[:, 0], polygon.center[:, 1], color=WHITE_PAINT_COLOR, linewidth=0.5,
                     linestyle=(0, (1, 3)), alpha=0.8, zorder=4)
+    for polygon in polylines:
+        line, mark = polygon.center, polygon.center_mark
+        if polygon.polygon_type == 'ROAD_EDGE' or mark.startswith('ROAD_EDGE'):
+            style = dict(color=ROAD_EDGE_COLOR, linewidth=1.2)
+        elif polygon.polygon_type == 'ROAD_LINE':
+            dashed = 'DASH' in mark and 'SOLID' not in mark
+            style = dict(color='#d4b000' if 'YELLOW' in mark else '#9a9a9a', linewidth=0.8,
+                         linestyle=(0, (5, 5)) if dashed else '-')
+        elif polygon.polygon_type in ('VEHICLE', 'BIKE', 'BUS'):
+            style = dict(color='#b0b0b0', linewidth=0.7, linestyle=(0, (1, 2)))  # lane known by its centreline
+        else:  # stop signs, speed bumps, driveways, ...
+            style = dict(color='#8c8c8c', linewidth=0.8)
+        ax.plot(line[:, 0], line[:, 1], solid_capstyle='butt', zorder=3.5, **style)
 
 
 def _agent_color(type_name: str, is_focal: bool, is_av: bool) -> str:
