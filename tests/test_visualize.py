@@ -337,3 +337,18 @@ def test_polygons_known_by_one_polyline_are_drawn_as_lines(austin):
     full = Figure().add_subplot(1, 1, 1)
     draw_map(full, map_polygons(austin))
     assert len(full.patches) == 2 * 71 + 12  # two passes over the lanes, one per directed crosswalk polygon
+
+
+@needs_real_data
+def test_cli_reads_the_processed_cache_when_there_is_no_raw_folder(tmp_path):
+    from datasets import preprocess_scenarios
+    processed = tmp_path / 'root' / 'train' / 'processed'
+    preprocess_scenarios(str(SHARED_AV2 / 'train'), str(processed), num_workers=1, names=[AUSTIN_ID],
+                         progress=False)
+    written = _cli()(['--root', str(tmp_path / 'root'), '--split', 'train', '--out_dir', str(tmp_path / 'plots'),
+                      '--dpi', '80'])
+    assert [Path(p).name for p in written] == [f'{AUSTIN_ID}.png']
+    _assert_rich_png(Path(written[0]), min_kilobytes=15)
+    with pytest.raises(SystemExit, match='processed with 50 history \\+ 60 future steps, expected 30 \\+ 60'):
+        _cli()(['--root', str(tmp_path / 'root'), '--split', 'train', '--num_historical_steps', '30',
+                '--out_dir', str(tmp_path / 'plots')])
