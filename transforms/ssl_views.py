@@ -134,6 +134,9 @@ class SSLViews:
             raise ValueError(f'SSLViews: scenario {_scenario_name(data)}: needs {self.num_steps} time steps '
                              f'({self.num_historical_steps} history + {self.num_future_steps} future), got {steps} '
                              f'(pre-training needs the train/val splits, not test)')
+        if not bool(agent['valid_mask'][:, self.num_historical_steps:].any()):
+            raise ValueError(f'SSLViews: scenario {_scenario_name(data)}: no agent is observed after step '
+                             f'{self.num_historical_steps - 1} (test split?); pre-training needs the future steps')
         if 'target' in agent:
             raise ValueError(f'SSLViews: scenario {_scenario_name(data)}: agent.target is present; apply SSLViews '
                              f'to the raw sample, not after TargetBuilder')

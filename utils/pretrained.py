@@ -9,6 +9,7 @@ keeps its fresh initialisation and nothing is frozen. The returned ``TransferRep
 """
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping
 
@@ -56,12 +57,16 @@ def read_checkpoint_state_dict(ckpt_path: str) -> Dict[str, torch.Tensor]:
     """``state_dict`` of a Lightning checkpoint (or a bare state dict), loaded on CPU without unpickling code."""
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f'{ckpt_path}: no such checkpoint file')
+    with open(ckpt_path, 'rb') as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(ckpt_path) and head[:1] != b'\x80':  # torch.save writes a zip (or, long ago, a pickle)
+        raise ValueError(f'{ckpt_path}: not a readable PyTorch checkpoint file (neither a torch.save zip archive nor '
+                         f'a pickle)')
     try:
         checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f'{ckpt_path}: not a plain PyTorch/Lightning checkpoint (refused to unpickle: '
-                         f'{first_line})') from None
+        raise ValueError(f'{ckpt_path}: refused to load: the checkpoint holds Python objects other than tensors and '
+                         f'plain containers ({str(error).strip().splitlines()[-1][:200]})') from None
     except Exception as error:  # truncated file, not a zip/pickle at all, ...
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ''
         raise ValueError(f'{ckpt_path}: not a readable PyTorch checkpoint file (torch.load failed: '
