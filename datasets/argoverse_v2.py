@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, CROSSWALK_KIND, LANE_KIND, POINT_TYPES,
-                               POLYGON_IS_INTERSECTIONS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES, AgentTracks,
+from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, AV2_NUM_POINT_TYPES, AV2_NUM_POLYGON_TYPES,
+                               CROSSWALK_KIND, LANE_KIND, POINT_TYPES, POLYGON_IS_INTERSECTIONS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES, AgentTracks,
                                MapRecord, Polylines, ScenarioError, ScenarioRecord, TimeBase)
 
 DATASET_NAME = 'argoverse_v2'
@@ -34,8 +34,9 @@ REQUIRED_COLUMNS: Tuple[str, ...] = ('track_id', 'object_type', 'object_category
 
 _AGENT_TYPE_INDEX = {name: i for i, name in enumerate(AGENT_TYPES)}
 # lanes carry VEHICLE / BIKE / BUS; PEDESTRIAN is reserved for crosswalks
-_LANE_TYPE_INDEX = {name: i for i, name in enumerate(POLYGON_TYPES) if name != 'PEDESTRIAN'}
-_POINT_TYPE_INDEX = {name: i for i, name in enumerate(POINT_TYPES)}
+# (only Argoverse 2's own entries of the union vocabularies)
+_LANE_TYPE_INDEX = {name: i for i, name in enumerate(POLYGON_TYPES[:AV2_NUM_POLYGON_TYPES]) if name != 'PEDESTRIAN'}
+_POINT_TYPE_INDEX = {name: i for i, name in enumerate(POINT_TYPES[:AV2_NUM_POINT_TYPES])}
 # dict lookup (not tuple.index) so that JSON true/false/null map exactly like QCNet's list.index
 _IS_INTERSECTION_INDEX = {True: 0, False: 1, None: 2}
 assert tuple(_IS_INTERSECTION_INDEX) == POLYGON_IS_INTERSECTIONS

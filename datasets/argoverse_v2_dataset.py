@@ -23,6 +23,7 @@ from torch_geometric.data import Dataset, HeteroData
 from datasets.preprocess import (ADAPTERS, ProcessingOptions, check_cache_options, preprocess_scenarios,
                                  processed_file_name, read_failures)
 from datasets.processing import to_hetero_data
+from datasets.scenario import DATASET_IDS
 from datasets.storage import CACHE_SUFFIX, atomic_write_bytes, is_current_cache_file, load_features, read_header
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,10 @@ class ArgoverseV2Dataset(Dataset):
         return len(self._names)
 
     def get(self, idx: int) -> HeteroData:
-        return to_hetero_data(load_features(os.path.join(self.processed_dir, processed_file_name(self._names[idx]))))
+        features = load_features(os.path.join(self.processed_dir, processed_file_name(self._names[idx])))
+        # caches written before samples carried a dataset id: the dataset knows it
+        features.setdefault('data_set', DATASET_IDS[self.dataset_name])
+        return to_hetero_data(features)
 
     # ------------------------------------------------------------------ sizes for batch capping
     def item_sizes(self) -> np.ndarray:
@@ -175,3 +179,19 @@ class ArgoverseV2Dataset(Dataset):
             pass
         self._sizes = sizes
         return sizes
+
+
+class WaymoDataset(ArgoverseV2Dataset):
+    """Waymo Open Motion samples on the common 50 + 60 step canvas (``datasets/waymo.py``). Raw dir: .tfrecord files
+    (many scenarios each); cache files are named ``<file>#<record index>.qcs``. Same arguments as
+    :class:`ArgoverseV2Dataset`."""
+
+    dataset_name = 'waymo'
+
+
+class ArgoverseV1Dataset(ArgoverseV2Dataset):
+    """Argoverse 1 samples on the common canvas (steps 30..79, ``datasets/argoverse_v1.py``). Raw dir:
+    ``<sequence>.csv`` files; the city maps are found in ``map_files/`` next to the raw dir or up to two levels
+    above it (or ``$ARGOVERSE_V1_MAP_DIR``). Same arguments as :class:`ArgoverseV2Dataset`."""
+
+    dataset_name = 'argoverse_v1'

@@ -1,6 +1,7 @@
-"""Parallel, resumable preprocessing: raw scenario directories -> one cache file per scenario.
+"""Parallel, resumable preprocessing: raw scenarios -> one cache file per scenario.
 
-    python -m datasets.preprocess --dataset argoverse_v2 --raw_dir DIR --processed_dir DIR --num_workers N [--strict]
+    python -m datasets.preprocess --dataset argoverse_v2|waymo|argoverse_v1 --raw_dir DIR --processed_dir DIR
+                                  --num_workers N [--strict]
 
 * ``num_workers`` processes, scenarios handed out in chunks, a tqdm progress bar on stderr;
 * resumable: a scenario whose cache file already exists (current format version) is skipped;
@@ -24,7 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from datasets.argoverse_v1 import list_argoverse_v1_scenarios, load_argoverse_v1_scenario
 from datasets.argoverse_v2 import list_argoverse_v2_scenarios, load_argoverse_v2_scenario
+from datasets.waymo import list_waymo_scenarios, load_waymo_scenario
 from datasets.processing import build_qcnet_features
 from datasets.scenario import ScenarioError, ScenarioRecord
 from datasets.storage import (CACHE_SUFFIX, FORMAT_VERSION, CacheError, atomic_write_bytes, is_current_cache_file,
@@ -43,9 +46,13 @@ class DatasetAdapter:
     num_future_steps: int
 
 
-# Other datasets register here (e.g. 'waymo', 'argoverse_v1') with their own adapter module.
+# One adapter per dataset (``datasets/<dataset>.py``). Every dataset is placed on the same 50 + 60 step canvas.
 ADAPTERS: Dict[str, DatasetAdapter] = {
     'argoverse_v2': DatasetAdapter(list_argoverse_v2_scenarios, load_argoverse_v2_scenario, 50, 60),
+    # a raw dir of .tfrecord files; scenario names are '<file>#<record index>'
+    'waymo': DatasetAdapter(list_waymo_scenarios, load_waymo_scenario, 50, 60),
+    # a raw dir of <sequence>.csv files; city maps in map_files/ next to it (see datasets/argoverse_v1.py)
+    'argoverse_v1': DatasetAdapter(list_argoverse_v1_scenarios, load_argoverse_v1_scenario, 50, 60),
 }
 
 
@@ -272,7 +279,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description='Turn raw scenarios into QCNet cache files (parallel, resumable; bad scenarios are listed in '
                     f'<processed_dir>/{FAILURES_FILE} and skipped unless --strict).')
     parser.add_argument('--dataset', choices=sorted(ADAPTERS), default='argoverse_v2')
-    parser.add_argument('--raw_dir', required=True, help='directory with one sub-directory per scenario')
+    parser.add_argument('--raw_dir', required=True,
+                        help='argoverse_v2: one sub-directory per scenario; waymo: .tfrecord files (many scenarios '
+                             'each); argoverse_v1: <sequence>.csv files (city maps in map_files/ next to them)')
     parser.add_argument('--processed_dir', required=True, help='output directory (created if missing)')
     parser.add_argument('--num_workers', type=int, default=os.cpu_count() or 1, help='worker processes')
     parser.add_argument('--strict', action='store_true', help='stop at the first bad scenario instead of skipping it')

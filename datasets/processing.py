@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch_geometric.data import HeteroData
 
-from datasets.scenario import (CROSSWALK_KIND, LANE_KIND, POINT_SIDES, POINT_TYPES, POLYGON_IS_INTERSECTIONS,
+from datasets.scenario import (CROSSWALK_KIND, POINT_SIDES, POINT_TYPES, POLYGON_IS_INTERSECTIONS,
                                POLYGON_TYPES, SCORED_CATEGORY, ScenarioError, ScenarioRecord)
 
 try:  # the reference implementation of the crosswalk centre line (also used by the official code)
@@ -49,7 +49,11 @@ def build_qcnet_features(record: ScenarioRecord,
     """
     if dim not in (2, 3):
         raise ValueError(f'dim must be 2 or 3, got {dim}')
+    span_start, span_end = record.time_base.observable_span
+    # data_set: dataset id (official SmartPretrain name; AV1 0, AV2 1, Waymo 2); span_start / span_end: the steps
+    # the source recording covers on the common canvas (pre-training views use them, see transforms/ssl_views.py)
     features: FeatureDict = {'scenario_id': record.scenario_id, 'city': record.city,
+                             'data_set': record.dataset_id, 'span_start': int(span_start), 'span_end': int(span_end),
                              'agent': _agent_features(record, dim, predict_unseen_agents, vector_repr,
                                                       include_ssl_mask)}
     features.update(_map_features(record, dim))
@@ -183,7 +187,8 @@ def _ragged(polylines) -> Tuple[np.ndarray, np.ndarray]:
 def _map_features(record: ScenarioRecord, dim: int) -> FeatureDict:
     map_record = record.map
     source = record.source or record.scenario_id
-    lane_rows = np.flatnonzero(map_record.kind == LANE_KIND)
+    # lanes and single-polyline features (empty left/right sides) share the lane path, in record order
+    lane_rows = np.flatnonzero(map_record.kind != CROSSWALK_KIND)
     crosswalk_rows = np.flatnonzero(map_record.kind == CROSSWALK_KIND)
     num_lanes, num_crosswalks = len(lane_rows), len(crosswalk_rows)
     num_polygons = num_lanes + 2 * num_crosswalks  # each crosswalk is used in both directions
@@ -219,10 +224,12 @@ def _map_features(record: ScenarioRecord, dim: int) -> FeatureDict:
                (_reverse(cw_center, cw_center_off), cw_center_off)),
     )
     crosswalk_types = np.full(2 * num_crosswalks, _CROSSWALK_POINT, dtype=np.uint8)
+    center_types = (np.full(num_lanes, _CENTERLINE_POINT, dtype=np.uint8) if map_record.center_mark_type is None
+                    else map_record.center_mark_type[lane_rows].astype(np.uint8))
     side_point_types = (
         np.concatenate([map_record.left_mark_type[lane_rows], crosswalk_types]),
         np.concatenate([map_record.right_mark_type[lane_rows], crosswalk_types]),
-        np.full(num_polygons, _CENTERLINE_POINT, dtype=np.uint8),
+        np.concatenate([center_types, np.full(2 * num_crosswalks, _CENTERLINE_POINT, dtype=np.uint8)]),
     )
 
     # one point per polyline segment (its start point); segments ordered polygon-major, then left/right/centre

@@ -15,7 +15,7 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,24 +25,39 @@ import numpy as np
 AGENT_TYPES: Tuple[str, ...] = ('vehicle', 'pedestrian', 'motorcyclist', 'cyclist', 'bus', 'static', 'background',
                                 'construction', 'riderless_bicycle', 'unknown')
 AGENT_CATEGORIES: Tuple[str, ...] = ('TRACK_FRAGMENT', 'UNSCORED_TRACK', 'SCORED_TRACK', 'FOCAL_TRACK')
-POLYGON_TYPES: Tuple[str, ...] = ('VEHICLE', 'BIKE', 'BUS', 'PEDESTRIAN')
+# Union vocabularies: Argoverse 2's entries first (official QCNet indices), then the types only other datasets have
+# (Waymo Open Motion road lines / edges, stop signs, speed bumps, driveways). A model trained on Argoverse 2 alone
+# uses the first ``AV2_NUM_*`` entries; a checkpoint pre-trained on several datasets keeps the leading rows of its
+# embedding tables for Argoverse 2 fine-tuning.
+POLYGON_TYPES: Tuple[str, ...] = ('VEHICLE', 'BIKE', 'BUS', 'PEDESTRIAN',
+                                  'ROAD_LINE', 'ROAD_EDGE', 'STOP_SIGN', 'SPEED_BUMP', 'DRIVEWAY')
 # QCNet stores the index of the lane's ``is_intersection`` value in this tuple (None = not a lane, e.g. crosswalk).
 POLYGON_IS_INTERSECTIONS: Tuple[object, ...] = (True, False, None)
 POINT_TYPES: Tuple[str, ...] = ('DASH_SOLID_YELLOW', 'DASH_SOLID_WHITE', 'DASHED_WHITE', 'DASHED_YELLOW',
                                 'DOUBLE_SOLID_YELLOW', 'DOUBLE_SOLID_WHITE', 'DOUBLE_DASH_YELLOW', 'DOUBLE_DASH_WHITE',
                                 'SOLID_YELLOW', 'SOLID_WHITE', 'SOLID_DASH_WHITE', 'SOLID_DASH_YELLOW', 'SOLID_BLUE',
-                                'NONE', 'UNKNOWN', 'CROSSWALK', 'CENTERLINE')
+                                'NONE', 'UNKNOWN', 'CROSSWALK', 'CENTERLINE',
+                                'ROAD_EDGE_BOUNDARY', 'ROAD_EDGE_MEDIAN', 'ROAD_EDGE_UNKNOWN', 'STOP_SIGN', 'SPEED_BUMP',
+                                'DRIVEWAY')
 POINT_SIDES: Tuple[str, ...] = ('LEFT', 'RIGHT', 'CENTER')
 POLYGON_TO_POLYGON_TYPES: Tuple[str, ...] = ('NONE', 'PRED', 'SUCC', 'LEFT', 'RIGHT')
-# What a map polygon is (record-level; QCNet derives its polygon list from it).
-POLYGON_KINDS: Tuple[str, ...] = ('LANE', 'CROSSWALK')
+# What a map polygon is (record-level; QCNet derives its polygon list from it). LANE: lane segment with left/right
+# boundaries and a centre line (Argoverse 2); CROSSWALK: two edges; POLYLINE: one polyline only, stored as the
+# centre line (Argoverse 1 lane centre lines, Waymo lanes, road lines, road edges, stop signs, area outlines).
+POLYGON_KINDS: Tuple[str, ...] = ('LANE', 'CROSSWALK', 'POLYLINE')
 # Dataset tags, numbered as in the official SmartPretrain code (``data['data_set']``).
 DATASET_IDS: Dict[str, int] = {'argoverse_v1': 0, 'argoverse_v2': 1, 'waymo': 2}
+# Vocabulary sizes of Argoverse 2 alone (what the official QCNet embedding tables hold).
+AV2_NUM_AGENT_TYPES = 10
+AV2_NUM_POLYGON_TYPES = 4
+AV2_NUM_POINT_TYPES = 17
 
 FOCAL_CATEGORY = AGENT_CATEGORIES.index('FOCAL_TRACK')
 SCORED_CATEGORY = AGENT_CATEGORIES.index('SCORED_TRACK')
 LANE_KIND = POLYGON_KINDS.index('LANE')
 CROSSWALK_KIND = POLYGON_KINDS.index('CROSSWALK')
+POLYLINE_KIND = POLYGON_KINDS.index('POLYLINE')
+CENTERLINE_POINT_TYPE = POINT_TYPES.index('CENTERLINE')
 
 
 class ScenarioError(ValueError):
@@ -64,11 +79,16 @@ class TimeBase:
     Step ``num_historical_steps - 1`` is the "current" step; the future is ``num_future_steps`` steps after it.
     ``future_observed`` is False when the source holds history only (e.g. an Argoverse 2 test-split file): the
     future steps then exist on the time axis but are never observed.
+    ``span_start`` / ``span_end`` (exclusive; None = ``num_steps``): the steps the source recording covers when it
+    is placed on a longer common canvas (Argoverse 1: 30..79 of 110; Waymo: see ``datasets/waymo.py``); steps
+    outside are never observed.
     """
     num_historical_steps: int
     num_future_steps: int
     sampling_rate_hz: float = 10.0
     future_observed: bool = True
+    span_start: int = 0
+    span_end: Optional[int] = None
 
     @property
     def num_steps(self) -> int:
@@ -81,6 +101,15 @@ class TimeBase:
     @property
     def num_observable_steps(self) -> int:
         return self.num_steps if self.future_observed else self.num_historical_steps
+
+    @property
+    def observable_span(self) -> Tuple[int, int]:
+        """(first, last + 1) step that can hold observations: the source span, cut at the history end when the
+        future is not observed."""
+        end = self.num_steps if self.span_end is None else self.span_end
+        if not self.future_observed:
+            end = min(end, self.num_historical_steps)
+        return self.span_start, end
 
 
 @dataclass
@@ -157,6 +186,9 @@ class MapRecord:
     relations to polygons outside this map are dropped. topology_type: uint8 [E] (POLYGON_TO_POLYGON_TYPES: edge
     (j, i) of type PRED means j is a predecessor of lane i). Edges are ordered by lane, then predecessors,
     successors, left neighbour, right neighbour, each in source order.
+    POLYLINE polygons have empty left/right boundaries and their one polyline as the centre line.
+    center_mark_type: uint8 [P] or None: POINT_TYPES of each polygon's centre-line points (None: CENTERLINE for
+    every polygon, the Argoverse 2 case; Waymo road lines carry their mark type here).
     """
     ids: np.ndarray
     kind: np.ndarray
@@ -169,6 +201,7 @@ class MapRecord:
     centerline: Polylines
     topology_edge_index: np.ndarray
     topology_type: np.ndarray
+    center_mark_type: Optional[np.ndarray] = None
 
     @property
     def num_polygons(self) -> int:
@@ -231,16 +264,23 @@ class ScenarioRecord:
             fail(f'av_index {ag.av_index} / focal_index {ag.focal_index} out of range for {num_agents} agents')
         if not tb.future_observed and ag.observed[:, tb.num_historical_steps:].any():
             fail('time base says the future is not observed but agents have future observations')
+        span_start, span_end = tb.observable_span
+        if not 0 <= span_start < span_end <= num_steps:
+            fail(f'time base span [{span_start}, {span_end}) is not within [0, {num_steps}]')
+        if ag.observed[:, :span_start].any() or ag.observed[:, span_end:].any():
+            fail(f'agents are observed outside the span [{span_start}, {span_end}) of the source recording')
 
         num_polygons = mp.num_polygons
         if num_polygons == 0:
             fail('map has no lane segments and no pedestrian crossings')
-        for name in ('kind', 'polygon_type', 'is_intersection', 'left_mark_type', 'right_mark_type'):
+        point_type_names = ('left_mark_type', 'right_mark_type') + (
+            ('center_mark_type',) if mp.center_mark_type is not None else ())
+        for name in ('kind', 'polygon_type', 'is_intersection') + point_type_names:
             if getattr(mp, name).shape != (num_polygons,):
                 fail(f'map.{name} has shape {getattr(mp, name).shape}, expected ({num_polygons},)')
         for name, vocab in (('kind', POLYGON_KINDS), ('polygon_type', POLYGON_TYPES),
-                            ('is_intersection', POLYGON_IS_INTERSECTIONS), ('left_mark_type', POINT_TYPES),
-                            ('right_mark_type', POINT_TYPES)):
+                            ('is_intersection', POLYGON_IS_INTERSECTIONS)) + tuple(
+                (name, POINT_TYPES) for name in point_type_names):
             if int(getattr(mp, name).max()) >= len(vocab):
                 fail(f'map.{name} index {int(getattr(mp, name).max())} is outside its vocabulary')
         for name in ('left_boundary', 'right_boundary', 'centerline'):
@@ -254,8 +294,13 @@ class ScenarioRecord:
             if (getattr(mp, name).lengths[is_lane] < 2).any():
                 fail(f'a lane {name} has fewer than 2 points')
         for name in ('left_boundary', 'right_boundary'):
-            if (getattr(mp, name).lengths[~is_lane] < 2).any():
+            if (getattr(mp, name).lengths[mp.kind == CROSSWALK_KIND] < 2).any():
                 fail(f'a crosswalk edge ({name}) has fewer than 2 points')
+        is_polyline = mp.kind == POLYLINE_KIND
+        if (mp.centerline.lengths[is_polyline] < 2).any():
+            fail('a polyline map feature has fewer than 2 points')
+        if (mp.left_boundary.lengths[is_polyline] > 0).any() or (mp.right_boundary.lengths[is_polyline] > 0).any():
+            fail('a polyline map feature has left/right boundary points')
         if mp.topology_edge_index.ndim != 2 or mp.topology_edge_index.shape[0] != 2 or \
                 mp.topology_edge_index.shape[1] != mp.topology_type.shape[0]:
             fail('map topology edge_index / type shapes disagree')
