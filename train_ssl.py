@@ -18,6 +18,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from datasets import ArgoverseV2DataModule
+from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, check_mix_arguments, mix_requested,
+                                    mix_sources, union_vocabulary_hparams)
 from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
 from transforms.ssl_views import SSLViews
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
@@ -48,6 +50,7 @@ def build_parser() -> ArgumentParser:
     data.add_argument('--load_av1', type=int, default=0, choices=[0, 1], help='also pre-train on Argoverse 1')
     data.add_argument('--load_waymo', type=int, default=0, choices=[0, 1], help='also pre-train on Waymo Open Motion')
     data.add_argument('--is_pretrain', type=int, default=1, choices=[1], help='accepted for compatibility')
+    add_mix_arguments(data)
 
     trainer = parser.add_argument_group('trainer')
     trainer.add_argument('--accelerator', type=str, default='auto')
@@ -80,10 +83,7 @@ def build_parser() -> ArgumentParser:
 
 
 def check_args(args: Namespace) -> None:
-    for flag, name in (('load_av1', 'Argoverse 1'), ('load_waymo', 'Waymo Open Motion')):
-        if getattr(args, flag):
-            raise SystemExit(f'error: --{flag} 1: multi-dataset pre-training with {name} is not available yet (no '
-                             f'{name} adapter in datasets/); pre-train on Argoverse 2 only (--{flag} 0)')
+    check_mix_arguments(args)
     if args.dataset != 'argoverse_v2':
         raise SystemExit(f'error: --dataset {args.dataset}: only argoverse_v2 is supported')
     if args.resume is not None and args.resume_path not in (None, 'null'):
@@ -107,6 +107,18 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
     if not path.is_file():
         raise SystemExit(f'error: resume checkpoint {path} does not exist')
     return str(path)
+
+
+class MixedPretrainingDataModule(MultiDatasetDataModule):
+    """Several datasets mixed (``datasets/multi_dataset.py``), with the same view-epoch sync as below."""
+
+    def __init__(self, view_callback: ViewEpochCallback, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.view_callback = view_callback
+
+    def train_dataloader(self):
+        self.view_callback.sync(self.trainer)
+        return super().train_dataloader()
 
 
 class PretrainingDataModule(ArgoverseV2DataModule):
@@ -156,14 +168,23 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     checkpoint_dir = run_dir / 'checkpoints'
     resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
 
+    if mix_requested(args):  # union vocabularies: larger map type tables (Argoverse 2's rows first)
+        vars(args).update(union_vocabulary_hparams())
     model = SmartPretrain(**vars(args))
     train_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed)
     # Validation views never change (epoch stays 0), so val_loss is comparable across epochs.
     val_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed + 1)
     view_callback = ViewEpochCallback(train_views)
-    datamodule = PretrainingDataModule(view_callback=view_callback,
-                                       **{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
-                                          'test_transform': None})
+    if mix_requested(args):
+        datamodule = MixedPretrainingDataModule(
+            view_callback=view_callback, sources=mix_sources(args), train_batch_size=args.train_batch_size,
+            val_batch_size=args.val_batch_size, shuffle=args.shuffle, num_workers=args.num_workers,
+            pin_memory=args.pin_memory, persistent_workers=args.persistent_workers, train_transform=train_views,
+            val_transform=val_views, num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed)
+    else:
+        datamodule = PretrainingDataModule(view_callback=view_callback,
+                                           **{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
+                                              'test_transform': None})
     model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
                                        save_last=True, filename='epoch={epoch}-step={step}-val_loss={val_loss:.4f}',
                                        auto_insert_metric_name=False)

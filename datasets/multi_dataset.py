@@ -227,3 +227,73 @@ def dataset_ids_of_agents(batch: Any) -> torch.Tensor:
 
 __all__ = ['DATASET_CLASSES', 'DATASET_IDS', 'DatasetSource', 'MultiDataset', 'MultiDatasetDataModule',
            'WeightedDatasetSampler', 'dataset_ids_of_agents']
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# command-line support for pre-training scripts (train_ssl.py)
+# ----------------------------------------------------------------------------------------------------------------------
+def add_mix_arguments(group: Any) -> None:
+    """Flags of the dataset mix (``--load_av1`` / ``--load_waymo`` themselves belong to the script)."""
+    group.add_argument('--av1_root', type=str, default=None,
+                       help='Argoverse 1 root: <root>/train/raw/*.csv (+ val/), city maps in map_files/ next to the '
+                            'CSVs or under <root>/map_files')
+    group.add_argument('--waymo_root', type=str, default=None,
+                       help='Waymo Open Motion root: <root>/train/raw/*.tfrecord* (+ val/)')
+    for name in ('av1', 'waymo'):
+        for split in ('train', 'val'):
+            group.add_argument(f'--{name}_{split}_raw_dir', type=str, default=None)
+            group.add_argument(f'--{name}_{split}_processed_dir', type=str, default=None)
+    group.add_argument('--dataset_weights', type=float, nargs='+', default=None, metavar='W',
+                       help='sampling weights of the mixed datasets in the order AV2, AV1 (if loaded), Waymo (if '
+                            'loaded); default: in proportion to their sizes')
+    group.add_argument('--num_samples_per_epoch', type=int, default=None,
+                       help='scenarios drawn per epoch with --dataset_weights (default: all datasets\' total size)')
+
+
+def mix_requested(args: Any) -> bool:
+    return bool(getattr(args, 'load_av1', 0) or getattr(args, 'load_waymo', 0))
+
+
+def check_mix_arguments(args: Any) -> None:
+    """Raise SystemExit with a one-line message for inconsistent mix flags."""
+    for flag, root, name in (('load_av1', 'av1_root', 'Argoverse 1'), ('load_waymo', 'waymo_root', 'Waymo')):
+        if getattr(args, flag, 0) and not getattr(args, root, None) and not getattr(args, root[:-4] + 'train_raw_dir',
+                                                                                   None) \
+                and not getattr(args, root[:-4] + 'train_processed_dir', None):
+            raise SystemExit(f'error: --{flag} 1 needs --{root} (or --{root[:-4]}train_raw_dir / '
+                             f'--{root[:-4]}train_processed_dir) for the {name} data')
+    if not mix_requested(args):
+        if getattr(args, 'dataset_weights', None) is not None:
+            raise SystemExit('error: --dataset_weights needs --load_av1 1 and/or --load_waymo 1')
+        return
+    expected = 1 + int(bool(args.load_av1)) + int(bool(args.load_waymo))
+    if args.dataset_weights is not None and len(args.dataset_weights) != expected:
+        raise SystemExit(f'error: --dataset_weights needs {expected} values (AV2{", AV1" if args.load_av1 else ""}'
+                         f'{", Waymo" if args.load_waymo else ""}), got {len(args.dataset_weights)}')
+    if getattr(args, 'max_agents_per_batch', None) is not None or getattr(args, 'max_polygons_per_batch', None):
+        raise SystemExit('error: --max_agents_per_batch / --max_polygons_per_batch are not supported with a dataset '
+                         'mix yet')
+
+
+def mix_sources(args: Any) -> List[DatasetSource]:
+    """Datasets of the mix from the parsed flags: Argoverse 2 (``--root`` ...) first, then AV1, then Waymo."""
+    sources = [DatasetSource('argoverse_v2', args.root,
+                             raw_dirs={'train': args.train_raw_dir, 'val': args.val_raw_dir},
+                             processed_dirs={'train': args.train_processed_dir, 'val': args.val_processed_dir})]
+    for flag, prefix, name in (('load_av1', 'av1', 'argoverse_v1'), ('load_waymo', 'waymo', 'waymo')):
+        if getattr(args, flag, 0):
+            root = getattr(args, f'{prefix}_root') or ''
+            sources.append(DatasetSource(name, root,
+                                         raw_dirs={s: getattr(args, f'{prefix}_{s}_raw_dir') for s in ('train', 'val')},
+                                         processed_dirs={s: getattr(args, f'{prefix}_{s}_processed_dir')
+                                                         for s in ('train', 'val')}))
+    if args.dataset_weights is not None:
+        for source, weight in zip(sources, args.dataset_weights):
+            source.weight = weight
+    return sources
+
+
+def union_vocabulary_hparams() -> Dict[str, int]:
+    """Embedding-table sizes for models trained on a mix (union vocabularies, Argoverse 2's entries first)."""
+    from datasets.scenario import POINT_TYPES, POLYGON_TYPES
+    return {'num_point_types': len(POINT_TYPES), 'num_polygon_types': len(POLYGON_TYPES)}

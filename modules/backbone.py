@@ -100,7 +100,10 @@ class QCNetBackbone(SSLBackbone):
         hparams.setdefault('num_modes', 1)
         if hparams['num_modes'] != 1:
             raise ValueError(f'qcnet backbone: pre-training uses one mode query, got num_modes={hparams["num_modes"]}')
-        encoder = QCNetEncoder(**_pick(hparams, cls.ENCODER_ARGS, 'qcnet backbone'))
+        # optional: union-vocabulary table sizes for multi-dataset pre-training (absent = Argoverse 2's sizes)
+        vocabulary = {name: hparams[name] for name in ('num_point_types', 'num_polygon_types')
+                      if hparams.get(name) is not None}
+        encoder = QCNetEncoder(**_pick(hparams, cls.ENCODER_ARGS, 'qcnet backbone'), **vocabulary)
         decoder_args = _pick(hparams, cls.DECODER_ARGS, 'qcnet backbone')
         decoder_args['num_layers'] = decoder_args.pop('num_dec_layers')
         decoder = QCNetProposalDecoder(**decoder_args)

@@ -18,12 +18,14 @@ class QCNetEncoder(nn.Module):
 
     def __init__(self, dataset: str, input_dim: int, hidden_dim: int, num_historical_steps: int, pl2pl_radius: float,
                  time_span: Optional[int], pl2a_radius: float, a2a_radius: float, num_freq_bands: int,
-                 num_map_layers: int, num_agent_layers: int, num_heads: int, head_dim: int, dropout: float) -> None:
+                 num_map_layers: int, num_agent_layers: int, num_heads: int, head_dim: int, dropout: float,
+                 num_point_types: Optional[int] = None, num_polygon_types: Optional[int] = None) -> None:
         super().__init__()
         self.map_encoder = QCNetMapEncoder(
             dataset=dataset, input_dim=input_dim, hidden_dim=hidden_dim, num_historical_steps=num_historical_steps,
             pl2pl_radius=pl2pl_radius, num_freq_bands=num_freq_bands, num_layers=num_map_layers, num_heads=num_heads,
-            head_dim=head_dim, dropout=dropout)
+            head_dim=head_dim, dropout=dropout, num_point_types=num_point_types,
+            num_polygon_types=num_polygon_types)
         self.agent_encoder = QCNetAgentEncoder(
             dataset=dataset, input_dim=input_dim, hidden_dim=hidden_dim, num_historical_steps=num_historical_steps,
             time_span=time_span, pl2a_radius=pl2a_radius, a2a_radius=a2a_radius, num_freq_bands=num_freq_bands,

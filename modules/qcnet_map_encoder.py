@@ -1,5 +1,5 @@
 """QCNet map encoder: map points -> polygons, then polygon <-> polygon attention."""
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -46,7 +46,8 @@ class QCNetMapEncoder(nn.Module):
     """
 
     def __init__(self, dataset: str, input_dim: int, hidden_dim: int, num_historical_steps: int, pl2pl_radius: float,
-                 num_freq_bands: int, num_layers: int, num_heads: int, head_dim: int, dropout: float) -> None:
+                 num_freq_bands: int, num_layers: int, num_heads: int, head_dim: int, dropout: float,
+                 num_point_types: Optional[int] = None, num_polygon_types: Optional[int] = None) -> None:
         super().__init__()
         if dataset != 'argoverse_v2':
             raise ValueError(f'{dataset} is not a valid dataset')
@@ -68,9 +69,11 @@ class QCNetMapEncoder(nn.Module):
         input_dim_x_pl = input_dim - 2
         input_dim_r = input_dim + 1
 
-        self.type_pt_emb = nn.Embedding(AV2_NUM_POINT_TYPES, hidden_dim)
+        # Larger type tables (num_point_types / num_polygon_types) hold the union vocabularies of multi-dataset
+        # pre-training (datasets/scenario.py: Argoverse 2's types first); None = Argoverse 2's sizes.
+        self.type_pt_emb = nn.Embedding(num_point_types or AV2_NUM_POINT_TYPES, hidden_dim)
         self.side_pt_emb = nn.Embedding(AV2_NUM_POINT_SIDES, hidden_dim)
-        self.type_pl_emb = nn.Embedding(AV2_NUM_POLYGON_TYPES, hidden_dim)
+        self.type_pl_emb = nn.Embedding(num_polygon_types or AV2_NUM_POLYGON_TYPES, hidden_dim)
         self.int_pl_emb = nn.Embedding(AV2_NUM_POLYGON_INTERSECTION_FLAGS, hidden_dim)
         self.type_pl2pl_emb = nn.Embedding(NUM_POLYGON_TO_POLYGON_TYPES, hidden_dim)
         self.x_pt_emb = FourierEmbedding(input_dim=input_dim_x_pt, hidden_dim=hidden_dim, num_freq_bands=num_freq_bands)

@@ -9,8 +9,9 @@ backbone encoder consumes it unchanged. Fields added to ``view['agent']``:
   observed at it and at the step before; the window's first step is never valid, as in a real history);
 - ``predict_mask`` bool[A, H]: the agent's valid steps if it is valid at the window's last step, else all False
   (``predict_mask.any(-1)`` selects the agents the proposal decoder embeds);
-- ``view_mask`` bool[A]: the agent takes part in the view: observed at every step of the window (and, for windows
-  after the last history step, observed at that step, as the official masks require);
+- ``view_mask`` bool[A]: the agent takes part in the view: observed at every step of the window that its dataset
+  recorded (``data['span_start']`` .. ``data['span_end']``: all 110 steps for Argoverse 2, 30..79 for Argoverse 1)
+  and, for windows after the last history step, observed at that step, as the official masks require;
 - ``view_start`` long[A]: absolute start step of the window;
 - anchor view only: ``query_mask`` bool[A] (taking part in both views), ``rec_target`` float[A, H, 2] (positions of
   the TARGET window in each agent's anchor frame: origin and heading at the anchor's last step) and ``rec_mask``
@@ -43,6 +44,14 @@ def _scenario_key(data: HeteroData) -> int:
         scenario_id = scenario_id[0]
     # blake2b, not hash(): Python's str hash is salted per process.
     return int.from_bytes(hashlib.blake2b(str(scenario_id).encode(), digest_size=8).digest(), 'little')
+
+
+def _span(data: HeteroData, key: str, default: int) -> int:
+    """Canvas steps covered by the sample's recording (datasets/processing.py); absent = the whole sample."""
+    if key not in data:
+        return default
+    value = data[key]
+    return int(value.item() if torch.is_tensor(value) else value)
 
 
 def _scenario_name(data: HeteroData) -> str:
@@ -156,8 +165,16 @@ class SSLViews:
         valid = vec_valid[:, start:end].clone()
         valid[:, 0] = False  # no motion vector for the first step of a history
         agent['valid_mask'] = valid
-        agent['predict_mask'] = valid & valid[:, -1:]
-        participates = vec_valid[:, start + 1:end].all(dim=-1)
+        # Only the steps the sample's dataset recorded count (data['span_start'/'span_end'], e.g. 30..79 for
+        # Argoverse 1): as the official per-dataset masks, an agent takes part if observed over that part of the window.
+        low, high = max(start, _span(data, 'span_start', 0)), min(end, _span(data, 'span_end', self.num_steps))
+        # agents to embed: valid at the window's last recorded step (its last step unless the recording ends first)
+        last = min(max(high, start + 1), end) - 1 - start
+        agent['predict_mask'] = valid & valid[:, last:last + 1]
+        if high - low >= 2:  # vector validity at t needs t and t-1 observed: steps low+1..high-1 cover low..high-1
+            participates = vec_valid[:, low + 1:high].all(dim=-1)
+        else:  # the window (almost) misses the recording: no evidence, nobody takes part
+            participates = torch.zeros(num_agents, dtype=torch.bool, device=vec_valid.device)
         if start >= self.num_historical_steps:
             # official masks also require the agent at the last history step (predict_mask holds both conditions)
             participates &= data['agent']['predict_mask'][:, start]
