@@ -11,6 +11,7 @@ No official code is copied here; it is imported from the path given at run time.
 import importlib
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 from typing import Dict, List, Optional, Sequence
@@ -76,7 +77,22 @@ def _reference_gather_csr(src: torch.Tensor, indptr: torch.Tensor, out=None) -> 
     return src.repeat_interleave(indptr[1:] - indptr[:-1], dim=0)
 
 
-def install_compiled_stand_ins() -> List[str]:
+def install_fast_stand_ins() -> List[str]:
+    """Like :func:`install_compiled_stand_ins`, but the torch_cluster stand-in runs this project's vectorised
+    ``utils.graph`` search (same semantics, GPU friendly): for timing the official model, not for checking it."""
+    from utils.graph import radius, radius_graph
+
+    def fast_radius(x, y, r, batch_x=None, batch_y=None, max_num_neighbors=32, num_workers=1, batch_size=None):
+        return radius(x, y, r, batch_x, batch_y, max_num_neighbors, batch_size=batch_size)
+
+    def fast_radius_graph(x, r, batch=None, loop=False, max_num_neighbors=32, flow='source_to_target',
+                          num_workers=1, batch_size=None):
+        return radius_graph(x, r, batch, loop, max_num_neighbors, flow, batch_size=batch_size, cap_counts_self=True)
+
+    return install_compiled_stand_ins(radius_fn=fast_radius, radius_graph_fn=fast_radius_graph)
+
+
+def install_compiled_stand_ins(radius_fn=None, radius_graph_fn=None) -> List[str]:
     """Puts stand-in ``torch_cluster``/``torch_scatter`` modules in sys.modules where the real ones are missing.
 
     torch_geometric and this project's ``utils.graph`` are imported first, so that they record the real
@@ -88,8 +104,8 @@ def install_compiled_stand_ins() -> List[str]:
     if importlib.util.find_spec('torch_cluster') is None and 'torch_cluster' not in sys.modules:
         module = types.ModuleType('torch_cluster')
         module.__spec__ = importlib.machinery.ModuleSpec('torch_cluster', None)
-        module.radius = _reference_radius
-        module.radius_graph = _reference_radius_graph
+        module.radius = radius_fn or _reference_radius
+        module.radius_graph = radius_graph_fn or _reference_radius_graph
         sys.modules['torch_cluster'] = module
         installed.append('torch_cluster')
     if importlib.util.find_spec('torch_scatter') is None and 'torch_scatter' not in sys.modules:
@@ -125,19 +141,32 @@ def _pop_packages(names: Sequence[str]) -> Dict[str, types.ModuleType]:
 
 def import_official(repo_path: str, module_names: Sequence[str]) -> Dict[str, types.ModuleType]:
     """Imports ``module_names`` (e.g. 'predictors.qcnet') from the repository at ``repo_path`` without disturbing
-    this project's packages of the same names. Returns {name: module}."""
+    this project's packages of the same names. Returns {name: module}.
+
+    The official modules stay registered under an alias ('official_<repo>.<name>') and their classes report that
+    module name, so that torch_geometric (which resolves a layer's annotations through ``sys.modules`` and caches
+    generated code per module and class name) never confuses the official AttentionLayer with ours.
+    """
     install_compiled_stand_ins()
+    repo_path = os.path.abspath(repo_path)
+    alias_root = 'official_' + ''.join(c if c.isalnum() else '_' for c in os.path.basename(repo_path))
     ours = _pop_packages(SHARED_PACKAGE_NAMES)
     sys.path.insert(0, repo_path)
     try:
         imported = {name: importlib.import_module(name) for name in module_names}
     finally:
         sys.path.remove(repo_path)
-        _pop_packages(SHARED_PACKAGE_NAMES)
+        official = _pop_packages(SHARED_PACKAGE_NAMES)
         sys.modules.update(ours)
+    for key, module in official.items():
+        alias = f'{alias_root}.{key}'
+        sys.modules[alias] = module
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == key:
+                value.__module__ = alias
     for name, module in imported.items():
         origin = getattr(module, '__file__', '') or ''
-        if not origin.startswith(repo_path.rstrip('/')):
+        if not origin.startswith(repo_path):
             raise ImportError(f'{name} was imported from {origin}, not from {repo_path}')
     return imported
 

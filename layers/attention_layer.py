@@ -3,6 +3,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.utils import softmax
 
@@ -77,8 +78,10 @@ class AttentionLayer(MessagePassing):
     def _attn_block(self, x_src: torch.Tensor, x_dst: torch.Tensor, r: Optional[torch.Tensor],
                     edge_index: torch.Tensor) -> torch.Tensor:
         q = self.to_q(x_dst).view(-1, self.num_heads, self.head_dim)
-        k = self.to_k(x_src).view(-1, self.num_heads, self.head_dim)
-        v = self.to_v(x_src).view(-1, self.num_heads, self.head_dim)
+        # Keys and values of the sources in one matmul (to_k has no bias).
+        kv_bias = torch.cat([torch.zeros_like(self.to_v.bias), self.to_v.bias])
+        k, v = F.linear(x_src, torch.cat([self.to_k.weight, self.to_v.weight]), kv_bias).view(
+            -1, 2, self.num_heads, self.head_dim).unbind(dim=1)
         agg = self.propagate(edge_index=edge_index, x_dst=x_dst, q=q, k=k, v=v, r=r,
                              size=(x_src.size(0), x_dst.size(0)))
         return self.to_out(agg)
@@ -87,8 +90,12 @@ class AttentionLayer(MessagePassing):
                 index: torch.Tensor, ptr: Optional[torch.Tensor], size_i: Optional[int]) -> torch.Tensor:
         """Per-edge weighted values [E, heads, head_dim]."""
         if r is not None:
-            k_j = k_j + self.to_k_r(r).view(-1, self.num_heads, self.head_dim)
-            v_j = v_j + self.to_v_r(r).view(-1, self.num_heads, self.head_dim)
+            # Edge terms of keys and values in one matmul over the E edge embeddings (to_k_r has no bias).
+            r_bias = torch.cat([torch.zeros_like(self.to_v_r.bias), self.to_v_r.bias])
+            k_r, v_r = F.linear(r, torch.cat([self.to_k_r.weight, self.to_v_r.weight]), r_bias).view(
+                -1, 2, self.num_heads, self.head_dim).unbind(dim=1)
+            k_j = k_j + k_r
+            v_j = v_j + v_r
         sim = (q_i * k_j).sum(dim=-1) * self.scale  # [E, heads]
         # num_nodes given explicitly so the softmax needs no host sync to size its buffers.
         attn = softmax(sim, index, ptr, num_nodes=size_i)

@@ -40,25 +40,24 @@ class FourierEmbedding(nn.Module):
         self.apply(weight_init)
 
     def _continuous(self, inputs: torch.Tensor) -> torch.Tensor:
-        """[N, input_dim] -> [N, hidden_dim]: all per-scalar MLPs evaluated together."""
-        angles = inputs.unsqueeze(-1) * self.freqs.weight * (2 * math.pi)  # [N, I, F]
-        feats = torch.cat([angles.cos(), angles.sin(), inputs.unsqueeze(-1)], dim=-1)  # [N, I, 2F+1]
+        """[N, input_dim] -> [N, hidden_dim]: all per-scalar MLPs evaluated together.
+
+        Features are laid out scalar-major ([I, N, 2F+1]) so the I first layers run as one batched matmul and each
+        LayerNorm reads a contiguous block; the I second layers and the sum over scalars are one matmul with an
+        [H, I*H] weight. Autograd keeps the same tensors as the per-scalar formulation.
+        """
+        scalars = inputs.t().unsqueeze(-1)  # [I, N, 1]
+        angles = scalars * self.freqs.weight.unsqueeze(1) * (2 * math.pi)  # [I, N, F]
+        feats = torch.cat([angles.cos(), angles.sin(), scalars], dim=-1)  # [I, N, 2F+1]
         first = [mlp[0] for mlp in self.mlps]
-        norm = [mlp[1] for mlp in self.mlps]
-        last = [mlp[3] for mlp in self.mlps]
-        # First layers as one batched matmul over the I scalars: [I, N, 2F+1] @ [I, 2F+1, H].
-        w1 = torch.stack([lin.weight for lin in first]).transpose(1, 2)
-        b1 = torch.stack([lin.bias for lin in first]).unsqueeze(1)
-        hidden = torch.baddbmm(b1, feats.transpose(0, 1), w1)  # [I, N, H]
-        gamma = torch.stack([ln.weight for ln in norm]).unsqueeze(1)
-        beta = torch.stack([ln.bias for ln in norm]).unsqueeze(1)
-        hidden = F.layer_norm(hidden, (self.hidden_dim,), eps=norm[0].eps) * gamma + beta
-        hidden = torch.relu(hidden)
-        # Second layers and the sum over scalars fused into one matmul: [N, I*H] @ [I*H, H].
-        hidden = hidden.transpose(0, 1).reshape(inputs.size(0), -1)
-        w2 = torch.cat([lin.weight for lin in last], dim=1)  # [H, I*H]
-        b2 = torch.stack([lin.bias for lin in last]).sum(dim=0)
-        return F.linear(hidden, w2, b2)
+        w1 = torch.stack([lin.weight for lin in first]).transpose(1, 2)  # [I, 2F+1, H]
+        b1 = torch.stack([lin.bias for lin in first]).unsqueeze(1)  # [I, 1, H]
+        hidden = torch.baddbmm(b1, feats, w1)  # [I, N, H]
+        normed = torch.cat([mlp[1](hidden[i]) for i, mlp in enumerate(self.mlps)], dim=-1)  # [N, I*H]
+        normed = torch.relu_(normed)
+        w2 = torch.cat([mlp[3].weight for mlp in self.mlps], dim=1)  # [H, I*H]
+        b2 = torch.stack([mlp[3].bias for mlp in self.mlps]).sum(dim=0)
+        return F.linear(normed, w2, b2)
 
     def forward(self, continuous_inputs: Optional[torch.Tensor] = None,
                 categorical_embs: Optional[List[torch.Tensor]] = None) -> torch.Tensor:

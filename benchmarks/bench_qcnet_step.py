@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Times QCNet training steps and inference (ours or the official implementation) on real scenes.
+
+A training step = forward + official loss + backward + AdamW step, on a batch already on the device. Inference =
+forward under torch.no_grad. Each measurement is the median of --steps timed repetitions after --warmup untimed ones
+(CUDA events on GPU, perf_counter on CPU). Reports scenarios/s and the peak allocated GPU memory of each setting.
+
+Data: the real Argoverse 2 samples (../shared/data/av2/train, processed with this project's datasets package) cycled
+to fill each batch, or a processed cache folder (--processed_dir), or a file written earlier with --save_scenes
+(a torch.save'd list of HeteroData, for machines without the raw data or av2).
+
+Examples:
+  # CPU smoke run with a tiny model
+  python benchmarks/bench_qcnet_step.py --device cpu --hidden_dim 16 --batch_sizes 2 --steps 3 --warmup 1
+  # H100: ours vs official, fp32 and bf16-mixed
+  python benchmarks/bench_qcnet_step.py --device cuda --batch_sizes 4 16 32 --precision fp32 bf16-mixed
+  python benchmarks/bench_qcnet_step.py --device cuda --impl official --official_repo /path/to/QCNet
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable, List
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+AV2_CONFIG = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=128, output_dim=2, output_head=False,
+                  num_historical_steps=50, num_future_steps=60, num_modes=6, num_recurrent_steps=3,
+                  num_freq_bands=64, num_map_layers=1, num_agent_layers=2, num_dec_layers=2, num_heads=8,
+                  head_dim=16, dropout=0.1, pl2pl_radius=150.0, time_span=10, pl2a_radius=50.0, a2a_radius=50.0,
+                  num_t2m_steps=30, pl2m_radius=150.0, a2m_radius=150.0, lr=5e-4, weight_decay=1e-4, T_max=64,
+                  submission_dir='./', submission_file_name='submission')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--impl', choices=['ours', 'official'], default='ours')
+    parser.add_argument('--official_repo', type=str, default=None, help='official QCNet repository (--impl official)')
+    parser.add_argument('--device', type=str, default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--batch_sizes', type=int, nargs='+', default=[4, 16, 32])
+    parser.add_argument('--precision', nargs='+', choices=['fp32', 'bf16-mixed'], default=['fp32', 'bf16-mixed'])
+    parser.add_argument('--mode', nargs='+', choices=['train', 'infer'], default=['train', 'infer'])
+    parser.add_argument('--steps', type=int, default=30, help='timed repetitions per setting (median reported)')
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32 runs')
+    parser.add_argument('--fused_adamw', choices=['auto', 'on', 'off'], default='auto',
+                        help='ours: fused AdamW on CUDA (auto = on)')
+    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2', 'train'),
+                        help='raw Argoverse 2 scenario folders to process and cycle')
+    parser.add_argument('--processed_dir', type=str, default=None, help="this project's processed cache folder")
+    parser.add_argument('--scenes_file', type=str, default=None, help='list of HeteroData saved by --save_scenes')
+    parser.add_argument('--save_scenes', type=str, default=None, help='save the loaded scenes here and exit')
+    parser.add_argument('--hidden_dim', type=int, default=AV2_CONFIG['hidden_dim'])
+    parser.add_argument('--num_modes', type=int, default=AV2_CONFIG['num_modes'])
+    parser.add_argument('--report', type=str, default=None, help='write the results as JSON here')
+    return parser.parse_args(argv)
+
+
+def load_scenes(args) -> List:
+    from transforms.target_builder import TargetBuilder
+    target = TargetBuilder(AV2_CONFIG['num_historical_steps'], AV2_CONFIG['num_future_steps'])
+    if args.scenes_file:
+        return torch.load(args.scenes_file, weights_only=False)
+    if args.processed_dir:
+        from datasets import CACHE_SUFFIX, load_features, to_hetero_data
+        files = sorted(f for f in os.listdir(args.processed_dir) if f.endswith(CACHE_SUFFIX))
+        if not files:
+            raise SystemExit(f'bench_qcnet_step: {args.processed_dir}: no *{CACHE_SUFFIX} files')
+        return [target(to_hetero_data(load_features(os.path.join(args.processed_dir, f)))) for f in files]
+    from datasets import list_argoverse_v2_scenarios, load_argoverse_v2_scenario, process_scenario
+    if not os.path.isdir(args.data_root):
+        raise SystemExit(f'bench_qcnet_step: {args.data_root}: no such folder (see --data_root / --scenes_file)')
+    return [target(process_scenario(load_argoverse_v2_scenario(os.path.join(args.data_root, s))))
+            for s in list_argoverse_v2_scenarios(args.data_root)]
+
+
+def build_model(args):
+    config = dict(AV2_CONFIG, hidden_dim=args.hidden_dim, num_modes=args.num_modes)
+    if args.impl == 'official':
+        if not args.official_repo:
+            raise SystemExit('bench_qcnet_step: --impl official needs --official_repo')
+        from benchmarks.official_stubs import import_official, install_fast_stand_ins
+        install_fast_stand_ins()
+        model_cls = import_official(os.path.abspath(args.official_repo), ['predictors.qcnet'])['predictors.qcnet'].QCNet
+    else:
+        from predictors import QCNet as model_cls
+        if args.fused_adamw == 'off':
+            os.environ['QCNET_FUSED_ADAMW'] = '0'
+    return model_cls(**config)
+
+
+class Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == 'cuda'
+
+    def measure(self, fn: Callable[[], None], steps: int, warmup: int) -> List[float]:
+        for _ in range(warmup):
+            fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        times = []
+        for _ in range(steps):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1000.0)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return times
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings('ignore', message='.*self.log.*')
+    from torch_geometric.data import Batch
+    scenes = load_scenes(args)
+    if args.save_scenes:
+        torch.save(scenes, args.save_scenes)
+        print(f'saved {len(scenes)} scenes to {args.save_scenes}')
+        return 0
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.manual_seed(0)
+    model = build_model(args).to(device)
+    if args.impl == 'official':
+        from benchmarks.official_stubs import forget_generated_propagate_modules
+        forget_generated_propagate_modules()
+    model.train()
+    [optimizer], _ = model.configure_optimizers()
+    info = {'impl': args.impl, 'device': str(device), 'gpu': torch.cuda.get_device_name(device)
+            if device.type == 'cuda' else None, 'torch': torch.__version__, 'hidden_dim': args.hidden_dim,
+            'num_scenes_available': len(scenes), 'tf32': args.tf32,
+            'fused_adamw': bool(optimizer.defaults.get('fused')), 'results': []}
+    print(json.dumps({k: v for k, v in info.items() if k != 'results'}))
+    timer = Timer(device)
+    for batch_size in args.batch_sizes:
+        data_list = [copy.deepcopy(scenes[i % len(scenes)]) for i in range(batch_size)]
+        batch = Batch.from_data_list(data_list).to(device)
+        num_agents = int(batch['agent']['num_nodes'])
+        for precision in args.precision:
+            autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                      enabled=precision == 'bf16-mixed')
+            for mode in args.mode:
+                if device.type == 'cuda':
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+
+                if mode == 'train':
+                    def step():
+                        optimizer.zero_grad(set_to_none=True)
+                        with autocast:
+                            if args.impl == 'official':
+                                loss = model.training_step(batch, 0)
+                            else:
+                                loss = model.compute_losses(batch, model(batch))['loss']
+                        loss.backward()
+                        optimizer.step()
+                else:
+                    def step():
+                        with torch.no_grad(), autocast:
+                            model(batch)
+                try:
+                    times = timer.measure(step, args.steps, args.warmup)
+                except torch.OutOfMemoryError:
+                    print(f'batch {batch_size} {precision} {mode}: out of memory')
+                    info['results'].append({'batch_size': batch_size, 'precision': precision, 'mode': mode,
+                                            'oom': True})
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                median = statistics.median(times)
+                peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None
+                row = {'batch_size': batch_size, 'agents': num_agents, 'precision': precision, 'mode': mode,
+                       'median_s': median, 'min_s': min(times), 'max_s': max(times),
+                       'scenarios_per_s': batch_size / median, 'peak_alloc_gib': peak}
+                info['results'].append(row)
+                print(f'batch {batch_size:3d} ({num_agents} agents) {precision:10s} {mode:5s}: '
+                      f'median {median * 1000:9.2f} ms  {batch_size / median:8.2f} scen/s'
+                      + (f'  peak {peak:6.2f} GiB' if peak is not None else ''), flush=True)
+    if args.report:
+        with open(args.report, 'w') as handle:
+            json.dump(info, handle, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
