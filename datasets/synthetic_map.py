@@ -15,7 +15,7 @@ import numpy as np
 
 from datasets.synthetic_geometry import (arc_length, batch_normals, batch_resample, line_intersection, offset, resample_spacing,
                                          smooth_connector, unit_normals)
-from datasets.synthetic_profiles import SyntheticProfile
+from datasets.synthetic_profiles import SyntheticProfile, weighted_pick
 
 DENSE_SPACING = 0.5        # metres between the internal centre-line points used by the simulator
 CENTERLINE_SPACING = 2.0   # AV2 centre lines have <= 2 m between points
@@ -121,9 +121,7 @@ class _Ids:
 
 
 def _choice(rng: np.random.Generator, weighted):
-    values = [v for v, _ in weighted]
-    weights = np.array([w for _, w in weighted], dtype=float)
-    return values[int(rng.choice(len(values), p=weights / weights.sum()))]
+    return weighted[weighted_pick(rng, [w for _, w in weighted])][0]
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -354,8 +352,10 @@ def _apply_warp(road_map: RoadMap) -> None:
     if road_map.warp_params is None or road_map.warp_params[0] == 0.0:
         return
     warp = road_map.warp
-    for lane in road_map.lanes.values():
-        lane.center = warp(lane.center)
+    lanes = list(road_map.lanes.values())
+    counts = np.cumsum([len(lane.center) for lane in lanes])[:-1]
+    for lane, center in zip(lanes, np.split(warp(np.concatenate([lane.center for lane in lanes])), counts)):
+        lane.center = center
     for cw in road_map.crosswalks:
         cw.edge1, cw.edge2 = warp(cw.edge1), warp(cw.edge2)
         corners = np.concatenate([cw.edge1, cw.edge2])
@@ -370,9 +370,11 @@ def _apply_warp(road_map: RoadMap) -> None:
 def _lane_piece(road: _Road, s_a: float, s_b: float, lateral, reverse: bool) -> np.ndarray:
     """Dense centre line of a straight road piece between s_a and s_b at `lateral` (scalar or callable of s)."""
     count = max(2, int(math.ceil((s_b - s_a) / DENSE_SPACING)) + 1)
-    s = np.linspace(s_a, s_b, count)
-    lat = lateral(s) if callable(lateral) else np.full(count, lateral)
-    pts = road.start + np.outer(s, road.d) + np.outer(lat, road.n)
+    s = s_a + (s_b - s_a) / (count - 1) * np.arange(count)
+    base = road.start + road.n * (0.0 if callable(lateral) else lateral)
+    pts = base + s[:, None] * road.d
+    if callable(lateral):
+        pts += lateral(s)[:, None] * road.n
     return pts[::-1].copy() if reverse else pts
 
 
@@ -511,6 +513,7 @@ def _build_connectors(rng, prof, ids, node: int, center: np.ndarray, arms, roads
     else:
         stop_arm = [control == 'all_stop'] * len(arms)
     connectors: List[int] = []
+    all_pairs: List[Tuple[int, int, str, int]] = []
     for k_in, (r_in, arm_in) in enumerate(arms):
         incoming = _arm_lanes(roads[r_in], node, incoming=True)
         if not incoming:
@@ -520,38 +523,68 @@ def _build_connectors(rng, prof, ids, node: int, center: np.ndarray, arms, roads
         regular_in = [lid for lid, kind in incoming if kind == 'lane']
         pocket_in = [lid for lid, kind in incoming if kind == 'pocket']
         bike_in = [lid for lid, kind in incoming if kind == 'bike']
+        exits = {}   # turn -> (regular out lanes, bike out lanes)
         for k_out, (r_out, arm_out) in enumerate(arms):
             if k_out == k_in:
                 continue
             rel = (math.atan2(arm_out.u[1], arm_out.u[0]) - in_heading + math.pi) % (2 * math.pi) - math.pi
             turn = 'straight' if abs(rel) < math.radians(45) else ('left' if rel > 0 else 'right')
+            if turn in exits:     # two arms in the same sector: keep the sharper one as that turn
+                continue
             outgoing = _arm_lanes(roads[r_out], node, incoming=False)
-            regular_out = [lid for lid, kind in outgoing if kind == 'lane']
-            bike_out = [lid for lid, kind in outgoing if kind == 'bike']
-            pairs: List[Tuple[int, int]] = []
-            if turn == 'straight':
-                pairs = [(lid, regular_out[min(k, len(regular_out) - 1)]) for k, lid in enumerate(regular_in)]
-                if bike_in and bike_out:
-                    pairs.append((bike_in[0], bike_out[0]))
-            elif turn == 'left':
-                pairs = [((pocket_in or regular_in)[0], regular_out[0])]
-            else:
-                pairs = [(regular_in[-1], regular_out[-1])]
-                if bike_in and bike_out:
-                    pairs.append((bike_in[0], bike_out[0]))
-            for src, dst in pairs:
-                a, b = lanes[src], lanes[dst]
-                pa, pb = a.center[-1], b.center[0]
-                ha = math.atan2(*(a.center[-1] - a.center[-2])[::-1])
-                hb = math.atan2(*(b.center[1] - b.center[0])[::-1])
-                conn = Lane(id=ids('lane'), center=smooth_connector(pa, ha, pb, hb, DENSE_SPACING),
-                            width=(a.width + b.width) / 2, lane_type=a.lane_type, left_mark='NONE',
-                            right_mark='NONE', is_intersection=True, kind='connector', turn=turn, node=node,
-                            needs_stop=stop_arm[k_in], gated=True)
-                lanes[conn.id] = conn
-                _link(lanes, src, conn.id)
-                _link(lanes, conn.id, dst)
-                connectors.append(conn.id)
+            exits[turn] = ([lid for lid, kind in outgoing if kind == 'lane'],
+                           [lid for lid, kind in outgoing if kind == 'bike'])
+        pairs: List[Tuple[int, int, str]] = []
+        if 'straight' in exits:
+            out = exits['straight'][0]
+            pairs += [(lid, out[min(k, len(out) - 1)], 'straight') for k, lid in enumerate(regular_in)]
+        if 'left' in exits:
+            pairs.append(((pocket_in or regular_in)[0], exits['left'][0][0], 'left'))
+        if 'right' in exits:
+            pairs.append((regular_in[-1], exits['right'][0][-1], 'right'))
+        if pocket_in and 'left' not in exits:   # no left exit after all: the pocket joins the next best one
+            turn = 'straight' if 'straight' in exits else 'right'
+            pairs.append((pocket_in[0], exits[turn][0][0], turn))
+        # without a straight exit (stem of a T), inner lanes turn too: left half left, right half right
+        served = {src for src, _, _ in pairs}
+        for k, lid in enumerate(regular_in):
+            if lid in served:
+                continue
+            turn = 'left' if ('left' in exits and (k < len(regular_in) / 2 or 'right' not in exits)) else 'right'
+            out = exits[turn][0]
+            pairs.append((lid, out[min(k, len(out) - 1)] if turn == 'left' else out[max(0, len(out) - len(regular_in) + k)],
+                          turn))
+        for turn in ('straight', 'right'):
+            if bike_in and turn in exits:
+                out_regular, out_bike = exits[turn]
+                # a bike lane that ends at the node feeds the kerb-side traffic lane
+                pairs.append((bike_in[0], (out_bike or out_regular[-1:])[0], turn))
+        all_pairs.extend((src, dst, turn, k_in) for src, dst, turn in pairs)
+    # every lane leaving the node must be reachable (else traffic would appear from nowhere inside the map):
+    # an unserved exit lane is fed by a copy of the connector into its nearest served neighbour
+    for r_out, arm_out in arms:
+        out = [lid for lid, kind in _arm_lanes(roads[r_out], node, incoming=False) if kind == 'lane']
+        served = {dst: (src, turn, k_in) for src, dst, turn, k_in in all_pairs}
+        for k, lid in enumerate(out):
+            if lid in served:
+                continue
+            near = sorted((abs(j - k), j) for j, other in enumerate(out) if other in served)
+            if near:
+                src, turn, k_in = served[out[near[0][1]]]
+                all_pairs.append((src, lid, turn, k_in))
+    for src, dst, turn, k_in in all_pairs:
+        a, b = lanes[src], lanes[dst]
+        pa, pb = a.center[-1], b.center[0]
+        ha = math.atan2(*(a.center[-1] - a.center[-2])[::-1])
+        hb = math.atan2(*(b.center[1] - b.center[0])[::-1])
+        conn = Lane(id=ids('lane'), center=smooth_connector(pa, ha, pb, hb, DENSE_SPACING),
+                    width=(a.width + b.width) / 2, lane_type=a.lane_type, left_mark='NONE',
+                    right_mark='NONE', is_intersection=True, kind='connector', turn=turn, node=node,
+                    needs_stop=stop_arm[k_in], gated=True)
+        lanes[conn.id] = conn
+        _link(lanes, src, conn.id)
+        _link(lanes, conn.id, dst)
+        connectors.append(conn.id)
     _mark_conflicts(lanes, connectors, crosswalks)
 
 
@@ -560,7 +593,8 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     lane (then one simply follows the other); connectors also record the crosswalks they pass over."""
     if not connectors:
         return
-    sampled = [lanes[c].center[::4] for c in connectors]   # ~2 m spacing is enough for a 2.2 m threshold
+    # 3 m sampling still finds every crossing: at worst both samples lie 1.5 m from it, 2.1 m apart
+    sampled = [lanes[c].center[::6] for c in connectors]
     owner = np.repeat(np.arange(len(connectors)), [len(p) for p in sampled])
     pts = np.concatenate(sampled)
     sq = (pts ** 2).sum(1)
@@ -591,7 +625,7 @@ def build_highway(rng: np.random.Generator, prof: SyntheticProfile) -> RoadMap:
     s = np.arange(0.0, length + 1e-9, DENSE_SPACING)
     curvature = np.zeros_like(s)
     for _ in range(int(rng.integers(1, 4))):
-        amp = rng.uniform(0.3, 1.0) * prof.highway_max_curvature * rng.choice([-1.0, 1.0])
+        amp = rng.uniform(0.3, 1.0) * prof.highway_max_curvature * (1.0 if rng.random() < 0.5 else -1.0)
         curvature += amp * np.exp(-0.5 * ((s - rng.uniform(0, length)) / rng.uniform(40, 140)) ** 2)
     theta = float(rng.uniform(-math.pi, math.pi)) + np.concatenate([[0.0], np.cumsum(curvature[:-1] * DENSE_SPACING)])
     ref = np.stack([np.cumsum(np.cos(theta)), np.cumsum(np.sin(theta))], axis=1) * DENSE_SPACING

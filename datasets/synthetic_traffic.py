@@ -14,12 +14,13 @@ import numpy as np
 
 from datasets.synthetic_geometry import arc_length, batch_arc, batch_headings, headings, resample
 from datasets.synthetic_map import RoadMap, pedestrian_path, sidewalk_point
-from datasets.synthetic_profiles import SyntheticProfile
+from datasets.synthetic_profiles import SyntheticProfile, weighted_pick
 
 DT = 0.1
-WARMUP_STEPS = 30
+WARMUP_STEPS = 20
 POST_EXTENSION = 450.0       # straight virtual road after lanes that leave the map
 STOP_DWELL = (8, 20)         # steps a vehicle stands at a stop line before entering
+SUBSTEPS = 3                 # the car-following model is integrated at SUBSTEPS * DT
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SPAWN_GAP = 9.0              # minimum bumper-free spacing when seeding vehicles on a lane
 
@@ -53,12 +54,15 @@ class _LaneTable:
     curvature: List[np.ndarray]
     lengths: List[float]
     tails: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]   # the above without the first point
+    heading_ends: List[Tuple[float, float, float]]   # heading at the first, second and last point
+    is_turn: List[bool]                              # a left or right turn through an intersection
     pre: Dict[int, int]           # real lane index -> virtual lane index feeding it
     post: Dict[int, int]          # real lane index -> virtual lane index it drains into
     gated: List[bool]
     needs_stop: List[bool]
     conflicts: List[frozenset]
     crosswalks: List[frozenset]
+    siblings: List[Tuple[int, ...]]   # other lanes sharing a predecessor with this one
 
     @property
     def total(self) -> int:
@@ -89,10 +93,13 @@ class _LaneTable:
             self.curvature.append(c)
             self.lengths.append(float(s[-1]))
             self.tails.append((p[1:], s[1:], h[1:], c[1:]))
+            self.heading_ends.append((float(h[0]), float(h[1]), float(h[-1])))
+            self.is_turn.append(False)
             self.gated.append(False)
             self.needs_stop.append(False)
             self.conflicts.append(frozenset())
             self.crosswalks.append(frozenset())
+            self.siblings.append(())
 
 
 def _straight(origin: np.ndarray, direction: np.ndarray, start: float, end: float) -> np.ndarray:
@@ -103,8 +110,8 @@ def _straight(origin: np.ndarray, direction: np.ndarray, start: float, end: floa
 def _lane_table(road_map: RoadMap, upstream: float) -> _LaneTable:
     ids = list(road_map.lanes)
     table = _LaneTable(ids=ids, index={lid: i for i, lid in enumerate(ids)}, points=[], arc=[], heading=[],
-                       curvature=[], lengths=[], tails=[], pre={}, post={}, gated=[], needs_stop=[], conflicts=[],
-                       crosswalks=[])
+                       curvature=[], lengths=[], tails=[], heading_ends=[], is_turn=[], pre={}, post={}, gated=[], needs_stop=[], conflicts=[],
+                       crosswalks=[], siblings=[])
     table.add_many([road_map.lanes[lid].center for lid in ids])
     for i, lid in enumerate(ids):
         lane = road_map.lanes[lid]
@@ -112,6 +119,15 @@ def _lane_table(road_map: RoadMap, upstream: float) -> _LaneTable:
         table.needs_stop[i] = lane.needs_stop
         table.conflicts[i] = frozenset(table.index[c] for c in lane.conflicts)
         table.crosswalks[i] = frozenset(lane.crosswalks)
+        table.is_turn[i] = lane.turn in ('left', 'right')
+        # lanes branching from one predecessor overlap at their start; lanes merging into one successor (a
+        # taper, a ramp) overlap at their end. Connectors are excluded: they merge under gate control.
+        shared = {s for p in lane.predecessors for s in road_map.lanes[p].successors}
+        if lane.kind != 'connector':
+            shared |= {p for s in lane.successors for p in road_map.lanes[s].predecessors
+                       if road_map.lanes[p].kind != 'connector'}
+        shared.discard(lid)
+        table.siblings[i] = tuple(sorted(table.index[s] for s in shared))
     virtual, owners = [], []
     for lid in ids:
         lane = road_map.lanes[lid]
@@ -143,6 +159,8 @@ class _Route:
     entry_start: List[float]      # route s where each entry (lane occupancy interval) begins
     entry_lane: List[int]
     entry_base: List[float]       # route s at which that lane's own s is zero
+    entry_lane2: List[int]        # second lane the agent is in (the other lane while changing lanes)
+    entry_base2: List[float]
     gates: List[Tuple[float, int]]
     turns: int
 
@@ -155,6 +173,8 @@ def _choose_successor(rng, road_map: RoadMap, table: _LaneTable, prof: Synthetic
                       lane_type: str) -> Optional[int]:
     lane = road_map.lanes[table.ids[lane_idx]]
     options = [table.index[s] for s in lane.successors if road_map.lanes[s].lane_type == lane_type]
+    if not options and lane_type == 'BIKE':   # the bike lane ends: cyclists carry on in traffic
+        options = [table.index[s] for s in lane.successors]
     if not options:
         return None
     if len(options) == 1:
@@ -173,8 +193,7 @@ def _choose_successor(rng, road_map: RoadMap, table: _LaneTable, prof: Synthetic
         else:
             weights.append((1.0 - (prof.pocket_choice_prob if 'pocket' in special else prof.exit_choice_prob))
                            if special else 1.0)
-    weights = np.array(weights)
-    return options[int(rng.choice(len(options), p=weights / weights.sum()))]
+    return options[weighted_pick(rng, weights)]
 
 
 def _forward_chain(rng, road_map, table, prof, start_idx: int, length_needed: float, lane_type: str) -> List[int]:
@@ -202,103 +221,141 @@ def _ensure_post(table: _LaneTable, lane_idx: int) -> int:
 
 
 def _insert_lane_change(rng, road_map, table, prof, chain: List[int], first: int, lane_type: str,
-                        length_needed: float) -> List:
-    """Replace part of `chain` (a list of lane indices) by a lane-change element; returns the element list."""
+                        length_needed: float, v_desired: float) -> List:
+    """Replace part of `chain` (lane indices) by one lane-change element; returns the element list.
+
+    The manoeuvre spans as many parallel lane pieces as needed for about 4 s of travel at the desired speed,
+    which keeps its lateral acceleration (and hence the curvature speed limit) mild.
+    """
     elements: List = [('lane', c) for c in chain]
+    n_real = len(table.ids)
     candidates = []
     for q in range(first, len(chain) - 1):
-        if chain[q] >= len(table.ids):
+        if chain[q] >= n_real:
             continue
         lane = road_map.lanes[table.ids[chain[q]]]
         if lane.kind not in ('road', 'aux'):
             continue
+        nxt = chain[q + 1]
+        if nxt < n_real and road_map.lanes[table.ids[nxt]].kind == 'connector':
+            continue   # queues form in front of intersections: change lanes further upstream
         for side in ('left_same', 'right_same'):
             target = getattr(lane, side)
             if target is not None:
                 candidates.append((q, table.index[target], 3.0 if lane.kind == 'aux' else 1.0))
     if not candidates:
         return elements
-    weights = np.array([c[2] for c in candidates])
-    q, target, _ = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
-    src = [chain[q]]
-    dst = [target]
-    # stretch the manoeuvre over two parallel pieces when both lanes continue side by side
-    nxt_src = chain[q + 1] if q + 1 < len(chain) else None
-    if nxt_src is not None and nxt_src < len(table.ids):
+    q, target, _ = candidates[weighted_pick(rng, [c[2] for c in candidates])]
+    src, dst = [chain[q]], [target]
+    wanted = max(35.0, 4.0 * v_desired)
+    while sum(table.lengths[i] for i in src) < wanted and q + len(src) < len(chain):
+        nxt_src = chain[q + len(src)]
+        if nxt_src >= n_real:
+            break
         src_next = road_map.lanes[table.ids[nxt_src]]
-        dst_lane = road_map.lanes[table.ids[target]]
         side_of = {src_next.left_same, src_next.right_same}
-        parallel = [table.index[s] for s in dst_lane.successors if s in side_of]
-        if src_next.kind in ('road', 'aux') and parallel:
-            src.append(nxt_src)
-            dst.append(parallel[0])
+        parallel = [table.index[s] for s in road_map.lanes[table.ids[dst[-1]]].successors if s in side_of]
+        if src_next.kind not in ('road', 'aux') or not parallel:
+            break
+        src.append(nxt_src)
+        dst.append(parallel[0])
+    if sum(table.lengths[i] for i in src) < 0.6 * wanted:
+        return elements   # no room for a comfortable manoeuvre here
     remaining = length_needed - sum(table.lengths[c] for c in chain[:q]) - sum(table.lengths[c] for c in dst)
     rest = _forward_chain(rng, road_map, table, prof, dst[-1], remaining + table.lengths[dst[-1]], lane_type)[1:]
     return elements[:q] + [('lc', src, dst)] + [('lane', c) for c in rest]
 
 
 def _build_route(table: _LaneTable, road_map: RoadMap, elements: List) -> _Route:
-    pts_parts, s_parts, h_parts, k_parts = [], [], [], []
+    """Concatenate the lanes (and lane-change blends) of `elements` into one route with lane bookkeeping."""
+    parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    offsets: List[float] = []       # route s of each part's lane-local s = 0
+    shifts: List[float] = []        # multiples of 2 pi that keep the heading continuous
     entry_start, entry_lane, entry_base, gates = [], [], [], []
+    entry_lane2, entry_base2 = [], []
     turns = 0
     pos = 0.0
-    n_real = len(table.ids)
     last_heading = None
     two_pi = 2 * math.pi
     for element in elements:
         if element[0] == 'lane':
             idx = element[1]
+            h_first, h_second, h_last = table.heading_ends[idx]
             if last_heading is None:
-                pts, arc, heading, curv = table.points[idx], table.arc[idx], table.heading[idx], table.curvature[idx]
+                parts.append((table.points[idx], table.arc[idx], table.heading[idx], table.curvature[idx]))
+                shifts.append(0.0)
             else:   # consecutive lanes share their joint point
-                pts, arc, heading, curv = table.tails[idx]
-            length = table.lengths[idx]
+                parts.append(table.tails[idx])
+                shifts.append(two_pi * round((last_heading - h_second) / two_pi))
+            last_heading = h_last + shifts[-1]
+            offsets.append(pos)
             entry_start.append(pos)
             entry_lane.append(idx)
             entry_base.append(pos)
+            entry_lane2.append(idx)
+            entry_base2.append(pos)
             if table.gated[idx]:
                 gates.append((pos, idx))
-            if idx < n_real and road_map.lanes[table.ids[idx]].turn in ('left', 'right'):
-                turns += 1
-        else:
-            _, src, dst = element
-            a = np.concatenate([table.points[src[0]]] + [table.tails[i][0] for i in src[1:]])
-            b = np.concatenate([table.points[dst[0]]] + [table.tails[i][0] for i in dst[1:]])
-            count = max(len(a), len(b))
+            turns += table.is_turn[idx]
+            pos += table.lengths[idx]
+            continue
+        _, src, dst = element
+        a = np.concatenate([table.points[src[0]]] + [table.tails[i][0] for i in src[1:]])
+        b = np.concatenate([table.points[dst[0]]] + [table.tails[i][0] for i in dst[1:]])
+        count = max(len(a), len(b))
+        if len(a) != len(b):   # parallel pieces of one road already have equal point counts
             a, b = resample(a, count), resample(b, count)
-            x = np.clip((np.linspace(0.0, 1.0, count) - 0.1) / 0.8, 0.0, 1.0)
-            alpha = (x * x * (3 - 2 * x))[:, None]
-            pts = (1 - alpha) * a + alpha * b
-            arc = arc_length(pts)
-            heading = headings(pts)
-            curv = np.zeros(count)
-            curv[1:-1] = np.abs(heading[2:] - heading[:-2]) / np.maximum(arc[2:] - arc[:-2], 1e-6)
-            length = float(arc[-1])
-            half = pos + length / 2
-            for lanes_, lo, hi in ((src, pos, half), (dst, half, pos + length)):
-                base = pos
-                for i in lanes_:
-                    start, end = base, base + table.lengths[i]
-                    if end > lo and start < hi:
-                        entry_start.append(max(start, lo))
-                        entry_lane.append(i)
-                        entry_base.append(base)
-                    base = end
-            if last_heading is not None:
-                pts, arc, heading, curv = pts[1:], arc[1:], heading[1:], curv[1:]
-        if last_heading is not None:   # keep the heading continuous across the joint
-            turns_off = round((last_heading - float(heading[0])) / two_pi)
-            if turns_off:
-                heading = heading + two_pi * turns_off
-        last_heading = float(heading[-1])
-        pts_parts.append(pts)
-        s_parts.append(arc + pos if pos else arc)
-        h_parts.append(heading)
-        k_parts.append(curv)
+        x = np.clip((np.linspace(0.0, 1.0, count) - 0.1) / 0.8, 0.0, 1.0)
+        alpha = (x * x * (3 - 2 * x))[:, None]
+        pts = (1 - alpha) * a + alpha * b
+        arc = arc_length(pts)
+        heading = headings(pts)
+        curv = np.zeros(count)
+        curv[1:-1] = np.abs(heading[2:] - heading[:-2]) / np.maximum(arc[2:] - arc[:-2], 1e-6)
+        length = float(arc[-1])
+        # during the manoeuvre the agent is in both lanes: the source lane first, then (from half way)
+        # the target lane as its primary lane, the other one as its secondary lane
+        switch = pos + 0.5 * length
+
+        def covering(lanes_, at):
+            base = pos
+            for i in lanes_:
+                if at < base + table.lengths[i] or i == lanes_[-1]:
+                    return i, base
+                base += table.lengths[i]
+
+        cuts = {pos, switch}
+        for lanes_ in (src, dst):
+            base = pos
+            for i in lanes_[:-1]:
+                base += table.lengths[i]
+                if pos < base < pos + length:
+                    cuts.add(base)
+        for cut in sorted(cuts):
+            primary, secondary = (src, dst) if cut < switch else (dst, src)
+            lane1, base1 = covering(primary, cut)
+            lane2, base2 = covering(secondary, cut)
+            entry_start.append(cut)
+            entry_lane.append(lane1)
+            entry_base.append(base1)
+            entry_lane2.append(lane2)
+            entry_base2.append(base2)
+        if last_heading is None:
+            shifts.append(0.0)
+        else:
+            pts, arc, heading, curv = pts[1:], arc[1:], heading[1:], curv[1:]
+            shifts.append(two_pi * round((last_heading - float(heading[0])) / two_pi))
+        last_heading = float(heading[-1]) + shifts[-1]
+        parts.append((pts, arc, heading, curv))
+        offsets.append(pos)
         pos += length
-    return _Route(points=np.concatenate(pts_parts), s=np.concatenate(s_parts), heading=np.concatenate(h_parts),
-                  curvature=np.concatenate(k_parts), entry_start=entry_start, entry_lane=entry_lane,
-                  entry_base=entry_base, gates=gates, turns=turns)
+    counts = [len(part[0]) for part in parts]
+    return _Route(points=np.concatenate([part[0] for part in parts]),
+                  s=np.concatenate([part[1] for part in parts]) + np.repeat(offsets, counts),
+                  heading=np.concatenate([part[2] for part in parts]) + np.repeat(shifts, counts),
+                  curvature=np.concatenate([part[3] for part in parts]), entry_start=entry_start,
+                  entry_lane=entry_lane, entry_base=entry_base, entry_lane2=entry_lane2, entry_base2=entry_base2,
+                  gates=gates, turns=turns)
 
 
 def _speed_profile(route: _Route, v_desired: float, lateral_acc: float, comfort_dec: float) -> np.ndarray:
@@ -402,8 +459,7 @@ def _spawn_vehicles(rng, road_map: RoadMap, table: _LaneTable, prof: SyntheticPr
                    if lane.lane_type == 'VEHICLE' and lane.kind != 'connector']
     spawn_lanes += [v for k, v in table.pre.items() if lanes[table.ids[k]].lane_type == 'VEHICLE']
     types = [t for t, _ in prof.vehicle_type_weights]
-    type_p = np.array([w for _, w in prof.vehicle_type_weights])
-    type_p = type_p / type_p.sum()
+    type_w = [w for _, w in prof.vehicle_type_weights]
     for idx in spawn_lanes:
         length = table.lengths[idx]
         count = rng.poisson(density * length)
@@ -415,7 +471,7 @@ def _spawn_vehicles(rng, road_map: RoadMap, table: _LaneTable, prof: SyntheticPr
             if any(abs(p - q) < SPAWN_GAP for q in taken):
                 continue
             taken.append(p)
-            object_type = types[int(rng.choice(len(types), p=type_p))]
+            object_type = types[weighted_pick(rng, type_w)]
             drivers.append(_driver_from(rng, road_map, table, prof, idx, p, object_type, 'VEHICLE', horizon_s))
 
     # --- cyclists: bike lanes when the map has them, else the kerb-side vehicle lane ---
@@ -457,7 +513,7 @@ def _driver_from(rng, road_map, table, prof, idx: int, p: float, object_type: st
     chain = prefix + _forward_chain(rng, road_map, table, prof, start, need - (table.lengths[idx] if prefix else 0.0),
                                     lane_type)
     if object_type != 'cyclist' and rng.random() < prof.lane_change_prob:
-        elements = _insert_lane_change(rng, road_map, table, prof, chain, 1, lane_type, need)
+        elements = _insert_lane_change(rng, road_map, table, prof, chain, 1, lane_type, need, v_desired)
     else:
         elements = [('lane', c) for c in chain]
     route = _build_route(table, road_map, elements)
@@ -465,14 +521,15 @@ def _driver_from(rng, road_map, table, prof, idx: int, p: float, object_type: st
     return driver
 
 
+@np.errstate(invalid='ignore')   # NaN (a lane that is not on a route) compares False, as intended
 def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndarray, steps: int):
     """IDM car following along each driver's route; returns route positions s [N, steps] and speeds [N, steps].
 
     Leaders are found through the lane graph: agent j is ahead of agent i when j's current lane lies on i's
     route. Entering a gated lane (intersection connector, merge) needs its conflicting lanes to be free of
     other agents and its crosswalks free of pedestrians; stop-controlled connectors also need a full stop.
-    The model is integrated at SIM_DT = 2 * DT with constant acceleration per step, which gives the 10 Hz
-    samples in between exactly (half the Python work of a 10 Hz loop).
+    The model is integrated at SUBSTEPS * DT with constant acceleration per step, which gives the 10 Hz
+    samples in between exactly (a fraction of the Python work of a 10 Hz loop).
     """
     n = len(drivers)
     ar = np.arange(n)
@@ -480,6 +537,8 @@ def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndar
     start_pad = np.full((n, n_entries), np.inf)
     lane_pad = np.zeros((n, n_entries), dtype=int)
     base_pad = np.zeros((n, n_entries))
+    lane2_pad = np.zeros((n, n_entries), dtype=int)
+    base2_pad = np.zeros((n, n_entries))
     n_gates = max(len(d.route.gates) for d in drivers) + 1
     gate_pad = np.full((n, n_gates), np.inf)
     gate_lane_pad = np.zeros((n, n_gates), dtype=int)
@@ -494,7 +553,16 @@ def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndar
         start_pad[i, :m] = r.entry_start
         lane_pad[i, :m] = r.entry_lane
         base_pad[i, :m] = r.entry_base
+        lane2_pad[i, :m] = r.entry_lane2
+        base2_pad[i, :m] = r.entry_base2
         on_route[i, r.entry_lane] = r.entry_base
+        on_route[i, r.entry_lane2] = r.entry_base2
+        # lanes branching from the same predecessor overlap where they start: an agent that took the other
+        # branch is still in the way there, so treat it as if it were on this route
+        for lane_idx, base in zip(r.entry_lane, r.entry_base):
+            for sib in table.siblings[lane_idx]:
+                if np.isnan(on_route[i, sib]):
+                    on_route[i, sib] = base
         for g, (gs, gl) in enumerate(r.gates):
             gate_pad[i, g] = gs
             gate_lane_pad[i, g] = gl
@@ -511,32 +579,72 @@ def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndar
     needs_stop, conflicts, crosswalks = table.needs_stop, table.conflicts, table.crosswalks
     s = np.array([d.s for d in drivers])
     v = np.minimum(vlim_pad[ar, np.minimum(s.astype(int), max_len - 1)], np.array([d.v for d in drivers]))
+    # seeded vehicles must be able to stop comfortably (2.5 m/s^2) before their next gate
+    first_gate = gate_pad[ar, (gate_pad < (s + half)[:, None]).sum(1)] - s - half
+    v = np.minimum(v, np.sqrt(5.0 * np.maximum(first_gate - 1.0, 0.0)))
     k = (start_pad <= s[:, None]).sum(1) - 1
+    def leaders(k):
+        """(leader index [N], bumper gap [N], primary lane [N], secondary lane [N]) at the current state.
+
+        rel[i, j] is how far agent j is ahead of agent i along i's route (NaN when j's lane is not on it;
+        exactly 0 for i itself). Agents changing lanes are also looked up through their secondary lane."""
+        lane = lane_pad[ar, k]
+        lane2 = lane2_pad[ar, k]
+        rel = on_route[:, lane]
+        rel += s - base_pad[ar, k]
+        rel -= s[:, None]
+        ahead = np.where(rel > 0, rel, np.inf)
+        changing = np.nonzero(lane2 != lane)[0]
+        if len(changing):
+            rel2 = on_route[:, lane2[changing]]
+            rel2 += s[changing] - base2_pad[changing, k[changing]]
+            rel2 -= s[:, None]
+            ahead[:, changing] = np.minimum(ahead[:, changing], np.where(rel2 > 0, rel2, np.inf))
+        ahead -= half_sum
+        lead = ahead.argmin(1)
+        gap = ahead[ar, lead]
+        overlapped = np.nonzero(gap < 0)[0]
+        if len(overlapped):
+            # a vehicle beside us that is already faster is pulling away, not a reason for an emergency stop
+            sub = ahead[overlapped]
+            sub[(sub < 0) & (v[None, :] > v[overlapped, None] + 0.5)] = np.inf
+            lead[overlapped] = sub.argmin(1)
+            gap[overlapped] = sub[np.arange(len(overlapped)), lead[overlapped]]
+        return lead, gap, lane, lane2
+
+    # ... and behind their leader (3 m/s^2 would do; repeated so that platoons settle)
+    for _ in range(3):
+        lead, gap_l, _, _ = leaders(k)
+        v = np.minimum(v, v[lead] + np.sqrt(6.0 * np.maximum(np.minimum(gap_l, 1e3) - 2.0, 0.0)))
     stop_done = [-1] * n
     stop_timer = [0] * n
-    sim_dt = 2 * DT
+    sim_dt = SUBSTEPS * DT
     s_hist = np.empty((n, steps))
     v_hist = np.empty((n, steps))
     s_hist[:, 0], v_hist[:, 0] = s, v
     busy_sets = [frozenset(np.nonzero(row)[0].tolist()) for row in crosswalk_busy] if crosswalk_busy.size else None
-    for t in range(0, steps - 1, 2):
+    for t in range(0, steps - 1, SUBSTEPS):
         k += start_pad[ar, k + 1] <= s
         k += start_pad[ar, k + 1] <= s     # short entries: at most two boundaries per step
-        lane = lane_pad[ar, k]
-        rel = on_route[:, lane] + (s - base_pad[ar, k])[None, :] - s[:, None]
-        # the own lane gives rel == 0 and lanes off the route give NaN; both fail the test below
-        with np.errstate(invalid='ignore'):
-            gaps = np.where(rel > 0, rel - half_sum, np.inf)
-        lead = gaps.argmin(1)
-        gap_l = gaps[ar, lead]
+        k += start_pad[ar, k + 1] <= s
+        lead, gap_l, lane, lane2 = leaders(k)
         v_l = v[lead]
         gptr = (gate_pad < (s + half)[:, None]).sum(1)
         g_s = gate_pad[ar, gptr]
         d_gate = g_s - s - half
         gate_gap = np.full(n, np.inf)
-        cand = np.nonzero((d_gate < 45.0) & (gap_l > d_gate))[0]
+        hard_stop = np.zeros(n, dtype=bool)
+        gate_active = False
+        # agents queued behind a leader whose front has not reached the gate yet need no check
+        cand = np.nonzero((d_gate < 45.0) & (gap_l + 2 * half[lead] > d_gate))[0]
         if len(cand):
+            # a vehicle occupies every lane between its rear and front bumper
+            front = lane_pad[ar, (start_pad <= (s + half)[:, None]).sum(1) - 1]
+            rear = lane_pad[ar, np.maximum((start_pad <= (s - half)[:, None]).sum(1) - 1, 0)]
             occupied = set(lane.tolist())
+            occupied.update(lane2.tolist())
+            occupied.update(front.tolist())
+            occupied.update(rear.tolist())
             busy = busy_sets[t] if busy_sets is not None else frozenset()
             order = cand[np.argsort(d_gate[cand])].tolist()
             gl_list = gate_lane_pad[order, gptr[order]].tolist()
@@ -544,41 +652,59 @@ def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndar
                                            gptr[order].tolist()):
                 if needs_stop[gl] and stop_done[i] != gp:
                     if vi < 0.3 and dist < 3.0:
-                        stop_timer[i] += 2
+                        stop_timer[i] += SUBSTEPS
                         if stop_timer[i] >= dwell[i]:
                             stop_done[i] = gp
                             stop_timer[i] = 0
                     if stop_done[i] != gp:
                         gate_gap[i] = dist
+                        hard_stop[i] = True
+                        gate_active = True
                         continue
+                # nearest first: whoever is closer claims the conflict area, later ones see that claim.
+                # Pedestrians are only respected by agents that can still stop for them.
                 committed = vi > 3.0 and dist < vi * vi / (2 * COMMIT_DECEL) + 1.0
-                if not committed and (not occupied.isdisjoint(conflicts[gl]) or not busy.isdisjoint(crosswalks[gl])):
+                if not occupied.isdisjoint(conflicts[gl]) or (not committed and not busy.isdisjoint(crosswalks[gl])):
                     gate_gap[i] = dist
+                    hard_stop[i] = not committed
+                    gate_active = True
                     continue
-                if dist < 12.0:
+                if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
                     occupied.add(gl)
-        v0 = vlim_pad[ar, np.minimum(s.astype(int), max_len - 1)]
-        free = (v / np.maximum(v0, 0.1)) ** 4
-        s_lead = min_gap + np.maximum(0.0, v * headway + v * (v - v_l) / sqrt_ab)
-        s_gate = 1.0 + np.maximum(0.0, v * headway + v * v / sqrt_ab)
-        inter = np.maximum((s_lead / np.maximum(gap_l, 0.1)) ** 2, (s_gate / np.maximum(gate_gap, 0.1)) ** 2)
-        acc = np.clip(a_max * (1.0 - free - inter), -9.0, a_max)
+        v0 = vlim_pad[ar, s.astype(int)]                  # s <= route_end < len(speed profile)
+        ratio = v / np.maximum(v0, 0.1)
+        ratio *= ratio
+        vh = v * headway
+        inter = (min_gap + np.maximum(vh + v * (v - v_l) / sqrt_ab, 0.0)) / np.maximum(gap_l, 0.1)
+        inter *= inter
+        if gate_active:
+            inter_g = (1.0 + vh + v * v / sqrt_ab) / np.maximum(gate_gap, 0.1)
+            np.maximum(inter, inter_g * inter_g, out=inter)
+        acc = a_max * (1.0 - ratio * ratio - inter)
+        np.clip(acc, -9.0, a_max, out=acc)
         v_new = np.maximum(v + acc * sim_dt, 0.0)
         acc = (v_new - v) / sim_dt                       # a stop within the step: decelerate exactly to 0
-        s_mid = s + v * DT + 0.5 * acc * DT * DT
         s_new = s + 0.5 * (v + v_new) * sim_dt
-        if np.isfinite(gate_gap).any():                 # never roll over a line that is not clear
-            limit = np.where(np.isfinite(gate_gap), np.maximum(g_s - half - 0.05, s), np.inf)
+        clamped = None
+        if hard_stop.any():         # never roll over a line that is not clear (unless too close to stop)
+            limit = np.where(hard_stop, np.maximum(g_s - half - 0.05, s), np.inf)
             over = s_new > limit
             if over.any():
                 s_new = np.where(over, limit, s_new)
-                s_mid = np.minimum(s_mid, s_new)
                 v_new = np.where(over, 0.0, v_new)
-        s_hist[:, t + 1] = np.minimum(s_mid, route_end)
-        v_hist[:, t + 1] = v + acc * DT
-        if t + 2 < steps:
-            s_hist[:, t + 2] = np.minimum(s_new, route_end)
-            v_hist[:, t + 2] = v_new
+                clamped = s_new
+        for j in range(1, SUBSTEPS + 1):
+            if t + j >= steps:
+                break
+            if j == SUBSTEPS:
+                s_j, v_j = s_new, v_new
+            else:
+                s_j = s + v * (j * DT) + (0.5 * (j * DT) ** 2) * acc
+                v_j = v + acc * (j * DT)
+                if clamped is not None:
+                    s_j = np.minimum(s_j, clamped)
+            s_hist[:, t + j] = np.minimum(s_j, route_end)
+            v_hist[:, t + j] = v_j
         s = np.minimum(s_new, route_end)
         v = v_new
     return s_hist, v_hist
@@ -636,7 +762,7 @@ def _pedestrians(rng, road_map: RoadMap, prof: SyntheticProfile, steps: int) -> 
         vel = np.stack([speed * np.cos(h), speed * np.sin(h)], 1)
         members = [np.stack([x, y], 1)]
         if rng.random() < 0.2:   # a companion walking beside
-            side = np.stack([-np.sin(h), np.cos(h)], 1) * rng.uniform(0.6, 0.9) * rng.choice([-1, 1])
+            side = np.stack([-np.sin(h), np.cos(h)], 1) * rng.uniform(0.6, 0.9) * (1.0 if rng.random() < 0.5 else -1.0)
             members.append(members[0] + side)
         for pos in members:
             out.append(Trajectory(object_type='pedestrian', position=pos, heading=h.copy(), velocity=vel.copy(),
@@ -684,12 +810,12 @@ def _static_objects(rng, road_map: RoadMap, prof: SyntheticProfile, steps: int) 
             out.append(still('vehicle', p, math.atan2(d[1], d[0]) + float(rng.normal(0, 0.03))))
             spot += float(rng.uniform(6.0, 8.5))
     types = [t for t, _ in _STATIC_TYPES]
-    weights = np.array([w for _, w in _STATIC_TYPES])
+    weights = [w for _, w in _STATIC_TYPES]
     for _ in range(int(rng.integers(prof.static_objects[0], prof.static_objects[1] + 1))):
         p, h = sidewalk_point(rng, road_map)
         outward = np.array([math.sin(h), -math.cos(h)])   # right of the kerb line points away from the road
         p = p + outward * rng.uniform(0.0, 3.0)
-        kind = types[int(rng.choice(len(types), p=weights / weights.sum()))]
+        kind = types[weighted_pick(rng, weights)]
         out.append(still(kind, p, float(rng.uniform(-math.pi, math.pi))))
     return out
 
