@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -190,8 +191,13 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                                        auto_insert_metric_name=False)
     loggers = [TensorBoardLogger(save_dir=run_dir, name='tensorboard'), CSVLogger(save_dir=run_dir, name='csv')]
     distributed = args.devices * args.num_nodes > 1
+    # SyncBatchNorm runs on CUDA only; CPU (gloo) DDP keeps per-process BatchNorm statistics.
+    on_cpu = args.accelerator == 'cpu' or (args.accelerator == 'auto' and not torch.cuda.is_available())
+    sync_batchnorm = distributed and not on_cpu
+    if distributed and on_cpu:
+        print('note: DDP on CPU: BatchNorm statistics are per process (SyncBatchNorm needs CUDA)', flush=True)
     trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
-                         strategy=training_strategy(args.devices, args.num_nodes), sync_batchnorm=distributed,
+                         strategy=training_strategy(args.devices, args.num_nodes), sync_batchnorm=sync_batchnorm,
                          precision=args.precision, max_epochs=args.max_epochs, max_steps=args.max_steps,
                          limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
                          log_every_n_steps=args.log_every_n_steps, callbacks=[model_checkpoint, view_callback],
