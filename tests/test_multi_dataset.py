@@ -1,0 +1,147 @@
+"""Mixed multi-dataset pre-training: union vocabularies, the mixed dataset and its sampler, per-dataset view
+validity, a few pre-training steps on Argoverse 2 + Argoverse 1 + Waymo (CPU, tiny model) and fine-tuning transfer."""
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.argoverse_v1 import load_argoverse_v1_scenario
+from datasets.multi_dataset import MultiDataset, WeightedDatasetSampler, dataset_ids_of_agents
+from datasets.processing import process_scenario
+from datasets.scenario import (AGENT_TYPES, AV2_NUM_AGENT_TYPES, AV2_NUM_POINT_TYPES, AV2_NUM_POLYGON_TYPES,
+                               POINT_TYPES, POLYGON_TYPES)
+from datasets.synthetic_av1 import generate_argoverse_v1
+from transforms.ssl_views import SSLViews
+
+ROOT = Path(__file__).resolve().parents[1]
+AV2_TRAIN = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
+WOMD = ROOT / '..' / 'shared' / 'data' / 'womd' / 'motion_data_one_scenario.tfrecord'
+TINY = dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
+            num_dec_layers=1, pl2pl_radius=20, pl2a_radius=15, a2a_radius=15, pl2m_radius=20, a2m_radius=20,
+            time_span=3, num_t2m_steps=10)
+
+
+def test_union_vocabularies_keep_argoverse2_first():
+    # official QCNet Argoverse 2 orders (the indices of its checkpoints)
+    assert POLYGON_TYPES[:AV2_NUM_POLYGON_TYPES] == ('VEHICLE', 'BIKE', 'BUS', 'PEDESTRIAN')
+    assert POINT_TYPES[:AV2_NUM_POINT_TYPES] == (
+        'DASH_SOLID_YELLOW', 'DASH_SOLID_WHITE', 'DASHED_WHITE', 'DASHED_YELLOW', 'DOUBLE_SOLID_YELLOW',
+        'DOUBLE_SOLID_WHITE', 'DOUBLE_DASH_YELLOW', 'DOUBLE_DASH_WHITE', 'SOLID_YELLOW', 'SOLID_WHITE',
+        'SOLID_DASH_WHITE', 'SOLID_DASH_YELLOW', 'SOLID_BLUE', 'NONE', 'UNKNOWN', 'CROSSWALK', 'CENTERLINE')
+    assert len(AGENT_TYPES) == AV2_NUM_AGENT_TYPES
+    assert len(set(POINT_TYPES)) == len(POINT_TYPES) and len(set(POLYGON_TYPES)) == len(POLYGON_TYPES)
+    from modules.qcnet_agent_encoder import AV2_NUM_AGENT_TYPES as MODEL_AGENT_TYPES
+    from modules.qcnet_map_encoder import AV2_NUM_POINT_TYPES as MODEL_POINT_TYPES
+    from modules.qcnet_map_encoder import AV2_NUM_POLYGON_TYPES as MODEL_POLYGON_TYPES
+    assert (MODEL_AGENT_TYPES, MODEL_POINT_TYPES, MODEL_POLYGON_TYPES) == (AV2_NUM_AGENT_TYPES, AV2_NUM_POINT_TYPES,
+                                                                           AV2_NUM_POLYGON_TYPES)
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, tag, size):
+        self.tag, self.size = tag, size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        return self.tag, index
+
+
+def test_multi_dataset_and_sampler():
+    mix = MultiDataset({'a': Items('a', 3), 'b': Items('b', 5)})
+    assert len(mix) == 8 and mix[0] == ('a', 0) and mix[3] == ('b', 0) and mix[-1] == ('b', 4)
+    assert mix.dataset_index().tolist() == [0] * 3 + [1] * 5
+    with pytest.raises(IndexError):
+        mix[8]
+    plain = WeightedDatasetSampler(mix, seed=1)
+    assert sorted(plain) == list(range(8)) and list(plain) == list(WeightedDatasetSampler(mix, seed=1))
+    plain.set_epoch(1)
+    first = list(plain)
+    plain.set_epoch(2)
+    assert first != list(plain)  # new order every epoch
+    only_b = WeightedDatasetSampler(mix, weights=[0, 1], num_samples=12, seed=0)
+    drawn = list(only_b)
+    assert len(drawn) == 12 and all(3 <= i < 8 for i in drawn)
+    counts = Counter(drawn)  # each round draws every item of the dataset once
+    assert set(counts) == set(range(3, 8)) and max(counts.values()) - min(counts.values()) <= 1
+    weighted = list(WeightedDatasetSampler(mix, weights=[3, 1], num_samples=4000, seed=0))
+    share_a = np.mean(np.array(weighted) < 3)
+    assert abs(share_a - 0.75) < 0.03
+    with pytest.raises(ValueError, match='2 datasets'):
+        WeightedDatasetSampler(mix, weights=[1])
+
+
+@pytest.fixture(scope='module')
+def av1_sample(tmp_path_factory):
+    out = tmp_path_factory.mktemp('av1')
+    csv_dir, _ = generate_argoverse_v1(out, num_sequences=2, num_others=10, seed=5)
+    return process_scenario(load_argoverse_v1_scenario(csv_dir / '510000'))
+
+
+def test_views_follow_the_official_per_dataset_masks(av1_sample):
+    """Argoverse 1 covers canvas steps 30..79: the official rules are observed over [30, start + 50) for the
+    anchor and over [start, 80) for the target (predict_mask_ssl, whose future is cleared for agents unseen at 49)."""
+    views = SSLViews(50, 60)
+    observed_ssl = av1_sample['agent']['predict_mask_ssl']
+    for anchor_start, target_start in ((0, 50), (4, 57), (10, 60)):
+        out = views.make_views(av1_sample, anchor_start, target_start)
+        anchor_official = observed_ssl[:, 30:anchor_start + 50].sum(-1) == 20 + anchor_start
+        target_official = observed_ssl[:, target_start:target_start + 50].sum(-1) == 80 - target_start
+        assert torch.equal(out['anchor']['agent']['view_mask'], anchor_official)
+        assert torch.equal(out['target']['agent']['view_mask'], target_official)
+        assert out['anchor']['agent']['view_mask'].any() and out['target']['agent']['view_mask'].any()
+        # agents embedded in the target view: valid at its last recorded step (79), not at the empty window end
+        target_agent = out['target']['agent']
+        assert torch.equal(target_agent['predict_mask'].any(-1), target_agent['valid_mask'][:, 79 - target_start])
+
+
+def test_dataset_ids_of_agents(av1_sample):
+    from torch_geometric.data import Batch
+    batch = Batch.from_data_list([av1_sample, av1_sample])
+    ids = dataset_ids_of_agents(batch)
+    assert ids.shape == (batch['agent']['num_nodes'],) and (ids == 0).all()
+
+
+@pytest.mark.skipif(not AV2_TRAIN.is_dir() or not WOMD.is_file(), reason='real AV2 / Waymo samples absent')
+def test_mixed_pretraining_then_av2_finetuning_transfer(tmp_path, capsys):
+    import train_ssl
+    from predictors.qcnet import QCNet
+    from predictors.smartpretrain import SmartPretrain
+    from utils.pretrained import load_pretrained_into_qcnet
+
+    generate_argoverse_v1(tmp_path / 'av1', num_sequences=3, split='train', seed=1)
+    waymo_raw = tmp_path / 'waymo' / 'train' / 'raw'
+    waymo_raw.mkdir(parents=True)
+    (waymo_raw / 'part.tfrecord-00000-of-00001').symlink_to(WOMD.resolve())
+    args = ['--root', tmp_path, '--train_raw_dir', AV2_TRAIN, '--val_raw_dir', AV2_TRAIN,
+            '--train_processed_dir', tmp_path / 'av2', '--val_processed_dir', tmp_path / 'av2',
+            '--load_av1', 1, '--load_waymo', 1, '--av1_train_raw_dir', tmp_path / 'av1' / 'train' / 'data',
+            '--av1_train_processed_dir', tmp_path / 'av1_processed', '--waymo_root', tmp_path / 'waymo',
+            '--dataset_weights', 1, 1, 1, '--num_samples_per_epoch', 3, '--limit_val_batches', 1,
+            '--train_batch_size', 3, '--val_batch_size', 2, '--num_workers', 0, '--log_dir', tmp_path / 'logs',
+            '--exp_name', 'mix', '--warmup', 1, '--accelerator', 'cpu', '--log_every_n_steps', 1, '--max_epochs', 1]
+    for key, value in TINY.items():
+        args += [f'--{key}', value]
+    trainer = train_ssl.main([str(a) for a in args])
+    assert trainer.global_step == 1  # 3 drawn scenarios, a batch of 3
+    loss = trainer.callback_metrics['loss_epoch']
+    assert torch.isfinite(loss)
+    checkpoint = tmp_path / 'logs' / 'mix' / 'checkpoints' / 'last.ckpt'
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    table = state['momentum_branch.encoder.map_encoder.type_pt_emb.weight']
+    assert table.shape[0] == len(POINT_TYPES)
+    assert state['branch.encoder.map_encoder.type_pl_emb.weight'].shape[0] == len(POLYGON_TYPES)
+
+    # fine-tuning on Argoverse 2: the union tables are cut to Argoverse 2's leading rows
+    model = QCNet(**dict(SmartPretrain(**TINY).hparams, num_modes=6))
+    report = load_pretrained_into_qcnet(model, str(checkpoint), copy_refine=True, verbose=False)
+    assert any('type_pt_emb' in note and f'from {len(POINT_TYPES)} to {AV2_NUM_POINT_TYPES}' in note
+               for note in report.adapted)
+    torch.testing.assert_close(model.encoder.map_encoder.type_pt_emb.weight, table[:AV2_NUM_POINT_TYPES])
+
+    # the mix flags fail clearly without the other dataset's data
+    with pytest.raises(SystemExit, match='--dataset_weights needs 3 values'):
+        train_ssl.main([str(a) for a in args] + ['--dataset_weights', '1', '1'])
