@@ -123,8 +123,9 @@ def _choose_categories(rng, objects: List[Trajectory], runs) -> Optional[List[in
             categories[r] = 2
         future = float(np.hypot(*(obj.position[-1] - obj.position[NUM_HISTORICAL_STEPS - 1])))
         candidates.append(r)
+        # AV2 picks focal tracks for interesting behaviour: prefer movers, turns, and agents near the AV
         weights.append(FOCAL_TYPE_WEIGHT[obj.object_type] * (1.0 + obj.turns) * math.exp(-dist / 35.0)
-                       * (1.0 + min(future, 60.0) / 20.0))
+                       * (0.05 + min(future, 60.0) / 20.0) ** 1.5)
     if not candidates:
         return None
     categories[candidates[weighted_pick(rng, weights)]] = 3

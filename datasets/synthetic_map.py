@@ -44,8 +44,10 @@ class Lane:
     turn: str = ''                        # connectors: straight / left / right
     node: int = -1                        # connectors: index of their intersection
     needs_stop: bool = False              # connector entered from a stop-controlled arm
-    gated: bool = False                   # entering needs the `conflicts` lanes to be empty
+    gated: bool = False                   # entering needs the `conflicts` lanes to be clear
     conflicts: List[int] = field(default_factory=list)
+    conflict_at: Dict[int, float] = field(default_factory=dict)   # conflicting lane -> arc length on it where
+                                                                  # the two paths meet (absent: its whole length)
     crosswalks: List[int] = field(default_factory=list)  # crosswalk indices this lane crosses
 
     @property
@@ -601,11 +603,21 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     d2 = sq[:, None] + sq[None, :] - 2.0 * (pts @ pts.T)
     rows, cols = np.nonzero(d2 < CONFLICT_DISTANCE ** 2)
     codes = np.unique(owner[rows] * len(connectors) + owner[cols])
+    # arc length of every sampled point along its own connector (points are 6 dense steps apart)
+    within = np.arange(len(pts)) - np.repeat(np.cumsum([len(p) for p in sampled]) - [len(p) for p in sampled],
+                                             [len(p) for p in sampled])
+    along = within * (6 * DENSE_SPACING)
     for code in codes.tolist():
         i, j = divmod(code, len(connectors))
         ci, cj = connectors[i], connectors[j]
         if i != j and lanes[ci].predecessors != lanes[cj].predecessors:
             lanes[ci].conflicts.append(cj)
+            # where on cj the paths meet: a vehicle on cj is clear once its rear has passed the last close point
+            # of a crossing; merging paths (same exit lane) converge till their end, there it is enough that
+            # the other vehicle is past the first close point, after that it is simply followed
+            close = (owner[rows] == i) & (owner[cols] == j)
+            merging = lanes[ci].successors == lanes[cj].successors
+            lanes[ci].conflict_at[cj] = float(along[cols[close]].min() + 3.0 if merging else along[cols[close]].max())
     for idx, cw in enumerate(crosswalks):
         rel = pts - cw.origin
         along = rel @ cw.along

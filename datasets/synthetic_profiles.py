@@ -32,7 +32,7 @@ class SyntheticProfile:
     bike_lane_prob: float = 0.35
     bike_lane_width: Tuple[float, float] = (1.5, 2.0)
     crosswalk_prob: float = 0.7                      # per intersection arm
-    node_control_weights: Tuple = (('all_stop', 0.35), ('minor_stop', 0.35), ('uncontrolled', 0.30))
+    node_control_weights: Tuple = (('all_stop', 0.2), ('minor_stop', 0.4), ('uncontrolled', 0.4))
     warp_amplitude: Tuple[float, float] = (0.0, 5.0)  # smooth deformation making grid roads curve
     warp_wavelength: Tuple[float, float] = (220.0, 420.0)
     # --- highway network ---
@@ -44,8 +44,8 @@ class SyntheticProfile:
     exit_ramp_prob: float = 0.6
     entry_ramp_prob: float = 0.5
     # --- traffic ---
-    vehicle_density: Tuple[float, float] = (1.6, 3.2)   # vehicles per 100 m of lane
-    desired_speed: Tuple[float, float] = (9.0, 15.0)     # m/s, per vehicle
+    vehicle_density: Tuple[float, float] = (0.9, 2.0)   # vehicles per 100 m of lane
+    desired_speed: Tuple[float, float] = (10.0, 16.0)    # m/s, per vehicle
     upstream_length: float = 130.0                       # virtual road before map entries that feeds traffic in
     turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.5, 'left': 0.25, 'right': 0.25})
     pocket_choice_prob: float = 0.3                      # taking the left-turn pocket when passing one

@@ -19,7 +19,7 @@ from datasets.synthetic_profiles import SyntheticProfile, weighted_pick
 DT = 0.1
 WARMUP_STEPS = 20
 POST_EXTENSION = 450.0       # straight virtual road after lanes that leave the map
-STOP_DWELL = (8, 20)         # steps a vehicle stands at a stop line before entering
+STOP_DWELL = (5, 13)         # steps a vehicle stands at a stop line before entering
 SUBSTEPS = 3                 # the car-following model is integrated at SUBSTEPS * DT
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SPAWN_GAP = 9.0              # minimum bumper-free spacing when seeding vehicles on a lane
@@ -60,9 +60,9 @@ class _LaneTable:
     post: Dict[int, int]          # real lane index -> virtual lane index it drains into
     gated: List[bool]
     needs_stop: List[bool]
-    conflicts: List[frozenset]
+    conflicts: List[Tuple[Tuple[int, float], ...]]   # (conflicting lane, arc length on it where paths meet)
     crosswalks: List[frozenset]
-    siblings: List[Tuple[int, ...]]   # other lanes sharing a predecessor with this one
+    siblings: List[Tuple[Tuple[int, float], ...]]   # (overlapping lane, shift of its s onto this lane's s)
 
     @property
     def total(self) -> int:
@@ -97,7 +97,7 @@ class _LaneTable:
             self.is_turn.append(False)
             self.gated.append(False)
             self.needs_stop.append(False)
-            self.conflicts.append(frozenset())
+            self.conflicts.append(())
             self.crosswalks.append(frozenset())
             self.siblings.append(())
 
@@ -117,17 +117,17 @@ def _lane_table(road_map: RoadMap, upstream: float) -> _LaneTable:
         lane = road_map.lanes[lid]
         table.gated[i] = lane.gated
         table.needs_stop[i] = lane.needs_stop
-        table.conflicts[i] = frozenset(table.index[c] for c in lane.conflicts)
+        table.conflicts[i] = tuple((table.index[c], lane.conflict_at.get(c, road_map.lanes[c].length))
+                                   for c in lane.conflicts)
         table.crosswalks[i] = frozenset(lane.crosswalks)
         table.is_turn[i] = lane.turn in ('left', 'right')
-        # lanes branching from one predecessor overlap at their start; lanes merging into one successor (a
-        # taper, a ramp) overlap at their end. Connectors are excluded: they merge under gate control.
-        shared = {s for p in lane.predecessors for s in road_map.lanes[p].successors}
-        if lane.kind != 'connector':
-            shared |= {p for s in lane.successors for p in road_map.lanes[s].predecessors
-                       if road_map.lanes[p].kind != 'connector'}
-        shared.discard(lid)
-        table.siblings[i] = tuple(sorted(table.index[s] for s in shared))
+        # lanes branching from one predecessor overlap at their start (aligned there); lanes merging into one
+        # successor (a taper, a ramp, connectors into one exit lane) overlap at their end (aligned there)
+        starts = {s for p in lane.predecessors for s in road_map.lanes[p].successors} - {lid}
+        ends = {p for s in lane.successors for p in road_map.lanes[s].predecessors} - {lid} - starts
+        table.siblings[i] = tuple([(table.index[x], 0.0) for x in sorted(starts)]
+                                  + [(table.index[x], table.lengths[i] - table.lengths[table.index[x]])
+                                     for x in sorted(ends)])
     virtual, owners = [], []
     for lid in ids:
         lane = road_map.lanes[lid]
@@ -560,9 +560,9 @@ def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndar
         # lanes branching from the same predecessor overlap where they start: an agent that took the other
         # branch is still in the way there, so treat it as if it were on this route
         for lane_idx, base in zip(r.entry_lane, r.entry_base):
-            for sib in table.siblings[lane_idx]:
+            for sib, shift in table.siblings[lane_idx]:
                 if np.isnan(on_route[i, sib]):
-                    on_route[i, sib] = base
+                    on_route[i, sib] = base + shift
         for g, (gs, gl) in enumerate(r.gates):
             gate_pad[i, g] = gs
             gate_lane_pad[i, g] = gl
@@ -577,6 +577,10 @@ def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndar
     min_gap = np.array([d.min_gap for d in drivers])
     dwell = [d.dwell for d in drivers]
     needs_stop, conflicts, crosswalks = table.needs_stop, table.conflicts, table.crosswalks
+    watched = np.zeros(table.total, dtype=bool)     # lanes some gate has to keep an eye on
+    for conf in conflicts:
+        for c, _ in conf:
+            watched[c] = True
     s = np.array([d.s for d in drivers])
     v = np.minimum(vlim_pad[ar, np.minimum(s.astype(int), max_len - 1)], np.array([d.v for d in drivers]))
     # seeded vehicles must be able to stop comfortably (2.5 m/s^2) before their next gate
@@ -638,14 +642,27 @@ def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndar
         # agents queued behind a leader whose front has not reached the gate yet need no check
         cand = np.nonzero((d_gate < 45.0) & (gap_l + 2 * half[lead] > d_gate))[0]
         if len(cand):
-            # a vehicle occupies every lane between its rear and front bumper
-            front = lane_pad[ar, (start_pad <= (s + half)[:, None]).sum(1) - 1]
-            rear = lane_pad[ar, np.maximum((start_pad <= (s - half)[:, None]).sum(1) - 1, 0)]
-            occupied = set(lane.tolist())
-            occupied.update(lane2.tolist())
-            occupied.update(front.tolist())
-            occupied.update(rear.tolist())
+            # clear_of[lane]: how far along that lane the rearmost vehicle touching it has its rear bumper
+            # (-inf when one is just entering or has claimed it). A conflict blocks until that rear passes
+            # the point where the two paths meet.
+            k_front = (start_pad <= (s + half)[:, None]).sum(1) - 1
+            k_rear = np.maximum((start_pad <= (s - half)[:, None]).sum(1) - 1, 0)
+            front = lane_pad[ar, k_front]
+            rear = lane_pad[ar, k_rear]
+            rear_local = s - half - base_pad[ar, k_rear]
+            touching = np.nonzero(watched[lane] | watched[lane2] | watched[front] | watched[rear])[0]
+            clear_of: Dict[int, float] = {}
+            for i, l1, l2, lf, lr, r_local in zip(touching.tolist(), lane[touching].tolist(),
+                                                  lane2[touching].tolist(), front[touching].tolist(),
+                                                  rear[touching].tolist(), rear_local[touching].tolist()):
+                marks = {l1: -np.inf, l2: -np.inf, lf: -np.inf}   # lanes it is entering
+                marks[lr] = r_local                                  # the lane its rear is in
+                for lane_i, pos_i in marks.items():
+                    if pos_i < clear_of.get(lane_i, np.inf):
+                        clear_of[lane_i] = pos_i
             busy = busy_sets[t] if busy_sets is not None else frozenset()
+            lead_list, gap_list = lead.tolist(), gap_l.tolist()
+            lane_list, front_list = lane.tolist(), front.tolist()
             order = cand[np.argsort(d_gate[cand])].tolist()
             gl_list = gate_lane_pad[order, gptr[order]].tolist()
             for i, gl, dist, vi, gp in zip(order, gl_list, d_gate[order].tolist(), v[order].tolist(),
@@ -664,13 +681,18 @@ def _simulate(drivers: List[_Driver], table: _LaneTable, crosswalk_busy: np.ndar
                 # nearest first: whoever is closer claims the conflict area, later ones see that claim.
                 # Pedestrians are only respected by agents that can still stop for them.
                 committed = vi > 3.0 and dist < vi * vi / (2 * COMMIT_DECEL) + 1.0
-                if not occupied.isdisjoint(conflicts[gl]) or (not committed and not busy.isdisjoint(crosswalks[gl])):
+                # following a leader through the same connector (a platoon) needs no new check: crossing
+                # traffic is already waiting for that leader
+                j = lead_list[i]
+                platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
+                blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in conflicts[gl])
+                if blocked or (not committed and not busy.isdisjoint(crosswalks[gl])):
                     gate_gap[i] = dist
                     hard_stop[i] = not committed
                     gate_active = True
                     continue
                 if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
-                    occupied.add(gl)
+                    clear_of[gl] = -np.inf
         v0 = vlim_pad[ar, s.astype(int)]                  # s <= route_end < len(speed profile)
         ratio = v / np.maximum(v0, 0.1)
         ratio *= ratio
