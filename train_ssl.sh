@@ -47,6 +47,14 @@ if [ ! -d "$ROOT/train/raw" ]; then  # scenario folders directly under <split>/
                --train_processed_dir "$ROOT/processed/train" --val_processed_dir "$ROOT/processed/val")
 fi
 
+# Multi-dataset pre-training: LOAD_AV1=1 AV1_ROOT=<root with train/raw/*.csv> LOAD_WAYMO=1 WAYMO_ROOT=<root with
+# train/raw/*.tfrecord*> (docs/DATASETS.md); DATASET_WEIGHTS="1 1 1" sets sampling weights (AV2, AV1, Waymo).
+mix_args=(--load_av1 "${LOAD_AV1:-0}" --load_waymo "${LOAD_WAYMO:-0}")
+[ -n "${AV1_ROOT:-}" ] && mix_args+=(--av1_root "$AV1_ROOT")
+[ -n "${WAYMO_ROOT:-}" ] && mix_args+=(--waymo_root "$WAYMO_ROOT")
+# shellcheck disable=SC2206
+[ -n "${DATASET_WEIGHTS:-}" ] && mix_args+=(--dataset_weights $DATASET_WEIGHTS)
+
 exec "$PYTHON" train_ssl.py \
     --root "$ROOT" "${data_args[@]}" \
     --resume_path null \
@@ -60,6 +68,6 @@ exec "$PYTHON" train_ssl.py \
     --dataset argoverse_v2 --num_historical_steps 50 --num_future_steps 60 \
     --num_recurrent_steps 3 --pl2pl_radius 150 --time_span 10 \
     --pl2a_radius 50 --a2a_radius 50 --num_t2m_steps 30 --pl2m_radius 150 --a2m_radius 150 \
-    --load_av1 0 --load_waymo 0 \
+    "${mix_args[@]}" \
     --num_workers "$NUM_WORKERS" --precision "$PRECISION" --seed "$SEED" \
     "$@"

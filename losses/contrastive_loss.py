@@ -8,7 +8,7 @@ is what DDP does to gradients and what synchronised logging does to values) give
 that saw the whole global batch.
 """
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -75,7 +75,9 @@ class ContrastiveLoss(nn.Module):
         queries: predictor outputs (not normalised); only rows with ``query_mask`` count;
         keys: this process's momentum keys (not normalised, no gradient); rows without ``key_mask`` are ignored;
         positive_index / self_index: row in ``keys`` of each query's positive key / of its own anchor-view key
-        (masked out of the negatives).
+        (masked out of the negatives);
+        query_group [N] / key_group [M] (optional, long, e.g. dataset ids): a query's negatives are then only the
+        keys of its own group (SmartPretrain's per-dataset negatives for multi-dataset pre-training).
     Masks instead of boolean indexing keep the step free of host synchronisation in a single process (one small
     synchronisation per step under DDP, for the gathered key count). Each recurrence is a separate InfoNCE; the
     recurrences are averaged.
@@ -89,7 +91,8 @@ class ContrastiveLoss(nn.Module):
         self.gather_keys = gather_keys
 
     def forward(self, queries: torch.Tensor, query_mask: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
-                positive_index: torch.Tensor, self_index: torch.Tensor) -> ContrastiveOutput:
+                positive_index: torch.Tensor, self_index: torch.Tensor, query_group: Optional[torch.Tensor] = None,
+                key_group: Optional[torch.Tensor] = None) -> ContrastiveOutput:
         if queries.dim() != 3 or keys.dim() != 3 or queries.shape[1:] != keys.shape[1:]:
             raise ValueError(f'ContrastiveLoss: expected queries [N, R, D] and keys [M, R, D], got '
                              f'{tuple(queries.shape)} and {tuple(keys.shape)}')
@@ -97,11 +100,19 @@ class ContrastiveLoss(nn.Module):
         q = F.normalize(queries.float(), dim=-1)
         k = F.normalize(keys.detach().float(), dim=-1)
         key_mask = key_mask.bool()
+        grouped = query_group is not None
+        if grouped != (key_group is not None):
+            raise ValueError('ContrastiveLoss: give both query_group and key_group, or neither')
+        # group ids ride along as an extra column (small integers are exact in float32)
+        extra = [key_mask.to(k.dtype).unsqueeze(-1)] + ([key_group.to(k.dtype).unsqueeze(-1)] if grouped else [])
         if self.gather_keys:
             # One gather for keys and their validity (an extra column), so one count exchange per step.
-            packed = torch.cat([k.reshape(k.shape[0], -1), key_mask.to(k.dtype).unsqueeze(-1)], dim=-1)
+            packed = torch.cat([k.reshape(k.shape[0], -1)] + extra, dim=-1)
             packed, offset = all_gather_rows(packed)
-            k, key_mask = packed[:, :-1].view(-1, *keys.shape[1:]), packed[:, -1] > 0.5
+            num_extra = len(extra)
+            k, key_mask = packed[:, :-num_extra].view(-1, *keys.shape[1:]), packed[:, -num_extra] > 0.5
+            if grouped:
+                key_group = packed[:, -1].round().long()
         else:
             offset = 0
         num_q, num_r = q.shape[0], q.shape[1]
@@ -110,6 +121,8 @@ class ContrastiveLoss(nn.Module):
         logits = torch.einsum('nrd,mrd->rnm', q, k) / self.temperature           # [R, N, M_global]
         excluded = (~key_mask).unsqueeze(0).expand(num_q, -1).clone()             # [N, M_global]
         excluded[rows, self_index + offset] = True
+        if grouped:
+            excluded |= query_group.long().unsqueeze(1) != key_group.long().unsqueeze(0)
         logits = logits.masked_fill(excluded.unsqueeze(0), _MASKED_LOGIT)
         labels = (positive_index + offset).unsqueeze(0).expand(num_r, num_q)
         per_query = F.cross_entropy(logits.reshape(num_r * num_q, -1), labels.reshape(-1),

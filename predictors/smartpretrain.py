@@ -78,6 +78,7 @@ class SmartPretrain(pl.LightningModule):
                  lambda_rec: float = 1.0,
                  backbone: str = 'qcnet',
                  seed: int = 2025,
+                 separate_dataset_negatives: int = 0,
                  **kwargs: Any) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -134,10 +135,16 @@ class SmartPretrain(pl.LightningModule):
         queries = self.contra_predictor(z_anchor.reshape(num_agents * num_rec, proj_dim))
         queries = queries.view(num_agents, num_rec, proj_dim)
         agents = torch.arange(num_agents, device=z_anchor.device)
+        groups = {}
+        if self.hparams.get('separate_dataset_negatives'):  # negatives only from the query's own dataset
+            if 'data_set' not in anchor or 'batch' not in anchor_agent:
+                raise ValueError('separate_dataset_negatives needs batched samples with a data_set (dataset id) field')
+            agent_dataset = torch.as_tensor(anchor['data_set'], device=z_anchor.device).view(-1)[anchor_agent['batch']]
+            groups = {'query_group': agent_dataset, 'key_group': torch.cat([agent_dataset, agent_dataset])}
         contra: ContrastiveOutput = self.contrastive_loss(
             queries, anchor_agent['query_mask'], torch.cat([key_anchor, key_target], dim=0),
             torch.cat([anchor_agent['view_mask'], target_agent['view_mask']], dim=0),
-            positive_index=agents + num_agents, self_index=agents)
+            positive_index=agents + num_agents, self_index=agents, **groups)
 
         # Reconstruction of the target window from the anchor embedding + embedding of the anchor start step.
         temp = self.temp_emb[anchor_agent['view_start']].unsqueeze(1).expand(-1, num_rec, -1)
@@ -302,6 +309,8 @@ class SmartPretrain(pl.LightningModule):
         parser.add_argument('--contra_momentum', type=float, default=0.996, help='EMA momentum at the first step')
         parser.add_argument('--warmup', type=int, default=15, help='learning-rate warm-up in epochs')
         parser.add_argument('--lambda_rec', type=float, default=1.0, help='weight of the reconstruction loss')
+        parser.add_argument('--separate_dataset_negatives', type=int, default=0, choices=[0, 1],
+                            help='multi-dataset pre-training: contrastive negatives only from the query\'s dataset')
         return parent_parser
 
 

@@ -74,6 +74,31 @@ def test_multi_dataset_and_sampler():
         WeightedDatasetSampler(mix, weights=[1])
 
 
+def test_per_dataset_negatives_partition_the_contrastive_loss():
+    from losses.contrastive_loss import ContrastiveLoss
+    torch.manual_seed(0)
+    num, steps, dim = 7, 3, 8
+    queries, keys = torch.randn(num, steps, dim), torch.randn(2 * num, steps, dim)
+    query_mask, key_mask = torch.ones(num, dtype=torch.bool), torch.ones(2 * num, dtype=torch.bool)
+    agents = torch.arange(num)
+    group = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    loss = ContrastiveLoss(0.07)
+    grouped = loss(queries, query_mask, keys, key_mask, agents + num, agents, query_group=group,
+                   key_group=torch.cat([group, group]))
+    # = the query-weighted mean of the losses of each dataset on its own (keys of other datasets never compete)
+    parts = []
+    for g in range(3):
+        rows = group == g
+        n = int(rows.sum())
+        parts.append(n * loss(queries[rows], query_mask[rows], torch.cat([keys[:num][rows], keys[num:][rows]]),
+                              key_mask[:2 * n], torch.arange(n) + n, torch.arange(n)).loss)
+    torch.testing.assert_close(grouped.loss, sum(parts) / num)
+    one_group = torch.zeros(num, dtype=torch.long)
+    torch.testing.assert_close(loss(queries, query_mask, keys, key_mask, agents + num, agents, query_group=one_group,
+                                    key_group=torch.cat([one_group, one_group])).loss,
+                               loss(queries, query_mask, keys, key_mask, agents + num, agents).loss)
+
+
 @pytest.fixture(scope='module')
 def av1_sample(tmp_path_factory):
     out = tmp_path_factory.mktemp('av1')
@@ -121,6 +146,7 @@ def test_mixed_pretraining_then_av2_finetuning_transfer(tmp_path, capsys):
             '--load_av1', 1, '--load_waymo', 1, '--av1_train_raw_dir', tmp_path / 'av1' / 'train' / 'data',
             '--av1_train_processed_dir', tmp_path / 'av1_processed', '--waymo_root', tmp_path / 'waymo',
             '--dataset_weights', 1, 1, 1, '--num_samples_per_epoch', 3, '--limit_val_batches', 1,
+            '--separate_dataset_negatives', 1,
             '--train_batch_size', 3, '--val_batch_size', 2, '--num_workers', 0, '--log_dir', tmp_path / 'logs',
             '--exp_name', 'mix', '--warmup', 1, '--accelerator', 'cpu', '--log_every_n_steps', 1, '--max_epochs', 1]
     for key, value in TINY.items():
