@@ -73,7 +73,8 @@ class WeightedDatasetSampler(Sampler):
     """Indices into a :class:`MultiDataset` for one epoch (see module docstring). ``set_epoch`` changes the draw."""
 
     def __init__(self, dataset: MultiDataset, weights: Optional[Sequence[float]] = None, shuffle: bool = True,
-                 num_samples: Optional[int] = None, seed: int = 0) -> None:
+                 num_samples: Optional[int] = None, seed: int = 0,
+                 epoch_fn: Optional[Callable[[], int]] = None) -> None:
         self.dataset = dataset
         if weights is not None:
             weights = [float(w) for w in weights]
@@ -87,6 +88,9 @@ class WeightedDatasetSampler(Sampler):
         self.num_samples = int(num_samples) if num_samples is not None else len(dataset)
         self.seed = int(seed)
         self.epoch = 0
+        # Under DDP Lightning wraps this sampler and calls set_epoch on the wrapper only: epoch_fn (e.g. the
+        # trainer's current epoch) keeps the draw changing every epoch anyway.
+        self.epoch_fn = epoch_fn
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -95,7 +99,8 @@ class WeightedDatasetSampler(Sampler):
         return self.num_samples if self.weights is not None else len(self.dataset)
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        epoch = int(self.epoch_fn()) if self.epoch_fn is not None else self.epoch
+        rng = np.random.default_rng([self.seed, epoch])
         if self.weights is None:
             order = rng.permutation(len(self.dataset)) if self.shuffle else np.arange(len(self.dataset))
             return iter(order.tolist())
@@ -199,12 +204,14 @@ class MultiDatasetDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.train_sampler = WeightedDatasetSampler(self.train_dataset, self.weights, shuffle=self.shuffle,
-                                                    num_samples=self.num_samples_per_epoch, seed=self.seed)
-        if self.trainer is not None:
-            self.train_sampler.set_epoch(self.trainer.current_epoch)
+                                                    num_samples=self.num_samples_per_epoch, seed=self.seed,
+                                                    epoch_fn=self._current_epoch)
         return DataLoader(self.train_dataset, batch_size=self.train_batch_size, sampler=self.train_sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:

@@ -123,6 +123,36 @@ def test_views_follow_the_official_per_dataset_masks(av1_sample):
         assert torch.equal(target_agent['predict_mask'].any(-1), target_agent['valid_mask'][:, 79 - target_start])
 
 
+@pytest.mark.skipif(not WOMD.is_file(), reason=f'real Waymo sample absent ({WOMD})')
+def test_waymo_views_follow_the_official_mask():
+    """Official Waymo rule (shift ``waymo_start``): anchor agents observed from canvas step 39 - waymo_start to the
+    window end; target agents over the whole window."""
+    from datasets.waymo import load_waymo_scenario
+    record = load_waymo_scenario(str(WOMD) + '#000000')
+    waymo_start = record.extras['waymo_shift']
+    sample = process_scenario(record)
+    observed_ssl = sample['agent']['predict_mask_ssl']
+    for anchor_start, target_start in ((0, 50), (7, 60)):
+        out = SSLViews(50, 60).make_views(sample, anchor_start, target_start)
+        first = 39 - waymo_start
+        anchor_official = observed_ssl[:, first:anchor_start + 50].sum(-1) == waymo_start + 11 + anchor_start
+        target_official = observed_ssl[:, target_start:target_start + 50].sum(-1) == 50
+        assert torch.equal(out['anchor']['agent']['view_mask'], anchor_official)
+        assert torch.equal(out['target']['agent']['view_mask'], target_official)
+        assert int(out['anchor']['agent']['query_mask'].sum()) > 10
+
+
+def test_sampler_draw_follows_the_epoch_function():
+    mix = MultiDataset({'a': Items('a', 4), 'b': Items('b', 4)})
+    epoch = [0]
+    sampler = WeightedDatasetSampler(mix, weights=[1, 1], num_samples=8, seed=0, epoch_fn=lambda: epoch[0])
+    first = list(sampler)
+    sampler.set_epoch(5)  # ignored: the epoch function wins (Lightning only tells its DDP wrapper)
+    assert list(sampler) == first
+    epoch[0] = 1
+    assert list(sampler) != first
+
+
 def test_dataset_ids_of_agents(av1_sample):
     from torch_geometric.data import Batch
     batch = Batch.from_data_list([av1_sample, av1_sample])
