@@ -132,14 +132,24 @@ def _choose_categories(rng, objects: List[Trajectory], runs) -> Optional[List[in
     return categories
 
 
+_AR1_CACHE: Dict[Tuple[int, float], np.ndarray] = {}
+
+
 def _ar1_noise(rng, shape, sigma: np.ndarray, rho: float = 0.9) -> np.ndarray:
-    """Smooth tracker noise [n, T, ...]: AR(1) along T with stationary std `sigma` (per track, [n])."""
+    """Smooth tracker noise [n, T, ...]: AR(1) along T with stationary std `sigma` (per track, [n]).
+
+    x_0 = w_0, x_t = rho x_{t-1} + sqrt(1 - rho^2) w_t, applied as one matrix product with the filter's
+    lower-triangular impulse-response matrix.
+    """
+    steps = shape[1]
+    key = (steps, rho)
+    if key not in _AR1_CACHE:
+        lag = np.arange(steps)[:, None] - np.arange(steps)[None, :]
+        gain = np.where(np.arange(steps) == 0, 1.0, math.sqrt(1 - rho * rho))[None, :]
+        _AR1_CACHE[key] = np.where(lag >= 0, rho ** np.maximum(lag, 0), 0.0) * gain
     white = rng.standard_normal(shape)
-    out = np.empty(shape)
-    out[:, 0] = white[:, 0]
-    scale = math.sqrt(1 - rho * rho)
-    for t in range(1, shape[1]):
-        out[:, t] = rho * out[:, t - 1] + scale * white[:, t]
+    moved = np.moveaxis(white, 1, -1)                       # [n, ..., T]
+    out = np.moveaxis(moved @ _AR1_CACHE[key].T, -1, 1)
     return out * sigma.reshape((-1,) + (1,) * (len(shape) - 1))
 
 
@@ -215,53 +225,58 @@ def _tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tr
         next_id += int(rng.integers(1, 12))
     focal = track_ids[categories.index(3)]
 
+    obj_of_run = np.array([i for i, _, _ in runs])
     sigma_pos = np.array([0.005 if objects[i].is_av else 0.05 if objects[i].object_type == 'pedestrian'
                           else 0.02 if not objects[i].dynamic else 0.03 for i, _, _ in runs])
     sigma_heading = np.array([0.002 if objects[i].is_av else 0.04 if objects[i].object_type == 'pedestrian'
                               else 0.01 for i, _, _ in runs])
+    dynamic = np.array([objects[i].dynamic for i, _, _ in runs], dtype=float)
     pos_noise = _ar1_noise(rng, (n_runs, NUM_STEPS, 2), sigma_pos)
     heading_noise = _ar1_noise(rng, (n_runs, NUM_STEPS), sigma_heading)
-    vel_noise = rng.standard_normal((n_runs, NUM_STEPS, 2)) * (sigma_pos[:, None, None] * 1.5)
+    vel_noise = rng.standard_normal((n_runs, NUM_STEPS, 2)) * (sigma_pos * 1.5 * dynamic)[:, None, None]
 
+    # rows: runs in track-id order, each over its (split-truncated) steps
     last_step = NUM_STEPS - 1 if split != 'test' else NUM_HISTORICAL_STEPS - 1
-    columns: Dict[str, list] = {name: [] for name in ('track_id', 'object_type', 'object_category', 'timestep',
-                                                      'position', 'heading', 'velocity')}
-    for r in sorted(range(n_runs), key=lambda r: track_ids[r]):
-        i, first, last = runs[r]
-        last = min(last, last_step)
-        if last < first:
-            continue
-        obj = objects[i]
-        steps = np.arange(first, last + 1)
-        count = len(steps)
-        columns['track_id'].append([track_ids[r]] * count)
-        columns['object_type'].append([obj.object_type] * count)
-        columns['object_category'].append(np.full(count, categories[r], dtype=np.int64))
-        columns['timestep'].append(steps.astype(np.int64))
-        columns['position'].append(to_city(obj.position[steps] + pos_noise[r, steps]))
-        heading = obj.heading[steps] + theta + heading_noise[r, steps]
-        columns['heading'].append(np.arctan2(np.sin(heading), np.cos(heading)))
-        columns['velocity'].append((obj.velocity[steps] + vel_noise[r, steps] * obj.dynamic) @ rot.T)
-    position = np.concatenate(columns['position'])
-    velocity = np.concatenate(columns['velocity'])
-    timestep = np.concatenate(columns['timestep'])
+    kept = [r for r in sorted(range(n_runs), key=lambda r: track_ids[r]) if runs[r][1] <= last_step]
+    first = np.array([runs[r][1] for r in kept])
+    counts = np.array([min(runs[r][2], last_step) for r in kept]) - first + 1
+    run_of_row = np.repeat(np.array(kept), counts)
+    timestep = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(first, counts))
+    obj_of_row = obj_of_run[run_of_row]
+    positions = np.stack([o.position for o in objects])      # [n_objects, T, 2]
+    headings = np.stack([o.heading for o in objects])
+    velocities = np.stack([o.velocity for o in objects])
+    position = to_city(positions[obj_of_row, timestep] + pos_noise[run_of_row, timestep])
+    heading = headings[obj_of_row, timestep] + theta + heading_noise[run_of_row, timestep]
+    heading = np.arctan2(np.sin(heading), np.cos(heading))
+    velocity = (velocities[obj_of_row, timestep] + vel_noise[run_of_row, timestep]) @ rot.T
     rows = len(timestep)
+    types = [objects[i].object_type for i, _, _ in runs]
+
+    def per_run(values: List[str]) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array(run_of_row.astype(np.int32)),
+                                              pa.array(values, pa.string())).cast(pa.string())
+
+    def constant(value) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)),
+                                              pa.array([value], pa.string())).cast(pa.string())
+
     start_ns = float(rng.integers(315_960_000, 316_000_000)) * 1e9 + float(rng.integers(0, 10 ** 9))
     arrays = [
         pa.array(timestep < NUM_HISTORICAL_STEPS),
-        pa.array([t for part in columns['track_id'] for t in part], pa.string()),
-        pa.array([t for part in columns['object_type'] for t in part], pa.string()),
-        pa.array(np.concatenate(columns['object_category'])),
-        pa.array(timestep),
+        per_run(track_ids),
+        per_run(types),
+        pa.array(np.asarray(categories, dtype=np.int64)[run_of_row]),
+        pa.array(timestep.astype(np.int64)),
         pa.array(position[:, 0]), pa.array(position[:, 1]),
-        pa.array(np.concatenate(columns['heading'])),
+        pa.array(heading),
         pa.array(velocity[:, 0]), pa.array(velocity[:, 1]),
-        pa.array([scenario_id] * rows, pa.string()),
+        constant(scenario_id),
         pa.array(np.full(rows, start_ns)),
         pa.array(np.full(rows, start_ns + (NUM_STEPS - 1) * 1e8)),
         pa.array(np.full(rows, NUM_STEPS, dtype=np.int64)),
-        pa.array([focal] * rows, pa.string()),
-        pa.array([city] * rows, pa.string()),
+        constant(focal),
+        constant(city),
     ]
     meta = dict(_PANDAS_META)
     meta['index_columns'] = [{'kind': 'range', 'name': None, 'start': 0, 'stop': rows, 'step': 1}]
@@ -285,7 +300,7 @@ def write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, 
     directory = os.path.join(out_dir, split, scenario_id)
     os.makedirs(directory, exist_ok=True)
     _atomic_write_bytes(os.path.join(directory, f'log_map_archive_{scenario_id}.json'),
-                        json.dumps(map_json).encode('utf-8'))
+                        json.dumps(map_json).encode('utf-8'))   # the official files are exactly json.dumps output
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     _atomic_write_bytes(os.path.join(directory, f'scenario_{scenario_id}.parquet'), sink.getvalue().to_pybytes())
