@@ -120,17 +120,22 @@ class WeightedDatasetSampler(Sampler):
 
 @dataclass
 class DatasetSource:
-    """Where one dataset of the mix lives. Layout as :class:`ArgoverseV2Dataset` (``root/<split>/raw`` and
-    ``root/<split>/processed`` unless given); ``weight``: sampling weight (None: by size)."""
+    """Where one dataset of the mix lives. ``name``: its format (a key of DATASET_CLASSES); layout as
+    :class:`ArgoverseV2Dataset` (``root/<split>/raw`` and ``root/<split>/processed`` unless given); ``weight``:
+    sampling weight (None: by size); ``label``: its name in the mix (default ``name``; give distinct labels to mix
+    two data sets of one format, e.g. two synthetic Argoverse 2-format profiles)."""
     name: str
     root: str
     raw_dirs: Dict[str, Optional[str]] = field(default_factory=dict)
     processed_dirs: Dict[str, Optional[str]] = field(default_factory=dict)
     weight: Optional[float] = None
+    label: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASET_CLASSES:
             raise ValueError(f'unknown dataset {self.name!r}; known: {sorted(DATASET_CLASSES)}')
+        if self.label is None:
+            self.label = self.name
 
     def split_exists(self, split: str) -> bool:
         import os
@@ -157,13 +162,13 @@ class MultiDatasetDataModule(pl.LightningDataModule):
                  num_samples_per_epoch: Optional[int] = None, seed: int = 0,
                  dataset_kwargs: Optional[dict] = None) -> None:
         super().__init__()
-        names = [source.name for source in sources]
-        if len(set(names)) != len(names):
-            raise ValueError(f'each dataset may appear once in a mix, got {names}')
+        labels = [source.label for source in sources]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f'each dataset of a mix needs its own label, got {labels}')
         given = [source.weight is not None for source in sources]
         if any(given) and not all(given):
             raise ValueError('give a sampling weight for every dataset of the mix or for none: '
-                             + ', '.join(f'{s.name}={s.weight}' for s in sources))
+                             + ', '.join(f'{s.label}={s.weight}' for s in sources))
         self.sources = list(sources)
         self.weights = [source.weight for source in sources] if all(given) else None
         self.train_batch_size = train_batch_size
@@ -185,9 +190,9 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         out = {}
         for source in self.sources:
             if source.split_exists(split):
-                out[source.name] = source.build(split, transform, **self.dataset_kwargs)
+                out[source.label] = source.build(split, transform, **self.dataset_kwargs)
             elif required:
-                raise FileNotFoundError(f'{source.name}: no {split!r} split under {source.root} (give its raw or '
+                raise FileNotFoundError(f'{source.label}: no {split!r} split under {source.root} (give its raw or '
                                         f'processed directory)')
         return out
 

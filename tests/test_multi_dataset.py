@@ -153,6 +153,25 @@ def test_sampler_draw_follows_the_epoch_function():
     assert list(sampler) != first
 
 
+@pytest.mark.skipif(not AV2_TRAIN.is_dir(), reason=f'real AV2 samples absent ({AV2_TRAIN})')
+def test_datamodule_mixes_labelled_sources(tmp_path, av1_sample):
+    from datasets.multi_dataset import DatasetSource, MultiDatasetDataModule
+    sources = [DatasetSource('argoverse_v2', str(tmp_path), raw_dirs={'train': str(AV2_TRAIN)},
+                             processed_dirs={'train': str(tmp_path / p)}, weight=w, label=label)
+               for label, p, w in (('urban', 'a', 1.0), ('highway', 'b', 3.0))]
+    module = MultiDatasetDataModule(sources, train_batch_size=2, val_batch_size=2, num_samples_per_epoch=8,
+                                    dataset_kwargs={'num_workers': 1, 'progress': False})
+    module.prepare_data()
+    module.setup('fit')
+    assert module.train_dataset.names == ['urban', 'highway'] and module.val_dataset is None
+    batches = list(module.train_dataloader())
+    assert len(batches) == 4 and all(batch['data_set'].tolist() == [1, 1] for batch in batches)
+    with pytest.raises(ValueError, match='own label'):
+        MultiDatasetDataModule(sources[:1] * 2, 2, 2)
+    with pytest.raises(ValueError, match='for every dataset'):
+        MultiDatasetDataModule([sources[0], DatasetSource('waymo', str(tmp_path))], 2, 2)
+
+
 def test_dataset_ids_of_agents(av1_sample):
     from torch_geometric.data import Batch
     batch = Batch.from_data_list([av1_sample, av1_sample])
