@@ -104,9 +104,9 @@ def test_lambda_rec_weights_the_reconstruction(view_batch):
 def test_a_few_pretraining_steps_reduce_the_loss(view_batch):
     torch.manual_seed(0)
     model = SmartPretrain(**TINY, dropout=0.0)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(8):
         model.update_momentum_branch(0.99)
         out = model(view_batch)
         losses.append((out['loss'].item(), out['contra_loss'].item(), out['rec_loss'].item()))
@@ -114,8 +114,10 @@ def test_a_few_pretraining_steps_reduce_the_loss(view_batch):
         out['loss'].backward()
         optimizer.step()
     assert all(math.isfinite(v) for row in losses for v in row)
-    assert losses[-1][0] < 0.7 * losses[0][0]
-    assert losses[-1][2] < losses[0][2]
+    total_end = (losses[-1][0] + losses[-2][0]) / 2
+    contra_end = (losses[-1][1] + losses[-2][1]) / 2
+    assert total_end < 0.75 * losses[0][0], losses
+    assert contra_end < 0.8 * losses[0][1], losses   # the momentum keys become predictable
 
 
 def test_validation_is_deterministic(view_batch):

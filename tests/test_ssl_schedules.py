@@ -66,6 +66,9 @@ def test_momentum_update_is_an_ema_of_parameters_only():
     assert online.keys() == momentum.keys()
     assert all(torch.equal(online[k], momentum[k]) for k in online)       # starts as a copy
     assert not any(p.requires_grad for p in momentum.values())
+    # each branch's backbone runs on that branch's own modules (the momentum copy is not wired to the online one)
+    assert model.momentum_branch.backbone.encoder is model.momentum_branch.encoder
+    assert model.momentum_branch.encoder is not model.branch.encoder
     with torch.no_grad():
         for p in online.values():
             p.add_(torch.randn_like(p))
