@@ -9,3 +9,7 @@ from datasets.storage import (CACHE_SUFFIX, FORMAT_VERSION, CacheError, CacheVer
 from datasets.preprocess import ProcessingOptions, PreprocessSummary, preprocess_scenarios
 from datasets.argoverse_v2_dataset import ArgoverseV2Dataset
 from datasets.datamodule import ArgoverseV2DataModule, SizeCappedBatchSampler
+from datasets.waymo import list_waymo_scenarios, load_waymo_scenario, read_waymo_tfrecord
+from datasets.argoverse_v1 import list_argoverse_v1_scenarios, load_argoverse_v1_scenario
+from datasets.argoverse_v2_dataset import ArgoverseV1Dataset, WaymoDataset
+from datasets.multi_dataset import DatasetSource, MultiDataset, MultiDatasetDataModule, WeightedDatasetSampler
