@@ -599,8 +599,9 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     sampled = [lanes[c].center[::6] for c in connectors]
     owner = np.repeat(np.arange(len(connectors)), [len(p) for p in sampled])
     pts = np.concatenate(sampled)
-    sq = (pts ** 2).sum(1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (pts @ pts.T)
+    dx = pts[:, None, 0] - pts[None, :, 0]
+    dy = pts[:, None, 1] - pts[None, :, 1]
+    d2 = dx * dx + dy * dy
     rows, cols = np.nonzero(d2 < CONFLICT_DISTANCE ** 2)
     codes = np.unique(owner[rows] * len(connectors) + owner[cols])
     # arc length of every sampled point along its own connector (points are 6 dense steps apart)
@@ -620,8 +621,8 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
             lanes[ci].conflict_at[cj] = float(along[cols[close]].min() + 3.0 if merging else along[cols[close]].max())
     for idx, cw in enumerate(crosswalks):
         rel = pts - cw.origin
-        along = rel @ cw.along
-        across = rel @ np.array([-cw.along[1], cw.along[0]])
+        along = rel[:, 0] * cw.along[0] + rel[:, 1] * cw.along[1]
+        across = rel[:, 1] * cw.along[0] - rel[:, 0] * cw.along[1]
         inside = (np.abs(along) < cw.half_length) & (np.abs(across) < cw.half_width + 1.0)
         for i in np.unique(owner[inside]):
             lanes[connectors[i]].crosswalks.append(idx)

@@ -117,7 +117,7 @@ def _lane_table(road_map: RoadMap, upstream: float) -> _LaneTable:
         lane = road_map.lanes[lid]
         table.gated[i] = lane.gated
         table.needs_stop[i] = lane.needs_stop
-        table.conflicts[i] = tuple((table.index[c], lane.conflict_at.get(c, road_map.lanes[c].length))
+        table.conflicts[i] = tuple((table.index[c], lane.conflict_at.get(c, table.lengths[table.index[c]]))
                                    for c in lane.conflicts)
         table.crosswalks[i] = frozenset(lane.crosswalks)
         table.is_turn[i] = lane.turn in ('left', 'right')
@@ -801,8 +801,8 @@ def _crosswalk_occupancy(road_map: RoadMap, pedestrians: List[Trajectory], steps
     busy = np.zeros((steps, n_cw), dtype=bool)
     for c, cw in enumerate(road_map.crosswalks):
         rel = pos - cw.origin
-        along = rel @ cw.along
-        across = rel @ np.array([-cw.along[1], cw.along[0]])
+        along = rel[..., 0] * cw.along[0] + rel[..., 1] * cw.along[1]
+        across = rel[..., 1] * cw.along[0] - rel[..., 0] * cw.along[1]
         busy[:, c] = ((np.abs(along) < cw.half_length + 0.5) & (np.abs(across) < cw.half_width + 0.5)).any(1)
     return busy
 
