@@ -28,14 +28,15 @@ import time
 import uuid
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasets.synthetic_map import RoadMap, build_road_map, map_to_av2_json
+from datasets.synthetic_geometry import rotation
+from datasets.synthetic_map import build_road_map, map_to_av2_json
 from datasets.synthetic_profiles import PROFILES, SyntheticProfile, get_profile, weighted_pick
 from datasets.synthetic_traffic import Trajectory, simulate_scene
 
@@ -197,7 +198,7 @@ def _generate_scenario(seed: int, split: str, prof: SyntheticProfile) -> Tuple[s
     city = prof.cities[int(rng.integers(len(prof.cities)))]
     theta = float(rng.uniform(-math.pi, math.pi))
     offset = rng.uniform(-3000.0, 3000.0, size=2)
-    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    rot = rotation(theta)
 
     def to_city(points: np.ndarray) -> np.ndarray:
         # written out: a BLAS product for a 2x2 rotation spends more on threads than on arithmetic

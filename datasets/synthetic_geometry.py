@@ -84,11 +84,6 @@ def smooth_connector(start, start_heading: float, end, end_heading: float, spaci
     return cubic_bezier(start, p1, p2, end, max(4, int(math.ceil(polygon / spacing)) + 1))
 
 
-def wrap_angle(angle):
-    """Wrap angles to [-pi, pi)."""
-    return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
-
-
 def rotation(theta: float) -> np.ndarray:
     """2x2 rotation matrix by `theta` radians (counter-clockwise)."""
     c, s = math.cos(theta), math.sin(theta)
@@ -104,12 +99,6 @@ def line_intersection(p, u, q, v):
     t = (rhs[0] * (-v[1]) - rhs[1] * (-v[0])) / det
     r = (u[0] * rhs[1] - u[1] * rhs[0]) / det
     return t, r
-
-
-def min_distance_between(a: np.ndarray, b: np.ndarray) -> float:
-    """Smallest distance between the vertices of two polylines."""
-    d = a[:, None, :] - b[None, :, :]
-    return float(np.sqrt((d ** 2).sum(-1).min()))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from datasets.synthetic_geometry import (arc_length, batch_normals, batch_resample, line_intersection, offset, resample_spacing,
-                                         smooth_connector, unit_normals)
+from datasets.synthetic_geometry import (arc_length, batch_normals, batch_resample, line_intersection, offset,
+                                         resample_spacing, smooth_connector, unit_normals)
 from datasets.synthetic_profiles import SyntheticProfile, weighted_pick
 
 DENSE_SPACING = 0.5        # metres between the internal centre-line points used by the simulator
@@ -105,7 +105,8 @@ class RoadMap:
     def ground_height(self, points: np.ndarray) -> np.ndarray:
         """Ground elevation [K] under scene-frame points [K, 2] (lane boundaries and areas carry it in AV2)."""
         z0, gx, gy, und = self.ground
-        return z0 + gx * points[:, 0] + gy * points[:, 1] + und * np.sin(points[:, 0] / 37.0) * np.cos(points[:, 1] / 53.0)
+        wave = np.sin(points[:, 0] / 37.0) * np.cos(points[:, 1] / 53.0)
+        return z0 + gx * points[:, 0] + gy * points[:, 1] + und * wave
 
 
 class _Ids:
@@ -189,7 +190,8 @@ def build_grid(rng: np.random.Generator, prof: SyntheticProfile) -> RoadMap:
         nx, ny = ny, nx
     xs = np.concatenate([[0.0], np.cumsum(rng.uniform(*prof.block_length, size=nx - 1))])
     ys = np.concatenate([[0.0], np.cumsum(rng.uniform(*prof.block_length, size=ny - 1))])
-    node_pos = np.array([[x, y] for x in xs for y in ys]) + rng.uniform(-prof.node_jitter, prof.node_jitter, (nx * ny, 2))
+    node_pos = np.array([[x, y] for x in xs for y in ys])
+    node_pos += rng.uniform(-prof.node_jitter, prof.node_jitter, (nx * ny, 2))
     node_pos -= node_pos.mean(0)
 
     def node_index(i, j):
@@ -554,8 +556,9 @@ def _build_connectors(rng, prof, ids, node: int, center: np.ndarray, arms, roads
                 continue
             turn = 'left' if ('left' in exits and (k < len(regular_in) / 2 or 'right' not in exits)) else 'right'
             out = exits[turn][0]
-            pairs.append((lid, out[min(k, len(out) - 1)] if turn == 'left' else out[max(0, len(out) - len(regular_in) + k)],
-                          turn))
+            # left turns fill exit lanes from the left, right turns from the right
+            target = out[min(k, len(out) - 1)] if turn == 'left' else out[max(0, len(out) - len(regular_in) + k)]
+            pairs.append((lid, target, turn))
         for turn in ('straight', 'right'):
             if bike_in and turn in exits:
                 out_regular, out_bike = exits[turn]

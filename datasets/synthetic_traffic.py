@@ -7,7 +7,7 @@ runs `warmup + num_steps` steps; the warm-up lets randomly spawned traffic settl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -110,7 +110,8 @@ def _straight(origin: np.ndarray, direction: np.ndarray, start: float, end: floa
 def _lane_table(road_map: RoadMap, upstream: float) -> _LaneTable:
     ids = list(road_map.lanes)
     table = _LaneTable(ids=ids, index={lid: i for i, lid in enumerate(ids)}, points=[], arc=[], heading=[],
-                       curvature=[], lengths=[], tails=[], heading_ends=[], is_turn=[], pre={}, post={}, gated=[], needs_stop=[], conflicts=[],
+                       curvature=[], lengths=[], tails=[], heading_ends=[], is_turn=[], pre={}, post={}, gated=[],
+                       needs_stop=[], conflicts=[],
                        crosswalks=[], siblings=[])
     table.add_many([road_map.lanes[lid].center for lid in ids])
     for i, lid in enumerate(ids):
@@ -163,10 +164,6 @@ class _Route:
     entry_base2: List[float]
     gates: List[Tuple[float, int]]
     turns: int
-
-
-def _allowed(road_map: RoadMap, table: _LaneTable, lane_idx: int, lane_type: str) -> bool:
-    return road_map.lanes[table.ids[lane_idx]].lane_type == lane_type
 
 
 def _choose_successor(rng, road_map: RoadMap, table: _LaneTable, prof: SyntheticProfile, lane_idx: int,
@@ -420,7 +417,8 @@ def _spawn_vehicles(rng, road_map: RoadMap, table: _LaneTable, prof: SyntheticPr
     speed_lo, speed_hi = prof.desired_speed
 
     # --- the AV: on a road lane near the scene centre, about there at the end of the history ---
-    road_lanes = [table.index[lid] for lid, lane in lanes.items() if lane.kind == 'road' and lane.lane_type == 'VEHICLE']
+    road_lanes = [table.index[lid] for lid, lane in lanes.items()
+                  if lane.kind == 'road' and lane.lane_type == 'VEHICLE']
     mids = np.array([table.points[i][len(table.points[i]) // 2] for i in road_lanes])
     dist = np.hypot(mids[:, 0], mids[:, 1])
     near = [road_lanes[i] for i in np.nonzero(dist < max(45.0, np.sort(dist)[min(3, len(dist) - 1)]))[0]]

@@ -142,7 +142,8 @@ def test_same_seed_gives_identical_bytes_for_any_worker_count(tmp_path):
     assert not set(one) & set(other)
     for sid in one:
         for name in (f'scenario_{sid}.parquet', f'log_map_archive_{sid}.json'):
-            assert (tmp_path / 'a' / 'val' / sid / name).read_bytes() == (tmp_path / 'b' / 'val' / sid / name).read_bytes()
+            first, second = tmp_path / 'a' / 'val' / sid / name, tmp_path / 'b' / 'val' / sid / name
+            assert first.read_bytes() == second.read_bytes()
     leftovers = [p for p in (tmp_path / 'a').rglob('*') if p.name.startswith('.')]
     assert not leftovers, f'temporary files left behind: {leftovers}'
     # splits draw different worlds from the same seed
