@@ -118,7 +118,8 @@ class QCNetMapEncoder(nn.Module):
         # edge is in both, the topology type wins (max).
         edge_index_radius = radius_graph(x=pos_pl[:, :2], r=self.pl2pl_radius,
                                          batch=pl['batch'] if isinstance(data, Batch) else None,
-                                         loop=False, max_num_neighbors=MAX_NUM_NEIGHBORS)
+                                         loop=False, max_num_neighbors=MAX_NUM_NEIGHBORS,
+                                         batch_size=data.num_graphs if isinstance(data, Batch) else 1)
         topology = data['map_polygon', 'to', 'map_polygon']
         type_radius = topology['type'].new_zeros(edge_index_radius.size(1))
         edge_index_pl2pl, type_pl2pl = merge_edges(edge_indices=[edge_index_radius, topology['edge_index']],

@@ -132,11 +132,12 @@ class QCNetProposeStage(nn.Module):
 
         batch_a = agent['batch'] if isinstance(data, Batch) else None
         batch_pl = data['map_polygon']['batch'] if isinstance(data, Batch) else None
+        num_scenes = data.num_graphs if isinstance(data, Batch) else 1  # known on the host: no sync to find it
         pos_pl = data['map_polygon']['position'][:, :self.input_dim]
         orient_pl = data['map_polygon']['orientation']
         # Map -> mode (mode-major queries); sources are the P polygon rows, shared by all modes.
         edge_index_pl2m = radius(x=pos_m[:, :2], y=pos_pl[:, :2], r=self.pl2m_radius, batch_x=batch_a,
-                                 batch_y=batch_pl, max_num_neighbors=MAX_NUM_NEIGHBORS)
+                                 batch_y=batch_pl, max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes)
         edge_index_pl2m = edge_index_pl2m[:, mask_dst[edge_index_pl2m[1]]]
         src, dst = edge_index_pl2m
         r_pl2m = relative_pose_features(pos_pl[src] - pos_m[dst], head_vector_m[dst],
@@ -147,7 +148,7 @@ class QCNetProposeStage(nn.Module):
 
         # Agent -> mode (mode-major queries); sources are the A agents at the current step.
         edge_index_a2m = radius_graph(x=pos_m[:, :2], r=self.a2m_radius, batch=batch_a, loop=False,
-                                      max_num_neighbors=MAX_NUM_NEIGHBORS)
+                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes)
         edge_index_a2m = edge_index_a2m[:, mask_src[:, -1][edge_index_a2m[0]] & mask_dst[edge_index_a2m[1]]]
         src, dst = edge_index_a2m
         r_a2m = relative_pose_features(pos_m[src] - pos_m[dst], head_vector_m[dst],
@@ -205,8 +206,8 @@ class QCNetProposalDecoder(QCNetProposeStage):
     Same constructor as :class:`modules.qcnet_decoder.QCNetDecoder`; parameter names match the ``decoder.*``
     entries of the official SmartPretrain checkpoints. ``forward(data, scene_enc)`` returns the mode embedding after
     each recurrence, shaped [num_recurrent_steps, A, hidden] when ``num_modes == 1`` (SmartPretrain) and
-    [num_recurrent_steps, A, num_modes, hidden] otherwise. Agents without any prediction target get embeddings that
-    only saw the mode embedding (they receive no edges).
+    [num_recurrent_steps, A, num_modes, hidden] otherwise, in each agent's frame at the last history step. Agents
+    with no prediction target receive no edges: their embeddings come from the mode embedding alone.
     """
 
     def __init__(self, dataset: str, input_dim: int, hidden_dim: int, output_dim: int, output_head: bool,
