@@ -150,6 +150,22 @@ def test_same_seed_gives_identical_bytes_for_any_worker_count(tmp_path):
     assert generate_scenario(scenario_seed(11, 0), 'train')[0] != generate_scenario(scenario_seed(11, 0), 'val')[0]
 
 
+def test_cli_in_a_fresh_interpreter_writes_the_same_bytes(tmp_path):
+    """Nothing may depend on the interpreter (e.g. set order under string-hash randomisation)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONHASHSEED='12345')
+    command = [sys.executable, '-m', 'datasets.synthetic', '--out', str(tmp_path / 'cli'), '--split', 'test',
+               '--num', '2', '--seed', '21', '--profile', 'highway']
+    subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True)
+    ids = generate_split(str(tmp_path / 'api'), 'test', 2, seed=21, profile='highway')
+    assert sorted(ids) == sorted(os.listdir(tmp_path / 'cli' / 'test'))
+    for sid in ids:
+        for path in _files(tmp_path / 'api' / 'test' / sid):
+            assert path.read_bytes() == (tmp_path / 'cli' / 'test' / sid / path.name).read_bytes()
+
+
 def test_test_split_holds_history_only(dataset):
     for directory in dataset[('default', 'test')]:
         frame = pq.read_table(_files(directory)[0]).to_pandas()
