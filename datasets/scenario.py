@@ -37,8 +37,8 @@ POINT_TYPES: Tuple[str, ...] = ('DASH_SOLID_YELLOW', 'DASH_SOLID_WHITE', 'DASHED
                                 'DOUBLE_SOLID_YELLOW', 'DOUBLE_SOLID_WHITE', 'DOUBLE_DASH_YELLOW', 'DOUBLE_DASH_WHITE',
                                 'SOLID_YELLOW', 'SOLID_WHITE', 'SOLID_DASH_WHITE', 'SOLID_DASH_YELLOW', 'SOLID_BLUE',
                                 'NONE', 'UNKNOWN', 'CROSSWALK', 'CENTERLINE',
-                                'ROAD_EDGE_BOUNDARY', 'ROAD_EDGE_MEDIAN', 'ROAD_EDGE_UNKNOWN', 'STOP_SIGN', 'SPEED_BUMP',
-                                'DRIVEWAY')
+                                'ROAD_EDGE_BOUNDARY', 'ROAD_EDGE_MEDIAN', 'ROAD_EDGE_UNKNOWN', 'STOP_SIGN',
+                                'SPEED_BUMP', 'DRIVEWAY')
 POINT_SIDES: Tuple[str, ...] = ('LEFT', 'RIGHT', 'CENTER')
 POLYGON_TO_POLYGON_TYPES: Tuple[str, ...] = ('NONE', 'PRED', 'SUCC', 'LEFT', 'RIGHT')
 # What a map polygon is (record-level; QCNet derives its polygon list from it). LANE: lane segment with left/right

@@ -3,12 +3,11 @@ derived motion, map crop and topology, processing, bad inputs and the preprocess
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from datasets.argoverse_v1 import (MAP_RADIUS, crop_city_map, list_argoverse_v1_scenarios, load_argoverse_v1_scenario,
+from datasets.argoverse_v1 import (MAP_RADIUS, list_argoverse_v1_scenarios, load_argoverse_v1_scenario,
                                    load_city_map, map_file_name, motion_from_positions)
 from datasets.processing import build_qcnet_features
 from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, POLYGON_IS_INTERSECTIONS, POLYGON_KINDS,

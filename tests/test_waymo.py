@@ -225,8 +225,8 @@ def test_real_sample_record_on_canvas():
     # map: 301 features, 2 degenerate ones (a 1-point lane and a 1-point road line) dropped
     mp = record.map
     assert record.extras['dropped_map_features'] == 2 and mp.num_polygons == 299
-    assert Counter(POLYGON_TYPES[t] for t in mp.polygon_type) == {'VEHICLE': 197, 'BIKE': 1, 'ROAD_LINE': 58, 'ROAD_EDGE': 28,
-                                                                  'STOP_SIGN': 8, 'SPEED_BUMP': 3, 'PEDESTRIAN': 4}
+    assert Counter(POLYGON_TYPES[t] for t in mp.polygon_type) == {
+        'VEHICLE': 197, 'BIKE': 1, 'ROAD_LINE': 58, 'ROAD_EDGE': 28, 'STOP_SIGN': 8, 'SPEED_BUMP': 3, 'PEDESTRIAN': 4}
     assert int((mp.kind == POLYGON_KINDS.index('CROSSWALK')).sum()) == 4
     assert {POINT_TYPES[t] for t in mp.center_mark_type} >= {'CENTERLINE', 'DASHED_WHITE', 'SOLID_WHITE',
                                                              'SOLID_YELLOW', 'ROAD_EDGE_BOUNDARY',
