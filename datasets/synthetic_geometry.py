@@ -114,8 +114,10 @@ def batch_arc(points: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return arc - np.repeat(arc[starts], counts)
 
 
-def batch_resample(polylines, spacing: float):
+def batch_resample(polylines, spacing):
     """Resample each polyline to ceil(L / spacing) + 1 equally spaced points (end points kept).
+
+    spacing: one value for all polylines, or one per polyline.
 
     Returns (points [M, 2], counts [n]). Uses one interpolation over all polylines laid end to end along a
     global coordinate with a 1 m gap between neighbours, so no target falls between two of them.
@@ -129,7 +131,7 @@ def batch_resample(polylines, spacing: float):
     glob = np.concatenate([[0.0], np.cumsum(seg)])
     g0, g1 = glob[starts], glob[ends]
     length = g1 - g0
-    counts = np.maximum(2, np.ceil(length / spacing - 1e-9).astype(int) + 1)
+    counts = np.maximum(2, np.ceil(length / np.asarray(spacing, dtype=float) - 1e-9).astype(int) + 1)
     owner = np.repeat(np.arange(len(counts)), counts)
     within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     target = g0[owner] + length[owner] * (within / (counts[owner] - 1))

@@ -19,7 +19,7 @@ from datasets.synthetic_profiles import SyntheticProfile, weighted_pick
 
 DENSE_SPACING = 0.5        # metres between the internal centre-line points used by the simulator
 CENTERLINE_SPACING = 2.0   # AV2 centre lines have <= 2 m between points
-BOUNDARY_SPACING = 5.0     # AV2 lane boundaries are sparse
+BOUNDARY_SPACING = (10.0, 4.0)   # AV2 lane boundaries are sparse: (nearly straight road pieces, curved lanes)
 SIDEWALK_OFFSET = 2.5      # sidewalk centre beyond the road edge
 CONFLICT_DISTANCE = 2.2    # connector centre lines closer than this cross or merge
 
@@ -846,7 +846,7 @@ def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
     """The log_map_archive dict (AV2 schema, keys in AV2 order) with coordinates mapped by `to_city`.
 
     to_city: function [K, 2] scene -> [K, 2] city coordinates. Ground heights are taken in the scene frame.
-    Centre lines get <= 2 m point spacing and z = 0 (as in the AV2 files), boundaries <= 5 m and ground z.
+    Centre lines get <= 2 m point spacing and z = 0 (as in the AV2 files), boundaries 4-10 m and ground z.
     """
     areas = {}
     for area_id, poly in sorted(road_map.drivable_areas, key=lambda item: item[0]):
@@ -856,7 +856,9 @@ def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
     lane_list = [road_map.lanes[i] for i in lane_ids]
     centers = [lane.center for lane in lane_list]
     c_pts, c_counts = batch_resample(centers, CENTERLINE_SPACING)
-    b_pts, b_counts = batch_resample(centers, BOUNDARY_SPACING)
+    # road pieces curve gently (radius >= ~250 m: < 5 cm chord error at 10 m); connectors, tapers, ramps do not
+    spacing = [BOUNDARY_SPACING[0] if lane.kind == 'road' else BOUNDARY_SPACING[1] for lane in lane_list]
+    b_pts, b_counts = batch_resample(centers, spacing)
     half = np.repeat([lane.width / 2 for lane in lane_list], b_counts)[:, None] * batch_normals(b_pts, b_counts)
     left, right = b_pts + half, b_pts - half
     c_json = _split_points_json(to_city(c_pts), np.zeros(len(c_pts)), c_counts)
