@@ -606,22 +606,27 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     dy = pts[:, None, 1] - pts[None, :, 1]
     d2 = dx * dx + dy * dy
     rows, cols = np.nonzero(d2 < CONFLICT_DISTANCE ** 2)
-    codes = np.unique(owner[rows] * len(connectors) + owner[cols])
+    n = len(connectors)
     # arc length of every sampled point along its own connector (points are 6 dense steps apart)
-    within = np.arange(len(pts)) - np.repeat(np.cumsum([len(p) for p in sampled]) - [len(p) for p in sampled],
-                                             [len(p) for p in sampled])
-    along = within * (6 * DENSE_SPACING)
-    for code in codes.tolist():
-        i, j = divmod(code, len(connectors))
+    sizes = np.array([len(p) for p in sampled])
+    along = (np.arange(len(pts)) - np.repeat(np.cumsum(sizes) - sizes, sizes)) * (6 * DENSE_SPACING)
+    # per connector pair (i, j): the first and last close point along j
+    key = owner[rows] * n + owner[cols]
+    order = np.argsort(key, kind='stable')
+    key, at = key[order], along[cols][order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1])
+    first_at = np.minimum.reduceat(at, starts)
+    last_at = np.maximum.reduceat(at, starts)
+    for code, first, last in zip(key[starts].tolist(), first_at.tolist(), last_at.tolist()):
+        i, j = divmod(code, n)
         ci, cj = connectors[i], connectors[j]
         if i != j and lanes[ci].predecessors != lanes[cj].predecessors:
             lanes[ci].conflicts.append(cj)
-            # where on cj the paths meet: a vehicle on cj is clear once its rear has passed the last close point
-            # of a crossing; merging paths (same exit lane) converge till their end, there it is enough that
-            # the other vehicle is past the first close point, after that it is simply followed
-            close = (owner[rows] == i) & (owner[cols] == j)
+            # where on cj the paths meet: a vehicle on cj is clear once its rear has passed the last close
+            # point of a crossing; merging paths (same exit lane) converge till their end, there it is enough
+            # that the other vehicle is past the first close point, after that it is simply followed
             merging = lanes[ci].successors == lanes[cj].successors
-            lanes[ci].conflict_at[cj] = float(along[cols[close]].min() + 3.0 if merging else along[cols[close]].max())
+            lanes[ci].conflict_at[cj] = first + 3.0 if merging else last
     for idx, cw in enumerate(crosswalks):
         rel = pts - cw.origin
         along = rel[:, 0] * cw.along[0] + rel[:, 1] * cw.along[1]
