@@ -14,6 +14,7 @@ item of it uniformly (without replacement until that dataset is exhausted, then 
 from __future__ import annotations
 
 import bisect
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -125,7 +126,7 @@ class DatasetSource:
     sampling weight (None: by size); ``label``: its name in the mix (default ``name``; give distinct labels to mix
     two data sets of one format, e.g. two synthetic Argoverse 2-format profiles)."""
     name: str
-    root: str
+    root: Optional[str]
     raw_dirs: Dict[str, Optional[str]] = field(default_factory=dict)
     processed_dirs: Dict[str, Optional[str]] = field(default_factory=dict)
     weight: Optional[float] = None
@@ -137,15 +138,25 @@ class DatasetSource:
         if self.label is None:
             self.label = self.name
 
+    def directories(self, split: str):
+        """(raw dir, processed dir) of a split, or None where neither a root nor the directory is given. Without a
+        root, the processed dir defaults to ``<raw dir>_processed`` (never a path relative to the working dir)."""
+        raw, processed = self.raw_dirs.get(split), self.processed_dirs.get(split)
+        if self.root:
+            raw = raw or os.path.join(self.root, split, 'raw')
+            processed = processed or os.path.join(self.root, split, 'processed')
+        elif raw and not processed:
+            processed = os.path.normpath(raw) + '_processed'
+        return raw, processed
+
     def split_exists(self, split: str) -> bool:
-        import os
-        raw = self.raw_dirs.get(split) or os.path.join(self.root, split, 'raw')
-        processed = self.processed_dirs.get(split) or os.path.join(self.root, split, 'processed')
-        return os.path.isdir(raw) or os.path.isdir(processed)
+        raw, processed = self.directories(split)
+        return bool(raw and os.path.isdir(raw)) or bool(processed and os.path.isdir(processed))
 
     def build(self, split: str, transform: Optional[Callable], **kwargs: Any) -> Dataset:
-        return DATASET_CLASSES[self.name](self.root, split, self.raw_dirs.get(split), self.processed_dirs.get(split),
-                                          transform, **kwargs)
+        raw, processed = self.directories(split)
+        return DATASET_CLASSES[self.name](self.root or os.path.dirname(processed), split, raw, processed, transform,
+                                          **kwargs)
 
 
 class MultiDatasetDataModule(pl.LightningDataModule):
@@ -192,8 +203,9 @@ class MultiDatasetDataModule(pl.LightningDataModule):
             if source.split_exists(split):
                 out[source.label] = source.build(split, transform, **self.dataset_kwargs)
             elif required:
-                raise FileNotFoundError(f'{source.label}: no {split!r} split under {source.root} (give its raw or '
-                                        f'processed directory)')
+                where = f'under {source.root}' if source.root else 'given'
+                raise FileNotFoundError(f'{source.label}: no {split!r} split {where} (give its root, raw or processed '
+                                        f'directory)')
         return out
 
     def prepare_data(self) -> None:
@@ -294,7 +306,7 @@ def mix_sources(args: Any) -> List[DatasetSource]:
                              processed_dirs={'train': args.train_processed_dir, 'val': args.val_processed_dir})]
     for flag, prefix, name in (('load_av1', 'av1', 'argoverse_v1'), ('load_waymo', 'waymo', 'waymo')):
         if getattr(args, flag, 0):
-            root = getattr(args, f'{prefix}_root') or ''
+            root = getattr(args, f'{prefix}_root') or None
             sources.append(DatasetSource(name, root,
                                          raw_dirs={s: getattr(args, f'{prefix}_{s}_raw_dir') for s in ('train', 'val')},
                                          processed_dirs={s: getattr(args, f'{prefix}_{s}_processed_dir')

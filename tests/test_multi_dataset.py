@@ -172,6 +172,20 @@ def test_datamodule_mixes_labelled_sources(tmp_path, av1_sample):
         MultiDatasetDataModule([sources[0], DatasetSource('waymo', str(tmp_path))], 2, 2)
 
 
+def test_rootless_source_keeps_processed_files_next_to_the_raw_dir(tmp_path, monkeypatch):
+    from datasets.multi_dataset import DatasetSource
+    csv_dir, _ = generate_argoverse_v1(tmp_path / 'av1', num_sequences=2, seed=2)
+    work = tmp_path / 'cwd'
+    work.mkdir()
+    monkeypatch.chdir(work)
+    source = DatasetSource('argoverse_v1', None, raw_dirs={'train': str(csv_dir)})
+    assert source.directories('train') == (str(csv_dir), str(csv_dir) + '_processed')
+    assert source.split_exists('train') and not source.split_exists('val')
+    dataset = source.build('train', None, num_workers=1, progress=False)
+    assert len(dataset) == 2 and len(list((tmp_path / 'av1' / 'train' / 'data_processed').glob('*.qcs'))) == 2
+    assert list(work.iterdir()) == []  # nothing written relative to the working directory
+
+
 def test_dataset_ids_of_agents(av1_sample):
     from torch_geometric.data import Batch
     batch = Batch.from_data_list([av1_sample, av1_sample])
