@@ -1,0 +1,222 @@
+"""Low-label experiment: does SmartPretrain pre-training help when labels are scarce?
+
+Protocol (all on synthetic Argoverse 2-format scenarios written by ``datasets.synthetic``):
+  1. an unlabelled pool of ``--num_pool`` training scenarios, a labelled subset (the first ``--num_labelled`` of the
+     pool) and ``--num_val`` validation scenarios from another seed;
+  2. pre-train with ``train_ssl.py`` on the pool for ``--pretrain_epochs``;
+  3. for every seed in ``--seeds``: fine-tune ``train.py --pretrained_ckpt`` on the labelled subset, and train the
+     same model from scratch with the same budget (``--finetune_epochs``);
+  4. validate every run with ``val.py`` on the full val split; write ``results.json`` and a markdown table.
+
+Runs go through the project's own CLIs (the code path a user runs). Scratch runs start while pre-training is still
+going (``--overlap``): a QCNet step leaves most of an H100 idle, so the wall time of the whole experiment drops.
+
+Example (one H100, ~8 minutes):
+  python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel --accelerator gpu --precision bf16-mixed
+"""
+import argparse
+import json
+import shutil
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODEL_PRESETS = {
+    # the official Argoverse 2 configuration
+    'full': ['--hidden_dim', '128', '--num_freq_bands', '64', '--num_heads', '8', '--head_dim', '16',
+             '--num_map_layers', '1', '--num_agent_layers', '2', '--num_dec_layers', '2',
+             '--pl2pl_radius', '150', '--pl2a_radius', '50', '--a2a_radius', '50', '--pl2m_radius', '150',
+             '--a2m_radius', '150'],
+    # a quarter-width model for CPU smoke runs
+    'tiny': ['--hidden_dim', '32', '--num_freq_bands', '16', '--num_heads', '2', '--head_dim', '16',
+             '--num_map_layers', '1', '--num_agent_layers', '1', '--num_dec_layers', '1',
+             '--pl2pl_radius', '50', '--pl2a_radius', '30', '--a2a_radius', '30', '--pl2m_radius', '50',
+             '--a2m_radius', '50'],
+}
+COMMON_MODEL = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
+                '--num_recurrent_steps', '3', '--time_span', '10', '--num_t2m_steps', '30']
+METRICS = ['minADE', 'minFDE', 'MR', 'brier-minFDE']
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--work_dir', required=True, help='everything (data, logs, results) goes here')
+    p.add_argument('--num_pool', type=int, default=1200, help='unlabelled pre-training scenarios')
+    p.add_argument('--num_labelled', type=int, default=150, help='labelled fine-tuning scenarios (pool prefix)')
+    p.add_argument('--num_val', type=int, default=300)
+    p.add_argument('--pretrain_epochs', type=int, default=5)
+    p.add_argument('--warmup', type=int, default=1, help='pre-training warm-up epochs')
+    p.add_argument('--finetune_epochs', type=int, default=15)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+    p.add_argument('--pretrain_batch_size', type=int, default=32)
+    p.add_argument('--finetune_batch_size', type=int, default=16)
+    p.add_argument('--model', choices=sorted(MODEL_PRESETS), default='full')
+    p.add_argument('--accelerator', default='gpu')
+    p.add_argument('--precision', default='bf16-mixed')
+    p.add_argument('--num_workers', type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument('--overlap', type=int, default=1, choices=[0, 1],
+                   help='run the scratch baselines concurrently with pre-training')
+    p.add_argument('--profile', default='default', help='synthetic scenario profile')
+    return p.parse_args(argv)
+
+
+def run(cmd: List[str], log_path: str, background: bool = False):
+    """Runs one CLI of the project, its output going to log_path; returns the Popen when background."""
+    print('$ ' + ' '.join(cmd), flush=True)
+    log = open(log_path, 'w')
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if background:
+        return proc
+    if proc.wait() != 0:
+        sys.exit(f'ssl_low_label: command failed (exit {proc.returncode}), see {log_path}')
+    return None
+
+
+def prepare_run_dir(logs: str, name: str) -> bool:
+    """True when run `name` still has to run. A finished run (its val JSON exists) is kept, so the experiment resumes;
+    an unfinished one is removed so that train.py starts it cleanly."""
+    if os.path.exists(os.path.join(logs, name + '_val.json')):
+        return False
+    shutil.rmtree(os.path.join(logs, name), ignore_errors=True)
+    return True
+
+
+def wait_all(procs: Dict[str, subprocess.Popen], logs: Dict[str, str]) -> None:
+    for name, proc in procs.items():
+        if proc.wait() != 0:
+            sys.exit(f'ssl_low_label: {name} failed (exit {proc.returncode}), see {logs[name]}')
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    py = sys.executable
+    work = os.path.abspath(args.work_dir)
+    raw, data, logs = (os.path.join(work, d) for d in ('raw', 'data', 'logs'))
+    os.makedirs(logs, exist_ok=True)
+    timings = {}
+    model_flags = COMMON_MODEL + MODEL_PRESETS[args.model]
+
+    t0 = time.time()
+    if not os.path.isdir(os.path.join(raw, 'train')):
+        run([py, '-m', 'datasets.synthetic', '--out', raw, '--split', 'train', '--num', str(args.num_pool),
+             '--seed', '0', '--num_workers', str(os.cpu_count()), '--profile', args.profile],
+            os.path.join(logs, 'gen_train.log'))
+    if not os.path.isdir(os.path.join(raw, 'val')):
+        run([py, '-m', 'datasets.synthetic', '--out', raw, '--split', 'val', '--num', str(args.num_val),
+             '--seed', '1', '--num_workers', str(os.cpu_count()), '--profile', args.profile],
+            os.path.join(logs, 'gen_val.log'))
+    # the labelled subset: links to the first scenarios of the pool
+    labelled_raw = os.path.join(raw, 'labelled')
+    os.makedirs(labelled_raw, exist_ok=True)
+    for name in sorted(os.listdir(os.path.join(raw, 'train')))[:args.num_labelled]:
+        link = os.path.join(labelled_raw, name)
+        if not os.path.exists(link):
+            os.symlink(os.path.join(raw, 'train', name), link)
+    for split in ('train', 'labelled', 'val'):
+        run([py, '-m', 'datasets.preprocess', '--dataset', 'argoverse_v2', '--raw_dir', os.path.join(raw, split),
+             '--processed_dir', os.path.join(data, split, 'processed'), '--num_workers', str(os.cpu_count())],
+            os.path.join(logs, f'preprocess_{split}.log'))
+    timings['data_s'] = time.time() - t0
+
+    def supervised_cmd(name: str, seed: int, pretrained: str = None) -> List[str]:
+        cmd = [py, 'train.py', '--root', data,
+               '--train_raw_dir', labelled_raw, '--train_processed_dir', os.path.join(data, 'labelled', 'processed'),
+               '--val_raw_dir', os.path.join(raw, 'val'), '--val_processed_dir', os.path.join(data, 'val', 'processed'),
+               '--train_batch_size', str(args.finetune_batch_size), '--val_batch_size', '32',
+               '--test_batch_size', '32', '--num_workers', str(args.num_workers),
+               '--max_epochs', str(args.finetune_epochs), '--T_max', str(args.finetune_epochs),
+               '--limit_val_batches', '1', '--num_sanity_val_steps', '0',
+               '--accelerator', args.accelerator, '--devices', '1', '--precision', args.precision,
+               '--seed', str(seed), '--log_dir', logs, '--exp_name', name] + model_flags
+        if pretrained:
+            cmd += ['--pretrained_ckpt', pretrained, '--copy_refine', '1']
+        return cmd
+
+    procs, proc_logs = {}, {}
+    t_scratch = time.time()
+    names = [f'{kind}_s{seed}' for kind in ('scratch', 'pretrained') for seed in args.seeds]
+    todo = {name for name in names if prepare_run_dir(logs, name)}
+    if args.overlap:
+        for seed in args.seeds:
+            name = f'scratch_s{seed}'
+            if name in todo:
+                proc_logs[name] = os.path.join(logs, name + '.log')
+                procs[name] = run(supervised_cmd(name, seed), proc_logs[name], background=True)
+
+    t_pre = time.time()
+    pretrained = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
+    if not os.path.exists(os.path.join(logs, 'pretrain', 'done')):
+        shutil.rmtree(os.path.join(logs, 'pretrain'), ignore_errors=True)
+        run([py, 'train_ssl.py', '--root', data,
+             '--train_raw_dir', os.path.join(raw, 'train'), '--train_processed_dir', os.path.join(data, 'train', 'processed'),
+             '--val_raw_dir', os.path.join(raw, 'val'), '--val_processed_dir', os.path.join(data, 'val', 'processed'),
+             '--train_batch_size', str(args.pretrain_batch_size), '--val_batch_size', '32',
+             '--num_workers', str(args.num_workers), '--max_epochs', str(args.pretrain_epochs),
+             '--T_max', str(args.pretrain_epochs), '--warmup', str(args.warmup), '--limit_val_batches', '2',
+             '--accelerator', args.accelerator, '--devices', '1', '--precision', args.precision, '--seed', '0',
+             '--log_dir', logs, '--exp_name', 'pretrain'] + model_flags,
+            os.path.join(logs, 'pretrain.log'))
+        open(os.path.join(logs, 'pretrain', 'done'), 'w').close()
+    timings['pretrain_s'] = time.time() - t_pre
+
+    t_ft = time.time()
+    for seed in args.seeds:
+        for kind in ('scratch', 'pretrained'):
+            name = f'{kind}_s{seed}'
+            if name in todo and name not in procs:
+                proc_logs[name] = os.path.join(logs, name + '.log')
+                procs[name] = run(supervised_cmd(name, seed, pretrained if kind == 'pretrained' else None),
+                                  proc_logs[name], background=True)
+    wait_all(procs, proc_logs)
+    timings['finetune_wall_s'] = time.time() - t_ft
+    timings['scratch_and_finetune_wall_s'] = time.time() - t_scratch
+
+    results = {'config': vars(args), 'runs': {}, 'timings': timings}
+    for name in names:
+        out_json = os.path.join(logs, name + '_val.json')
+        if name in todo:
+            run([py, 'val.py', '--root', data, '--val_raw_dir', os.path.join(raw, 'val'),
+                 '--val_processed_dir', os.path.join(data, 'val', 'processed'), '--val_batch_size', '32',
+                 '--ckpt_path', os.path.join(logs, name, 'checkpoints', 'last.ckpt'),
+                 '--accelerator', args.accelerator, '--output_json', out_json], os.path.join(logs, name + '_val.log'))
+        with open(out_json) as f:
+            results['runs'][name] = json.load(f)
+    timings['total_s'] = time.time() - t0
+
+    summary = {}
+    for kind in ('scratch', 'pretrained'):
+        for metric in METRICS:
+            values = [results['runs'][f'{kind}_s{s}'][metric] for s in args.seeds if
+                      metric in results['runs'][f'{kind}_s{s}']]
+            if values:
+                summary.setdefault(kind, {})[metric] = {
+                    'mean': statistics.fmean(values), 'std': statistics.pstdev(values), 'values': values}
+    results['summary'] = summary
+    lines = ['| run | ' + ' | '.join(METRICS) + ' |', '|---|' + '---|' * len(METRICS)]
+    for kind in ('scratch', 'pretrained'):
+        cells = [f"{summary[kind][m]['mean']:.3f} ± {summary[kind][m]['std']:.3f}" for m in METRICS
+                 if m in summary.get(kind, {})]
+        lines.append(f'| {kind} | ' + ' | '.join(cells) + ' |')
+    if 'minFDE' in summary.get('scratch', {}) and 'minFDE' in summary.get('pretrained', {}):
+        gain = 1 - summary['pretrained']['minFDE']['mean'] / summary['scratch']['minFDE']['mean']
+        results['minFDE_relative_gain'] = gain
+        lines.append(f'\nminFDE relative gain from pre-training: {100 * gain:.1f} %')
+    table = '\n'.join(lines)
+    results['table'] = table
+    tmp = os.path.join(work, 'results.json.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(work, 'results.json'))
+    print(table)
+    print(json.dumps(timings, indent=2))
+    print(f'results: {os.path.join(work, "results.json")}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
