@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+source scripts/common.sh
 ROOT=${ROOT:-data/synthetic}
+ensure_synthetic "$ROOT"
 CKPT=${CKPT:-lightning_logs/qcnet_av2/checkpoints/last.ckpt}
 DEVICES=${DEVICES:-1}
 ACCELERATOR=${ACCELERATOR:-auto}

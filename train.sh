@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+source scripts/common.sh
 ROOT=${ROOT:-data/synthetic}
+ensure_synthetic "$ROOT"
 DEVICES=${DEVICES:-1}
 NUM_NODES=${NUM_NODES:-1}
 ACCELERATOR=${ACCELERATOR:-auto}
@@ -18,7 +19,17 @@ MAX_EPOCHS=${MAX_EPOCHS:-64}
 PRECISION=${PRECISION:-32}
 LOG_DIR=${LOG_DIR:-lightning_logs}
 EXP_NAME=${EXP_NAME:-qcnet_av2}
-PRETRAINED_CKPT=${PRETRAINED_CKPT:-}
+# PRETRAINED_CKPT: a SmartPretrain checkpoint to fine-tune from; "auto" (default) takes the newest
+# logs_pretrain/*/checkpoints/last.ckpt written by train_ssl.sh, if any; "none" trains from scratch.
+PRETRAINED_CKPT=${PRETRAINED_CKPT:-auto}
+if [ "$PRETRAINED_CKPT" = "auto" ]; then
+    PRETRAINED_CKPT=$(ls -t logs_pretrain/*/checkpoints/last.ckpt 2>/dev/null | head -n 1 || true)
+    if [ -n "$PRETRAINED_CKPT" ]; then
+        echo "train.sh: fine-tuning from $PRETRAINED_CKPT (PRETRAINED_CKPT=none trains from scratch)"
+    fi
+elif [ "$PRETRAINED_CKPT" = "none" ]; then
+    PRETRAINED_CKPT=
+fi
 COPY_REFINE=${COPY_REFINE:-1}
 
 finetune_args=()

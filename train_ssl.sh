@@ -4,15 +4,15 @@
 # Every setting is an environment variable with a default, e.g.
 #   bash train_ssl.sh                                  # synthetic data (generated on first use) on this machine
 #   ROOT=/data/av2 DEVICES=8 PRECISION=bf16-mixed bash train_ssl.sh
-# ROOT holds either <split>/raw/<scenario_id>/ (Argoverse 2 as the official code lays it out) or directly
-# <split>/<scenario_id>/ (as the AV2 download and datasets.synthetic write it; processed files then go to
-# ROOT/processed/<split>). Extra arguments are passed on to train_ssl.py (e.g. --resume, --max_steps 100).
+# ROOT holds either <split>/raw/<scenario_id>/ (the official QCNet layout) or directly <split>/<scenario_id>/ (the AV2
+# download and datasets.synthetic; processed files then go to ROOT/processed/<split>). Extra arguments are passed on to train_ssl.py (e.g. --resume, --max_steps 100).
 # Fine-tune afterwards: PRETRAINED_CKPT=<run>/checkpoints/last.ckpt bash train.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+source scripts/common.sh
 ROOT=${ROOT:-data/synthetic}
+ensure_synthetic "$ROOT"
 DEVICES=${DEVICES:-1}
 NUM_NODES=${NUM_NODES:-1}
 ACCELERATOR=${ACCELERATOR:-auto}
@@ -24,29 +24,6 @@ PRECISION=${PRECISION:-32}
 LOG_DIR=${LOG_DIR:-logs_pretrain}
 EXP_NAME=${EXP_NAME:-smartpretrain_bz${BATCH}_epoch${MAX_EPOCHS}}
 SEED=${SEED:-2025}
-SYNTHETIC_TRAIN=${SYNTHETIC_TRAIN:-200}
-SYNTHETIC_VAL=${SYNTHETIC_VAL:-40}
-
-if [ "$ROOT" = "data/synthetic" ] && [ ! -d "$ROOT/train" ]; then
-    echo "train_ssl.sh: generating the synthetic default data in $ROOT (train $SYNTHETIC_TRAIN, val $SYNTHETIC_VAL)"
-    "$PYTHON" -m datasets.synthetic --out "$ROOT" --split train --num "$SYNTHETIC_TRAIN" --seed 0 \
-        --num_workers "$(nproc)"
-    "$PYTHON" -m datasets.synthetic --out "$ROOT" --split val --num "$SYNTHETIC_VAL" --seed 1 \
-        --num_workers "$(nproc)"
-fi
-for split in train val; do
-    if [ ! -d "$ROOT/$split" ]; then
-        echo "train_ssl.sh: $ROOT/$split does not exist (set ROOT to a dataset root with train/ and val/)" >&2
-        exit 2
-    fi
-done
-
-data_args=()
-if [ ! -d "$ROOT/train/raw" ]; then  # scenario folders directly under <split>/
-    data_args=(--train_raw_dir "$ROOT/train" --val_raw_dir "$ROOT/val"
-               --train_processed_dir "$ROOT/processed/train" --val_processed_dir "$ROOT/processed/val")
-fi
-
 # Multi-dataset pre-training: LOAD_AV1=1 AV1_ROOT=<root with train/raw/*.csv> LOAD_WAYMO=1 WAYMO_ROOT=<root with
 # train/raw/*.tfrecord*> (docs/DATASETS.md); DATASET_WEIGHTS="1 1 1" sets sampling weights (AV2, AV1, Waymo).
 mix_args=(--load_av1 "${LOAD_AV1:-0}" --load_waymo "${LOAD_WAYMO:-0}")
@@ -56,7 +33,7 @@ mix_args=(--load_av1 "${LOAD_AV1:-0}" --load_waymo "${LOAD_WAYMO:-0}")
 [ -n "${DATASET_WEIGHTS:-}" ] && mix_args+=(--dataset_weights $DATASET_WEIGHTS)
 
 exec "$PYTHON" train_ssl.py \
-    --root "$ROOT" "${data_args[@]}" \
+    --root "$ROOT" \
     --resume_path null \
     --num_nodes "$NUM_NODES" --devices "$DEVICES" --accelerator "$ACCELERATOR" \
     --train_batch_size "$BATCH" --val_batch_size "$BATCH" --test_batch_size "$BATCH" \

@@ -178,8 +178,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
                              f'{model.num_historical_steps}, but {num_future_steps} from {num_historical_steps} '
                              f'were asked for')
 
-    raw_dir = args.raw_dir or os.path.join(args.root, args.split, 'raw')
-    processed_dir = args.processed_dir or os.path.join(args.root, args.split, 'processed')
+    from datasets.argoverse_v2_dataset import default_split_dirs
+    default_raw, default_processed = default_split_dirs(args.root, args.split)
+    raw_dir = args.raw_dir or default_raw
+    processed_dir = args.processed_dir or default_processed
     source = ScenarioSource(raw_dir, processed_dir, num_historical_steps, num_future_steps)
     written = []
     for name in source.select(args.scenario_ids, args.num_scenarios):

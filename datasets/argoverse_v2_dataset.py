@@ -30,6 +30,21 @@ logger = logging.getLogger(__name__)
 _SIZES_FILE = '.item_sizes.npz'
 
 
+
+def default_split_dirs(root: str, split: str):
+    """(raw_dir, processed_dir) of a split when no flag names them.
+
+    The official QCNet layout is ``root/<split>/raw/<id>/`` with ``root/<split>/processed``. The Argoverse 2 download
+    (and ``datasets.synthetic``) put scenario folders directly in ``root/<split>/<id>/``; then the cache goes to
+    ``root/processed/<split>`` so that it never mixes with scenario folders."""
+    official_raw = os.path.join(root, split, 'raw')
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(official_raw) and os.path.isdir(split_dir):
+        with os.scandir(split_dir) as entries:
+            if any(entry.is_dir() and entry.name not in ('raw', 'processed') for entry in entries):
+                return split_dir, os.path.join(root, 'processed', split)
+    return official_raw, os.path.join(root, split, 'processed')
+
 class ArgoverseV2Dataset(Dataset):
     """QCNet samples of one split (any name, any number of scenarios).
 
@@ -59,10 +74,10 @@ class ArgoverseV2Dataset(Dataset):
                  progress: bool = True) -> None:
         root = os.path.expanduser(os.path.normpath(root))
         self.split = split
-        self._raw_dir = os.path.expanduser(os.path.normpath(raw_dir)) if raw_dir is not None \
-            else os.path.join(root, split, 'raw')
+        default_raw, default_processed = default_split_dirs(root, split)
+        self._raw_dir = os.path.expanduser(os.path.normpath(raw_dir)) if raw_dir is not None else default_raw
         self._processed_dir = os.path.expanduser(os.path.normpath(processed_dir)) if processed_dir is not None \
-            else os.path.join(root, split, 'processed')
+            else default_processed
         self.options = ProcessingOptions(dim=dim, num_historical_steps=num_historical_steps,
                                          num_future_steps=num_future_steps,
                                          predict_unseen_agents=predict_unseen_agents, vector_repr=vector_repr,

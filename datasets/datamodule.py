@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from torch_geometric.loader import DataLoader
 
-from datasets.argoverse_v2_dataset import ArgoverseV2Dataset
+from datasets.argoverse_v2_dataset import ArgoverseV2Dataset, default_split_dirs
 
 _DEFAULT = object()  # "use the official default transform" (None means: no transform)
 
@@ -141,8 +141,9 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
                                   **self.dataset_kwargs)
 
     def _split_exists(self, split: str) -> bool:
-        raw = getattr(self, f'{split}_raw_dir') or os.path.join(self.root, split, 'raw')
-        processed = getattr(self, f'{split}_processed_dir') or os.path.join(self.root, split, 'processed')
+        default_raw, default_processed = default_split_dirs(self.root, split)
+        raw = getattr(self, f'{split}_raw_dir') or default_raw
+        processed = getattr(self, f'{split}_processed_dir') or default_processed
         return os.path.isdir(raw) or os.path.isdir(processed)
 
     def prepare_data(self) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch_geometric.loader import DataLoader
 
-from datasets.argoverse_v2_dataset import ArgoverseV1Dataset, ArgoverseV2Dataset, WaymoDataset
+from datasets.argoverse_v2_dataset import ArgoverseV1Dataset, ArgoverseV2Dataset, WaymoDataset, default_split_dirs
 from datasets.scenario import DATASET_IDS
 
 DATASET_CLASSES = {'argoverse_v2': ArgoverseV2Dataset, 'waymo': WaymoDataset, 'argoverse_v1': ArgoverseV1Dataset}
@@ -143,8 +143,9 @@ class DatasetSource:
         root, the processed dir defaults to ``<raw dir>_processed`` (never a path relative to the working dir)."""
         raw, processed = self.raw_dirs.get(split), self.processed_dirs.get(split)
         if self.root:
-            raw = raw or os.path.join(self.root, split, 'raw')
-            processed = processed or os.path.join(self.root, split, 'processed')
+            default_raw, default_processed = default_split_dirs(self.root, split)
+            raw = raw or default_raw
+            processed = processed or default_processed
         elif raw and not processed:
             processed = os.path.normpath(raw) + '_processed'
         return raw, processed
