@@ -11,9 +11,9 @@ cd "$(dirname "$0")"
 OUT=demo_output
 ACCEL=cpu
 PRECISION=32
-NUM_TRAIN=${NUM_TRAIN:-160}
-NUM_VAL=${NUM_VAL:-40}
-NUM_TEST=${NUM_TEST:-24}
+NUM_TRAIN=${NUM_TRAIN:-48}
+NUM_VAL=${NUM_VAL:-16}
+NUM_TEST=${NUM_TEST:-8}
 while [ $# -gt 0 ]; do
   case "$1" in
     --gpu) ACCEL=gpu; PRECISION=bf16-mixed; shift ;;

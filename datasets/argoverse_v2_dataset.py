@@ -41,7 +41,7 @@ def default_split_dirs(root: str, split: str):
     split_dir = os.path.join(root, split)
     if not os.path.isdir(official_raw) and os.path.isdir(split_dir):
         with os.scandir(split_dir) as entries:
-            if any(entry.is_dir() and entry.name not in ('raw', 'processed') for entry in entries):
+            if any(entry.is_dir() and entry.name not in ('raw', 'processed', 'map_files') for entry in entries):
                 return split_dir, os.path.join(root, 'processed', split)
     return official_raw, os.path.join(root, split, 'processed')
 
