@@ -151,8 +151,10 @@ class ArgoverseV2Dataset(Dataset):
                     self._names = sorted(entry.name[:-len(CACHE_SUFFIX)] for entry in entries
                                          if entry.name.endswith(CACHE_SUFFIX) and entry.is_file())
             if not self._names:
-                raise FileNotFoundError(f'no scenarios for split {self.split!r}: {self.raw_dir} has no scenario '
-                                        f'directories and {self.processed_dir} has no *{CACHE_SUFFIX} files')
+                raise FileNotFoundError(f'{self.raw_dir}: no scenarios for split {self.split!r} (no scenario '
+                                        f'directories there and no *{CACHE_SUFFIX} files in {self.processed_dir}); '
+                                        f'put the split\'s scenarios there or point the raw/processed dir of the '
+                                        f'split (e.g. --{self.split}_raw_dir) at them')
             # raises CacheVersionError (re-run preprocessing) or ValueError (other options) on a stale cache
             check_cache_options(self.processed_dir, self._names, meta)
 

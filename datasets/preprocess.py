@@ -30,8 +30,8 @@ from datasets.argoverse_v2 import list_argoverse_v2_scenarios, load_argoverse_v2
 from datasets.waymo import list_waymo_scenarios, load_waymo_scenario
 from datasets.processing import build_qcnet_features
 from datasets.scenario import ScenarioError, ScenarioRecord
-from datasets.storage import (CACHE_SUFFIX, FORMAT_VERSION, CacheError, atomic_write_bytes, is_current_cache_file,
-                              read_header, save_features)
+from datasets.storage import (CACHE_SUFFIX, FORMAT_VERSION, CacheError, atomic_write_bytes, ensure_writable_directory,
+                              is_current_cache_file, read_header, save_features)
 
 logger = logging.getLogger(__name__)
 FAILURES_FILE = 'failures.json'
@@ -111,6 +111,8 @@ class PreprocessSummary:
             lines.extend(f'  {failure.file}: {failure.reason}' for failure in self.failures[:10])
             if len(self.failures) > 10:
                 lines.append(f'  ... and {len(self.failures) - 10} more')
+            lines.append('               these scenarios are left out; fix or remove them and re-run to retry them '
+                         '(finished scenarios are kept and skipped)')
         return '\n'.join(lines)
 
 
@@ -118,10 +120,16 @@ def processed_file_name(scenario_name: str) -> str:
     return scenario_name + CACHE_SUFFIX
 
 
-def check_cache_options(processed_dir: str, names: Sequence[str], meta: Dict[str, Any]) -> None:
-    """Raise ValueError if the first existing cache file in ``processed_dir`` was built with other options."""
+def check_cache_options(processed_dir: str, names: Sequence[str], meta: Dict[str, Any],
+                        skip_stale: bool = False) -> None:
+    """Raise ValueError if the first existing cache file in ``processed_dir`` was built with other options.
+
+    A file of another cache format version raises :class:`CacheVersionError`, unless ``skip_stale`` (the caller
+    rebuilds such files from the raw scenarios): then the first current file is checked."""
     for name in names:
         path = os.path.join(processed_dir, processed_file_name(name))
+        if skip_stale and not is_current_cache_file(path):
+            continue
         if os.path.isfile(path):
             found = read_header(path)['meta']
             if found != meta:
@@ -192,12 +200,17 @@ def preprocess_scenarios(raw_dir: str,
         options = ProcessingOptions(num_historical_steps=adapter.num_historical_steps,
                                     num_future_steps=adapter.num_future_steps)
     if not os.path.isdir(raw_dir):
-        raise FileNotFoundError(f'{raw_dir}: raw directory does not exist')
-    os.makedirs(processed_dir, exist_ok=True)
+        raise FileNotFoundError(f'{raw_dir}: raw directory does not exist (check the raw dir / --root)')
+    ensure_writable_directory(processed_dir)
     all_names = list(names) if names is not None else adapter.list_scenarios(raw_dir)
-    check_cache_options(processed_dir, all_names, options.as_meta(dataset))
+    # files of an older cache format are rebuilt from the raw scenarios (they are in `todo` below)
+    check_cache_options(processed_dir, all_names, options.as_meta(dataset), skip_stale=True)
     todo = [name for name in all_names
             if not is_current_cache_file(os.path.join(processed_dir, processed_file_name(name)))]
+    stale = sum(os.path.isfile(os.path.join(processed_dir, processed_file_name(name))) for name in todo)
+    if stale:
+        logger.warning('%s: rebuilding %d cache file(s) written by another cache format version', processed_dir,
+                       stale)
     num_workers = max(1, min(int(num_workers), len(todo))) if todo else 1
     summary = PreprocessSummary(raw_dir=raw_dir, processed_dir=processed_dir, total=len(all_names),
                                 skipped=len(all_names) - len(todo), num_workers=num_workers)
@@ -305,16 +318,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         num_future_steps=args.num_future_steps if args.num_future_steps is not None else adapter.num_future_steps,
         predict_unseen_agents=args.predict_unseen_agents, vector_repr=args.vector_repr,
         include_ssl_mask=args.include_ssl_mask)
-    names = adapter.list_scenarios(args.raw_dir)
-    if args.limit is not None:
-        names = names[:args.limit]
     try:
+        if not os.path.isdir(args.raw_dir):
+            raise FileNotFoundError(f'{args.raw_dir}: raw directory does not exist (check --raw_dir)')
+        names = adapter.list_scenarios(args.raw_dir)
+        if not names:
+            raise FileNotFoundError(f'{args.raw_dir}: no {args.dataset} scenarios found (check --raw_dir and '
+                                    f'--dataset)')
+        if args.limit is not None:
+            names = names[:args.limit]
         summary = preprocess_scenarios(args.raw_dir, args.processed_dir, dataset=args.dataset,
                                        num_workers=args.num_workers, strict=args.strict, options=options, names=names,
                                        progress=args.progress)
-    except (ScenarioError, CacheError, FileNotFoundError, ValueError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
+    except (ScenarioError, CacheError, OSError, ValueError) as error:
+        print(f'error: {" ".join(str(error).split())}', file=sys.stderr)
+        return 2
     print(summary.format())
     return 0 if not summary.failures else 2
 

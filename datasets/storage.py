@@ -113,8 +113,9 @@ def _parse_prefix(path: PathLike, blob: bytes) -> Tuple[int, int]:
                                'preprocessing')
     if version != FORMAT_VERSION:
         raise CacheVersionError(path, f'processed with cache format version {version}, but this code reads version '
-                                      f'{FORMAT_VERSION}: re-run preprocessing (python -m datasets.preprocess ...) '
-                                      f'into an empty processed directory')
+                                      f'{FORMAT_VERSION}: re-run preprocessing from the raw scenarios (python -m '
+                                      f'datasets.preprocess --raw_dir <raw> --processed_dir <this dir> rebuilds '
+                                      f'the old files; training with the raw dir given does it automatically)')
     return version, header_size
 
 
@@ -161,6 +162,28 @@ def atomic_write_bytes(path: PathLike, blob: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+class UnwritableDirectoryError(OSError):
+    """An output directory that cannot be created or written. ``str(err)`` is one line: ``<dir>: <problem>``."""
+
+
+def ensure_writable_directory(directory: PathLike) -> None:
+    """Create ``directory`` if needed and check that files can be written in it, before any work is done.
+
+    Raises :class:`UnwritableDirectoryError` naming the directory (e.g. a path below a regular file, a read-only
+    mount or a full disk)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix='.write-test-', dir=directory)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        if error.filename is not None and os.fspath(error.filename) != os.fspath(directory):
+            reason += f': {error.filename}'
+        raise UnwritableDirectoryError(f'{os.fspath(directory)}: cannot write the processed directory ({reason}); '
+                                       f'choose a writable processed dir') from None
 
 
 def save_features(path: PathLike, features: Dict[Any, Any], meta: Optional[Dict[str, Any]] = None) -> int:
