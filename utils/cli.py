@@ -1,6 +1,12 @@
-"""Small helpers shared by the command-line scripts (train.py, val.py, test.py)."""
+"""Small helpers shared by the command-line scripts (train.py, val.py, test.py, ...): argparse types, training
+strategy, and the one-line error convention (:class:`CliError`, :func:`run_main`)."""
 import argparse
-from typing import Union
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, Type, Union
 
 from pytorch_lightning.strategies import DDPStrategy, Strategy
 
@@ -43,3 +49,68 @@ def int_or_float(value: str) -> Union[int, float]:
         return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a batch count (int) or a fraction (float), got {value!r}')
+
+
+class CliError(SystemExit):
+    """Bad input or environment that a command-line script reports as ONE line and exit status 2.
+
+    ``str(error)`` is ``error: <file>: <problem> (<fix>)``. It subclasses SystemExit so that an uncaught one ends the
+    script without a traceback; :func:`run_main` prints it to stderr first. In-process callers (tests) can catch it.
+    """
+
+    def __init__(self, message: str) -> None:
+        message = ' '.join(str(message).split())  # one line
+        super().__init__(message if message.startswith('error: ') else f'error: {message}')
+        self.code = 2
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def one_line(error: BaseException) -> str:
+    """First line of an exception's message (multi-line listings are cut to their headline)."""
+    text = str(error).strip()
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f'{error.filename}: {error.strerror}'  # '[Errno 20] Not a directory: x' -> 'x: Not a directory'
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def input_errors(*error_types: Type[BaseException], fix: str = '') -> Iterator[None]:
+    """Turns the given exception types (raised for bad files or flags) into a one-line :class:`CliError`;
+    ``fix`` (what the user should do) is appended in parentheses."""
+    try:
+        yield
+    except CliError:
+        raise
+    except error_types as error:
+        message = one_line(error)
+        raise CliError(f'{message} ({fix})' if fix else message) from error
+
+
+def ensure_output_dir(path: Union[str, os.PathLike], flag: str) -> Path:
+    """Creates ``path`` if needed and checks that a file can be written in it, BEFORE any long work starts.
+
+    Raises :class:`CliError` naming the directory and the flag to change (e.g. a path below a regular file, a
+    read-only mount or a full disk)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix='.write-test-'):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        if error.filename is not None and os.fspath(error.filename) != os.fspath(path):
+            reason += f': {error.filename}'
+        raise CliError(f'{path}: cannot write the output directory ({reason}) (choose a writable {flag})') from None
+    return path
+
+
+def run_main(main: Callable[[Optional[List[str]]], Any], argv: Optional[List[str]] = None) -> None:
+    """``if __name__ == '__main__'`` entry: runs ``main(argv)``; a :class:`CliError` is printed as its one line
+    on stderr and the script exits with status 2 (no traceback)."""
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except CliError as error:
+        print(str(error), file=sys.stderr, flush=True)
+        sys.exit(error.code)
