@@ -168,11 +168,12 @@ class UnwritableDirectoryError(OSError):
     """An output directory that cannot be created or written. ``str(err)`` is one line: ``<dir>: <problem>``."""
 
 
-def ensure_writable_directory(directory: PathLike) -> None:
+def ensure_writable_directory(directory: PathLike, what: str = 'processed directory',
+                              fix: str = 'choose a writable processed dir') -> None:
     """Create ``directory`` if needed and check that files can be written in it, before any work is done.
 
-    Raises :class:`UnwritableDirectoryError` naming the directory (e.g. a path below a regular file, a read-only
-    mount or a full disk)."""
+    Raises :class:`UnwritableDirectoryError` naming the directory, the problem and ``fix`` (e.g. a path below a
+    regular file, a read-only mount or a full disk)."""
     try:
         os.makedirs(directory, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix='.write-test-', dir=directory)
@@ -182,8 +183,7 @@ def ensure_writable_directory(directory: PathLike) -> None:
         reason = error.strerror or type(error).__name__
         if error.filename is not None and os.fspath(error.filename) != os.fspath(directory):
             reason += f': {error.filename}'
-        raise UnwritableDirectoryError(f'{os.fspath(directory)}: cannot write the processed directory ({reason}); '
-                                       f'choose a writable processed dir') from None
+        raise UnwritableDirectoryError(f'{os.fspath(directory)}: cannot write the {what} ({reason}); {fix}') from None
 
 
 def save_features(path: PathLike, features: Dict[Any, Any], meta: Optional[Dict[str, Any]] = None) -> int:

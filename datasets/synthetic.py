@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datasets.storage import ensure_writable_directory
 from datasets.synthetic_geometry import rotation
 from datasets.synthetic_map import build_road_map, map_to_av2_json
 from datasets.synthetic_profiles import PROFILES, SyntheticProfile, get_profile, weighted_pick
@@ -332,7 +333,7 @@ def generate_split(out_dir: str, split: str, num: int, seed: int, num_workers: i
         raise ValueError(f'--num must be >= 0, got {num}')
     if num_workers < 1:
         raise ValueError(f'--num_workers must be >= 1, got {num_workers}')
-    os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+    ensure_writable_directory(os.path.join(out_dir, split), what='output directory', fix='choose a writable --out')
     if num_workers == 1 or num <= 1:
         ids = _generate_range((out_dir, split, seed, profile, range(num)))
     else:
@@ -366,7 +367,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         ids = generate_split(args.out, args.split, args.num, args.seed, args.num_workers, args.profile)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
