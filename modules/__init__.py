@@ -4,3 +4,6 @@ from modules.qcnet_decoder import QCNetDecoder
 from modules.qcnet_encoder import QCNetEncoder
 from modules.qcnet_map_encoder import QCNetMapEncoder
 from modules.qcnet_proposal_decoder import QCNetProposalDecoder, QCNetProposeStage
+from modules.forecast_mae_encoder import ForecastMAEEncoder, ForecastMAEEncoding
+from modules.forecast_mae_proposal_decoder import ForecastMAEProposalDecoder
+from modules.forecast_mae_decoder import ForecastMAEDecoder

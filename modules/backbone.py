@@ -147,3 +147,7 @@ class SSLBranch(nn.Module):
         embeddings = self.backbone(view)                                  # [A, R, D]
         num_agents, num_rec, _ = embeddings.shape
         return self.proj(embeddings.reshape(num_agents * num_rec, -1)).view(num_agents, num_rec, -1)
+
+
+# Backbones defined in their own modules register on import (kept last: they subclass SSLBackbone from here).
+from modules import forecast_mae_backbone  # noqa: E402,F401  'forecast_mae'

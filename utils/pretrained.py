@@ -1,17 +1,21 @@
-"""Transfer of SmartPretrain pre-trained weights into a QCNet model for fine-tuning.
+"""Transfer of SmartPretrain pre-trained weights into a supervised predictor for fine-tuning.
 
-Taken from a pre-training checkpoint (ours or the official release; same layout): the MOMENTUM branch's
+Works for every predictor of ``predictors`` (QCNet, ForecastMAE, ...): their SSL backbone (``SSL_BACKBONE``) has
+submodules ``encoder`` and ``decoder`` named as the predictor's, so the same rule applies to all. Taken from a
+pre-training checkpoint (ours or the official release; same layout): the MOMENTUM branch's
 ``momentum_branch.encoder.*`` -> ``model.encoder`` (every key must fit: strict) and ``momentum_branch.decoder.*`` ->
 ``model.decoder`` (only the proposal part exists in pre-training: non-strict). The single pre-training mode embedding
-is repeated to the model's number of modes; with ``copy_refine`` the proposal attention layers are also copied into
-the refinement attention layers. Everything else (trajectory heads, refinement layers without ``copy_refine``, ...)
-keeps its fresh initialisation and nothing is frozen. The returned ``TransferReport`` lists what was loaded.
+is repeated to the model's number of modes; with ``copy_refine`` the proposal layers are also copied into the
+refinement layers (the model's ``PROPOSE_TO_REFINE`` pairs). Everything else (trajectory heads, refinement layers
+without ``copy_refine``, ...) keeps its fresh initialisation and nothing is frozen. A checkpoint pre-trained with
+another backbone (hyper-parameter ``backbone``; official checkpoints: 'qcnet') is refused with an error naming the
+file and both backbones. The returned ``TransferReport`` lists what was loaded.
 """
 import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,6 +24,7 @@ SOURCE_PREFIX = 'momentum_branch.'
 # Vocabulary tables whose pre-training version may be longer (official multi-dataset pre-training adds AV1/Waymo
 # categories after the Argoverse 2 ones): only these may be cut to the model's vocabulary.
 _VOCABULARY_TABLES = ('type_pt_emb', 'side_pt_emb', 'type_pl_emb', 'type_a_emb')
+# QCNet's pairs, for models that declare none (PROPOSE_TO_REFINE of the predictors)
 _PROPOSE_TO_REFINE = (('t2m_propose_attn_layers', 't2m_refine_attn_layers'),
                       ('pl2m_propose_attn_layers', 'pl2m_refine_attn_layers'),
                       ('a2m_propose_attn_layers', 'a2m_refine_attn_layers'),
@@ -28,7 +33,7 @@ _PROPOSE_TO_REFINE = (('t2m_propose_attn_layers', 't2m_refine_attn_layers'),
 
 @dataclass
 class TransferReport:
-    """What ``load_pretrained_into_qcnet`` did; keys are the model's state-dict names (``encoder.*``, ...)."""
+    """What ``load_pretrained`` did; keys are the model's state-dict names (``encoder.*``, ...)."""
     checkpoint: str
     loaded: List[str] = field(default_factory=list)
     copied_to_refine: List[str] = field(default_factory=list)
@@ -53,8 +58,9 @@ class TransferReport:
         return '\n'.join(lines)
 
 
-def read_checkpoint_state_dict(ckpt_path: str) -> Dict[str, torch.Tensor]:
-    """``state_dict`` of a Lightning checkpoint (or a bare state dict), loaded on CPU without unpickling code."""
+def read_pretraining_checkpoint(ckpt_path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(``state_dict``, ``hyper_parameters`` or {}) of a Lightning checkpoint (or a bare state dict), loaded on CPU
+    without unpickling code."""
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f'{ckpt_path}: no such checkpoint file')
     with open(ckpt_path, 'rb') as f:
@@ -71,21 +77,30 @@ def read_checkpoint_state_dict(ckpt_path: str) -> Dict[str, torch.Tensor]:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ''
         raise ValueError(f'{ckpt_path}: not a readable PyTorch checkpoint file (torch.load failed: '
                          f'{type(error).__name__} {detail})') from None
+    hparams: Dict[str, Any] = {}
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('state_dict'), Mapping):
         state_dict = checkpoint['state_dict']
+        hparams = dict(checkpoint.get('hyper_parameters') or {})
     elif isinstance(checkpoint, Mapping) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
         state_dict = checkpoint
     else:
         raise ValueError(f'{ckpt_path}: checkpoint has no state_dict (top-level keys: '
                          f'{sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__})')
-    return dict(state_dict)
+    return dict(state_dict), hparams
 
 
-def _check_pretraining_layout(ckpt_path: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+def read_checkpoint_state_dict(ckpt_path: str) -> Dict[str, torch.Tensor]:
+    """``state_dict`` of a Lightning checkpoint (or a bare state dict), loaded on CPU without unpickling code."""
+    return read_pretraining_checkpoint(ckpt_path)[0]
+
+
+def _check_pretraining_layout(ckpt_path: str, state_dict: Mapping[str, torch.Tensor],
+                              hparams: Mapping[str, Any]) -> None:
     if any(k.startswith(SOURCE_PREFIX + 'encoder.') for k in state_dict):
         return
     if any(k.startswith('encoder.') for k in state_dict) and any(k.startswith('decoder.') for k in state_dict):
-        raise ValueError(f'{ckpt_path}: this is a QCNet (supervised / fine-tuned) checkpoint (keys encoder.*, '
+        model = hparams.get('model') or 'QCNet'
+        raise ValueError(f'{ckpt_path}: this is a {model} (supervised / fine-tuned) checkpoint (keys encoder.*, '
                          f'decoder.*), not a SmartPretrain pre-training checkpoint; resume or evaluate it directly '
                          f'instead of using it as --pretrained_ckpt')
     raise ValueError(f'{ckpt_path}: not a SmartPretrain pre-training checkpoint: no {SOURCE_PREFIX}encoder.* keys '
@@ -103,6 +118,23 @@ def _fit_vocabulary(name: str, value: torch.Tensor, wanted: torch.Size, notes: L
         notes.append(f'{name}: vocabulary table cut from {value.shape[0]} to {wanted[0]} rows')
         return value[:wanted[0]]
     return value
+
+
+def _check_backbone(ckpt_path: str, hparams: Mapping[str, Any], model: nn.Module, expected: str,
+                    encoder_keys: Sequence[str]) -> None:
+    """The checkpoint's backbone must be the model's: by its hyper-parameter ``backbone`` (pre-training checkpoints
+    without one are the official QCNet ones), or, for a bare state dict, by its encoder keys."""
+    hint = (f'pre-train with `train_ssl.py --backbone {expected}`, or fine-tune a model of the checkpoint\'s '
+            f'backbone (train.py --model)')
+    if hparams:
+        found = str(hparams.get('backbone') or 'qcnet')
+        if found != expected:
+            raise ValueError(f'{ckpt_path}: pre-trained with backbone {found!r}, but {type(model).__name__} takes '
+                             f'{expected!r} weights; {hint}')
+    elif encoder_keys and not set(encoder_keys) & set(model.encoder.state_dict()):
+        raise ValueError(f'{ckpt_path}: its encoder ({encoder_keys[0]}, ...) shares no weight name with the '
+                         f'{type(model).__name__} encoder: pre-trained with another backbone than {expected!r}; '
+                         f'{hint}')
 
 
 def _mismatches(ckpt_path: str, module_name: str, weights: Mapping[str, torch.Tensor],
@@ -123,19 +155,25 @@ def _mismatches(ckpt_path: str, module_name: str, weights: Mapping[str, torch.Te
                          f'were both built with the same hyper-parameters?')
 
 
-def load_pretrained_into_qcnet(model: nn.Module, ckpt_path: str, copy_refine: bool,
-                               verbose: bool = True) -> TransferReport:
+def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose: bool = True) -> TransferReport:
     """Loads the momentum branch of a SmartPretrain checkpoint into ``model.encoder`` / ``model.decoder``.
 
     Args:
-        model: QCNet module with ``encoder`` (QCNetEncoder) and ``decoder`` (QCNetDecoder) submodules.
+        model: a predictor with ``encoder`` and ``decoder`` submodules; its class attributes ``SSL_BACKBONE``
+            (default 'qcnet') and ``PROPOSE_TO_REFINE`` (default QCNet's pairs) say which pre-training backbone
+            fits and which decoder layers ``copy_refine`` initialises from which.
         ckpt_path: pre-training checkpoint (``.ckpt`` of ``train_ssl.py`` or of the official release).
-        copy_refine: also initialise the refinement attention layers from the proposal ones.
+        copy_refine: also initialise the refinement layers from the proposal ones.
         verbose: print ``report.summary()``.
-    Returns a ``TransferReport``; raises ``ValueError`` naming the file on a checkpoint of the wrong kind or shape.
+    Returns a ``TransferReport``; raises ``ValueError`` naming the file on a checkpoint of the wrong kind, backbone
+    or shape.
     """
-    state_dict = read_checkpoint_state_dict(ckpt_path)
-    _check_pretraining_layout(ckpt_path, state_dict)
+    state_dict, hparams = read_pretraining_checkpoint(ckpt_path)
+    _check_pretraining_layout(ckpt_path, state_dict, hparams)
+    backbone = getattr(model, 'SSL_BACKBONE', None) or 'qcnet'
+    propose_to_refine = getattr(model, 'PROPOSE_TO_REFINE', None) or _PROPOSE_TO_REFINE
+    _check_backbone(ckpt_path, hparams, model, backbone,
+                    list(_strip(state_dict, SOURCE_PREFIX + 'encoder.')))
     report = TransferReport(checkpoint=str(ckpt_path))
 
     # Encoder: every tensor must be there and fit.
@@ -161,7 +199,7 @@ def load_pretrained_into_qcnet(model: nn.Module, ckpt_path: str, copy_refine: bo
             continue
         decoder_weights[key] = value
         if copy_refine:
-            for propose, refine in _PROPOSE_TO_REFINE:
+            for propose, refine in propose_to_refine:
                 if key.startswith(propose + '.') or key == propose:
                     refine_key = refine + key[len(propose):]
                     if refine_key in decoder_expected:
@@ -181,3 +219,9 @@ def load_pretrained_into_qcnet(model: nn.Module, ckpt_path: str, copy_refine: bo
     if verbose:
         print(report.summary(), flush=True)
     return report
+
+
+def load_pretrained_into_qcnet(model: nn.Module, ckpt_path: str, copy_refine: bool,
+                               verbose: bool = True) -> TransferReport:
+    """``load_pretrained`` (kept under its first name; works for every predictor)."""
+    return load_pretrained(model, ckpt_path, copy_refine, verbose=verbose)
