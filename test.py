@@ -1,4 +1,5 @@
-"""Writes the Argoverse 2 motion-forecasting leaderboard submission of a QCNet checkpoint.
+"""Writes the Argoverse 2 motion-forecasting leaderboard submission of a predictor checkpoint (QCNet or
+ForecastMAE; the class is read from the checkpoint with --model auto).
 
 Predicts the focal agent of every test scenario (6 modes, world frame) and writes ONE parquet,
 <submission_dir>/<submission_file_name>.parquet, also with several devices (predictions are gathered on rank 0).
@@ -16,16 +17,17 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from datasets import ArgoverseV2Dataset
-from predictors import QCNet
+from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from utils.cli import evaluation_strategy, positive_int, str2bool
 from utils.submission import check_coverage
 
-MODELS = {'QCNet': QCNet}
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--model', type=str, default='QCNet', choices=sorted(MODELS))
+    parser.add_argument('--model', type=str, default=AUTO,
+                        help=f'predictor class of the checkpoint ({", ".join(model_names())}); auto: the one stored '
+                             f'in the checkpoint (QCNet when none is, e.g. official checkpoints)')
     parser.add_argument('--root', type=str, required=True, help='dataset root holding the test/ split')
     parser.add_argument('--test_batch_size', '--batch_size', dest='test_batch_size', type=positive_int, default=32)
     parser.add_argument('--num_workers', type=int, default=8)
@@ -67,7 +69,11 @@ def main(argv: Optional[List[str]] = None) -> Path:
     pl.seed_everything(2023, workers=True)
     if not os.path.isfile(args.ckpt_path):
         raise SystemExit(f'error: --ckpt_path {args.ckpt_path} does not exist')
-    model = MODELS[args.model].load_from_checkpoint(checkpoint_path=args.ckpt_path, map_location='cpu')
+    try:
+        model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
+            checkpoint_path=args.ckpt_path, map_location='cpu')
+    except ValueError as error:  # another model's or a pre-training checkpoint, unknown --model, weights mismatch
+        raise SystemExit(f'error: {error}') from None
     model.submission_dir = args.submission_dir
     model.submission_file_name = args.submission_file_name
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'
@@ -93,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     trainer.test(model, dataloaders=loader)
     if trainer.is_global_zero:
         if not path.is_file() or path.stat().st_mtime_ns == previous_mtime:
-            raise RuntimeError(f'{path} was not written by {args.model}.on_test_end')
+            raise RuntimeError(f'{path} was not written by {type(model).__name__}.on_test_end')
         print(f'submission with {len(expected)} scenarios written to {path}', flush=True)
     return path
 

@@ -1,7 +1,9 @@
-"""Supervised training (or SmartPretrain fine-tuning) of QCNet on Argoverse 2.
+"""Supervised training (or SmartPretrain fine-tuning) of a predictor on Argoverse 2.
 
-Mirrors the official train_qcnet.py flags. Extras: --pretrained_ckpt/--copy_refine (SmartPretrain fine-tuning),
---precision, --resume, --log_dir/--exp_name, --max_steps, --limit_*_batches, --seed.
+--model picks the predictor (QCNet, the default, or ForecastMAE; backbone names such as forecast_mae work too);
+`train.py --model ForecastMAE --help` lists that model's flags. Mirrors the official train_qcnet.py flags.
+Extras: --pretrained_ckpt/--copy_refine (SmartPretrain fine-tuning), --precision, --resume, --log_dir/--exp_name,
+--max_steps, --limit_*_batches, --seed.
 
 Run directory <log_dir>/<exp_name>/ holds checkpoints/ (top-5 by val_minFDE + last.ckpt, written atomically),
 tensorboard/version_N/ and csv/version_N/ (one version per start, so a resumed run never overwrites earlier logs).
@@ -16,7 +18,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from datasets import ArgoverseV2DataModule
-from predictors import QCNet
+from predictors.registry import model_class, model_names, resolve_model_name
 from transforms import TargetBuilder
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
 from utils.cli import int_or_float, positive_int, str2bool, training_strategy
@@ -25,8 +27,12 @@ MONITOR = 'val_minFDE'
 SUMMARY_METRICS = ('val_minADE', 'val_minFDE', 'val_MR', 'val_Brier', 'val_minAHE', 'val_minFHE')
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(model: str = 'QCNet') -> ArgumentParser:
+    """Parser of the script with the flags of predictor ``model``."""
     parser = ArgumentParser(description=__doc__, formatter_class=ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--model', type=str, default='QCNet',
+                        help=f'predictor ({", ".join(model_names())}); its flags are listed below with --model <name> '
+                             f'--help')
     data = parser.add_argument_group('data')
     data.add_argument('--root', type=str, required=True, help='dataset root with train/ val/ test/ splits')
     data.add_argument('--train_batch_size', type=positive_int, required=True, help='scenarios per batch and device')
@@ -70,8 +76,21 @@ def build_parser() -> ArgumentParser:
     finetune.add_argument('--copy_refine', type=int, default=0, choices=[0, 1],
                           help='also initialise the refinement attention layers from the proposal ones')
 
-    QCNet.add_model_specific_args(parser)
+    model_class(model).add_model_specific_args(parser)
     return parser
+
+
+def parse_args(argv: Optional[List[str]] = None) -> Namespace:
+    """Two passes: --model first, then everything with that model's flags."""
+    selector = ArgumentParser(add_help=False)
+    selector.add_argument('--model', type=str, default='QCNet')
+    try:
+        model = resolve_model_name(selector.parse_known_args(argv)[0].model)
+    except ValueError as error:
+        build_parser().error(f'--model: {error}')
+    args = build_parser(model).parse_args(argv)
+    args.model = model
+    return args
 
 
 def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional[str]:
@@ -86,6 +105,10 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
     path = checkpoint_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
     if not path.is_file():
         raise SystemExit(f'error: --resume: checkpoint {path} does not exist')
+    from predictors.trajectory_predictor import checkpoint_model_name, normalise_model_name
+    stored = checkpoint_model_name(str(path))
+    if normalise_model_name(stored) != normalise_model_name(args.model):
+        raise SystemExit(f'error: --resume: {path} is a {stored} checkpoint, but --model is {args.model}')
     return str(path)
 
 
@@ -118,21 +141,21 @@ def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Pat
 
 
 def main(argv: Optional[List[str]] = None) -> pl.Trainer:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True)
 
     run_dir = Path(args.log_dir) / args.exp_name
     checkpoint_dir = run_dir / 'checkpoints'
     resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
 
-    model = QCNet(**vars(args))
+    model = model_class(args.model)(**vars(args))
     if args.pretrained_ckpt is not None:
         if resume_path is not None:
             print(f'--resume given: weights come from {resume_path}, --pretrained_ckpt is not loaded again')
         else:
-            from utils.pretrained import load_pretrained_into_qcnet
-            print(f'fine-tuning from {args.pretrained_ckpt} (copy_refine={args.copy_refine})')
-            load_pretrained_into_qcnet(model, args.pretrained_ckpt, args.copy_refine)
+            from utils.pretrained import load_pretrained
+            print(f'fine-tuning from {args.pretrained_ckpt} ({args.model}, copy_refine={args.copy_refine})')
+            load_pretrained(model, args.pretrained_ckpt, args.copy_refine)
 
     datamodule = ArgoverseV2DataModule(
         **{**vars(args),

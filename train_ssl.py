@@ -1,15 +1,17 @@
-"""SmartPretrain self-supervised pre-training of a QCNet backbone on Argoverse 2 (or the synthetic data set).
+"""SmartPretrain self-supervised pre-training of a backbone on Argoverse 2 (or the synthetic data set).
 
-Mirrors the official train_qcnet_ssl.py flags. Extras: --devices, --precision, --resume, --log_dir, --max_steps,
---limit_*_batches, --lambda_rec, --backbone, --seed. One device (or CPU) trains without DDP; DDP with synchronised
-BatchNorm is used only when devices * num_nodes > 1.
+--backbone (alias --model) picks the backbone: qcnet (default) or forecast_mae (predictor names QCNet / ForecastMAE
+work too); both go through the same pre-training module and losses. Mirrors the official train_qcnet_ssl.py flags.
+Extras: --devices, --precision, --resume, --log_dir, --max_steps, --limit_*_batches, --lambda_rec, --backbone, --seed.
+One device (or CPU) trains without DDP; DDP with synchronised BatchNorm is used only when devices * num_nodes > 1.
 
 Run directory <log_dir>/<exp_name>/ holds checkpoints/ (top-5 by val_loss + last.ckpt, written atomically),
 tensorboard/version_N/ and csv/version_N/. Fine-tune from a checkpoint with
-`train.py --pretrained_ckpt <ckpt> --copy_refine 1` (the momentum branch's encoder and decoder are transferred).
+`train.py --model <backbone> --pretrained_ckpt <ckpt> --copy_refine 1` (the momentum branch's encoder and decoder are
+transferred).
 """
 import sys
-from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
+from argparse import SUPPRESS, ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,6 +23,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from datasets import ArgoverseV2DataModule
 from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, check_mix_arguments, mix_requested,
                                     mix_sources, union_vocabulary_hparams)
+from predictors.forecast_mae import add_backbone_specific_args
+from predictors.registry import backbone_name
 from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
 from transforms.ssl_views import SSLViews
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
@@ -80,10 +84,14 @@ def build_parser() -> ArgumentParser:
                           "a checkpoint file, or 'null'")
 
     SmartPretrain.add_model_specific_args(parser)
+    parser.add_argument('--model', dest='backbone', default=SUPPRESS,
+                        help='same as --backbone (predictor names are accepted: QCNet, ForecastMAE)')
+    add_backbone_specific_args(parser.add_argument_group('forecast_mae backbone'))
     return parser
 
 
 def check_args(args: Namespace) -> None:
+    args.backbone = backbone_name(args.backbone)  # 'ForecastMAE' -> 'forecast_mae'; other registered names as given
     check_mix_arguments(args)
     if args.dataset != 'argoverse_v2':
         raise SystemExit(f'error: --dataset {args.dataset}: only argoverse_v2 is supported')
@@ -155,7 +163,8 @@ def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Pat
                  'val_loss', 'val_component/contra_loss', 'val_component/rec_loss', 'val_contra_acc'):
         if name in metrics:
             lines.append(f'  {name:<28} {float(metrics[name]):.4f}')
-    lines.append('  fine-tune     : python train.py ... --pretrained_ckpt <ckpt> --copy_refine 1')
+    model = trainer.lightning_module.hparams.get('backbone', 'qcnet')
+    lines.append(f'  fine-tune     : python train.py --model {model} ... --pretrained_ckpt <ckpt> --copy_refine 1')
     lines.append('=' * 78)
     print('\n'.join(lines), flush=True)
 

@@ -1,4 +1,5 @@
-"""Validates a QCNet checkpoint (ours, official QCNet or SmartPretrain fine-tuned) on the Argoverse 2 val split.
+"""Validates a predictor checkpoint (QCNet: ours, official or SmartPretrain fine-tuned; ForecastMAE) on the
+Argoverse 2 val split; the predictor class is read from the checkpoint (--model auto).
 
 Prints minADE, minFDE, MR, Brier, brier-minFDE, minAHE and minFHE over the focal agents (K = 6, miss threshold 2 m,
 best mode = smallest final displacement, as the AV2 leaderboard) and optionally writes them as JSON.
@@ -15,11 +16,10 @@ import pytorch_lightning as pl
 from torch_geometric.loader import DataLoader
 
 from datasets import ArgoverseV2Dataset
-from predictors import QCNet
+from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from transforms import TargetBuilder
 from utils.cli import evaluation_strategy, int_or_float, positive_int, str2bool
 
-MODELS = {'QCNet': QCNet}
 # (table name, logged key); brier-minFDE is derived: minFDE + Brier are averaged over the same agents and best mode.
 TABLE = (('minADE', 'val_minADE'), ('minFDE', 'val_minFDE'), ('MR', 'val_MR'), ('Brier', 'val_Brier'),
          ('brier-minFDE', None), ('minAHE', 'val_minAHE'), ('minFHE', 'val_minFHE'))
@@ -27,7 +27,9 @@ TABLE = (('minADE', 'val_minADE'), ('minFDE', 'val_minFDE'), ('MR', 'val_MR'), (
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--model', type=str, default='QCNet', choices=sorted(MODELS))
+    parser.add_argument('--model', type=str, default=AUTO,
+                        help=f'predictor class of the checkpoint ({", ".join(model_names())}); auto: the one stored '
+                             f'in the checkpoint (QCNet when none is, e.g. official checkpoints)')
     parser.add_argument('--root', type=str, required=True, help='dataset root holding the val/ split')
     parser.add_argument('--val_batch_size', '--batch_size', dest='val_batch_size', type=positive_int, default=32)
     parser.add_argument('--num_workers', type=int, default=8)
@@ -68,7 +70,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     pl.seed_everything(2023, workers=True)
     if not os.path.isfile(args.ckpt_path):
         raise SystemExit(f'error: --ckpt_path {args.ckpt_path} does not exist')
-    model = MODELS[args.model].load_from_checkpoint(checkpoint_path=args.ckpt_path, map_location='cpu')
+    try:
+        model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
+            checkpoint_path=args.ckpt_path, map_location='cpu')
+    except ValueError as error:  # another model's or a pre-training checkpoint, unknown --model, weights mismatch
+        raise SystemExit(f'error: {error}') from None
     # Only the val split is built (a datamodule would also process any unprocessed train/test data).
     dataset = ArgoverseV2Dataset(args.root, 'val', args.val_raw_dir, args.val_processed_dir,
                                  transform=TargetBuilder(model.num_historical_steps, model.num_future_steps),

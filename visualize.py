@@ -24,8 +24,9 @@ DEFAULT_NUM_FUTURE_STEPS = 60
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description='Plot the focal agent\'s ground truth and predicted modes, one PNG per '
                                         'scenario (world frame, zoomed on the focal agent).')
-    parser.add_argument('--model', type=str, default='QCNet', choices=['QCNet'],
-                        help='predictor class of the checkpoints')
+    parser.add_argument('--model', type=str, default='auto',
+                        help='predictor class of the checkpoints (QCNet, ForecastMAE); auto: the one stored in each '
+                             'checkpoint, so two models can be compared side by side')
     parser.add_argument('--root', type=str, required=True, help='dataset root (as for val.py)')
     parser.add_argument('--split', type=str, default='val', help='split name (train, val, test, ...)')
     parser.add_argument('--raw_dir', type=str, default=None,
@@ -72,8 +73,12 @@ def select_device(accelerator: str) -> torch.device:
 def load_model(model_name: str, path: str, device: torch.device) -> Any:
     if not os.path.isfile(path):
         raise SystemExit(f'visualize.py: checkpoint {path} does not exist')
-    import predictors
-    model = getattr(predictors, model_name).load_from_checkpoint(checkpoint_path=path, map_location=device)
+    from predictors.registry import model_class_for_checkpoint
+    try:
+        model = model_class_for_checkpoint(path, model_name).load_from_checkpoint(checkpoint_path=path,
+                                                                                   map_location=device)
+    except ValueError as error:  # another model's or a pre-training checkpoint, unknown --model
+        raise SystemExit(f'visualize.py: {error}') from None
     return model.eval().to(device)
 
 

@@ -16,8 +16,8 @@ Example (one H100, ~8 minutes):
 """
 import argparse
 import json
-import shutil
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,22 +25,11 @@ import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-MODEL_PRESETS = {
-    # the official Argoverse 2 configuration
-    'full': ['--hidden_dim', '128', '--num_freq_bands', '64', '--num_heads', '8', '--head_dim', '16',
-             '--num_map_layers', '1', '--num_agent_layers', '2', '--num_dec_layers', '2',
-             '--pl2pl_radius', '150', '--pl2a_radius', '50', '--a2a_radius', '50', '--pl2m_radius', '150',
-             '--a2m_radius', '150'],
-    # a quarter-width model for CPU smoke runs
-    'tiny': ['--hidden_dim', '32', '--num_freq_bands', '16', '--num_heads', '2', '--head_dim', '16',
-             '--num_map_layers', '1', '--num_agent_layers', '1', '--num_dec_layers', '1',
-             '--pl2pl_radius', '50', '--pl2a_radius', '30', '--a2a_radius', '30', '--pl2m_radius', '50',
-             '--a2m_radius', '50'],
-}
-COMMON_MODEL = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
-                '--num_recurrent_steps', '3', '--time_span', '10', '--num_t2m_steps', '30']
-METRICS = ['minADE', 'minFDE', 'MR', 'brier-minFDE']
+from benchmarks.experiment_utils import (METRICS, MODEL_PRESETS, atomic_write_json, finetune_cmd,  # noqa: E402
+                                         prepare_run_dir, pretrain_cmd, read_val_metrics, start_logged, val_cmd)
 
 
 def parse_args(argv=None):
@@ -67,23 +56,12 @@ def parse_args(argv=None):
 
 def run(cmd: List[str], log_path: str, background: bool = False):
     """Runs one CLI of the project, its output going to log_path; returns the Popen when background."""
-    print('$ ' + ' '.join(cmd), flush=True)
-    log = open(log_path, 'w')
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_logged(cmd, log_path)
     if background:
         return proc
     if proc.wait() != 0:
         sys.exit(f'ssl_low_label: command failed (exit {proc.returncode}), see {log_path}')
     return None
-
-
-def prepare_run_dir(logs: str, name: str) -> bool:
-    """True when run `name` still has to run. A finished run (its val JSON exists) is kept, so the experiment resumes;
-    an unfinished one is removed so that train.py starts it cleanly."""
-    if os.path.exists(os.path.join(logs, name + '_val.json')):
-        return False
-    shutil.rmtree(os.path.join(logs, name), ignore_errors=True)
-    return True
 
 
 def wait_all(procs: Dict[str, subprocess.Popen], logs: Dict[str, str]) -> None:
@@ -99,7 +77,6 @@ def main(argv=None) -> int:
     raw, data, logs = (os.path.join(work, d) for d in ('raw', 'data', 'logs'))
     os.makedirs(logs, exist_ok=True)
     timings = {}
-    model_flags = COMMON_MODEL + MODEL_PRESETS[args.model]
 
     t0 = time.time()
     if not os.path.isdir(os.path.join(raw, 'train')):
@@ -124,18 +101,10 @@ def main(argv=None) -> int:
     timings['data_s'] = time.time() - t0
 
     def supervised_cmd(name: str, seed: int, pretrained: str = None) -> List[str]:
-        cmd = [py, 'train.py', '--root', data,
-               '--train_raw_dir', labelled_raw, '--train_processed_dir', os.path.join(data, 'labelled', 'processed'),
-               '--val_raw_dir', os.path.join(raw, 'val'), '--val_processed_dir', os.path.join(data, 'val', 'processed'),
-               '--train_batch_size', str(args.finetune_batch_size), '--val_batch_size', '32',
-               '--test_batch_size', '32', '--num_workers', str(args.num_workers),
-               '--max_epochs', str(args.finetune_epochs), '--T_max', str(args.finetune_epochs),
-               '--limit_val_batches', '1', '--num_sanity_val_steps', '0',
-               '--accelerator', args.accelerator, '--devices', '1', '--precision', args.precision,
-               '--seed', str(seed), '--log_dir', logs, '--exp_name', name] + model_flags
-        if pretrained:
-            cmd += ['--pretrained_ckpt', pretrained, '--copy_refine', '1']
-        return cmd
+        return finetune_cmd(py, data, labelled_raw, os.path.join(data, 'labelled', 'processed'),
+                            os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
+                            args.finetune_batch_size, args.finetune_epochs, args.num_workers, args.accelerator, 1,
+                            args.precision, seed, logs, name, args.model, pretrained=pretrained)
 
     procs, proc_logs = {}, {}
     t_scratch = time.time()
@@ -152,14 +121,10 @@ def main(argv=None) -> int:
     pretrained = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
     if not os.path.exists(os.path.join(logs, 'pretrain', 'done')):
         shutil.rmtree(os.path.join(logs, 'pretrain'), ignore_errors=True)
-        run([py, 'train_ssl.py', '--root', data,
-             '--train_raw_dir', os.path.join(raw, 'train'), '--train_processed_dir', os.path.join(data, 'train', 'processed'),
-             '--val_raw_dir', os.path.join(raw, 'val'), '--val_processed_dir', os.path.join(data, 'val', 'processed'),
-             '--train_batch_size', str(args.pretrain_batch_size), '--val_batch_size', '32',
-             '--num_workers', str(args.num_workers), '--max_epochs', str(args.pretrain_epochs),
-             '--T_max', str(args.pretrain_epochs), '--warmup', str(args.warmup), '--limit_val_batches', '2',
-             '--accelerator', args.accelerator, '--devices', '1', '--precision', args.precision, '--seed', '0',
-             '--log_dir', logs, '--exp_name', 'pretrain'] + model_flags,
+        run(pretrain_cmd(py, data, os.path.join(raw, 'train'), os.path.join(data, 'train', 'processed'),
+                         os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'), args.pretrain_batch_size,
+                         args.pretrain_epochs, args.warmup, args.num_workers, args.accelerator, 1, args.precision, 0,
+                         logs, 'pretrain', args.model),
             os.path.join(logs, 'pretrain.log'))
         open(os.path.join(logs, 'pretrain', 'done'), 'w').close()
     timings['pretrain_s'] = time.time() - t_pre
@@ -180,12 +145,10 @@ def main(argv=None) -> int:
     for name in names:
         out_json = os.path.join(logs, name + '_val.json')
         if name in todo:
-            run([py, 'val.py', '--root', data, '--val_raw_dir', os.path.join(raw, 'val'),
-                 '--val_processed_dir', os.path.join(data, 'val', 'processed'), '--val_batch_size', '32',
-                 '--ckpt_path', os.path.join(logs, name, 'checkpoints', 'last.ckpt'),
-                 '--accelerator', args.accelerator, '--output_json', out_json], os.path.join(logs, name + '_val.log'))
-        with open(out_json) as f:
-            results['runs'][name] = json.load(f)
+            run(val_cmd(py, data, os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
+                        os.path.join(logs, name, 'checkpoints', 'last.ckpt'), args.accelerator, out_json),
+                os.path.join(logs, name + '_val.log'))
+        results['runs'][name] = read_val_metrics(out_json)
     timings['total_s'] = time.time() - t0
 
     summary = {}
@@ -208,10 +171,7 @@ def main(argv=None) -> int:
         lines.append(f'\nminFDE relative gain from pre-training: {100 * gain:.1f} %')
     table = '\n'.join(lines)
     results['table'] = table
-    tmp = os.path.join(work, 'results.json.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(work, 'results.json'))
+    atomic_write_json(os.path.join(work, 'results.json'), results)
     print(table)
     print(json.dumps(timings, indent=2))
     print(f'results: {os.path.join(work, "results.json")}')
