@@ -20,6 +20,11 @@ class AttentionLayer(MessagePassing):
 
     ``bipartite``: source and target nodes have separate input norms (else one norm is shared and registered under
     both names, as in the official checkpoints). ``has_pos_emb``: whether edge embeddings r are used.
+
+    Multi-query targets: a bipartite call may pass x_dst as [Nd, K, hidden] (K queries per target node, e.g. the K
+    mode queries of an agent) with edges indexing the Nd nodes. Every query of node i attends over the same in-edges,
+    so keys, values and edge terms are computed once per edge and shared by the K queries: the same attention as K
+    copies of each edge, without materialising them.
     """
 
     def __init__(self, hidden_dim: int, num_heads: int, head_dim: int, dropout: float, bipartite: bool,
@@ -59,8 +64,9 @@ class AttentionLayer(MessagePassing):
 
     def forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
                 edge_index: torch.Tensor) -> torch.Tensor:
-        """x: [N, hidden] (self-attention) or (x_src [Ns, hidden], x_dst [Nd, hidden]); r: [E, hidden] or None;
-        edge_index: [2, E] (row 0 source, row 1 target). Returns the updated targets [Nd, hidden]."""
+        """x: [N, hidden] (self-attention) or (x_src [Ns, hidden], x_dst [Nd, hidden] or [Nd, K, hidden]);
+        r: [E, hidden] or None; edge_index: [2, E] (row 0 source, row 1 target node).
+        Returns the updated targets, shaped like x_dst."""
         if isinstance(x, torch.Tensor):
             x_src = x_dst = self.attn_prenorm_x_src(x)
             residual = x
@@ -77,7 +83,7 @@ class AttentionLayer(MessagePassing):
 
     def _attn_block(self, x_src: torch.Tensor, x_dst: torch.Tensor, r: Optional[torch.Tensor],
                     edge_index: torch.Tensor) -> torch.Tensor:
-        q = self.to_q(x_dst).view(-1, self.num_heads, self.head_dim)
+        q = self.to_q(x_dst).view(x_dst.shape[:-1] + (self.num_heads, self.head_dim))  # [Nd(, K), heads, dim]
         # Keys and values of the sources in one matmul (to_k has no bias).
         kv_bias = torch.cat([torch.zeros_like(self.to_v.bias), self.to_v.bias])
         k, v = F.linear(x_src, torch.cat([self.to_k.weight, self.to_v.weight]), kv_bias).view(
@@ -88,7 +94,7 @@ class AttentionLayer(MessagePassing):
 
     def message(self, q_i: torch.Tensor, k_j: torch.Tensor, v_j: torch.Tensor, r: Optional[torch.Tensor],
                 index: torch.Tensor, ptr: Optional[torch.Tensor], size_i: Optional[int]) -> torch.Tensor:
-        """Per-edge weighted values [E, heads, head_dim]."""
+        """Per-edge weighted values [E, heads, head_dim] ([E, K, heads, head_dim] for multi-query targets)."""
         if r is not None:
             # Edge terms of keys and values in one matmul over the E edge embeddings (to_k_r has no bias).
             r_bias = torch.cat([torch.zeros_like(self.to_v_r.bias), self.to_v_r.bias])
@@ -96,7 +102,9 @@ class AttentionLayer(MessagePassing):
                 -1, 2, self.num_heads, self.head_dim).unbind(dim=1)
             k_j = k_j + k_r
             v_j = v_j + v_r
-        sim = (q_i * k_j).sum(dim=-1) * self.scale  # [E, heads]
+        if q_i.dim() == 4:  # K queries per target share the edge's key and value
+            k_j, v_j = k_j.unsqueeze(1), v_j.unsqueeze(1)
+        sim = (q_i * k_j).sum(dim=-1) * self.scale  # [E(, K), heads]
         # num_nodes given explicitly so the softmax needs no host sync to size its buffers.
         attn = softmax(sim, index, ptr, num_nodes=size_i)
         attn = self.attn_drop(attn)
@@ -104,13 +112,13 @@ class AttentionLayer(MessagePassing):
 
     def aggregate(self, inputs: torch.Tensor, index: torch.Tensor, ptr: Optional[torch.Tensor] = None,
                   dim_size: Optional[int] = None) -> torch.Tensor:
-        """Sum of the incoming messages per target [Nd, heads, head_dim] (index_add: faster than a broadcast
+        """Sum of the incoming messages per target [Nd(, K), heads, head_dim] (index_add: faster than a broadcast
         scatter_add, same result)."""
         out = inputs.new_zeros((dim_size,) + tuple(inputs.shape[1:]))
         return out.index_add_(0, index, inputs)
 
     def update(self, inputs: torch.Tensor, x_dst: torch.Tensor) -> torch.Tensor:
-        """Gated blend of the aggregated message [Nd, heads, head_dim] with a projection of the target."""
-        inputs = inputs.reshape(-1, self.num_heads * self.head_dim)
+        """Gated blend of the aggregated message [Nd(, K), heads, head_dim] with a projection of the target."""
+        inputs = inputs.reshape(x_dst.shape[:-1] + (self.num_heads * self.head_dim,))
         gate = torch.sigmoid(self.to_g(torch.cat([inputs, x_dst], dim=-1)))
         return inputs + gate * (self.to_s(x_dst) - inputs)

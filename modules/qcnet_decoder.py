@@ -105,7 +105,8 @@ class QCNetDecoder(QCNetProposeStage):
         # Refinement: the proposal (gradient stopped) re-enters as the new query through the GRU summary.
         m = self.y_emb(waypoints.reshape(-1, waypoints.size(-1)))
         m = m.reshape(-1, fut, self.hidden_dim).transpose(0, 1)  # [F, A*K, hidden]
-        m = self.traj_emb(m, self.traj_emb_h0.unsqueeze(1).expand(-1, m.size(1), -1).contiguous())[1].squeeze(0)
+        m = self.traj_emb(m, self.traj_emb_h0.unsqueeze(1).expand(-1, m.size(1), -1).contiguous())[1]
+        m = m.view(-1, num_modes, self.hidden_dim)  # [A, K, hidden]
         m = self.attend(m, graph, self.t2m_refine_attn_layers, self.pl2m_refine_attn_layers,
                         self.a2m_refine_attn_layers, self.m2m_refine_attn_layer)  # [A, K, hidden]
         loc_refine_pos = self.to_loc_refine_pos(m).view(-1, num_modes, fut, out_dim) + loc_propose_pos.detach()

@@ -4,7 +4,10 @@
 the recurrent proposal attention; ``QCNetProposalDecoder`` exposes the mode embedding after each recurrence, and
 ``modules.qcnet_decoder.QCNetDecoder`` adds the trajectory heads and the refinement stage.
 
-Mode-query layouts used below (A agents, K modes): "agent-major" index a * K + k, "mode-major" index k * A + a.
+The mode queries are kept as [A, K, hidden] (A agents, K modes). The history/map/agent -> mode edges end at the
+agent (not at each of its K queries): every mode of an agent attends over the same edges, so edge embeddings, keys
+and values are computed once per edge and shared by the K modes (see ``layers.AttentionLayer``'s multi-query
+targets); the official implementation repeats each edge and its embedding K times, with the same result.
 """
 from typing import Dict, List, Mapping, NamedTuple, Optional
 
@@ -24,9 +27,9 @@ class ModeQueryGraph(NamedTuple):
     """Inputs of the mode-query attention layers (node sets and edges), computed once per forward pass.
 
     x_t [A*T, hidden] agent history (agent-major), x_pl [P, hidden] map polygons, x_a [A, hidden] agents at the
-    current step; edge_index_t2m [2, E] (x_t -> agent-major queries), edge_index_pl2m (x_pl -> mode-major queries),
-    edge_index_a2m (x_a -> mode-major queries), edge_index_m2m (agent-major queries <-> same agent's queries);
-    r_* the matching edge embeddings [E, hidden].
+    current step; edge_index_t2m [2, E] (x_t -> agent), edge_index_pl2m (x_pl -> agent), edge_index_a2m (x_a ->
+    agent): each edge feeds all K mode queries of its target agent; edge_index_m2m (query a * K + k <-> the same
+    agent's queries); r_* the matching edge embeddings [E, hidden], one row per edge (not per mode).
     """
     x_t: torch.Tensor
     x_pl: torch.Tensor
@@ -102,7 +105,6 @@ class QCNetProposeStage(nn.Module):
         pos_m = agent['position'][:, steps - 1, :self.input_dim]  # [A, D]
         head_m = agent['heading'][:, steps - 1]
         head_vector_m = torch.stack([head_m.cos(), head_m.sin()], dim=-1)
-        num_agents = pos_m.size(0)
 
         x_t = scene_enc['x_a'].reshape(-1, self.hidden_dim)
         x_pl = scene_enc['x_pl'][:, steps - 1]
@@ -113,8 +115,7 @@ class QCNetProposeStage(nn.Module):
         mask_src[:, :steps - self.num_t2m_steps] = False
         mask_dst = agent['predict_mask'].any(dim=-1)  # [A]
 
-        # History -> mode: the edge embedding depends on (agent, step) only, so it is computed once and shared by
-        # the K modes (edges ordered agent, step, mode).
+        # History -> mode: edges (agent a at step t) -> agent a, ordered by agent then step.
         pos_t = agent['position'][:, :steps, :self.input_dim].reshape(-1, self.input_dim)
         head_t = agent['heading'][:, :steps].reshape(-1)
         src, dst = bipartite_dense_to_sparse((mask_src & mask_dst.unsqueeze(1)).unsqueeze(2))
@@ -125,17 +126,14 @@ class QCNetProposeStage(nn.Module):
              wrap_angle(head_t[src] - head_m[dst]),
              ((src % steps) - steps + 1).to(pos_t.dtype)], dim=-1)
         r_t2m = self.r_t2m_emb(continuous_inputs=r_t2m, categorical_embs=None)
-        modes = torch.arange(num_modes, device=src.device)
-        edge_index_t2m = torch.stack([src.repeat_interleave(num_modes),
-                                      (dst.unsqueeze(1) * num_modes + modes).reshape(-1)], dim=0)
-        r_t2m = r_t2m.repeat_interleave(repeats=num_modes, dim=0)
+        edge_index_t2m = torch.stack([src, dst], dim=0)
 
         batch_a = agent['batch'] if isinstance(data, Batch) else None
         batch_pl = data['map_polygon']['batch'] if isinstance(data, Batch) else None
         num_scenes = data.num_graphs if isinstance(data, Batch) else 1  # known on the host: no sync to find it
         pos_pl = data['map_polygon']['position'][:, :self.input_dim]
         orient_pl = data['map_polygon']['orientation']
-        # Map -> mode (mode-major queries); sources are the P polygon rows, shared by all modes.
+        # Map -> mode: polygon -> agent.
         edge_index_pl2m = radius(x=pos_m[:, :2], y=pos_pl[:, :2], r=self.pl2m_radius, batch_x=batch_a,
                                  batch_y=batch_pl, max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes)
         edge_index_pl2m = edge_index_pl2m[:, mask_dst[edge_index_pl2m[1]]]
@@ -143,10 +141,8 @@ class QCNetProposeStage(nn.Module):
         r_pl2m = relative_pose_features(pos_pl[src] - pos_m[dst], head_vector_m[dst],
                                         wrap_angle(orient_pl[src] - head_m[dst]), input_dim=2)
         r_pl2m = self.r_pl2m_emb(continuous_inputs=r_pl2m, categorical_embs=None)
-        edge_index_pl2m = self._repeat_over_modes(edge_index_pl2m, num_agents)
-        r_pl2m = r_pl2m.repeat(num_modes, 1)
 
-        # Agent -> mode (mode-major queries); sources are the A agents at the current step.
+        # Agent -> mode: agent (at the current step) -> agent.
         edge_index_a2m = radius_graph(x=pos_m[:, :2], r=self.a2m_radius, batch=batch_a, loop=False,
                                       max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes)
         edge_index_a2m = edge_index_a2m[:, mask_src[:, -1][edge_index_a2m[0]] & mask_dst[edge_index_a2m[1]]]
@@ -154,34 +150,23 @@ class QCNetProposeStage(nn.Module):
         r_a2m = relative_pose_features(pos_m[src] - pos_m[dst], head_vector_m[dst],
                                        wrap_angle(head_m[src] - head_m[dst]), input_dim=2)
         r_a2m = self.r_a2m_emb(continuous_inputs=r_a2m, categorical_embs=None)
-        edge_index_a2m = self._repeat_over_modes(edge_index_a2m, num_agents)
-        r_a2m = r_a2m.repeat(num_modes, 1)
 
-        # Mode <-> mode: all modes of one agent attend to each other (self included); agent-major.
+        # Mode <-> mode: all modes of one agent attend to each other (self included); query index a * K + k.
         pair = mask_dst.view(-1, 1, 1).expand(-1, num_modes, num_modes)
         edge_index_m2m = bipartite_dense_to_sparse(pair)
         return ModeQueryGraph(x_t, x_pl, x_a, edge_index_t2m, r_t2m, edge_index_pl2m, r_pl2m,
                               edge_index_a2m, r_a2m, edge_index_m2m)
 
-    def _repeat_over_modes(self, edge_index: torch.Tensor, num_agents: int) -> torch.Tensor:
-        """[2, E] edges into agent queries -> [2, K*E] edges into mode-major queries (sources unchanged)."""
-        offsets = torch.arange(self.num_modes, device=edge_index.device).unsqueeze(1) * num_agents
-        return torch.stack([edge_index[0].repeat(self.num_modes),
-                            (edge_index[1].unsqueeze(0) + offsets).reshape(-1)], dim=0)
-
     def attend(self, m: torch.Tensor, graph: ModeQueryGraph, t2m_layers: nn.ModuleList, pl2m_layers: nn.ModuleList,
                a2m_layers: nn.ModuleList, m2m_layer: AttentionLayer) -> torch.Tensor:
-        """One pass of query attention: m [A*K, hidden] agent-major -> [A, K, hidden]."""
-        num_modes = self.num_modes
+        """One pass of query attention: m [A, K, hidden] -> [A, K, hidden]."""
+        num_agents, num_modes = m.shape[:2]
         for i in range(self.num_layers):
-            m = m.reshape(-1, self.hidden_dim)
             m = t2m_layers[i]((graph.x_t, m), graph.r_t2m, graph.edge_index_t2m)
-            m = m.reshape(-1, num_modes, self.hidden_dim).transpose(0, 1).reshape(-1, self.hidden_dim)
             m = pl2m_layers[i]((graph.x_pl, m), graph.r_pl2m, graph.edge_index_pl2m)
             m = a2m_layers[i]((graph.x_a, m), graph.r_a2m, graph.edge_index_a2m)
-            m = m.reshape(num_modes, -1, self.hidden_dim).transpose(0, 1).reshape(-1, self.hidden_dim)
-        m = m2m_layer(m, None, graph.edge_index_m2m)
-        return m.reshape(-1, num_modes, self.hidden_dim)
+        m = m2m_layer(m.reshape(-1, self.hidden_dim), None, graph.edge_index_m2m)
+        return m.view(num_agents, num_modes, self.hidden_dim)
 
     def propose(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]):
         """Runs the recurrent proposal stage.
@@ -191,7 +176,7 @@ class QCNetProposeStage(nn.Module):
         """
         graph = self.build_query_graph(data, scene_enc)
         num_agents = scene_enc['x_a'].size(0)
-        m = self.mode_emb.weight.repeat(num_agents, 1)  # [A*K, hidden], agent-major
+        m = self.mode_emb.weight.unsqueeze(0).expand(num_agents, -1, -1)  # [A, K, hidden]
         embeddings: List[torch.Tensor] = []
         for _ in range(self.num_recurrent_steps):
             m = self.attend(m, graph, self.t2m_propose_attn_layers, self.pl2m_propose_attn_layers,
