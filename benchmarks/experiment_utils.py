@@ -29,6 +29,16 @@ MODEL_PRESETS = {
 }
 COMMON_MODEL = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
                 '--num_recurrent_steps', '3', '--time_span', '10', '--num_t2m_steps', '30']
+# The second backbone (train.py / train_ssl.py --model ForecastMAE): same widths, its own depths, no QCNet radii.
+FORECAST_MAE_PRESETS = {
+    'full': ['--hidden_dim', '128', '--num_freq_bands', '64', '--num_heads', '8', '--head_dim', '16',
+             '--num_temporal_layers', '2', '--num_scene_layers', '4', '--num_dec_layers', '2'],
+    'tiny': ['--hidden_dim', '32', '--num_freq_bands', '16', '--num_heads', '2', '--head_dim', '16',
+             '--num_temporal_layers', '1', '--num_scene_layers', '2', '--num_dec_layers', '1'],
+}
+FORECAST_MAE_COMMON = ['--model', 'ForecastMAE', '--dataset', 'argoverse_v2', '--num_historical_steps', '50',
+                       '--num_future_steps', '60', '--num_recurrent_steps', '3']
+MODELS = ('QCNet', 'ForecastMAE')  # names as the scripts' --model (case, '_' and '-' ignored)
 # val.py's metric table, the four headline metrics first
 METRICS = ['minADE', 'minFDE', 'MR', 'brier-minFDE']
 ALL_METRICS = METRICS + ['Brier', 'minAHE', 'minFHE']
@@ -38,9 +48,20 @@ class CommandFailed(RuntimeError):
     """A CLI of the project exited with an error; the message names the command and its log."""
 
 
-def model_flags(preset: str) -> List[str]:
+def canonical_model(model: str) -> str:
+    """'forecast_mae' / 'ForecastMAE' / 'qcnet' ... -> the name of ``MODELS``."""
+    for name in MODELS:
+        if model.replace('_', '').replace('-', '').lower() == name.lower():
+            return name
+    raise ValueError(f'unknown model {model!r}; known: {", ".join(MODELS)}')
+
+
+def model_flags(preset: str, model: str = 'QCNet') -> List[str]:
+    """Model flags of train.py / train_ssl.py for a size preset of ``model``."""
     if preset not in MODEL_PRESETS:
         raise ValueError(f'unknown model preset {preset!r}; known: {sorted(MODEL_PRESETS)}')
+    if canonical_model(model) == 'ForecastMAE':
+        return FORECAST_MAE_COMMON + FORECAST_MAE_PRESETS[preset]
     return COMMON_MODEL + MODEL_PRESETS[preset]
 
 
@@ -127,7 +148,8 @@ def read_val_metrics(path: str) -> Dict[str, float]:
 def pretrain_cmd(py: str, data_root: str, train_raw: str, train_processed: str, val_raw: str, val_processed: str,
                  batch_size: int, epochs: int, warmup: int, num_workers: int, accelerator: str, devices: int,
                  precision: str, seed: int, log_dir: str, exp_name: str, preset: str,
-                 limit_val_batches: str = '2', resume: bool = False, extra: Optional[List[str]] = None) -> List[str]:
+                 limit_val_batches: str = '2', resume: bool = False, extra: Optional[List[str]] = None,
+                 model: str = 'QCNet') -> List[str]:
     """``train_ssl.py`` command of one pre-training run (val split only for its val_loss checkpoint ranking)."""
     cmd = [py, 'train_ssl.py', '--root', data_root,
            '--train_raw_dir', train_raw, '--train_processed_dir', train_processed,
@@ -136,7 +158,7 @@ def pretrain_cmd(py: str, data_root: str, train_raw: str, train_processed: str, 
            '--num_workers', str(num_workers), '--max_epochs', str(epochs),
            '--T_max', str(epochs), '--warmup', str(warmup), '--limit_val_batches', str(limit_val_batches),
            '--accelerator', accelerator, '--devices', str(devices), '--precision', precision, '--seed', str(seed),
-           '--log_dir', log_dir, '--exp_name', exp_name] + model_flags(preset) + list(extra or [])
+           '--log_dir', log_dir, '--exp_name', exp_name] + model_flags(preset, model) + list(extra or [])
     if resume:
         cmd.append('--resume')
     return cmd
@@ -145,8 +167,8 @@ def pretrain_cmd(py: str, data_root: str, train_raw: str, train_processed: str, 
 def finetune_cmd(py: str, data_root: str, train_raw: str, train_processed: str, val_raw: str, val_processed: str,
                  batch_size: int, epochs: int, num_workers: int, accelerator: str, devices: int, precision: str,
                  seed: int, log_dir: str, exp_name: str, preset: str, pretrained: Optional[str] = None,
-                 limit_val_batches: str = '1', resume: bool = False) -> List[str]:
-    """``train.py`` command: supervised QCNet from scratch, or fine-tuned from ``pretrained`` (copy_refine 1)."""
+                 limit_val_batches: str = '1', resume: bool = False, model: str = 'QCNet') -> List[str]:
+    """``train.py`` command: supervised ``model`` from scratch, or fine-tuned from ``pretrained`` (copy_refine 1)."""
     cmd = [py, 'train.py', '--root', data_root,
            '--train_raw_dir', train_raw, '--train_processed_dir', train_processed,
            '--val_raw_dir', val_raw, '--val_processed_dir', val_processed,
@@ -155,7 +177,7 @@ def finetune_cmd(py: str, data_root: str, train_raw: str, train_processed: str, 
            '--max_epochs', str(epochs), '--T_max', str(epochs),
            '--limit_val_batches', str(limit_val_batches), '--num_sanity_val_steps', '0',
            '--accelerator', accelerator, '--devices', str(devices), '--precision', precision,
-           '--seed', str(seed), '--log_dir', log_dir, '--exp_name', exp_name] + model_flags(preset)
+           '--seed', str(seed), '--log_dir', log_dir, '--exp_name', exp_name] + model_flags(preset, model)
     if pretrained:
         cmd += ['--pretrained_ckpt', pretrained, '--copy_refine', '1']
     if resume:

@@ -11,8 +11,11 @@ Protocol (all on synthetic Argoverse 2-format scenarios written by ``datasets.sy
 Runs go through the project's own CLIs (the code path a user runs). Scratch runs start while pre-training is still
 going (``--overlap``): a QCNet step leaves most of an H100 idle, so the wall time of the whole experiment drops.
 
-Example (one H100, ~8 minutes):
+--model picks the predictor / backbone (QCNet, the default, or ForecastMAE), --size its width preset (full, tiny).
+
+Example (one H100, ~8 minutes per model):
   python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel --accelerator gpu --precision bf16-mixed
+  python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel_fmae --model ForecastMAE
 """
 import argparse
 import json
@@ -28,8 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.experiment_utils import (METRICS, MODEL_PRESETS, atomic_write_json, finetune_cmd,  # noqa: E402
-                                         prepare_run_dir, pretrain_cmd, read_val_metrics, start_logged, val_cmd)
+from benchmarks.experiment_utils import (METRICS, MODEL_PRESETS, MODELS, atomic_write_json,  # noqa: E402
+                                         atomic_write_text, canonical_model, finetune_cmd, prepare_run_dir, pretrain_cmd,
+                                         read_val_metrics, start_logged, val_cmd)
 
 
 def parse_args(argv=None):
@@ -44,14 +48,27 @@ def parse_args(argv=None):
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     p.add_argument('--pretrain_batch_size', type=int, default=32)
     p.add_argument('--finetune_batch_size', type=int, default=16)
-    p.add_argument('--model', choices=sorted(MODEL_PRESETS), default='full')
+    p.add_argument('--model', default='QCNet',
+                   help=f'predictor / pre-training backbone: {", ".join(MODELS)} (backbone names such as forecast_mae '
+                        f'work too; the former size values full / tiny are still read as --size)')
+    p.add_argument('--size', choices=sorted(MODEL_PRESETS), default=None, help='model width preset (default: full)')
     p.add_argument('--accelerator', default='gpu')
     p.add_argument('--precision', default='bf16-mixed')
     p.add_argument('--num_workers', type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument('--overlap', type=int, default=1, choices=[0, 1],
                    help='run the scratch baselines concurrently with pre-training')
     p.add_argument('--profile', default='default', help='synthetic scenario profile')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.model in MODEL_PRESETS:  # earlier meaning of --model: the size preset of QCNet
+        if args.size is not None:
+            p.error(f'--model {args.model} is a size; give the size with --size and the model with --model')
+        args.size, args.model = args.model, 'QCNet'
+    try:
+        args.model = canonical_model(args.model)
+    except ValueError as error:
+        p.error(f'--model: {error}')
+    args.size = args.size or 'full'
+    return args
 
 
 def run(cmd: List[str], log_path: str, background: bool = False):
@@ -76,6 +93,17 @@ def main(argv=None) -> int:
     work = os.path.abspath(args.work_dir)
     raw, data, logs = (os.path.join(work, d) for d in ('raw', 'data', 'logs'))
     os.makedirs(logs, exist_ok=True)
+    # one experiment per work dir: resuming must not mix runs of another model or size into this one
+    marker = os.path.join(logs, 'experiment_model.txt')
+    setting = f'{args.model} {args.size}'
+    if os.path.exists(marker):
+        with open(marker) as f:
+            earlier = f.read().strip()
+        if earlier != setting:
+            sys.exit(f'ssl_low_label: {work} holds an experiment with model/size {earlier!r}, not {setting!r}; '
+                     f'use another --work_dir')
+    else:
+        atomic_write_text(marker, setting + '\n')
     timings = {}
 
     t0 = time.time()
@@ -104,7 +132,8 @@ def main(argv=None) -> int:
         return finetune_cmd(py, data, labelled_raw, os.path.join(data, 'labelled', 'processed'),
                             os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
                             args.finetune_batch_size, args.finetune_epochs, args.num_workers, args.accelerator, 1,
-                            args.precision, seed, logs, name, args.model, pretrained=pretrained)
+                            args.precision, seed, logs, name, args.size, pretrained=pretrained,
+                            model=args.model)
 
     procs, proc_logs = {}, {}
     t_scratch = time.time()
@@ -124,7 +153,7 @@ def main(argv=None) -> int:
         run(pretrain_cmd(py, data, os.path.join(raw, 'train'), os.path.join(data, 'train', 'processed'),
                          os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'), args.pretrain_batch_size,
                          args.pretrain_epochs, args.warmup, args.num_workers, args.accelerator, 1, args.precision, 0,
-                         logs, 'pretrain', args.model),
+                         logs, 'pretrain', args.size, model=args.model),
             os.path.join(logs, 'pretrain.log'))
         open(os.path.join(logs, 'pretrain', 'done'), 'w').close()
     timings['pretrain_s'] = time.time() - t_pre
