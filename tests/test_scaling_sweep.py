@@ -1,0 +1,312 @@
+"""Scaling-study tool (benchmarks/scaling_sweep.py, benchmarks/scaling_plots.py).
+
+The real CLIs take minutes per point, so the sweep logic (resume, extension, protocol check, deadline, interruption)
+runs here with a fake runner injected into ``scaling_sweep.main``; the pieces of the real runner that are cheap
+(run-directory resumption, FLOP counting on generated Argoverse 2-format scenarios) are tested on their own. The
+end-to-end CPU smoke command with the real CLIs is in docs/SCALING.md.
+"""
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from benchmarks import scaling_plots, scaling_sweep
+from benchmarks.experiment_utils import read_val_metrics
+
+TRUE_EXPONENT = 0.3
+
+
+def fake_metrics(point):
+    """Deterministic metrics whose minFDE gain over scratch follows 0.02 * N^0.3, with a +-1 % seed wobble."""
+    gain = 0.0 if point.kind == 'scratch' else 0.02 * point.num_pretrain ** TRUE_EXPONENT
+    wobble = 1.0 + 0.01 * (1 if point.seed % 2 else -1)
+    if point.mix == 'mixed':
+        gain *= 1.2
+    fde = 4.0 * (1.0 - gain * wobble) if gain else 4.0 * wobble
+    return {'minADE': fde / 2, 'minFDE': fde, 'MR': min(1.0, fde / 8), 'brier-minFDE': fde + 0.6,
+            'pretrain_flops': 3e9 * point.num_pretrain, 'pretrain_gpu_s': 0.5 * point.num_pretrain}
+
+
+class FakeRunner:
+    instances = []
+
+    def __init__(self, args, fail_on=None):
+        self.args = args
+        self.fail_on = fail_on
+        self.calls = []
+        self.prepared = []
+        FakeRunner.instances.append(self)
+
+    def protocol(self):
+        return {'model': self.args.model, 'finetune_epochs': self.args.finetune_epochs}
+
+    def prepare(self, points):
+        self.prepared.append([p.key for p in points])
+
+    def run(self, point):
+        if point.key == self.fail_on:
+            raise KeyboardInterrupt  # what Ctrl-C / a time limit does in the middle of a run
+        self.calls.append(point.key)
+        return fake_metrics(point)
+
+
+def sweep(work, *extra, fail_on=None, plots=False):
+    argv = ['--work_dir', str(work), '--model', 'tiny', '--accelerator', 'cpu', *extra]
+    if not plots:
+        argv.append('--no_plots')
+    code = scaling_sweep.main(argv, runner_factory=lambda args: FakeRunner(args, fail_on))
+    return code, FakeRunner.instances[-1]
+
+
+def stored_rows(work):
+    with open(work / 'results.json') as f:
+        return json.load(f)['rows']
+
+
+def test_resume_skips_finished_points_and_adds_new_ones(tmp_path):
+    code, first = sweep(tmp_path, '--sizes', '10', '20', '--seeds', '0')
+    assert code == 0
+    assert first.calls == ['scratch/s0', 'single/n10/s0', 'single/n20/s0']
+    # extend: one more size, one more seed, the mixed data
+    code, second = sweep(tmp_path, '--sizes', '10', '20', '40', '--seeds', '0', '1', '--mixes', 'single', 'mixed')
+    assert code == 0
+    assert not set(second.calls) & set(first.calls)          # finished points are never run again
+    assert len(second.calls) == 2 + 3 * 2 * 2 - 3             # 2 scratch + 3 sizes x 2 mixes x 2 seeds, minus done
+    assert set(second.prepared[0]) == set(second.calls)       # only what is missing is prepared
+    rows = stored_rows(tmp_path)
+    assert len(rows) == 14
+    assert {r['key'] for r in rows} == set(first.calls) | set(second.calls)
+    with open(tmp_path / 'results.csv') as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 15 and lines[0].startswith('key,kind,mix,profiles,num_pretrain_scenarios,seed')
+    row = next(r for r in rows if r['key'] == 'mixed/n40/s1')
+    assert row['kind'] == 'pretrained' and row['mix'] == 'mixed' and row['num_pretrain_scenarios'] == 40
+    assert row['minFDE'] == pytest.approx(fake_metrics(scaling_sweep.Point('pretrained', 1, 'mixed', 40))['minFDE'])
+    # nothing left: a third call runs nothing
+    code, third = sweep(tmp_path, '--sizes', '10', '20', '40', '--seeds', '0', '1', '--mixes', 'single', 'mixed')
+    assert code == 0 and third.calls == [] and third.prepared == []
+
+
+def test_interrupted_sweep_keeps_finished_rows(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tmp_path, '--sizes', '10', '20', '--seeds', '0', fail_on='single/n20/s0')
+    assert [r['key'] for r in stored_rows(tmp_path)] == ['scratch/s0', 'single/n10/s0']
+    assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]     # atomic writes leave no debris
+    code, resumed = sweep(tmp_path, '--sizes', '10', '20', '--seeds', '0')
+    assert code == 0 and resumed.calls == ['single/n20/s0']
+
+
+def test_changed_protocol_is_refused(tmp_path):
+    sweep(tmp_path, '--sizes', '10', '--seeds', '0', '--finetune_epochs', '3')
+    with pytest.raises(SystemExit, match='finetune_epochs: 3 -> 4'):
+        sweep(tmp_path, '--sizes', '10', '--seeds', '0', '--finetune_epochs', '4')
+
+
+def test_deadline_leaves_points_for_the_next_call(tmp_path):
+    code, runner = sweep(tmp_path, '--sizes', '10', '--seeds', '0', '--deadline_s', '0')
+    assert code == 3 and runner.calls == []   # exit 3: planned points remain
+
+
+def test_deadline_defers_points_expected_to_overrun(tmp_path):
+    table = scaling_sweep.ResultsTable(str(tmp_path))
+    # recorded earlier: fine-tune + val takes 10 s, pre-training 10 s per scenario-epoch
+    table.add({'key': 'scratch/s0', 'kind': 'scratch', 'mix': '', 'num_pretrain_scenarios': 0, 'seed': 0,
+               'pretrain_wall_s': 0.0, 'pretrain_epochs': 0, 'point_wall_s': 10.0, 'minFDE': 4.0})
+    table.add({'key': 'single/n10/s0', 'kind': 'pretrained', 'mix': 'single', 'num_pretrain_scenarios': 10,
+               'seed': 0, 'pretrain_wall_s': 100.0, 'pretrain_epochs': 1, 'point_wall_s': 110.0, 'minFDE': 3.9})
+    big = scaling_sweep.Point('pretrained', 0, 'single', 20)
+    assert scaling_sweep.estimate_point_s(big, list(table.rows.values())) == pytest.approx(210.0)
+    assert scaling_sweep.estimate_point_s(big, list(table.rows.values()), pretrain_done=True) == 10.0
+    runner = FakeRunner(scaling_sweep.build_parser().parse_args(['--work_dir', str(tmp_path)]))
+    points = scaling_sweep.plan_points([10, 20], ['single'], [0, 1])
+    outcome = scaling_sweep.run_sweep(points, runner, table, deadline_s=100.0, log=lambda line: None)
+    # scratch/s1 is expected to take 10 s; single/n10/s1 10 s + 100 s of pre-training, over the deadline
+    assert runner.calls == ['scratch/s1']
+    assert outcome['remaining'] == ['single/n10/s1', 'single/n20/s0', 'single/n20/s1']
+    assert isinstance(table.rows['scratch/s1']['point_wall_s'], float)
+
+
+def test_bad_flags_give_one_line_errors(tmp_path):
+    with pytest.raises(SystemExit, match='smaller than the 2 mixed profiles'):
+        sweep(tmp_path, '--sizes', '1', '4', '--mixes', 'mixed')
+    with pytest.raises(SystemExit, match='distinct --mix_profiles'):
+        sweep(tmp_path, '--sizes', '4', '--mixes', 'mixed', '--mix_profiles', 'default', 'default')
+    with pytest.raises(SystemExit, match='factor'):
+        sweep(tmp_path, '--min_size', '10', '--size_factor', '1.01', '--num_sizes', '4')
+    assert scaling_sweep.geometric_sizes(100, 2, 4) == [100, 200, 400, 800]
+
+
+def test_help_lists_the_sweep_flags(capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        scaling_sweep.main(['--help'])
+    assert excinfo.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ('--sizes', '--mixes', '--seeds', '--pretrain_epochs', '--deadline_s', '--flop_batches'):
+        assert flag in out
+    with pytest.raises(SystemExit) as excinfo:
+        scaling_plots.main(['--help'])
+    assert excinfo.value.code == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# power-law fits
+# ----------------------------------------------------------------------------------------------------------------------
+def seed_points(sizes, gain_of, rel=(-0.03, 0.01, 0.02)):
+    """aggregate()-style points: three seeds per size around gain_of(N)."""
+    points = []
+    for n in sizes:
+        gains = [gain_of(n) * (1 + r) for r in rel]
+        stats = {'values': gains, 'n': len(gains), 'mean': statistics.fmean(gains), 'std': statistics.stdev(gains),
+                 'sem': statistics.stdev(gains) / math.sqrt(len(gains))}
+        metric = dict(stats, values=[4 * (1 - g) for g in gains], mean=4 * (1 - stats['mean']))
+        points.append({'num_pretrain_scenarios': n, 'gain': stats, 'metric': metric})
+    return points
+
+
+def test_power_law_fit_recovers_a_known_exponent():
+    rng = np.random.default_rng(0)
+    sizes = [50, 100, 200, 400, 800, 1600]
+    noisy = [0.01 * n ** 0.42 * math.exp(rng.normal(0, 0.02)) for n in sizes]
+    fit = scaling_plots.fit_power_law(sizes, noisy)
+    assert fit['b'] == pytest.approx(0.42, abs=0.03)
+    assert fit['b_se'] < 0.03 and fit['r2'] > 0.99 and fit['n'] == 6
+    exact = scaling_plots.fit_power_law(sizes, [3.0 * n ** -0.25 for n in sizes])
+    assert exact['b'] == pytest.approx(-0.25, abs=1e-9) and exact['a'] == pytest.approx(3.0, rel=1e-9)
+    with pytest.raises(ValueError, match='positive'):
+        scaling_plots.fit_power_law([1, 2, 3], [1, 0, 2])
+
+    info = scaling_plots.fit_scaling(seed_points(sizes, lambda n: 0.01 * n ** 0.42))
+    assert info['fit']['b'] == pytest.approx(0.42, abs=0.01)
+    assert (info['holds_from'], info['holds_to']) == (50, 1600)
+    assert 'N^0.42' in info['verdict'] and 'N = 50..1600' in info['verdict']
+
+
+def test_law_range_stops_where_the_gain_saturates():
+    sizes = [100, 200, 400, 800, 1600, 3200]
+    info = scaling_plots.fit_scaling(seed_points(sizes, lambda n: 0.01 * min(n, 800) ** 0.3))
+    assert (info['holds_from'], info['holds_to']) == (100, 800)
+    assert info['fit']['b'] == pytest.approx(0.3, abs=0.01)
+    assert info['fit_all']['b'] < 0.25                           # the all-point fit is dragged down by the plateau
+
+
+def test_fit_says_when_points_are_too_few_or_noise():
+    two = scaling_plots.fit_scaling(seed_points([100, 200], lambda n: 0.01 * n ** 0.3))
+    assert two['fit'] is None and 'too few points' in two['verdict']
+    noise = scaling_plots.fit_scaling(seed_points([100, 200, 400], lambda n: 0.002, rel=(-3.0, 0.5, 2.6)))
+    assert noise['noise_dominated'] and noise['verdict'].startswith('Every gain is within two standard errors')
+    negative = scaling_plots.fit_scaling(seed_points([100, 200, 400, 800], lambda n: -0.01 if n == 200 else 0.05))
+    assert negative['excluded_sizes'] == [200] and negative['fit'] is None
+    assert 'Excluded' in negative['verdict']
+
+
+def test_plots_are_written_and_show_the_data(tmp_path):
+    import matplotlib.image as mpimg
+    code, _ = sweep(tmp_path, '--sizes', '10', '20', '40', '80', '--seeds', '0', '1', '--mixes', 'single', 'mixed',
+                    '--export_dir', str(tmp_path / 'export'), plots=True)
+    assert code == 0
+    # what a time-limited GPU call brings back: 8 flat files (flops.json exists only with the real runner)
+    assert sorted(os.listdir(tmp_path / 'export')) == sorted(
+        os.path.basename(f) for f in scaling_sweep.EXPORT_FILES if f != 'flops.json')
+    plots = tmp_path / 'plots'
+    for name in ('metric_vs_data.png', 'gain_vs_data.png', 'gain_vs_compute.png'):
+        image = mpimg.imread(plots / name)
+        assert image.shape[0] > 300 and image.shape[1] > 600
+        rgb = image[..., :3].reshape(-1, 3)
+        assert (rgb.min(axis=1) < 0.9).mean() > 0.02                   # not a blank canvas
+        colours = {tuple(c) for c in np.round(rgb[::7], 2)}
+        assert len(colours) > 30                                        # lines, markers and bands, not one colour
+        # both data mixes are drawn in their colours (blue / orange)
+        for colour in ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05)):
+            assert (np.abs(rgb - colour).max(axis=1) < 0.06).sum() > 50, (name, colour)
+    with open(plots / 'fit.json') as f:
+        fits = json.load(f)['fits']
+    # the fake gain is 0.02 N^0.3 (x 1.2 for the mixed data): the fit finds the exponent on both
+    for mix in ('single', 'mixed'):
+        assert fits[mix]['gain']['fit']['b'] == pytest.approx(TRUE_EXPONENT, abs=0.02)
+    summary = (plots / 'summary.md').read_text()
+    assert '| scratch | 0 | 2 |' in summary and '| mixed | 80 | 2 |' in summary and 'N^0.30' in summary
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# pieces of the real runner
+# ----------------------------------------------------------------------------------------------------------------------
+def test_interrupted_training_run_continues_from_its_checkpoint(tmp_path):
+    import torch
+    args = scaling_sweep.build_parser().parse_args(['--work_dir', str(tmp_path), '--accelerator', 'cpu'])
+    runner = scaling_sweep.CliRunner(args)
+    assert runner.subset_ids_by_profile('mixed', 5) == {'default': 3, 'highway': 2}
+    os.makedirs(runner.runs)
+    name = 'pre_single_n8_s0'
+    checkpoints = tmp_path / 'runs' / name / 'checkpoints'
+    checkpoints.mkdir(parents=True)
+    torch.save({'epoch': 1, 'global_step': 12}, checkpoints / 'last.ckpt')
+    # an attempt that started 100 s ago, wrote its last checkpoint 40 s ago and was killed
+    now = time.time()
+    os.utime(checkpoints / 'last.ckpt', (now - 40, now - 40))
+    with open(tmp_path / 'runs' / f'{name}.attempts.json', 'w') as f:
+        json.dump([{'start': now - 100, 'resume': False}], f)
+    seen = []
+
+    def command(resume):
+        seen.append(resume)
+        torch.save({'epoch': 3, 'global_step': 24}, checkpoints / 'last.ckpt')   # what the resumed run writes
+        return [sys.executable, '-c', 'pass']
+
+    record = runner._train(name, command, devices=2)
+    assert seen == [True]                                            # continued with --resume, not restarted
+    assert (record['epochs'], record['steps'], record['attempts']) == (4, 24, 2)
+    assert 60 <= record['wall_s'] < 90                               # 60 s kept from the killed attempt + this one
+    assert record['gpu_s'] == pytest.approx(2 * record['wall_s'])
+    assert runner._train(name, command, devices=2) == record and seen == [True]   # finished: reused
+
+    # a run directory without a checkpoint is started afresh
+    stale = tmp_path / 'runs' / 'ft_single_n8_s0'
+    (stale / 'tensorboard').mkdir(parents=True)
+    (stale / 'tensorboard' / 'junk').write_text('x')
+
+    def fresh(resume):
+        seen.append(resume)
+        assert not (stale / 'tensorboard' / 'junk').exists()
+        (stale / 'checkpoints').mkdir(parents=True)
+        torch.save({'epoch': 0, 'global_step': 3}, stale / 'checkpoints' / 'last.ckpt')
+        return [sys.executable, '-c', 'pass']
+
+    assert runner._train('ft_single_n8_s0', fresh, devices=1)['steps'] == 3 and seen[-1] is False
+
+
+def test_val_metrics_reader_names_bad_files(tmp_path):
+    good = tmp_path / 'val.json'
+    good.write_text(json.dumps({'num_scenarios': 4, 'metrics': {'minADE': 1.0, 'minFDE': 2.0, 'MR': 0.5}}))
+    assert read_val_metrics(str(good))['minFDE'] == 2.0
+    flat = tmp_path / 'flat.json'
+    flat.write_text(json.dumps({'minFDE': 2.0}))
+    with pytest.raises(ValueError, match='flat.json: no val.py metric table'):
+        read_val_metrics(str(flat))
+
+
+@pytest.mark.slow
+def test_fine_tuning_flops_add_up_over_scenarios(tmp_path):
+    """The FLOP estimate scales a per-scenario count: for supervised QCNet the matmul FLOPs of a batch are exactly the
+    sum of its scenarios' (every product is per agent, polygon or edge), checked on generated AV2-format scenes."""
+    from datasets.synthetic import generate_split
+    generate_split(str(tmp_path / 'raw'), 'train', 2, seed=5)
+    model = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
+             '--num_recurrent_steps', '3', '--pl2pl_radius', '30', '--time_span', '10', '--pl2a_radius', '20',
+             '--a2a_radius', '20', '--num_t2m_steps', '30', '--pl2m_radius', '30', '--a2m_radius', '30',
+             '--hidden_dim', '8', '--num_heads', '1', '--head_dim', '8', '--num_freq_bands', '2',
+             '--num_map_layers', '1', '--num_agent_layers', '1', '--num_dec_layers', '1']
+    cli = ['--root', str(tmp_path), '--train_batch_size', '1', '--val_batch_size', '1', '--test_batch_size', '1',
+           *model]
+    raw, processed = str(tmp_path / 'raw' / 'train'), str(tmp_path / 'processed')
+    single = scaling_sweep.measure_step_flops('finetune', cli, raw, processed, batch_size=1, num_batches=2)
+    pair = scaling_sweep.measure_step_flops('finetune', cli, raw, processed, batch_size=2, num_batches=1)
+    assert single['batches'] == 2 and pair['scenarios'] == 2
+    assert single['flops_per_step'] > 1e6
+    assert pair['flops_per_step'] == 2 * single['flops_per_step']
+    assert pair['flops_per_scenario'] == single['flops_per_scenario']
+    assert {'aten.mm', 'aten.addmm'} <= set(pair['by_op'])
