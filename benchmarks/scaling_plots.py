@@ -195,13 +195,43 @@ def _pyplot():
     return plt
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty legend only warns
+        ax.legend(fontsize=8)
+
+
 def _style(mix: str) -> dict:
     return MIX_STYLE.get(mix, dict(color='tab:green', marker='^'))
 
 
+def _dodge(mix: str, mixes: Sequence[str]) -> float:
+    """Multiplicative x offset so that the mixes measured at the same N do not hide each other on a log axis."""
+    mixes = sorted(mixes)
+    return 1.0 + 0.04 * (mixes.index(mix) - (len(mixes) - 1) / 2) if mix in mixes else 1.0
+
+
+def _size_axis(ax, sizes: Sequence[int]) -> None:
+    """Log x axis labelled with the swept sizes themselves (not 4x10^0)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+    ax.set_xscale('log')
+    ax.set_xlabel('pre-training scenarios N')
+    if sizes:
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(sizes))))
+        ax.xaxis.set_major_formatter(lambda value, pos: f'{value:g}')
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        lo, hi = min(sizes), max(sizes)
+        ax.set_xlim(lo / 1.3, hi * 1.3)
+
+
+def _all_sizes(agg: dict) -> List[int]:
+    return sorted({p['num_pretrain_scenarios'] for points in agg['mixes'].values() for p in points})
+
+
 def _plot_seed_points(ax, xs: List[float], stats_list: List[dict], mix: str, scale: float = 1.0,
-                      label: Optional[str] = None) -> None:
+                      label: Optional[str] = None, dodge: float = 1.0) -> None:
     style = _style(mix)
+    xs = [x * dodge for x in xs]
     for x, s in zip(xs, stats_list):
         ax.scatter([x] * s['n'], [v * scale for v in s['values']], color=style['color'], alpha=0.35, s=14,
                    marker=style['marker'], linewidths=0)
@@ -216,17 +246,16 @@ def plot_metric_vs_data(rows: List[dict], path: str) -> None:
         agg = aggregate(rows, metric)
         for mix, points in sorted(agg['mixes'].items()):
             _plot_seed_points(ax, [p['num_pretrain_scenarios'] for p in points], [p['metric'] for p in points], mix,
-                              label=f'pre-trained ({mix})')
+                              label=f'pre-trained ({mix})', dodge=_dodge(mix, agg['mixes']))
         if agg['scratch'] is not None:
             s = agg['scratch']
             ax.axhline(s['mean'], color='black', linestyle='--', linewidth=1, label=f'scratch ({s["n"]} seeds)')
             ax.axhspan(s['mean'] - s['std'], s['mean'] + s['std'], color='black', alpha=0.08)
-        ax.set_xscale('log')
-        ax.set_xlabel('pre-training scenarios N')
+        _size_axis(ax, _all_sizes(agg))
         ax.set_ylabel(f'val {metric} (lower is better)')
         ax.set_title(metric)
         ax.grid(True, which='both', alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    _legend(axes.flat[0])
     fig.suptitle('Fine-tuned QCNet vs amount of SmartPretrain pre-training data (dots: seeds; bars: ±1 std)')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -257,7 +286,7 @@ def plot_gain_vs_data(agg: dict, fits: Dict[str, dict], path: str) -> None:
         if not points:
             continue
         xs = [p['num_pretrain_scenarios'] for p in points]
-        _plot_seed_points(ax_lin, xs, [p['gain'] for p in points], mix, scale=100.0)
+        _plot_seed_points(ax_lin, xs, [p['gain'] for p in points], mix, scale=100.0, dodge=_dodge(mix, agg['mixes']))
         positive = [p for p in points if p['gain']['mean'] > 0]
         if positive:
             ax_log.errorbar([p['num_pretrain_scenarios'] for p in positive],
@@ -267,12 +296,15 @@ def plot_gain_vs_data(agg: dict, fits: Dict[str, dict], path: str) -> None:
         for ax in (ax_lin, ax_log):
             _fit_curve(ax, fits.get(mix, {}), min(xs), max(xs), _style(mix)['color'])
     ax_lin.axhline(0.0, color='black', linewidth=1)
+    if not ax_log.has_data():
+        ax_log.text(0.5, 0.5, 'no size with a positive mean gain:\nnothing to fit', transform=ax_log.transAxes,
+                    ha='center', va='center', fontsize=10, color='gray')
     for ax in (ax_lin, ax_log):
-        ax.set_xscale('log')
-        ax.set_xlabel('pre-training scenarios N')
+        _size_axis(ax, _all_sizes(agg))
         ax.grid(True, which='both', alpha=0.3)
-        ax.legend(fontsize=8)
-    ax_log.set_yscale('log')
+        _legend(ax)
+    if ax_log.has_data():
+        ax_log.set_yscale('log')
     ax_lin.set_ylabel(f'relative {agg["metric"]} gain over scratch (%)')
     ax_log.set_ylabel('gain (%), log scale (positive means only)')
     ax_lin.set_title('gain vs data (dots: seeds, bars: ±1 std)')
@@ -299,7 +331,7 @@ def plot_gain_vs_compute(agg: dict, path: str) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel(f'relative {agg["metric"]} gain over scratch (%)')
         ax.grid(True, which='both', alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax)
     fig.suptitle('Gain vs pre-training compute')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
