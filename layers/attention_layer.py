@@ -4,13 +4,64 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch_geometric.nn.conv import MessagePassing
-from torch_geometric.utils import softmax
+from torch.autograd.function import once_differentiable
 
 from utils.weight_init import weight_init
 
+# Added to each softmax denominator (as torch_geometric.utils.softmax does in the official model).
+SOFTMAX_EPS = 1e-16
 
-class AttentionLayer(MessagePassing):
+
+class _GatherDot(torch.autograd.Function):
+    """sim[e(, k), h] = sum_d q[index[e](, k), h, d] * key[e, h, d].
+
+    q [Nd(, K), heads, dim] (per target node), key [E, heads, dim] (per edge), index [E] (target of each edge).
+    Same values as gathering q per edge and multiplying, but the gathered [E(, K), heads, dim] copy is not kept for
+    the backward pass (it is gathered again there): with K queries per target it is the largest tensor of the layer.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, key: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, key, index)
+        key = key.unsqueeze(1) if q.dim() == 4 else key
+        return (q.index_select(0, index) * key).sum(dim=-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        q, key, index = ctx.saved_tensors
+        multi_query = q.dim() == 4
+        grad = grad.unsqueeze(-1)
+        grad_q = grad_key = None
+        if ctx.needs_input_grad[0]:
+            per_edge = grad * (key.unsqueeze(1) if multi_query else key)
+            grad_q = q.new_zeros(q.shape).index_add_(0, index, per_edge.to(q.dtype))
+        if ctx.needs_input_grad[1]:
+            per_edge = grad * q.index_select(0, index)
+            grad_key = (per_edge.sum(dim=1) if multi_query else per_edge).to(key.dtype)
+        return grad_q, grad_key, None
+
+
+class _SumByIndex(torch.autograd.Function):
+    """out[i] = sum of src[e] over the e with index[e] == i; out has dim_size rows.
+
+    ``Tensor.index_add_`` keeps ``src`` for its backward pass; this needs only ``index`` (the gradient of src is
+    out's gradient gathered back), which frees one [E, ...] tensor per call.
+    """
+
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        return src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
+
+
+class AttentionLayer(nn.Module):
     """Multi-head attention of target nodes over their in-edges, with edge (relative-position) embeddings.
 
     For an edge j -> i with embedding r_ji: key = W_k x_j + W_kr r_ji, value = W_v x_j + W_vr r_ji, query = W_q x_i.
@@ -25,16 +76,25 @@ class AttentionLayer(MessagePassing):
     mode queries of an agent) with edges indexing the Nd nodes. Every query of node i attends over the same in-edges,
     so keys, values and edge terms are computed once per edge and shared by the K queries: the same attention as K
     copies of each edge, without materialising them.
+
+    Computation (same function as the official layer, fewer and larger kernels): the projections of one input are
+    one matmul with the weights concatenated at run time (parameters and checkpoint names unchanged): targets
+    -> [query, skip, gate's target half], sources -> [key, value]; the self-attention layers, whose sources are
+    the targets, do all five in one matmul. The value biases are added per source node instead of per edge, the
+    edge terms are added by one ``addmm`` onto the gathered keys/values, and the softmax normalisation is applied
+    after aggregating (sum_e w_e v_e / sum_e w_e): one division per target instead of one per edge.
     """
 
     def __init__(self, hidden_dim: int, num_heads: int, head_dim: int, dropout: float, bipartite: bool,
-                 has_pos_emb: bool, **kwargs) -> None:
-        super().__init__(aggr='add', node_dim=0, **kwargs)
+                 has_pos_emb: bool) -> None:
+        super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.has_pos_emb = has_pos_emb
+        self.bipartite = bipartite
         self.scale = head_dim ** -0.5
         inner_dim = head_dim * num_heads
+        self.inner_dim = inner_dim
 
         # Registration order and names match the official state dict.
         self.to_q = nn.Linear(hidden_dim, inner_dim)
@@ -60,6 +120,8 @@ class AttentionLayer(MessagePassing):
         self.attn_postnorm = nn.LayerNorm(hidden_dim)
         self.ff_prenorm = nn.LayerNorm(hidden_dim)
         self.ff_postnorm = nn.LayerNorm(hidden_dim)
+        # Zero bias of the key projections (to_k / to_k_r have none) in the concatenated bias vectors; not saved.
+        self.register_buffer('_zero_bias', torch.zeros(inner_dim), persistent=False)
         self.apply(weight_init)
 
     def forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
@@ -81,44 +143,55 @@ class AttentionLayer(MessagePassing):
         out = residual + self.attn_postnorm(self._attn_block(x_src, x_dst, r, edge_index))
         return out + self.ff_postnorm(self.ff_mlp(self.ff_prenorm(out)))
 
+    def _dropout(self, x: torch.Tensor, module: nn.Dropout) -> torch.Tensor:
+        return module(x) if self.training and module.p > 0 else x
+
     def _attn_block(self, x_src: torch.Tensor, x_dst: torch.Tensor, r: Optional[torch.Tensor],
                     edge_index: torch.Tensor) -> torch.Tensor:
-        q = self.to_q(x_dst).view(x_dst.shape[:-1] + (self.num_heads, self.head_dim))  # [Nd(, K), heads, dim]
-        # Keys and values of the sources in one matmul (to_k has no bias).
-        kv_bias = torch.cat([torch.zeros_like(self.to_v.bias), self.to_v.bias])
-        k, v = F.linear(x_src, torch.cat([self.to_k.weight, self.to_v.weight]), kv_bias).view(
-            -1, 2, self.num_heads, self.head_dim).unbind(dim=1)
-        agg = self.propagate(edge_index=edge_index, x_dst=x_dst, q=q, k=k, v=v, r=r,
-                             size=(x_src.size(0), x_dst.size(0)))
-        return self.to_out(agg)
+        """Aggregated, gated, projected message [Nd(, K), hidden] of the normalised inputs."""
+        heads, dim, inner = self.num_heads, self.head_dim, self.inner_dim
+        # split (not slicing): its backward is one concatenation instead of a zero-padded copy per slice.
+        gate_msg_weight, gate_dst_weight = self.to_g.weight.split([inner, x_dst.size(-1)], dim=1)
+        # The value bias is per output channel: both value biases are added once per source node, not per edge.
+        value_bias = self.to_v.bias + self.to_v_r.bias if r is not None else self.to_v.bias
+        dst_weights = [self.to_q.weight, self.to_s.weight, gate_dst_weight]
+        dst_biases = [self.to_q.bias, self.to_s.bias, self.to_g.bias]
+        src_weights = [self.to_k.weight, self.to_v.weight]
+        src_biases = [self._zero_bias, value_bias]
+        if x_src is x_dst:  # self-attention: one matmul for the five projections
+            proj = F.linear(x_dst, torch.cat(dst_weights + src_weights), torch.cat(dst_biases + src_biases))
+            q, skip, gate_dst, kv = proj.split([inner, inner, inner, 2 * inner], dim=-1)
+        else:
+            q, skip, gate_dst = F.linear(x_dst, torch.cat(dst_weights), torch.cat(dst_biases)).split(inner, dim=-1)
+            kv = F.linear(x_src, torch.cat(src_weights), torch.cat(src_biases))
+        q = q.reshape(x_dst.shape[:-1] + (heads, dim))  # [Nd(, K), heads, dim]
 
-    def message(self, q_i: torch.Tensor, k_j: torch.Tensor, v_j: torch.Tensor, r: Optional[torch.Tensor],
-                index: torch.Tensor, ptr: Optional[torch.Tensor], size_i: Optional[int]) -> torch.Tensor:
-        """Per-edge weighted values [E, heads, head_dim] ([E, K, heads, head_dim] for multi-query targets)."""
+        src, dst = edge_index[0], edge_index[1]
+        kv = kv.index_select(0, src)  # [E, 2 * inner]: keys and values of the edges' sources
         if r is not None:
-            # Edge terms of keys and values in one matmul over the E edge embeddings (to_k_r has no bias).
-            r_bias = torch.cat([torch.zeros_like(self.to_v_r.bias), self.to_v_r.bias])
-            k_r, v_r = F.linear(r, torch.cat([self.to_k_r.weight, self.to_v_r.weight]), r_bias).view(
-                -1, 2, self.num_heads, self.head_dim).unbind(dim=1)
-            k_j = k_j + k_r
-            v_j = v_j + v_r
-        if q_i.dim() == 4:  # K queries per target share the edge's key and value
-            k_j, v_j = k_j.unsqueeze(1), v_j.unsqueeze(1)
-        sim = (q_i * k_j).sum(dim=-1) * self.scale  # [E(, K), heads]
-        # num_nodes given explicitly so the softmax needs no host sync to size its buffers.
-        attn = softmax(sim, index, ptr, num_nodes=size_i)
-        attn = self.attn_drop(attn)
-        return v_j * attn.unsqueeze(-1)
+            # + edge terms [W_kr r; W_vr r] in the same kernel as the matmul (the r bias was added per node).
+            kv = torch.addmm(kv, r, torch.cat([self.to_k_r.weight, self.to_v_r.weight]).t())
+        key, value = kv.view(-1, 2, heads, dim).unbind(dim=1)  # [E, heads, dim] each
+        num_targets = x_dst.size(0)
 
-    def aggregate(self, inputs: torch.Tensor, index: torch.Tensor, ptr: Optional[torch.Tensor] = None,
-                  dim_size: Optional[int] = None) -> torch.Tensor:
-        """Sum of the incoming messages per target [Nd(, K), heads, head_dim] (index_add: faster than a broadcast
-        scatter_add, same result)."""
-        out = inputs.new_zeros((dim_size,) + tuple(inputs.shape[1:]))
-        return out.index_add_(0, index, inputs)
+        sim = _GatherDot.apply(q, key, dst) * self.scale  # [E(, K), heads]
+        if sim.dtype in (torch.float16, torch.bfloat16):
+            # Mixed precision: softmax and message sums in float32 (sums over up to hundreds of edges).
+            sim = sim.float()
+        # Softmax over each target's in-edges, shifted by the per-target maximum for stability.
+        index = dst.view((-1,) + (1,) * (sim.dim() - 1)).expand_as(sim)
+        sim_max = sim.new_zeros((num_targets,) + tuple(sim.shape[1:])).scatter_reduce_(
+            0, index, sim.detach(), reduce='amax', include_self=False)
+        weight = (sim - sim_max.index_select(0, dst)).exp()
+        denom = _SumByIndex.apply(weight, dst, num_targets) + SOFTMAX_EPS  # [Nd(, K), heads]
+        # Dropout of the normalised weights equals dropout of the unnormalised ones (the normalisation is linear).
+        weight = self._dropout(weight, self.attn_drop)
+        if weight.dim() == 3:  # K queries per target share the edge's value
+            value = value.unsqueeze(1)
+        msg = _SumByIndex.apply(value * weight.unsqueeze(-1), dst, num_targets)  # [Nd(, K), heads, dim]
+        msg = (msg / denom.unsqueeze(-1)).reshape(x_dst.shape[:-1] + (inner,)).to(skip.dtype)
 
-    def update(self, inputs: torch.Tensor, x_dst: torch.Tensor) -> torch.Tensor:
-        """Gated blend of the aggregated message [Nd(, K), heads, head_dim] with a projection of the target."""
-        inputs = inputs.reshape(x_dst.shape[:-1] + (self.num_heads * self.head_dim,))
-        gate = torch.sigmoid(self.to_g(torch.cat([inputs, x_dst], dim=-1)))
-        return inputs + gate * (self.to_s(x_dst) - inputs)
+        # Gate sigma(W_g [msg, x_dst] + b): the x_dst half came with the target projections.
+        gate = torch.sigmoid(torch.addmm(gate_dst.reshape(-1, inner), msg.reshape(-1, inner),
+                                         gate_msg_weight.t()).view_as(msg))
+        return self.to_out(torch.lerp(msg, skip, gate))  # msg + gate * (skip - msg)
