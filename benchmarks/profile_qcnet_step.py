@@ -7,8 +7,12 @@ samples cycled, as in bench_qcnet_step.py). Reported per step:
 - ``ops``: leaf ATen operators that do work (views, reshapes, ``empty`` and other metadata-only operators excluded),
   forward + backward + optimizer. On a GPU each one launches at least one kernel, so this is the proxy for launch
   overhead, which dominates the step at small batch (the official step launches ~7,200 kernels on an H100).
-- ``syncs``: operators that force a device -> host synchronisation on CUDA (``item``/``_local_scalar_dense``,
-  ``nonzero``, ``unique``, ``masked_select``, ``repeat_interleave`` with tensor repeats, ``bincount``).
+- ``kernels``: the innermost working operators (``addmm`` inside ``linear``, ``fill_`` + ``index_add_`` inside
+  ``index_select_backward``): closer to a GPU kernel count than ``ops``.
+- ``syncs``: operators of the forward/backward pass that force a device -> host synchronisation on CUDA
+  (``item``/``_local_scalar_dense``, ``nonzero`` (also inside boolean-mask indexing), ``unique``,
+  ``masked_select``, ``repeat_interleave``, ``bincount``). The optimizer step is left out: CPU fused AdamW reads
+  its step counters with ``item``, the CUDA kernel does not. ``Tensor.tolist`` is not an operator: not counted.
 - ``peak_mib``: peak of the CPU allocator's live bytes over the step (torch.profiler memory events), minus what
   was live before the step (parameters, optimizer state and the batch stay allocated throughout).
 - ``saved_mib``: bytes of the distinct tensors autograd keeps for the backward pass (activation memory).
@@ -92,6 +96,27 @@ def work_events(prof) -> List:
     return counted
 
 
+def innermost_work_events(prof) -> List:
+    """Operators that do work and call no other working operator (e.g. ``addmm`` rather than ``linear``; both the
+    ``fill_`` and the ``index_add_`` of an ``index_select_backward``): closer to the number of GPU kernels."""
+    def does_work(event) -> bool:
+        return event.name.startswith('aten::') and event.name not in METADATA_OPS
+
+    def has_working_descendant(event) -> bool:
+        return any(does_work(c) or has_working_descendant(c) for c in event.cpu_children)
+
+    return [e for e in prof.events() if does_work(e) and not has_working_descendant(e)]
+
+
+def inside(event, name_prefix: str) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(name_prefix):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def peak_live_bytes(prof) -> int:
     """Peak of the running sum of the bytes allocated (+) and freed (-) by each operator, taken at the operator's
     start (bytes above the level at the start of the profile; transients inside one operator are not seen)."""
@@ -158,7 +183,7 @@ def main(argv=None) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     work = work_events(prof)
-    syncs = [e for e in prof.events() if e.name in SYNC_OPS]
+    syncs = [e for e in prof.events() if e.name in SYNC_OPS and not inside(e, 'Optimizer.step')]
     optimizer.zero_grad(set_to_none=True)
     saved = saved_tensor_bytes(forward_loss)
 
@@ -167,6 +192,7 @@ def main(argv=None) -> int:
         'polygons': int(batch['map_polygon']['num_nodes']), 'hidden_dim': args.hidden_dim,
         'threads': torch.get_num_threads(), 'fused_adamw': args.fused_adamw,
         'median_ms': statistics.median(times[1:] or times) * 1000, 'ops': len(work),
+        'kernels': len(innermost_work_events(prof)),
         'syncs': len(syncs), 'sync_ops': dict(collections.Counter(e.name for e in syncs)),
         'peak_mib': peak_live_bytes(prof) / 2 ** 20, 'saved_mib': saved / 2 ** 20,
     }

@@ -9,7 +9,7 @@ from layers.attention_layer import AttentionLayer
 from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_map_encoder import MAX_NUM_NEIGHBORS, relative_pose_features
 from utils.geometry import angle_between_2d_vectors, wrap_angle
-from utils.graph import bipartite_dense_to_sparse, radius, radius_graph, subgraph_by_mask
+from utils.graph import bipartite_dense_to_sparse, max_nodes_per_example, radius, radius_graph
 from utils.weight_init import weight_init
 
 AV2_NUM_AGENT_TYPES = 10
@@ -105,7 +105,8 @@ class QCNetAgentEncoder(nn.Module):
              angle_between_2d_vectors(ctr_vector=head_vector_a, nbr_vector=motion_vector_a[:, :, :2]),
              torch.linalg.vector_norm(vel[:, :, :2], dim=-1),
              angle_between_2d_vectors(ctr_vector=head_vector_a, nbr_vector=vel[:, :, :2])], dim=-1)
-        type_emb = self.type_a_emb(agent['type'].long()).repeat_interleave(repeats=steps, dim=0)
+        type_emb = self.type_a_emb(agent['type'].long())
+        type_emb = type_emb.unsqueeze(1).expand(-1, steps, -1).reshape(-1, self.hidden_dim)  # [A*T, hidden]
         x_a = self.x_a_emb(continuous_inputs=x_a.reshape(-1, x_a.size(-1)), categorical_embs=[type_emb])
         x_a = x_a.view(-1, steps, self.hidden_dim)
 
@@ -137,10 +138,14 @@ class QCNetAgentEncoder(nn.Module):
         batch_s = repeat_batch_over_steps(batch_a, num_agents, num_scenes, steps, pos_a.device)
         batch_pl_s = repeat_batch_over_steps(batch_pl, num_polygons, num_scenes, steps, pos_a.device)
         pos_pl_s = pos_pl.repeat(steps, 1)
+        # Padded search sizes read on the host (no device sync); invalid agents are dropped inside the search,
+        # after the neighbour cap (same edges as filtering afterwards).
+        most_agents = max_nodes_per_example(data, 'agent')
+        most_polygons = max_nodes_per_example(data, 'map_polygon')
+        sizes = (most_agents, most_polygons) if most_agents is not None and most_polygons is not None else None
         edge_index_pl2a = radius(x=pos_s[:, :2], y=pos_pl_s[:, :2], r=self.pl2a_radius, batch_x=batch_s,
                                  batch_y=batch_pl_s, max_num_neighbors=MAX_NUM_NEIGHBORS,
-                                 batch_size=num_scenes * steps)
-        edge_index_pl2a = edge_index_pl2a[:, mask_s[edge_index_pl2a[1]]]
+                                 batch_size=num_scenes * steps, max_per_example=sizes, x_mask=mask_s)
         # The polygon embedding is the same at every step: attend to the P polygon rows directly instead of to
         # T copies of them (identical result, T times less work on the source side).
         edge_index_pl2a = torch.stack([edge_index_pl2a[0] % num_polygons, edge_index_pl2a[1]], dim=0)
@@ -150,8 +155,8 @@ class QCNetAgentEncoder(nn.Module):
         r_pl2a = self.r_pl2a_emb(continuous_inputs=r_pl2a, categorical_embs=None)
 
         edge_index_a2a = radius_graph(x=pos_s[:, :2], r=self.a2a_radius, batch=batch_s, loop=False,
-                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes * steps)
-        edge_index_a2a = subgraph_by_mask(mask_s, edge_index_a2a)
+                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes * steps,
+                                      max_per_example=most_agents, source_mask=mask_s, target_mask=mask_s)
         src, dst = edge_index_a2a
         r_a2a = relative_pose_features(pos_s[src] - pos_s[dst], head_vector_s[dst],
                                        wrap_angle(head_s[src] - head_s[dst]), input_dim=2)

@@ -8,7 +8,7 @@ from torch_geometric.data import Batch, HeteroData
 from layers.attention_layer import AttentionLayer
 from layers.fourier_embedding import FourierEmbedding
 from utils.geometry import angle_between_2d_vectors, wrap_angle
-from utils.graph import merge_edges, radius_graph
+from utils.graph import max_nodes_per_example, merge_edges, radius_graph
 from utils.weight_init import weight_init
 
 # Sizes of the Argoverse 2 vocabularies of the processed data (official processing).
@@ -119,7 +119,8 @@ class QCNetMapEncoder(nn.Module):
         edge_index_radius = radius_graph(x=pos_pl[:, :2], r=self.pl2pl_radius,
                                          batch=pl['batch'] if isinstance(data, Batch) else None,
                                          loop=False, max_num_neighbors=MAX_NUM_NEIGHBORS,
-                                         batch_size=data.num_graphs if isinstance(data, Batch) else 1)
+                                         batch_size=data.num_graphs if isinstance(data, Batch) else 1,
+                                         max_per_example=max_nodes_per_example(data, 'map_polygon'))
         topology = data['map_polygon', 'to', 'map_polygon']
         type_radius = topology['type'].new_zeros(edge_index_radius.size(1))
         edge_index_pl2pl, type_pl2pl = merge_edges(edge_indices=[edge_index_radius, topology['edge_index']],

@@ -19,7 +19,7 @@ from layers.attention_layer import AttentionLayer
 from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_map_encoder import MAX_NUM_NEIGHBORS, relative_pose_features
 from utils.geometry import angle_between_2d_vectors, wrap_angle
-from utils.graph import bipartite_dense_to_sparse, radius, radius_graph
+from utils.graph import bipartite_dense_to_sparse, max_nodes_per_example, radius, radius_graph
 from utils.weight_init import weight_init
 
 
@@ -133,10 +133,14 @@ class QCNetProposeStage(nn.Module):
         num_scenes = data.num_graphs if isinstance(data, Batch) else 1  # known on the host: no sync to find it
         pos_pl = data['map_polygon']['position'][:, :self.input_dim]
         orient_pl = data['map_polygon']['orientation']
-        # Map -> mode: polygon -> agent.
+        # Map -> mode: polygon -> agent. Padded search sizes come from the host (no device sync); agents without
+        # queries are dropped inside the search, after the neighbour cap (= filtering afterwards).
+        most_agents = max_nodes_per_example(data, 'agent')
+        most_polygons = max_nodes_per_example(data, 'map_polygon')
+        sizes = (most_agents, most_polygons) if most_agents is not None and most_polygons is not None else None
         edge_index_pl2m = radius(x=pos_m[:, :2], y=pos_pl[:, :2], r=self.pl2m_radius, batch_x=batch_a,
-                                 batch_y=batch_pl, max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes)
-        edge_index_pl2m = edge_index_pl2m[:, mask_dst[edge_index_pl2m[1]]]
+                                 batch_y=batch_pl, max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes,
+                                 max_per_example=sizes, x_mask=mask_dst)
         src, dst = edge_index_pl2m
         r_pl2m = relative_pose_features(pos_pl[src] - pos_m[dst], head_vector_m[dst],
                                         wrap_angle(orient_pl[src] - head_m[dst]), input_dim=2)
@@ -144,8 +148,9 @@ class QCNetProposeStage(nn.Module):
 
         # Agent -> mode: agent (at the current step) -> agent.
         edge_index_a2m = radius_graph(x=pos_m[:, :2], r=self.a2m_radius, batch=batch_a, loop=False,
-                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes)
-        edge_index_a2m = edge_index_a2m[:, mask_src[:, -1][edge_index_a2m[0]] & mask_dst[edge_index_a2m[1]]]
+                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes,
+                                      max_per_example=most_agents, source_mask=mask_src[:, -1].contiguous(),
+                                      target_mask=mask_dst)
         src, dst = edge_index_a2m
         r_a2m = relative_pose_features(pos_m[src] - pos_m[dst], head_vector_m[dst],
                                        wrap_angle(head_m[src] - head_m[dst]), input_dim=2)

@@ -152,3 +152,53 @@ def test_radius_all_pairs_property_on_random_float_cloud():
     pairs = {(j, i) for i, j in itertools.permutations(range(50), 2)
              if batch[i] == batch[j] and float(((x[i] - x[j]) ** 2).sum()) < 2.5 ** 2}
     assert set(map(tuple, got.t().tolist())) == pairs
+
+
+@pytest.mark.parametrize('seed,cap', [(11, 300), (12, 2)])
+def test_radius_masks_equal_filtering_the_capped_result(seed, cap):
+    """x_mask / y_mask act after the cap: masked points still use up cap slots, exactly like filtering afterwards."""
+    x, batch_x = integer_cloud(70, 4, seed)
+    y, batch_y = integer_cloud(40, 4, seed + 100)
+    gen = torch.Generator().manual_seed(seed)
+    x_mask, y_mask = torch.rand(70, generator=gen) > 0.4, torch.rand(40, generator=gen) > 0.3
+    full = radius(x, y, 5.0, batch_x, batch_y, max_num_neighbors=cap, batch_size=4)
+    expected = full[:, y_mask[full[0]] & x_mask[full[1]]]
+    got = radius(x, y, 5.0, batch_x, batch_y, max_num_neighbors=cap, batch_size=4, x_mask=x_mask, y_mask=y_mask)
+    assert torch.equal(got, expected)
+    single = radius(x, y, 5.0, max_num_neighbors=cap, x_mask=x_mask)
+    unmasked = radius(x, y, 5.0, max_num_neighbors=cap)
+    assert torch.equal(single, unmasked[:, x_mask[unmasked[1]]])
+    with pytest.raises(ValueError, match='x_mask'):
+        radius(x, y, 5.0, batch_x, batch_y, x_mask=x_mask.float())
+
+
+@pytest.mark.parametrize('cap_counts_self', [True, False])
+def test_radius_graph_masks_and_known_sizes_equal_the_filtered_graph(cap_counts_self):
+    x, batch = integer_cloud(90, 3, 21)
+    gen = torch.Generator().manual_seed(21)
+    source_mask, target_mask = torch.rand(90, generator=gen) > 0.3, torch.rand(90, generator=gen) > 0.5
+    for cap in (300, 3):
+        full = radius_graph(x, 5.0, batch, max_num_neighbors=cap, batch_size=3, cap_counts_self=cap_counts_self)
+        expected = full[:, source_mask[full[0]] & target_mask[full[1]]]
+        most = int(torch.bincount(batch).max())
+        got = radius_graph(x, 5.0, batch, max_num_neighbors=cap, batch_size=3, cap_counts_self=cap_counts_self,
+                           max_per_example=most, source_mask=source_mask, target_mask=target_mask)
+        assert torch.equal(got, expected)
+        # Known padded sizes (e.g. from the host) give the same edges as sizes found on the device.
+        assert torch.equal(radius_graph(x, 5.0, batch, max_num_neighbors=cap, batch_size=3, max_per_example=most,
+                                        cap_counts_self=cap_counts_self), full)
+
+
+def test_max_nodes_per_example_reads_host_offsets_and_detects_stale_ones():
+    from torch_geometric.data import Batch, HeteroData
+
+    def scene(num_agents):
+        data = HeteroData()
+        data['agent'].position = torch.zeros(num_agents, 3)
+        return data
+
+    batch = Batch.from_data_list([scene(3), scene(7), scene(5)])
+    assert graph.max_nodes_per_example(batch, 'agent') == 7
+    assert graph.max_nodes_per_example(scene(4), 'agent') == 4
+    batch['agent'].position = torch.zeros(14, 3)  # nodes changed after batching: offsets no longer describe them
+    assert graph.max_nodes_per_example(batch, 'agent') is None

@@ -30,39 +30,52 @@ def torch_cluster_available() -> bool:
 
 
 def _padded_layout(batch: Optional[torch.Tensor], num_nodes: int, batch_size: int, device: torch.device
-                   ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
-    """Per-node (example, slot) coordinates of a sorted batch vector, plus the per-example start offsets [B]."""
+                   ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
+    """Per-node (example, slot) coordinates of a sorted batch vector, the per-example start offsets [B] and the
+    per-example node counts [B] (None, None, [0], None without a batch vector). No host synchronisation."""
     if batch is None:
-        return None, None, torch.zeros(1, dtype=torch.long, device=device)
-    counts = torch.bincount(batch, minlength=batch_size)
+        return None, None, torch.zeros(1, dtype=torch.long, device=device), None
+    # index_add into a host-sized buffer (bincount would synchronise to find the number of bins on CUDA).
+    counts = torch.zeros(batch_size, dtype=torch.long, device=device).index_add_(
+        0, batch, torch.ones_like(batch))
     start = torch.cumsum(counts, 0) - counts
     slot = torch.arange(num_nodes, device=device) - start[batch]
-    return batch, slot, start
+    return batch, slot, start, counts
 
 
 def _radius_pure(x: torch.Tensor, y: torch.Tensor, r: float, batch_x: Optional[torch.Tensor],
                  batch_y: Optional[torch.Tensor], max_num_neighbors: int, batch_size: int,
-                 ignore_same_index: bool) -> torch.Tensor:
+                 ignore_same_index: bool, max_per_example: Optional[Tuple[int, int]] = None,
+                 x_mask: Optional[torch.Tensor] = None, y_mask: Optional[torch.Tensor] = None,
+                 drop_same_index_after_cap: bool = False) -> torch.Tensor:
     device = x.device
-    bx, slot_x, start_x = _padded_layout(batch_x, x.size(0), batch_size, device)
-    by, slot_y, start_y = _padded_layout(batch_y, y.size(0), batch_size, device)
+    bx, slot_x, start_x, counts_x = _padded_layout(batch_x, x.size(0), batch_size, device)
+    by, slot_y, start_y, counts_y = _padded_layout(batch_y, y.size(0), batch_size, device)
+
+    def padded(values: Optional[torch.Tensor], example: Optional[torch.Tensor], slot: Optional[torch.Tensor],
+               size: int, fill) -> Optional[torch.Tensor]:
+        """[num_points, ...] -> [B, size, ...] in the padded layout (pass-through view without a batch)."""
+        if values is None or example is None:
+            return None if values is None else values.unsqueeze(0)
+        out = torch.full((batch_size, size) + tuple(values.shape[1:]), fill, dtype=values.dtype, device=device)
+        out[example, slot] = values
+        return out
+
     if bx is None:
-        xp, valid_x = x.unsqueeze(0), None
-        yp, valid_y = y.unsqueeze(0), None
         max_x, max_y = x.size(0), y.size(0)
+        real_x = real_y = None  # no padding
     else:
-        # One host sync for the padded sizes (the output size is data dependent anyway).
-        counts = torch.stack([torch.bincount(bx, minlength=batch_size).max(),
-                              torch.bincount(by, minlength=batch_size).max()])
-        max_x, max_y = (int(v) for v in counts.tolist())
-        xp = x.new_zeros(batch_size, max_x, x.size(1))
-        xp[bx, slot_x] = x
-        yp = y.new_zeros(batch_size, max_y, y.size(1))
-        yp[by, slot_y] = y
-        valid_x = torch.zeros(batch_size, max_x, dtype=torch.bool, device=device)
-        valid_x[bx, slot_x] = True
-        valid_y = torch.zeros(batch_size, max_y, dtype=torch.bool, device=device)
-        valid_y[by, slot_y] = True
+        if max_per_example is None:
+            # One host sync for the padded sizes (callers that know them pass max_per_example).
+            max_x, max_y = (int(v) for v in torch.stack([counts_x.max(), counts_y.max()]).tolist())
+        else:
+            max_x, max_y = max_per_example
+        real_x = padded(torch.ones_like(bx, dtype=torch.bool), bx, slot_x, max_x, False)
+        real_y = padded(torch.ones_like(by, dtype=torch.bool), by, slot_y, max_y, False)
+    xp = padded(x, bx, slot_x, max_x, 0)
+    yp = padded(y, by, slot_y, max_y, 0)
+    keep_x = padded(x_mask, bx, slot_x, max_x, False)
+    keep_y = padded(y_mask, by, slot_y, max_y, False)
     num_examples = xp.size(0)
     r2 = torch.full((), r * r, dtype=x.dtype, device=device)  # r^2 rounded to the input dtype, like the CUDA kernel
     examples_per_chunk = max(1, _RADIUS_PAIR_BUDGET // max(1, max_x * max_y))
@@ -76,15 +89,25 @@ def _radius_pure(x: torch.Tensor, y: torch.Tensor, r: float, batch_x: Optional[t
             diff = xc[:, None, :, d] - yc[:, :, None, d]
             dist = diff * diff if dist is None else dist + diff * diff
         within = dist < r2  # [c, max_y, max_x]
-        if valid_x is not None:
-            within &= valid_y[b0:b1, :, None] & valid_x[b0:b1, None, :]
-        if ignore_same_index:
+        if real_x is not None:
+            within &= real_y[b0:b1, :, None] & real_x[b0:b1, None, :]
+        same_index = None
+        if ignore_same_index or drop_same_index_after_cap:
             gx = start_x[b0:b1, None] + torch.arange(max_x, device=device)
             gy = start_y[b0:b1, None] + torch.arange(max_y, device=device)
-            within &= gy[:, :, None] != gx[:, None, :]
+            same_index = gy[:, :, None] == gx[:, None, :]
+            if ignore_same_index:
+                within &= ~same_index
         # Cap: keep the first max_num_neighbors candidates in x-index order.
         rank = torch.cumsum(within.to(torch.int32), dim=-1)
         within &= rank <= max_num_neighbors
+        # Filters on the capped result (the same edges as filtering the output afterwards, in one pass).
+        if drop_same_index_after_cap:
+            within &= ~same_index
+        if keep_y is not None:
+            within &= keep_y[b0:b1, :, None]
+        if keep_x is not None:
+            within &= keep_x[b0:b1, None, :]
         b, i, j = within.nonzero(as_tuple=True)
         b = b + b0
         rows.append(start_y[b] + i)
@@ -92,14 +115,30 @@ def _radius_pure(x: torch.Tensor, y: torch.Tensor, r: float, batch_x: Optional[t
     return torch.stack([torch.cat(rows), torch.cat(cols)], dim=0)
 
 
+def _filter_edges(edge_index: torch.Tensor, row_mask: Optional[torch.Tensor], col_mask: Optional[torch.Tensor]
+                  ) -> torch.Tensor:
+    keep = None
+    if row_mask is not None:
+        keep = row_mask[edge_index[0]]
+    if col_mask is not None:
+        keep = col_mask[edge_index[1]] if keep is None else keep & col_mask[edge_index[1]]
+    return edge_index if keep is None else edge_index[:, keep]
+
+
 def radius(x: torch.Tensor, y: torch.Tensor, r: float, batch_x: Optional[torch.Tensor] = None,
            batch_y: Optional[torch.Tensor] = None, max_num_neighbors: int = 32, batch_size: Optional[int] = None,
-           ignore_same_index: bool = False) -> torch.Tensor:
+           ignore_same_index: bool = False, max_per_example: Optional[Tuple[int, int]] = None,
+           x_mask: Optional[torch.Tensor] = None, y_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """For every point of ``y`` [M, D], the points of ``x`` [N, D] closer than ``r`` (same example only).
 
     ``batch_x`` [N] / ``batch_y`` [M]: sorted example ids (``None`` = one example). ``max_num_neighbors`` caps the
     neighbours per ``y`` point. ``ignore_same_index`` skips ``x_i`` for ``y_i`` (same global index).
     Returns LongTensor [2, E]: row 0 indexes ``y``, row 1 indexes ``x`` (torch_cluster's convention).
+
+    Options that only save work (results unchanged): ``max_per_example`` = (most x points, most y points in one
+    example), when known on the host (else the pure-torch search synchronises once to find them);
+    ``x_mask`` [N] / ``y_mask`` [M] (bool) drop the edges of masked-out points AFTER the cap, i.e. the same edges as
+    filtering the output afterwards, without a second data-dependent indexing pass.
     """
     if x.numel() == 0 or y.numel() == 0:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
@@ -107,6 +146,10 @@ def radius(x: torch.Tensor, y: torch.Tensor, r: float, batch_x: Optional[torch.T
     y = y.view(-1, 1) if y.dim() == 1 else y
     if x.size(1) != y.size(1):
         raise ValueError(f'radius: x has {x.size(1)} coordinates per point but y has {y.size(1)}')
+    for name, mask, points in (('x_mask', x_mask, x), ('y_mask', y_mask, y)):
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != points.shape[:1]):
+            raise ValueError(f'radius: {name} must be a bool tensor of shape [{points.size(0)}], '
+                             f'got {mask.dtype} {tuple(mask.shape)}')
     x, y = x.contiguous(), y.contiguous()
     if batch_size is None:
         batch_size = 1
@@ -120,13 +163,17 @@ def radius(x: torch.Tensor, y: torch.Tensor, r: float, batch_x: Optional[torch.T
     if _torch_cluster is not None:
         # Only pass ignore_same_index when needed: torch_cluster <= 1.6.3 does not know the argument.
         kwargs = {'ignore_same_index': True} if ignore_same_index else {}
-        return _torch_cluster.radius(x, y, r, batch_x, batch_y, max_num_neighbors, **kwargs)
-    return _radius_pure(x, y, r, batch_x, batch_y, max_num_neighbors, batch_size, ignore_same_index)
+        edge_index = _torch_cluster.radius(x, y, r, batch_x, batch_y, max_num_neighbors, **kwargs)
+        return _filter_edges(edge_index, y_mask, x_mask)
+    return _radius_pure(x, y, r, batch_x, batch_y, max_num_neighbors, batch_size, ignore_same_index,
+                        max_per_example, x_mask, y_mask)
 
 
 def radius_graph(x: torch.Tensor, r: float, batch: Optional[torch.Tensor] = None, loop: bool = False,
                  max_num_neighbors: int = 32, flow: str = 'source_to_target', batch_size: Optional[int] = None,
-                 cap_counts_self: bool = True) -> torch.Tensor:
+                 cap_counts_self: bool = True, max_per_example: Optional[int] = None,
+                 source_mask: Optional[torch.Tensor] = None, target_mask: Optional[torch.Tensor] = None
+                 ) -> torch.Tensor:
     """Edges between points of ``x`` [N, D] closer than ``r`` within each example of ``batch`` [N].
 
     Returns LongTensor [2, E]; with ``flow='source_to_target'`` row 0 is the neighbour and row 1 the centre point,
@@ -136,19 +183,61 @@ def radius_graph(x: torch.Tensor, r: float, batch: Optional[torch.Tensor] = None
     index lies beyond the first ``max_num_neighbors + 1`` candidates keeps one extra neighbour;
     ``False`` (later torch_cluster): the centre is skipped during the search and exactly the first
     ``max_num_neighbors`` other points are kept.
+
+    Work savers (results unchanged): ``max_per_example`` (most points in one example, if known on the host);
+    ``source_mask`` / ``target_mask`` [N] (bool): keep only edges whose neighbour / centre is set, applied after the
+    cap (= filtering the output afterwards).
     """
     if flow not in ('source_to_target', 'target_to_source'):
         raise ValueError(f"radius_graph: flow must be 'source_to_target' or 'target_to_source', got {flow!r}")
+    sizes = (max_per_example, max_per_example) if max_per_example is not None else None
+    # In radius() terms the centre is y (row 0) and the neighbour x (row 1).
     if loop or cap_counts_self:
         cap = max_num_neighbors if loop else max_num_neighbors + 1
-        edge_index = radius(x, x, r, batch, batch, cap, batch_size=batch_size)
-        if not loop:
-            edge_index = edge_index[:, edge_index[0] != edge_index[1]]
+        if _torch_cluster is None and x.numel() > 0:
+            x = x.view(-1, 1) if x.dim() == 1 else x
+            bs = batch_size
+            if bs is None:
+                bs = int(batch.max()) + 1 if batch is not None else 1
+            edge_index = _radius_pure(x.contiguous(), x.contiguous(), r, batch if bs > 1 else None,
+                                      batch if bs > 1 else None, cap, bs, False, sizes, source_mask, target_mask,
+                                      drop_same_index_after_cap=not loop)
+        else:
+            edge_index = radius(x, x, r, batch, batch, cap, batch_size=batch_size, max_per_example=sizes,
+                                x_mask=source_mask, y_mask=target_mask)
+            if not loop:
+                edge_index = edge_index[:, edge_index[0] != edge_index[1]]
     else:
-        edge_index = radius(x, x, r, batch, batch, max_num_neighbors, batch_size=batch_size, ignore_same_index=True)
+        edge_index = radius(x, x, r, batch, batch, max_num_neighbors, batch_size=batch_size, ignore_same_index=True,
+                            max_per_example=sizes, x_mask=source_mask, y_mask=target_mask)
     if flow == 'source_to_target':
         edge_index = edge_index.flip(0)
     return edge_index
+
+
+def max_nodes_per_example(data, node_type: str) -> Optional[int]:
+    """Most ``node_type`` nodes in one example of a PyG ``Batch`` (or the node count of a single ``HeteroData``),
+    read on the host: from the Batch's CPU-side slice offsets of the nodes' ``position``, so no device
+    synchronisation. None when they are missing or do not match the store (e.g. nodes were added or removed after
+    batching): callers then let the search find the sizes on the device."""
+    store = data[node_type]
+    if 'position' not in store:
+        return None
+    from torch_geometric.data import Batch
+    if not isinstance(data, Batch):
+        return store['position'].size(0) if 'batch' not in store else None
+    try:
+        slice_dict = data._slice_dict  # kept on the host by Batch.from_data_list (stored in the global store)
+    except (AttributeError, KeyError):
+        return None
+    offsets = (slice_dict or {}).get(node_type, {}).get('position')
+    num_graphs = data.num_graphs
+    if offsets is None or offsets.numel() != num_graphs + 1 or offsets.device.type != 'cpu':
+        return None
+    offsets = offsets.tolist()
+    if offsets[-1] != store['position'].size(0):
+        return None
+    return max((b - a for a, b in zip(offsets[:-1], offsets[1:])), default=0)
 
 
 def bipartite_dense_to_sparse(adj: torch.Tensor) -> torch.Tensor:
