@@ -16,7 +16,8 @@ samples cycled, as in bench_qcnet_step.py). Reported per step:
 - ``peak_mib``: peak of the CPU allocator's live bytes over the step (torch.profiler memory events), minus what
   was live before the step (parameters, optimizer state and the batch stay allocated throughout).
 - ``saved_mib``: bytes of the distinct tensors autograd keeps for the backward pass (activation memory).
-- ``median_ms``: wall time of --steps repetitions on this CPU (after --warmup ones).
+- ``median_ms``: median wall time of --steps repetitions on this CPU (after --warmup ones); ``cpu_ms``: median
+  CPU time of this process per step (all threads), steadier than wall time on a shared machine.
 
 Examples:
   python benchmarks/profile_qcnet_step.py --batch_size 4
@@ -69,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--fused_adamw', choices=['off', 'on'], default='on',
                         help='fused AdamW on CPU too (what the model uses on CUDA), so the op count matches the GPU')
+    parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='model option of the same name')
     parser.add_argument('--top', type=int, default=0, help='also print the N most frequent operators')
     parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2', 'train'))
     parser.add_argument('--scenes_file', type=str, default=None, help='list of HeteroData (bench_qcnet_step.py)')
@@ -157,7 +159,8 @@ def main(argv=None) -> int:
                                             data_root=args.data_root))
     batch = Batch.from_data_list([copy.deepcopy(scenes[i % len(scenes)]) for i in range(args.batch_size)])
     torch.manual_seed(0)
-    model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim, num_modes=args.num_modes)).train()
+    model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim, num_modes=args.num_modes),
+                  checkpoint_agent_encoder=args.checkpoint_agent_encoder).train()
     [optimizer], _ = model.configure_optimizers()
     if args.fused_adamw == 'on':
         groups = [{'params': g['params'], 'weight_decay': g['weight_decay']} for g in optimizer.param_groups]
@@ -173,11 +176,12 @@ def main(argv=None) -> int:
 
     for _ in range(max(1, args.warmup)):  # also creates the optimizer state
         step()
-    times = [float('nan')]
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
 
     optimizer.zero_grad(set_to_none=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -191,7 +195,9 @@ def main(argv=None) -> int:
         'batch_size': args.batch_size, 'agents': int(batch['agent']['num_nodes']),
         'polygons': int(batch['map_polygon']['num_nodes']), 'hidden_dim': args.hidden_dim,
         'threads': torch.get_num_threads(), 'fused_adamw': args.fused_adamw,
-        'median_ms': statistics.median(times[1:] or times) * 1000, 'ops': len(work),
+        'checkpoint_agent_encoder': args.checkpoint_agent_encoder,
+        'median_ms': statistics.median(times) * 1000 if times else None,
+        'cpu_ms': statistics.median(cpu_times) * 1000 if cpu_times else None, 'ops': len(work),
         'kernels': len(innermost_work_events(prof)),
         'syncs': len(syncs), 'sync_ops': dict(collections.Counter(e.name for e in syncs)),
         'peak_mib': peak_live_bytes(prof) / 2 ** 20, 'saved_mib': saved / 2 ** 20,

@@ -3,6 +3,7 @@ from typing import Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch_geometric.data import Batch, HeteroData
 
 from layers.attention_layer import AttentionLayer
@@ -36,11 +37,17 @@ class QCNetAgentEncoder(nn.Module):
 
     Uses the first ``num_historical_steps`` steps of the agent tensors (the SSL module can pass a shorter window).
     Returns {'x_a': [A, num_historical_steps, hidden]}; invalid steps carry embeddings that nothing attends to.
+
+    ``checkpoint_layers`` (memory option, same results): when gradients are on, the edge embeddings (r_t, r_pl2a,
+    r_a2a) and each layer (temporal + map->agent + agent->agent attention) keep only their inputs for the backward
+    pass and recompute the rest there (torch.utils.checkpoint; dropout masks are replayed): about a third of the
+    training step's activation memory for ~1/3 more agent-encoder compute.
     """
 
     def __init__(self, dataset: str, input_dim: int, hidden_dim: int, num_historical_steps: int,
                  time_span: Optional[int], pl2a_radius: float, a2a_radius: float, num_freq_bands: int,
-                 num_layers: int, num_heads: int, head_dim: int, dropout: float) -> None:
+                 num_layers: int, num_heads: int, head_dim: int, dropout: float,
+                 checkpoint_layers: bool = False) -> None:
         super().__init__()
         if dataset != 'argoverse_v2':
             raise ValueError(f'{dataset} is not a valid dataset')
@@ -56,6 +63,7 @@ class QCNetAgentEncoder(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.dropout = dropout
+        self.checkpoint_layers = checkpoint_layers
 
         # Agent state: |motion|, angle(heading, motion), |velocity|, angle(heading, velocity).
         input_dim_x_a = 4
@@ -126,7 +134,7 @@ class QCNetAgentEncoder(nn.Module):
              angle_between_2d_vectors(ctr_vector=head_vector_t[dst], nbr_vector=rel_pos_t[:, :2]),
              wrap_angle(head_t[src] - head_t[dst]),
              (src - dst).to(pos_t.dtype)], dim=-1)
-        r_t = self.r_t_emb(continuous_inputs=r_t, categorical_embs=None)
+        r_t = self._maybe_checkpoint(self.r_t_emb, r_t)
 
         # Spatial graphs per history step (step-major node index t * A + a; one example per (step, scene)).
         pos_s = pos_a.transpose(0, 1).reshape(-1, self.input_dim)
@@ -152,7 +160,7 @@ class QCNetAgentEncoder(nn.Module):
         src, dst = edge_index_pl2a
         r_pl2a = relative_pose_features(pos_pl[src] - pos_s[dst], head_vector_s[dst],
                                         wrap_angle(orient_pl[src] - head_s[dst]), input_dim=2)
-        r_pl2a = self.r_pl2a_emb(continuous_inputs=r_pl2a, categorical_embs=None)
+        r_pl2a = self._maybe_checkpoint(self.r_pl2a_emb, r_pl2a)
 
         edge_index_a2a = radius_graph(x=pos_s[:, :2], r=self.a2a_radius, batch=batch_s, loop=False,
                                       max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes * steps,
@@ -160,14 +168,27 @@ class QCNetAgentEncoder(nn.Module):
         src, dst = edge_index_a2a
         r_a2a = relative_pose_features(pos_s[src] - pos_s[dst], head_vector_s[dst],
                                        wrap_angle(head_s[src] - head_s[dst]), input_dim=2)
-        r_a2a = self.r_a2a_emb(continuous_inputs=r_a2a, categorical_embs=None)
+        r_a2a = self._maybe_checkpoint(self.r_a2a_emb, r_a2a)
 
         x_pl = map_enc['x_pl'][:, 0]  # [P, hidden]: time invariant
         for i in range(self.num_layers):
-            x_a = x_a.reshape(-1, self.hidden_dim)
-            x_a = self.t_attn_layers[i](x_a, r_t, edge_index_t)
-            x_a = x_a.reshape(-1, steps, self.hidden_dim).transpose(0, 1).reshape(-1, self.hidden_dim)
-            x_a = self.pl2a_attn_layers[i]((x_pl, x_a), r_pl2a, edge_index_pl2a)
-            x_a = self.a2a_attn_layers[i](x_a, r_a2a, edge_index_a2a)
-            x_a = x_a.reshape(steps, -1, self.hidden_dim).transpose(0, 1)
+            x_a = self._maybe_checkpoint(self._layer, i, x_a, x_pl, r_t, edge_index_t, r_pl2a, edge_index_pl2a,
+                                         r_a2a, edge_index_a2a)
         return {'x_a': x_a}
+
+    def _layer(self, i: int, x_a: torch.Tensor, x_pl: torch.Tensor, r_t: torch.Tensor, edge_index_t: torch.Tensor,
+               r_pl2a: torch.Tensor, edge_index_pl2a: torch.Tensor, r_a2a: torch.Tensor,
+               edge_index_a2a: torch.Tensor) -> torch.Tensor:
+        """Layer i: x_a [A, T, hidden] -> [A, T, hidden] (temporal, then map->agent and agent->agent per step)."""
+        steps = x_a.size(1)
+        x_a = x_a.reshape(-1, self.hidden_dim)
+        x_a = self.t_attn_layers[i](x_a, r_t, edge_index_t)
+        x_a = x_a.reshape(-1, steps, self.hidden_dim).transpose(0, 1).reshape(-1, self.hidden_dim)
+        x_a = self.pl2a_attn_layers[i]((x_pl, x_a), r_pl2a, edge_index_pl2a)
+        x_a = self.a2a_attn_layers[i](x_a, r_a2a, edge_index_a2a)
+        return x_a.reshape(steps, -1, self.hidden_dim).transpose(0, 1)
+
+    def _maybe_checkpoint(self, fn, *args):
+        if self.checkpoint_layers and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)

@@ -53,6 +53,8 @@ class QCNet(TrajectoryPredictor):
                  T_max: int,
                  submission_dir: str,
                  submission_file_name: str,
+                 checkpoint_agent_encoder: bool = False,
+                 tf32: bool = True,
                  **kwargs) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -84,12 +86,15 @@ class QCNet(TrajectoryPredictor):
         self.T_max = T_max
         self.submission_dir = submission_dir
         self.submission_file_name = submission_file_name
+        self.tf32 = tf32
+        self._saved_matmul_precision: Optional[str] = None
 
         self.encoder = QCNetEncoder(
             dataset=dataset, input_dim=input_dim, hidden_dim=hidden_dim, num_historical_steps=num_historical_steps,
             pl2pl_radius=pl2pl_radius, time_span=time_span, pl2a_radius=pl2a_radius, a2a_radius=a2a_radius,
             num_freq_bands=num_freq_bands, num_map_layers=num_map_layers, num_agent_layers=num_agent_layers,
-            num_heads=num_heads, head_dim=head_dim, dropout=dropout)
+            num_heads=num_heads, head_dim=head_dim, dropout=dropout,
+            checkpoint_agent_layers=checkpoint_agent_encoder)
         self.decoder = QCNetDecoder(
             dataset=dataset, input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim,
             output_head=output_head, num_historical_steps=num_historical_steps, num_future_steps=num_future_steps,
@@ -103,6 +108,24 @@ class QCNet(TrajectoryPredictor):
         """Returns the decoder's output dict (see :class:`modules.QCNetDecoder`), in each agent's frame."""
         scene_enc = self.encoder(data)
         return self.decoder(data, scene_enc)
+
+    def on_fit_start(self) -> None:
+        """TF32 tensor-core matmuls for float32 training on CUDA (``tf32``, default on; restored after fit).
+
+        The official runs keep PyTorch's default (full float32 matmuls on non-tensor-core units); TF32 rounds matmul
+        inputs to a 10-bit mantissa, changing outputs by ~1e-3 relative, which training does not notice. Evaluation
+        outside ``fit`` (val.py / test.py) keeps full float32, so official checkpoints reproduce their numbers.
+        """
+        super().on_fit_start()
+        if self.tf32 and self.device.type == 'cuda':
+            self._saved_matmul_precision = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision('high')
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        if self._saved_matmul_precision is not None:
+            torch.set_float32_matmul_precision(self._saved_matmul_precision)
+            self._saved_matmul_precision = None
 
     @staticmethod
     def add_model_specific_args(parent_parser):
@@ -136,4 +159,9 @@ class QCNet(TrajectoryPredictor):
         parser.add_argument('--T_max', type=int, default=64)
         parser.add_argument('--submission_dir', type=str, default='./')
         parser.add_argument('--submission_file_name', type=str, default='submission')
+        speed = parent_parser.add_argument_group('QCNet speed and memory (same model, same checkpoints)')
+        speed.add_argument('--no_tf32', dest='tf32', action='store_false',
+                           help='train in full float32 on CUDA (default: TF32 tensor-core matmuls during fit)')
+        speed.add_argument('--checkpoint_agent_encoder', action='store_true',
+                           help='activation checkpointing of the agent encoder: less memory, ~10-15%% more time')
         return parent_parser

@@ -1,0 +1,97 @@
+"""QCNet speed/memory options change neither results nor checkpoints: activation checkpointing of the agent
+encoder (same loss and gradients, dropout included), TF32 switch (CUDA-only, restored after fit), CLI flags."""
+import argparse
+import os
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from predictors import QCNet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AV2_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'av2')
+TRAIN_IDS = ['0a1e6f0a-1817-4a98-b02e-db8c9327d151', '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca']
+
+TINY = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=16, output_dim=2, output_head=False,
+            num_historical_steps=50, num_future_steps=60, num_modes=3, num_recurrent_steps=3, num_freq_bands=4,
+            num_map_layers=1, num_agent_layers=2, num_dec_layers=1, num_heads=2, head_dim=8, dropout=0.1,
+            pl2pl_radius=40.0, time_span=10, pl2a_radius=25.0, a2a_radius=25.0, num_t2m_steps=30,
+            pl2m_radius=40.0, a2m_radius=40.0, lr=5e-4, weight_decay=1e-4, T_max=64, submission_dir='./',
+            submission_file_name='submission')
+
+
+@pytest.fixture(scope='module')
+def train_batch():
+    if not os.path.isdir(AV2_DIR):
+        pytest.skip(f'real Argoverse 2 samples not found at {AV2_DIR} (../shared/data/av2)')
+    from datasets import load_argoverse_v2_scenario, process_scenario
+    from transforms.target_builder import TargetBuilder
+    scenes = [TargetBuilder(50, 60)(process_scenario(load_argoverse_v2_scenario(os.path.join(AV2_DIR, 'train', i))))
+              for i in TRAIN_IDS]
+    return Batch.from_data_list(scenes)
+
+
+def loss_and_grads(model, batch, seed):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # same dropout masks in both runs
+    loss = model.compute_losses(batch, model(batch))['loss']
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def saved_bytes(model, batch) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of one training loss."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.compute_losses(batch, model(batch))['loss']
+    return sum(storages.values())
+
+
+def test_agent_encoder_checkpointing_gives_the_same_loss_and_gradients(train_batch):
+    torch.manual_seed(0)
+    plain = QCNet(**TINY).train()
+    torch.manual_seed(0)
+    checkpointed = QCNet(**TINY, checkpoint_agent_encoder=True).train()
+    assert checkpointed.encoder.agent_encoder.checkpoint_layers
+    assert list(plain.state_dict()) == list(checkpointed.state_dict())  # same checkpoint layout
+    checkpointed.load_state_dict(plain.state_dict())
+    loss_a, grads_a = loss_and_grads(plain, train_batch, seed=3)
+    loss_b, grads_b = loss_and_grads(checkpointed, train_batch, seed=3)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=0)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-6, msg=name)
+    # ... and keeps less for the backward pass.
+    assert saved_bytes(checkpointed, train_batch) < 0.8 * saved_bytes(plain, train_batch)
+    # It only acts while gradients are recorded: inference gives the same outputs either way.
+    with torch.no_grad():
+        plain.eval(), checkpointed.eval()
+        torch.testing.assert_close(checkpointed(train_batch)['pi'], plain(train_batch)['pi'])
+
+
+def test_tf32_is_only_switched_on_for_cuda_fits_and_restored():
+    model = QCNet(**TINY)
+    assert model.hparams.tf32 is True
+    before = torch.get_float32_matmul_precision()
+    model.on_fit_start()  # CPU model: nothing changes
+    assert torch.get_float32_matmul_precision() == before
+    model.on_fit_end()
+    assert torch.get_float32_matmul_precision() == before
+    assert QCNet(**TINY, tf32=False).hparams.tf32 is False
+
+
+def test_speed_flags_parse_into_hyper_parameters():
+    parser = QCNet.add_model_specific_args(argparse.ArgumentParser())
+    required = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
+                '--num_recurrent_steps', '3', '--pl2pl_radius', '150', '--pl2a_radius', '50', '--a2a_radius', '50',
+                '--pl2m_radius', '150', '--a2m_radius', '150']
+    defaults = vars(parser.parse_args(required))
+    assert defaults['tf32'] is True and defaults['checkpoint_agent_encoder'] is False
+    flags = vars(parser.parse_args(required + ['--no_tf32', '--checkpoint_agent_encoder']))
+    assert flags['tf32'] is False and flags['checkpoint_agent_encoder'] is True
