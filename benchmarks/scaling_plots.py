@@ -9,13 +9,13 @@ Writes into ``--out`` (default: ``plots/`` next to the results file):
   fit.json, summary.md per-point table, fits (exponent, standard error, R^2, range where the law holds) and verdicts.
 
 Fits are least squares of log(y) on log(N) over the seed means. "Holds" has a definite meaning here: a point agrees
-with the law when the fitted value lies within two standard errors of the point's seed mean (and at least within
-5 % of it for gains, 1 % for errors, so that a point with a near-zero seed spread is not rejected for rounding); the law holds over the longest
-run of consecutive sizes (>= 3) that all agree, refitted on that run. Fewer than three usable sizes give no verdict
-(two points always lie on a power law). Gains at or below zero cannot enter a log fit and are reported as excluded.
+with a law when the fitted value lies within two standard errors of the point's seed mean (and at least within 5 %
+of it for gains, 1 % for errors, so that a point with a near-zero seed spread is not rejected for rounding); the law
+is reported over the longest run of >= 3 consecutive sizes whose own fit agrees with every point of the run. Fewer
+than three usable sizes give no verdict (two points always lie on a power law). Gains at or below zero cannot enter
+a log fit and are reported as excluded.
 """
 import argparse
-import json
 import math
 import os
 import statistics
@@ -125,7 +125,8 @@ def fit_scaling(points: List[dict], quantity: str = 'gain') -> dict:
     ok = [p.get(key) is not None and p[key]['mean'] > 0 for p in points]
     usable = [p for p, good in zip(points, ok) if good]
     excluded = [p['num_pretrain_scenarios'] for p, good in zip(points, ok) if not good]
-    out = {'quantity': quantity, 'num_points': len(points), 'usable_sizes': [p['num_pretrain_scenarios'] for p in usable],
+    out = {'quantity': quantity, 'num_points': len(points),
+           'usable_sizes': [p['num_pretrain_scenarios'] for p in usable],
            'excluded_sizes': excluded, 'fit_all': None, 'fit': None, 'holds_from': None, 'holds_to': None,
            'agreement': {}, 'noise_dominated': None}
     if quantity == 'gain' and points and all(p.get('gain') is not None and p['gain']['sem'] is not None
@@ -172,8 +173,8 @@ def fit_scaling(points: List[dict], quantity: str = 'gain') -> dict:
                    holds_to=points[hi]['num_pretrain_scenarios'])
         se = f' ± {fit["b_se"]:.3f}' if fit['b_se'] is not None else ''
         r2 = f'{fit["r2"]:.3f}' if fit['r2'] is not None else 'n/a (constant means)'
-        verdict = (f'{what} ∝ N^{fit["b"]:.3f}{se} (standard error), R² = {r2} in log-log, within two standard errors '
-                   f'of every seed mean for N = {out["holds_from"]}..{out["holds_to"]} ({fit["n"]} of '
+        verdict = (f'{what} ∝ N^{fit["b"]:.3f}{se} (standard error), R² = {r2} in log-log, within two standard '
+                   f'errors of every seed mean for N = {out["holds_from"]}..{out["holds_to"]} ({fit["n"]} of '
                    f'{len(points)} sizes)')
         if fit['b_se'] is not None and abs(fit['b']) < AGREE_SIGMAS * fit['b_se']:
             verdict += '; the exponent is not distinguishable from 0 at two standard errors'
@@ -350,7 +351,8 @@ def _pm(stats: Optional[dict], scale: float = 1.0, digits: int = 3) -> str:
 def summary_markdown(rows: List[dict], metric: str, fits: dict) -> str:
     lines = [f'# Scaling sweep summary ({len(rows)} runs)', '',
              f'Gain = 1 − {metric} / scratch mean; ± is the std over seeds.', '',
-             '| data | N | seeds | ' + ' | '.join(METRICS) + f' | {metric} gain % | pre-train TFLOPs | pre-train GPU-s |',
+             '| data | N | seeds | ' + ' | '.join(METRICS)
+             + f' | {metric} gain % | pre-train TFLOPs | pre-train GPU-s |',
              '|---|---|---|' + '---|' * len(METRICS) + '---|---|---|']
     aggs = {m: aggregate(rows, m) for m in METRICS}
     main = aggregate(rows, metric)

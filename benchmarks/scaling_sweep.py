@@ -19,7 +19,7 @@ new sizes, mixes or seeds. Interrupted training runs continue from their last ch
 
 Examples:
   # CPU smoke (minutes): tiny model, 3 sizes x 2 seeds
-  python benchmarks/scaling_sweep.py --work_dir /tmp/scaling --model tiny --accelerator cpu --precision 32 \\
+  python benchmarks/scaling_sweep.py --work_dir /tmp/scaling --size tiny --accelerator cpu --precision 32 \\
       --sizes 4 8 16 --seeds 0 1 --num_labelled 4 --num_val 4 --pretrain_epochs 1 --finetune_epochs 1 \\
       --pretrain_batch_size 4 --finetune_batch_size 4 --num_workers 0 --flop_batches 1
   # one GPU: see docs/SCALING.md for the recorded command and its device time
@@ -38,8 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.experiment_utils import (ALL_METRICS, MODEL_PRESETS, CommandFailed, atomic_write_json,  # noqa: E402
-                                         atomic_write_text, exit_on_sigterm, finetune_cmd, pretrain_cmd, read_json,
+from benchmarks.experiment_utils import (ALL_METRICS, MODEL_PRESETS, MODELS, CommandFailed,  # noqa: E402
+                                         atomic_write_json, atomic_write_text, canonical_model, exit_on_sigterm,
+                                         finetune_cmd, pretrain_cmd, read_json,
                                          read_val_metrics, run_logged, val_cmd)
 
 MIXES = ('single', 'mixed')
@@ -174,14 +175,17 @@ class ResultsTable:
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+    if seconds >= 3600:
+        return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+    return f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 def estimate_point_s(point: Point, rows: Sequence[dict], pretrain_done: bool = False) -> Optional[float]:
     """Expected seconds to run ``point``, from the wall times recorded in earlier rows (this call's and earlier
-    calls'): the median fine-tune + val time, plus, when its pre-training still has to run, N x epochs x the median
-    pre-training seconds per scenario-epoch (start-up included, so extrapolating from small N over-estimates: the
-    safe side for a deadline). None when nothing is recorded yet."""
+    calls'): the median fine-tune + val time, plus, when its pre-training still has to run, the pre-training wall
+    time predicted by a straight line through the recorded (N x epochs, pre-training seconds) pairs: start-up plus
+    seconds per scenario-epoch (with a single recorded size: that run's seconds per scenario-epoch, which includes
+    its start-up and so errs on the long side). None when nothing is recorded yet."""
     timed = [r for r in rows if isinstance(r.get('point_wall_s'), (int, float))]
     if not timed:
         return None
@@ -190,13 +194,21 @@ def estimate_point_s(point: Point, rows: Sequence[dict], pretrain_done: bool = F
     base = rest[len(rest) // 2]
     if point.kind == 'scratch' or pretrain_done:
         return base
-    rates = sorted(float(r['pretrain_wall_s']) / (int(r['num_pretrain_scenarios']) * int(r['pretrain_epochs']))
-                   for r in rows if float(r.get('pretrain_wall_s') or 0) > 0 and int(r.get('pretrain_epochs') or 0) > 0
-                   and int(r.get('num_pretrain_scenarios') or 0) > 0)
-    if not rates:
+    runs = {(int(r['num_pretrain_scenarios']) * int(r['pretrain_epochs']), float(r['pretrain_wall_s']))
+            for r in rows if float(r.get('pretrain_wall_s') or 0) > 0 and int(r.get('pretrain_epochs') or 0) > 0
+            and int(r.get('num_pretrain_scenarios') or 0) > 0}
+    if not runs:
         return None
     epochs = max(int(r['pretrain_epochs']) for r in rows if int(r.get('pretrain_epochs') or 0) > 0)
-    return base + rates[len(rates) // 2] * point.num_pretrain * epochs
+    work = point.num_pretrain * epochs
+    xs, ys = [x for x, _ in runs], [y for _, y in runs]
+    if len(set(xs)) < 2:
+        rate = sorted(y / x for x, y in runs)[len(runs) // 2]
+        return base + rate * work
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = max(0.0, sum((x - mx) * (y - my) for x, y in runs) / sum((x - mx) ** 2 for x in xs))
+    intercept = max(0.0, my - slope * mx)
+    return base + intercept + slope * work
 
 
 def run_sweep(points: Sequence[Point], runner, table: ResultsTable, deadline_s: Optional[float] = None,
@@ -277,6 +289,7 @@ def measure_step_flops(kind: str, cli_args: List[str], raw_dir: str, processed_d
         from predictors.smartpretrain import SmartPretrain
         from transforms.ssl_views import SSLViews
         args = train_ssl.build_parser().parse_args(cli_args)
+        train_ssl.check_args(args)  # as train_ssl.main: normalises the backbone name
         model = SmartPretrain(**vars(args))
         transform = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed)
     elif kind == 'finetune':
@@ -349,7 +362,8 @@ class CliRunner:
     # -------------------------------------------------------------- protocol
     def protocol(self) -> dict:
         a = self.args
-        return {'model': a.model, 'pretrain_epochs': a.pretrain_epochs, 'pretrain_warmup': a.pretrain_warmup,
+        return {'model': a.model, 'size': a.size, 'pretrain_epochs': a.pretrain_epochs,
+                'pretrain_warmup': a.pretrain_warmup,
                 'pretrain_batch_size': a.pretrain_batch_size, 'pretrain_per_seed': a.pretrain_per_seed,
                 'finetune_epochs': a.finetune_epochs, 'finetune_batch_size': a.finetune_batch_size,
                 'num_labelled': a.num_labelled, 'num_val': a.num_val, 'precision': a.precision,
@@ -502,13 +516,13 @@ class CliRunner:
         return pretrain_cmd(self.py, self.data, train_raw, os.path.join(self.data, 'pool'), self.val_raw,
                             os.path.join(self.data, 'val'), a.pretrain_batch_size, a.pretrain_epochs,
                             a.pretrain_warmup, a.num_workers, a.accelerator, a.devices, a.precision, seed, self.runs,
-                            name, a.model, limit_val_batches='1', resume=resume)
+                            name, a.size, limit_val_batches='1', resume=resume, model=a.model)
 
     def _finetune_cmd(self, name: str, seed: int, pretrained: Optional[str] = None, resume: bool = False):
         a = self.args
         return finetune_cmd(self.py, self.data, self.labelled_raw, os.path.join(self.data, 'labelled'),
                             self.val_raw, os.path.join(self.data, 'val'), a.finetune_batch_size, a.finetune_epochs,
-                            a.num_workers, a.accelerator, 1, a.precision, seed, self.runs, name, a.model,
+                            a.num_workers, a.accelerator, 1, a.precision, seed, self.runs, name, a.size, model=a.model,
                             pretrained=pretrained, resume=resume)
 
     def _train(self, name: str, make_cmd: Callable[[bool], List[str]], devices: int) -> dict:
@@ -632,7 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--pretrain_batch_size', type=int, default=32)
     train.add_argument('--finetune_epochs', type=int, default=20)
     train.add_argument('--finetune_batch_size', type=int, default=16)
-    train.add_argument('--model', choices=sorted(MODEL_PRESETS), default='full')
+    train.add_argument('--model', default='QCNet',
+                       help=f'predictor / pre-training backbone: {", ".join(MODELS)} (full / tiny are read as --size)')
+    train.add_argument('--size', choices=sorted(MODEL_PRESETS), default=None,
+                       help='width preset: full (the official configuration, default) or tiny (CPU smoke runs)')
     train.add_argument('--accelerator', default='gpu')
     train.add_argument('--devices', type=int, default=1, help='devices of each pre-training run (fine-tuning: 1)')
     train.add_argument('--precision', default='bf16-mixed', choices=['32', 'bf16-mixed'])
@@ -653,7 +670,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> List[int]:
-    """Returns the sizes; SystemExit with a one-line message on bad flags."""
+    """Returns the sizes (and normalises --model / --size); SystemExit with a one-line message on bad flags."""
+    if args.model in MODEL_PRESETS:  # --model full|tiny: the size preset of QCNet (as ssl_low_label.py)
+        if args.size is not None:
+            raise SystemExit(f'scaling_sweep: error: --model {args.model} is a size; give it with --size')
+        args.size, args.model = args.model, 'QCNet'
+    try:
+        args.model = canonical_model(args.model)
+    except ValueError as error:
+        raise SystemExit(f'scaling_sweep: error: --model: {error}')
+    args.size = args.size or 'full'
     try:
         sizes = sorted(set(args.sizes)) if args.sizes else geometric_sizes(args.min_size, args.size_factor,
                                                                              args.num_sizes)

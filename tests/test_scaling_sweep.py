@@ -122,6 +122,13 @@ def test_deadline_defers_points_expected_to_overrun(tmp_path):
     big = scaling_sweep.Point('pretrained', 0, 'single', 20)
     assert scaling_sweep.estimate_point_s(big, list(table.rows.values())) == pytest.approx(210.0)
     assert scaling_sweep.estimate_point_s(big, list(table.rows.values()), pretrain_done=True) == 10.0
+    # with two recorded sizes: start-up + seconds per scenario-epoch from a straight line (20 s + 8 s x N)
+    two_sizes = list(table.rows.values()) + [
+        {'kind': 'pretrained', 'num_pretrain_scenarios': 20, 'pretrain_wall_s': 180.0, 'pretrain_epochs': 1,
+         'point_wall_s': 190.0}]
+    rows_line = [dict(r, pretrain_wall_s=100.0) if r.get('num_pretrain_scenarios') == 10 else r for r in two_sizes]
+    estimate = scaling_sweep.estimate_point_s(scaling_sweep.Point('pretrained', 0, 'single', 40), rows_line)
+    assert estimate == pytest.approx(10.0 + 20.0 + 8.0 * 40)
     runner = FakeRunner(scaling_sweep.build_parser().parse_args(['--work_dir', str(tmp_path)]))
     points = scaling_sweep.plan_points([10, 20], ['single'], [0, 1])
     outcome = scaling_sweep.run_sweep(points, runner, table, deadline_s=100.0, log=lambda line: None)
