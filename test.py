@@ -7,7 +7,6 @@ Before anything is written, the predicted scenarios are checked against every sc
 a missing or unexpected scenario (e.g. one that failed preprocessing) is an error and no file is written.
 """
 import os
-import sys
 from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -16,9 +15,10 @@ import pytorch_lightning as pl
 import torch
 from torch_geometric.loader import DataLoader
 
-from datasets import ArgoverseV2Dataset
+from datasets import ArgoverseV2Dataset, CacheError, ScenarioError
+from datasets.storage import UnwritableDirectoryError
 from predictors.registry import AUTO, model_class_for_checkpoint, model_names
-from utils.cli import evaluation_strategy, positive_int, str2bool
+from utils.cli import CliError, ensure_output_dir, evaluation_strategy, input_errors, positive_int, run_main, str2bool
 from utils.submission import check_coverage
 
 
@@ -67,21 +67,22 @@ class SubmissionCoverageCheck(pl.Callback):
 def main(argv: Optional[List[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
     pl.seed_everything(2023, workers=True)
+    ensure_output_dir(args.submission_dir, '--submission_dir')  # before hours of inference, not after
     if not os.path.isfile(args.ckpt_path):
-        raise SystemExit(f'error: --ckpt_path {args.ckpt_path} does not exist')
-    try:
+        raise CliError(f'{args.ckpt_path}: --ckpt_path does not exist (check the path)')
+    # another model's or a pre-training checkpoint, an unreadable file, unknown --model, weights that do not fit
+    with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
-    except ValueError as error:  # another model's or a pre-training checkpoint, unknown --model, weights mismatch
-        raise SystemExit(f'error: {error}') from None
     model.submission_dir = args.submission_dir
     model.submission_file_name = args.submission_file_name
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'
 
     # Only the test split is built (a datamodule would also process any unprocessed train/val data).
-    dataset = ArgoverseV2Dataset(args.root, 'test', args.test_raw_dir, args.test_processed_dir, transform=None,
-                                 num_historical_steps=model.num_historical_steps,
-                                 num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
+    with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
+        dataset = ArgoverseV2Dataset(args.root, 'test', args.test_raw_dir, args.test_processed_dir, transform=None,
+                                     num_historical_steps=model.num_historical_steps,
+                                     num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
     # Every raw scenario must be predicted, including any that failed preprocessing (the leaderboard wants all):
     # fail now rather than after hours of inference.
     expected = dataset.raw_file_names or dataset.scenario_names
@@ -89,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     try:
         check_coverage(dataset.scenario_names, expected)
     except ValueError as error:
-        raise SystemExit(f'error: test split {dataset.raw_dir}: {error}{hint}')
+        raise CliError(f'{dataset.raw_dir}: test split: {error}{hint}')
     loader = DataLoader(dataset, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
     trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices,
@@ -105,4 +106,4 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_main(main)

@@ -7,8 +7,11 @@ Extras: --pretrained_ckpt/--copy_refine (SmartPretrain fine-tuning), --precision
 
 Run directory <log_dir>/<exp_name>/ holds checkpoints/ (top-5 by val_minFDE + last.ckpt, written atomically),
 tensorboard/version_N/ and csv/version_N/ (one version per start, so a resumed run never overwrites earlier logs).
+last.ckpt is also rewritten every --save_every_n_steps optimiser steps and when SIGTERM stops the run (exit status
+143); `--resume` continues from it with the same step count, epoch, optimizer and schedule (utils/resume.py).
+Bad input (empty split, stale cache, wrong checkpoint, unwritable --log_dir, ...) ends the script with one line
+`error: <file>: <problem> (<fix>)` and exit status 2.
 """
-import sys
 from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
 from pathlib import Path
 from typing import List, Optional
@@ -16,12 +19,18 @@ from typing import List, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from datasets import ArgoverseV2DataModule
+from datasets import ArgoverseV2DataModule, CacheError, ScenarioError
+from datasets.storage import UnwritableDirectoryError
 from predictors.registry import model_class, model_names, resolve_model_name
 from transforms import TargetBuilder
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
-from utils.cli import int_or_float, positive_int, str2bool, training_strategy
+from utils.checkpoint import CheckpointError
+from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
+                       training_strategy)
+from utils.resume import (SIGTERM_EXIT_CODE, SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint,
+                          interrupted_message)
 
 MONITOR = 'val_minFDE'
 SUMMARY_METRICS = ('val_minADE', 'val_minFDE', 'val_MR', 'val_Brier', 'val_minAHE', 'val_minFHE')
@@ -68,7 +77,11 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
     run.add_argument('--exp_name', type=str, default='qcnet')
     run.add_argument('--resume', nargs='?', const='last', default=None, metavar='CKPT',
                      help='continue training: without a value from <log_dir>/<exp_name>/checkpoints/last.ckpt, '
-                          'or from the given checkpoint file')
+                          'or from the given checkpoint file; "--resume auto" continues last.ckpt when it exists and '
+                          'starts fresh otherwise (one command for the first start and every restart)')
+    run.add_argument('--save_every_n_steps', type=int, default=1000,
+                     help='also rewrite checkpoints/last.ckpt every N optimiser steps (mid-epoch), so a killed job '
+                          'loses at most N steps (0: only after each validation); SIGTERM always saves last.ckpt')
 
     finetune = parser.add_argument_group('fine-tuning from SmartPretrain')
     finetune.add_argument('--pretrained_ckpt', type=str, default=None,
@@ -93,22 +106,28 @@ def parse_args(argv: Optional[List[str]] = None) -> Namespace:
     return args
 
 
+def fresh_run(checkpoint_dir: Path) -> None:
+    """None (start from scratch) when ``checkpoint_dir`` holds no checkpoint; a fresh run never mixes into an old one."""
+    existing = sorted(checkpoint_dir.glob('*.ckpt'))
+    if existing:
+        raise CliError(f'{checkpoint_dir}: already holds {len(existing)} checkpoint(s) (e.g. {existing[0].name}) '
+                       f'(to continue that run pass --resume, else choose another --exp_name / --log_dir)')
+    return None
+
+
 def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional[str]:
     """Path to resume from, or None for a fresh run; refuses to silently mix a fresh run into an old one."""
     if args.resume is None:
-        existing = sorted(checkpoint_dir.glob('*.ckpt'))
-        if existing:
-            raise SystemExit(f'error: {checkpoint_dir} already holds {len(existing)} checkpoint(s) '
-                             f'(e.g. {existing[0].name}); pass --resume to continue that run or choose another '
-                             f'--exp_name / --log_dir')
-        return None
-    path = checkpoint_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
+        return fresh_run(checkpoint_dir)
+    path = checkpoint_dir / 'last.ckpt' if args.resume in ('last', 'auto') else Path(args.resume)
+    if args.resume == 'auto' and not path.is_file():
+        return fresh_run(checkpoint_dir)
     if not path.is_file():
-        raise SystemExit(f'error: --resume: checkpoint {path} does not exist')
+        raise CliError(f'--resume: checkpoint {path} does not exist (check the path, or start without --resume)')
     from predictors.trajectory_predictor import checkpoint_model_name, normalise_model_name
     stored = checkpoint_model_name(str(path))
     if normalise_model_name(stored) != normalise_model_name(args.model):
-        raise SystemExit(f'error: --resume: {path} is a {stored} checkpoint, but --model is {args.model}')
+        raise CliError(f'{path}: --resume: a {stored} checkpoint, but --model is {args.model} (pass --model {stored})')
     return str(path)
 
 
@@ -144,18 +163,23 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True)
 
-    run_dir = Path(args.log_dir) / args.exp_name
+    run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
     checkpoint_dir = run_dir / 'checkpoints'
-    resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
+    with input_errors(CheckpointError):
+        resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
 
     model = model_class(args.model)(**vars(args))
+    if resume_path is not None:
+        with input_errors(CheckpointError):
+            check_resume_checkpoint(resume_path, model)
     if args.pretrained_ckpt is not None:
         if resume_path is not None:
             print(f'--resume given: weights come from {resume_path}, --pretrained_ckpt is not loaded again')
         else:
             from utils.pretrained import load_pretrained
             print(f'fine-tuning from {args.pretrained_ckpt} ({args.model}, copy_refine={args.copy_refine})')
-            load_pretrained(model, args.pretrained_ckpt, args.copy_refine)
+            with input_errors(ValueError, OSError):  # messages name the file: wrong kind, unreadable, other sizes
+                load_pretrained(model, args.pretrained_ckpt, args.copy_refine)
 
     datamodule = ArgoverseV2DataModule(
         **{**vars(args),
@@ -164,20 +188,30 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
            'test_transform': None})
     model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
                                        save_last=True, filename='epoch={epoch}-step={step}-val_minFDE={val_minFDE:.4f}',
-                                       auto_insert_metric_name=False)
+                                       auto_insert_metric_name=False, enable_version_counter=False)
+    sigterm_checkpoint = SigtermCheckpoint(checkpoint_dir)
+    callbacks = [model_checkpoint, sigterm_checkpoint, LearningRateMonitor(logging_interval='epoch')]
+    if args.save_every_n_steps > 0:
+        callbacks.append(StepCheckpoint(checkpoint_dir, args.save_every_n_steps))
     loggers = [TensorBoardLogger(save_dir=run_dir, name='tensorboard'), CSVLogger(save_dir=run_dir, name='csv')]
     trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
                          strategy=training_strategy(args.devices, args.num_nodes), precision=args.precision,
                          max_epochs=args.max_epochs, max_steps=args.max_steps,
                          limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
                          log_every_n_steps=args.log_every_n_steps, num_sanity_val_steps=args.num_sanity_val_steps,
-                         callbacks=[model_checkpoint, LearningRateMonitor(logging_interval='epoch')],
-                         logger=loggers, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
-    trainer.fit(model, datamodule, ckpt_path=resume_path)
+                         callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
+                         default_root_dir=str(run_dir))
+    try:
+        # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...
+        with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
+            trainer.fit(model, datamodule, ckpt_path=resume_path)
+    except SIGTERMException:
+        print(interrupted_message('train.py', trainer, checkpoint_dir, sigterm_checkpoint), flush=True)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
     if trainer.is_global_zero:
         print_summary(trainer, model_checkpoint, run_dir, loggers)
     return trainer
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_main(main)

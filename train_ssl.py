@@ -6,11 +6,13 @@ Extras: --devices, --precision, --resume, --log_dir, --max_steps, --limit_*_batc
 One device (or CPU) trains without DDP; DDP with synchronised BatchNorm is used only when devices * num_nodes > 1.
 
 Run directory <log_dir>/<exp_name>/ holds checkpoints/ (top-5 by val_loss + last.ckpt, written atomically),
-tensorboard/version_N/ and csv/version_N/. Fine-tune from a checkpoint with
+tensorboard/version_N/ and csv/version_N/. last.ckpt is also rewritten every --save_every_n_steps optimiser steps
+and when SIGTERM stops the run (exit status 143); `--resume` continues from it (optimizer, schedules, momentum
+branch, epoch, RNG; utils/resume.py). Bad input ends the script with one line `error: <file>: <problem> (<fix>)`
+and exit status 2. Fine-tune from a checkpoint with
 `train.py --model <backbone> --pretrained_ckpt <ckpt> --copy_refine 1` (the momentum branch's encoder and decoder are
 transferred).
 """
-import sys
 from argparse import SUPPRESS, ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
 from pathlib import Path
 from typing import List, Optional
@@ -19,8 +21,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from datasets import ArgoverseV2DataModule
+from datasets import ArgoverseV2DataModule, CacheError, ScenarioError
 from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, check_mix_arguments, mix_requested,
                                     mix_sources, union_vocabulary_hparams)
 from predictors.forecast_mae import add_backbone_specific_args
@@ -28,7 +31,12 @@ from predictors.registry import backbone_name
 from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
 from transforms.ssl_views import SSLViews
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
-from utils.cli import int_or_float, positive_int, str2bool, training_strategy
+from datasets.storage import UnwritableDirectoryError
+from utils.checkpoint import CheckpointError
+from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
+                       training_strategy)
+from utils.resume import (SIGTERM_EXIT_CODE, SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint,
+                          interrupted_message)
 
 MONITOR = 'val_loss'
 DEFAULT_LOG_DIR = 'logs_pretrain'
@@ -78,10 +86,15 @@ def build_parser() -> ArgumentParser:
     run.add_argument('--exp_name', type=str, default='smartpretrain')
     run.add_argument('--resume', nargs='?', const='last', default=None, metavar='CKPT',
                      help='continue training (optimizer, schedules, momentum branch, epoch, RNG): without a value '
-                          'from <log_dir>/<exp_name>/checkpoints/last.ckpt, or from the given checkpoint file')
+                          'from <log_dir>/<exp_name>/checkpoints/last.ckpt, or from the given checkpoint file; '
+                          '"--resume auto" continues last.ckpt when it exists and starts fresh otherwise (one command '
+                          'for the first start and every restart)')
     run.add_argument('--resume_path', type=str, default='null',
                      help="official form of --resume: a run name under <log_dir> (continues its last.ckpt), "
                           "a checkpoint file, or 'null'")
+    run.add_argument('--save_every_n_steps', type=int, default=1000,
+                     help='also rewrite checkpoints/last.ckpt every N optimiser steps (mid-epoch), so a killed job '
+                          'loses at most N steps (0: only after each validation); SIGTERM always saves last.ckpt')
 
     SmartPretrain.add_model_specific_args(parser)
     parser.add_argument('--model', dest='backbone', default=SUPPRESS,
@@ -94,9 +107,19 @@ def check_args(args: Namespace) -> None:
     args.backbone = backbone_name(args.backbone)  # 'ForecastMAE' -> 'forecast_mae'; other registered names as given
     check_mix_arguments(args)
     if args.dataset != 'argoverse_v2':
-        raise SystemExit(f'error: --dataset {args.dataset}: only argoverse_v2 is supported')
+        raise CliError(f'--dataset {args.dataset}: only argoverse_v2 is supported (mix in other data sets with '
+                       f'--load_av1 / --load_waymo)')
     if args.resume is not None and args.resume_path not in (None, 'null'):
-        raise SystemExit('error: give either --resume or --resume_path, not both')
+        raise CliError('--resume / --resume_path: both given (give one of them)')
+
+
+def fresh_run(checkpoint_dir: Path) -> None:
+    """None (start from scratch) when ``checkpoint_dir`` holds no checkpoint; a fresh run never mixes into an old one."""
+    existing = sorted(checkpoint_dir.glob('*.ckpt'))
+    if existing:
+        raise CliError(f'{checkpoint_dir}: already holds {len(existing)} checkpoint(s) (e.g. {existing[0].name}) '
+                       f'(to continue that run pass --resume, else choose another --exp_name / --log_dir)')
+    return None
 
 
 def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional[str]:
@@ -105,16 +128,13 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
         candidate = Path(args.resume_path)
         path = candidate if candidate.is_file() else Path(args.log_dir) / args.resume_path / 'checkpoints' / 'last.ckpt'
     elif args.resume is not None:
-        path = checkpoint_dir / 'last.ckpt' if args.resume == 'last' else Path(args.resume)
+        path = checkpoint_dir / 'last.ckpt' if args.resume in ('last', 'auto') else Path(args.resume)
+        if args.resume == 'auto' and not path.is_file():
+            return fresh_run(checkpoint_dir)
     else:
-        existing = sorted(checkpoint_dir.glob('*.ckpt'))
-        if existing:
-            raise SystemExit(f'error: {checkpoint_dir} already holds {len(existing)} checkpoint(s) '
-                             f'(e.g. {existing[0].name}); pass --resume to continue that run or choose another '
-                             f'--exp_name / --log_dir')
-        return None
+        return fresh_run(checkpoint_dir)
     if not path.is_file():
-        raise SystemExit(f'error: resume checkpoint {path} does not exist')
+        raise CliError(f'--resume: checkpoint {path} does not exist (check the path, or start without --resume)')
     return str(path)
 
 
@@ -174,13 +194,16 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     check_args(args)
     pl.seed_everything(args.seed, workers=True)  # same initial weights on every process
 
-    run_dir = Path(args.log_dir) / args.exp_name
+    run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
     checkpoint_dir = run_dir / 'checkpoints'
     resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
 
     if mix_requested(args):  # union vocabularies: larger map type tables (Argoverse 2's rows first)
         vars(args).update(union_vocabulary_hparams())
     model = SmartPretrain(**vars(args))
+    if resume_path is not None:
+        with input_errors(CheckpointError):
+            check_resume_checkpoint(resume_path, model)
     train_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed)
     # Validation views never change (epoch stays 0), so val_loss is comparable across epochs.
     val_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed + 1)
@@ -197,7 +220,11 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                                               'test_transform': None})
     model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
                                        save_last=True, filename='epoch={epoch}-step={step}-val_loss={val_loss:.4f}',
-                                       auto_insert_metric_name=False)
+                                       auto_insert_metric_name=False, enable_version_counter=False)
+    sigterm_checkpoint = SigtermCheckpoint(checkpoint_dir)
+    callbacks = [model_checkpoint, sigterm_checkpoint, view_callback]
+    if args.save_every_n_steps > 0:
+        callbacks.append(StepCheckpoint(checkpoint_dir, args.save_every_n_steps))
     loggers = [TensorBoardLogger(save_dir=run_dir, name='tensorboard'), CSVLogger(save_dir=run_dir, name='csv')]
     distributed = args.devices * args.num_nodes > 1
     # SyncBatchNorm runs on CUDA only; CPU (gloo) DDP keeps per-process BatchNorm statistics.
@@ -209,13 +236,19 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                          strategy=training_strategy(args.devices, args.num_nodes), sync_batchnorm=sync_batchnorm,
                          precision=args.precision, max_epochs=args.max_epochs, max_steps=args.max_steps,
                          limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-                         log_every_n_steps=args.log_every_n_steps, callbacks=[model_checkpoint, view_callback],
+                         log_every_n_steps=args.log_every_n_steps, callbacks=callbacks,
                          logger=loggers, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
-    trainer.fit(model, datamodule, ckpt_path=resume_path)
+    try:
+        # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...
+        with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
+            trainer.fit(model, datamodule, ckpt_path=resume_path)
+    except SIGTERMException:
+        print(interrupted_message('train_ssl.py', trainer, checkpoint_dir, sigterm_checkpoint), flush=True)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
     if trainer.is_global_zero:
         print_summary(trainer, model_checkpoint, run_dir, loggers)
     return trainer
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_main(main)

@@ -7,7 +7,6 @@ For exact numbers use one device: with several, Lightning's distributed sampler 
 """
 import json
 import os
-import sys
 from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -15,10 +14,12 @@ from typing import Dict, List, Optional
 import pytorch_lightning as pl
 from torch_geometric.loader import DataLoader
 
-from datasets import ArgoverseV2Dataset
+from datasets import ArgoverseV2Dataset, CacheError, ScenarioError
+from datasets.storage import UnwritableDirectoryError
 from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from transforms import TargetBuilder
-from utils.cli import evaluation_strategy, int_or_float, positive_int, str2bool
+from utils.cli import (CliError, ensure_output_dir, evaluation_strategy, input_errors, int_or_float, positive_int,
+                       run_main, str2bool)
 
 # (table name, logged key); brier-minFDE is derived: minFDE + Brier are averaged over the same agents and best mode.
 TABLE = (('minADE', 'val_minADE'), ('minFDE', 'val_minFDE'), ('MR', 'val_MR'), ('Brier', 'val_Brier'),
@@ -68,18 +69,20 @@ def format_table(table: Dict[str, float], title: str) -> str:
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     args = build_parser().parse_args(argv)
     pl.seed_everything(2023, workers=True)
+    if args.output_json is not None:  # before hours of validation, not after
+        ensure_output_dir(Path(args.output_json).parent, '--output_json')
     if not os.path.isfile(args.ckpt_path):
-        raise SystemExit(f'error: --ckpt_path {args.ckpt_path} does not exist')
-    try:
+        raise CliError(f'{args.ckpt_path}: --ckpt_path does not exist (check the path)')
+    # another model's or a pre-training checkpoint, an unreadable file, unknown --model, weights that do not fit
+    with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
-    except ValueError as error:  # another model's or a pre-training checkpoint, unknown --model, weights mismatch
-        raise SystemExit(f'error: {error}') from None
     # Only the val split is built (a datamodule would also process any unprocessed train/test data).
-    dataset = ArgoverseV2Dataset(args.root, 'val', args.val_raw_dir, args.val_processed_dir,
-                                 transform=TargetBuilder(model.num_historical_steps, model.num_future_steps),
-                                 num_historical_steps=model.num_historical_steps,
-                                 num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
+    with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
+        dataset = ArgoverseV2Dataset(args.root, 'val', args.val_raw_dir, args.val_processed_dir,
+                                     transform=TargetBuilder(model.num_historical_steps, model.num_future_steps),
+                                     num_historical_steps=model.num_historical_steps,
+                                     num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
     loader = DataLoader(dataset, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
     if args.devices > 1:
@@ -93,14 +96,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     if trainer.is_global_zero:
         print(format_table(table, f'Argoverse 2 val: {args.ckpt_path} on {len(dataset)} scenarios'), flush=True)
         if args.output_json is not None:
+            report = {'ckpt_path': os.path.abspath(args.ckpt_path), 'root': os.path.abspath(args.root),
+                      'num_scenarios': len(dataset), 'limit_val_batches': args.limit_val_batches, 'metrics': table}
             Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.output_json, 'w') as f:
-                json.dump({'ckpt_path': os.path.abspath(args.ckpt_path), 'root': os.path.abspath(args.root),
-                           'num_scenarios': len(dataset), 'limit_val_batches': args.limit_val_batches,
-                           'metrics': table}, f, indent=2)
+            temporary = Path(args.output_json).with_name(f'.{Path(args.output_json).name}.tmp-{os.getpid()}')
+            with open(temporary, 'w') as f:  # then renamed: an earlier file is replaced whole or not at all
+                json.dump(report, f, indent=2)
+            os.replace(temporary, args.output_json)
             print(f'metrics written to {args.output_json}')
     return table
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_main(main)

@@ -171,7 +171,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     if len(labels) != len(checkpoints):
         raise SystemExit(f'visualize.py: {len(labels)} --labels for {len(checkpoints)} checkpoint(s)')
 
+    from utils.cli import ensure_output_dir
     from utils.visualize import plot_pretraining_views, plot_scenario, save_figure
+    ensure_output_dir(args.out_dir, '--out_dir')  # before any model or scenario is loaded
     device = select_device(args.accelerator)
     models = [load_model(args.model, path, device) for path in checkpoints]
     num_historical_steps = args.num_historical_steps or (models[0].num_historical_steps if models
@@ -208,4 +210,5 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
 
 
 if __name__ == '__main__':
-    main()
+    from utils.cli import run_main
+    run_main(main)

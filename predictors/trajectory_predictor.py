@@ -68,6 +68,9 @@ def checkpoint_model_name(path: str, hparams: Optional[Mapping[str, Any]] = None
     return str(hparams.get(MODEL_HPARAM) or DEFAULT_MODEL_NAME)
 
 
+RNG_STATES_KEY = 'rng_states'  # checkpoint entry (plain tensors and containers: loads with weights_only=True)
+
+
 class TrajectoryPredictor(pl.LightningModule):
     """Base class of the supervised predictors (see the module docstring)."""
 
@@ -284,3 +287,14 @@ class TrajectoryPredictor(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer=optimizer, T_max=self.T_max, eta_min=0.0)
         return [optimizer], [scheduler]
+
+    # Python / NumPy / torch RNG states travel with training checkpoints, so `train.py --resume` continues the random
+    # streams (shuffling order of the next epoch, dropout) instead of restarting them from the seed.
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        from predictors.smartpretrain import rng_states  # lazy: the pre-training module imports the backbones
+        checkpoint[RNG_STATES_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if RNG_STATES_KEY in checkpoint and self._trainer is not None:  # resuming training, not evaluation
+            from predictors.smartpretrain import set_rng_states
+            set_rng_states(checkpoint[RNG_STATES_KEY])

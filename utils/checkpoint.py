@@ -19,8 +19,13 @@ class CheckpointMismatchError(CheckpointError):
                  mismatched: Sequence[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]) -> None:
         self.source, self.missing, self.unexpected, self.mismatched = source, list(missing), list(unexpected), \
             list(mismatched)
+        first = ([f'missing {self.missing[0]}'] if self.missing else []) + \
+            ([f'unexpected {self.unexpected[0]}'] if self.unexpected else []) + \
+            ([f'other shape {self.mismatched[0][0]}'] if self.mismatched else [])
+        # the first line alone (what a command-line script prints) names the file, the problem and the fix
         lines = [f'{source}: state_dict does not match the model ({len(self.missing)} missing, '
-                 f'{len(self.unexpected)} unexpected, {len(self.mismatched)} with another shape)']
+                 f'{len(self.unexpected)} unexpected, {len(self.mismatched)} with another shape; first: '
+                 f'{", ".join(first)}) (load it with the model class and hyper-parameters it was saved with)']
         if self.missing:
             lines.append('  missing keys (in the model, not in the checkpoint):')
             lines.extend(f'    {k}' for k in self.missing)

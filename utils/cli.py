@@ -89,14 +89,19 @@ def input_errors(*error_types: Type[BaseException], fix: str = '') -> Iterator[N
 
 
 def ensure_output_dir(path: Union[str, os.PathLike], flag: str) -> Path:
-    """Creates ``path`` if needed and checks that a file can be written in it, BEFORE any long work starts.
+    """Checks, BEFORE any long work starts, that ``path`` is (or can become) a directory that files can be written in.
 
-    Raises :class:`CliError` naming the directory and the flag to change (e.g. a path below a regular file, a
-    read-only mount or a full disk)."""
+    Nothing is created: a file is written and removed in ``path`` or, when ``path`` does not exist yet, in its
+    nearest existing parent. Raises :class:`CliError` naming the directory and the flag to change (e.g. a path below
+    a regular file, a read-only mount or a full disk)."""
     path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix='.write-test-'):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, 'Not a directory', str(existing))
+        with tempfile.NamedTemporaryFile(dir=existing, prefix='.write-test-'):
             pass
     except OSError as error:
         reason = error.strerror or type(error).__name__

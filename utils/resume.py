@@ -122,8 +122,9 @@ def check_resume_checkpoint(path: os.PathLike, model: pl.LightningModule) -> Dic
             fix = f'continue it with train.py --resume {source}, or start the pre-training without --resume'
         raise CheckpointError(f'{source}: a {found_kind} checkpoint cannot continue a {wanted_kind} run ({fix})')
     if 'optimizer_states' not in checkpoint or 'loops' not in checkpoint:
-        raise CheckpointError(f'{source}: holds weights but no optimizer/loop state, so training cannot continue '
-                              f'from it (start a new run; to initialise from its weights use --pretrained_ckpt)')
+        raise CheckpointError(f'{source}: holds weights but no optimizer/loop state (e.g. a released checkpoint), so '
+                              f'training cannot continue from it (evaluate it with val.py / test.py, or start a new '
+                              f'run without --resume)')
     stored = checkpoint.get('hyper_parameters') or {}
     flags = dict(model.hparams)
     differing = [f'{name}={stored[name]!r} in the checkpoint vs {flags[name]!r} from the flags'
