@@ -7,6 +7,7 @@ Before anything is written, the predicted scenarios are checked against every sc
 a missing or unexpected scenario (e.g. one that failed preprocessing) is an error and no file is written.
 """
 import os
+import time
 from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -97,11 +98,19 @@ def main(argv: Optional[List[str]] = None) -> Path:
                          strategy=evaluation_strategy(args.devices), precision=args.precision, logger=False,
                          callbacks=[SubmissionCoverageCheck(expected, hint)])
     previous_mtime = path.stat().st_mtime_ns if path.exists() else None
+    start = time.perf_counter()
     trainer.test(model, dataloaders=loader)
     if trainer.is_global_zero:
         if not path.is_file() or path.stat().st_mtime_ns == previous_mtime:
             raise RuntimeError(f'{path} was not written by {type(model).__name__}.on_test_end')
-        print(f'submission with {len(expected)} scenarios written to {path}', flush=True)
+        size_kib = path.stat().st_size / 1024
+        print('\n'.join(['', '=' * 78,
+                         f'submission with {len(expected)} scenarios written to {path} ({size_kib:.0f} KiB)',
+                         f'  model         : {type(model).__name__} from {args.ckpt_path}',
+                         f'  test split    : {dataset.raw_dir} ({len(dataset)} scenarios)',
+                         f'  inference     : {time.perf_counter() - start:.1f} s on {args.accelerator} x {args.devices}',
+                         '  upload        : the file as is, to the Argoverse 2 motion-forecasting leaderboard',
+                         '=' * 78]), flush=True)
     return path
 
 

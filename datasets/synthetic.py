@@ -321,10 +321,11 @@ def _generate_range(args) -> List[str]:
 
 
 def generate_split(out_dir: str, split: str, num: int, seed: int, num_workers: int = 1,
-                   profile: str = 'default') -> List[str]:
+                   profile: str = 'default', progress: bool = False) -> List[str]:
     """Write `num` scenarios under out_dir/split; returns their ids in generation order.
 
-    Scenario k uses seed scenario_seed(seed, k), so the result does not depend on num_workers.
+    Scenario k uses seed scenario_seed(seed, k), so the result does not depend on num_workers. ``progress`` shows a
+    progress bar on stderr.
     """
     if split not in SPLITS:
         raise ValueError(f'unknown split {split!r}; expected one of {", ".join(SPLITS)}')
@@ -334,13 +335,31 @@ def generate_split(out_dir: str, split: str, num: int, seed: int, num_workers: i
     if num_workers < 1:
         raise ValueError(f'--num_workers must be >= 1, got {num_workers}')
     ensure_writable_directory(os.path.join(out_dir, split), what='output directory', fix='choose a writable --out')
-    if num_workers == 1 or num <= 1:
-        ids = _generate_range((out_dir, split, seed, profile, range(num)))
-    else:
-        chunk = max(1, min(64, num // (num_workers * 4) or 1))
-        jobs = [(out_dir, split, seed, profile, range(lo, min(num, lo + chunk))) for lo in range(0, num, chunk)]
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            ids = [sid for part in pool.map(_generate_range, jobs) for sid in part]
+    bar = None
+    if progress and num > 0:
+        from tqdm import tqdm
+        bar = tqdm(total=num, desc=f'Generating {split} scenarios', unit='scenario', file=sys.stderr,
+                   dynamic_ncols=True)
+    try:
+        if num_workers == 1 or num <= 1:
+            chunk = 16 if bar is not None else max(num, 1)  # small chunks only to move the bar
+            ids = []
+            for lo in range(0, num, chunk):
+                ids += _generate_range((out_dir, split, seed, profile, range(lo, min(num, lo + chunk))))
+                if bar is not None:
+                    bar.update(min(num, lo + chunk) - lo)
+        else:
+            chunk = max(1, min(64, num // (num_workers * 4) or 1))
+            jobs = [(out_dir, split, seed, profile, range(lo, min(num, lo + chunk))) for lo in range(0, num, chunk)]
+            ids = []
+            with ProcessPoolExecutor(max_workers=num_workers) as pool:
+                for part in pool.map(_generate_range, jobs):  # in job order
+                    ids += part
+                    if bar is not None:
+                        bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
     if len(set(ids)) != len(ids):
         raise RuntimeError(f'duplicate synthetic scenario ids for seed {seed} split {split}')
     return ids
@@ -359,6 +378,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument('--num_workers', type=int, default=1, help='parallel worker processes')
     parser.add_argument('--profile', type=str, default='default', choices=sorted(PROFILES),
                         help='; '.join(f'{name}: {p.description}' for name, p in sorted(PROFILES.items())))
+    parser.add_argument('--no_progress', dest='progress', action='store_false', help='no progress bar')
     return parser
 
 
@@ -366,7 +386,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_arg_parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        ids = generate_split(args.out, args.split, args.num, args.seed, args.num_workers, args.profile)
+        ids = generate_split(args.out, args.split, args.num, args.seed, args.num_workers, args.profile,
+                             progress=args.progress)
     except (ValueError, OSError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
