@@ -206,7 +206,8 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
         with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
             trainer.fit(model, datamodule, ckpt_path=resume_path)
     except SIGTERMException:
-        print(interrupted_message('train.py', trainer, checkpoint_dir, sigterm_checkpoint), flush=True)
+        if trainer.is_global_zero:
+            print(interrupted_message('train.py', trainer, checkpoint_dir, sigterm_checkpoint), flush=True)
         raise SystemExit(SIGTERM_EXIT_CODE) from None
     if trainer.is_global_zero:
         print_summary(trainer, model_checkpoint, run_dir, loggers)
