@@ -10,6 +10,8 @@ from utils.weight_init import weight_init
 
 # Added to each softmax denominator (as torch_geometric.utils.softmax does in the official model).
 SOFTMAX_EPS = 1e-16
+# torch.compile'd AttentionLayer._forward, created by the first compile_for_training() call.
+_compiled_forward = None
 
 
 class _GatherDot(torch.autograd.Function):
@@ -122,13 +124,31 @@ class AttentionLayer(nn.Module):
         self.ff_postnorm = nn.LayerNorm(hidden_dim)
         # Zero bias of the key projections (to_k / to_k_r have none) in the concatenated bias vectors; not saved.
         self.register_buffer('_zero_bias', torch.zeros(inner_dim), persistent=False)
+        self.compiled_training = False  # see compile_for_training()
         self.apply(weight_init)
+
+    def compile_for_training(self) -> None:
+        """Runs the layer through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation and
+        no-grad calls stay eager (no recompilation for them). Fuses the many small elementwise and normalisation
+        kernels of the layer; same function, float-rounding-level differences."""
+        global _compiled_forward
+        if _compiled_forward is None:
+            # One compiled function for all layers (the layer is an argument): a copied layer (e.g. an EMA branch)
+            # keeps working on its own weights, and the layer variants share one cache.
+            _compiled_forward = torch.compile(AttentionLayer._forward, dynamic=True)
+        self.compiled_training = True
 
     def forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
                 edge_index: torch.Tensor) -> torch.Tensor:
         """x: [N, hidden] (self-attention) or (x_src [Ns, hidden], x_dst [Nd, hidden] or [Nd, K, hidden]);
         r: [E, hidden] or None; edge_index: [2, E] (row 0 source, row 1 target node).
         Returns the updated targets, shaped like x_dst."""
+        if self.compiled_training and self.training and torch.is_grad_enabled():
+            return _compiled_forward(self, x, r, edge_index)
+        return self._forward(x, r, edge_index)
+
+    def _forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
+                 edge_index: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             x_src = x_dst = self.attn_prenorm_x_src(x)
             residual = x

@@ -5,6 +5,7 @@ from typing import Dict, Optional
 import torch
 from torch_geometric.data import HeteroData
 
+from layers.attention_layer import AttentionLayer
 from modules.qcnet_decoder import QCNetDecoder
 from modules.qcnet_encoder import QCNetEncoder
 from predictors.trajectory_predictor import EVAL_MAX_GUESSES, FOCAL_CATEGORY, TrajectoryPredictor  # noqa: F401
@@ -55,6 +56,7 @@ class QCNet(TrajectoryPredictor):
                  submission_file_name: str,
                  checkpoint_agent_encoder: bool = False,
                  tf32: bool = True,
+                 compile_attention: bool = False,
                  **kwargs) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,6 +103,11 @@ class QCNet(TrajectoryPredictor):
             num_modes=num_modes, num_recurrent_steps=num_recurrent_steps, num_t2m_steps=num_t2m_steps,
             pl2m_radius=pl2m_radius, a2m_radius=a2m_radius, num_freq_bands=num_freq_bands,
             num_layers=num_dec_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
+
+        if compile_attention:
+            for module in self.modules():
+                if isinstance(module, AttentionLayer):
+                    module.compile_for_training()
 
         self.init_objectives()  # losses, metrics, submission store (predictors.trajectory_predictor)
 
@@ -162,6 +169,9 @@ class QCNet(TrajectoryPredictor):
         speed = parent_parser.add_argument_group('QCNet speed and memory (same model, same checkpoints)')
         speed.add_argument('--no_tf32', dest='tf32', action='store_false',
                            help='train in full float32 on CUDA (default: TF32 tensor-core matmuls during fit)')
+        speed.add_argument('--compile_attention', action='store_true',
+                           help='torch.compile the attention layers for training (fewer, fused kernels; the first '
+                                'steps compile for a few minutes)')
         speed.add_argument('--checkpoint_agent_encoder', action='store_true',
                            help='activation checkpointing of the agent encoder: less memory, ~10-15%% more time')
         return parent_parser

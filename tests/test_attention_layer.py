@@ -130,3 +130,32 @@ def test_bf16_autocast_is_close_to_float32_on_dense_targets():
     assert mixed.shape == full.shape and torch.isfinite(mixed).all()
     err = (mixed.float() - full).abs().max() / full.abs().max()
     assert err < 3e-2, f'bf16 autocast deviates by {err:.3g} (relative to max |out|)'
+
+
+@pytest.mark.slow
+def test_compiled_training_path_matches_eager_and_survives_deepcopy():
+    """compile_for_training(): same values/gradients while training; eval stays eager; copies use their weights."""
+    import copy
+    layer = make_layer(bipartite=True).float().train()
+    twin = copy.deepcopy(layer)
+    layer.compile_for_training()
+    gen = torch.Generator().manual_seed(6)
+    x_src = torch.randn(20, HIDDEN, generator=gen)
+    x_dst = torch.randn(6, 2, HIDDEN, generator=gen, requires_grad=True)
+    r = torch.randn(50, HIDDEN, generator=gen)
+    edge_index = random_graph(20, 6, 50)
+    out = layer((x_src, x_dst), r, edge_index)
+    ref = twin((x_src, x_dst), r, edge_index)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad_out, = torch.autograd.grad(out.square().sum(), x_dst)
+    grad_ref, = torch.autograd.grad(ref.square().sum(), x_dst)
+    torch.testing.assert_close(grad_out, grad_ref, rtol=1e-4, atol=1e-5)
+    copied = copy.deepcopy(layer)
+    with torch.no_grad():
+        for param in copied.parameters():
+            param.mul_(0.5)
+    assert copied.compiled_training
+    assert not torch.allclose(copied((x_src, x_dst), r, edge_index), out)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.eval()((x_src, x_dst), r, edge_index), twin.eval()((x_src, x_dst), r,
+                                                                                          edge_index))

@@ -93,5 +93,9 @@ def test_speed_flags_parse_into_hyper_parameters():
                 '--pl2m_radius', '150', '--a2m_radius', '150']
     defaults = vars(parser.parse_args(required))
     assert defaults['tf32'] is True and defaults['checkpoint_agent_encoder'] is False
-    flags = vars(parser.parse_args(required + ['--no_tf32', '--checkpoint_agent_encoder']))
-    assert flags['tf32'] is False and flags['checkpoint_agent_encoder'] is True
+    assert defaults['compile_attention'] is False
+    flags = vars(parser.parse_args(required + ['--no_tf32', '--checkpoint_agent_encoder', '--compile_attention']))
+    assert flags['tf32'] is False and flags['checkpoint_agent_encoder'] is True and flags['compile_attention']
+    model = QCNet(**{k: v for k, v in flags.items() if k not in ('hidden_dim',)}, hidden_dim=16)
+    layers = [m for m in model.modules() if type(m).__name__ == 'AttentionLayer']
+    assert layers and all(m.compiled_training for m in layers)
