@@ -81,21 +81,27 @@ class QCNetDecoder(QCNetProposeStage):
     def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         num_modes, fut, out_dim = self.num_modes, self.num_future_steps, self.output_dim
         graph, proposals = self.propose(data, scene_enc)
+        # Head outputs are taken in the data's dtype: under mixed precision the positions (sums of 60 steps, tens
+        # of metres) and the losses on them stay in float32.
+        out_dtype = data['agent']['position'].dtype
+        stacked = torch.stack(proposals)  # [R, A, K, hidden]: each head runs once over all recurrences
+
+        def over_recurrences(head: nn.Module) -> torch.Tensor:
+            """[A, K, R * chunk]: the head's output for each recurrence, concatenated in recurrence order."""
+            out = head(stacked).to(out_dtype)  # [R, A, K, chunk]
+            return out.permute(1, 2, 0, 3).reshape(out.size(1), out.size(2), -1)
 
         # Each recurrence predicts the next chunk of per-step displacements; cumsum turns them into positions.
-        loc_propose_pos = torch.cumsum(
-            torch.cat([self.to_loc_propose_pos(m) for m in proposals], dim=-1).view(-1, num_modes, fut, out_dim),
-            dim=-2)
+        loc_propose_pos = torch.cumsum(over_recurrences(self.to_loc_propose_pos).view(-1, num_modes, fut, out_dim),
+                                       dim=-2)
         scale_propose_pos = torch.cumsum(
-            F.elu(torch.cat([self.to_scale_propose_pos(m) for m in proposals], dim=-1)
-                  .view(-1, num_modes, fut, out_dim), alpha=1.0) + 1.0, dim=-2) + MIN_SCALE
+            F.elu(over_recurrences(self.to_scale_propose_pos).view(-1, num_modes, fut, out_dim), alpha=1.0) + 1.0,
+            dim=-2) + MIN_SCALE
         if self.output_head:
             loc_propose_head = torch.cumsum(
-                torch.tanh(torch.cat([self.to_loc_propose_head(m) for m in proposals], dim=-1).unsqueeze(-1))
-                * math.pi, dim=-2)
+                torch.tanh(over_recurrences(self.to_loc_propose_head).unsqueeze(-1)) * math.pi, dim=-2)
             conc_propose_head = 1.0 / (torch.cumsum(
-                F.elu(torch.cat([self.to_conc_propose_head(m) for m in proposals], dim=-1).unsqueeze(-1)) + 1.0,
-                dim=-2) + MIN_INV_CONC)
+                F.elu(over_recurrences(self.to_conc_propose_head).unsqueeze(-1)) + 1.0, dim=-2) + MIN_INV_CONC)
             waypoints = torch.cat([loc_propose_pos.detach(), wrap_angle(loc_propose_head.detach())], dim=-1)
         else:
             loc_propose_head = loc_propose_pos.new_zeros(loc_propose_pos.shape[:-1] + (1,))
@@ -109,17 +115,19 @@ class QCNetDecoder(QCNetProposeStage):
         m = m.view(-1, num_modes, self.hidden_dim)  # [A, K, hidden]
         m = self.attend(m, graph, self.t2m_refine_attn_layers, self.pl2m_refine_attn_layers,
                         self.a2m_refine_attn_layers, self.m2m_refine_attn_layer)  # [A, K, hidden]
-        loc_refine_pos = self.to_loc_refine_pos(m).view(-1, num_modes, fut, out_dim) + loc_propose_pos.detach()
-        scale_refine_pos = F.elu(self.to_scale_refine_pos(m).view(-1, num_modes, fut, out_dim),
+        loc_refine_pos = (self.to_loc_refine_pos(m).to(out_dtype).view(-1, num_modes, fut, out_dim)
+                          + loc_propose_pos.detach())
+        scale_refine_pos = F.elu(self.to_scale_refine_pos(m).to(out_dtype).view(-1, num_modes, fut, out_dim),
                                  alpha=1.0) + 1.0 + MIN_SCALE
         if self.output_head:
-            loc_refine_head = torch.tanh(self.to_loc_refine_head(m).unsqueeze(-1)) * math.pi
+            loc_refine_head = torch.tanh(self.to_loc_refine_head(m).to(out_dtype).unsqueeze(-1)) * math.pi
             loc_refine_head = loc_refine_head + loc_propose_head.detach()
-            conc_refine_head = 1.0 / (F.elu(self.to_conc_refine_head(m).unsqueeze(-1)) + 1.0 + MIN_INV_CONC)
+            conc_refine_head = 1.0 / (F.elu(self.to_conc_refine_head(m).to(out_dtype).unsqueeze(-1)) + 1.0
+                                      + MIN_INV_CONC)
         else:
             loc_refine_head = loc_refine_pos.new_zeros(loc_refine_pos.shape[:-1] + (1,))
             conc_refine_head = scale_refine_pos.new_zeros(scale_refine_pos.shape[:-1] + (1,))
-        pi = self.to_pi(m).squeeze(-1)
+        pi = self.to_pi(m).squeeze(-1).to(out_dtype)
         return {
             'loc_propose_pos': loc_propose_pos,
             'scale_propose_pos': scale_propose_pos,

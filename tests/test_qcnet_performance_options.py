@@ -99,3 +99,20 @@ def test_speed_flags_parse_into_hyper_parameters():
     model = QCNet(**{k: v for k, v in flags.items() if k not in ('hidden_dim',)}, hidden_dim=16)
     layers = [m for m in model.modules() if type(m).__name__ == 'AttentionLayer']
     assert layers and all(m.compiled_training for m in layers)
+
+
+def test_bf16_autocast_step_gives_float32_outputs_close_to_float32(train_batch):
+    torch.manual_seed(0)
+    model = QCNet(**dict(TINY, dropout=0.0)).train()
+    full = model(train_batch)
+    loss_full = model.compute_losses(train_batch, full)['loss']
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mixed = model(train_batch)
+        loss_mixed = model.compute_losses(train_batch, mixed)['loss']
+    # Positions are sums over 60 steps (tens of metres): they and the loss stay in float32.
+    assert all(value.dtype == torch.float32 for value in mixed.values())
+    assert abs(loss_mixed.item() - loss_full.item()) < 0.02 * abs(loss_full.item())
+    err = (mixed['loc_refine_pos'] - full['loc_refine_pos']).abs().max() / full['loc_refine_pos'].abs().max()
+    assert err < 0.05
+    loss_mixed.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
