@@ -12,6 +12,14 @@ from utils.weight_init import weight_init
 SOFTMAX_EPS = 1e-16
 # torch.compile'd AttentionLayer._forward, created by the first compile_for_training() call.
 _compiled_forward = None
+# nn.LayerNorm's default epsilon, used by every norm of the layer.
+LAYER_NORM_EPS = 1e-5
+
+
+def normalize_edge_embedding(r: torch.Tensor, eps: float = LAYER_NORM_EPS) -> torch.Tensor:
+    """Edge embeddings [E, hidden] normalised over the last dimension without scale/shift: the part of the
+    layers' edge pre-norm that does not depend on the layer, computed once for all layers that share r."""
+    return F.layer_norm(r, r.shape[-1:], eps=eps)
 
 
 class _GatherDot(torch.autograd.Function):
@@ -85,6 +93,10 @@ class AttentionLayer(nn.Module):
     the targets, do all five in one matmul. The value biases are added per source node instead of per edge, the
     edge terms are added by one ``addmm`` onto the gathered keys/values, and the softmax normalisation is applied
     after aggregating (sum_e w_e v_e / sum_e w_e): one division per target instead of one per edge.
+    The edge pre-norm is split: the normalisation (``normalize_edge_embedding``) can be computed once for all
+    layers that use the same edge embedding (``r_normalized=True``), and the norm's scale and shift fold into the
+    edge projection's weight and per-channel bias. Bipartite layers expose their query-independent work
+    (``edge_keys_values``) so that repeated attention over the same sources (the decoder's recurrences) reuses it.
     """
 
     def __init__(self, hidden_dim: int, num_heads: int, head_dim: int, dropout: float, bipartite: bool,
@@ -139,58 +151,103 @@ class AttentionLayer(nn.Module):
         self.compiled_training = True
 
     def forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
-                edge_index: torch.Tensor) -> torch.Tensor:
+                edge_index: torch.Tensor, source_kv: Optional[torch.Tensor] = None,
+                r_normalized: bool = False) -> torch.Tensor:
         """x: [N, hidden] (self-attention) or (x_src [Ns, hidden], x_dst [Nd, hidden] or [Nd, K, hidden]);
         r: [E, hidden] or None; edge_index: [2, E] (row 0 source, row 1 target node).
-        Returns the updated targets, shaped like x_dst."""
+        Returns the updated targets, shaped like x_dst.
+
+        ``r_normalized``: r is already ``normalize_edge_embedding(r)`` (shared by the layers that use the same edge
+        embedding; this layer applies its own norm's scale and shift). ``source_kv`` (bipartite only): the result of
+        ``edge_keys_values(x_src, r, edge_index)`` for these very inputs, for callers that attend with new queries
+        over unchanged sources and edges (x_src and r are then not read again).
+        """
         if self.compiled_training and self.training and torch.is_grad_enabled():
-            return _compiled_forward(self, x, r, edge_index)
-        return self._forward(x, r, edge_index)
+            return _compiled_forward(self, x, r, edge_index, source_kv, r_normalized)
+        return self._forward(x, r, edge_index, source_kv, r_normalized)
 
     def _forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
-                 edge_index: torch.Tensor) -> torch.Tensor:
+                 edge_index: torch.Tensor, source_kv: Optional[torch.Tensor], r_normalized: bool) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
-            x_src = x_dst = self.attn_prenorm_x_src(x)
+            if source_kv is not None:
+                raise ValueError('AttentionLayer: source_kv is for bipartite attention (sources != targets)')
             residual = x
+            x_dst = self.attn_prenorm_x_src(x)
+            msg = self._attn_block(x_dst, None, r, edge_index, None, r_normalized)
         else:
-            x_src = self.attn_prenorm_x_src(x[0])
-            x_dst = self.attn_prenorm_x_dst(x[1])
             residual = x[1]
-        if self.has_pos_emb and r is not None:
-            r = self.attn_prenorm_r(r)
-        else:
-            r = None
-        out = residual + self.attn_postnorm(self._attn_block(x_src, x_dst, r, edge_index))
+            x_dst = self.attn_prenorm_x_dst(x[1])
+            msg = self._attn_block(x_dst, x[0], r, edge_index, source_kv, r_normalized)
+        out = residual + self.attn_postnorm(msg)
         return out + self.ff_postnorm(self.ff_mlp(self.ff_prenorm(out)))
 
     def _dropout(self, x: torch.Tensor, module: nn.Dropout) -> torch.Tensor:
         return module(x) if self.training and module.p > 0 else x
 
-    def _attn_block(self, x_src: torch.Tensor, x_dst: torch.Tensor, r: Optional[torch.Tensor],
-                    edge_index: torch.Tensor) -> torch.Tensor:
-        """Aggregated, gated, projected message [Nd(, K), hidden] of the normalised inputs."""
+    def _source_projection(self, with_edges: bool
+                           ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(W [2*inner, hidden], b [2*inner], W_r [2*inner, hidden] or None) such that the keys and values of an
+        edge j -> i are ``W LN_src(x_j) + b + W_r r_hat_ji`` (keys first), r_hat = r normalised without affine.
+
+        The edge norm's scale folds into W_r, its shift and the value biases into b (per output channel: added
+        once per source node instead of once per edge): LN(r) W^T = r_hat (W * gamma)^T + W beta.
+        """
+        weight = torch.cat([self.to_k.weight, self.to_v.weight])
+        bias = torch.cat([self._zero_bias, self.to_v.bias])
+        if not with_edges:
+            return weight, bias, None
+        weight_r = torch.cat([self.to_k_r.weight, self.to_v_r.weight])
+        norm = self.attn_prenorm_r
+        # W_r beta as a broadcast product and sum, not a matmul: the layer's matmul FLOPs stay exactly proportional
+        # to its rows (the FLOP accounting of benchmarks/scaling_sweep.py relies on it).
+        bias = bias + (weight_r * norm.bias).sum(dim=1) + torch.cat([self._zero_bias, self.to_v_r.bias])
+        return weight, bias, weight_r * norm.weight
+
+    def _edge_input(self, r: Optional[torch.Tensor], r_normalized: bool) -> Optional[torch.Tensor]:
+        if not self.has_pos_emb or r is None:
+            return None
+        return r if r_normalized else normalize_edge_embedding(r, self.attn_prenorm_r.eps)
+
+    def edge_keys_values(self, x_src: torch.Tensor, r: Optional[torch.Tensor], edge_index: torch.Tensor,
+                         r_normalized: bool = False) -> torch.Tensor:
+        """Keys and values of every edge, [E, 2 * heads * head_dim] (keys first), from the raw sources x_src
+        [Ns, hidden] and edge embeddings r [E, hidden]: all of a bipartite layer's work that does not depend on
+        the targets."""
+        return self._edge_kv(x_src, self._edge_input(r, r_normalized), edge_index)
+
+    def _edge_kv(self, x_src: torch.Tensor, r_hat: Optional[torch.Tensor], edge_index: torch.Tensor
+                 ) -> torch.Tensor:
+        weight, bias, weight_r = self._source_projection(r_hat is not None)
+        kv = F.linear(self.attn_prenorm_x_src(x_src), weight, bias)
+        return self._add_edge_terms(kv.index_select(0, edge_index[0]), r_hat, weight_r)
+
+    @staticmethod
+    def _add_edge_terms(kv: torch.Tensor, r_hat: Optional[torch.Tensor], weight_r: Optional[torch.Tensor]
+                        ) -> torch.Tensor:
+        # + r_hat W_r^T in the same kernel as the matmul.
+        return kv if r_hat is None else torch.addmm(kv, r_hat, weight_r.t())
+
+    def _attn_block(self, x_dst: torch.Tensor, x_src: Optional[torch.Tensor], r: Optional[torch.Tensor],
+                    edge_index: torch.Tensor, source_kv: Optional[torch.Tensor], r_normalized: bool
+                    ) -> torch.Tensor:
+        """Aggregated, gated, projected message [Nd(, K), hidden]; x_dst normalised, x_src raw (None: self-attention
+        over x_dst)."""
         heads, dim, inner = self.num_heads, self.head_dim, self.inner_dim
         # split (not slicing): its backward is one concatenation instead of a zero-padded copy per slice.
         gate_msg_weight, gate_dst_weight = self.to_g.weight.split([inner, x_dst.size(-1)], dim=1)
-        # The value bias is per output channel: both value biases are added once per source node, not per edge.
-        value_bias = self.to_v.bias + self.to_v_r.bias if r is not None else self.to_v.bias
-        dst_weights = [self.to_q.weight, self.to_s.weight, gate_dst_weight]
-        dst_biases = [self.to_q.bias, self.to_s.bias, self.to_g.bias]
-        src_weights = [self.to_k.weight, self.to_v.weight]
-        src_biases = [self._zero_bias, value_bias]
-        if x_src is x_dst:  # self-attention: one matmul for the five projections
-            proj = F.linear(x_dst, torch.cat(dst_weights + src_weights), torch.cat(dst_biases + src_biases))
-            q, skip, gate_dst, kv = proj.split([inner, inner, inner, 2 * inner], dim=-1)
-        else:
-            q, skip, gate_dst = F.linear(x_dst, torch.cat(dst_weights), torch.cat(dst_biases)).split(inner, dim=-1)
-            kv = F.linear(x_src, torch.cat(src_weights), torch.cat(src_biases))
-        q = q.reshape(x_dst.shape[:-1] + (heads, dim))  # [Nd(, K), heads, dim]
-
+        dst_weight = torch.cat([self.to_q.weight, self.to_s.weight, gate_dst_weight])
+        dst_bias = torch.cat([self.to_q.bias, self.to_s.bias, self.to_g.bias])
         src, dst = edge_index[0], edge_index[1]
-        kv = kv.index_select(0, src)  # [E, 2 * inner]: keys and values of the edges' sources
-        if r is not None:
-            # + edge terms [W_kr r; W_vr r] in the same kernel as the matmul (the r bias was added per node).
-            kv = torch.addmm(kv, r, torch.cat([self.to_k_r.weight, self.to_v_r.weight]).t())
+        if x_src is None:  # self-attention: one matmul for query, skip, gate half, key and value
+            r_hat = self._edge_input(r, r_normalized)
+            src_weight, src_bias, weight_r = self._source_projection(r_hat is not None)
+            proj = F.linear(x_dst, torch.cat([dst_weight, src_weight]), torch.cat([dst_bias, src_bias]))
+            q, skip, gate_dst, kv = proj.split([inner, inner, inner, 2 * inner], dim=-1)
+            kv = self._add_edge_terms(kv.index_select(0, src), r_hat, weight_r)
+        else:
+            q, skip, gate_dst = F.linear(x_dst, dst_weight, dst_bias).split(inner, dim=-1)
+            kv = source_kv if source_kv is not None else self.edge_keys_values(x_src, r, edge_index, r_normalized)
+        q = q.reshape(x_dst.shape[:-1] + (heads, dim))  # [Nd(, K), heads, dim]
         key, value = kv.view(-1, 2, heads, dim).unbind(dim=1)  # [E, heads, dim] each
         num_targets = x_dst.size(0)
 

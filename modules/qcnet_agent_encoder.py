@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from torch_geometric.data import Batch, HeteroData
 
-from layers.attention_layer import AttentionLayer
+from layers.attention_layer import AttentionLayer, normalize_edge_embedding
 from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_map_encoder import MAX_NUM_NEIGHBORS, relative_pose_features
 from utils.geometry import angle_between_2d_vectors, wrap_angle
@@ -134,7 +134,7 @@ class QCNetAgentEncoder(nn.Module):
              angle_between_2d_vectors(ctr_vector=head_vector_t[dst], nbr_vector=rel_pos_t[:, :2]),
              wrap_angle(head_t[src] - head_t[dst]),
              (src - dst).to(pos_t.dtype)], dim=-1)
-        r_t = self._maybe_checkpoint(self.r_t_emb, r_t)
+        r_t = self._maybe_checkpoint(self._edge_embedding, self.r_t_emb, r_t)
 
         # Spatial graphs per history step (step-major node index t * A + a; one example per (step, scene)).
         pos_s = pos_a.transpose(0, 1).reshape(-1, self.input_dim)
@@ -160,7 +160,7 @@ class QCNetAgentEncoder(nn.Module):
         src, dst = edge_index_pl2a
         r_pl2a = relative_pose_features(pos_pl[src] - pos_s[dst], head_vector_s[dst],
                                         wrap_angle(orient_pl[src] - head_s[dst]), input_dim=2)
-        r_pl2a = self._maybe_checkpoint(self.r_pl2a_emb, r_pl2a)
+        r_pl2a = self._maybe_checkpoint(self._edge_embedding, self.r_pl2a_emb, r_pl2a)
 
         edge_index_a2a = radius_graph(x=pos_s[:, :2], r=self.a2a_radius, batch=batch_s, loop=False,
                                       max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes * steps,
@@ -168,7 +168,7 @@ class QCNetAgentEncoder(nn.Module):
         src, dst = edge_index_a2a
         r_a2a = relative_pose_features(pos_s[src] - pos_s[dst], head_vector_s[dst],
                                        wrap_angle(head_s[src] - head_s[dst]), input_dim=2)
-        r_a2a = self._maybe_checkpoint(self.r_a2a_emb, r_a2a)
+        r_a2a = self._maybe_checkpoint(self._edge_embedding, self.r_a2a_emb, r_a2a)
 
         x_pl = map_enc['x_pl'][:, 0]  # [P, hidden]: time invariant
         for i in range(self.num_layers):
@@ -182,11 +182,17 @@ class QCNetAgentEncoder(nn.Module):
         """Layer i: x_a [A, T, hidden] -> [A, T, hidden] (temporal, then map->agent and agent->agent per step)."""
         steps = x_a.size(1)
         x_a = x_a.reshape(-1, self.hidden_dim)
-        x_a = self.t_attn_layers[i](x_a, r_t, edge_index_t)
+        x_a = self.t_attn_layers[i](x_a, r_t, edge_index_t, r_normalized=True)
         x_a = x_a.reshape(-1, steps, self.hidden_dim).transpose(0, 1).reshape(-1, self.hidden_dim)
-        x_a = self.pl2a_attn_layers[i]((x_pl, x_a), r_pl2a, edge_index_pl2a)
-        x_a = self.a2a_attn_layers[i](x_a, r_a2a, edge_index_a2a)
+        x_a = self.pl2a_attn_layers[i]((x_pl, x_a), r_pl2a, edge_index_pl2a, r_normalized=True)
+        x_a = self.a2a_attn_layers[i](x_a, r_a2a, edge_index_a2a, r_normalized=True)
         return x_a.reshape(steps, -1, self.hidden_dim).transpose(0, 1)
+
+    @staticmethod
+    def _edge_embedding(embedding: FourierEmbedding, features: torch.Tensor) -> torch.Tensor:
+        """Edge features [E, F] -> normalised edge embedding [E, hidden], shared by the layers (each applies its
+        own norm's scale and shift, see layers.attention_layer.normalize_edge_embedding)."""
+        return normalize_edge_embedding(embedding(continuous_inputs=features, categorical_embs=None))
 
     def _maybe_checkpoint(self, fn, *args):
         if self.checkpoint_layers and torch.is_grad_enabled():

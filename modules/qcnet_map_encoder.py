@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import Batch, HeteroData
 
-from layers.attention_layer import AttentionLayer
+from layers.attention_layer import AttentionLayer, normalize_edge_embedding
 from layers.fourier_embedding import FourierEmbedding
 from utils.geometry import angle_between_2d_vectors, wrap_angle
 from utils.graph import max_nodes_per_example, merge_edges, radius_graph
@@ -132,8 +132,10 @@ class QCNetMapEncoder(nn.Module):
         r_pl2pl = self.r_pl2pl_emb(continuous_inputs=r_pl2pl,
                                    categorical_embs=[self.type_pl2pl_emb(type_pl2pl.long())])
 
+        # Normalised once, shared by the layers (each applies its own norm's scale and shift).
+        r_pt2pl, r_pl2pl = normalize_edge_embedding(r_pt2pl), normalize_edge_embedding(r_pl2pl)
         for i in range(self.num_layers):
-            x_pl = self.pt2pl_layers[i]((x_pt, x_pl), r_pt2pl, edge_index_pt2pl)
-            x_pl = self.pl2pl_layers[i](x_pl, r_pl2pl, edge_index_pl2pl)
+            x_pl = self.pt2pl_layers[i]((x_pt, x_pl), r_pt2pl, edge_index_pt2pl, r_normalized=True)
+            x_pl = self.pl2pl_layers[i](x_pl, r_pl2pl, edge_index_pl2pl, r_normalized=True)
         x_pl = x_pl.unsqueeze(1).expand(-1, self.num_historical_steps, -1)
         return {'x_pt': x_pt, 'x_pl': x_pl}

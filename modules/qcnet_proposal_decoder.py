@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import Batch, HeteroData
 
-from layers.attention_layer import AttentionLayer
+from layers.attention_layer import AttentionLayer, normalize_edge_embedding
 from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_map_encoder import MAX_NUM_NEIGHBORS, relative_pose_features
 from utils.geometry import angle_between_2d_vectors, wrap_angle
@@ -29,7 +29,8 @@ class ModeQueryGraph(NamedTuple):
     x_t [A*T, hidden] agent history (agent-major), x_pl [P, hidden] map polygons, x_a [A, hidden] agents at the
     current step; edge_index_t2m [2, E] (x_t -> agent), edge_index_pl2m (x_pl -> agent), edge_index_a2m (x_a ->
     agent): each edge feeds all K mode queries of its target agent; edge_index_m2m (query a * K + k <-> the same
-    agent's queries); r_* the matching edge embeddings [E, hidden], one row per edge (not per mode).
+    agent's queries); r_* the matching edge embeddings [E, hidden], one row per edge (not per mode), normalised
+    (``layers.attention_layer.normalize_edge_embedding``: shared by all layers and recurrences).
     """
     x_t: torch.Tensor
     x_pl: torch.Tensor
@@ -125,7 +126,7 @@ class QCNetProposeStage(nn.Module):
              angle_between_2d_vectors(ctr_vector=head_vector_m[dst], nbr_vector=rel_pos_t2m[:, :2]),
              wrap_angle(head_t[src] - head_m[dst]),
              ((src % steps) - steps + 1).to(pos_t.dtype)], dim=-1)
-        r_t2m = self.r_t2m_emb(continuous_inputs=r_t2m, categorical_embs=None)
+        r_t2m = normalize_edge_embedding(self.r_t2m_emb(continuous_inputs=r_t2m, categorical_embs=None))
         edge_index_t2m = torch.stack([src, dst], dim=0)
 
         batch_a = agent['batch'] if isinstance(data, Batch) else None
@@ -144,7 +145,7 @@ class QCNetProposeStage(nn.Module):
         src, dst = edge_index_pl2m
         r_pl2m = relative_pose_features(pos_pl[src] - pos_m[dst], head_vector_m[dst],
                                         wrap_angle(orient_pl[src] - head_m[dst]), input_dim=2)
-        r_pl2m = self.r_pl2m_emb(continuous_inputs=r_pl2m, categorical_embs=None)
+        r_pl2m = normalize_edge_embedding(self.r_pl2m_emb(continuous_inputs=r_pl2m, categorical_embs=None))
 
         # Agent -> mode: agent (at the current step) -> agent.
         edge_index_a2m = radius_graph(x=pos_m[:, :2], r=self.a2m_radius, batch=batch_a, loop=False,
@@ -154,7 +155,7 @@ class QCNetProposeStage(nn.Module):
         src, dst = edge_index_a2m
         r_a2m = relative_pose_features(pos_m[src] - pos_m[dst], head_vector_m[dst],
                                        wrap_angle(head_m[src] - head_m[dst]), input_dim=2)
-        r_a2m = self.r_a2m_emb(continuous_inputs=r_a2m, categorical_embs=None)
+        r_a2m = normalize_edge_embedding(self.r_a2m_emb(continuous_inputs=r_a2m, categorical_embs=None))
 
         # Mode <-> mode: all modes of one agent attend to each other (self included); query index a * K + k.
         pair = mask_dst.view(-1, 1, 1).expand(-1, num_modes, num_modes)
@@ -162,14 +163,31 @@ class QCNetProposeStage(nn.Module):
         return ModeQueryGraph(x_t, x_pl, x_a, edge_index_t2m, r_t2m, edge_index_pl2m, r_pl2m,
                               edge_index_a2m, r_a2m, edge_index_m2m)
 
+    @staticmethod
+    def _sources(graph: ModeQueryGraph):
+        """(sources, edge embeddings, edges) of the history, map and agent -> mode attentions."""
+        return ((graph.x_t, graph.r_t2m, graph.edge_index_t2m), (graph.x_pl, graph.r_pl2m, graph.edge_index_pl2m),
+                (graph.x_a, graph.r_a2m, graph.edge_index_a2m))
+
+    def edge_keys_values(self, graph: ModeQueryGraph, t2m_layers: nn.ModuleList, pl2m_layers: nn.ModuleList,
+                         a2m_layers: nn.ModuleList) -> List[List[torch.Tensor]]:
+        """Per layer i: the keys/values [E, 2 * heads * head_dim] of the three query attentions. They depend on
+        the sources and edges only, not on the queries: the recurrences of the proposal stage share them."""
+        return [[layers[i].edge_keys_values(x_src, r, edge_index, r_normalized=True)
+                 for layers, (x_src, r, edge_index) in zip((t2m_layers, pl2m_layers, a2m_layers), self._sources(graph))]
+                for i in range(self.num_layers)]
+
     def attend(self, m: torch.Tensor, graph: ModeQueryGraph, t2m_layers: nn.ModuleList, pl2m_layers: nn.ModuleList,
-               a2m_layers: nn.ModuleList, m2m_layer: AttentionLayer) -> torch.Tensor:
-        """One pass of query attention: m [A, K, hidden] -> [A, K, hidden]."""
+               a2m_layers: nn.ModuleList, m2m_layer: AttentionLayer,
+               source_kv: Optional[List[List[torch.Tensor]]] = None) -> torch.Tensor:
+        """One pass of query attention: m [A, K, hidden] -> [A, K, hidden]. ``source_kv``: the output of
+        ``edge_keys_values`` for these layers (computed here when None)."""
         num_agents, num_modes = m.shape[:2]
         for i in range(self.num_layers):
-            m = t2m_layers[i]((graph.x_t, m), graph.r_t2m, graph.edge_index_t2m)
-            m = pl2m_layers[i]((graph.x_pl, m), graph.r_pl2m, graph.edge_index_pl2m)
-            m = a2m_layers[i]((graph.x_a, m), graph.r_a2m, graph.edge_index_a2m)
+            for j, (layers, (x_src, r, edge_index)) in enumerate(zip((t2m_layers, pl2m_layers, a2m_layers),
+                                                                     self._sources(graph))):
+                m = layers[i]((x_src, m), r, edge_index, r_normalized=True,
+                              source_kv=None if source_kv is None else source_kv[i][j])
         m = m2m_layer(m.reshape(-1, self.hidden_dim), None, graph.edge_index_m2m)
         return m.view(num_agents, num_modes, self.hidden_dim)
 
@@ -182,10 +200,12 @@ class QCNetProposeStage(nn.Module):
         graph = self.build_query_graph(data, scene_enc)
         num_agents = scene_enc['x_a'].size(0)
         m = self.mode_emb.weight.unsqueeze(0).expand(num_agents, -1, -1)  # [A, K, hidden]
+        layers = (self.t2m_propose_attn_layers, self.pl2m_propose_attn_layers, self.a2m_propose_attn_layers)
+        # Keys and values over the (unchanging) sources and edges: once for all recurrences.
+        source_kv = self.edge_keys_values(graph, *layers) if self.num_recurrent_steps > 1 else None
         embeddings: List[torch.Tensor] = []
         for _ in range(self.num_recurrent_steps):
-            m = self.attend(m, graph, self.t2m_propose_attn_layers, self.pl2m_propose_attn_layers,
-                            self.a2m_propose_attn_layers, self.m2m_propose_attn_layer)
+            m = self.attend(m, graph, *layers, self.m2m_propose_attn_layer, source_kv=source_kv)
             embeddings.append(m)
         return graph, embeddings
 

@@ -3,7 +3,7 @@ per-mode edge copies, custom autograd pieces pass gradcheck, mixed precision sta
 import pytest
 import torch
 
-from layers.attention_layer import AttentionLayer, _GatherDot, _SumByIndex
+from layers.attention_layer import AttentionLayer, _GatherDot, _SumByIndex, normalize_edge_embedding
 
 HIDDEN, HEADS, HEAD_DIM = 12, 3, 4
 
@@ -103,6 +103,28 @@ def test_multi_query_targets_equal_per_query_edge_copies():
     g_copied = torch.autograd.grad(copied.square().sum(), [x_dst, r])
     for a, b in zip(g_shared, g_copied):
         torch.testing.assert_close(a, b)
+
+
+def test_shared_edge_normalisation_and_precomputed_keys_values_give_the_same_result():
+    """r normalised once for several layers, and keys/values computed once for several query sets: same output."""
+    layer = make_layer(bipartite=True)
+    gen = torch.Generator().manual_seed(7)
+    x_src = torch.randn(9, HIDDEN, generator=gen, dtype=torch.double, requires_grad=True)
+    x_dst = torch.randn(5, 3, HIDDEN, generator=gen, dtype=torch.double)
+    r = torch.randn(30, HIDDEN, generator=gen, dtype=torch.double, requires_grad=True)
+    edge_index = random_graph(9, 5, 30)
+    plain = layer((x_src, x_dst), r, edge_index)
+    r_hat = normalize_edge_embedding(r)
+    torch.testing.assert_close(layer((x_src, x_dst), r_hat, edge_index, r_normalized=True), plain)
+    source_kv = layer.edge_keys_values(x_src, r_hat, edge_index, r_normalized=True)
+    cached = layer((x_src, x_dst), None, edge_index, source_kv=source_kv)
+    torch.testing.assert_close(cached, plain)
+    for a, b in zip(torch.autograd.grad(plain.sum(), [x_src, r] + list(layer.parameters())),
+                    torch.autograd.grad(cached.sum(), [x_src, r] + list(layer.parameters()))):
+        torch.testing.assert_close(a, b)
+    self_attention = make_layer(bipartite=False)
+    with pytest.raises(ValueError, match='bipartite'):
+        self_attention(x_src, r, random_graph(9, 9, 30), source_kv=source_kv)
 
 
 @pytest.mark.parametrize('num_queries', [None, 3])
