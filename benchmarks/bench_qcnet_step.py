@@ -51,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--steps', type=int, default=30, help='timed repetitions per setting (median reported)')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32 runs')
+    parser.add_argument('--compile_attention', action='store_true', help='ours: model option of the same name')
+    parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='ours: model option of the same name')
+    parser.add_argument('--recompute_embeddings', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--fused_adamw', choices=['auto', 'on', 'off'], default='auto',
                         help='ours: fused AdamW on CUDA (auto = on)')
     parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2', 'train'),
@@ -94,6 +97,8 @@ def build_model(args):
         from predictors import QCNet as model_cls
         if args.fused_adamw == 'off':
             os.environ['QCNET_FUSED_ADAMW'] = '0'
+        config.update(compile_attention=args.compile_attention, checkpoint_agent_encoder=args.checkpoint_agent_encoder,
+                      recompute_embeddings=args.recompute_embeddings)
     return model_cls(**config)
 
 
@@ -144,6 +149,8 @@ def main(argv=None) -> int:
     info = {'impl': args.impl, 'device': str(device), 'gpu': torch.cuda.get_device_name(device)
             if device.type == 'cuda' else None, 'torch': torch.__version__, 'hidden_dim': args.hidden_dim,
             'num_scenes_available': len(scenes), 'tf32': args.tf32,
+            'options': {k: getattr(args, k) for k in ('compile_attention', 'checkpoint_agent_encoder',
+                                                      'recompute_embeddings')},
             'fused_adamw': bool(optimizer.defaults.get('fused')), 'results': []}
     print(json.dumps({k: v for k, v in info.items() if k != 'results'}))
     timer = Timer(device)

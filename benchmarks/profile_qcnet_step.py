@@ -75,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--fused_adamw', choices=['off', 'on'], default='on',
                         help='fused AdamW on CPU too (what the model uses on CUDA), so the op count matches the GPU')
     parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='model option of the same name')
+    parser.add_argument('--recompute_embeddings', action='store_true', help='model option of the same name')
     parser.add_argument('--compile_attention', action='store_true',
                         help='model option of the same name (the warm-up step compiles: minutes on a CPU)')
     parser.add_argument('--top', type=int, default=0, help='also print the N most frequent operators')
@@ -197,7 +198,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim, num_modes=args.num_modes),
                   checkpoint_agent_encoder=args.checkpoint_agent_encoder,
-                  compile_attention=args.compile_attention).train()
+                  compile_attention=args.compile_attention,
+                  recompute_embeddings=args.recompute_embeddings).train()
     [optimizer], _ = model.configure_optimizers()
     if args.fused_adamw == 'on':
         groups = [{'params': g['params'], 'weight_decay': g['weight_decay']} for g in optimizer.param_groups]
@@ -233,6 +235,7 @@ def main(argv=None) -> int:
         'polygons': int(batch['map_polygon']['num_nodes']), 'hidden_dim': args.hidden_dim,
         'threads': torch.get_num_threads(), 'fused_adamw': args.fused_adamw,
         'checkpoint_agent_encoder': args.checkpoint_agent_encoder, 'compile_attention': args.compile_attention,
+        'recompute_embeddings': args.recompute_embeddings,
         'median_ms': statistics.median(times) * 1000 if times else None,
         'cpu_ms': statistics.median(cpu_times) * 1000 if cpu_times else None, 'ops': len(work),
         'kernels': len(innermost_work_events(prof)), 'gru_cpu_ops': len(gru_cpu_events(prof, work)),

@@ -5,6 +5,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from utils.weight_init import weight_init
 
@@ -37,6 +38,7 @@ class FourierEmbedding(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, hidden_dim),
         )
+        self.recompute = False  # memory option, see forward()
         self.apply(weight_init)
 
     def _continuous(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -63,8 +65,17 @@ class FourierEmbedding(nn.Module):
                 categorical_embs: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         """continuous_inputs [N, input_dim] (or None when input_dim == 0); categorical_embs: list of [N, hidden_dim].
 
-        Returns [N, hidden_dim].
+        Returns [N, hidden_dim]. With ``recompute`` set, a training call keeps only its inputs for the backward pass
+        and recomputes the embedding there (torch.utils.checkpoint): the Fourier features and per-scalar MLP
+        activations are ~input_dim x 450 floats per row, the largest activations of QCNet's edge embeddings.
         """
+        if self.recompute and torch.is_grad_enabled() and continuous_inputs is not None:
+            return torch.utils.checkpoint.checkpoint(self._embed, continuous_inputs, categorical_embs,
+                                                     use_reentrant=False)
+        return self._embed(continuous_inputs, categorical_embs)
+
+    def _embed(self, continuous_inputs: Optional[torch.Tensor],
+               categorical_embs: Optional[List[torch.Tensor]]) -> torch.Tensor:
         if continuous_inputs is None:
             if categorical_embs is None:
                 raise ValueError('FourierEmbedding: both continuous_inputs and categorical_embs are None')

@@ -6,6 +6,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from layers.attention_layer import AttentionLayer
+from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_decoder import QCNetDecoder
 from modules.qcnet_encoder import QCNetEncoder
 from predictors.trajectory_predictor import EVAL_MAX_GUESSES, FOCAL_CATEGORY, TrajectoryPredictor  # noqa: F401
@@ -57,6 +58,7 @@ class QCNet(TrajectoryPredictor):
                  checkpoint_agent_encoder: bool = False,
                  tf32: bool = True,
                  compile_attention: bool = False,
+                 recompute_embeddings: bool = False,
                  **kwargs) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,10 +106,11 @@ class QCNet(TrajectoryPredictor):
             pl2m_radius=pl2m_radius, a2m_radius=a2m_radius, num_freq_bands=num_freq_bands,
             num_layers=num_dec_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
 
-        if compile_attention:
-            for module in self.modules():
-                if isinstance(module, AttentionLayer):
-                    module.compile_for_training()
+        for module in self.modules():
+            if compile_attention and isinstance(module, AttentionLayer):
+                module.compile_for_training()
+            if isinstance(module, FourierEmbedding):
+                module.recompute = recompute_embeddings
 
         self.init_objectives()  # losses, metrics, submission store (predictors.trajectory_predictor)
 
@@ -172,6 +175,10 @@ class QCNet(TrajectoryPredictor):
         speed.add_argument('--compile_attention', action='store_true',
                            help='torch.compile the attention layers for training (fewer, fused kernels; the first '
                                 'steps compile for a few minutes)')
+        speed.add_argument('--recompute_embeddings', action='store_true',
+                           help='recompute the Fourier embeddings in the backward pass instead of storing their '
+                                'activations: step memory ~0.55x, ~20%% more compute (CPU measurement)')
         speed.add_argument('--checkpoint_agent_encoder', action='store_true',
-                           help='activation checkpointing of the agent encoder: less memory, ~10-15%% more time')
+                           help='activation checkpointing of the agent encoder (edge embeddings and layers): '
+                                'step memory ~0.4x, ~20%% more compute (CPU measurement, docs/PERFORMANCE.md)')
         return parent_parser

@@ -1,5 +1,6 @@
 """QCNet speed/memory options change neither results nor checkpoints: activation checkpointing of the agent
-encoder (same loss and gradients, dropout included), TF32 switch (CUDA-only, restored after fit), CLI flags."""
+encoder and recomputed embeddings (same loss and gradients, dropout included, less kept for backward), TF32 switch
+(CUDA-only, restored after fit), CLI flags, bf16 autocast."""
 import argparse
 import os
 
@@ -53,12 +54,14 @@ def saved_bytes(model, batch) -> int:
     return sum(storages.values())
 
 
-def test_agent_encoder_checkpointing_gives_the_same_loss_and_gradients(train_batch):
+@pytest.mark.parametrize('option', ['checkpoint_agent_encoder', 'recompute_embeddings'])
+def test_recomputation_options_give_the_same_loss_and_gradients(train_batch, option):
     torch.manual_seed(0)
     plain = QCNet(**TINY).train()
     torch.manual_seed(0)
-    checkpointed = QCNet(**TINY, checkpoint_agent_encoder=True).train()
-    assert checkpointed.encoder.agent_encoder.checkpoint_layers
+    checkpointed = QCNet(**TINY, **{option: True}).train()
+    assert checkpointed.encoder.agent_encoder.checkpoint_layers == (option == 'checkpoint_agent_encoder')
+    assert checkpointed.decoder.y_emb.recompute == (option == 'recompute_embeddings')
     assert list(plain.state_dict()) == list(checkpointed.state_dict())  # same checkpoint layout
     checkpointed.load_state_dict(plain.state_dict())
     loss_a, grads_a = loss_and_grads(plain, train_batch, seed=3)
@@ -93,9 +96,11 @@ def test_speed_flags_parse_into_hyper_parameters():
                 '--pl2m_radius', '150', '--a2m_radius', '150']
     defaults = vars(parser.parse_args(required))
     assert defaults['tf32'] is True and defaults['checkpoint_agent_encoder'] is False
-    assert defaults['compile_attention'] is False
-    flags = vars(parser.parse_args(required + ['--no_tf32', '--checkpoint_agent_encoder', '--compile_attention']))
+    assert defaults['compile_attention'] is False and defaults['recompute_embeddings'] is False
+    flags = vars(parser.parse_args(required + ['--no_tf32', '--checkpoint_agent_encoder', '--compile_attention',
+                                               '--recompute_embeddings']))
     assert flags['tf32'] is False and flags['checkpoint_agent_encoder'] is True and flags['compile_attention']
+    assert flags['recompute_embeddings'] is True
     model = QCNet(**{k: v for k, v in flags.items() if k not in ('hidden_dim',)}, hidden_dim=16)
     layers = [m for m in model.modules() if type(m).__name__ == 'AttentionLayer']
     assert layers and all(m.compiled_training for m in layers)
