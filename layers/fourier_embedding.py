@@ -9,6 +9,53 @@ import torch.utils.checkpoint
 
 from utils.weight_init import weight_init
 
+TWO_PI = 2 * math.pi
+
+
+class _FourierFirstLayer(torch.autograd.Function):
+    """hidden[i] = [cos(2 pi f_i s_i), sin(2 pi f_i s_i), s_i] @ W1[i] + b1[i] for every scalar i at once.
+
+    scalars [I, N, 1], freqs [I, F], w1 [I, 2F+1, H], b1 [I, 1, H] -> hidden [I, N, H]. Same values as autograd
+    on the plain expression, but only the inputs are kept for the backward pass: the angles and the [I, N, 2F+1]
+    features (~190 floats per scalar and row, the bulk of an edge embedding's activations) are recomputed there
+    with a few elementwise kernels, no matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, scalars: torch.Tensor, freqs: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scalars, freqs, w1)
+        return torch.baddbmm(b1, _FourierFirstLayer.features(scalars, freqs)[0], w1)
+
+    @staticmethod
+    def features(scalars: torch.Tensor, freqs: torch.Tensor):
+        angles = scalars * freqs.unsqueeze(1) * TWO_PI  # [I, N, F]
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat([cos, sin, scalars], dim=-1), cos, sin
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_hidden: torch.Tensor):
+        scalars, freqs, w1 = ctx.saved_tensors
+        feats, cos, sin = _FourierFirstLayer.features(scalars, freqs)
+        # Matmuls in the dtype of the incoming gradient, as autograd would (bf16 under autocast).
+        compute = grad_hidden.dtype
+        grad_scalars = grad_freqs = grad_w1 = grad_b1 = None
+        if ctx.needs_input_grad[2]:
+            grad_w1 = torch.bmm(feats.to(compute).transpose(1, 2), grad_hidden).to(w1.dtype)
+        if ctx.needs_input_grad[3]:
+            grad_b1 = grad_hidden.sum(dim=1, keepdim=True).to(w1.dtype)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_feats = torch.bmm(grad_hidden, w1.to(compute).transpose(1, 2)).to(feats.dtype)
+            num_bands = freqs.size(-1)
+            grad_cos, grad_sin, grad_raw = grad_feats.split([num_bands, num_bands, 1], dim=-1)
+            grad_angles = (grad_sin * cos - grad_cos * sin) * TWO_PI  # d/d(f s) of the features
+            if ctx.needs_input_grad[1]:
+                grad_freqs = (grad_angles * scalars).sum(dim=1).to(freqs.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_scalars = (grad_raw + (grad_angles * freqs.unsqueeze(1)).sum(dim=-1, keepdim=True)
+                                ).to(scalars.dtype)
+        return grad_scalars, grad_freqs, grad_w1, grad_b1
+
 
 class FourierEmbedding(nn.Module):
     """Embeds ``input_dim`` continuous scalars per row into one ``hidden_dim`` vector.
@@ -44,18 +91,18 @@ class FourierEmbedding(nn.Module):
     def _continuous(self, inputs: torch.Tensor) -> torch.Tensor:
         """[N, input_dim] -> [N, hidden_dim]: all per-scalar MLPs evaluated together.
 
-        Features are laid out scalar-major ([I, N, 2F+1]) so the I first layers run as one batched matmul and each
-        LayerNorm reads a contiguous block; the I second layers and the sum over scalars are one matmul with an
-        [H, I*H] weight. Autograd keeps the same tensors as the per-scalar formulation.
+        Features are laid out scalar-major ([I, N, 2F+1]) so the I first layers run as one batched matmul (which
+        recomputes its Fourier features for the backward pass instead of storing them, see _FourierFirstLayer) and
+        each LayerNorm reads a contiguous block; the I second layers and the sum over scalars are one matmul with an
+        [H, I*H] weight.
         """
         scalars = inputs.t().unsqueeze(-1)  # [I, N, 1]
-        angles = scalars * self.freqs.weight.unsqueeze(1) * (2 * math.pi)  # [I, N, F]
-        feats = torch.cat([angles.cos(), angles.sin(), scalars], dim=-1)  # [I, N, 2F+1]
         first = [mlp[0] for mlp in self.mlps]
         w1 = torch.stack([lin.weight for lin in first]).transpose(1, 2)  # [I, 2F+1, H]
         b1 = torch.stack([lin.bias for lin in first]).unsqueeze(1)  # [I, 1, H]
-        hidden = torch.baddbmm(b1, feats, w1)  # [I, N, H]
-        normed = torch.cat([mlp[1](hidden[i]) for i, mlp in enumerate(self.mlps)], dim=-1)  # [N, I*H]
+        hidden = _FourierFirstLayer.apply(scalars, self.freqs.weight, w1, b1)  # [I, N, H]
+        # unbind (not hidden[i]): one stacking backward instead of a zero-padded copy per scalar.
+        normed = torch.cat([mlp[1](h) for h, mlp in zip(hidden.unbind(0), self.mlps)], dim=-1)  # [N, I*H]
         normed = torch.relu_(normed)
         w2 = torch.cat([mlp[3].weight for mlp in self.mlps], dim=1)  # [H, I*H]
         b2 = torch.stack([mlp[3].bias for mlp in self.mlps]).sum(dim=0)
