@@ -90,7 +90,13 @@ def load_scenes(data_root: str, splits: List[str], max_scenarios: int, num_histo
     """{split: [HeteroData]} processed by this project's datasets package; train/val scenes get targets."""
     if scenes_file:  # {split: [HeteroData]} saved earlier (machines without the raw data)
         saved = torch.load(scenes_file, weights_only=False)
-        return {split: saved[split][:max_scenarios] for split in splits if split in saved}
+        if isinstance(saved, (list, tuple)):  # bench_qcnet_step.py --save_scenes: a list of train scenes
+            saved = {'train': list(saved)}
+        scenes = {split: saved[split][:max_scenarios] for split in splits if saved.get(split)}
+        if not scenes:
+            raise SystemExit(f'check_official_equivalence: {scenes_file}: no scenes of the splits {splits} '
+                             f'(it holds {sorted(saved)})')
+        return scenes
     from datasets import list_argoverse_v2_scenarios, load_argoverse_v2_scenario, process_scenario
     from transforms.target_builder import TargetBuilder
     scenes = {}
@@ -253,6 +259,8 @@ def main(argv=None) -> int:
         if 'ssl_decoder' in case:
             print(f'    ssl decoder        max_abs {case["ssl_decoder"]["max_abs"]:.3e}  '
                   f'max_rel {case["ssl_decoder"]["max_rel"]:.3e}')
+    if not report['cases']:  # nothing compared is not a pass
+        raise SystemExit('check_official_equivalence: no scene was compared')
     report['worst_max_rel'] = worst
     report['passed'] = worst < args.tolerance
     if args.report:

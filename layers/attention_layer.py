@@ -147,6 +147,11 @@ class AttentionLayer(nn.Module):
         if _compiled_forward is None:
             # One compiled function for all layers (the layer is an argument): a copied layer (e.g. an EMA branch)
             # keeps working on its own weights, and the layer variants share one cache.
+            # Each layer variant (self/bipartite, with/without edges, K queries) and each layer instance compiles
+            # once; QCNet has more of them than dynamo's default limit of 8, past which it silently runs eager.
+            import torch._dynamo
+            limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
+            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
             _compiled_forward = torch.compile(AttentionLayer._forward, dynamic=True)
         self.compiled_training = True
 
