@@ -14,7 +14,9 @@ Per run the table records the pre-training scenarios, epochs, optimiser steps, w
 devices) of pre-training and fine-tuning, a FLOP estimate (one training step's FLOPs counted with
 torch.utils.flop_counter.FlopCounterMode on real batches, per scenario, x scenarios processed) and the val metrics.
 ``results.json`` / ``results.csv`` are rewritten atomically after every run; a re-run skips finished points and adds
-new sizes, mixes or seeds. Interrupted training runs continue from their last checkpoint (``--resume``). At the end
+new sizes, mixes or seeds. Interrupted training runs continue from their last checkpoint (``--resume``).
+``--parallel K`` runs up to K CLIs at once on the one GPU (pre-trainings first, a fine-tune once its pre-training is
+done; docs/SCALING.md). At the end
 ``benchmarks/scaling_plots.py`` draws the plots and fits the power laws (``--no_plots`` skips it).
 
 Examples:
@@ -28,8 +30,11 @@ import argparse
 import csv
 import io
 import os
+import queue
 import shutil
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -41,7 +46,7 @@ if ROOT not in sys.path:
 from benchmarks.experiment_utils import (ALL_METRICS, MODEL_PRESETS, MODELS, CommandFailed,  # noqa: E402
                                          atomic_write_json, atomic_write_text, canonical_model, exit_on_sigterm,
                                          finetune_cmd, pretrain_cmd, read_json,
-                                         read_val_metrics, run_logged, val_cmd)
+                                         read_val_metrics, val_cmd)
 
 MIXES = ('single', 'mixed')
 # what a later call needs to resume (results.json, flops.json) and what a reader wants (the rest): 8 small files
@@ -180,39 +185,53 @@ def _duration(seconds: float) -> str:
     return f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def estimate_point_s(point: Point, rows: Sequence[dict], pretrain_done: bool = False) -> Optional[float]:
-    """Expected seconds to run ``point``, from the wall times recorded in earlier rows (this call's and earlier
-    calls'): the median fine-tune + val time, plus, when its pre-training still has to run, the pre-training wall
-    time predicted by a straight line through the recorded (N x epochs, pre-training seconds) pairs: start-up plus
-    seconds per scenario-epoch (with a single recorded size: that run's seconds per scenario-epoch, which includes
-    its start-up and so errs on the long side). None when nothing is recorded yet."""
+def estimate_finetune_s(rows: Sequence[dict]) -> Optional[float]:
+    """Expected seconds of one fine-tune + val: the median over the recorded rows of their wall time without the
+    pre-training they ran. None when nothing is recorded yet."""
     timed = [r for r in rows if isinstance(r.get('point_wall_s'), (int, float))]
     if not timed:
         return None
     rest = sorted(r['point_wall_s'] - (0.0 if r.get('pretrain_reused') else float(r.get('pretrain_wall_s') or 0))
                   for r in timed)
-    base = rest[len(rest) // 2]
-    if point.kind == 'scratch' or pretrain_done:
-        return base
+    return rest[len(rest) // 2]
+
+
+def estimate_pretrain_s(num_pretrain: int, rows: Sequence[dict]) -> Optional[float]:
+    """Expected seconds of one pre-training run on ``num_pretrain`` scenarios: a straight line through the recorded
+    (N x epochs, pre-training seconds) pairs, i.e. start-up plus seconds per scenario-epoch (with a single recorded
+    size: that run's seconds per scenario-epoch, which includes its start-up and so errs on the long side). None when
+    no pre-training is recorded yet."""
     runs = {(int(r['num_pretrain_scenarios']) * int(r['pretrain_epochs']), float(r['pretrain_wall_s']))
             for r in rows if float(r.get('pretrain_wall_s') or 0) > 0 and int(r.get('pretrain_epochs') or 0) > 0
             and int(r.get('num_pretrain_scenarios') or 0) > 0}
     if not runs:
         return None
     epochs = max(int(r['pretrain_epochs']) for r in rows if int(r.get('pretrain_epochs') or 0) > 0)
-    work = point.num_pretrain * epochs
+    work = num_pretrain * epochs
     xs, ys = [x for x, _ in runs], [y for _, y in runs]
     if len(set(xs)) < 2:
         rate = sorted(y / x for x, y in runs)[len(runs) // 2]
-        return base + rate * work
+        return rate * work
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = max(0.0, sum((x - mx) * (y - my) for x, y in runs) / sum((x - mx) ** 2 for x in xs))
     intercept = max(0.0, my - slope * mx)
-    return base + intercept + slope * work
+    return intercept + slope * work
+
+
+def estimate_point_s(point: Point, rows: Sequence[dict], pretrain_done: bool = False) -> Optional[float]:
+    """Expected seconds to run ``point``, from the wall times recorded in earlier rows (this call's and earlier
+    calls'): :func:`estimate_finetune_s`, plus :func:`estimate_pretrain_s` when its pre-training still has to run.
+    None when either part has nothing recorded yet."""
+    base = estimate_finetune_s(rows)
+    if base is None or point.kind == 'scratch' or pretrain_done:
+        return base
+    pretrain = estimate_pretrain_s(point.num_pretrain, rows)
+    return None if pretrain is None else base + pretrain
 
 
 def run_sweep(points: Sequence[Point], runner, table: ResultsTable, deadline_s: Optional[float] = None,
-              log: Callable[[str], None] = print, started: Optional[float] = None) -> dict:
+              log: Callable[[str], None] = print, started: Optional[float] = None, parallel: int = 1,
+              parallel_pretrain: Optional[int] = None) -> dict:
     """Runs every point whose key is not in ``table`` through ``runner.run(point) -> row`` and adds the row (with the
     point's identity columns and its wall time) as soon as it is finished.
 
@@ -220,7 +239,12 @@ def run_sweep(points: Sequence[Point], runner, table: ResultsTable, deadline_s: 
     (:func:`estimate_point_s`; a point without an estimate starts while time is left), so that a time-limited call
     ends cleanly and the next call resumes; the clock starts at ``started`` (a time.perf_counter() value, e.g. before
     data preparation) or now. ``runner.pretrain_done(point)``, when the runner has it, tells whether a
-    point's pre-training run already exists (shared pre-training). Returns {'ran', 'skipped', 'remaining'} (keys)."""
+    point's pre-training run already exists (shared pre-training). Returns {'ran', 'skipped', 'remaining'} (keys).
+
+    ``parallel`` > 1 runs up to that many jobs at once, at most ``parallel_pretrain`` of them pre-trainings
+    (:func:`run_sweep_parallel`; the runner then needs the step interface of :class:`CliRunner`)."""
+    if parallel > 1:
+        return run_sweep_parallel(points, runner, table, parallel, deadline_s, log, started, parallel_pretrain)
     start = time.perf_counter() if started is None else started
     todo = [p for p in points if not table.has(p.key)]
     skipped = [p.key for p in points if table.has(p.key)]
@@ -255,6 +279,283 @@ def run_sweep(points: Sequence[Point], runner, table: ResultsTable, deadline_s: 
     if remaining:
         log(f'{len(remaining)} points left for the next call (the table resumes): {", ".join(remaining)}')
     return {'ran': ran, 'skipped': skipped, 'remaining': remaining}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# concurrent jobs (--parallel K): one GPU is launch-overhead bound with one QCNet training process, so several share it
+# ----------------------------------------------------------------------------------------------------------------------
+RUNNER_STEPS = ('pretrain_name', 'pretrain_done', 'base_row', 'pretrain', 'finetune', 'validate')
+
+
+def run_point(runner, point: Point) -> dict:
+    """One point through the runner's steps, one after another (what ``runner.run`` does): the row without its
+    identity columns. ``pretrain_reused``: the pre-training existed before this point asked for it."""
+    row = dict(runner.base_row(point))
+    if point.kind == 'pretrained':
+        row['pretrain_reused'] = bool(runner.pretrain_done(point))
+        row.update(runner.pretrain(point))
+    row.update(runner.finetune(point))
+    row.update(runner.validate(point))
+    return row
+
+
+@dataclass
+class _Job:
+    """A pre-training run (shared by ``points``) or one point's fine-tune + val (``needs``: its pre-training job)."""
+    kind: str                    # 'pretrain' | 'point'
+    name: str                    # pre-training run name, or the point's key
+    point: Point                 # the point (for a pre-training: the first point that needs it)
+    order: int                   # plan order, the last tie-break
+    needs: Optional[str] = None
+    points: Optional[List[Point]] = None
+    done_before: bool = False    # pre-training: finished by an earlier call
+
+    @property
+    def priority(self) -> tuple:
+        """Longest chain first: pre-trainings (largest N first), then fine-tunes of pre-trained points (largest N
+        first); scratch points, the shortest chains, fill free slots."""
+        rank = 0 if self.kind == 'pretrain' else (1 if self.point.kind == 'pretrained' else 2)
+        return rank, -self.point.num_pretrain, self.order
+
+    def describe(self) -> str:
+        if self.kind == 'pretrain':
+            return f'pre-training {self.name} ({self.point.num_pretrain} {self.point.mix} scenarios)'
+        return f'{self.point.key}: fine-tune + val ({self.point.describe()})'
+
+
+def run_sweep_parallel(points: Sequence[Point], runner, table: ResultsTable, parallel: int,
+                       deadline_s: Optional[float] = None, log: Callable[[str], None] = print,
+                       started: Optional[float] = None, parallel_pretrain: Optional[int] = None) -> dict:
+    """:func:`run_sweep` with up to ``parallel`` jobs at once, each in a worker thread that drives one CLI at a time
+    through the runner's steps (``pretrain(point)``, then ``finetune(point)`` + ``validate(point)``).
+
+    A pre-training job runs once however many points share it (``runner.pretrain_name``); a point's job waits for its
+    pre-training. Ready jobs start in :attr:`_Job.priority` order; at most ``parallel_pretrain`` (default: all K)
+    pre-trainings run at once (they need the most GPU memory). Only this (the main) thread touches ``table``: a
+    row is added as its point finishes, in any order. With ``deadline_s`` a job starts only if it is expected to end
+    before the deadline (:func:`estimate_pretrain_s` / :func:`estimate_finetune_s`; unknown: while time is left);
+    running jobs finish. A failed job is reported (its points, and the points waiting on it, stay to do) and the
+    independent jobs go on. On an interruption in this thread (SIGTERM turned into SystemExit, Ctrl-C) the runner's
+    ``stop()`` terminates the running CLIs, the rows that were finished are kept, and the interruption propagates.
+
+    Returns {'ran', 'skipped', 'remaining', 'failed'} ('failed': one 'job: error' line per failed job)."""
+    missing = [name for name in RUNNER_STEPS if not callable(getattr(runner, name, None))]
+    if missing:
+        raise TypeError(f'--parallel needs a runner with the steps {", ".join(RUNNER_STEPS)}; '
+                        f'{type(runner).__name__} lacks {", ".join(missing)}')
+    start = time.perf_counter() if started is None else started
+    todo = [p for p in points if not table.has(p.key)]
+    skipped = [p.key for p in points if table.has(p.key)]
+    max_pretrain = parallel if parallel_pretrain is None else max(1, min(parallel, parallel_pretrain))
+    log(f'scaling sweep: {len(points)} points, {len(skipped)} already in {table.json_path}, {len(todo)} to run, '
+        f'up to {parallel} jobs at once ({max_pretrain} of them pre-trainings)')
+
+    pretrain_jobs: Dict[str, _Job] = {}
+    pending: List[_Job] = []
+    for order, point in enumerate(todo):
+        needs = None
+        if point.kind == 'pretrained':
+            needs = runner.pretrain_name(point)
+            if needs not in pretrain_jobs:
+                pretrain_jobs[needs] = _Job('pretrain', needs, point, order, points=[],
+                                            done_before=bool(runner.pretrain_done(point)))
+                pending.append(pretrain_jobs[needs])
+            pretrain_jobs[needs].points.append(point)
+        pending.append(_Job('point', point.key, point, order, needs=needs))
+
+    finished_pretrain: Dict[str, tuple] = {}   # name -> (row columns, wall seconds of this call)
+    running: Dict[str, tuple] = {}             # name -> (job, thread)
+    results: 'queue.Queue[tuple]' = queue.Queue()
+    ran: List[str] = []
+    failed: List[str] = []
+
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def expected_s(job: _Job) -> Optional[float]:
+        rows = list(table.rows.values())
+        if job.kind == 'pretrain':
+            return 0.0 if job.done_before else estimate_pretrain_s(job.point.num_pretrain, rows)
+        return estimate_finetune_s(rows)
+
+    def drop_waiting_on(name: str, why: str) -> None:
+        for job in [j for j in pending if j.needs == name]:
+            pending.remove(job)
+            log(f'    {job.point.key}: not run ({why})')
+
+    def work(job: _Job) -> None:
+        t0 = time.perf_counter()
+        try:
+            if job.kind == 'pretrain':
+                result = dict(runner.pretrain(job.point))
+            else:
+                result = dict(runner.finetune(job.point))
+                result.update(runner.validate(job.point))
+            results.put((job, None, result, time.perf_counter() - t0))
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread, which decides
+            results.put((job, error, None, time.perf_counter() - t0))
+
+    def start_ready() -> None:
+        while len(running) < parallel:
+            pretraining = sum(1 for job, _ in running.values() if job.kind == 'pretrain')
+            ready = sorted((j for j in pending if (j.needs is None or j.needs in finished_pretrain)
+                            and (j.kind != 'pretrain' or pretraining < max_pretrain)), key=lambda j: j.priority)
+            for job in ready:
+                pending.remove(job)
+                if deadline_s is not None:
+                    expected, left = expected_s(job), deadline_s - elapsed()
+                    if left <= 0 or (expected is not None and expected > left):
+                        reason = 'no time left' if left <= 0 else \
+                            f'expected {_duration(expected)} > {_duration(left)} left'
+                        log(f'deferred to the next call: {job.describe()} ({reason})')
+                        if job.kind == 'pretrain':
+                            drop_waiting_on(job.name, 'its pre-training is deferred')
+                        continue
+                thread = threading.Thread(target=work, args=(job,), name=f'sweep:{job.name}', daemon=True)
+                running[job.name] = (job, thread)
+                estimates = [expected_s(j) for j in pending]
+                eta = f', ETA of the queue ~{_duration(sum(estimates) / parallel)}' \
+                    if estimates and None not in estimates else ''
+                log(f'[start] {job.describe()} ({len(running)} running, {len(pending)} waiting, elapsed '
+                    f'{_duration(elapsed())}{eta})')
+                thread.start()
+                break
+            else:
+                return  # nothing (more) can start now
+
+    def finish(job: _Job, error: Optional[BaseException], result: Optional[dict], wall: float) -> None:
+        running.pop(job.name, None)
+        if error is not None:
+            failed.append(f'{job.describe()}: {error}')
+            log(f'[failed] {job.describe()}: {error}')
+            if job.kind == 'pretrain':
+                drop_waiting_on(job.name, 'its pre-training failed')
+            return
+        if job.kind == 'pretrain':
+            finished_pretrain[job.name] = (result, wall)
+            log(f'[done] {job.describe()} in {_duration(wall)}')
+            return
+        point = job.point
+        row = dict(runner.base_row(point))
+        point_wall = wall
+        if job.needs is not None:
+            pretrain = pretrain_jobs[job.needs]
+            columns, pretrain_wall = finished_pretrain[job.needs]
+            # as in a sequential sweep: the first point (plan order) that needs a pre-training runs it
+            reused = pretrain.done_before or point != pretrain.points[0]
+            row['pretrain_reused'] = reused
+            row.update(columns)
+            point_wall += 0.0 if reused else pretrain_wall
+        row.update(result)
+        row.update(key=point.key, kind=point.kind, mix=point.mix,
+                   num_pretrain_scenarios=row.get('num_pretrain_scenarios', point.num_pretrain), seed=point.seed,
+                   point_wall_s=point_wall, finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), parallel=parallel)
+        table.add(row)
+        ran.append(point.key)
+        metric = f'minFDE {row["minFDE"]:.3f}' if isinstance(row.get('minFDE'), (int, float)) else 'no minFDE'
+        log(f'[done] {job.describe()} in {_duration(wall)}: {metric}; table: {len(table.rows)} rows')
+
+    try:
+        start_ready()
+        while running:
+            try:
+                job, error, result, wall = results.get(timeout=0.5)  # a timeout keeps signals deliverable here
+            except queue.Empty:
+                continue
+            if error is not None and not isinstance(error, Exception):
+                raise error  # an interruption inside a step (KeyboardInterrupt, SystemExit): stop everything
+            finish(job, error, result, wall)
+            start_ready()
+    except BaseException:
+        stop = getattr(runner, 'stop', None)
+        log(f'interrupted: stopping {len(running)} running job(s); finished rows stay in {table.json_path}')
+        if stop is not None:
+            stop()
+        for _, thread in list(running.values()):
+            thread.join(timeout=60)
+        while True:  # points that finished while this thread was being interrupted still get their rows
+            try:
+                job, error, result, wall = results.get_nowait()
+            except queue.Empty:
+                break
+            if error is None and job.name in running and (job.needs is None or job.needs in finished_pretrain):
+                finish(job, None, result, wall)
+        raise
+    remaining = [p.key for p in points if not table.has(p.key)]
+    if remaining:
+        log(f'{len(remaining)} points left for the next call (the table resumes): {", ".join(remaining)}')
+    return {'ran': ran, 'skipped': skipped, 'remaining': remaining, 'failed': failed}
+
+
+def loader_workers_per_run(num_workers: int, parallel: int) -> int:
+    """Data-loader workers of each of ``parallel`` concurrent runs: ``num_workers`` split evenly, at least 1 each;
+    0 stays 0 (loading inside the training process was asked for)."""
+    if num_workers <= 0 or parallel <= 1:
+        return num_workers
+    return max(1, num_workers // parallel)
+
+
+class ChildProcesses:
+    """The project CLIs a runner has running, from any thread. :meth:`run` runs one to completion, like
+    ``experiment_utils.run_logged``; :meth:`terminate_all` stops every running one (SIGTERM, which makes
+    train.py / train_ssl.py save last.ckpt, then SIGKILL after ``grace_s``) and refuses new ones, so that an
+    interrupted sweep leaves no orphaned GPU process behind. ``env``: variables set for the children on top of this
+    process's environment."""
+
+    def __init__(self, grace_s: float = 30.0, env: Optional[Dict[str, str]] = None) -> None:
+        self.grace_s = grace_s
+        self.env = dict(os.environ, **env) if env else None
+        self._lock = threading.Lock()
+        self._running: set = set()
+        self._stopping = False
+
+    def run(self, cmd: List[str], log_path: str) -> float:
+        """Runs ``cmd`` (output to ``log_path``); its wall-clock seconds. :class:`CommandFailed` on a non-zero exit."""
+        name = os.path.basename(cmd[1]) if len(cmd) > 1 else cmd[0]
+        t0 = time.perf_counter()
+        with self._lock:
+            if self._stopping:
+                raise CommandFailed(f'{name} not started: the sweep is stopping, see {log_path}')
+            print('$ ' + ' '.join(cmd), flush=True)
+            os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+            with open(log_path, 'w') as log:
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            self._running.add(proc)
+        try:
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:  # the waiting thread was interrupted (Ctrl-C / SIGTERM of a sequential sweep)
+                self._stop([proc])
+            with self._lock:
+                self._running.discard(proc)
+        if code != 0:
+            raise CommandFailed(f'{name} failed (exit {code}), see {log_path}')
+        return time.perf_counter() - t0
+
+    def running(self) -> List[int]:
+        """Process ids of the running CLIs."""
+        with self._lock:
+            return [p.pid for p in self._running if p.poll() is None]
+
+    def terminate_all(self) -> int:
+        """Stops every running CLI and refuses new ones; returns how many were stopped."""
+        with self._lock:
+            self._stopping = True
+            procs = [p for p in self._running if p.poll() is None]
+        self._stop(procs)
+        return len(procs)
+
+    def _stop(self, procs: List[subprocess.Popen]) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + self.grace_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -357,6 +658,18 @@ class CliRunner:
         self.val_raw = os.path.join(self.raw, 'val', 'val')
         self.cpus = os.cpu_count() or 1
         self.flops: Dict[str, dict] = {}
+        self._subset_lock = threading.Lock()  # concurrent pre-trainings of one (mix, N) link the same folder
+        # --parallel K: the concurrent runs share the CPU, so each gets its share of --num_workers and of the
+        # intra-op threads (K processes of cpu_count threads each would oversubscribe the cores)
+        parallel = getattr(args, 'parallel', 1)
+        self.run_workers = loader_workers_per_run(args.num_workers, parallel)
+        env = None
+        if parallel > 1 and 'OMP_NUM_THREADS' not in os.environ:
+            env = {'OMP_NUM_THREADS': str(max(1, self.cpus // parallel))}
+        self.children = ChildProcesses(env=env)
+        if parallel > 1:
+            print(f'--parallel {parallel}: each run gets {self.run_workers} data-loader workers and '
+                  f'OMP_NUM_THREADS={(env or os.environ)["OMP_NUM_THREADS"]}', flush=True)
         self.device_name = self._device_name()
 
     # -------------------------------------------------------------- protocol
@@ -422,9 +735,9 @@ class CliRunner:
         atomic_write_json(order_path, {'profile': self.args.target_profile, 'seed': seed, 'ids': ids})
 
     def _preprocess(self, raw_dir: str, processed_dir: str, name: str) -> None:
-        run_logged([self.py, '-m', 'datasets.preprocess', '--dataset', 'argoverse_v2', '--raw_dir', raw_dir,
-                    '--processed_dir', processed_dir, '--num_workers', str(self.cpus), '--strict', '--no_progress'],
-                   os.path.join(self.logs, f'preprocess_{name}.log'))
+        self.children.run([self.py, '-m', 'datasets.preprocess', '--dataset', 'argoverse_v2', '--raw_dir', raw_dir,
+                           '--processed_dir', processed_dir, '--num_workers', str(self.cpus), '--strict',
+                           '--no_progress'], os.path.join(self.logs, f'preprocess_{name}.log'))
 
     @staticmethod
     def _link_dir(directory: str, targets: Dict[str, str]) -> None:
@@ -466,6 +779,10 @@ class CliRunner:
         self._measure_flops(points)
 
     def subset_dir(self, mix: str, n: int) -> str:
+        with self._subset_lock:
+            return self._subset_dir(mix, n)
+
+    def _subset_dir(self, mix: str, n: int) -> str:
         counts = self.subset_ids_by_profile(mix, n)
         targets = {}
         for profile, count in counts.items():
@@ -515,15 +832,15 @@ class CliRunner:
         a = self.args
         return pretrain_cmd(self.py, self.data, train_raw, os.path.join(self.data, 'pool'), self.val_raw,
                             os.path.join(self.data, 'val'), a.pretrain_batch_size, a.pretrain_epochs,
-                            a.pretrain_warmup, a.num_workers, a.accelerator, a.devices, a.precision, seed, self.runs,
-                            name, a.size, limit_val_batches='1', resume=resume, model=a.model)
+                            a.pretrain_warmup, self.run_workers, a.accelerator, a.devices, a.precision, seed,
+                            self.runs, name, a.size, limit_val_batches='1', resume=resume, model=a.model)
 
     def _finetune_cmd(self, name: str, seed: int, pretrained: Optional[str] = None, resume: bool = False):
         a = self.args
         return finetune_cmd(self.py, self.data, self.labelled_raw, os.path.join(self.data, 'labelled'),
                             self.val_raw, os.path.join(self.data, 'val'), a.finetune_batch_size, a.finetune_epochs,
-                            a.num_workers, a.accelerator, 1, a.precision, seed, self.runs, name, a.size, model=a.model,
-                            pretrained=pretrained, resume=resume)
+                            self.run_workers, a.accelerator, 1, a.precision, seed, self.runs, name, a.size,
+                            model=a.model, pretrained=pretrained, resume=resume)
 
     def _train(self, name: str, make_cmd: Callable[[bool], List[str]], devices: int) -> dict:
         """Runs (or finishes) one training run; returns its record {'wall_s', 'gpu_s', 'epochs', 'steps'}.
@@ -547,7 +864,7 @@ class CliRunner:
             attempts = [dict(a, kept_s=0.0) for a in attempts]
         attempts.append({'start': time.time(), 'resume': resume})
         atomic_write_json(attempts_path, attempts)
-        wall = run_logged(make_cmd(resume), os.path.join(self.logs, f'{name}.log'))
+        wall = self.children.run(make_cmd(resume), os.path.join(self.logs, f'{name}.log'))
         attempts[-1]['kept_s'] = wall
         atomic_write_json(attempts_path, attempts)
         progress = _checkpoint_progress(last)
@@ -562,9 +879,9 @@ class CliRunner:
         if not os.path.exists(out_json):
             ckpt = os.path.join(self.runs, name, 'checkpoints', 'last.ckpt')
             tmp = out_json + '.partial.json'
-            run_logged(val_cmd(self.py, self.data, self.val_raw, os.path.join(self.data, 'val'), ckpt,
-                               self.args.accelerator, tmp, num_workers=self.args.num_workers),
-                       os.path.join(self.logs, f'{name}_val.log'))
+            self.children.run(val_cmd(self.py, self.data, self.val_raw, os.path.join(self.data, 'val'), ckpt,
+                                      self.args.accelerator, tmp, num_workers=self.run_workers),
+                              os.path.join(self.logs, f'{name}_val.log'))
             os.replace(tmp, out_json)  # val.py writes in place: publish only a complete file
         metrics = read_val_metrics(out_json)
         metrics['val_scenarios'] = read_json(out_json).get('num_scenarios')
@@ -580,37 +897,57 @@ class CliRunner:
         return point.kind == 'pretrained' and os.path.exists(
             os.path.join(self.runs, self.pretrain_name(point), 'sweep_run.json'))
 
-    def run(self, point: Point) -> dict:
+    def base_row(self, point: Point) -> dict:
+        """The row columns of ``point`` that no run decides (the pre-training ones stay 0 for a scratch point)."""
         a = self.args
-        row = {'profiles': '+'.join(self.profiles_of(point.mix)) if point.mix else '', 'device': self.device_name,
-               'precision': a.precision, 'run': point.run_name, 'pretrain_seed': '', 'pretrain_epochs': 0,
-               'pretrain_steps': 0, 'pretrain_wall_s': 0.0, 'pretrain_gpu_s': 0.0,
-               'pretrain_flops_per_scenario': 0.0, 'pretrain_flops': 0.0, 'num_pretrain_scenarios': 0,
-               'pretrain_reused': False}
+        return {'profiles': '+'.join(self.profiles_of(point.mix)) if point.mix else '', 'device': self.device_name,
+                'precision': a.precision, 'run': point.run_name, 'pretrain_seed': '', 'pretrain_epochs': 0,
+                'pretrain_steps': 0, 'pretrain_wall_s': 0.0, 'pretrain_gpu_s': 0.0,
+                'pretrain_flops_per_scenario': 0.0, 'pretrain_flops': 0.0, 'num_pretrain_scenarios': 0,
+                'pretrain_reused': False}
+
+    def pretrain(self, point: Point) -> dict:
+        """Runs (or reuses, or finishes) the pre-training of ``point``; its row columns."""
+        a = self.args
+        pretrain_seed = point.seed if a.pretrain_per_seed else a.pretrain_seed
+        name = self.pretrain_name(point)
+        train_raw = self.subset_dir(point.mix, point.num_pretrain)
+        record = self._train(name, lambda resume: self._pretrain_cmd(train_raw, name, pretrain_seed, resume),
+                             a.devices)
+        per_scenario = self.flops[f'pretrain_{point.mix}']['flops_per_scenario']
+        return dict(pretrain_seed=pretrain_seed, pretrain_epochs=record['epochs'], pretrain_steps=record['steps'],
+                    pretrain_wall_s=record['wall_s'], pretrain_gpu_s=record['gpu_s'],
+                    pretrain_flops_per_scenario=per_scenario,
+                    # every epoch processes each of the N scenarios once (both views, online + momentum branch)
+                    pretrain_flops=per_scenario * point.num_pretrain * record['epochs'],
+                    num_pretrain_scenarios=point.num_pretrain)
+
+    def finetune(self, point: Point) -> dict:
+        """Fine-tunes ``point`` (from its finished pre-training, or from scratch); its row columns."""
+        a = self.args
         pretrained = None
         if point.kind == 'pretrained':
-            pretrain_seed = point.seed if a.pretrain_per_seed else a.pretrain_seed
-            name = self.pretrain_name(point)
-            row['pretrain_reused'] = self.pretrain_done(point)
-            train_raw = self.subset_dir(point.mix, point.num_pretrain)
-            record = self._train(name, lambda resume: self._pretrain_cmd(train_raw, name, pretrain_seed, resume),
-                                 a.devices)
-            per_scenario = self.flops[f'pretrain_{point.mix}']['flops_per_scenario']
-            row.update(pretrain_seed=pretrain_seed, pretrain_epochs=record['epochs'], pretrain_steps=record['steps'],
-                       pretrain_wall_s=record['wall_s'], pretrain_gpu_s=record['gpu_s'],
-                       pretrain_flops_per_scenario=per_scenario,
-                       # every epoch processes each of the N scenarios once (both views, online + momentum branch)
-                       pretrain_flops=per_scenario * point.num_pretrain * record['epochs'],
-                       num_pretrain_scenarios=point.num_pretrain)
-            pretrained = record['checkpoint']
+            record_path = os.path.join(self.runs, self.pretrain_name(point), 'sweep_run.json')
+            if not os.path.exists(record_path):
+                raise RuntimeError(f'{record_path}: missing, the pre-training of {point.key} has not finished')
+            pretrained = read_json(record_path, 'run record')['checkpoint']
         record = self._train(point.run_name,
                              lambda resume: self._finetune_cmd(point.run_name, point.seed, pretrained, resume), 1)
         per_scenario = self.flops['finetune']['flops_per_scenario']
-        row.update(finetune_scenarios=a.num_labelled, finetune_epochs=record['epochs'],
-                   finetune_steps=record['steps'], finetune_wall_s=record['wall_s'], finetune_gpu_s=record['gpu_s'],
-                   finetune_flops=per_scenario * a.num_labelled * record['epochs'])
-        row.update(self._validate(point.run_name))
-        return row
+        return dict(finetune_scenarios=a.num_labelled, finetune_epochs=record['epochs'],
+                    finetune_steps=record['steps'], finetune_wall_s=record['wall_s'], finetune_gpu_s=record['gpu_s'],
+                    finetune_flops=per_scenario * a.num_labelled * record['epochs'])
+
+    def validate(self, point: Point) -> dict:
+        """val.py metrics of ``point``'s fine-tuned model (+ val_scenarios)."""
+        return self._validate(point.run_name)
+
+    def run(self, point: Point) -> dict:
+        return run_point(self, point)
+
+    def stop(self) -> int:
+        """Terminates the running CLIs (an interrupted parallel sweep); returns how many."""
+        return self.children.terminate_all()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -660,6 +997,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--deadline_s', type=float, default=None,
                      help='time-limited calls: start a point only if it is expected (from the wall times recorded so '
                           'far) to end within this many seconds of the start; re-run to continue (exit code 3)')
+    run.add_argument('--parallel', type=int, default=1, metavar='K',
+                     help='run up to K training / val CLIs at once (one GPU is launch-overhead bound with one QCNet '
+                          'process): pre-trainings (largest N first) and scratch runs start at once, a fine-tune when '
+                          'its pre-training is done, val.py after its fine-tune; --num_workers is split over the K '
+                          'runs (at least 1 each) and OMP_NUM_THREADS, when unset, to the cores / K. 1: one after '
+                          'another')
+    run.add_argument('--parallel_pretrain', type=int, default=None, metavar='P',
+                     help='at most P of the K concurrent jobs are pre-trainings (the most GPU memory each); '
+                          'default: K')
     run.add_argument('--dry_run', action='store_true', help='print the plan (done / to do, work estimate) and exit')
     run.add_argument('--no_plots', action='store_true', help='skip benchmarks/scaling_plots.py at the end')
     run.add_argument('--export_dir', default=None,
@@ -695,9 +1041,12 @@ def check_args(args: argparse.Namespace) -> List[int]:
         raise SystemExit(f'scaling_sweep: error: size {sizes[0]} is smaller than the {len(args.mix_profiles)} '
                          f'mixed profiles')
     for flag in ('num_labelled', 'num_val', 'pretrain_epochs', 'finetune_epochs', 'pretrain_batch_size',
-                 'finetune_batch_size', 'flop_batches', 'devices'):
+                 'finetune_batch_size', 'flop_batches', 'devices', 'parallel'):
         if getattr(args, flag) < 1:
             raise SystemExit(f'scaling_sweep: error: --{flag} must be >= 1, got {getattr(args, flag)}')
+    if args.parallel_pretrain is not None and not 1 <= args.parallel_pretrain <= args.parallel:
+        raise SystemExit(f'scaling_sweep: error: --parallel_pretrain must be in 1..--parallel ({args.parallel}), '
+                         f'got {args.parallel_pretrain}')
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f'scaling_sweep: error: repeated --seeds {args.seeds}')
     return sizes
@@ -737,9 +1086,20 @@ def main(argv=None, runner_factory: Optional[Callable[[argparse.Namespace], obje
                                                           'batches', 'device')}
                                     for k, v in getattr(runner, 'flops', {}).items()}
             table.save()
-        outcome = run_sweep(points, runner, table, args.deadline_s, started=started)
+        outcome = run_sweep(points, runner, table, args.deadline_s, started=started, parallel=args.parallel,
+                            parallel_pretrain=args.parallel_pretrain)
     except CommandFailed as error:
         print(f'scaling_sweep: error: {error}', file=sys.stderr)
+        export_results(args.work_dir, args.export_dir)
+        return 1
+    except (SystemExit, KeyboardInterrupt):
+        export_results(args.work_dir, args.export_dir)  # SIGTERM of a time-limited call: bring back finished rows
+        raise
+    if outcome.get('failed'):
+        for line in outcome['failed']:
+            print(f'scaling_sweep: error: {line}', file=sys.stderr)
+        print(f'scaling_sweep: {len(outcome["failed"])} job(s) failed; {len(outcome["remaining"])} planned points '
+              f'still to run; results so far in {table.json_path}', file=sys.stderr)
         export_results(args.work_dir, args.export_dir)
         return 1
     print(f'results: {table.json_path} and {table.csv_path} ({len(table.rows)} rows; '

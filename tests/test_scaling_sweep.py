@@ -8,15 +8,17 @@ end-to-end CPU smoke command with the real CLIs is in docs/SCALING.md.
 import json
 import math
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from benchmarks import scaling_plots, scaling_sweep
-from benchmarks.experiment_utils import read_val_metrics
+from benchmarks.experiment_utils import CommandFailed, read_val_metrics
 
 TRUE_EXPONENT = 0.3
 
@@ -317,3 +319,225 @@ def test_fine_tuning_flops_add_up_over_scenarios(tmp_path):
     assert pair['flops_per_step'] == 2 * single['flops_per_step']
     assert pair['flops_per_scenario'] == single['flops_per_scenario']
     assert {'aten.mm', 'aten.addmm'} <= set(pair['by_op'])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# concurrent jobs (--parallel K), with a fake runner whose steps sleep
+# ----------------------------------------------------------------------------------------------------------------------
+class StepRunner:
+    """Fake runner with CliRunner's step interface: every step sleeps ``step_s`` and records (step, name, start, end);
+    a finished pre-training leaves a marker file in the work dir (as sweep_run.json does); steps named in ``fail``
+    raise CommandFailed naming a log, as a CLI with a non-zero exit does."""
+    instances = []
+
+    def __init__(self, args, step_s=0.2, fail=(), child_for=None):
+        self.args, self.step_s, self.fail, self.child_for = args, step_s, set(fail), child_for
+        self.markers = os.path.join(args.work_dir, 'fake_runs')
+        os.makedirs(self.markers, exist_ok=True)
+        self.events, self.lock = [], threading.Lock()
+        self.children = scaling_sweep.ChildProcesses(grace_s=5)
+        self.child_started = threading.Event()
+        StepRunner.instances.append(self)
+
+    def protocol(self):
+        return {'model': self.args.model, 'pretrain_per_seed': self.args.pretrain_per_seed}
+
+    def prepare(self, points):
+        pass
+
+    def _step(self, step, name):
+        start = time.perf_counter()
+        if name in self.fail:
+            raise CommandFailed(f'train.py failed (exit 1), see /fake/logs/{name}.log')
+        if name == self.child_for:   # a real child process that only SIGTERM ends
+            self.children.run([sys.executable, '-c', 'import time; time.sleep(120)'],
+                              os.path.join(self.args.work_dir, 'child.log'))
+        time.sleep(self.step_s)
+        with self.lock:
+            self.events.append((step, name, start, time.perf_counter()))
+
+    def pretrain_name(self, point):
+        seed = point.seed if self.args.pretrain_per_seed else self.args.pretrain_seed
+        return f'pre_{point.mix}_n{point.num_pretrain}_s{seed}'
+
+    def pretrain_done(self, point):
+        return os.path.exists(os.path.join(self.markers, self.pretrain_name(point)))
+
+    def base_row(self, point):
+        return {'run': point.run_name, 'pretrain_reused': False, 'pretrain_wall_s': 0.0, 'pretrain_epochs': 0,
+                'num_pretrain_scenarios': 0}
+
+    def pretrain(self, point):
+        name = self.pretrain_name(point)
+        if not self.pretrain_done(point):   # a finished pre-training is reused (CliRunner: sweep_run.json)
+            self._step('pretrain', name)
+            open(os.path.join(self.markers, name), 'w').close()
+        return {'pretrain_seed': int(name.rsplit('_s', 1)[1]), 'pretrain_wall_s': 0.5 * point.num_pretrain,
+                'pretrain_epochs': 1, 'pretrain_flops': 3e9 * point.num_pretrain,
+                'num_pretrain_scenarios': point.num_pretrain}
+
+    def finetune(self, point):
+        if point.kind == 'pretrained':
+            assert self.pretrain_done(point), f'{point.key} fine-tuned before its pre-training'
+        self._step('finetune', point.key)
+        return {'finetune_steps': 10}
+
+    def validate(self, point):
+        self._step('validate', point.key)
+        return {k: v for k, v in fake_metrics(point).items() if not k.startswith('pretrain')}
+
+    def run(self, point):
+        return scaling_sweep.run_point(self, point)
+
+    def stop(self):
+        return self.children.terminate_all()
+
+    def intervals(self, step):
+        return {name: (start, end) for s, name, start, end in self.events if s == step}
+
+
+def step_sweep(work, *extra, **runner_kwargs):
+    argv = ['--work_dir', str(work), '--model', 'tiny', '--accelerator', 'cpu', '--no_plots', *extra]
+    code = scaling_sweep.main(argv, runner_factory=lambda args: StepRunner(args, **runner_kwargs))
+    return code, StepRunner.instances[-1]
+
+
+def max_overlap(intervals):
+    """Most intervals (start, end) open at one instant."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    depth = best = 0
+    for _, step in edges:
+        depth += step
+        best = max(best, depth)
+    return best
+
+
+def comparable(rows):
+    """Rows without what depends on timing and concurrency."""
+    return {r['key']: {k: v for k, v in r.items() if k not in ('point_wall_s', 'finished_at', 'parallel')}
+            for r in rows}
+
+
+def test_parallel_jobs_overlap_respect_dependencies_and_match_a_sequential_sweep(tmp_path, capsys):
+    flags = ('--sizes', '10', '20', '--seeds', '0', '1', '--pretrain_per_seed', '0')
+    code, runner = step_sweep(tmp_path / 'k3', *flags, '--parallel', '3')
+    assert code == 0
+    out = capsys.readouterr().out
+    pre, ft, val = runner.intervals('pretrain'), runner.intervals('finetune'), runner.intervals('validate')
+    # shared pre-training: once per N for the two seeds
+    assert [e[1] for e in runner.events if e[0] == 'pretrain'].count('pre_single_n20_s0') == 1
+    assert sorted(pre) == ['pre_single_n10_s0', 'pre_single_n20_s0']
+    # the longest chains start first: N = 20, N = 10 pre-training, then a scratch run fills the third slot
+    starts = [line.split('[start] ')[1] for line in out.splitlines() if line.startswith('[start] ')]
+    assert starts[0].startswith('pre-training pre_single_n20_s0')
+    assert starts[1].startswith('pre-training pre_single_n10_s0') and starts[2].startswith('scratch/s0')
+    # jobs overlap in time, never more than K at once (a job: pre-training, or fine-tune + val of one point)
+    jobs = list(pre.values()) + [(ft[k][0], val[k][1]) for k in ft]
+    assert max_overlap(jobs) == 3
+    for n in (10, 20):
+        for seed in (0, 1):
+            key = f'single/n{n}/s{seed}'
+            assert ft[key][0] >= pre[f'pre_single_n{n}_s0'][1]     # fine-tune after its pre-training ended
+            assert val[key][0] >= ft[key][1]                        # val after its fine-tune
+    # the same sweep one point after another gives the same table
+    code, sequential = step_sweep(tmp_path / 'k1', *flags)
+    assert code == 0
+    assert max_overlap(sequential.intervals('finetune').values()) == 1
+    parallel_rows, sequential_rows = stored_rows(tmp_path / 'k3'), stored_rows(tmp_path / 'k1')
+    assert [r['key'] for r in parallel_rows] == [r['key'] for r in sequential_rows]   # same row order on disk
+    assert comparable(parallel_rows) == comparable(sequential_rows)
+    reused = {r['key']: r['pretrain_reused'] for r in parallel_rows if r['kind'] == 'pretrained'}
+    assert reused == {'single/n10/s0': False, 'single/n10/s1': True, 'single/n20/s0': False, 'single/n20/s1': True}
+    assert {r['parallel'] for r in parallel_rows} == {3} and 'parallel' not in sequential_rows[0]
+    # a re-run with more seeds resumes: only the new points run, the done pre-training is not run again
+    code, third = step_sweep(tmp_path / 'k3', '--sizes', '10', '20', '--seeds', '0', '1', '2',
+                             '--pretrain_per_seed', '0', '--parallel', '3')
+    assert code == 0 and sorted(third.intervals('finetune')) == ['scratch/s2', 'single/n10/s2', 'single/n20/s2']
+    assert third.intervals('pretrain') == {}
+    assert all(r['pretrain_reused'] for r in stored_rows(tmp_path / 'k3') if r['key'].endswith('/s2')
+               and r['kind'] == 'pretrained')
+
+
+def test_parallel_pretrain_caps_concurrent_pre_trainings(tmp_path):
+    code, runner = step_sweep(tmp_path, '--sizes', '10', '20', '40', '--seeds', '0', '--parallel', '3',
+                              '--parallel_pretrain', '1', step_s=0.1)
+    assert code == 0 and len(stored_rows(tmp_path)) == 4
+    assert max_overlap(runner.intervals('pretrain').values()) == 1      # one pre-training at a time
+    ft, val = runner.intervals('finetune'), runner.intervals('validate')
+    assert max_overlap(list(runner.intervals('pretrain').values()) + [(ft[k][0], val[k][1]) for k in ft]) >= 2
+    with pytest.raises(SystemExit, match='--parallel_pretrain must be in 1..--parallel'):
+        step_sweep(tmp_path, '--sizes', '10', '--parallel', '2', '--parallel_pretrain', '3')
+
+
+def test_parallel_failed_job_does_not_stop_the_others(tmp_path, capsys):
+    code, runner = step_sweep(tmp_path, '--sizes', '10', '20', '--seeds', '0', '1', '--parallel', '2',
+                              fail=['pre_single_n20_s1', 'scratch/s0'])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert 'pre_single_n20_s1' in err and '/fake/logs/pre_single_n20_s1.log' in err
+    assert 'scratch/s0' in err and '/fake/logs/scratch/s0.log' in err
+    keys = {r['key'] for r in stored_rows(tmp_path)}
+    # everything that does not depend on a failed job finished
+    assert keys == {'scratch/s1', 'single/n10/s0', 'single/n10/s1', 'single/n20/s0'}
+    assert 'single/n20/s1' not in runner.intervals('finetune')
+
+
+def test_parallel_deadline_defers_jobs_expected_to_overrun(tmp_path):
+    table = scaling_sweep.ResultsTable(str(tmp_path))
+    # recorded earlier: fine-tune + val takes 10 s, pre-training 10 s per scenario-epoch
+    table.add({'key': 'scratch/s0', 'kind': 'scratch', 'mix': '', 'num_pretrain_scenarios': 0, 'seed': 0,
+               'pretrain_wall_s': 0.0, 'pretrain_epochs': 0, 'point_wall_s': 10.0, 'minFDE': 4.0})
+    table.add({'key': 'single/n10/s0', 'kind': 'pretrained', 'mix': 'single', 'num_pretrain_scenarios': 10,
+               'seed': 0, 'pretrain_wall_s': 100.0, 'pretrain_epochs': 1, 'point_wall_s': 110.0, 'minFDE': 3.9})
+    args = scaling_sweep.build_parser().parse_args(['--work_dir', str(tmp_path), '--pretrain_per_seed', '0'])
+    runner = StepRunner(args, step_s=0.05)
+    points = scaling_sweep.plan_points([10, 20], ['single'], [0, 1])
+    lines = []
+    outcome = scaling_sweep.run_sweep(points, runner, table, deadline_s=100.0, log=lines.append, parallel=3)
+    # the scratch run fits (10 s); the shared pre-trainings (N = 10: 100 s, N = 20: 200 s) do not, and their points
+    # wait with them
+    assert sorted(runner.intervals('finetune')) == ['scratch/s1'] and runner.intervals('pretrain') == {}
+    assert outcome['remaining'] == ['single/n10/s1', 'single/n20/s0', 'single/n20/s1'] and not outcome['failed']
+    assert any(line.startswith('deferred to the next call: pre-training pre_single_n20_s0') and '> 1m40s left'
+               in line for line in lines)
+    assert any('single/n20/s1: not run (its pre-training is deferred)' in line for line in lines)
+    # once the N = 10 pre-training exists (kept from an earlier call), its point's fine-tune + val (10 s) fits
+    open(os.path.join(runner.markers, 'pre_single_n10_s0'), 'w').close()
+    outcome = scaling_sweep.run_sweep(points, runner, table, deadline_s=100.0, log=lines.append, parallel=3)
+    assert outcome['ran'] == ['single/n10/s1'] and runner.intervals('pretrain') == {}
+    assert outcome['remaining'] == ['single/n20/s0', 'single/n20/s1']
+    # no time at all: nothing starts, main() exits 3 (points remain)
+    code, late = step_sweep(tmp_path / 'late', '--sizes', '10', '--seeds', '0', '--deadline_s', '0', '--parallel', '2')
+    assert code == 3 and late.events == []
+
+
+def test_parallel_sigterm_terminates_running_children_and_keeps_finished_rows(tmp_path):
+    previous = signal.getsignal(signal.SIGTERM)
+    runners = []
+
+    def factory(args):
+        runners.append(StepRunner(args, step_s=0.05, child_for='single/n10/s0'))
+        return runners[-1]
+
+    def send_sigterm():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:   # once the child runs and the scratch point is in the table
+            rows = stored_rows(tmp_path) if (tmp_path / 'results.json').exists() else []
+            if runners and runners[0].children.running() and any(r['key'] == 'scratch/s0' for r in rows):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=send_sigterm, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(SystemExit, match='terminated'):
+            scaling_sweep.main(['--work_dir', str(tmp_path), '--model', 'tiny', '--accelerator', 'cpu', '--no_plots',
+                                '--sizes', '10', '--seeds', '0', '--parallel', '2'], runner_factory=factory)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    killer.join(timeout=5)
+    runner = runners[0]
+    assert runner.children.running() == []                       # no orphaned child
+    assert [r['key'] for r in stored_rows(tmp_path)] == ['scratch/s0']
+    assert 'single/n10/s0' not in runner.intervals('validate')
