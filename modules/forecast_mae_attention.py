@@ -10,8 +10,13 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from utils.weight_init import weight_init
+
+# cuDNN's fused attention is left out: on an H100 (torch 2.11, bf16, boolean key masks, a few thousand sequences per
+# call) it failed mid-training with "mha_graph.execute(...) is_good()" while these kernels ran the same batches.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class MultiHeadAttention(nn.Module):
@@ -39,8 +44,9 @@ class MultiHeadAttention(nn.Module):
         mask = None
         if key_mask is not None:
             mask = key_mask.reshape(-1, 1, 1, key_mask.size(-1))  # broadcast over heads and queries
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        with sdpa_kernel(SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(*lead, x_q.size(-2), self.num_heads * self.head_dim)
         return self.to_out(out)
 
