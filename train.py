@@ -88,6 +88,9 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
                           help='SmartPretrain pre-training checkpoint whose encoder/decoder initialise the model')
     finetune.add_argument('--copy_refine', type=int, default=0, choices=[0, 1],
                           help='also initialise the refinement attention layers from the proposal ones')
+    finetune.add_argument('--freeze_encoder', type=int, default=0, choices=[0, 1],
+                          help='train only the decoder; the encoder (pre-trained or random) keeps its weights: the '
+                               'linear-probe style check of what a pre-trained representation holds')
 
     model_class(model).add_model_specific_args(parser)
     return parser
@@ -180,6 +183,12 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
             print(f'fine-tuning from {args.pretrained_ckpt} ({args.model}, copy_refine={args.copy_refine})')
             with input_errors(ValueError, OSError):  # messages name the file: wrong kind, unreadable, other sizes
                 load_pretrained(model, args.pretrained_ckpt, args.copy_refine)
+
+    if args.freeze_encoder:
+        frozen = sum(p.numel() for p in model.encoder.parameters())
+        model.encoder.requires_grad_(False)
+        print(f'--freeze_encoder 1: {frozen:,} encoder parameters frozen, '
+              f'{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained')
 
     datamodule = ArgoverseV2DataModule(
         **{**vars(args),

@@ -281,8 +281,9 @@ class TrajectoryPredictor(pl.LightningModule):
         AdamW kernel is used on CUDA (same update rule, fewer kernel launches)."""
         params = dict(self.named_parameters())
         decay, no_decay = self.parameter_groups()
-        groups = [{'params': [params[n] for n in decay], 'weight_decay': self.weight_decay},
-                  {'params': [params[n] for n in no_decay], 'weight_decay': 0.0}]
+        # frozen parameters (train.py --freeze_encoder) stay out of the optimiser: no weight decay moves them
+        groups = [{'params': [params[n] for n in decay if params[n].requires_grad], 'weight_decay': self.weight_decay},
+                  {'params': [params[n] for n in no_decay if params[n].requires_grad], 'weight_decay': 0.0}]
         fused = all(p.is_cuda for p in params.values()) and os.environ.get('QCNET_FUSED_ADAMW', '1') != '0'
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer=optimizer, T_max=self.T_max, eta_min=0.0)

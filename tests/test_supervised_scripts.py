@@ -223,3 +223,26 @@ def test_fine_tuning_starts_from_the_pretrained_momentum_branch(dataset_root, tm
     for key in refine_keys:  # copy_refine: refinement attention initialised from the proposal attention
         propose_key = 'momentum_branch.' + key.replace('_refine_attn_layer', '_propose_attn_layer')
         assert torch.equal(tuned[key], source[propose_key]), key
+
+
+def test_freeze_encoder_trains_only_the_decoder(dataset_root, tmp_path):
+    """--freeze_encoder 1: the encoder leaves training with the weights it started with (the same seed builds the
+    same initial model), the optimiser holds only decoder parameters, and the decoder does learn."""
+    import pytorch_lightning as pl
+    from predictors import QCNet
+
+    train = load_script('train')
+    trainer = train.main(train_args(dataset_root, tmp_path, '--max_epochs', '1', '--freeze_encoder', '1',
+                                    '--seed', '7'))
+    model = trainer.lightning_module
+    pl.seed_everything(7, workers=True)
+    initial = QCNet(**vars(train.build_parser().parse_args(train_args(dataset_root, tmp_path, '--seed', '7'))))
+    for name, value in initial.encoder.state_dict().items():
+        assert torch.equal(value, model.encoder.state_dict()[name].cpu()), name
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group['params']}
+    assert not optimised & {id(p) for p in model.encoder.parameters()}
+    assert optimised == {id(p) for p in model.decoder.parameters()}
+    changed = [n for n, v in initial.decoder.state_dict().items()
+               if not torch.equal(v, model.decoder.state_dict()[n].cpu())]
+    assert changed, 'no decoder weight moved in one epoch'
+    assert model.hparams['freeze_encoder'] == 1
