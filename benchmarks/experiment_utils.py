@@ -167,8 +167,10 @@ def pretrain_cmd(py: str, data_root: str, train_raw: str, train_processed: str, 
 def finetune_cmd(py: str, data_root: str, train_raw: str, train_processed: str, val_raw: str, val_processed: str,
                  batch_size: int, epochs: int, num_workers: int, accelerator: str, devices: int, precision: str,
                  seed: int, log_dir: str, exp_name: str, preset: str, pretrained: Optional[str] = None,
-                 limit_val_batches: str = '1', resume: bool = False, model: str = 'QCNet') -> List[str]:
-    """``train.py`` command: supervised ``model`` from scratch, or fine-tuned from ``pretrained`` (copy_refine 1)."""
+                 limit_val_batches: str = '1', resume: bool = False, model: str = 'QCNet',
+                 extra: Optional[List[str]] = None) -> List[str]:
+    """``train.py`` command: supervised ``model`` from scratch, or fine-tuned from ``pretrained`` (copy_refine 1);
+    ``extra``: further train.py flags (e.g. ``--freeze_encoder 1``)."""
     cmd = [py, 'train.py', '--root', data_root,
            '--train_raw_dir', train_raw, '--train_processed_dir', train_processed,
            '--val_raw_dir', val_raw, '--val_processed_dir', val_processed,
@@ -180,6 +182,7 @@ def finetune_cmd(py: str, data_root: str, train_raw: str, train_processed: str, 
            '--seed', str(seed), '--log_dir', log_dir, '--exp_name', exp_name] + model_flags(preset, model)
     if pretrained:
         cmd += ['--pretrained_ckpt', pretrained, '--copy_refine', '1']
+    cmd += list(extra or [])
     if resume:
         cmd.append('--resume')
     return cmd

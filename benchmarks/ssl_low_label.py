@@ -58,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument('--overlap', type=int, default=1, choices=[0, 1],
                    help='run the scratch baselines concurrently with pre-training')
     p.add_argument('--profile', default='default', help='synthetic scenario profile')
+    p.add_argument('--probe', type=int, default=0, choices=[0, 1],
+                   help='also train only the decoder on a frozen encoder, random (scratch_frozen) and pre-trained '
+                        '(pretrained_frozen): does the pre-trained representation itself carry the information?')
     args = p.parse_args(argv)
     if args.model in MODEL_PRESETS:  # earlier meaning of --model: the size preset of QCNet
         if args.size is not None:
@@ -133,18 +136,20 @@ def main(argv=None) -> int:
                             os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
                             args.finetune_batch_size, args.finetune_epochs, args.num_workers, args.accelerator, 1,
                             args.precision, seed, logs, name, args.size, pretrained=pretrained,
-                            model=args.model)
+                            model=args.model, extra=['--freeze_encoder', '1'] if 'frozen' in name else None)
+
+    kinds = ['scratch', 'pretrained'] + (['scratch_frozen', 'pretrained_frozen'] if args.probe else [])
 
     procs, proc_logs = {}, {}
     t_scratch = time.time()
-    names = [f'{kind}_s{seed}' for kind in ('scratch', 'pretrained') for seed in args.seeds]
+    names = [f'{kind}_s{seed}' for kind in kinds for seed in args.seeds]
     todo = {name for name in names if prepare_run_dir(logs, name)}
     if args.overlap:
         for seed in args.seeds:
-            name = f'scratch_s{seed}'
-            if name in todo:
-                proc_logs[name] = os.path.join(logs, name + '.log')
-                procs[name] = run(supervised_cmd(name, seed), proc_logs[name], background=True)
+            for name in (f'{kind}_s{seed}' for kind in kinds if kind.startswith('scratch')):
+                if name in todo:
+                    proc_logs[name] = os.path.join(logs, name + '.log')
+                    procs[name] = run(supervised_cmd(name, seed), proc_logs[name], background=True)
 
     t_pre = time.time()
     pretrained = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
@@ -160,11 +165,11 @@ def main(argv=None) -> int:
 
     t_ft = time.time()
     for seed in args.seeds:
-        for kind in ('scratch', 'pretrained'):
+        for kind in kinds:
             name = f'{kind}_s{seed}'
             if name in todo and name not in procs:
                 proc_logs[name] = os.path.join(logs, name + '.log')
-                procs[name] = run(supervised_cmd(name, seed, pretrained if kind == 'pretrained' else None),
+                procs[name] = run(supervised_cmd(name, seed, pretrained if kind.startswith('pretrained') else None),
                                   proc_logs[name], background=True)
     wait_all(procs, proc_logs)
     timings['finetune_wall_s'] = time.time() - t_ft
@@ -181,7 +186,7 @@ def main(argv=None) -> int:
     timings['total_s'] = time.time() - t0
 
     summary = {}
-    for kind in ('scratch', 'pretrained'):
+    for kind in kinds:
         for metric in METRICS:
             values = [results['runs'][f'{kind}_s{s}'][metric] for s in args.seeds if
                       metric in results['runs'][f'{kind}_s{s}']]
@@ -190,7 +195,7 @@ def main(argv=None) -> int:
                     'mean': statistics.fmean(values), 'std': statistics.pstdev(values), 'values': values}
     results['summary'] = summary
     lines = ['| run | ' + ' | '.join(METRICS) + ' |', '|---|' + '---|' * len(METRICS)]
-    for kind in ('scratch', 'pretrained'):
+    for kind in kinds:
         cells = [f"{summary[kind][m]['mean']:.3f} ± {summary[kind][m]['std']:.3f}" for m in METRICS
                  if m in summary.get(kind, {})]
         lines.append(f'| {kind} | ' + ' | '.join(cells) + ' |')
@@ -198,6 +203,11 @@ def main(argv=None) -> int:
         gain = 1 - summary['pretrained']['minFDE']['mean'] / summary['scratch']['minFDE']['mean']
         results['minFDE_relative_gain'] = gain
         lines.append(f'\nminFDE relative gain from pre-training: {100 * gain:.1f} %')
+    if 'minFDE' in summary.get('scratch_frozen', {}) and 'minFDE' in summary.get('pretrained_frozen', {}):
+        probe_gain = 1 - summary['pretrained_frozen']['minFDE']['mean'] / summary['scratch_frozen']['minFDE']['mean']
+        results['frozen_encoder_minFDE_relative_gain'] = probe_gain
+        lines.append(f'minFDE relative gain of a frozen pre-trained encoder over a frozen random one: '
+                     f'{100 * probe_gain:.1f} %')
     table = '\n'.join(lines)
     results['table'] = table
     atomic_write_json(os.path.join(work, 'results.json'), results)
