@@ -85,6 +85,26 @@ PROFILES: Dict[str, SyntheticProfile] = {
         sensor_range=(90.0, 130.0),
         dropout_prob=0.3,
     ),
+    # Small scenes for demo.sh on a CPU: the urban grid of 'default' cut down to one or two intersections, fewer
+    # lanes and side objects and a shorter sensor range, so a QCNet step costs a fraction of a 'default' one.
+    'demo': SyntheticProfile(
+        name='demo',
+        description='small urban scenes for the CPU demo: 1-2 intersections, 1-2 lanes per direction, few '
+                    'pedestrians and static objects, short sensor range',
+        road_kind='grid',
+        grid_shapes=(((1, 1), 0.5), ((2, 1), 0.5)),
+        block_length=(60.0, 90.0),
+        dangling_length=(45.0, 70.0),
+        lanes_per_direction=((1, 0.6), (2, 0.4)),
+        bike_lane_prob=0.15,
+        crosswalk_prob=0.5,
+        cyclists=(0, 1),
+        pedestrians=(0, 4),
+        static_objects=(0, 3),
+        parked_side_prob=0.1,
+        sensor_range=(45.0, 60.0),
+        dropout_prob=0.15,
+    ),
 }
 
 
