@@ -13,9 +13,17 @@ going (``--overlap``): a QCNet step leaves most of an H100 idle, so the wall tim
 
 --model picks the predictor / backbone (QCNet, the default, or ForecastMAE), --size its width preset (full, tiny).
 
+Split over two device calls (each at most 10 minutes, wiped afterwards, files back through a small output folder):
+call 1 pre-trains only and exports the slim checkpoint (``--skip_finetune 1 --export_dir OUT``: momentum encoder +
+decoder in float16, ~10.6 MiB for the full-size QCNet, see ``utils/export_pretrained.py``); call 2 carries that file in
+and runs the scratch baselines and the fine-tunes (``--pretrained_ckpt pretrained_slim.ckpt --export_dir OUT``).
+
 Example (one H100, ~8 minutes per model):
   python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel --accelerator gpu --precision bf16-mixed
   python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel_fmae --model ForecastMAE
+In two calls (same data flags in both; synthetic data is regenerated identically from its seeds):
+  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --skip_finetune 1 --export_dir $OUT
+  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --pretrained_ckpt pretrained_slim.ckpt --export_dir $OUT
 """
 import argparse
 import json
@@ -25,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -34,6 +42,9 @@ if ROOT not in sys.path:
 from benchmarks.experiment_utils import (METRICS, MODEL_PRESETS, MODELS, atomic_write_json,  # noqa: E402
                                          atomic_write_text, canonical_model, finetune_cmd, prepare_run_dir, pretrain_cmd,
                                          read_val_metrics, start_logged, val_cmd)
+
+SLIM_NAME = 'pretrained_slim.ckpt'            # --export_dir: the slim pre-training checkpoint
+PRETRAIN_METRICS_NAME = 'pretrain_metrics.csv'  # --export_dir: the pre-training run's CSV log (losses, accuracy)
 
 
 def parse_args(argv=None):
@@ -61,7 +72,22 @@ def parse_args(argv=None):
     p.add_argument('--probe', type=int, default=0, choices=[0, 1],
                    help='also train only the decoder on a frozen encoder, random (scratch_frozen) and pre-trained '
                         '(pretrained_frozen): does the pre-trained representation itself carry the information?')
+    p.add_argument('--pretrained_ckpt', default=None,
+                   help='skip pre-training and fine-tune from this pre-training checkpoint (full, or the slim '
+                        f'{SLIM_NAME} of an earlier --export_dir)')
+    p.add_argument('--skip_finetune', type=int, default=0, choices=[0, 1],
+                   help='stop after pre-training (no scratch or fine-tuning run); with --export_dir, fine-tune in a '
+                        'later call with --pretrained_ckpt')
+    p.add_argument('--export_dir', default=None,
+                   help=f'write {SLIM_NAME} (float16 momentum encoder + decoder of the pre-training run here, when '
+                        f'it pre-trained), {PRETRAIN_METRICS_NAME}, results.json and the *_val.json files here')
     args = p.parse_args(argv)
+    if args.pretrained_ckpt is not None:
+        if args.skip_finetune:
+            p.error('--pretrained_ckpt skips pre-training and --skip_finetune 1 skips fine-tuning: nothing would run')
+        if not os.path.isfile(args.pretrained_ckpt):
+            p.error(f'--pretrained_ckpt {args.pretrained_ckpt}: no such checkpoint file')
+        args.pretrained_ckpt = os.path.abspath(args.pretrained_ckpt)
     if args.model in MODEL_PRESETS:  # earlier meaning of --model: the size preset of QCNet
         if args.size is not None:
             p.error(f'--model {args.model} is a size; give the size with --size and the model with --model')
@@ -90,8 +116,49 @@ def wait_all(procs: Dict[str, subprocess.Popen], logs: Dict[str, str]) -> None:
             sys.exit(f'ssl_low_label: {name} failed (exit {proc.returncode}), see {logs[name]}')
 
 
+def check_pretrained_ckpt(path: str, model: str) -> None:
+    """Fails now (not minutes later in train.py) on a checkpoint that is no pre-training one of ``model``'s
+    backbone; the messages name the file."""
+    from predictors import model_class
+    from utils.pretrained import _check_pretraining_layout, read_pretraining_checkpoint
+    try:
+        state_dict, hparams = read_pretraining_checkpoint(path)
+        _check_pretraining_layout(path, state_dict, hparams)
+    except (OSError, ValueError) as error:
+        sys.exit(f'ssl_low_label: --pretrained_ckpt {str(error).splitlines()[0]}')
+    expected = model_class(model).SSL_BACKBONE
+    found = str(hparams.get('backbone') or 'qcnet') if hparams else expected  # bare state dicts: train.py checks
+    if found != expected:
+        sys.exit(f'ssl_low_label: --pretrained_ckpt {path}: pre-trained with backbone {found!r}, but --model {model} '
+                 f'takes {expected!r} weights')
+
+
+def export_files(export_dir: str, sources: List[str], names: Optional[List[str]] = None) -> None:
+    """Copies the files of ``sources`` that exist into ``export_dir`` (under ``names``, default their own), each
+    atomically: a call that ends mid-copy leaves the previous version, never half a file."""
+    os.makedirs(export_dir, exist_ok=True)
+    for source, name in zip(sources, names or [os.path.basename(s) for s in sources]):
+        if os.path.isfile(source):
+            tmp = os.path.join(export_dir, f'.{name}.{os.getpid()}.tmp')
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, os.path.join(export_dir, name))
+
+
+def pretrain_metrics_csv(run_dir: str):
+    """The CSV log (csv/version_N/metrics.csv) of the newest version of a train_ssl.py run, or None."""
+    csv_dir = os.path.join(run_dir, 'csv')
+    versions = sorted((d for d in os.listdir(csv_dir) if d.startswith('version_')),
+                      key=lambda d: int(d.split('_')[1]) if d.split('_')[1].isdigit() else -1) \
+        if os.path.isdir(csv_dir) else []
+    path = os.path.join(csv_dir, versions[-1], 'metrics.csv') if versions else None
+    return path if path and os.path.isfile(path) else None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.pretrained_ckpt is not None:
+        check_pretrained_ckpt(args.pretrained_ckpt, args.model)
+    export_dir = os.path.abspath(args.export_dir) if args.export_dir else None
     py = sys.executable
     work = os.path.abspath(args.work_dir)
     raw, data, logs = (os.path.join(work, d) for d in ('raw', 'data', 'logs'))
@@ -142,9 +209,9 @@ def main(argv=None) -> int:
 
     procs, proc_logs = {}, {}
     t_scratch = time.time()
-    names = [f'{kind}_s{seed}' for kind in kinds for seed in args.seeds]
+    names = [] if args.skip_finetune else [f'{kind}_s{seed}' for kind in kinds for seed in args.seeds]
     todo = {name for name in names if prepare_run_dir(logs, name)}
-    if args.overlap:
+    if args.overlap and not args.skip_finetune:
         for seed in args.seeds:
             for name in (f'{kind}_s{seed}' for kind in kinds if kind.startswith('scratch')):
                 if name in todo:
@@ -152,16 +219,35 @@ def main(argv=None) -> int:
                     procs[name] = run(supervised_cmd(name, seed), proc_logs[name], background=True)
 
     t_pre = time.time()
-    pretrained = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
-    if not os.path.exists(os.path.join(logs, 'pretrain', 'done')):
-        shutil.rmtree(os.path.join(logs, 'pretrain'), ignore_errors=True)
-        run(pretrain_cmd(py, data, os.path.join(raw, 'train'), os.path.join(data, 'train', 'processed'),
-                         os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'), args.pretrain_batch_size,
-                         args.pretrain_epochs, args.warmup, args.num_workers, args.accelerator, 1, args.precision, 0,
-                         logs, 'pretrain', args.size, model=args.model),
-            os.path.join(logs, 'pretrain.log'))
-        open(os.path.join(logs, 'pretrain', 'done'), 'w').close()
-    timings['pretrain_s'] = time.time() - t_pre
+    if args.pretrained_ckpt is not None:  # pre-trained elsewhere (an earlier call): nothing to pre-train here
+        pretrained = args.pretrained_ckpt
+    else:
+        pretrained = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
+        if not os.path.exists(os.path.join(logs, 'pretrain', 'done')):
+            shutil.rmtree(os.path.join(logs, 'pretrain'), ignore_errors=True)
+            run(pretrain_cmd(py, data, os.path.join(raw, 'train'), os.path.join(data, 'train', 'processed'),
+                             os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
+                             args.pretrain_batch_size, args.pretrain_epochs, args.warmup, args.num_workers,
+                             args.accelerator, 1, args.precision, 0, logs, 'pretrain', args.size, model=args.model),
+                os.path.join(logs, 'pretrain.log'))
+            open(os.path.join(logs, 'pretrain', 'done'), 'w').close()
+        timings['pretrain_s'] = time.time() - t_pre
+        if export_dir:  # right away: should the call end during fine-tuning, the pre-training is saved already
+            run([py, '-m', 'utils.export_pretrained', pretrained, os.path.join(export_dir, SLIM_NAME)],
+                os.path.join(logs, 'export_pretrained.log'))
+            metrics_csv = pretrain_metrics_csv(os.path.join(logs, 'pretrain'))
+            if metrics_csv:
+                export_files(export_dir, [metrics_csv], [PRETRAIN_METRICS_NAME])
+    if args.skip_finetune:
+        timings['total_s'] = time.time() - t0
+        results = {'config': vars(args), 'runs': {}, 'timings': timings, 'pretrained_ckpt': pretrained}
+        atomic_write_json(os.path.join(work, 'results.json'), results)
+        if export_dir:
+            export_files(export_dir, [os.path.join(work, 'results.json')])
+        print(f'--skip_finetune 1: stopped after pre-training; checkpoint {pretrained}'
+              + (f', slim copy {os.path.join(export_dir, SLIM_NAME)}' if export_dir else ''))
+        print(json.dumps(timings, indent=2))
+        return 0
 
     t_ft = time.time()
     for seed in args.seeds:
@@ -183,6 +269,8 @@ def main(argv=None) -> int:
                         os.path.join(logs, name, 'checkpoints', 'last.ckpt'), args.accelerator, out_json),
                 os.path.join(logs, name + '_val.log'))
         results['runs'][name] = read_val_metrics(out_json)
+        if export_dir:  # one by one: a call that ends during val still hands back what is done
+            export_files(export_dir, [out_json])
     timings['total_s'] = time.time() - t0
 
     summary = {}
@@ -211,6 +299,8 @@ def main(argv=None) -> int:
     table = '\n'.join(lines)
     results['table'] = table
     atomic_write_json(os.path.join(work, 'results.json'), results)
+    if export_dir:
+        export_files(export_dir, [os.path.join(work, 'results.json')])
     print(table)
     print(json.dumps(timings, indent=2))
     print(f'results: {os.path.join(work, "results.json")}')

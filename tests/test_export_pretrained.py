@@ -1,0 +1,215 @@
+"""Slim pre-training checkpoints (utils/export_pretrained.py): only the momentum encoder + decoder and the
+hyper-parameters, loading for fine-tuning exactly like the full checkpoint; the split options of
+benchmarks/ssl_low_label.py that use them. Checkpoints come from two tiny pre-training steps on the real
+Argoverse 2 samples of ../shared/data (skipped when absent)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from predictors import ForecastMAE, QCNet
+from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
+from transforms.ssl_views import SSLViews
+from utils.export_pretrained import EXPORT_INFO_KEY, export_pretrained, exported_keys, main
+from utils.pretrained import load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
+SPEC = ROOT / '..' / 'shared' / 'spec' / 'smartpretrain_checkpoint_keys.tsv'
+TINY = {'QCNet': dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
+                      num_dec_layers=1, pl2pl_radius=20, pl2a_radius=15, a2a_radius=15, pl2m_radius=20,
+                      a2m_radius=20, time_span=3, num_t2m_steps=10),
+        'ForecastMAE': dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_dec_layers=1,
+                            num_temporal_layers=1, num_scene_layers=1)}
+PREDICTOR = {'QCNet': QCNet, 'ForecastMAE': ForecastMAE}
+BACKBONE = {'QCNet': 'qcnet', 'ForecastMAE': 'forecast_mae'}
+MOMENTUM = ('momentum_branch.encoder.', 'momentum_branch.decoder.')
+
+
+@pytest.fixture(scope='module')
+def ssl_checkpoints(tmp_path_factory):
+    """{'QCNet': path, 'ForecastMAE': path}: last.ckpt of two pre-training steps of each backbone under a Lightning
+    Trainer (the SmartPretrain module and views of train_ssl.py; full Lightning checkpoints: both branches, heads,
+    AdamW state) on real scenes cropped around the AV, which keeps a step fast on CPU."""
+    if not RAW.is_dir():
+        pytest.skip(f'real AV2 samples are absent ({RAW})')
+    from test_ssl_model import SCENARIOS, crop_scene  # same module objects pytest collected
+    from test_ssl_training import _ScenesModule
+    from datasets import load_argoverse_v2_scenario, process_scenario
+    scenes = [crop_scene(process_scenario(load_argoverse_v2_scenario(RAW / s)), 20.0) for s in SCENARIOS]
+    root = tmp_path_factory.mktemp('ssl')
+    paths = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread beats two waiting on each other on a busy 2-core box
+    try:
+        for model, sizes in TINY.items():
+            pl.seed_everything(5)
+            module = SmartPretrain(backbone=BACKBONE[model], **sizes, warmup=1, seed=5)
+            views = SSLViews(50, 60, seed=5)
+            view_callback = ViewEpochCallback(views)
+            trainer = pl.Trainer(max_steps=2, accelerator='cpu', devices=1, logger=False, enable_progress_bar=False,
+                                 enable_model_summary=False, limit_val_batches=0,
+                                 callbacks=[ModelCheckpoint(dirpath=root / model, save_last=True), view_callback])
+            trainer.fit(module, _ScenesModule(scenes, views, view_callback))
+            paths[model] = root / model / 'last.ckpt'
+    finally:
+        torch.set_num_threads(threads)
+    return paths
+
+
+def args_hparams(ssl_checkpoints, model='QCNet'):
+    return torch.load(ssl_checkpoints[model], map_location='cpu', weights_only=True)['hyper_parameters']
+
+
+def fine_tuning_model(model: str, hparams):
+    torch.manual_seed(3)  # the same fresh initialisation for every load that is compared
+    return PREDICTOR[model](**{**hparams, 'num_modes': 6})
+
+
+@pytest.mark.parametrize('model,dtype', [('QCNet', 'float32'), ('QCNet', 'float16'), ('ForecastMAE', 'float16'),
+                                         ('ForecastMAE', 'bfloat16')])
+def test_slim_checkpoint_loads_like_the_full_one(ssl_checkpoints, tmp_path, model, dtype):
+    full_path, slim_path = ssl_checkpoints[model], tmp_path / 'slim.ckpt'
+    summary = export_pretrained(str(full_path), str(slim_path), dtype)
+    full = torch.load(full_path, map_location='cpu', weights_only=True)
+    slim = torch.load(slim_path, map_location='cpu', weights_only=True)
+
+    # only the momentum encoder / decoder, same names; the hyper-parameters unchanged
+    expected_keys = [k for k in full['state_dict'] if k.startswith(MOMENTUM)]
+    assert list(slim['state_dict']) == expected_keys and len(expected_keys) < len(full['state_dict'])
+    assert slim['hyper_parameters'] == full['hyper_parameters']
+    assert 'optimizer_states' in full and 'optimizer_states' not in slim
+    assert slim[EXPORT_INFO_KEY]['dtype'] == dtype
+    for key, value in slim['state_dict'].items():
+        source = full['state_dict'][key]
+        assert value.dtype == (getattr(torch, dtype) if source.is_floating_point() else source.dtype), key
+    assert summary.num_tensors == len(expected_keys) and summary.output_bytes == os.path.getsize(slim_path)
+    assert summary.num_parameters == sum(full['state_dict'][k].numel() for k in expected_keys
+                                         if full['state_dict'][k].is_floating_point())
+    assert summary.output_bytes < summary.source_bytes / (8 if dtype == 'float32' else 12)
+    assert [p.name for p in tmp_path.iterdir()] == ['slim.ckpt']  # no temporary file left behind
+
+    # fine-tuning from either file: the same weights (up to the export dtype's rounding), the same report
+    hparams = full['hyper_parameters']
+    from_full, from_slim = fine_tuning_model(model, hparams), fine_tuning_model(model, hparams)
+    report_full = load_pretrained(from_full, str(full_path), copy_refine=True, verbose=False)
+    report_slim = load_pretrained(from_slim, str(slim_path), copy_refine=True, verbose=False)
+    for field in ('loaded', 'copied_to_refine', 'adapted', 'not_loaded'):
+        assert getattr(report_slim, field) == getattr(report_full, field), field
+    assert set(report_slim.unused) < set(report_full.unused)  # the online branch, heads, ... are gone
+    assert all(p.dtype == torch.float32 for p in from_slim.parameters())
+    state_full, state_slim = from_full.state_dict(), from_slim.state_dict()
+    rounded = 0
+    for key in state_full:
+        if dtype == 'float32' or key not in report_full.loaded or not state_full[key].is_floating_point():
+            assert torch.equal(state_slim[key], state_full[key]), key
+        else:  # exactly the float32 weight rounded to the export dtype
+            assert torch.equal(state_slim[key], state_full[key].to(getattr(torch, dtype)).float()), key
+            rounded += not torch.equal(state_slim[key], state_full[key])
+    assert (rounded > 0) == (dtype != 'float32')
+
+
+def test_official_layout_is_exported(ssl_checkpoints, tmp_path):
+    """The official SmartPretrain release: same key layout (shared/spec), hyper-parameters without 'backbone'."""
+    if not SPEC.is_file():
+        pytest.skip(f'checkpoint spec is absent ({SPEC})')
+    official_keys = [line.split('\t')[0] for line in SPEC.read_text().splitlines() if line.strip()]
+    kept = exported_keys(official_keys)
+    assert len(official_keys) == 1418 and len(kept) == 411 + 281
+    assert kept == [k for k in official_keys if k.startswith(MOMENTUM)]
+
+    full = torch.load(ssl_checkpoints['QCNet'], map_location='cpu', weights_only=True)
+    official_names = ('dataset', 'input_dim', 'hidden_dim', 'output_dim', 'output_head', 'num_historical_steps',
+                      'num_future_steps', 'num_modes', 'num_recurrent_steps', 'num_freq_bands', 'num_map_layers',
+                      'num_agent_layers', 'num_dec_layers', 'num_heads', 'head_dim', 'dropout', 'pl2pl_radius',
+                      'time_span', 'pl2a_radius', 'a2a_radius', 'num_t2m_steps', 'pl2m_radius', 'a2m_radius', 'lr',
+                      'weight_decay', 'T_max', 'submission_dir', 'submission_file_name', 'lr_init', 'lr_last',
+                      'weight_decay_init', 'warmup', 'contra_t', 'contra_momentum')
+    official = {'epoch': 31, 'global_step': 100, 'state_dict': full['state_dict'],
+                'hyper_parameters': {k: full['hyper_parameters'][k] for k in official_names},
+                'optimizer_states': full['optimizer_states']}
+    torch.save(official, tmp_path / 'official.ckpt')
+    export_pretrained(str(tmp_path / 'official.ckpt'), str(tmp_path / 'slim.ckpt'))
+    slim = torch.load(tmp_path / 'slim.ckpt', weights_only=True)
+    assert 'backbone' not in slim['hyper_parameters']
+    model = fine_tuning_model('QCNet', full['hyper_parameters'])
+    report = load_pretrained(model, str(tmp_path / 'slim.ckpt'), copy_refine=False, verbose=False)
+    assert {f'{k[len("momentum_branch."):]}' for k in slim['state_dict'] if k.startswith(MOMENTUM[0])} <= \
+        set(report.loaded)
+
+
+def test_bad_inputs_fail_with_one_line_naming_the_file(ssl_checkpoints, tmp_path):
+    full = torch.load(ssl_checkpoints['QCNet'], map_location='cpu', weights_only=True)
+    out = tmp_path / 'out' / 'slim.ckpt'
+    supervised = tmp_path / 'qcnet_supervised.ckpt'
+    model = fine_tuning_model('QCNet', full['hyper_parameters'])
+    torch.save({'state_dict': model.state_dict(), 'hyper_parameters': {'model': 'QCNet'}}, supervised)
+    online_only = tmp_path / 'online_only.ckpt'
+    torch.save({'state_dict': {k: v for k, v in full['state_dict'].items() if not k.startswith('momentum_branch.')}},
+               online_only)
+    diverged = tmp_path / 'diverged.ckpt'
+    state = dict(full['state_dict'])
+    key = next(k for k in state if k.startswith(MOMENTUM[0]) and state[k].is_floating_point())
+    state[key] = torch.full_like(state[key], float('nan'))
+    torch.save({'state_dict': state, 'hyper_parameters': full['hyper_parameters']}, diverged)
+    huge = tmp_path / 'huge.ckpt'
+    state = dict(full['state_dict'])
+    state[key] = torch.full_like(state[key], 1e6)
+    torch.save({'state_dict': state, 'hyper_parameters': full['hyper_parameters']}, huge)
+
+    cases = [(supervised, r'qcnet_supervised\.ckpt: this is a QCNet \(supervised / fine-tuned\) checkpoint'),
+             (tmp_path / 'missing.ckpt', r'missing\.ckpt: no such checkpoint file'),
+             (online_only, r'online_only\.ckpt: not a SmartPretrain pre-training checkpoint: no '
+                           r'momentum_branch\.encoder\.\* keys'),
+             (diverged, rf'diverged\.ckpt: {key} holds NaN'),
+             (huge, rf'huge\.ckpt: {key} has values beyond the range of float16.*--dtype bfloat16')]
+    for path, message in cases:
+        with pytest.raises(SystemExit, match=f'^export_pretrained: .*{message}') as error:
+            main([str(path), str(out)])
+        assert '\n' not in str(error.value.code)
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # nothing written, not even a temp file
+    main([str(huge), str(out), '--dtype', 'bfloat16'])  # bfloat16 has float32's range
+    with pytest.raises(SystemExit, match=r'slim\.ckpt: the output is the input checkpoint itself'):
+        main([str(out), str(out)])
+
+
+def test_command_line(ssl_checkpoints, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--help'])
+    assert exit_info.value.code == 0 and '--dtype' in capsys.readouterr().out
+    out = tmp_path / 'slim.ckpt'
+    result = subprocess.run([sys.executable, '-m', 'utils.export_pretrained', str(ssl_checkpoints['ForecastMAE']),
+                             str(out), '--dtype', 'float32'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    slim = torch.load(out, weights_only=True)['state_dict']
+    params = sum(v.numel() for v in slim.values() if v.is_floating_point())
+    assert f'{params:,} parameters' in result.stdout and 'as float32' in result.stdout
+    assert f'{os.path.getsize(out) / 2 ** 20:.2f} MiB' in result.stdout
+
+
+def test_ssl_low_label_split_options(ssl_checkpoints, tmp_path, capsys):
+    from benchmarks import ssl_low_label
+    slim = tmp_path / 'slim.ckpt'
+    export_pretrained(str(ssl_checkpoints['QCNet']), str(slim))
+    args = ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_ckpt', str(slim)])
+    assert args.pretrained_ckpt == str(slim) and not args.skip_finetune and args.export_dir is None
+    ssl_low_label.check_pretrained_ckpt(args.pretrained_ckpt, args.model)  # a slim QCNet checkpoint is accepted
+    with pytest.raises(SystemExit, match=r"slim\.ckpt: pre-trained with backbone 'qcnet', but --model ForecastMAE"):
+        ssl_low_label.check_pretrained_ckpt(str(slim), 'ForecastMAE')
+    with pytest.raises(SystemExit, match=r'--pretrained_ckpt .*qcnet\.ckpt: this is a QCNet \(supervised'):
+        torch.save({'state_dict': fine_tuning_model('QCNet', args_hparams(ssl_checkpoints)).state_dict()},
+                   tmp_path / 'qcnet.ckpt')
+        ssl_low_label.check_pretrained_ckpt(str(tmp_path / 'qcnet.ckpt'), 'QCNet')
+    capsys.readouterr()
+    for flags, message in ((['--pretrained_ckpt', str(tmp_path / 'nowhere.ckpt')], 'nowhere.ckpt: no such checkpoint'),
+                           (['--pretrained_ckpt', str(slim), '--skip_finetune', '1'], 'nothing would run')):
+        with pytest.raises(SystemExit):  # argparse errors: usage + message on stderr, exit code 2
+            ssl_low_label.parse_args(['--work_dir', str(tmp_path), *flags])
+        assert message in capsys.readouterr().err
+    defaults = ssl_low_label.parse_args(['--work_dir', str(tmp_path)])
+    assert (defaults.pretrained_ckpt, defaults.skip_finetune, defaults.export_dir) == (None, 0, None)
