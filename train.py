@@ -208,6 +208,7 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                          max_epochs=args.max_epochs, max_steps=args.max_steps,
                          limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
                          log_every_n_steps=args.log_every_n_steps, num_sanity_val_steps=args.num_sanity_val_steps,
+                         gradient_clip_val=getattr(args, 'gradient_clip_val', 0.0) or None,
                          callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                          default_root_dir=str(run_dir))
     try:

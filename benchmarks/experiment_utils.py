@@ -180,6 +180,8 @@ def finetune_cmd(py: str, data_root: str, train_raw: str, train_processed: str, 
            '--limit_val_batches', str(limit_val_batches), '--num_sanity_val_steps', '0',
            '--accelerator', accelerator, '--devices', str(devices), '--precision', precision,
            '--seed', str(seed), '--log_dir', log_dir, '--exp_name', exp_name] + model_flags(preset, model)
+    if canonical_model(model) == 'ForecastMAE':  # its recipe warms up 10 of 60 epochs: keep that share
+        cmd += ['--warmup_epochs', str(max(1, round(epochs / 6)))]
     if pretrained:
         cmd += ['--pretrained_ckpt', pretrained, '--copy_refine', '1']
     cmd += list(extra or [])

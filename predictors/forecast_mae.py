@@ -105,9 +105,14 @@ class ForecastMAE(TrajectoryPredictor):
         parser.add_argument('--num_heads', type=int, default=8)
         parser.add_argument('--head_dim', type=int, default=16)
         parser.add_argument('--dropout', type=float, default=0.1)
-        parser.add_argument('--lr', type=float, default=5e-4)
+        # optimisation defaults of the official Forecast-MAE recipe (lr 1e-3, 10 warm-up epochs, 60 epochs, clip 5)
+        parser.add_argument('--lr', type=float, default=1e-3)
         parser.add_argument('--weight_decay', type=float, default=1e-4)
-        parser.add_argument('--T_max', type=int, default=64)
+        parser.add_argument('--T_max', type=int, default=60)
+        parser.add_argument('--warmup_epochs', type=int, default=10,
+                            help='linear learning-rate warm-up epochs before the cosine decay (0: none)')
+        parser.add_argument('--gradient_clip_val', type=float, default=5.0,
+                            help='clip the gradient norm to this value (0: no clipping)')
         parser.add_argument('--submission_dir', type=str, default='./')
         parser.add_argument('--submission_file_name', type=str, default='submission')
         return parent_parser

@@ -166,6 +166,10 @@ class QCNet(TrajectoryPredictor):
         parser.add_argument('--a2m_radius', type=float, required=True)
         parser.add_argument('--lr', type=float, default=5e-4)
         parser.add_argument('--weight_decay', type=float, default=1e-4)
+        parser.add_argument('--warmup_epochs', type=int, default=0,
+                            help='linear learning-rate warm-up epochs before the cosine decay (official QCNet: none)')
+        parser.add_argument('--gradient_clip_val', type=float, default=0.0,
+                            help='clip the gradient norm to this value (0: no clipping, as officially)')
         parser.add_argument('--T_max', type=int, default=64)
         parser.add_argument('--submission_dir', type=str, default='./')
         parser.add_argument('--submission_file_name', type=str, default='submission')

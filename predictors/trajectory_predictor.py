@@ -12,6 +12,7 @@ history step (the frame of ``transforms.TargetBuilder``). It needs the attribute
 (``SSL_BACKBONE``) and, for ``--copy_refine``, which decoder submodules start from which pre-trained ones
 (``PROPOSE_TO_REFINE``).
 """
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -30,6 +31,16 @@ FOCAL_CATEGORY = 3  # Argoverse 2 track category scored by the benchmark
 EVAL_MAX_GUESSES = 6
 MODEL_HPARAM = 'model'
 DEFAULT_MODEL_NAME = 'QCNet'  # checkpoints that name no model: official QCNet releases and early runs
+
+
+def warmup_cosine_factor(epoch: int, warmup_epochs: int, total_epochs: int) -> float:
+    """Learning-rate factor of epoch ``epoch``: (epoch + 1) / warmup_epochs during the warm-up, then a cosine from 1
+    down to 0 at ``total_epochs`` (0 afterwards)."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / warmup_epochs
+    span = max(total_epochs - warmup_epochs, 1)
+    progress = min((epoch - warmup_epochs) / span, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def normalise_model_name(name: str) -> str:
@@ -286,7 +297,12 @@ class TrajectoryPredictor(pl.LightningModule):
                   {'params': [params[n] for n in no_decay if params[n].requires_grad], 'weight_decay': 0.0}]
         fused = all(p.is_cuda for p in params.values()) and os.environ.get('QCNET_FUSED_ADAMW', '1') != '0'
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer=optimizer, T_max=self.T_max, eta_min=0.0)
+        warmup = int(self.hparams.get('warmup_epochs') or 0)
+        if warmup <= 0:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer=optimizer, T_max=self.T_max, eta_min=0.0)
+        else:  # linear warm-up over `warmup` epochs, then cosine to 0 at T_max (Forecast-MAE's recipe)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: warmup_cosine_factor(
+                epoch, warmup, self.T_max))
         return [optimizer], [scheduler]
 
     # Python / NumPy / torch RNG states travel with training checkpoints, so `train.py --resume` continues the random

@@ -309,6 +309,8 @@ def test_pretraining_and_fine_tuning_scripts(pipeline, capsys):
     assert encoder and all(torch.equal(tuned['state_dict'][k], ssl['state_dict']['momentum_branch.' + k])
                            for k in encoder)  # lr 0: still exactly the pre-trained momentum encoder
     assert math.isfinite(float(trainer.callback_metrics['val_minFDE']))
+    assert trainer.gradient_clip_val == 5.0  # Forecast-MAE's recipe reaches the Trainer
+    assert tuned['hyper_parameters']['warmup_epochs'] == 10
 
 
 def test_val_and_test_detect_the_model(pipeline, dataset_root, tmp_path, capsys):
