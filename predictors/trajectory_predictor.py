@@ -12,7 +12,6 @@ history step (the frame of ``transforms.TargetBuilder``). It needs the attribute
 (``SSL_BACKBONE``) and, for ``--copy_refine``, which decoder submodules start from which pre-trained ones
 (``PROPOSE_TO_REFINE``).
 """
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -26,6 +25,7 @@ from torch_geometric.data import Batch, HeteroData
 from losses.mixture_nll_loss import MixtureNLLLoss
 from losses.nll_loss import NLLLoss
 from utils.checkpoint import CheckpointError, load_module_from_checkpoint
+from utils.schedules import warmup_cosine
 
 FOCAL_CATEGORY = 3  # Argoverse 2 track category scored by the benchmark
 EVAL_MAX_GUESSES = 6
@@ -34,13 +34,11 @@ DEFAULT_MODEL_NAME = 'QCNet'  # checkpoints that name no model: official QCNet r
 
 
 def warmup_cosine_factor(epoch: int, warmup_epochs: int, total_epochs: int) -> float:
-    """Learning-rate factor of epoch ``epoch``: (epoch + 1) / warmup_epochs during the warm-up, then a cosine from 1
-    down to 0 at ``total_epochs`` (0 afterwards)."""
+    """Learning-rate factor of epoch ``epoch``: (epoch + 1) / warmup_epochs during the warm-up (the first epoch
+    already trains), then ``utils.schedules.warmup_cosine``'s half-cosine from 1 down to 0 at ``total_epochs``."""
     if epoch < warmup_epochs:
         return (epoch + 1) / warmup_epochs
-    span = max(total_epochs - warmup_epochs, 1)
-    progress = min((epoch - warmup_epochs) / span, 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warmup_cosine(epoch, total_epochs, warmup_epochs, 0.0, 1.0, 0.0)
 
 
 def normalise_model_name(name: str) -> str:
