@@ -19,7 +19,6 @@ from typing import List, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datasets import ArgoverseV2DataModule, CacheError, ScenarioError
 from datasets.storage import UnwritableDirectoryError
@@ -29,8 +28,7 @@ from utils.atomic_checkpoint_io import AtomicCheckpointIO
 from utils.checkpoint import CheckpointError
 from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
                        training_strategy)
-from utils.resume import (SIGTERM_EXIT_CODE, SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint,
-                          interrupted_message)
+from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
 
 MONITOR = 'val_minFDE'
 SUMMARY_METRICS = ('val_minADE', 'val_minFDE', 'val_MR', 'val_Brier', 'val_minAHE', 'val_minFHE')
@@ -211,14 +209,9 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                          gradient_clip_val=getattr(args, 'gradient_clip_val', 0.0) or None,
                          callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                          default_root_dir=str(run_dir))
-    try:
-        # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...
-        with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
-            trainer.fit(model, datamodule, ckpt_path=resume_path)
-    except SIGTERMException:
-        if trainer.is_global_zero:
-            print(interrupted_message('train.py', trainer, checkpoint_dir, sigterm_checkpoint), flush=True)
-        raise SystemExit(SIGTERM_EXIT_CODE) from None
+    # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...
+    fit_or_exit_on_sigterm('train.py', trainer, model, datamodule, resume_path, checkpoint_dir, sigterm_checkpoint,
+                           (CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError))
     if trainer.is_global_zero:
         print_summary(trainer, model_checkpoint, run_dir, loggers)
     return trainer

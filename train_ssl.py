@@ -21,7 +21,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datasets import ArgoverseV2DataModule, CacheError, ScenarioError
 from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, check_mix_arguments, mix_requested,
@@ -35,8 +34,7 @@ from datasets.storage import UnwritableDirectoryError
 from utils.checkpoint import CheckpointError
 from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
                        training_strategy)
-from utils.resume import (SIGTERM_EXIT_CODE, SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint,
-                          interrupted_message)
+from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
 
 MONITOR = 'val_loss'
 DEFAULT_LOG_DIR = 'logs_pretrain'
@@ -238,14 +236,9 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                          limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
                          log_every_n_steps=args.log_every_n_steps, callbacks=callbacks,
                          logger=loggers, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
-    try:
-        # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...
-        with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
-            trainer.fit(model, datamodule, ckpt_path=resume_path)
-    except SIGTERMException:
-        if trainer.is_global_zero:
-            print(interrupted_message('train_ssl.py', trainer, checkpoint_dir, sigterm_checkpoint), flush=True)
-        raise SystemExit(SIGTERM_EXIT_CODE) from None
+    # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...
+    fit_or_exit_on_sigterm('train_ssl.py', trainer, model, datamodule, resume_path, checkpoint_dir, sigterm_checkpoint,
+                           (CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError))
     if trainer.is_global_zero:
         print_summary(trainer, model_checkpoint, run_dir, loggers)
     return trainer

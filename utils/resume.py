@@ -26,6 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from utils.checkpoint import CheckpointError, compare_state_dicts, read_checkpoint
+from utils.cli import input_errors
 
 LAST_CHECKPOINT = 'last.ckpt'
 SIGTERM_EXIT_CODE = 128 + 15  # what a shell reports for a process ended by SIGTERM
@@ -89,6 +90,21 @@ def interrupted_message(script: str, trainer: pl.Trainer, checkpoint_dir: Path,
         saved = 'no checkpoint was written yet'
     return (f'{script}: stopped by SIGTERM at epoch {trainer.current_epoch}, optimiser step {trainer.global_step}; '
             f'{saved}; continue with the same flags plus --resume')
+
+
+def fit_or_exit_on_sigterm(script: str, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
+                           resume_path: Optional[str], checkpoint_dir: Path, sigterm_checkpoint: SigtermCheckpoint,
+                           input_error_types: Sequence[type]) -> None:
+    """``trainer.fit`` of a training script: bad input surfacing inside fit (errors of ``input_error_types``: empty
+    split, stale cache, ...) ends the script with its one-line message; SIGTERM ends it with the line of
+    ``interrupted_message`` and exit status SIGTERM_EXIT_CODE after the SigtermCheckpoint callback has saved."""
+    try:
+        with input_errors(*input_error_types):
+            trainer.fit(model, datamodule, ckpt_path=resume_path)
+    except SIGTERMException:
+        if trainer.is_global_zero:
+            print(interrupted_message(script, trainer, checkpoint_dir, sigterm_checkpoint), flush=True)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
 
 
 def checkpoint_kind(state_dict: Mapping[str, Any]) -> str:
