@@ -86,6 +86,9 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
                           help='SmartPretrain pre-training checkpoint whose encoder/decoder initialise the model')
     finetune.add_argument('--copy_refine', type=int, default=0, choices=[0, 1],
                           help='also initialise the refinement attention layers from the proposal ones')
+    finetune.add_argument('--pretrained_branch', type=str, default='momentum', choices=['momentum', 'online'],
+                          help='which pre-training branch initialises the model: momentum (the method; its EMA '
+                               'keeps much of its random start after short pre-training runs) or online')
     finetune.add_argument('--freeze_encoder', type=int, default=0, choices=[0, 1],
                           help='train only the decoder; the encoder (pre-trained or random) keeps its weights: the '
                                'linear-probe style check of what a pre-trained representation holds')
@@ -178,9 +181,10 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
             print(f'--resume given: weights come from {resume_path}, --pretrained_ckpt is not loaded again')
         else:
             from utils.pretrained import load_pretrained
-            print(f'fine-tuning from {args.pretrained_ckpt} ({args.model}, copy_refine={args.copy_refine})')
+            print(f'fine-tuning from {args.pretrained_ckpt} ({args.model}, {args.pretrained_branch} branch, '
+                  f'copy_refine={args.copy_refine})')
             with input_errors(ValueError, OSError):  # messages name the file: wrong kind, unreadable, other sizes
-                load_pretrained(model, args.pretrained_ckpt, args.copy_refine)
+                load_pretrained(model, args.pretrained_ckpt, args.copy_refine, branch=args.pretrained_branch)
 
     if args.freeze_encoder:
         frozen = sum(p.numel() for p in model.encoder.parameters())

@@ -681,7 +681,9 @@ class CliRunner:
                 'finetune_epochs': a.finetune_epochs, 'finetune_batch_size': a.finetune_batch_size,
                 'num_labelled': a.num_labelled, 'num_val': a.num_val, 'precision': a.precision,
                 'target_profile': a.target_profile, 'mix_profiles': list(a.mix_profiles),
-                'data_seeds': {'pool': POOL_SEED, 'val': VAL_SEED, 'labelled': LABELLED_SEED}}
+                'data_seeds': {'pool': POOL_SEED, 'val': VAL_SEED, 'labelled': LABELLED_SEED},
+                # only when not the method's default, so tables recorded before the flag existed still extend
+                **({'transfer_branch': a.transfer_branch} if a.transfer_branch != 'momentum' else {})}
 
     def profiles_of(self, mix: str) -> List[str]:
         return [self.args.target_profile] if mix == 'single' else list(self.args.mix_profiles)
@@ -840,7 +842,8 @@ class CliRunner:
         return finetune_cmd(self.py, self.data, self.labelled_raw, os.path.join(self.data, 'labelled'),
                             self.val_raw, os.path.join(self.data, 'val'), a.finetune_batch_size, a.finetune_epochs,
                             self.run_workers, a.accelerator, 1, a.precision, seed, self.runs, name, a.size,
-                            model=a.model, pretrained=pretrained, resume=resume)
+                            model=a.model, pretrained=pretrained, resume=resume,
+                            extra=['--pretrained_branch', a.transfer_branch] if pretrained else None)
 
     def _train(self, name: str, make_cmd: Callable[[bool], List[str]], devices: int) -> dict:
         """Runs (or finishes) one training run; returns its record {'wall_s', 'gpu_s', 'epochs', 'steps'}.
@@ -978,6 +981,10 @@ def build_parser() -> argparse.ArgumentParser:
                             'N with --pretrain_seed, shared by the fine-tuning seeds (cheaper)')
     train.add_argument('--pretrain_seed', type=int, default=0, help='pre-training seed with --pretrain_per_seed 0')
     train.add_argument('--baseline', type=int, choices=[0, 1], default=1, help='run the from-scratch baseline')
+    train.add_argument('--transfer_branch', choices=['momentum', 'online'], default='momentum',
+                       help='pre-training branch the fine-tunes start from (train.py --pretrained_branch): momentum '
+                            '(the method) or online (short pre-training runs leave the EMA momentum branch close to '
+                            'its random start)')
     train.add_argument('--pretrain_epochs', type=int, default=10, help='same for every N (compute grows with N)')
     train.add_argument('--pretrain_warmup', type=int, default=1, help='pre-training learning-rate warm-up epochs')
     train.add_argument('--pretrain_batch_size', type=int, default=32)

@@ -44,6 +44,7 @@ from benchmarks.experiment_utils import (METRICS, MODEL_PRESETS, MODELS, atomic_
                                          read_val_metrics, start_logged, val_cmd)
 
 SLIM_NAME = 'pretrained_slim.ckpt'            # --export_dir: the slim pre-training checkpoint
+ONLINE_SLIM_NAME = 'pretrained_online_slim.ckpt'  # --export_dir --online_arm 1: its online branch
 PRETRAIN_METRICS_NAME = 'pretrain_metrics.csv'  # --export_dir: the pre-training run's CSV log (losses, accuracy)
 
 
@@ -72,6 +73,13 @@ def parse_args(argv=None):
     p.add_argument('--probe', type=int, default=0, choices=[0, 1],
                    help='also train only the decoder on a frozen encoder, random (scratch_frozen) and pre-trained '
                         '(pretrained_frozen): does the pre-trained representation itself carry the information?')
+    p.add_argument('--online_arm', type=int, default=0, choices=[0, 1],
+                   help='also fine-tune from the ONLINE branch of the same pre-training (pretrained_online; '
+                        'train.py --pretrained_branch online): the momentum branch the method transfers is an EMA '
+                        'that keeps much of its random start after few pre-training steps')
+    p.add_argument('--pretrained_online_ckpt', default=None,
+                   help=f'with --pretrained_ckpt and --online_arm 1: the checkpoint holding the online branch (the '
+                        f'{ONLINE_SLIM_NAME} of an earlier --export_dir); default: --pretrained_ckpt itself')
     p.add_argument('--pretrained_ckpt', default=None,
                    help='skip pre-training and fine-tune from this pre-training checkpoint (full, or the slim '
                         f'{SLIM_NAME} of an earlier --export_dir)')
@@ -88,6 +96,14 @@ def parse_args(argv=None):
         if not os.path.isfile(args.pretrained_ckpt):
             p.error(f'--pretrained_ckpt {args.pretrained_ckpt}: no such checkpoint file')
         args.pretrained_ckpt = os.path.abspath(args.pretrained_ckpt)
+    if args.pretrained_online_ckpt is not None:
+        if args.pretrained_ckpt is None or not args.online_arm:
+            p.error('--pretrained_online_ckpt goes with --pretrained_ckpt and --online_arm 1')
+        if not os.path.isfile(args.pretrained_online_ckpt):
+            p.error(f'--pretrained_online_ckpt {args.pretrained_online_ckpt}: no such checkpoint file')
+        args.pretrained_online_ckpt = os.path.abspath(args.pretrained_online_ckpt)
+    elif args.pretrained_ckpt is not None and args.online_arm:
+        args.pretrained_online_ckpt = args.pretrained_ckpt
     if args.model in MODEL_PRESETS:  # earlier meaning of --model: the size preset of QCNet
         if args.size is not None:
             p.error(f'--model {args.model} is a size; give the size with --size and the model with --model')
@@ -116,14 +132,14 @@ def wait_all(procs: Dict[str, subprocess.Popen], logs: Dict[str, str]) -> None:
             sys.exit(f'ssl_low_label: {name} failed (exit {proc.returncode}), see {logs[name]}')
 
 
-def check_pretrained_ckpt(path: str, model: str) -> None:
+def check_pretrained_ckpt(path: str, model: str, branch: str = 'momentum') -> None:
     """Fails now (not minutes later in train.py) on a checkpoint that is no pre-training one of ``model``'s
-    backbone; the messages name the file."""
+    backbone or lacks ``branch``; the messages name the file."""
     from predictors import model_class
     from utils.pretrained import _check_pretraining_layout, read_pretraining_checkpoint
     try:
         state_dict, hparams = read_pretraining_checkpoint(path)
-        _check_pretraining_layout(path, state_dict, hparams)
+        _check_pretraining_layout(path, state_dict, hparams, branch)
     except (OSError, ValueError) as error:
         sys.exit(f'ssl_low_label: --pretrained_ckpt {str(error).splitlines()[0]}')
     expected = model_class(model).SSL_BACKBONE
@@ -158,6 +174,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.pretrained_ckpt is not None:
         check_pretrained_ckpt(args.pretrained_ckpt, args.model)
+    if args.pretrained_online_ckpt is not None:
+        check_pretrained_ckpt(args.pretrained_online_ckpt, args.model, 'online')
     export_dir = os.path.abspath(args.export_dir) if args.export_dir else None
     py = sys.executable
     work = os.path.abspath(args.work_dir)
@@ -199,13 +217,17 @@ def main(argv=None) -> int:
     timings['data_s'] = time.time() - t0
 
     def supervised_cmd(name: str, seed: int, pretrained: str = None) -> List[str]:
+        extra = ['--freeze_encoder', '1'] if 'frozen' in name else []
+        if name.startswith('pretrained_online'):
+            extra += ['--pretrained_branch', 'online']
         return finetune_cmd(py, data, labelled_raw, os.path.join(data, 'labelled', 'processed'),
                             os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
                             args.finetune_batch_size, args.finetune_epochs, args.num_workers, args.accelerator, 1,
                             args.precision, seed, logs, name, args.size, pretrained=pretrained,
-                            model=args.model, extra=['--freeze_encoder', '1'] if 'frozen' in name else None)
+                            model=args.model, extra=extra)
 
-    kinds = ['scratch', 'pretrained'] + (['scratch_frozen', 'pretrained_frozen'] if args.probe else [])
+    kinds = (['scratch', 'pretrained'] + (['pretrained_online'] if args.online_arm else [])
+             + (['scratch_frozen', 'pretrained_frozen'] if args.probe else []))
 
     procs, proc_logs = {}, {}
     t_scratch = time.time()
@@ -220,9 +242,9 @@ def main(argv=None) -> int:
 
     t_pre = time.time()
     if args.pretrained_ckpt is not None:  # pre-trained elsewhere (an earlier call): nothing to pre-train here
-        pretrained = args.pretrained_ckpt
+        pretrained, pretrained_online = args.pretrained_ckpt, args.pretrained_online_ckpt
     else:
-        pretrained = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
+        pretrained = pretrained_online = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
         if not os.path.exists(os.path.join(logs, 'pretrain', 'done')):
             shutil.rmtree(os.path.join(logs, 'pretrain'), ignore_errors=True)
             run(pretrain_cmd(py, data, os.path.join(raw, 'train'), os.path.join(data, 'train', 'processed'),
@@ -235,6 +257,9 @@ def main(argv=None) -> int:
         if export_dir:  # right away: should the call end during fine-tuning, the pre-training is saved already
             run([py, '-m', 'utils.export_pretrained', pretrained, os.path.join(export_dir, SLIM_NAME)],
                 os.path.join(logs, 'export_pretrained.log'))
+            if args.online_arm:
+                run([py, '-m', 'utils.export_pretrained', pretrained, os.path.join(export_dir, ONLINE_SLIM_NAME),
+                     '--branch', 'online'], os.path.join(logs, 'export_pretrained_online.log'))
             metrics_csv = pretrain_metrics_csv(os.path.join(logs, 'pretrain'))
             if metrics_csv:
                 export_files(export_dir, [metrics_csv], [PRETRAIN_METRICS_NAME])
@@ -255,8 +280,9 @@ def main(argv=None) -> int:
             name = f'{kind}_s{seed}'
             if name in todo and name not in procs:
                 proc_logs[name] = os.path.join(logs, name + '.log')
-                procs[name] = run(supervised_cmd(name, seed, pretrained if kind.startswith('pretrained') else None),
-                                  proc_logs[name], background=True)
+                source = (pretrained_online if kind.startswith('pretrained_online') else
+                          pretrained if kind.startswith('pretrained') else None)
+                procs[name] = run(supervised_cmd(name, seed, source), proc_logs[name], background=True)
     wait_all(procs, proc_logs)
     timings['finetune_wall_s'] = time.time() - t_ft
     timings['scratch_and_finetune_wall_s'] = time.time() - t_scratch
@@ -291,6 +317,10 @@ def main(argv=None) -> int:
         gain = 1 - summary['pretrained']['minFDE']['mean'] / summary['scratch']['minFDE']['mean']
         results['minFDE_relative_gain'] = gain
         lines.append(f'\nminFDE relative gain from pre-training: {100 * gain:.1f} %')
+    if 'minFDE' in summary.get('scratch', {}) and 'minFDE' in summary.get('pretrained_online', {}):
+        online_gain = 1 - summary['pretrained_online']['minFDE']['mean'] / summary['scratch']['minFDE']['mean']
+        results['online_branch_minFDE_relative_gain'] = online_gain
+        lines.append(f'minFDE relative gain from pre-training, online branch transferred: {100 * online_gain:.1f} %')
     if 'minFDE' in summary.get('scratch_frozen', {}) and 'minFDE' in summary.get('pretrained_frozen', {}):
         probe_gain = 1 - summary['pretrained_frozen']['minFDE']['mean'] / summary['scratch_frozen']['minFDE']['mean']
         results['frozen_encoder_minFDE_relative_gain'] = probe_gain

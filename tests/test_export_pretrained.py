@@ -164,8 +164,8 @@ def test_bad_inputs_fail_with_one_line_naming_the_file(ssl_checkpoints, tmp_path
 
     cases = [(supervised, r'qcnet_supervised\.ckpt: this is a QCNet \(supervised / fine-tuned\) checkpoint'),
              (tmp_path / 'missing.ckpt', r'missing\.ckpt: no such checkpoint file'),
-             (online_only, r'online_only\.ckpt: not a SmartPretrain pre-training checkpoint: no '
-                           r'momentum_branch\.encoder\.\* keys'),
+             (online_only, r'online_only\.ckpt: holds only the online branch \(branch\.encoder\.\*\), not the '
+                           r'momentum one'),
              (diverged, rf'diverged\.ckpt: {key} holds NaN'),
              (huge, rf'huge\.ckpt: {key} has values beyond the range of float16.*--dtype bfloat16')]
     for path, message in cases:
@@ -213,3 +213,58 @@ def test_ssl_low_label_split_options(ssl_checkpoints, tmp_path, capsys):
         assert message in capsys.readouterr().err
     defaults = ssl_low_label.parse_args(['--work_dir', str(tmp_path)])
     assert (defaults.pretrained_ckpt, defaults.skip_finetune, defaults.export_dir) == (None, 0, None)
+
+
+@pytest.mark.parametrize('model', ['QCNet', 'ForecastMAE'])
+def test_online_branch_exports_and_loads(ssl_checkpoints, tmp_path, model):
+    """``--branch online`` / ``--pretrained_branch online``: the online branch's weights reach the model (they differ
+    from the momentum ones after a step), and a slim file of one branch refuses the other with one line."""
+    full_path = str(ssl_checkpoints[model])
+    full = torch.load(full_path, map_location='cpu', weights_only=True)
+    online_slim, momentum_slim = tmp_path / 'online.ckpt', tmp_path / 'momentum.ckpt'
+    summary = export_pretrained(full_path, str(online_slim), 'float32', branch='online')
+    export_pretrained(full_path, str(momentum_slim), 'float32')
+    slim = torch.load(online_slim, map_location='cpu', weights_only=True)
+    assert list(slim['state_dict']) == exported_keys(full['state_dict'], 'online')
+    assert all(k.startswith(('branch.encoder.', 'branch.decoder.')) for k in slim['state_dict'])
+    assert slim[EXPORT_INFO_KEY]['branch'] == 'online' and 'online encoder' in summary.summary()
+
+    hparams = full['hyper_parameters']
+    from_online, from_momentum = fine_tuning_model(model, hparams), fine_tuning_model(model, hparams)
+    report = load_pretrained(from_online, str(online_slim), copy_refine=False, verbose=False, branch='online')
+    load_pretrained(from_momentum, full_path, copy_refine=False, verbose=False)
+    assert report.branch == 'online' and report.loaded
+    differ = 0
+    for key in report.loaded:
+        source = full['state_dict']['branch.' + key].float()
+        if key == 'decoder.mode_emb.weight':  # the one pre-training mode, repeated to the model's six
+            source = source.expand_as(from_online.state_dict()[key])
+        assert torch.equal(from_online.state_dict()[key], source), key
+        differ += not torch.equal(from_online.state_dict()[key], from_momentum.state_dict()[key])
+    assert differ > 0  # two AdamW steps moved the online weights; the EMA moved the momentum ones far less
+
+    with pytest.raises(ValueError, match=r'online\.ckpt: holds only the online branch .*--branch momentum'):
+        load_pretrained(fine_tuning_model(model, hparams), str(online_slim), copy_refine=False, verbose=False)
+    with pytest.raises(ValueError, match=r'momentum\.ckpt: holds only the momentum branch'):
+        load_pretrained(fine_tuning_model(model, hparams), str(momentum_slim), copy_refine=False, verbose=False,
+                        branch='online')
+
+
+def test_ssl_low_label_online_arm_options(ssl_checkpoints, tmp_path, capsys):
+    from benchmarks import ssl_low_label
+    momentum_slim, online_slim = tmp_path / 'slim.ckpt', tmp_path / 'online.ckpt'
+    export_pretrained(str(ssl_checkpoints['QCNet']), str(momentum_slim))
+    export_pretrained(str(ssl_checkpoints['QCNet']), str(online_slim), branch='online')
+    args = ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_ckpt', str(momentum_slim),
+                                     '--online_arm', '1', '--pretrained_online_ckpt', str(online_slim)])
+    assert args.pretrained_online_ckpt == str(online_slim)
+    ssl_low_label.check_pretrained_ckpt(str(online_slim), 'QCNet', 'online')
+    with pytest.raises(SystemExit, match=r'slim\.ckpt: holds only the momentum branch'):
+        ssl_low_label.check_pretrained_ckpt(str(momentum_slim), 'QCNet', 'online')
+    full = ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_ckpt', str(ssl_checkpoints['QCNet']),
+                                     '--online_arm', '1'])
+    assert full.pretrained_online_ckpt == str(ssl_checkpoints['QCNet'])  # a full checkpoint holds both branches
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_online_ckpt', str(online_slim)])
+    assert '--pretrained_online_ckpt goes with --pretrained_ckpt and --online_arm 1' in capsys.readouterr().err

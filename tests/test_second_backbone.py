@@ -243,7 +243,7 @@ def test_pretrained_forecast_mae_weights_transfer(checkpoints, capsys):
     model = ForecastMAE(**TINY_FMAE)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = load_pretrained(model, str(checkpoints['fmae_ssl']), copy_refine=True)
-    assert 'pre-trained weights from' in capsys.readouterr().out
+    assert 'pre-trained weights (momentum branch) from' in capsys.readouterr().out
     state = model.state_dict()
     encoder = [k for k in state if k.startswith('encoder.')]
     assert encoder and all(torch.equal(state[k], source['momentum_branch.' + k]) for k in encoder)

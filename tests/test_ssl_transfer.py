@@ -37,7 +37,7 @@ def test_momentum_encoder_and_proposal_decoder_are_loaded(pretrained, copy_refin
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = load_pretrained_into_qcnet(model, str(path), copy_refine)
     state = model.state_dict()
-    assert 'pre-trained weights from' in capsys.readouterr().out
+    assert 'pre-trained weights (momentum branch) from' in capsys.readouterr().out
 
     for key, value in state.items():
         if key.startswith('encoder.'):  # every encoder tensor, from the MOMENTUM branch

@@ -8,9 +8,11 @@ the full-size QCNet backbone (12.6 M weights + AdamW moments of the 7.0 M traine
 name). This writes exactly those, under the same key names, optionally cast to a half-precision dtype (floating
 tensors only; integer buffers keep theirs): full-size QCNet 5.4 M parameters (encoder + propose-only decoder) ->
 10.6 MiB in float16, 20.9 MiB in float32. ``load_pretrained`` copies them into the model's float32 parameters.
+``--branch online`` exports the online branch (``branch.encoder.*`` / ``branch.decoder.*``) instead, for
+``train.py --pretrained_branch online``.
 
 Usage:
-  python -m utils.export_pretrained IN.ckpt OUT.ckpt [--dtype float32|float16|bfloat16]
+  python -m utils.export_pretrained IN.ckpt OUT.ckpt [--dtype float32|float16|bfloat16] [--branch momentum|online]
 """
 import argparse
 import os
@@ -20,10 +22,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import torch
 
-from utils.pretrained import SOURCE_PREFIX, _check_pretraining_layout, read_pretraining_checkpoint
+from utils.pretrained import _check_pretraining_layout, branch_prefix, read_pretraining_checkpoint
 
-# What fine-tuning reads (utils/pretrained.py); the projector, the online branch and the heads are left out.
-EXPORTED_PREFIXES = (SOURCE_PREFIX + 'encoder.', SOURCE_PREFIX + 'decoder.')
+# What fine-tuning reads (utils/pretrained.py) of one branch; the projectors, the other branch and the heads are
+# left out.
+def exported_prefixes(branch: str = 'momentum') -> tuple:
+    return branch_prefix(branch) + 'encoder.', branch_prefix(branch) + 'decoder.'
+
+
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 # Extra top-level entry of a slim file: where it came from (plain strings / ints, so weights_only loading works).
 EXPORT_INFO_KEY = 'smartpretrain_export'
@@ -35,6 +41,7 @@ class ExportSummary:
     source: str
     output: str
     dtype: str
+    branch: str
     num_tensors: int
     num_parameters: int        # elements of the exported floating tensors
     source_num_tensors: int
@@ -42,14 +49,14 @@ class ExportSummary:
     output_bytes: int
 
     def summary(self) -> str:
-        return (f'exported {self.num_tensors} of {self.source_num_tensors} tensors (momentum encoder + decoder, '
+        return (f'exported {self.num_tensors} of {self.source_num_tensors} tensors ({self.branch} encoder + decoder, '
                 f'{self.num_parameters:,} parameters) as {self.dtype}: {self.output} '
                 f'{self.output_bytes / 2 ** 20:.2f} MiB (from {self.source}, {self.source_bytes / 2 ** 20:.2f} MiB)')
 
 
-def exported_keys(keys: Iterable[str]) -> List[str]:
-    """The keys of a pre-training ``state_dict`` that a slim checkpoint keeps, in their order."""
-    return [k for k in keys if k.startswith(EXPORTED_PREFIXES)]
+def exported_keys(keys: Iterable[str], branch: str = 'momentum') -> List[str]:
+    """The keys of a pre-training ``state_dict`` that a slim checkpoint of ``branch`` keeps, in their order."""
+    return [k for k in keys if k.startswith(exported_prefixes(branch))]
 
 
 def _cast(ckpt_path: str, key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -68,15 +75,16 @@ def _cast(ckpt_path: str, key: str, value: torch.Tensor, dtype: torch.dtype) -> 
 
 
 def slim_checkpoint(ckpt_path: str, state_dict: Mapping[str, torch.Tensor], hparams: Mapping[str, Any],
-                    dtype: str = 'float16') -> Dict[str, Any]:
+                    dtype: str = 'float16', branch: str = 'momentum') -> Dict[str, Any]:
     """The slim checkpoint (a dict for ``torch.save``) of a pre-training ``state_dict`` / ``hyper_parameters``;
     raises ``ValueError`` naming ``ckpt_path`` when it is not a pre-training checkpoint."""
     if dtype not in DTYPES:
         raise ValueError(f'unknown dtype {dtype!r}; known: {", ".join(DTYPES)}')
-    _check_pretraining_layout(ckpt_path, state_dict, hparams)  # supervised / unrelated checkpoints: same messages
-    slim = {key: _cast(ckpt_path, key, state_dict[key], DTYPES[dtype]) for key in exported_keys(state_dict)}
+    # supervised / unrelated checkpoints, a slim file of the other branch: same messages as fine-tuning gives
+    _check_pretraining_layout(ckpt_path, state_dict, hparams, branch)
+    slim = {key: _cast(ckpt_path, key, state_dict[key], DTYPES[dtype]) for key in exported_keys(state_dict, branch)}
     return {'state_dict': slim, 'hyper_parameters': dict(hparams),
-            EXPORT_INFO_KEY: {'source': os.path.basename(ckpt_path), 'dtype': dtype,
+            EXPORT_INFO_KEY: {'source': os.path.basename(ckpt_path), 'dtype': dtype, 'branch': branch,
                               'source_num_tensors': len(state_dict)}}
 
 
@@ -97,7 +105,8 @@ def _atomic_save(obj: Any, path: str) -> None:
             os.unlink(tmp_path)
 
 
-def export_pretrained(ckpt_path: str, out_path: str, dtype: str = 'float16') -> ExportSummary:
+def export_pretrained(ckpt_path: str, out_path: str, dtype: str = 'float16',
+                      branch: str = 'momentum') -> ExportSummary:
     """Writes the slim checkpoint of pre-training checkpoint ``ckpt_path`` to ``out_path`` (atomically).
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file for a missing or unreadable file, a supervised
@@ -107,13 +116,13 @@ def export_pretrained(ckpt_path: str, out_path: str, dtype: str = 'float16') -> 
     if os.path.exists(out_path) and os.path.exists(ckpt_path) and os.path.samefile(ckpt_path, out_path):
         raise ValueError(f'{out_path}: the output is the input checkpoint itself; write the slim file elsewhere')
     state_dict, hparams = read_pretraining_checkpoint(ckpt_path)
-    checkpoint = slim_checkpoint(ckpt_path, state_dict, hparams, dtype)
+    checkpoint = slim_checkpoint(ckpt_path, state_dict, hparams, dtype, branch)
     try:
         _atomic_save(checkpoint, out_path)
     except OSError as error:
         raise OSError(f'{out_path}: cannot write the slim checkpoint ({error.strerror or error})') from None
     slim = checkpoint['state_dict']
-    return ExportSummary(source=ckpt_path, output=out_path, dtype=dtype, num_tensors=len(slim),
+    return ExportSummary(source=ckpt_path, output=out_path, dtype=dtype, branch=branch, num_tensors=len(slim),
                          num_parameters=sum(v.numel() for v in slim.values() if v.is_floating_point()),
                          source_num_tensors=len(state_dict), source_bytes=os.path.getsize(ckpt_path),
                          output_bytes=os.path.getsize(out_path))
@@ -128,13 +137,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('out_path', help='slim checkpoint to write (momentum encoder + decoder + hyper-parameters)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float16',
                         help='dtype of the exported floating tensors (default: float16)')
+    parser.add_argument('--branch', choices=['momentum', 'online'], default='momentum',
+                        help='which branch to export (default: momentum, what the method fine-tunes from; online: '
+                             'for train.py --pretrained_branch online)')
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> ExportSummary:
     args = parse_args(argv)
     try:
-        summary = export_pretrained(args.ckpt_path, args.out_path, args.dtype)
+        summary = export_pretrained(args.ckpt_path, args.out_path, args.dtype, args.branch)
     except (OSError, ValueError) as error:  # the messages name the file and the problem
         raise SystemExit(f'export_pretrained: {str(error).splitlines()[0]}') from None
     print(summary.summary(), flush=True)

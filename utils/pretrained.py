@@ -10,6 +10,11 @@ refinement layers (the model's ``PROPOSE_TO_REFINE`` pairs). Everything else (tr
 without ``copy_refine``, ...) keeps its fresh initialisation and nothing is frozen. A checkpoint pre-trained with
 another backbone (hyper-parameter ``backbone``; official checkpoints: 'qcnet') is refused with an error naming the
 file and both backbones. The returned ``TransferReport`` lists what was loaded.
+
+``branch='online'`` takes the online branch (``branch.encoder.*`` / ``branch.decoder.*``) instead. The method transfers
+the momentum branch, an EMA whose momentum starts at 0.996: after K optimiser steps about exp(-0.002 K) of its random
+initialisation is still in it (61 % after 250 steps, 2 % after 2,000), so short pre-training runs hand fine-tuning a
+mostly random encoder; the online branch holds what was learnt at every step count.
 """
 import os
 import pickle
@@ -21,6 +26,8 @@ import torch
 import torch.nn as nn
 
 SOURCE_PREFIX = 'momentum_branch.'
+# which pre-training branch fine-tuning starts from: its key prefix in the checkpoint
+BRANCH_PREFIXES = {'momentum': SOURCE_PREFIX, 'online': 'branch.'}
 # Vocabulary tables whose pre-training version may be longer (official multi-dataset pre-training adds AV1/Waymo
 # categories after the Argoverse 2 ones): only these may be cut to the model's vocabulary.
 _VOCABULARY_TABLES = ('type_pt_emb', 'side_pt_emb', 'type_pl_emb', 'type_a_emb')
@@ -35,6 +42,7 @@ _PROPOSE_TO_REFINE = (('t2m_propose_attn_layers', 't2m_refine_attn_layers'),
 class TransferReport:
     """What ``load_pretrained`` did; keys are the model's state-dict names (``encoder.*``, ...)."""
     checkpoint: str
+    branch: str = 'momentum'
     loaded: List[str] = field(default_factory=list)
     copied_to_refine: List[str] = field(default_factory=list)
     adapted: List[str] = field(default_factory=list)       # human-readable notes (mode repeat, vocabulary cut)
@@ -49,7 +57,7 @@ class TransferReport:
                 head = '.'.join(parts[:2])
                 counts[head] = counts.get(head, 0) + 1
             return ', '.join(f'{name} ({n})' for name, n in counts.items()) or '-'
-        lines = [f'pre-trained weights from {self.checkpoint}:',
+        lines = [f'pre-trained weights ({self.branch} branch) from {self.checkpoint}:',
                  f'  loaded      {len(self.loaded):4d} tensors: {groups(self.loaded)}',
                  f'  of which    {len(self.copied_to_refine):4d} copied from proposal into refinement layers',
                  f'  fresh init  {len(self.not_loaded):4d} tensors: {groups(self.not_loaded)}',
@@ -94,16 +102,31 @@ def read_checkpoint_state_dict(ckpt_path: str) -> Dict[str, torch.Tensor]:
     return read_pretraining_checkpoint(ckpt_path)[0]
 
 
+def branch_prefix(branch: str) -> str:
+    """Key prefix of pre-training ``branch`` ('momentum' or 'online')."""
+    if branch not in BRANCH_PREFIXES:
+        raise ValueError(f'unknown pre-training branch {branch!r}; known: {", ".join(BRANCH_PREFIXES)}')
+    return BRANCH_PREFIXES[branch]
+
+
 def _check_pretraining_layout(ckpt_path: str, state_dict: Mapping[str, torch.Tensor],
-                              hparams: Mapping[str, Any]) -> None:
-    if any(k.startswith(SOURCE_PREFIX + 'encoder.') for k in state_dict):
+                              hparams: Mapping[str, Any], branch: str = 'momentum') -> None:
+    prefix = branch_prefix(branch)
+    if any(k.startswith(prefix + 'encoder.') for k in state_dict):
         return
+    other = [name for name, p in BRANCH_PREFIXES.items() if name != branch
+             and any(k.startswith(p + 'encoder.') for k in state_dict)]
+    if other:
+        raise ValueError(f'{ckpt_path}: holds only the {other[0]} branch ({BRANCH_PREFIXES[other[0]]}encoder.*), '
+                         f'not the {branch} one ({prefix}encoder.*): a slim export keeps one branch; use the full '
+                         f'pre-training checkpoint (or its export with --branch {branch}), or --pretrained_branch '
+                         f'{other[0]}')
     if any(k.startswith('encoder.') for k in state_dict) and any(k.startswith('decoder.') for k in state_dict):
         model = hparams.get('model') or 'QCNet'
         raise ValueError(f'{ckpt_path}: this is a {model} (supervised / fine-tuned) checkpoint (keys encoder.*, '
                          f'decoder.*), not a SmartPretrain pre-training checkpoint; resume or evaluate it directly '
                          f'instead of using it as --pretrained_ckpt')
-    raise ValueError(f'{ckpt_path}: not a SmartPretrain pre-training checkpoint: no {SOURCE_PREFIX}encoder.* keys '
+    raise ValueError(f'{ckpt_path}: not a SmartPretrain pre-training checkpoint: no {prefix}encoder.* keys '
                      f'(first keys: {list(state_dict)[:4]})')
 
 
@@ -155,8 +178,10 @@ def _mismatches(ckpt_path: str, module_name: str, weights: Mapping[str, torch.Te
                          f'were both built with the same hyper-parameters?')
 
 
-def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose: bool = True) -> TransferReport:
-    """Loads the momentum branch of a SmartPretrain checkpoint into ``model.encoder`` / ``model.decoder``.
+def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose: bool = True,
+                    branch: str = 'momentum') -> TransferReport:
+    """Loads the momentum (default) or online ``branch`` of a SmartPretrain checkpoint into ``model.encoder`` /
+    ``model.decoder``.
 
     Args:
         model: a predictor with ``encoder`` and ``decoder`` submodules; its class attributes ``SSL_BACKBONE``
@@ -165,21 +190,23 @@ def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose
         ckpt_path: pre-training checkpoint (``.ckpt`` of ``train_ssl.py`` or of the official release).
         copy_refine: also initialise the refinement layers from the proposal ones.
         verbose: print ``report.summary()``.
+        branch: 'momentum' (the method) or 'online'.
     Returns a ``TransferReport``; raises ``ValueError`` naming the file on a checkpoint of the wrong kind, backbone
     or shape.
     """
     state_dict, hparams = read_pretraining_checkpoint(ckpt_path)
-    _check_pretraining_layout(ckpt_path, state_dict, hparams)
+    prefix = branch_prefix(branch)
+    _check_pretraining_layout(ckpt_path, state_dict, hparams, branch)
     backbone = getattr(model, 'SSL_BACKBONE', None) or 'qcnet'
     propose_to_refine = getattr(model, 'PROPOSE_TO_REFINE', None) or _PROPOSE_TO_REFINE
     _check_backbone(ckpt_path, hparams, model, backbone,
-                    list(_strip(state_dict, SOURCE_PREFIX + 'encoder.')))
-    report = TransferReport(checkpoint=str(ckpt_path))
+                    list(_strip(state_dict, prefix + 'encoder.')))
+    report = TransferReport(checkpoint=str(ckpt_path), branch=branch)
 
     # Encoder: every tensor must be there and fit.
     encoder_expected = model.encoder.state_dict()
     encoder_weights = {k: _fit_vocabulary(k, v, encoder_expected[k].shape, report.adapted) if k in encoder_expected
-                       else v for k, v in _strip(state_dict, SOURCE_PREFIX + 'encoder.').items()}
+                       else v for k, v in _strip(state_dict, prefix + 'encoder.').items()}
     _mismatches(ckpt_path, 'encoder', encoder_weights, encoder_expected, strict=True)
     model.encoder.load_state_dict(encoder_weights, strict=True)
     report.loaded.extend(f'encoder.{k}' for k in encoder_weights)
@@ -188,7 +215,7 @@ def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose
     decoder_expected = model.decoder.state_dict()
     decoder_weights: Dict[str, torch.Tensor] = {}
     unused_decoder: List[str] = []
-    for key, value in _strip(state_dict, SOURCE_PREFIX + 'decoder.').items():
+    for key, value in _strip(state_dict, prefix + 'decoder.').items():
         if key.startswith('mode_emb.') and key in decoder_expected:
             num_modes = decoder_expected[key].shape[0]
             if value.shape[0] == 1 and num_modes > 1:
@@ -213,9 +240,9 @@ def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose
 
     loaded = set(report.loaded)
     report.not_loaded = [k for k in model.state_dict() if k not in loaded]
-    report.unused = ([k for k in state_dict if not k.startswith((SOURCE_PREFIX + 'encoder.',
-                                                                 SOURCE_PREFIX + 'decoder.'))]
-                     + [SOURCE_PREFIX + 'decoder.' + k for k in unused_decoder])
+    report.unused = ([k for k in state_dict if not k.startswith((prefix + 'encoder.',
+                                                                 prefix + 'decoder.'))]
+                     + [prefix + 'decoder.' + k for k in unused_decoder])
     if verbose:
         print(report.summary(), flush=True)
     return report
