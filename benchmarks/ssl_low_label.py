@@ -80,6 +80,10 @@ def parse_args(argv=None):
     p.add_argument('--pretrained_online_ckpt', default=None,
                    help=f'with --pretrained_ckpt and --online_arm 1: the checkpoint holding the online branch (the '
                         f'{ONLINE_SLIM_NAME} of an earlier --export_dir); default: --pretrained_ckpt itself')
+    p.add_argument('--runs', nargs='+', default=None,
+                   choices=['scratch', 'pretrained', 'pretrained_online', 'scratch_frozen', 'pretrained_frozen'],
+                   help='run only these kinds of run (default: all that the other flags ask for); e.g. the scratch '
+                        'baselines in one time-limited call and the fine-tunes in another')
     p.add_argument('--pretrained_ckpt', default=None,
                    help='skip pre-training and fine-tune from this pre-training checkpoint (full, or the slim '
                         f'{SLIM_NAME} of an earlier --export_dir)')
@@ -96,6 +100,10 @@ def parse_args(argv=None):
         if not os.path.isfile(args.pretrained_ckpt):
             p.error(f'--pretrained_ckpt {args.pretrained_ckpt}: no such checkpoint file')
         args.pretrained_ckpt = os.path.abspath(args.pretrained_ckpt)
+    if args.runs and 'pretrained_online' in args.runs:
+        args.online_arm = 1
+    if args.probe == 0 and args.runs and {'scratch_frozen', 'pretrained_frozen'} & set(args.runs):
+        args.probe = 1
     if args.pretrained_online_ckpt is not None:
         if args.pretrained_ckpt is None or not args.online_arm:
             p.error('--pretrained_online_ckpt goes with --pretrained_ckpt and --online_arm 1')
@@ -228,6 +236,8 @@ def main(argv=None) -> int:
 
     kinds = (['scratch', 'pretrained'] + (['pretrained_online'] if args.online_arm else [])
              + (['scratch_frozen', 'pretrained_frozen'] if args.probe else []))
+    if args.runs:
+        kinds = [kind for kind in kinds if kind in args.runs]
 
     procs, proc_logs = {}, {}
     t_scratch = time.time()
@@ -243,6 +253,8 @@ def main(argv=None) -> int:
     t_pre = time.time()
     if args.pretrained_ckpt is not None:  # pre-trained elsewhere (an earlier call): nothing to pre-train here
         pretrained, pretrained_online = args.pretrained_ckpt, args.pretrained_online_ckpt
+    elif not args.skip_finetune and not any(kind.startswith('pretrained') for kind in kinds):
+        pretrained = pretrained_online = None  # --runs without a pre-trained kind: nothing needs pre-training
     else:
         pretrained = pretrained_online = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
         if not os.path.exists(os.path.join(logs, 'pretrain', 'done')):

@@ -268,3 +268,12 @@ def test_ssl_low_label_online_arm_options(ssl_checkpoints, tmp_path, capsys):
     with pytest.raises(SystemExit):
         ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_online_ckpt', str(online_slim)])
     assert '--pretrained_online_ckpt goes with --pretrained_ckpt and --online_arm 1' in capsys.readouterr().err
+
+
+def test_ssl_low_label_runs_option(capsys, tmp_path):
+    from benchmarks import ssl_low_label
+    args = ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--runs', 'scratch', 'pretrained_online'])
+    assert args.runs == ['scratch', 'pretrained_online']
+    with pytest.raises(SystemExit):
+        ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--runs', 'finetuned'])
+    assert "invalid choice: 'finetuned'" in capsys.readouterr().err
