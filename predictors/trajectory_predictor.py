@@ -33,6 +33,13 @@ MODEL_HPARAM = 'model'
 DEFAULT_MODEL_NAME = 'QCNet'  # checkpoints that name no model: official QCNet releases and early runs
 
 
+def use_fused_adamw(on_cuda: bool, gradient_clip_val: float) -> bool:
+    """Whether to take the fused AdamW kernel: on CUDA, unless gradients are clipped (Lightning's mixed-precision
+    plugin refuses to clip for an optimiser that unscales gradients itself, which fused AdamW declares, and stops
+    training with a RuntimeError at the first step) or ``QCNET_FUSED_ADAMW=0``."""
+    return on_cuda and gradient_clip_val <= 0 and os.environ.get('QCNET_FUSED_ADAMW', '1') != '0'
+
+
 def warmup_cosine_factor(epoch: int, warmup_epochs: int, total_epochs: int) -> float:
     """Learning-rate factor of epoch ``epoch``: (epoch + 1) / warmup_epochs during the warm-up (the first epoch
     already trains), then ``utils.schedules.warmup_cosine``'s half-cosine from 1 down to 0 at ``total_epochs``."""
@@ -293,7 +300,8 @@ class TrajectoryPredictor(pl.LightningModule):
         # frozen parameters (train.py --freeze_encoder) stay out of the optimiser: no weight decay moves them
         groups = [{'params': [params[n] for n in decay if params[n].requires_grad], 'weight_decay': self.weight_decay},
                   {'params': [params[n] for n in no_decay if params[n].requires_grad], 'weight_decay': 0.0}]
-        fused = all(p.is_cuda for p in params.values()) and os.environ.get('QCNET_FUSED_ADAMW', '1') != '0'
+        fused = use_fused_adamw(all(p.is_cuda for p in params.values()),
+                                float(self.hparams.get('gradient_clip_val') or 0.0))
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
         warmup = int(self.hparams.get('warmup_epochs') or 0)
         if warmup <= 0:

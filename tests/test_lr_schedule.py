@@ -65,3 +65,27 @@ def test_qcnet_keeps_the_official_schedule():
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
     assert learning_rates(model, 3) == pytest.approx(
         [5e-4 * 0.5 * (1 + math.cos(math.pi * e / 64)) for e in range(3)])
+
+
+def test_gradient_clipping_with_mixed_precision_does_not_take_the_fused_optimiser():
+    """Lightning's mixed-precision plugin refuses to clip gradients for an optimiser that unscales them itself (fused
+    AdamW says it does): ForecastMAE's default clipping at 5 with bf16-mixed on a GPU stopped every run at its first
+    step. The fused kernel is therefore only taken without clipping."""
+    from pytorch_lightning.plugins.precision import MixedPrecision
+    from predictors.trajectory_predictor import use_fused_adamw
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.grad = torch.full((3,), 10.0)
+    plugin = MixedPrecision('bf16-mixed', 'cpu')
+    with pytest.raises(RuntimeError, match='does not allow for gradient clipping'):
+        plugin.clip_gradients(torch.optim.AdamW([weight], fused=True), clip_val=5.0)
+    plugin.clip_gradients(torch.optim.AdamW([weight], fused=None), clip_val=5.0)  # the optimiser we take instead
+    assert torch.linalg.vector_norm(weight.grad).item() == pytest.approx(5.0, rel=1e-4)
+
+    assert use_fused_adamw(on_cuda=True, gradient_clip_val=0.0)
+    assert not use_fused_adamw(on_cuda=True, gradient_clip_val=5.0)
+    assert not use_fused_adamw(on_cuda=False, gradient_clip_val=0.0)
+    fmae = ForecastMAE(**{**default_args(ForecastMAE), **TINY_FMAE})
+    assert fmae.hparams.gradient_clip_val == 5.0
+    optimizer = fmae.configure_optimizers()[0][0]
+    assert not optimizer.defaults.get('fused')
