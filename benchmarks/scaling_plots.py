@@ -240,7 +240,7 @@ def _plot_seed_points(ax, xs: List[float], stats_list: List[dict], mix: str, sca
                 color=style['color'], marker=style['marker'], capsize=3, label=label or mix)
 
 
-def plot_metric_vs_data(rows: List[dict], path: str) -> None:
+def plot_metric_vs_data(rows: List[dict], path: str, model: str = 'QCNet') -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     for ax, metric in zip(axes.flat, METRICS):
@@ -257,7 +257,7 @@ def plot_metric_vs_data(rows: List[dict], path: str) -> None:
         ax.set_title(metric)
         ax.grid(True, which='both', alpha=0.3)
     _legend(axes.flat[0])
-    fig.suptitle('Fine-tuned QCNet vs amount of SmartPretrain pre-training data (dots: seeds; bars: ±1 std)')
+    fig.suptitle(f'Fine-tuned {model} vs amount of SmartPretrain pre-training data (dots: seeds; bars: ±1 std)')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -386,7 +386,8 @@ def make_all(results_path: str, out_dir: Optional[str] = None, metric: str = 'mi
     agg = aggregate(rows, metric)
     fits = {mix: {'gain': fit_scaling(points, 'gain'), 'error': fit_scaling(points, 'error')}
             for mix, points in agg['mixes'].items()}
-    plot_metric_vs_data(rows, os.path.join(out_dir, 'metric_vs_data.png'))
+    model = str((results.get('protocol') or {}).get('model') or 'QCNet')  # the sweep's --model
+    plot_metric_vs_data(rows, os.path.join(out_dir, 'metric_vs_data.png'), model)
     plot_gain_vs_data(agg, {mix: f['gain'] for mix, f in fits.items()}, os.path.join(out_dir, 'gain_vs_data.png'))
     plot_gain_vs_compute(agg, os.path.join(out_dir, 'gain_vs_compute.png'))
     atomic_write_json(os.path.join(out_dir, 'fit.json'), {'metric': metric, 'aggregate': agg, 'fits': fits})
