@@ -134,10 +134,20 @@ def run(cmd: List[str], log_path: str, background: bool = False):
     return None
 
 
-def wait_all(procs: Dict[str, subprocess.Popen], logs: Dict[str, str]) -> None:
-    for name, proc in procs.items():
-        if proc.wait() != 0:
-            sys.exit(f'ssl_low_label: {name} failed (exit {proc.returncode}), see {logs[name]}')
+def wait_each(procs: Dict[str, subprocess.Popen], logs: Dict[str, str], on_done, poll_s: float = 2.0) -> None:
+    """Waits for the background runs ``procs``, calling ``on_done(name)`` for each as soon as it has ended well;
+    a failed run stops the experiment with its log's path."""
+    pending = dict(procs)
+    while pending:
+        for name, proc in list(pending.items()):
+            if proc.poll() is None:
+                continue
+            del pending[name]
+            if proc.returncode != 0:
+                sys.exit(f'ssl_low_label: {name} failed (exit {proc.returncode}), see {logs[name]}')
+            on_done(name)
+        if pending:
+            time.sleep(poll_s)
 
 
 def check_pretrained_ckpt(path: str, model: str, branch: str = 'momentum') -> None:
@@ -295,20 +305,22 @@ def main(argv=None) -> int:
                 source = (pretrained_online if kind.startswith('pretrained_online') else
                           pretrained if kind.startswith('pretrained') else None)
                 procs[name] = run(supervised_cmd(name, seed, source), proc_logs[name], background=True)
-    wait_all(procs, proc_logs)
-    timings['finetune_wall_s'] = time.time() - t_ft
+    def validate(name: str) -> None:
+        out_json = os.path.join(logs, name + '_val.json')
+        run(val_cmd(py, data, os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
+                    os.path.join(logs, name, 'checkpoints', 'last.ckpt'), args.accelerator, out_json),
+            os.path.join(logs, name + '_val.log'))
+        if export_dir:  # one by one: a call that ends early still hands back every run validated so far
+            export_files(export_dir, [out_json])
+
+    # each run is validated as soon as its training ends, while the others go on training
+    wait_each(procs, proc_logs, validate)
+    timings['finetune_wall_s'] = time.time() - t_ft  # training and val of the runs started here
     timings['scratch_and_finetune_wall_s'] = time.time() - t_scratch
 
     results = {'config': vars(args), 'runs': {}, 'timings': timings}
     for name in names:
-        out_json = os.path.join(logs, name + '_val.json')
-        if name in todo:
-            run(val_cmd(py, data, os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
-                        os.path.join(logs, name, 'checkpoints', 'last.ckpt'), args.accelerator, out_json),
-                os.path.join(logs, name + '_val.log'))
-        results['runs'][name] = read_val_metrics(out_json)
-        if export_dir:  # one by one: a call that ends during val still hands back what is done
-            export_files(export_dir, [out_json])
+        results['runs'][name] = read_val_metrics(os.path.join(logs, name + '_val.json'))
     timings['total_s'] = time.time() - t0
 
     summary = {}

@@ -277,3 +277,20 @@ def test_ssl_low_label_runs_option(capsys, tmp_path):
     with pytest.raises(SystemExit):
         ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--runs', 'finetuned'])
     assert "invalid choice: 'finetuned'" in capsys.readouterr().err
+
+
+def test_ssl_low_label_validates_each_run_when_it_ends(tmp_path):
+    """Runs are validated as they finish (a time-limited job keeps the val results of the runs done so far), in the
+    order they end; a failed run stops the experiment naming its log."""
+    from benchmarks import ssl_low_label
+    slow = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1.5)'])
+    fast = subprocess.Popen([sys.executable, '-c', 'pass'])
+    finished = []
+    ssl_low_label.wait_each({'slow': slow, 'fast': fast}, {'slow': 'slow.log', 'fast': 'fast.log'},
+                            lambda name: finished.append((name, slow.poll())), poll_s=0.1)
+    assert finished == [('fast', None), ('slow', 0)]  # 'fast' was validated while 'slow' still ran
+    broken = subprocess.Popen([sys.executable, '-c', 'raise SystemExit(3)'])
+    with pytest.raises(SystemExit, match=r'broken failed \(exit 3\), see .*broken\.log'):
+        ssl_low_label.wait_each({'broken': broken}, {'broken': str(tmp_path / 'broken.log')}, finished.append,
+                                poll_s=0.1)
+    assert len(finished) == 2
