@@ -169,9 +169,9 @@ def test_bad_inputs_fail_with_one_line_naming_the_file(ssl_checkpoints, tmp_path
              (diverged, rf'diverged\.ckpt: {key} holds NaN'),
              (huge, rf'huge\.ckpt: {key} has values beyond the range of float16.*--dtype bfloat16')]
     for path, message in cases:
-        with pytest.raises(SystemExit, match=f'^export_pretrained: .*{message}') as error:
+        with pytest.raises(SystemExit, match=f'^error: .*{message}') as error:
             main([str(path), str(out)])
-        assert '\n' not in str(error.value.code)
+        assert error.value.code == 2 and '\n' not in str(error.value)
     assert not out.parent.exists() or not any(out.parent.iterdir())  # nothing written, not even a temp file
     main([str(huge), str(out), '--dtype', 'bfloat16'])  # bfloat16 has float32's range
     with pytest.raises(SystemExit, match=r'slim\.ckpt: the output is the input checkpoint itself'):

@@ -16,12 +16,12 @@ Usage:
 """
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import torch
 
+from utils.cli import input_errors, run_main
 from utils.pretrained import _check_pretraining_layout, branch_prefix, read_pretraining_checkpoint
 
 # What fine-tuning reads (utils/pretrained.py) of one branch; the projectors, the other branch and the heads are
@@ -145,13 +145,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> ExportSummary:
     args = parse_args(argv)
-    try:
+    with input_errors(OSError, ValueError):  # the messages name the file and the problem: one line, exit status 2
         summary = export_pretrained(args.ckpt_path, args.out_path, args.dtype, args.branch)
-    except (OSError, ValueError) as error:  # the messages name the file and the problem
-        raise SystemExit(f'export_pretrained: {str(error).splitlines()[0]}') from None
     print(summary.summary(), flush=True)
     return summary
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_main(main)
