@@ -6,7 +6,12 @@ Protocol (all on synthetic Argoverse 2-format scenarios written by ``datasets.sy
   2. pre-train with ``train_ssl.py`` on the pool for ``--pretrain_epochs``;
   3. for every seed in ``--seeds``: fine-tune ``train.py --pretrained_ckpt`` on the labelled subset, and train the
      same model from scratch with the same budget (``--finetune_epochs``);
-  4. validate every run with ``val.py`` on the full val split; write ``results.json`` and a markdown table.
+  4. validate every run with ``val.py`` on the full val split as soon as its training ends; write ``results.json``
+     and a markdown table.
+
+``--online_arm 1`` adds fine-tunes from the online branch of the same pre-training (``pretrained_online``; the
+method transfers the momentum branch, an EMA that keeps much of its random start after a few hundred steps);
+``--probe 1`` adds decoder-only runs on frozen encoders; ``--runs KIND ...`` runs only some kinds in this job.
 
 Runs go through the project's own CLIs (the code path a user runs). Scratch runs start while pre-training is still
 going (``--overlap``): a QCNet step leaves most of an H100 idle, so the wall time of the whole experiment drops.
@@ -24,6 +29,11 @@ Example (one H100, ~8 minutes per model):
 In two calls (same data flags in both; synthetic data is regenerated identically from its seeds):
   python benchmarks/ssl_low_label.py --work_dir /tmp/ll --skip_finetune 1 --export_dir $OUT
   python benchmarks/ssl_low_label.py --work_dir /tmp/ll --pretrained_ckpt pretrained_slim.ckpt --export_dir $OUT
+With the online arm, in three calls (as recorded in docs/BENCHMARKS.md section 4c):
+  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --online_arm 1 --skip_finetune 1 --export_dir $OUT
+  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --runs pretrained pretrained_online \
+      --pretrained_ckpt pretrained_slim.ckpt --pretrained_online_ckpt pretrained_online_slim.ckpt --export_dir $OUT
+  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --runs scratch --export_dir $OUT
 """
 import argparse
 import json
