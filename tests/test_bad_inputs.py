@@ -25,12 +25,11 @@ from datasets.synthetic import generate_split
 from datasets.synthetic import main as synthetic_main
 from utils.cli import CliError
 
+from tiny_configs import AV2_STEPS, TINY_QCNET, TINY_QCNET_SYNTHETIC, as_flags
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(hidden_dim=16, num_heads=2, head_dim=8, num_freq_bands=4, num_map_layers=1, num_agent_layers=1,
-            num_dec_layers=1, pl2pl_radius=30.0, time_span=5, pl2a_radius=20.0, a2a_radius=20.0, num_t2m_steps=10,
-            pl2m_radius=30.0, a2m_radius=30.0)
-TINY_FLAGS = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
-              '--num_recurrent_steps', '3', *[item for key, value in TINY.items() for item in (f'--{key}', str(value))]]
+# '--dataset' comes first: ssl_args drops it
+TINY_FLAGS = as_flags({'dataset': 'argoverse_v2', **AV2_STEPS, **TINY_QCNET_SYNTHETIC})
 RUN_FLAGS = ['--num_workers', '0', '--pin_memory', 'false', '--accelerator', 'cpu', '--devices', '1',
              '--max_epochs', '1', '--num_sanity_val_steps', '0']
 
@@ -81,14 +80,12 @@ def raw_root(tmp_path_factory):
 
 def tiny_qcnet():
     from predictors import QCNet
-    return QCNet(dataset='argoverse_v2', input_dim=2, output_dim=2, output_head=False, num_historical_steps=50,
-                 num_future_steps=60, num_modes=6, num_recurrent_steps=3, dropout=0.1, lr=5e-4, weight_decay=1e-4,
-                 T_max=1, submission_dir='./', submission_file_name='submission', **TINY)
+    return QCNet(**{**TINY_QCNET, **TINY_QCNET_SYNTHETIC, 'num_modes': 6, 'T_max': 1})
 
 
 def tiny_smartpretrain():
     from predictors.smartpretrain import SmartPretrain
-    return SmartPretrain(**TINY)
+    return SmartPretrain(**TINY_QCNET_SYNTHETIC)
 
 
 def save_lightning_checkpoint(model, path):

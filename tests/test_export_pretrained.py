@@ -18,14 +18,12 @@ from transforms.ssl_views import SSLViews
 from utils.export_pretrained import EXPORT_INFO_KEY, export_pretrained, exported_keys, main
 from utils.pretrained import load_pretrained
 
+from tiny_configs import TINY_FMAE, TINY_QCNET_SSL
+
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
 SPEC = ROOT / '..' / 'shared' / 'spec' / 'smartpretrain_checkpoint_keys.tsv'
-TINY = {'QCNet': dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
-                      num_dec_layers=1, pl2pl_radius=20, pl2a_radius=15, a2a_radius=15, pl2m_radius=20,
-                      a2m_radius=20, time_span=3, num_t2m_steps=10),
-        'ForecastMAE': dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_dec_layers=1,
-                            num_temporal_layers=1, num_scene_layers=1)}
+TINY_SIZES = {'QCNet': TINY_QCNET_SSL, 'ForecastMAE': TINY_FMAE}
 PREDICTOR = {'QCNet': QCNet, 'ForecastMAE': ForecastMAE}
 BACKBONE = {'QCNet': 'qcnet', 'ForecastMAE': 'forecast_mae'}
 MOMENTUM = ('momentum_branch.encoder.', 'momentum_branch.decoder.')
@@ -47,7 +45,7 @@ def ssl_checkpoints(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread beats two waiting on each other on a busy 2-core box
     try:
-        for model, sizes in TINY.items():
+        for model, sizes in TINY_SIZES.items():
             pl.seed_everything(5)
             module = SmartPretrain(backbone=BACKBONE[model], **sizes, warmup=1, seed=5)
             views = SSLViews(50, 60, seed=5)

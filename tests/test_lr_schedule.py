@@ -13,9 +13,7 @@ from predictors import QCNet
 from predictors.forecast_mae import ForecastMAE
 from predictors.trajectory_predictor import warmup_cosine_factor
 
-TINY_FMAE = dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_dec_layers=1, num_temporal_layers=1,
-                 num_scene_layers=1)
-
+from tiny_configs import TINY_FMAE, TINY_QCNET_SIZES
 
 QCNET_REQUIRED = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
                   '--num_recurrent_steps', '3', '--pl2pl_radius', '150', '--pl2a_radius', '50', '--a2a_radius', '50',
@@ -57,8 +55,7 @@ def test_forecast_mae_uses_its_official_recipe():
 
 def test_qcnet_keeps_the_official_schedule():
     args = default_args(QCNet, QCNET_REQUIRED)
-    args.update(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
-                num_dec_layers=1)
+    args.update(TINY_QCNET_SIZES)
     assert (args['warmup_epochs'], args['gradient_clip_val']) == (0, 0.0)
     model = QCNet(**args)
     [optimizer], [scheduler] = model.configure_optimizers()

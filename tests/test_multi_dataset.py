@@ -15,12 +15,11 @@ from datasets.scenario import (AGENT_TYPES, AV2_NUM_AGENT_TYPES, AV2_NUM_POINT_T
 from datasets.synthetic_av1 import generate_argoverse_v1
 from transforms.ssl_views import SSLViews
 
+from tiny_configs import TINY_QCNET_SSL, as_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 AV2_TRAIN = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
 WOMD = ROOT / '..' / 'shared' / 'data' / 'womd' / 'motion_data_one_scenario.tfrecord'
-TINY = dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
-            num_dec_layers=1, pl2pl_radius=20, pl2a_radius=15, a2a_radius=15, pl2m_radius=20, a2m_radius=20,
-            time_span=3, num_t2m_steps=10)
 
 
 def test_union_vocabularies_keep_argoverse2_first():
@@ -212,8 +211,7 @@ def test_mixed_pretraining_then_av2_finetuning_transfer(tmp_path, capsys):
             '--separate_dataset_negatives', 1,
             '--train_batch_size', 3, '--val_batch_size', 2, '--num_workers', 0, '--log_dir', tmp_path / 'logs',
             '--exp_name', 'mix', '--warmup', 1, '--accelerator', 'cpu', '--log_every_n_steps', 1, '--max_epochs', 1]
-    for key, value in TINY.items():
-        args += [f'--{key}', value]
+    args += as_flags(TINY_QCNET_SSL)
     trainer = train_ssl.main([str(a) for a in args])
     assert trainer.global_step == 1  # 3 drawn scenarios, a batch of 3
     loss = trainer.callback_metrics['loss_epoch']
@@ -225,7 +223,7 @@ def test_mixed_pretraining_then_av2_finetuning_transfer(tmp_path, capsys):
     assert state['branch.encoder.map_encoder.type_pl_emb.weight'].shape[0] == len(POLYGON_TYPES)
 
     # fine-tuning on Argoverse 2: the union tables are cut to Argoverse 2's leading rows
-    model = QCNet(**dict(SmartPretrain(**TINY).hparams, num_modes=6))
+    model = QCNet(**dict(SmartPretrain(**TINY_QCNET_SSL).hparams, num_modes=6))
     report = load_pretrained_into_qcnet(model, str(checkpoint), copy_refine=True, verbose=False)
     assert any('type_pt_emb' in note and f'from {len(POINT_TYPES)} to {AV2_NUM_POINT_TYPES}' in note
                for note in report.adapted)

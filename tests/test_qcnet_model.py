@@ -10,6 +10,8 @@ from torch_geometric.data import Batch
 from modules import QCNetDecoder, QCNetEncoder, QCNetProposalDecoder
 from predictors import QCNet
 
+from tiny_configs import TINY_QCNET
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AV2_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'av2')
 TRAIN_IDS = ['0a1e6f0a-1817-4a98-b02e-db8c9327d151', '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca']
@@ -17,13 +19,6 @@ TEST_ID = '0a0af725-fbc3-41de-b969-3be718f694e2'
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(AV2_DIR),
                                 reason=f'real Argoverse 2 samples not found at {AV2_DIR} (../shared/data/av2)')
-
-TINY = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=16, output_dim=2, output_head=False,
-            num_historical_steps=50, num_future_steps=60, num_modes=3, num_recurrent_steps=3, num_freq_bands=4,
-            num_map_layers=1, num_agent_layers=1, num_dec_layers=1, num_heads=2, head_dim=8, dropout=0.1,
-            pl2pl_radius=40.0, time_span=10, pl2a_radius=25.0, a2a_radius=25.0, num_t2m_steps=30,
-            pl2m_radius=40.0, a2m_radius=40.0, lr=5e-4, weight_decay=1e-4, T_max=64, submission_dir='./',
-            submission_file_name='submission')
 
 
 def load_scene(split, scenario_id):
@@ -45,7 +40,7 @@ def test_scene():
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    return QCNet(**dict(TINY, **overrides))
+    return QCNet(**dict(TINY_QCNET, **overrides))
 
 
 def to_float64(data):
@@ -61,7 +56,7 @@ def test_forward_backward_on_real_batch(train_scenes):
     model = tiny_model()
     batch = Batch.from_data_list(train_scenes)
     pred = model(batch)
-    num_agents, fut = batch['agent']['num_nodes'], TINY['num_future_steps']
+    num_agents, fut = batch['agent']['num_nodes'], TINY_QCNET['num_future_steps']
     assert pred['loc_refine_pos'].shape == (num_agents, 3, fut, 2)
     assert pred['scale_propose_pos'].shape == (num_agents, 3, fut, 2)
     assert pred['loc_refine_head'].shape == (num_agents, 3, fut, 1)
@@ -111,8 +106,9 @@ def test_outputs_invariant_to_rotating_and_translating_the_scene(train_scenes):
 def test_encoder_uses_only_the_requested_history_window(train_scenes):
     """num_historical_steps comes from the arguments: a 30-step encoder ignores everything after step 30."""
     torch.manual_seed(0)
-    kwargs = {k: TINY[k] for k in ('dataset', 'input_dim', 'hidden_dim', 'pl2pl_radius', 'time_span', 'pl2a_radius',
-                                   'a2a_radius', 'num_freq_bands', 'num_heads', 'head_dim', 'dropout')}
+    kwargs = {k: TINY_QCNET[k] for k in ('dataset', 'input_dim', 'hidden_dim', 'pl2pl_radius', 'time_span',
+                                         'pl2a_radius', 'a2a_radius', 'num_freq_bands', 'num_heads', 'head_dim',
+                                         'dropout')}
     encoder = QCNetEncoder(num_historical_steps=30, num_map_layers=1, num_agent_layers=1, **kwargs).eval()
     data = train_scenes[1]
     changed = data.clone()
@@ -120,18 +116,18 @@ def test_encoder_uses_only_the_requested_history_window(train_scenes):
     changed['agent']['position'][:, 30:] += 100.0
     with torch.no_grad():
         a, b = encoder(data), encoder(changed)
-    assert a['x_a'].shape == (data['agent']['num_nodes'], 30, TINY['hidden_dim'])
-    assert a['x_pl'].shape == (data['map_polygon']['num_nodes'], 30, TINY['hidden_dim'])
+    assert a['x_a'].shape == (data['agent']['num_nodes'], 30, TINY_QCNET['hidden_dim'])
+    assert a['x_pl'].shape == (data['map_polygon']['num_nodes'], 30, TINY_QCNET['hidden_dim'])
     torch.testing.assert_close(a['x_a'], b['x_a'])
 
 
 def test_proposal_decoder_matches_the_supervised_propose_stage(train_scenes):
     """Same weights -> the propose-only decoder returns the supervised decoder's per-recurrence mode embeddings."""
     model = tiny_model(num_modes=1).eval()
-    dec_kwargs = {k: TINY[k] for k in ('dataset', 'input_dim', 'hidden_dim', 'output_dim', 'output_head',
-                                       'num_historical_steps', 'num_future_steps', 'num_recurrent_steps',
-                                       'num_t2m_steps', 'pl2m_radius', 'a2m_radius', 'num_freq_bands', 'num_heads',
-                                       'head_dim', 'dropout')}
+    dec_kwargs = {k: TINY_QCNET[k] for k in ('dataset', 'input_dim', 'hidden_dim', 'output_dim', 'output_head',
+                                             'num_historical_steps', 'num_future_steps', 'num_recurrent_steps',
+                                             'num_t2m_steps', 'pl2m_radius', 'a2m_radius', 'num_freq_bands',
+                                             'num_heads', 'head_dim', 'dropout')}
     proposal = QCNetProposalDecoder(num_modes=1, num_layers=1, **dec_kwargs).eval()
     full_state = model.decoder.state_dict()
     proposal.load_state_dict({k: full_state[k] for k in proposal.state_dict()}, strict=True)
@@ -141,7 +137,7 @@ def test_proposal_decoder_matches_the_supervised_propose_stage(train_scenes):
         emb = proposal(data, scene_enc)
         _, expected = model.decoder.propose(data, scene_enc)
         pred = model.decoder(data, scene_enc)
-    assert emb.shape == (3, data['agent']['num_nodes'], TINY['hidden_dim'])
+    assert emb.shape == (3, data['agent']['num_nodes'], TINY_QCNET['hidden_dim'])
     torch.testing.assert_close(emb, torch.stack(expected).squeeze(2))
     # The first proposal chunk comes from the first recurrence's embedding.
     first = model.decoder.to_loc_propose_pos(emb[0]).view(-1, 20, 2).cumsum(dim=1)
@@ -198,8 +194,8 @@ def test_optimizer_groups_follow_official_rules():
     assert all(not name.endswith('bias') for name in decay)
     assert len(decay) + len(no_decay) == len(list(model.parameters()))
     [optimizer], [scheduler] = model.configure_optimizers()
-    assert [g['weight_decay'] for g in optimizer.param_groups] == [TINY['weight_decay'], 0.0]
-    assert isinstance(optimizer, torch.optim.AdamW) and scheduler.T_max == TINY['T_max']
+    assert [g['weight_decay'] for g in optimizer.param_groups] == [TINY_QCNET['weight_decay'], 0.0]
+    assert isinstance(optimizer, torch.optim.AdamW) and scheduler.T_max == TINY_QCNET['T_max']
 
 
 def test_model_specific_args_mirror_official_flags():

@@ -10,16 +10,13 @@ from torch_geometric.data import Batch
 
 from predictors import QCNet
 
+from tiny_configs import TINY_QCNET
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AV2_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'av2')
 TRAIN_IDS = ['0a1e6f0a-1817-4a98-b02e-db8c9327d151', '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca']
 
-TINY = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=16, output_dim=2, output_head=False,
-            num_historical_steps=50, num_future_steps=60, num_modes=3, num_recurrent_steps=3, num_freq_bands=4,
-            num_map_layers=1, num_agent_layers=2, num_dec_layers=1, num_heads=2, head_dim=8, dropout=0.1,
-            pl2pl_radius=40.0, time_span=10, pl2a_radius=25.0, a2a_radius=25.0, num_t2m_steps=30,
-            pl2m_radius=40.0, a2m_radius=40.0, lr=5e-4, weight_decay=1e-4, T_max=64, submission_dir='./',
-            submission_file_name='submission')
+TINY_QCNET_TWO_AGENT_LAYERS = {**TINY_QCNET, 'num_agent_layers': 2}
 
 
 @pytest.fixture(scope='module')
@@ -57,9 +54,9 @@ def saved_bytes(model, batch) -> int:
 @pytest.mark.parametrize('option', ['checkpoint_agent_encoder', 'recompute_embeddings'])
 def test_recomputation_options_give_the_same_loss_and_gradients(train_batch, option):
     torch.manual_seed(0)
-    plain = QCNet(**TINY).train()
+    plain = QCNet(**TINY_QCNET_TWO_AGENT_LAYERS).train()
     torch.manual_seed(0)
-    checkpointed = QCNet(**TINY, **{option: True}).train()
+    checkpointed = QCNet(**TINY_QCNET_TWO_AGENT_LAYERS, **{option: True}).train()
     assert checkpointed.encoder.agent_encoder.checkpoint_layers == (option == 'checkpoint_agent_encoder')
     assert checkpointed.decoder.y_emb.recompute == (option == 'recompute_embeddings')
     assert list(plain.state_dict()) == list(checkpointed.state_dict())  # same checkpoint layout
@@ -79,14 +76,14 @@ def test_recomputation_options_give_the_same_loss_and_gradients(train_batch, opt
 
 
 def test_tf32_is_only_switched_on_for_cuda_fits_and_restored():
-    model = QCNet(**TINY)
+    model = QCNet(**TINY_QCNET_TWO_AGENT_LAYERS)
     assert model.hparams.tf32 is True
     before = torch.get_float32_matmul_precision()
     model.on_fit_start()  # CPU model: nothing changes
     assert torch.get_float32_matmul_precision() == before
     model.on_fit_end()
     assert torch.get_float32_matmul_precision() == before
-    assert QCNet(**TINY, tf32=False).hparams.tf32 is False
+    assert QCNet(**TINY_QCNET_TWO_AGENT_LAYERS, tf32=False).hparams.tf32 is False
 
 
 def test_speed_flags_parse_into_hyper_parameters():
@@ -108,7 +105,7 @@ def test_speed_flags_parse_into_hyper_parameters():
 
 def test_bf16_autocast_step_gives_float32_outputs_close_to_float32(train_batch):
     torch.manual_seed(0)
-    model = QCNet(**dict(TINY, dropout=0.0)).train()
+    model = QCNet(**dict(TINY_QCNET_TWO_AGENT_LAYERS, dropout=0.0)).train()
     full = model(train_batch)
     loss_full = model.compute_losses(train_batch, full)['loss']
     with torch.autocast('cpu', dtype=torch.bfloat16):

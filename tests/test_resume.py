@@ -25,6 +25,8 @@ import torch
 from datasets import ArgoverseV2Dataset
 from datasets.synthetic import generate_split
 
+from tiny_configs import AV2_STEPS, TINY_QCNET_SIZES, TINY_QCNET_SYNTHETIC, as_flags
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL = 8, 1
 MAX_EPOCHS = 2
@@ -33,11 +35,7 @@ TOTAL_STEPS = MAX_EPOCHS * STEPS_PER_EPOCH
 SAVE_EVERY = 1  # the first checkpoint comes after one step: the signal lands early in epoch 0
 COMMON = ['--num_workers', '0', '--pin_memory', 'false', '--accelerator', 'cpu', '--devices', '1',
           '--log_every_n_steps', '1', '--max_epochs', str(MAX_EPOCHS), '--save_every_n_steps', str(SAVE_EVERY)]
-TINY_MODEL = ['--num_historical_steps', '50', '--num_future_steps', '60', '--num_recurrent_steps', '3',
-              '--pl2pl_radius', '30', '--time_span', '5', '--pl2a_radius', '20', '--a2a_radius', '20',
-              '--num_t2m_steps', '10', '--pl2m_radius', '30', '--a2m_radius', '30', '--hidden_dim', '16',
-              '--num_heads', '2', '--head_dim', '8', '--num_freq_bands', '4', '--num_map_layers', '1',
-              '--num_agent_layers', '1', '--num_dec_layers', '1']
+TINY_MODEL = as_flags({**AV2_STEPS, **TINY_QCNET_SYNTHETIC})
 KILL_TIMEOUT_S = 300
 
 
@@ -217,8 +215,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(data_root, tmp_path):
     assert str(info.value).startswith(f'error: {weights_only}: holds weights but no optimizer/loop state')
 
     pretraining = tmp_path / 'pretrain.ckpt'
-    ssl = SmartPretrain(hidden_dim=16, num_heads=2, head_dim=8, num_freq_bands=4, num_map_layers=1,
-                        num_agent_layers=1, num_dec_layers=1)
+    ssl = SmartPretrain(**TINY_QCNET_SIZES)
     torch.save({'state_dict': ssl.state_dict(), 'hyper_parameters': dict(ssl.hparams)}, pretraining)
     with pytest.raises(CliError) as info:
         train.main(args + ['--resume', str(pretraining)])

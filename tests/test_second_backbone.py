@@ -19,14 +19,13 @@ from transforms.ssl_views import SSLViews
 from utils.checkpoint import CheckpointError
 from utils.pretrained import load_pretrained
 
+from tiny_configs import TINY_FMAE, TINY_QCNET_SSL, as_flags
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_AV2 = PROJECT_ROOT / '..' / 'shared' / 'data' / 'av2'
-# tiny widths (and short QCNet radii) keep every step well under a second on two CPU cores
-TINY = dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
-            num_dec_layers=1, pl2pl_radius=20, pl2a_radius=15, a2a_radius=15, pl2m_radius=20, a2m_radius=20,
-            time_span=3, num_t2m_steps=10, num_temporal_layers=1, num_scene_layers=1)
-TINY_FMAE = {k: TINY[k] for k in ('hidden_dim', 'num_freq_bands', 'num_heads', 'head_dim', 'num_dec_layers',
-                                  'num_temporal_layers', 'num_scene_layers')}
+# SmartPretrain kwargs valid for either backbone: tiny widths (and short QCNet radii) keep every step well under a
+# second on two CPU cores
+TINY_SSL_EITHER_BACKBONE = {**TINY_QCNET_SSL, **TINY_FMAE}
 
 
 def real_scenes(split='train'):
@@ -154,7 +153,7 @@ def test_the_pretraining_module_and_losses_know_no_backbone():
 @pytest.mark.parametrize('backbone', ['qcnet', 'forecast_mae'])
 def test_both_backbones_pretrain_through_the_same_module(view_batch, backbone):
     torch.manual_seed(0)
-    model = SmartPretrain(backbone=backbone, dropout=0.0, **TINY)
+    model = SmartPretrain(backbone=backbone, dropout=0.0, **TINY_SSL_EITHER_BACKBONE)
     assert {k.split('.')[1] for k in model.state_dict() if k.startswith('branch.')} == {'encoder', 'decoder', 'proj'}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
@@ -174,7 +173,7 @@ def test_both_backbones_pretrain_through_the_same_module(view_batch, backbone):
 def test_forecast_mae_backbone_needs_one_mode_query():
     from modules.backbone import build_backbone
     with pytest.raises(ValueError, match='forecast_mae backbone: pre-training uses one mode query'):
-        build_backbone('forecast_mae', **{**SmartPretrain(**TINY).hparams, 'num_modes': 6})
+        build_backbone('forecast_mae', **{**SmartPretrain(**TINY_SSL_EITHER_BACKBONE).hparams, 'num_modes': 6})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,10 +188,12 @@ def save_lightning_like(model, path):
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp('ckpts')
     torch.manual_seed(0)
-    qcnet_hp = dict(SmartPretrain(**TINY).hparams, num_modes=6)
+    qcnet_hp = dict(SmartPretrain(**TINY_SSL_EITHER_BACKBONE).hparams, num_modes=6)
     return {
-        'qcnet_ssl': save_lightning_like(SmartPretrain(backbone='qcnet', **TINY), folder / 'qcnet_ssl.ckpt'),
-        'fmae_ssl': save_lightning_like(SmartPretrain(backbone='forecast_mae', **TINY), folder / 'fmae_ssl.ckpt'),
+        'qcnet_ssl': save_lightning_like(SmartPretrain(backbone='qcnet', **TINY_SSL_EITHER_BACKBONE),
+                                         folder / 'qcnet_ssl.ckpt'),
+        'fmae_ssl': save_lightning_like(SmartPretrain(backbone='forecast_mae', **TINY_SSL_EITHER_BACKBONE),
+                                        folder / 'fmae_ssl.ckpt'),
         'qcnet': save_lightning_like(QCNet(**qcnet_hp), folder / 'qcnet.ckpt'),
         'fmae': save_lightning_like(ForecastMAE(**TINY_FMAE), folder / 'fmae.ckpt'),
         'qcnet_hp': qcnet_hp,
@@ -275,10 +276,7 @@ def dataset_root(tmp_path_factory):
 
 
 def model_flags():
-    flags = []
-    for key, value in TINY_FMAE.items():
-        flags += [f'--{key}', str(value)]
-    return flags
+    return as_flags(TINY_FMAE)
 
 
 @pytest.fixture(scope='module')

@@ -12,14 +12,12 @@ from modules.backbone import SSLBackbone, available_backbones, build_backbone, r
 from predictors.smartpretrain import SmartPretrain
 from transforms.ssl_views import SSLViews
 
+from tiny_configs import TINY_QCNET_SSL
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
 SPEC = ROOT / '..' / 'shared' / 'spec' / 'smartpretrain_checkpoint_keys.tsv'
 SCENARIOS = ['0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca', '0a1e6f0a-1817-4a98-b02e-db8c9327d151']
-# tiny widths and short radii keep a step well under a second on two CPU cores
-TINY = dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
-            num_dec_layers=1, pl2pl_radius=20, pl2a_radius=15, a2a_radius=15, pl2m_radius=20, a2m_radius=20,
-            time_span=3, num_t2m_steps=10)
 
 
 def crop_scene(data: HeteroData, radius: float) -> HeteroData:
@@ -73,7 +71,7 @@ def test_state_dict_is_the_official_layout():
 
 def test_forward_backward_on_real_views(view_batch):
     torch.manual_seed(0)
-    model = SmartPretrain(**TINY)
+    model = SmartPretrain(**TINY_QCNET_SSL)
     out = model(view_batch)
     assert all(torch.isfinite(v).all() for v in out.values())
     torch.testing.assert_close(out['loss'], out['contra_loss'] + out['rec_loss'])
@@ -94,8 +92,8 @@ def test_forward_backward_on_real_views(view_batch):
 
 def test_lambda_rec_weights_the_reconstruction(view_batch):
     torch.manual_seed(0)
-    a = SmartPretrain(**TINY, dropout=0.0)
-    b = SmartPretrain(**TINY, dropout=0.0, lambda_rec=0.25)
+    a = SmartPretrain(**TINY_QCNET_SSL, dropout=0.0)
+    b = SmartPretrain(**TINY_QCNET_SSL, dropout=0.0, lambda_rec=0.25)
     b.load_state_dict(a.state_dict())
     out_a, out_b = a(view_batch), b(view_batch)
     torch.testing.assert_close(out_b['loss'], out_a['contra_loss'] + 0.25 * out_a['rec_loss'])
@@ -103,7 +101,7 @@ def test_lambda_rec_weights_the_reconstruction(view_batch):
 
 def test_a_few_pretraining_steps_reduce_the_loss(view_batch):
     torch.manual_seed(0)
-    model = SmartPretrain(**TINY, dropout=0.0)
+    model = SmartPretrain(**TINY_QCNET_SSL, dropout=0.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for _ in range(8):
@@ -121,7 +119,7 @@ def test_a_few_pretraining_steps_reduce_the_loss(view_batch):
 
 
 def test_validation_is_deterministic(view_batch):
-    model = SmartPretrain(**TINY).eval()
+    model = SmartPretrain(**TINY_QCNET_SSL).eval()
     with torch.no_grad():
         first, second = model(view_batch), model(view_batch)
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -170,4 +168,4 @@ def test_a_second_backbone_plugs_in_without_touching_the_losses(view_batch):
     with pytest.raises(ValueError, match="unknown backbone 'nope'"):
         build_backbone('nope')
     with pytest.raises(ValueError, match='one mode query'):
-        build_backbone('qcnet', **{**SmartPretrain(**TINY).hparams, 'num_modes': 6})
+        build_backbone('qcnet', **{**SmartPretrain(**TINY_QCNET_SSL).hparams, 'num_modes': 6})

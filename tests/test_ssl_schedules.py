@@ -8,8 +8,8 @@ import torch.nn as nn
 from predictors.smartpretrain import SmartPretrain
 from utils.schedules import SSLSchedule, cosine_momentum, linear_ramp, warmup_cosine
 
-TINY = dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
-            num_dec_layers=1)
+from tiny_configs import TINY_QCNET_SIZES
+
 RECIPE = dict(lr_init=1e-4, lr=1.5e-3, lr_last=1e-6, weight_decay_init=1e-2, weight_decay=1e-1, momentum=0.996)
 
 
@@ -60,7 +60,7 @@ def test_schedule_edge_cases_and_state_round_trip():
 
 def test_momentum_update_is_an_ema_of_parameters_only():
     torch.manual_seed(0)
-    model = SmartPretrain(**TINY)
+    model = SmartPretrain(**TINY_QCNET_SIZES)
     online = dict(model.branch.named_parameters())
     momentum = dict(model.momentum_branch.named_parameters())
     assert online.keys() == momentum.keys()
@@ -84,7 +84,7 @@ def test_momentum_update_is_an_ema_of_parameters_only():
 
 
 def test_weight_decay_only_on_decayed_weights():
-    model = SmartPretrain(**TINY)
+    model = SmartPretrain(**TINY_QCNET_SIZES)
     optimizer = model.configure_optimizers()
     decayed, not_decayed = optimizer.param_groups
     assert decayed['decayed'] and not not_decayed['decayed'] and not_decayed['weight_decay'] == 0.0

@@ -14,11 +14,10 @@ from predictors.smartpretrain import SmartPretrain, ViewEpochCallback, rng_state
 from transforms.ssl_views import SSLViews
 from utils.pretrained import load_pretrained_into_qcnet
 
+from tiny_configs import TINY_QCNET_SSL, as_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
-TINY = dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
-            num_dec_layers=1, pl2pl_radius=20, pl2a_radius=15, a2a_radius=15, pl2m_radius=20, a2m_radius=20,
-            time_span=3, num_t2m_steps=10)
 
 
 class _Scenes(Dataset):
@@ -70,7 +69,7 @@ def scenes():
 
 def fit(scenes, tmp_path, max_epochs, extra_callbacks=(), ckpt_path=None):
     pl.seed_everything(7)
-    model = SmartPretrain(**TINY, dropout=0.0, warmup=1, seed=7)
+    model = SmartPretrain(**TINY_QCNET_SSL, dropout=0.0, warmup=1, seed=7)
     views = SSLViews(50, 60, seed=7)
     view_callback = ViewEpochCallback(views)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
@@ -123,8 +122,7 @@ def test_train_ssl_end_to_end_and_resume(tmp_path, capsys):
               '--train_processed_dir', tmp_path / 'processed', '--val_processed_dir', tmp_path / 'processed',
               '--train_batch_size', 2, '--val_batch_size', 2, '--num_workers', 0, '--log_dir', tmp_path / 'logs',
               '--exp_name', 'tiny', '--warmup', 1, '--accelerator', 'cpu', '--log_every_n_steps', 1]
-    for key, value in TINY.items():
-        common += [f'--{key}', value]
+    common += as_flags(TINY_QCNET_SSL)
     trainer = run_script(common + ['--max_epochs', 1])
     out = capsys.readouterr().out
     run_dir = tmp_path / 'logs' / 'tiny'
@@ -144,7 +142,7 @@ def test_train_ssl_end_to_end_and_resume(tmp_path, capsys):
 
     # the checkpoint transfers into QCNet for fine-tuning
     from predictors.qcnet import QCNet
-    hp = dict(SmartPretrain(**TINY).hparams, num_modes=6)
+    hp = dict(SmartPretrain(**TINY_QCNET_SSL).hparams, num_modes=6)
     report = load_pretrained_into_qcnet(QCNet(**hp), str(run_dir / 'checkpoints' / 'last.ckpt'), True,
                                         verbose=False)
     assert any(k.startswith('encoder.') for k in report.loaded)

@@ -6,8 +6,8 @@ from predictors.qcnet import QCNet
 from predictors.smartpretrain import SmartPretrain
 from utils.pretrained import load_pretrained_into_qcnet
 
-TINY = dict(hidden_dim=16, num_freq_bands=4, num_heads=2, head_dim=8, num_map_layers=1, num_agent_layers=1,
-            num_dec_layers=1)
+from tiny_configs import TINY_QCNET_SIZES
+
 REFINE = ('t2m_refine_attn_layers', 'pl2m_refine_attn_layers', 'a2m_refine_attn_layers', 'm2m_refine_attn_layer')
 
 
@@ -15,7 +15,7 @@ REFINE = ('t2m_refine_attn_layers', 'pl2m_refine_attn_layers', 'a2m_refine_attn_
 def pretrained(tmp_path_factory):
     """A pre-training checkpoint whose momentum branch differs from its online branch."""
     torch.manual_seed(0)
-    model = SmartPretrain(**TINY)
+    model = SmartPretrain(**TINY_QCNET_SIZES)
     with torch.no_grad():
         for p in model.momentum_branch.parameters():
             p.add_(torch.randn_like(p))
@@ -25,7 +25,7 @@ def pretrained(tmp_path_factory):
 
 
 def qcnet(**overrides):
-    hp = dict(SmartPretrain(**TINY).hparams)
+    hp = dict(SmartPretrain(**TINY_QCNET_SIZES).hparams)
     hp.update(num_modes=6, **overrides)
     return QCNet(**hp)
 

@@ -18,13 +18,13 @@ import torch
 
 from av2.datasets.motion_forecasting.eval.submission import ChallengeSubmission
 
+from tiny_configs import AV2_STEPS, TINY_QCNET_SIZES, as_flags
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_AV2 = PROJECT_ROOT / '..' / 'shared' / 'data' / 'av2'
-TINY_MODEL = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
-              '--num_recurrent_steps', '3', '--pl2pl_radius', '150', '--time_span', '10', '--pl2a_radius', '50',
-              '--a2a_radius', '50', '--num_t2m_steps', '30', '--pl2m_radius', '150', '--a2m_radius', '150',
-              '--hidden_dim', '16', '--num_heads', '2', '--head_dim', '8', '--num_freq_bands', '4',
-              '--num_map_layers', '1', '--num_agent_layers', '1', '--num_dec_layers', '1', '--T_max', '2']
+TINY_MODEL = as_flags({'dataset': 'argoverse_v2', **AV2_STEPS, 'pl2pl_radius': 150, 'time_span': 10, 'pl2a_radius': 50,
+                      'a2a_radius': 50, 'num_t2m_steps': 30, 'pl2m_radius': 150, 'a2m_radius': 150,
+                      **TINY_QCNET_SIZES, 'T_max': 2})
 
 
 def load_script(name):
@@ -194,10 +194,8 @@ def test_boolean_flags_parse_like_their_spelling():
 
 def test_fine_tuning_starts_from_the_pretrained_momentum_branch(dataset_root, tmp_path, capsys):
     from predictors.smartpretrain import SmartPretrain
-    hparams = dict(hidden_dim=16, num_heads=2, head_dim=8, num_freq_bands=4, num_map_layers=1, num_agent_layers=1,
-                   num_dec_layers=1)
     torch.manual_seed(123)
-    pretrained = SmartPretrain(**hparams)
+    pretrained = SmartPretrain(**TINY_QCNET_SIZES)
     with torch.no_grad():  # make the momentum branch clearly different from any fresh initialisation
         for name, tensor in pretrained.state_dict().items():
             if name.startswith('momentum_branch.') and tensor.is_floating_point():

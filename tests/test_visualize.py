@@ -12,6 +12,8 @@ from utils.visualize import (FOCAL_COLOR, GT_COLOR, PRED_COLOR, VIEW_COLORS, Pre
                              agent_frame_to_world, focal_agent_index, map_polygons, min_ade_fde, plot_pretraining_views,
                              plot_scenario, prediction_from_output, save_figure)
 
+from tiny_configs import TINY_QCNET
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_AV2 = PROJECT_ROOT.parent / 'shared' / 'data' / 'av2'
 AUSTIN_ID = '0a1e6f0a-1817-4a98-b02e-db8c9327d151'
@@ -234,12 +236,9 @@ def test_save_figure_replaces_atomically_with_normal_permissions(tmp_path):
 # visualize.py CLI
 # ----------------------------------------------------------------------------------------------------------------------
 
-TINY_QCNET = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=16, output_dim=2, output_head=False,
-                  num_historical_steps=50, num_future_steps=60, num_modes=6, num_recurrent_steps=3, num_freq_bands=4,
-                  num_map_layers=1, num_agent_layers=1, num_dec_layers=1, num_heads=2, head_dim=8, dropout=0.1,
-                  pl2pl_radius=15.0, time_span=4, pl2a_radius=15.0, a2a_radius=15.0, num_t2m_steps=10,
-                  pl2m_radius=15.0, a2m_radius=15.0, lr=5e-4, weight_decay=1e-4, T_max=64, submission_dir='./',
-                  submission_file_name='submission')  # small radii keep the graphs, hence the CPU forward, small
+# six modes; small radii keep the graphs, hence the CPU forward, small
+TINY_QCNET_15M = {**TINY_QCNET, 'num_modes': 6, 'pl2pl_radius': 15.0, 'time_span': 4, 'pl2a_radius': 15.0,
+                  'a2a_radius': 15.0, 'num_t2m_steps': 10, 'pl2m_radius': 15.0, 'a2m_radius': 15.0}
 
 
 def _tiny_checkpoint(path: Path, seed: int) -> Path:
@@ -247,7 +246,7 @@ def _tiny_checkpoint(path: Path, seed: int) -> Path:
     import pytorch_lightning as pl
     from predictors import QCNet
     torch.manual_seed(seed)
-    model = QCNet(**TINY_QCNET)
+    model = QCNet(**TINY_QCNET_15M)
     torch.save({'state_dict': model.state_dict(), 'hyper_parameters': dict(model.hparams),
                 'pytorch-lightning_version': pl.__version__}, path)
     return path
