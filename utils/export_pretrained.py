@@ -17,18 +17,12 @@ Usage:
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
 from utils.cli import input_errors, run_main
 from utils.pretrained import _check_pretraining_layout, branch_prefix, read_pretraining_checkpoint
-
-# What fine-tuning reads (utils/pretrained.py) of one branch; the projectors, the other branch and the heads are
-# left out.
-def exported_prefixes(branch: str = 'momentum') -> tuple:
-    return branch_prefix(branch) + 'encoder.', branch_prefix(branch) + 'decoder.'
-
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 # Extra top-level entry of a slim file: where it came from (plain strings / ints, so weights_only loading works).
@@ -52,6 +46,12 @@ class ExportSummary:
         return (f'exported {self.num_tensors} of {self.source_num_tensors} tensors ({self.branch} encoder + decoder, '
                 f'{self.num_parameters:,} parameters) as {self.dtype}: {self.output} '
                 f'{self.output_bytes / 2 ** 20:.2f} MiB (from {self.source}, {self.source_bytes / 2 ** 20:.2f} MiB)')
+
+
+def exported_prefixes(branch: str = 'momentum') -> Tuple[str, str]:
+    """Key prefixes of what fine-tuning reads (utils/pretrained.py) of ``branch``: its encoder and decoder; the
+    projectors, the other branch and the heads are left out."""
+    return branch_prefix(branch) + 'encoder.', branch_prefix(branch) + 'decoder.'
 
 
 def exported_keys(keys: Iterable[str], branch: str = 'momentum') -> List[str]:
@@ -134,7 +134,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         epilog='The output loads with `train.py --pretrained_ckpt OUT.ckpt` like the full checkpoint.')
     parser.add_argument('ckpt_path', help='pre-training checkpoint (train_ssl.py or the official SmartPretrain '
                                           'release)')
-    parser.add_argument('out_path', help='slim checkpoint to write (momentum encoder + decoder + hyper-parameters)')
+    parser.add_argument('out_path', help='slim checkpoint to write (one branch\'s encoder + decoder + hyper-parameters)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float16',
                         help='dtype of the exported floating tensors (default: float16)')
     parser.add_argument('--branch', choices=['momentum', 'online'], default='momentum',
