@@ -146,7 +146,8 @@ def run(cmd: List[str], log_path: str, background: bool = False):
 
 def wait_each(procs: Dict[str, subprocess.Popen], logs: Dict[str, str], on_done, poll_s: float = 2.0) -> None:
     """Waits for the background runs ``procs``, calling ``on_done(name)`` for each as soon as it has ended well;
-    a failed run stops the experiment with its log's path."""
+    a failed run stops the experiment with its log's path (the other runs are terminated; their finished results
+    stay, and a rerun resumes the rest)."""
     pending = dict(procs)
     while pending:
         for name, proc in list(pending.items()):
@@ -154,6 +155,10 @@ def wait_each(procs: Dict[str, subprocess.Popen], logs: Dict[str, str], on_done,
                 continue
             del pending[name]
             if proc.returncode != 0:
+                for other in pending.values():
+                    other.terminate()
+                for other in pending.values():
+                    other.wait()
                 sys.exit(f'ssl_low_label: {name} failed (exit {proc.returncode}), see {logs[name]}')
             on_done(name)
         if pending:

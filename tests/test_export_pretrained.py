@@ -288,7 +288,10 @@ def test_ssl_low_label_validates_each_run_when_it_ends(tmp_path):
                             lambda name: finished.append((name, slow.poll())), poll_s=0.1)
     assert finished == [('fast', None), ('slow', 0)]  # 'fast' was validated while 'slow' still ran
     broken = subprocess.Popen([sys.executable, '-c', 'raise SystemExit(3)'])
+    hanging = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
     with pytest.raises(SystemExit, match=r'broken failed \(exit 3\), see .*broken\.log'):
-        ssl_low_label.wait_each({'broken': broken}, {'broken': str(tmp_path / 'broken.log')}, finished.append,
+        ssl_low_label.wait_each({'broken': broken, 'hanging': hanging},
+                                {'broken': str(tmp_path / 'broken.log'), 'hanging': 'hanging.log'}, finished.append,
                                 poll_s=0.1)
     assert len(finished) == 2
+    assert hanging.poll() is not None  # the other run was stopped, not left running
