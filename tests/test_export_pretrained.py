@@ -2,6 +2,7 @@
 hyper-parameters, loading for fine-tuning exactly like the full checkpoint; the split options of
 benchmarks/ssl_low_label.py that use them. Checkpoints come from two tiny pre-training steps on the real
 Argoverse 2 samples of ../shared/data (skipped when absent)."""
+import json
 import os
 import subprocess
 import sys
@@ -295,3 +296,25 @@ def test_ssl_low_label_validates_each_run_when_it_ends(tmp_path):
                                 poll_s=0.1)
     assert len(finished) == 2
     assert hanging.poll() is not None  # the other run was stopped, not left running
+
+
+@pytest.mark.parametrize('model', ['QCNet', 'ForecastMAE'])
+def test_momentum_init_share_rebuilds_the_initialisation(ssl_checkpoints, tmp_path, model):
+    """benchmarks/momentum_init_share.py on a two-step pre-training: the momentum branch is still ~99 % its
+    initialisation (two EMA updates at 0.996), the same from the full checkpoint and from the two slim exports; a wrong
+    seed rebuilds another initialisation and is refused instead of reported."""
+    from benchmarks import momentum_init_share
+    full = str(ssl_checkpoints[model])
+    result = momentum_init_share.main([full, '--json', str(tmp_path / 'share.json')])
+    assert 0.97 < result['init_share'] < 1.0 and result['distance_ratio'] < 0.05
+    assert result['seed'] == 5 and result['num_tensors'] > 0
+    assert json.loads((tmp_path / 'share.json').read_text())['init_share'] == pytest.approx(result['init_share'])
+    momentum_slim, online_slim = tmp_path / 'm.ckpt', tmp_path / 'o.ckpt'
+    export_pretrained(full, str(momentum_slim), 'float32')
+    export_pretrained(full, str(online_slim), 'float32', branch='online')
+    slim = momentum_init_share.main([str(momentum_slim), '--online', str(online_slim)])
+    assert slim['init_share'] == pytest.approx(result['init_share'], abs=1e-6)
+    with pytest.raises(SystemExit, match=r'^error: .*m\.ckpt: no branch\.encoder/decoder \(online\) weights'):
+        momentum_init_share.main([str(momentum_slim)])
+    with pytest.raises(SystemExit, match=r'not this run.s \(other seed'):
+        momentum_init_share.main([full, '--seed', '6'])
