@@ -22,7 +22,6 @@ Example:
   python benchmarks/momentum_init_share.py pretrained_slim.ckpt --online pretrained_online_slim.ckpt --json share.json
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.experiment_utils import atomic_write_json  # noqa: E402
 from utils.cli import CliError, input_errors, run_main  # noqa: E402
 from utils.pretrained import BRANCH_PREFIXES, read_pretraining_checkpoint  # noqa: E402
 
@@ -126,8 +126,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
           f'initialisation', flush=True)
     if args.json:
         with input_errors(OSError):
-            with open(args.json, 'w') as f:
-                json.dump(result, f, indent=2)
+            atomic_write_json(args.json, result)
     return result
 
 

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from utils.atomic_checkpoint_io import AtomicCheckpointIO
 from utils.cli import input_errors, run_main
 from utils.pretrained import _check_pretraining_layout, branch_prefix, read_pretraining_checkpoint
 
@@ -88,23 +89,6 @@ def slim_checkpoint(ckpt_path: str, state_dict: Mapping[str, torch.Tensor], hpar
                               'source_num_tensors': len(state_dict)}}
 
 
-def _atomic_save(obj: Any, path: str) -> None:
-    """torch.save through a hidden temporary file in the target directory, fsync'd, then renamed: a killed export
-    never leaves a truncated checkpoint under ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp_path = os.path.join(directory, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
-    try:
-        with open(tmp_path, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-
-
 def export_pretrained(ckpt_path: str, out_path: str, dtype: str = 'float16',
                       branch: str = 'momentum') -> ExportSummary:
     """Writes the slim checkpoint of pre-training checkpoint ``ckpt_path`` to ``out_path`` (atomically).
@@ -118,7 +102,7 @@ def export_pretrained(ckpt_path: str, out_path: str, dtype: str = 'float16',
     state_dict, hparams = read_pretraining_checkpoint(ckpt_path)
     checkpoint = slim_checkpoint(ckpt_path, state_dict, hparams, dtype, branch)
     try:
-        _atomic_save(checkpoint, out_path)
+        AtomicCheckpointIO().save_checkpoint(checkpoint, out_path)  # a killed export leaves no truncated file
     except OSError as error:
         raise OSError(f'{out_path}: cannot write the slim checkpoint ({error.strerror or error})') from None
     slim = checkpoint['state_dict']
