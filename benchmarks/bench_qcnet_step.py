@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--compile_attention', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--recompute_embeddings', action='store_true', help='ours: model option of the same name')
+    parser.add_argument('--cuda_graphs', action='store_true',
+                        help='ours: the step of train.py --cuda_graphs (graph built eagerly, the rest padded to fixed '
+                             'sizes and replayed as a CUDA graph; utils/static_graph.py)')
     parser.add_argument('--fused_adamw', choices=['auto', 'on', 'off'], default='auto',
                         help='ours: fused AdamW on CUDA (auto = on)')
     parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2', 'train'),
@@ -64,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--hidden_dim', type=int, default=AV2_CONFIG['hidden_dim'])
     parser.add_argument('--num_modes', type=int, default=AV2_CONFIG['num_modes'])
     parser.add_argument('--report', type=str, default=None, help='write the results as JSON here')
+    parser.add_argument('--profile', type=int, default=0,
+                        help='CUDA only: after timing, profile this many more steps of each setting and report '
+                             'GPU kernel time and kernel launches per step (the rest of the step is launch '
+                             'overhead and host work)')
     return parser.parse_args(argv)
 
 
@@ -127,6 +134,36 @@ class Timer:
         return times
 
 
+def check_static_outputs(model, runner, batch, autocast) -> None:
+    """Prints how far the padded, replayed forward pass is from the eager one (eval mode, same batch)."""
+    model.eval()
+    with torch.no_grad(), autocast:
+        expected = model(batch)
+        actual = runner(batch)
+    worst = max(float((actual[k].float() - v.float()).abs().max() / v.float().abs().max().clamp(min=1.0))
+                for k, v in expected.items())
+    print(f'static-shape forward vs eager: worst scale-relative error {worst:.2e}', flush=True)
+
+
+def profile_kernels(step: Callable[[], None], steps: int) -> dict:
+    """GPU kernel time and kernel count per step (torch.profiler over ``steps`` steps), and the five kernels that
+    take the most GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total_us = sum(e.device_time for e in kernels)
+    per_name = {}
+    for e in kernels:
+        per_name[e.name] = per_name.get(e.name, 0.0) + e.device_time
+    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:5]
+    return {'gpu_kernel_ms': total_us / 1000.0 / steps, 'kernels_per_step': round(len(kernels) / steps),
+            'top_kernels': [{'name': name[:90], 'ms_per_step': us / 1000.0 / steps} for name, us in top]}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings('ignore', message='.*self.log.*')
@@ -150,7 +187,7 @@ def main(argv=None) -> int:
             if device.type == 'cuda' else None, 'torch': torch.__version__, 'hidden_dim': args.hidden_dim,
             'num_scenes_available': len(scenes), 'tf32': args.tf32,
             'options': {k: getattr(args, k) for k in ('compile_attention', 'checkpoint_agent_encoder',
-                                                      'recompute_embeddings')},
+                                                      'recompute_embeddings', 'cuda_graphs')},
             'fused_adamw': bool(optimizer.defaults.get('fused')), 'results': []}
     print(json.dumps({k: v for k, v in info.items() if k != 'results'}))
     timer = Timer(device)
@@ -166,7 +203,23 @@ def main(argv=None) -> int:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
 
-                if mode == 'train':
+                runner = None
+                if args.cuda_graphs:
+                    from utils.static_graph import StaticGraphRunner
+                    runner = StaticGraphRunner(model, mode, AV2_CONFIG['num_historical_steps'], args.num_modes,
+                                               capture=device.type == 'cuda')
+                    if mode == 'infer':
+                        check_static_outputs(model, runner, batch, autocast)
+                if runner is not None and mode == 'train':
+                    def step():
+                        with autocast:
+                            runner(batch)
+                        optimizer.step()
+                elif runner is not None:
+                    def step():
+                        with autocast:
+                            runner(batch)
+                elif mode == 'train':
                     def step():
                         optimizer.zero_grad(set_to_none=True)
                         with autocast:
@@ -193,10 +246,18 @@ def main(argv=None) -> int:
                 row = {'batch_size': batch_size, 'agents': num_agents, 'precision': precision, 'mode': mode,
                        'median_s': median, 'min_s': min(times), 'max_s': max(times),
                        'scenarios_per_s': batch_size / median, 'peak_alloc_gib': peak}
+                if runner is not None:
+                    row.update(captures=runner.num_captures, capacities=runner.last_capacities,
+                               sizes=runner.last_sizes)
+                    model.train()
+                if args.profile and device.type == 'cuda':
+                    row.update(profile_kernels(step, args.profile))
                 info['results'].append(row)
                 print(f'batch {batch_size:3d} ({num_agents} agents) {precision:10s} {mode:5s}: '
                       f'median {median * 1000:9.2f} ms  {batch_size / median:8.2f} scen/s'
-                      + (f'  peak {peak:6.2f} GiB' if peak is not None else ''), flush=True)
+                      + (f'  peak {peak:6.2f} GiB' if peak is not None else '')
+                      + (f"  gpu {row['gpu_kernel_ms']:8.2f} ms in {row['kernels_per_step']} kernels"
+                         if 'gpu_kernel_ms' in row else ''), flush=True)
     if args.report:
         with open(args.report, 'w') as handle:
             json.dump(info, handle, indent=2)

@@ -91,55 +91,27 @@ class QCNetAgentEncoder(nn.Module):
                            bipartite=False, has_pos_emb=True) for _ in range(num_layers)])
         self.apply(weight_init)
 
-    def forward(self, data: HeteroData, map_enc: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """data: scene(s) with agent tensors of >= num_historical_steps steps; map_enc: output of the map encoder."""
+    def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
+        """The agent encoder's edges (data dependent sizes, see utils.static_graph):
+        't' [2, E]: temporal, earlier valid step -> later valid step of the same agent, at most time_span steps
+        apart, agent-major node index a * T + t; 'pl2a' [2, E]: polygon -> agent step within pl2a_radius, target in
+        the step-major index t * A + a; 'a2a' [2, E]: agent step -> agent step of the same step within a2a_radius,
+        step-major. Invalid agent steps get no edges."""
         steps = self.num_historical_steps
         agent = data['agent']
         num_agents = agent['position'].size(0)
         mask = agent['valid_mask'][:, :steps]  # [A, T]
-        pos_a = agent['position'][:, :steps, :self.input_dim]  # [A, T, D], world frame
-        motion_vector_a = torch.cat([pos_a.new_zeros(num_agents, 1, self.input_dim),
-                                     pos_a[:, 1:] - pos_a[:, :-1]], dim=1)
-        head_a = agent['heading'][:, :steps]
-        head_vector_a = torch.stack([head_a.cos(), head_a.sin()], dim=-1)
-        vel = agent['velocity'][:, :steps, :self.input_dim]
+        pos_a = agent['position'][:, :steps, :self.input_dim]
         pos_pl = data['map_polygon']['position'][:, :self.input_dim]
-        orient_pl = data['map_polygon']['orientation']
         num_polygons = pos_pl.size(0)
 
-        # Per-step agent state, expressed relative to the agent's own heading (rotation invariant).
-        x_a = torch.stack(
-            [torch.linalg.vector_norm(motion_vector_a[:, :, :2], dim=-1),
-             angle_between_2d_vectors(ctr_vector=head_vector_a, nbr_vector=motion_vector_a[:, :, :2]),
-             torch.linalg.vector_norm(vel[:, :, :2], dim=-1),
-             angle_between_2d_vectors(ctr_vector=head_vector_a, nbr_vector=vel[:, :, :2])], dim=-1)
-        type_emb = self.type_a_emb(agent['type'].long())
-        type_emb = type_emb.unsqueeze(1).expand(-1, steps, -1).reshape(-1, self.hidden_dim)  # [A*T, hidden]
-        x_a = self.x_a_emb(continuous_inputs=x_a.reshape(-1, x_a.size(-1)), categorical_embs=[type_emb])
-        x_a = x_a.view(-1, steps, self.hidden_dim)
-
-        # Temporal edges (agent-major node index a * T + t): earlier valid step -> later valid step of the same
-        # agent, at most time_span steps apart.
-        pos_t = pos_a.reshape(-1, self.input_dim)
-        head_t = head_a.reshape(-1)
-        head_vector_t = head_vector_a.reshape(-1, 2)
         offsets = torch.arange(steps, device=mask.device)
         gap = offsets.unsqueeze(0) - offsets.unsqueeze(1)  # gap[src, dst] = dst - src
         band = (gap > 0) & (gap <= self.time_span)
         edge_index_t = bipartite_dense_to_sparse(mask.unsqueeze(2) & mask.unsqueeze(1) & band)
-        src, dst = edge_index_t
-        rel_pos_t = pos_t[src] - pos_t[dst]
-        r_t = torch.stack(
-            [torch.linalg.vector_norm(rel_pos_t[:, :2], dim=-1),
-             angle_between_2d_vectors(ctr_vector=head_vector_t[dst], nbr_vector=rel_pos_t[:, :2]),
-             wrap_angle(head_t[src] - head_t[dst]),
-             (src - dst).to(pos_t.dtype)], dim=-1)
-        r_t = self._maybe_checkpoint(self._edge_embedding, self.r_t_emb, r_t)
 
-        # Spatial graphs per history step (step-major node index t * A + a; one example per (step, scene)).
+        # Spatial graphs per history step (one example per (step, scene)).
         pos_s = pos_a.transpose(0, 1).reshape(-1, self.input_dim)
-        head_s = head_a.transpose(0, 1).reshape(-1)
-        head_vector_s = head_vector_a.transpose(0, 1).reshape(-1, 2)
         mask_s = mask.transpose(0, 1).reshape(-1)
         batch_a, num_scenes = scene_batch_info(data, 'agent')
         batch_pl, _ = scene_batch_info(data, 'map_polygon')
@@ -157,14 +129,65 @@ class QCNetAgentEncoder(nn.Module):
         # The polygon embedding is the same at every step: attend to the P polygon rows directly instead of to
         # T copies of them (identical result, T times less work on the source side).
         edge_index_pl2a = torch.stack([edge_index_pl2a[0] % num_polygons, edge_index_pl2a[1]], dim=0)
+        edge_index_a2a = radius_graph(x=pos_s[:, :2], r=self.a2a_radius, batch=batch_s, loop=False,
+                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes * steps,
+                                      max_per_example=most_agents, source_mask=mask_s, target_mask=mask_s)
+        return {'t': edge_index_t, 'pl2a': edge_index_pl2a, 'a2a': edge_index_a2a}
+
+    def forward(self, data: HeteroData, map_enc: Mapping[str, torch.Tensor],
+                graph: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """data: scene(s) with agent tensors of >= num_historical_steps steps; map_enc: output of the map encoder;
+        graph: ``build_graph(data)`` when computed beforehand (else built here)."""
+        steps = self.num_historical_steps
+        agent = data['agent']
+        num_agents = agent['position'].size(0)
+        pos_a = agent['position'][:, :steps, :self.input_dim]  # [A, T, D], world frame
+        motion_vector_a = torch.cat([pos_a.new_zeros(num_agents, 1, self.input_dim),
+                                     pos_a[:, 1:] - pos_a[:, :-1]], dim=1)
+        head_a = agent['heading'][:, :steps]
+        head_vector_a = torch.stack([head_a.cos(), head_a.sin()], dim=-1)
+        vel = agent['velocity'][:, :steps, :self.input_dim]
+        pos_pl = data['map_polygon']['position'][:, :self.input_dim]
+        orient_pl = data['map_polygon']['orientation']
+
+        # Per-step agent state, expressed relative to the agent's own heading (rotation invariant).
+        x_a = torch.stack(
+            [torch.linalg.vector_norm(motion_vector_a[:, :, :2], dim=-1),
+             angle_between_2d_vectors(ctr_vector=head_vector_a, nbr_vector=motion_vector_a[:, :, :2]),
+             torch.linalg.vector_norm(vel[:, :, :2], dim=-1),
+             angle_between_2d_vectors(ctr_vector=head_vector_a, nbr_vector=vel[:, :, :2])], dim=-1)
+        type_emb = self.type_a_emb(agent['type'].long())
+        type_emb = type_emb.unsqueeze(1).expand(-1, steps, -1).reshape(-1, self.hidden_dim)  # [A*T, hidden]
+        x_a = self.x_a_emb(continuous_inputs=x_a.reshape(-1, x_a.size(-1)), categorical_embs=[type_emb])
+        x_a = x_a.view(-1, steps, self.hidden_dim)
+
+        # Temporal edges (agent-major node index a * T + t): earlier valid step -> later valid step of the same
+        # agent, at most time_span steps apart.
+        pos_t = pos_a.reshape(-1, self.input_dim)
+        head_t = head_a.reshape(-1)
+        head_vector_t = head_vector_a.reshape(-1, 2)
+        graph = self.build_graph(data) if graph is None else graph
+        edge_index_t = graph['t']
+        src, dst = edge_index_t
+        rel_pos_t = pos_t[src] - pos_t[dst]
+        r_t = torch.stack(
+            [torch.linalg.vector_norm(rel_pos_t[:, :2], dim=-1),
+             angle_between_2d_vectors(ctr_vector=head_vector_t[dst], nbr_vector=rel_pos_t[:, :2]),
+             wrap_angle(head_t[src] - head_t[dst]),
+             (src - dst).to(pos_t.dtype)], dim=-1)
+        r_t = self._maybe_checkpoint(self._edge_embedding, self.r_t_emb, r_t)
+
+        # Spatial graphs per history step (step-major node index t * A + a; one example per (step, scene)).
+        pos_s = pos_a.transpose(0, 1).reshape(-1, self.input_dim)
+        head_s = head_a.transpose(0, 1).reshape(-1)
+        head_vector_s = head_vector_a.transpose(0, 1).reshape(-1, 2)
+        edge_index_pl2a = graph['pl2a']
         src, dst = edge_index_pl2a
         r_pl2a = relative_pose_features(pos_pl[src] - pos_s[dst], head_vector_s[dst],
                                         wrap_angle(orient_pl[src] - head_s[dst]), input_dim=2)
         r_pl2a = self._maybe_checkpoint(self._edge_embedding, self.r_pl2a_emb, r_pl2a)
 
-        edge_index_a2a = radius_graph(x=pos_s[:, :2], r=self.a2a_radius, batch=batch_s, loop=False,
-                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes * steps,
-                                      max_per_example=most_agents, source_mask=mask_s, target_mask=mask_s)
+        edge_index_a2a = graph['a2a']
         src, dst = edge_index_a2a
         r_a2a = relative_pose_features(pos_s[src] - pos_s[dst], head_vector_s[dst],
                                        wrap_angle(head_s[src] - head_s[dst]), input_dim=2)

@@ -78,9 +78,11 @@ class QCNetDecoder(QCNetProposeStage):
                                batch_first=False, dropout=0.0, bidirectional=False)
         self.traj_emb_h0 = nn.Parameter(torch.zeros(1, self.hidden_dim))
 
-    def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
+                edges: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """edges: ``build_graph(data)`` when computed beforehand (else built here)."""
         num_modes, fut, out_dim = self.num_modes, self.num_future_steps, self.output_dim
-        graph, proposals = self.propose(data, scene_enc)
+        graph, proposals = self.propose(data, scene_enc, edges)
         # Head outputs are taken in the data's dtype: under mixed precision the positions (sums of 60 steps, tens
         # of metres) and the losses on them stay in float32.
         out_dtype = data['agent']['position'].dtype

@@ -34,7 +34,12 @@ class QCNetEncoder(nn.Module):
             num_layers=num_agent_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout,
             checkpoint_layers=checkpoint_agent_layers)
 
-    def forward(self, data: HeteroData) -> Dict[str, torch.Tensor]:
-        map_enc = self.map_encoder(data)
-        agent_enc = self.agent_encoder(data, map_enc)
+    def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
+        """All edges of the encoder (map encoder's, then agent encoder's; their key names do not overlap)."""
+        return {**self.map_encoder.build_graph(data), **self.agent_encoder.build_graph(data)}
+
+    def forward(self, data: HeteroData, graph: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """graph: ``build_graph(data)`` when computed beforehand (else each encoder builds its own)."""
+        map_enc = self.map_encoder(data, graph)
+        agent_enc = self.agent_encoder(data, map_enc, graph)
         return {**map_enc, **agent_enc}

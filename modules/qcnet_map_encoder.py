@@ -88,7 +88,28 @@ class QCNetMapEncoder(nn.Module):
                            bipartite=False, has_pos_emb=True) for _ in range(num_layers)])
         self.apply(weight_init)
 
-    def forward(self, data: HeteroData) -> Dict[str, torch.Tensor]:
+    def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
+        """The map's edges: 'pt2pl' [2, E] point -> polygon (given by the data: each point belongs to one polygon),
+        'pl2pl' [2, E] polygon -> polygon and its edge types 'type_pl2pl' [E]: every polygon within
+        ``pl2pl_radius`` (type 0) merged with the lane topology edges; where an edge is in both, the topology type
+        wins (max). Data dependent sizes: computed outside the fixed-shape part of the model (utils.static_graph)."""
+        pl = data['map_polygon']
+        pos_pl = pl['position'][:, :self.input_dim]
+        edge_index_radius = radius_graph(x=pos_pl[:, :2], r=self.pl2pl_radius,
+                                         batch=pl['batch'] if isinstance(data, Batch) else None,
+                                         loop=False, max_num_neighbors=MAX_NUM_NEIGHBORS,
+                                         batch_size=data.num_graphs if isinstance(data, Batch) else 1,
+                                         max_per_example=max_nodes_per_example(data, 'map_polygon'))
+        topology = data['map_polygon', 'to', 'map_polygon']
+        type_radius = topology['type'].new_zeros(edge_index_radius.size(1))
+        edge_index_pl2pl, type_pl2pl = merge_edges(edge_indices=[edge_index_radius, topology['edge_index']],
+                                                   edge_attrs=[type_radius, topology['type']], reduce='max',
+                                                   num_nodes=pos_pl.size(0))
+        return {'pt2pl': data['map_point', 'to', 'map_polygon']['edge_index'], 'pl2pl': edge_index_pl2pl,
+                'type_pl2pl': type_pl2pl}
+
+    def forward(self, data: HeteroData, graph: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """graph: the output of ``build_graph(data)`` when computed beforehand (else built here)."""
         pt, pl = data['map_point'], data['map_polygon']
         pos_pt = pt['position'][:, :self.input_dim]
         orient_pt = pt['orientation']
@@ -107,25 +128,14 @@ class QCNetMapEncoder(nn.Module):
         x_pl = self.x_pl_emb(continuous_inputs=x_pl, categorical_embs=[self.type_pl_emb(pl['type'].long()),
                                                                        self.int_pl_emb(pl['is_intersection'].long())])
 
-        # Point -> polygon edges are given by the data (each point belongs to one polygon).
-        edge_index_pt2pl = data['map_point', 'to', 'map_polygon']['edge_index']
+        graph = self.build_graph(data) if graph is None else graph
+        edge_index_pt2pl = graph['pt2pl']
         src, dst = edge_index_pt2pl
         r_pt2pl = relative_pose_features(pos_pt[src] - pos_pl[dst], orient_vector_pl[dst],
                                          wrap_angle(orient_pt[src] - orient_pl[dst]), self.input_dim)
         r_pt2pl = self.r_pt2pl_emb(continuous_inputs=r_pt2pl, categorical_embs=None)
 
-        # Polygon -> polygon: every polygon within the radius (type 0) merged with the lane topology edges; where an
-        # edge is in both, the topology type wins (max).
-        edge_index_radius = radius_graph(x=pos_pl[:, :2], r=self.pl2pl_radius,
-                                         batch=pl['batch'] if isinstance(data, Batch) else None,
-                                         loop=False, max_num_neighbors=MAX_NUM_NEIGHBORS,
-                                         batch_size=data.num_graphs if isinstance(data, Batch) else 1,
-                                         max_per_example=max_nodes_per_example(data, 'map_polygon'))
-        topology = data['map_polygon', 'to', 'map_polygon']
-        type_radius = topology['type'].new_zeros(edge_index_radius.size(1))
-        edge_index_pl2pl, type_pl2pl = merge_edges(edge_indices=[edge_index_radius, topology['edge_index']],
-                                                   edge_attrs=[type_radius, topology['type']], reduce='max',
-                                                   num_nodes=pos_pl.size(0))
+        edge_index_pl2pl, type_pl2pl = graph['pl2pl'], graph['type_pl2pl']
         src, dst = edge_index_pl2pl
         r_pl2pl = relative_pose_features(pos_pl[src] - pos_pl[dst], orient_vector_pl[dst],
                                          wrap_angle(orient_pl[src] - orient_pl[dst]), self.input_dim)

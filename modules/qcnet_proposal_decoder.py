@@ -99,9 +99,48 @@ class QCNetProposeStage(nn.Module):
     def _attention_stack(self, bipartite: bool) -> nn.ModuleList:
         return nn.ModuleList([self._attention(bipartite=bipartite, has_pos_emb=True) for _ in range(self.num_layers)])
 
-    def build_query_graph(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> ModeQueryGraph:
-        """Edges and edge embeddings of the mode queries, in each agent's frame at the last history step."""
+    def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
+        """The mode queries' edges (data dependent sizes, see utils.static_graph). Only the last num_t2m_steps
+        valid history steps feed the queries; only agents to be predicted get queries (and edges).
+
+        't2m' [2, E]: history step (agent-major index a * T + t) -> agent a; 'pl2m': polygon -> agent within
+        pl2m_radius; 'a2m': agent (valid at the current step) -> agent within a2m_radius; 'm2m': query a * K + k <->
+        the same agent's queries (self included).
+        """
         steps, num_modes = self.num_historical_steps, self.num_modes
+        agent = data['agent']
+        pos_m = agent['position'][:, steps - 1, :self.input_dim]  # [A, D]
+        mask_src = agent['valid_mask'][:, :steps].clone()
+        mask_src[:, :steps - self.num_t2m_steps] = False
+        mask_dst = agent['predict_mask'].any(dim=-1)  # [A]
+        edge_index_t2m = bipartite_dense_to_sparse((mask_src & mask_dst.unsqueeze(1)).unsqueeze(2))
+
+        batch_a = agent['batch'] if isinstance(data, Batch) else None
+        batch_pl = data['map_polygon']['batch'] if isinstance(data, Batch) else None
+        num_scenes = data.num_graphs if isinstance(data, Batch) else 1  # known on the host: no sync to find it
+        pos_pl = data['map_polygon']['position'][:, :self.input_dim]
+        # Padded search sizes come from the host (no device sync); agents without queries are dropped inside the
+        # search, after the neighbour cap (= filtering afterwards).
+        most_agents = max_nodes_per_example(data, 'agent')
+        most_polygons = max_nodes_per_example(data, 'map_polygon')
+        sizes = (most_agents, most_polygons) if most_agents is not None and most_polygons is not None else None
+        edge_index_pl2m = radius(x=pos_m[:, :2], y=pos_pl[:, :2], r=self.pl2m_radius, batch_x=batch_a,
+                                 batch_y=batch_pl, max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes,
+                                 max_per_example=sizes, x_mask=mask_dst)
+        edge_index_a2m = radius_graph(x=pos_m[:, :2], r=self.a2m_radius, batch=batch_a, loop=False,
+                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes,
+                                      max_per_example=most_agents, source_mask=mask_src[:, -1].contiguous(),
+                                      target_mask=mask_dst)
+        pair = mask_dst.view(-1, 1, 1).expand(-1, num_modes, num_modes)
+        edge_index_m2m = bipartite_dense_to_sparse(pair)
+        return {'t2m': edge_index_t2m, 'pl2m': edge_index_pl2m, 'a2m': edge_index_a2m, 'm2m': edge_index_m2m}
+
+    def build_query_graph(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
+                          edges: Optional[Mapping[str, torch.Tensor]] = None) -> ModeQueryGraph:
+        """Edges (``build_graph(data)``, built here when None) and edge embeddings of the mode queries, in each
+        agent's frame at the last history step."""
+        steps = self.num_historical_steps
+        edges = self.build_graph(data) if edges is None else edges
         agent = data['agent']
         pos_m = agent['position'][:, steps - 1, :self.input_dim]  # [A, D]
         head_m = agent['heading'][:, steps - 1]
@@ -111,15 +150,10 @@ class QCNetProposeStage(nn.Module):
         x_pl = scene_enc['x_pl'][:, steps - 1]
         x_a = scene_enc['x_a'][:, -1]
 
-        # Only the last num_t2m_steps valid history steps feed the queries; only agents to be predicted get queries.
-        mask_src = agent['valid_mask'][:, :steps].clone()
-        mask_src[:, :steps - self.num_t2m_steps] = False
-        mask_dst = agent['predict_mask'].any(dim=-1)  # [A]
-
-        # History -> mode: edges (agent a at step t) -> agent a, ordered by agent then step.
         pos_t = agent['position'][:, :steps, :self.input_dim].reshape(-1, self.input_dim)
         head_t = agent['heading'][:, :steps].reshape(-1)
-        src, dst = bipartite_dense_to_sparse((mask_src & mask_dst.unsqueeze(1)).unsqueeze(2))
+        edge_index_t2m = edges['t2m']
+        src, dst = edge_index_t2m
         rel_pos_t2m = pos_t[src] - pos_m[dst]
         r_t2m = torch.stack(
             [torch.linalg.vector_norm(rel_pos_t2m[:, :2], dim=-1),
@@ -127,41 +161,22 @@ class QCNetProposeStage(nn.Module):
              wrap_angle(head_t[src] - head_m[dst]),
              ((src % steps) - steps + 1).to(pos_t.dtype)], dim=-1)
         r_t2m = normalize_edge_embedding(self.r_t2m_emb(continuous_inputs=r_t2m, categorical_embs=None))
-        edge_index_t2m = torch.stack([src, dst], dim=0)
 
-        batch_a = agent['batch'] if isinstance(data, Batch) else None
-        batch_pl = data['map_polygon']['batch'] if isinstance(data, Batch) else None
-        num_scenes = data.num_graphs if isinstance(data, Batch) else 1  # known on the host: no sync to find it
         pos_pl = data['map_polygon']['position'][:, :self.input_dim]
         orient_pl = data['map_polygon']['orientation']
-        # Map -> mode: polygon -> agent. Padded search sizes come from the host (no device sync); agents without
-        # queries are dropped inside the search, after the neighbour cap (= filtering afterwards).
-        most_agents = max_nodes_per_example(data, 'agent')
-        most_polygons = max_nodes_per_example(data, 'map_polygon')
-        sizes = (most_agents, most_polygons) if most_agents is not None and most_polygons is not None else None
-        edge_index_pl2m = radius(x=pos_m[:, :2], y=pos_pl[:, :2], r=self.pl2m_radius, batch_x=batch_a,
-                                 batch_y=batch_pl, max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes,
-                                 max_per_example=sizes, x_mask=mask_dst)
+        edge_index_pl2m = edges['pl2m']
         src, dst = edge_index_pl2m
         r_pl2m = relative_pose_features(pos_pl[src] - pos_m[dst], head_vector_m[dst],
                                         wrap_angle(orient_pl[src] - head_m[dst]), input_dim=2)
         r_pl2m = normalize_edge_embedding(self.r_pl2m_emb(continuous_inputs=r_pl2m, categorical_embs=None))
 
-        # Agent -> mode: agent (at the current step) -> agent.
-        edge_index_a2m = radius_graph(x=pos_m[:, :2], r=self.a2m_radius, batch=batch_a, loop=False,
-                                      max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes,
-                                      max_per_example=most_agents, source_mask=mask_src[:, -1].contiguous(),
-                                      target_mask=mask_dst)
+        edge_index_a2m = edges['a2m']
         src, dst = edge_index_a2m
         r_a2m = relative_pose_features(pos_m[src] - pos_m[dst], head_vector_m[dst],
                                        wrap_angle(head_m[src] - head_m[dst]), input_dim=2)
         r_a2m = normalize_edge_embedding(self.r_a2m_emb(continuous_inputs=r_a2m, categorical_embs=None))
-
-        # Mode <-> mode: all modes of one agent attend to each other (self included); query index a * K + k.
-        pair = mask_dst.view(-1, 1, 1).expand(-1, num_modes, num_modes)
-        edge_index_m2m = bipartite_dense_to_sparse(pair)
         return ModeQueryGraph(x_t, x_pl, x_a, edge_index_t2m, r_t2m, edge_index_pl2m, r_pl2m,
-                              edge_index_a2m, r_a2m, edge_index_m2m)
+                              edge_index_a2m, r_a2m, edges['m2m'])
 
     @staticmethod
     def _sources(graph: ModeQueryGraph):
@@ -191,13 +206,14 @@ class QCNetProposeStage(nn.Module):
         m = m2m_layer(m.reshape(-1, self.hidden_dim), None, graph.edge_index_m2m)
         return m.view(num_agents, num_modes, self.hidden_dim)
 
-    def propose(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]):
-        """Runs the recurrent proposal stage.
+    def propose(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
+                edges: Optional[Mapping[str, torch.Tensor]] = None):
+        """Runs the recurrent proposal stage (``edges``: ``build_graph(data)`` when computed beforehand).
 
         Returns (graph, list of num_recurrent_steps mode embeddings [A, K, hidden]); each recurrence starts from the
         previous one's output (the first from the learnt mode embeddings).
         """
-        graph = self.build_query_graph(data, scene_enc)
+        graph = self.build_query_graph(data, scene_enc, edges)
         num_agents = scene_enc['x_a'].size(0)
         m = self.mode_emb.weight.unsqueeze(0).expand(num_agents, -1, -1)  # [A, K, hidden]
         layers = (self.t2m_propose_attn_layers, self.pl2m_propose_attn_layers, self.a2m_propose_attn_layers)

@@ -59,6 +59,7 @@ class QCNet(TrajectoryPredictor):
                  tf32: bool = True,
                  compile_attention: bool = False,
                  recompute_embeddings: bool = False,
+                 cuda_graphs: bool = False,
                  **kwargs) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -92,6 +93,11 @@ class QCNet(TrajectoryPredictor):
         self.submission_file_name = submission_file_name
         self.tf32 = tf32
         self._saved_matmul_precision: Optional[str] = None
+        # --cuda_graphs: fixed-shape steps replayed as CUDA graphs (utils.static_graph); the training step then runs
+        # its own backward and optimiser step (Lightning's manual optimisation).
+        self.cuda_graphs = cuda_graphs
+        self.automatic_optimization = not cuda_graphs
+        self._static_runners: Dict[str, object] = {}
 
         self.encoder = QCNetEncoder(
             dataset=dataset, input_dim=input_dim, hidden_dim=hidden_dim, num_historical_steps=num_historical_steps,
@@ -114,10 +120,55 @@ class QCNet(TrajectoryPredictor):
 
         self.init_objectives()  # losses, metrics, submission store (predictors.trajectory_predictor)
 
-    def forward(self, data: HeteroData) -> Dict[str, torch.Tensor]:
-        """Returns the decoder's output dict (see :class:`modules.QCNetDecoder`), in each agent's frame."""
-        scene_enc = self.encoder(data)
-        return self.decoder(data, scene_enc)
+    def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
+        """Every data-dependent edge set of the model (encoder's and decoder's, by name; see each module's
+        ``build_graph``): the part of a forward pass whose sizes depend on the data."""
+        return {**self.encoder.build_graph(data), **self.decoder.build_graph(data)}
+
+    def forward(self, data: HeteroData, graph: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """Returns the decoder's output dict (see :class:`modules.QCNetDecoder`), in each agent's frame.
+        ``graph``: ``build_graph(data)`` computed beforehand (utils.static_graph pads it to fixed sizes)."""
+        scene_enc = self.encoder(data, graph)
+        return self.decoder(data, scene_enc, graph)
+
+    def static_runner(self, mode: str):
+        """The ``utils.static_graph.StaticGraphRunner`` of this model for 'train' or 'infer' (made on first use;
+        captures CUDA graphs on a CUDA device, runs the padded fixed-shape step eagerly elsewhere)."""
+        runner = self._static_runners.get(mode)
+        if runner is None:
+            from utils.static_graph import StaticGraphRunner
+            runner = StaticGraphRunner(self, mode, steps=self.num_historical_steps, modes=self.num_modes,
+                                       capture=self.device.type == 'cuda')
+            self._static_runners[mode] = runner
+        return runner
+
+    def training_step(self, data, batch_idx):
+        if self.automatic_optimization:
+            return super().training_step(data, batch_idx)
+        if self.trainer.world_size > 1:
+            raise RuntimeError('--cuda_graphs trains on one GPU (the replayed backward does not synchronise '
+                               'gradients across processes); leave it out for multi-GPU training')
+        optimizer = self.optimizers()
+        losses = self.static_runner('train')(data)  # forward, loss and backward: gradients are in param.grad
+        clip = float(self.hparams.get('gradient_clip_val') or 0.0)
+        if clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm='norm')
+        optimizer.step()
+        for name in ('reg_loss_propose', 'reg_loss_refine', 'cls_loss'):
+            self.log(f'train_{name}', losses[name], prog_bar=False, on_step=True, on_epoch=True, batch_size=1)
+        return losses['loss']
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if not self.automatic_optimization:  # manual optimisation steps its schedulers itself (once per epoch)
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+
+    def predict_batch(self, data: HeteroData) -> Dict[str, torch.Tensor]:
+        if self.cuda_graphs:
+            return self.static_runner('infer')(data)
+        return self(data)
 
     def on_fit_start(self) -> None:
         """TF32 tensor-core matmuls for float32 training on CUDA (``tf32``, default on; restored after fit).
@@ -179,6 +230,10 @@ class QCNet(TrajectoryPredictor):
         speed.add_argument('--compile_attention', action='store_true',
                            help='torch.compile the attention layers for training (fewer, fused kernels; the first '
                                 'steps compile for a few minutes)')
+        speed.add_argument('--cuda_graphs', action='store_true',
+                           help='one GPU: replay each training/validation step as a CUDA graph over a batch padded '
+                                'to fixed sizes (same results; the first steps of each size capture it, see '
+                                'docs/PERFORMANCE.md)')
         speed.add_argument('--recompute_embeddings', action='store_true',
                            help='recompute the Fourier embeddings in the backward pass instead of storing their '
                                 'activations: step memory ~0.55x, ~20%% more compute (CPU measurement)')

@@ -196,8 +196,12 @@ class TrajectoryPredictor(pl.LightningModule):
             raise ValueError(f'{self.dataset} is not a valid dataset')
         return data['agent']['category'] == FOCAL_CATEGORY
 
+    def predict_batch(self, data: HeteroData) -> Dict[str, torch.Tensor]:
+        """The forward pass of validation and testing (a subclass may run it another way, same outputs)."""
+        return self(data)
+
     def validation_step(self, data, batch_idx):
-        pred = self(data)
+        pred = self.predict_batch(data)
         losses = self.compute_losses(data, pred)
         for name in ('reg_loss_propose', 'reg_loss_refine', 'cls_loss'):
             self.log(f'val_{name}', losses[name], prog_bar=True, on_step=False, on_epoch=True, batch_size=1,
@@ -223,7 +227,7 @@ class TrajectoryPredictor(pl.LightningModule):
                      batch_size=gt_eval.size(0))
 
     def test_step(self, data, batch_idx):
-        pred = self(data)
+        pred = self.predict_batch(data)
         eval_mask = self._focal_mask(data)
         traj = pred['loc_refine_pos'][eval_mask, :, :, :2]  # [N, K, F, 2] in the focal agent's frame
         origin = data['agent']['position'][eval_mask, self.num_historical_steps - 1, :2]

@@ -1,0 +1,178 @@
+"""Fixed-shape (padded) QCNet steps of utils.static_graph on real Argoverse 2 scenes: the padded forward, losses and
+gradients equal the unpadded ones; capacities; the --cuda_graphs training path of the Lightning module (on CPU the
+padded step runs without capture)."""
+import os
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from predictors import QCNet
+from utils.static_graph import (QCNET_EDGE_LAYOUTS, CapacityLadder, StaticBatch, StaticGraphRunner, graph_sizes,
+                                padded_forward, required_capacities)
+
+from tiny_configs import TINY_QCNET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AV2_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'av2')
+TRAIN_IDS = ['0a1e6f0a-1817-4a98-b02e-db8c9327d151', '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca']
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(AV2_DIR),
+                                reason=f'real Argoverse 2 samples not found at {AV2_DIR} (../shared/data/av2)')
+STEPS, MODES = TINY_QCNET['num_historical_steps'], TINY_QCNET['num_modes']
+
+
+@pytest.fixture(scope='module')
+def batch():
+    from datasets import load_argoverse_v2_scenario, process_scenario
+    from transforms.target_builder import TargetBuilder
+    scenes = [TargetBuilder(50, 60)(process_scenario(load_argoverse_v2_scenario(os.path.join(AV2_DIR, 'train', s))))
+              for s in TRAIN_IDS]
+    return Batch.from_data_list(scenes)
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return QCNet(**dict(TINY_QCNET, **overrides))
+
+
+def roomy_capacities(model, batch, extra=37):
+    """Capacities with a few dozen padded rows of every kind (odd numbers: no accidental alignment)."""
+    sizes = graph_sizes(batch, model.build_graph(batch))
+    return required_capacities(sizes, extra=extra)
+
+
+def assert_close(actual, expected, what, tol=1e-5):
+    scale = expected.abs().max().clamp(min=1.0)
+    error = float((actual - expected).abs().max() / scale)
+    assert error < tol, f'{what}: scale-relative error {error:.2e}'
+
+
+def test_padded_forward_equals_unpadded(batch):
+    model = tiny_model().eval()
+    with torch.no_grad():
+        expected = model(batch)
+        padded, static = padded_forward(model, batch, roomy_capacities(model, batch), STEPS, MODES)
+    num_agents = batch['agent']['num_nodes']
+    assert padded['pi'].size(0) == static.capacities['agent'] > num_agents
+    for name, value in expected.items():
+        assert_close(padded[name][:num_agents], value, name)
+        assert torch.isfinite(padded[name]).all(), f'{name}: padded rows are not finite'
+
+
+def test_padded_losses_and_gradients_equal_unpadded(batch):
+    model = tiny_model(dropout=0.0).train()
+    losses = model.compute_losses(batch, model(batch))
+    losses['loss'].backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    runner = StaticGraphRunner(model, 'train', STEPS, MODES, capture=False)
+    padded_losses = runner(batch)
+    assert runner.last_capacities['agent'] > runner.last_sizes['agent']
+    for name in ('loss', 'reg_loss_propose', 'reg_loss_refine', 'cls_loss'):
+        assert_close(padded_losses[name], losses[name].detach(), name)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        assert_close(grad, expected[name], f'gradient of {name}', tol=1e-4)
+
+
+def test_infer_runner_matches_forward_and_reuses_capacity(batch):
+    model = tiny_model().eval()
+    runner = StaticGraphRunner(model, 'infer', STEPS, MODES, capture=False)
+    with torch.no_grad():
+        expected = model(batch)
+    first = runner(batch)
+    second = runner(batch)
+    assert len(runner._entries) == 1  # same sizes, same capacity
+    for name, value in expected.items():
+        assert first[name].shape == value.shape
+        assert_close(first[name], value, name)
+        assert torch.equal(first[name], second[name])
+
+
+def test_static_batch_pads_edges_onto_the_last_padded_node(batch):
+    model = tiny_model()
+    graph = model.build_graph(batch)
+    capacities = roomy_capacities(model, batch)
+    static = StaticBatch(batch, capacities, STEPS, MODES)
+    sizes = static.fill(batch, graph)
+    num_agents, agent_cap = sizes['agent'], capacities['agent']
+    # step-major agent indices are remapped to the padded agent count, the others are unchanged
+    src, dst = graph['a2a']
+    assert torch.equal(static.graph['a2a'][1, :sizes['a2a']], (dst // num_agents) * agent_cap + dst % num_agents)
+    assert torch.equal(static.graph['t'][:, :sizes['t']], graph['t'])
+    for name, (src_layout, dst_layout) in QCNET_EDGE_LAYOUTS.items():
+        padding = static.graph[name][:, sizes[name]:]
+        assert padding.size(1) == capacities[name] - sizes[name] > 0
+        assert (padding == padding[:, :1]).all(), name
+    # padded agents: nothing valid, nothing to predict
+    assert not static.data['agent']['valid_mask'][num_agents:].any()
+    assert not static.data['agent']['predict_mask'][num_agents:].any()
+    # a smaller batch afterwards leaves no stale rows behind
+    single = Batch.from_data_list([batch.get_example(0)])
+    small = static.fill(single, model.build_graph(single))
+    assert not static.data['agent']['valid_mask'][small['agent']:].any()
+    assert (static.data['map_point']['position'][small['map_point']:] == 0).all()
+
+
+def test_static_batch_refuses_a_batch_that_does_not_fit(batch):
+    model = tiny_model()
+    graph = model.build_graph(batch)
+    sizes = graph_sizes(batch, graph)
+    static = StaticBatch(batch, {**required_capacities(sizes), 'pl2a': sizes['pl2a']}, STEPS, MODES)
+    with pytest.raises(ValueError, match='exceed the capacities'):
+        static.fill(batch, graph)
+
+
+def test_capacity_ladder():
+    ladder = CapacityLadder(growth=1.25)
+    reference = {'agent': 100, 'pl2a': 5000}
+    ladder.rung(reference)  # the first batch sets the reference sizes
+    assert ladder.capacities(0) == {'agent': 128, 'pl2a': 5024}  # rung 0: the reference rounded up to 32 rows
+    for sizes in ({'agent': 100, 'pl2a': 5000}, {'agent': 130, 'pl2a': 5000}, {'agent': 60, 'pl2a': 9000},
+                  {'agent': 10, 'pl2a': 100}):
+        rung = ladder.rung(sizes)
+        capacities = ladder.capacities(rung)
+        assert all(capacities[k] > sizes[k] for k in sizes), (sizes, capacities)
+        assert all(v % 32 == 0 for v in capacities.values())
+        if rung > ladder.rung({k: 1 for k in sizes}):
+            smaller = ladder.capacities(rung - 1)
+            assert any(smaller[k] <= sizes[k] for k in sizes), 'a lower rung would have held the batch'
+    with pytest.raises(ValueError):
+        CapacityLadder(growth=1.0)
+
+
+def test_cuda_graphs_flag_trains_with_manual_optimisation_on_cpu(batch, tmp_path):
+    """--cuda_graphs switches the module to its own backward + optimiser step; on CPU the padded step runs without
+    capture. Same first-step loss as the automatic path; parameters move; the cosine schedule steps per epoch."""
+    import pytorch_lightning as pl
+    from torch_geometric.loader import DataLoader
+
+    scenes = [batch.get_example(i) for i in range(batch.num_graphs)]
+
+    def fit(cuda_graphs):
+        model = tiny_model(dropout=0.0, cuda_graphs=cuda_graphs, T_max=4)
+        before = [p.detach().clone() for p in model.parameters()]
+        recorded = []
+
+        class Record(pl.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, data, batch_idx):
+                loss = outputs['loss'] if isinstance(outputs, dict) else outputs
+                recorded.append((float(loss), trainer.optimizers[0].param_groups[0]['lr']))
+
+        trainer = pl.Trainer(accelerator='cpu', devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+                             default_root_dir=str(tmp_path))
+        trainer.fit(model, DataLoader(scenes, batch_size=2, shuffle=False))
+        moved = sum(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+        return model, recorded, moved, trainer
+
+    model, recorded, moved, trainer = fit(True)
+    assert not model.automatic_optimization
+    assert trainer.global_step == 2 and moved > 0
+    assert recorded[1][1] < recorded[0][1]  # the learning rate decayed after the first epoch
+    _, reference, _, _ = fit(False)
+    assert abs(recorded[0][0] - reference[0][0]) < 1e-5 * max(1.0, abs(reference[0][0]))
+    assert abs(recorded[1][0] - reference[1][0]) < 1e-4 * max(1.0, abs(reference[1][0]))
