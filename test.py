@@ -39,6 +39,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
+    parser.add_argument('--cuda_graphs', action='store_true',
+                        help='QCNet on one GPU per process: replay each forward pass as a CUDA graph over a batch '
+                             'padded to fixed sizes (same outputs, faster; docs/PERFORMANCE.md)')
     parser.add_argument('--ckpt_path', type=str, required=True)
     parser.add_argument('--submission_dir', type=str, default='./')
     parser.add_argument('--submission_file_name', type=str, default='submission', help='file name without .parquet')
@@ -75,6 +78,10 @@ def main(argv: Optional[List[str]] = None) -> Path:
     with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
+    if args.cuda_graphs:
+        from utils.static_graph import enable_for_evaluation
+        with input_errors(ValueError):
+            enable_for_evaluation(model, args.accelerator)
     model.submission_dir = args.submission_dir
     model.submission_file_name = args.submission_file_name
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'

@@ -163,8 +163,23 @@ def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Pat
     print('\n'.join(lines), flush=True)
 
 
+def check_cuda_graphs(args: Namespace) -> None:
+    """--cuda_graphs needs one CUDA device (the replayed backward does not synchronise gradients across
+    processes); anything else is a flag error, not a silent fallback to the eager step."""
+    if not getattr(args, 'cuda_graphs', False):
+        return
+    import torch
+    if args.accelerator not in ('gpu', 'cuda', 'auto') or not torch.cuda.is_available():
+        raise CliError(f'--cuda_graphs: needs a CUDA GPU (--accelerator {args.accelerator}, CUDA available: '
+                       f'{torch.cuda.is_available()}) (leave --cuda_graphs out)')
+    if args.devices * args.num_nodes > 1:
+        raise CliError(f'--cuda_graphs: runs on one GPU, not --devices {args.devices} x --num_nodes '
+                       f'{args.num_nodes} (leave --cuda_graphs out for multi-GPU training)')
+
+
 def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     args = parse_args(argv)
+    check_cuda_graphs(args)
     pl.seed_everything(args.seed, workers=True)
 
     run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
@@ -210,7 +225,9 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                          max_epochs=args.max_epochs, max_steps=args.max_steps,
                          limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
                          log_every_n_steps=args.log_every_n_steps, num_sanity_val_steps=args.num_sanity_val_steps,
-                         gradient_clip_val=getattr(args, 'gradient_clip_val', 0.0) or None,
+                         # with --cuda_graphs the model clips itself (Lightning's manual optimisation)
+                         gradient_clip_val=(None if getattr(args, 'cuda_graphs', False)
+                                            else getattr(args, 'gradient_clip_val', 0.0) or None),
                          callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                          default_root_dir=str(run_dir))
     # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...

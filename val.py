@@ -41,6 +41,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
+    parser.add_argument('--cuda_graphs', action='store_true',
+                        help='QCNet on one GPU per process: replay each forward pass as a CUDA graph over a batch '
+                             'padded to fixed sizes (same outputs, faster; docs/PERFORMANCE.md)')
     parser.add_argument('--limit_val_batches', type=int_or_float, default=1.0,
                         help='batches (int) or fraction (float) of the split to evaluate (debugging)')
     parser.add_argument('--ckpt_path', type=str, required=True)
@@ -77,6 +80,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
+    if args.cuda_graphs:
+        from utils.static_graph import enable_for_evaluation
+        with input_errors(ValueError):
+            enable_for_evaluation(model, args.accelerator)
     # Only the val split is built (a datamodule would also process any unprocessed train/test data).
     with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
         dataset = ArgoverseV2Dataset(args.root, 'val', args.val_raw_dir, args.val_processed_dir,

@@ -176,3 +176,22 @@ def test_cuda_graphs_flag_trains_with_manual_optimisation_on_cpu(batch, tmp_path
     _, reference, _, _ = fit(False)
     assert abs(recorded[0][0] - reference[0][0]) < 1e-5 * max(1.0, abs(reference[0][0]))
     assert abs(recorded[1][0] - reference[1][0]) < 1e-4 * max(1.0, abs(reference[1][0]))
+
+
+def test_cuda_graphs_flag_without_a_gpu_is_a_one_line_error(tmp_path):
+    import train
+    from utils.cli import CliError
+    flags = ['--root', str(tmp_path), '--train_batch_size', '2', '--val_batch_size', '2', '--test_batch_size', '2',
+             '--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
+             '--num_recurrent_steps', '3', '--pl2pl_radius', '150', '--pl2a_radius', '50', '--a2a_radius', '50',
+             '--pl2m_radius', '150', '--a2m_radius', '150', '--log_dir', str(tmp_path / 'logs'), '--cuda_graphs']
+    with pytest.raises(CliError, match='--cuda_graphs: needs a CUDA GPU'):
+        train.main(flags + ['--accelerator', 'cpu'])
+    if torch.cuda.is_available():
+        with pytest.raises(CliError, match='runs on one GPU'):
+            train.main(flags + ['--accelerator', 'gpu', '--devices', '2'])
+    model = tiny_model()
+    from utils.static_graph import enable_for_evaluation
+    with pytest.raises(ValueError, match='needs a CUDA GPU'):
+        enable_for_evaluation(model, 'cpu')
+    assert not model.cuda_graphs

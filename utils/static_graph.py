@@ -308,3 +308,14 @@ def padded_forward(model: torch.nn.Module, batch: HeteroData, capacities: Mappin
 def required_capacities(sizes: Mapping[str, int], extra: int = 1) -> Dict[str, int]:
     """The smallest capacities that hold ``sizes`` (each count + ``extra`` padding rows)."""
     return {name: int(count) + extra for name, count in sizes.items()}
+
+
+def enable_for_evaluation(model: torch.nn.Module, accelerator: str) -> None:
+    """val.py / test.py --cuda_graphs: evaluate with replayed fixed-shape forward passes (model.predict_batch).
+    Raises ValueError for a model without a graph/compute split or without a CUDA device."""
+    if not hasattr(model, 'static_runner'):
+        raise ValueError(f'--cuda_graphs: {type(model).__name__} has no fixed-shape path (QCNet only)')
+    if accelerator not in ('gpu', 'cuda', 'auto') or not torch.cuda.is_available():
+        raise ValueError(f'--cuda_graphs: needs a CUDA GPU (--accelerator {accelerator}, CUDA available: '
+                         f'{torch.cuda.is_available()})')
+    model.cuda_graphs = True
