@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--compile_attention', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--recompute_embeddings', action='store_true', help='ours: model option of the same name')
+    parser.add_argument('--module_times', action='store_true',
+                        help='CUDA only: also print the forward GPU time of each embedding, attention layer and GRU '
+                             '(eager forward at the first batch size; backward costs about twice its forward)')
     parser.add_argument('--cuda_graphs', action='store_true',
                         help='ours: the step of train.py --cuda_graphs (graph built eagerly, the rest padded to fixed '
                              'sizes and replayed as a CUDA graph; utils/static_graph.py)')
@@ -145,6 +148,44 @@ def check_static_outputs(model, runner, batch, autocast) -> None:
     print(f'static-shape forward vs eager: worst scale-relative error {worst:.2e}', flush=True)
 
 
+def module_forward_times(model, batch, repeats: int = 5) -> dict:
+    """GPU milliseconds of one eager forward pass spent in each FourierEmbedding, AttentionLayer, GRU and MLP
+    head (CUDA events around each call, summed over calls, median of ``repeats`` passes), and the whole pass."""
+    from layers.attention_layer import AttentionLayer
+    from layers.fourier_embedding import FourierEmbedding
+    from layers.mlp_layer import MLPLayer
+    kinds = (FourierEmbedding, AttentionLayer, torch.nn.GRU, MLPLayer)
+    events, handles = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, kinds):
+            def pre(mod, args, name=name):
+                start = torch.cuda.Event(enable_timing=True)
+                start.record()
+                events.setdefault(name, []).append([start, None])
+
+            def post(mod, args, out, name=name):
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                events[name][-1][1] = end
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    totals, whole = {}, []
+    with torch.no_grad():
+        for _ in range(repeats):
+            events.clear()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(batch)
+            end.record()
+            torch.cuda.synchronize()
+            whole.append(start.elapsed_time(end))
+            for name, pairs in events.items():
+                totals.setdefault(name, []).append(sum(a.elapsed_time(b) for a, b in pairs))
+    for handle in handles:
+        handle.remove()
+    return {'forward_ms': statistics.median(whole),
+            'modules_ms': {name: statistics.median(v) for name, v in sorted(totals.items(), key=lambda kv: -statistics.median(kv[1]))}}
+
+
 def profile_kernels(step: Callable[[], None], steps: int) -> dict:
     """GPU kernel time and kernel count per step (torch.profiler over ``steps`` steps), and the five kernels that
     take the most GPU time."""
@@ -191,6 +232,13 @@ def main(argv=None) -> int:
             'fused_adamw': bool(optimizer.defaults.get('fused')), 'results': []}
     print(json.dumps({k: v for k, v in info.items() if k != 'results'}))
     timer = Timer(device)
+    if args.module_times and device.type == 'cuda':
+        from torch_geometric.data import Batch as _Batch
+        first = _Batch.from_data_list([copy.deepcopy(scenes[i % len(scenes)]) for i in range(args.batch_sizes[0])])
+        info['module_times'] = module_forward_times(model, first.to(device))
+        print(f"forward {info['module_times']['forward_ms']:.2f} ms at batch {args.batch_sizes[0]}; by module: "
+              + ', '.join(f'{k} {v:.2f}' for k, v in list(info['module_times']['modules_ms'].items())[:24]),
+              flush=True)
     for batch_size in args.batch_sizes:
         data_list = [copy.deepcopy(scenes[i % len(scenes)]) for i in range(batch_size)]
         batch = Batch.from_data_list(data_list).to(device)
