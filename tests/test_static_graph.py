@@ -195,3 +195,20 @@ def test_cuda_graphs_flag_without_a_gpu_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match='needs a CUDA GPU'):
         enable_for_evaluation(model, 'cpu')
     assert not model.cuda_graphs
+
+
+def test_runner_drops_its_graphs_when_the_parameters_move(batch):
+    """Lightning moves a module to the CPU after fit/validate and back at the next call: new parameter memory that
+    a captured graph would not see. The runner notices and starts over (on CPU: its padded buffers)."""
+    model = tiny_model().eval()
+    runner = StaticGraphRunner(model, 'infer', STEPS, MODES, capture=False)
+    first = runner(batch)
+    entries = dict(runner._entries)
+    runner(batch)
+    assert runner._entries == entries  # same weights: kept
+    model.to(torch.float64).to(torch.float32)  # new parameter storage, same values
+    again = runner(batch)
+    assert runner._entries.keys() == entries.keys()
+    assert all(runner._entries[k] is not entries[k] for k in entries)
+    for name, value in first.items():
+        assert torch.equal(again[name], value)

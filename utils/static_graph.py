@@ -198,7 +198,8 @@ class StaticGraphRunner:
     Train mode returns the detached loss terms of ``LOSS_NAMES``; infer mode the output dict restricted to the real
     agents. At most ``max_graphs`` capacities are kept (least recently used dropped first); they share one memory
     pool, which is safe because replays never overlap and each replay's outputs are read before the next.
-    The model's parameters must stay where they are (the graph reads their memory); the optimiser steps in place.
+    The graphs read the parameters' memory: the optimiser steps in place, and when the parameters move (``.to()``,
+    Lightning's end-of-fit move to the CPU) every graph is dropped and captured again.
     """
 
     def __init__(self, model: torch.nn.Module, mode: str, steps: int, modes: int, capture: bool = True,
@@ -210,6 +211,7 @@ class StaticGraphRunner:
         self.ladder = CapacityLadder(growth)
         self._entries: 'OrderedDict[int, _Captured]' = OrderedDict()
         self._pool = None
+        self._fingerprint: Optional[Tuple[int, ...]] = None
         self.num_captures = 0
         self.last_sizes: Optional[Dict[str, int]] = None
         self.last_capacities: Optional[Dict[str, int]] = None
@@ -265,7 +267,21 @@ class StaticGraphRunner:
         entry.grads = [p.grad for p in params]
         self.num_captures += 1
 
+    def _storage_fingerprint(self) -> Tuple[int, ...]:
+        return tuple(t.data_ptr() for t in list(self.model.parameters()) + list(self.model.buffers()))
+
+    def _forget_graphs_if_weights_moved(self) -> None:
+        """A captured graph reads the parameters at the addresses they had when it was captured. Lightning moves a
+        module to the CPU when a fit/validate call ends and back to the GPU at the next one (new memory): the old
+        graphs would then read freed memory, so they are dropped and captured again."""
+        fingerprint = self._storage_fingerprint()
+        if fingerprint != self._fingerprint:
+            self._entries.clear()
+            self._pool = None
+            self._fingerprint = fingerprint
+
     def __call__(self, batch: HeteroData) -> Dict[str, torch.Tensor]:
+        self._forget_graphs_if_weights_moved()
         with torch.no_grad():
             graph = self.model.build_graph(batch)
         sizes = graph_sizes(batch, graph)
