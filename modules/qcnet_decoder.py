@@ -82,15 +82,17 @@ class QCNetDecoder(QCNetProposeStage):
                 edges: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """edges: ``build_graph(data)`` when computed beforehand (else built here)."""
         num_modes, fut, out_dim = self.num_modes, self.num_future_steps, self.output_dim
+        # Everything below runs on the query slots (agents with a target + one shared slot for the others) and is
+        # copied out to the agents at the end.
         graph, proposals = self.propose(data, scene_enc, edges)
         # Head outputs are taken in the data's dtype: under mixed precision the positions (sums of 60 steps, tens
         # of metres) and the losses on them stay in float32.
         out_dtype = data['agent']['position'].dtype
-        stacked = torch.stack(proposals)  # [R, A, K, hidden]: each head runs once over all recurrences
+        stacked = torch.stack(proposals)  # [R, S, K, hidden]: each head runs once over all recurrences
 
         def over_recurrences(head: nn.Module) -> torch.Tensor:
-            """[A, K, R * chunk]: the head's output for each recurrence, concatenated in recurrence order."""
-            out = head(stacked).to(out_dtype)  # [R, A, K, chunk]
+            """[S, K, R * chunk]: the head's output for each recurrence, concatenated in recurrence order."""
+            out = head(stacked).to(out_dtype)  # [R, S, K, chunk]
             return out.permute(1, 2, 0, 3).reshape(out.size(1), out.size(2), -1)
 
         # Each recurrence predicts the next chunk of per-step displacements; cumsum turns them into positions.
@@ -112,11 +114,11 @@ class QCNetDecoder(QCNetProposeStage):
 
         # Refinement: the proposal (gradient stopped) re-enters as the new query through the GRU summary.
         m = self.y_emb(waypoints.reshape(-1, waypoints.size(-1)))
-        m = m.reshape(-1, fut, self.hidden_dim).transpose(0, 1)  # [F, A*K, hidden]
+        m = m.reshape(-1, fut, self.hidden_dim).transpose(0, 1)  # [F, S*K, hidden]
         m = self.traj_emb(m, self.traj_emb_h0.unsqueeze(1).expand(-1, m.size(1), -1).contiguous())[1]
-        m = m.view(-1, num_modes, self.hidden_dim)  # [A, K, hidden]
+        m = m.view(-1, num_modes, self.hidden_dim)  # [S, K, hidden]
         m = self.attend(m, graph, self.t2m_refine_attn_layers, self.pl2m_refine_attn_layers,
-                        self.a2m_refine_attn_layers, self.m2m_refine_attn_layer)  # [A, K, hidden]
+                        self.a2m_refine_attn_layers, self.m2m_refine_attn_layer)  # [S, K, hidden]
         loc_refine_pos = (self.to_loc_refine_pos(m).to(out_dtype).view(-1, num_modes, fut, out_dim)
                           + loc_propose_pos.detach())
         scale_refine_pos = F.elu(self.to_scale_refine_pos(m).to(out_dtype).view(-1, num_modes, fut, out_dim),
@@ -130,7 +132,7 @@ class QCNetDecoder(QCNetProposeStage):
             loc_refine_head = loc_refine_pos.new_zeros(loc_refine_pos.shape[:-1] + (1,))
             conc_refine_head = scale_refine_pos.new_zeros(scale_refine_pos.shape[:-1] + (1,))
         pi = self.to_pi(m).squeeze(-1).to(out_dtype)
-        return {
+        per_slot = {
             'loc_propose_pos': loc_propose_pos,
             'scale_propose_pos': scale_propose_pos,
             'loc_propose_head': loc_propose_head,
@@ -141,3 +143,4 @@ class QCNetDecoder(QCNetProposeStage):
             'conc_refine_head': conc_refine_head,
             'pi': pi,
         }
+        return {name: graph.to_agents(value) for name, value in per_slot.items()}

@@ -4,10 +4,15 @@
 the recurrent proposal attention; ``QCNetProposalDecoder`` exposes the mode embedding after each recurrence, and
 ``modules.qcnet_decoder.QCNetDecoder`` adds the trajectory heads and the refinement stage.
 
-The mode queries are kept as [A, K, hidden] (A agents, K modes). The history/map/agent -> mode edges end at the
-agent (not at each of its K queries): every mode of an agent attends over the same edges, so edge embeddings, keys
-and values are computed once per edge and shared by the K modes (see ``layers.AttentionLayer``'s multi-query
-targets); the official implementation repeats each edge and its embedding K times, with the same result.
+The mode queries are kept as [S, K, hidden] (K modes) for S query *slots*: one per agent with a prediction target,
+plus one shared slot for all other agents. An agent without a target receives no edge, so its queries evolve from
+the learnt mode embeddings alone, identically for every such agent: computing that once and copying it
+(``ModeQueryGraph.query_slot``) gives the official outputs for every agent while the recurrences, the GRU and the
+heads run only on the agents that matter (on the real scenes a third of the agents have no target).
+The history/map/agent -> mode edges end at the slot (not at each of its K queries): every mode attends over the
+same edges, so edge embeddings, keys and values are computed once per edge and shared by the K modes (see
+``layers.AttentionLayer``'s multi-query targets); the official implementation repeats each edge and its embedding K
+times, with the same result.
 """
 from typing import Dict, List, Mapping, NamedTuple, Optional
 
@@ -27,10 +32,11 @@ class ModeQueryGraph(NamedTuple):
     """Inputs of the mode-query attention layers (node sets and edges), computed once per forward pass.
 
     x_t [A*T, hidden] agent history (agent-major), x_pl [P, hidden] map polygons, x_a [A, hidden] agents at the
-    current step; edge_index_t2m [2, E] (x_t -> agent), edge_index_pl2m (x_pl -> agent), edge_index_a2m (x_a ->
-    agent): each edge feeds all K mode queries of its target agent; edge_index_m2m (query a * K + k <-> the same
-    agent's queries); r_* the matching edge embeddings [E, hidden], one row per edge (not per mode), normalised
-    (``layers.attention_layer.normalize_edge_embedding``: shared by all layers and recurrences).
+    current step; edge_index_t2m [2, E] (x_t -> query slot), edge_index_pl2m (x_pl -> slot), edge_index_a2m (x_a ->
+    slot): each edge feeds all K mode queries of its target slot; edge_index_m2m (query s * K + k <-> the same
+    slot's queries); r_* the matching edge embeddings [E, hidden], one row per edge (not per mode), normalised
+    (``layers.attention_layer.normalize_edge_embedding``: shared by all layers and recurrences); query_slot [A]: the
+    slot of each agent (agents without a target share the last slot, which has no edges); num_slots = S.
     """
     x_t: torch.Tensor
     x_pl: torch.Tensor
@@ -42,6 +48,12 @@ class ModeQueryGraph(NamedTuple):
     edge_index_a2m: torch.Tensor
     r_a2m: torch.Tensor
     edge_index_m2m: torch.Tensor
+    query_slot: torch.Tensor
+    num_slots: int
+
+    def to_agents(self, per_slot: torch.Tensor) -> torch.Tensor:
+        """[S, ...] -> [A, ...]: each agent's row is its query slot's."""
+        return per_slot.index_select(0, self.query_slot)
 
 
 class QCNetProposeStage(nn.Module):
@@ -104,8 +116,10 @@ class QCNetProposeStage(nn.Module):
         valid history steps feed the queries; only agents to be predicted get queries (and edges).
 
         't2m' [2, E]: history step (agent-major index a * T + t) -> agent a; 'pl2m': polygon -> agent within
-        pl2m_radius; 'a2m': agent (valid at the current step) -> agent within a2m_radius; 'm2m': query a * K + k <->
-        the same agent's queries (self included).
+        pl2m_radius; 'a2m': agent (valid at the current step) -> agent within a2m_radius (targets are agent
+        indices); 'query_agent' [Q]: the agents with a target, in order (query slot s = the s-th of them);
+        'query_slot' [A]: each agent's slot, Q for the agents without a target (one shared slot without edges);
+        'm2m': query s * K + k <-> the same slot's queries (self included), for the Q slots with a target.
         """
         steps, num_modes = self.num_historical_steps, self.num_modes
         agent = data['agent']
@@ -131,9 +145,14 @@ class QCNetProposeStage(nn.Module):
                                       max_num_neighbors=MAX_NUM_NEIGHBORS, batch_size=num_scenes,
                                       max_per_example=most_agents, source_mask=mask_src[:, -1].contiguous(),
                                       target_mask=mask_dst)
-        pair = mask_dst.view(-1, 1, 1).expand(-1, num_modes, num_modes)
+        query_agent = mask_dst.nonzero(as_tuple=True)[0]
+        num_queries = query_agent.size(0)
+        query_slot = torch.full_like(mask_dst, num_queries, dtype=torch.long)
+        query_slot[query_agent] = torch.arange(num_queries, device=query_slot.device)
+        pair = mask_dst.new_ones(num_queries, num_modes, num_modes)
         edge_index_m2m = bipartite_dense_to_sparse(pair)
-        return {'t2m': edge_index_t2m, 'pl2m': edge_index_pl2m, 'a2m': edge_index_a2m, 'm2m': edge_index_m2m}
+        return {'t2m': edge_index_t2m, 'pl2m': edge_index_pl2m, 'a2m': edge_index_a2m, 'm2m': edge_index_m2m,
+                'query_agent': query_agent, 'query_slot': query_slot}
 
     def build_query_graph(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
                           edges: Optional[Mapping[str, torch.Tensor]] = None) -> ModeQueryGraph:
@@ -175,8 +194,15 @@ class QCNetProposeStage(nn.Module):
         r_a2m = relative_pose_features(pos_m[src] - pos_m[dst], head_vector_m[dst],
                                        wrap_angle(head_m[src] - head_m[dst]), input_dim=2)
         r_a2m = normalize_edge_embedding(self.r_a2m_emb(continuous_inputs=r_a2m, categorical_embs=None))
-        return ModeQueryGraph(x_t, x_pl, x_a, edge_index_t2m, r_t2m, edge_index_pl2m, r_pl2m,
-                              edge_index_a2m, r_a2m, edges['m2m'])
+
+        # Edge targets: agent -> its query slot (edge features above are in the target agent's frame).
+        query_slot = edges['query_slot']
+
+        def to_slots(edge_index: torch.Tensor) -> torch.Tensor:
+            return torch.stack([edge_index[0], query_slot[edge_index[1]]], dim=0)
+        return ModeQueryGraph(x_t, x_pl, x_a, to_slots(edge_index_t2m), r_t2m, to_slots(edge_index_pl2m), r_pl2m,
+                              to_slots(edge_index_a2m), r_a2m, edges['m2m'], query_slot,
+                              edges['query_agent'].size(0) + 1)
 
     @staticmethod
     def _sources(graph: ModeQueryGraph):
@@ -195,27 +221,27 @@ class QCNetProposeStage(nn.Module):
     def attend(self, m: torch.Tensor, graph: ModeQueryGraph, t2m_layers: nn.ModuleList, pl2m_layers: nn.ModuleList,
                a2m_layers: nn.ModuleList, m2m_layer: AttentionLayer,
                source_kv: Optional[List[List[torch.Tensor]]] = None) -> torch.Tensor:
-        """One pass of query attention: m [A, K, hidden] -> [A, K, hidden]. ``source_kv``: the output of
-        ``edge_keys_values`` for these layers (computed here when None)."""
-        num_agents, num_modes = m.shape[:2]
+        """One pass of query attention: m [S, K, hidden] -> [S, K, hidden] (S query slots). ``source_kv``: the
+        output of ``edge_keys_values`` for these layers (computed here when None)."""
+        num_slots, num_modes = m.shape[:2]
         for i in range(self.num_layers):
             for j, (layers, (x_src, r, edge_index)) in enumerate(zip((t2m_layers, pl2m_layers, a2m_layers),
                                                                      self._sources(graph))):
                 m = layers[i]((x_src, m), r, edge_index, r_normalized=True,
                               source_kv=None if source_kv is None else source_kv[i][j])
         m = m2m_layer(m.reshape(-1, self.hidden_dim), None, graph.edge_index_m2m)
-        return m.view(num_agents, num_modes, self.hidden_dim)
+        return m.view(num_slots, num_modes, self.hidden_dim)
 
     def propose(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
                 edges: Optional[Mapping[str, torch.Tensor]] = None):
         """Runs the recurrent proposal stage (``edges``: ``build_graph(data)`` when computed beforehand).
 
-        Returns (graph, list of num_recurrent_steps mode embeddings [A, K, hidden]); each recurrence starts from the
-        previous one's output (the first from the learnt mode embeddings).
+        Returns (graph, list of num_recurrent_steps mode embeddings [S, K, hidden] of the query slots:
+        ``graph.to_agents`` gives them per agent); each recurrence starts from the previous one's output (the first
+        from the learnt mode embeddings).
         """
         graph = self.build_query_graph(data, scene_enc, edges)
-        num_agents = scene_enc['x_a'].size(0)
-        m = self.mode_emb.weight.unsqueeze(0).expand(num_agents, -1, -1)  # [A, K, hidden]
+        m = self.mode_emb.weight.unsqueeze(0).expand(graph.num_slots, -1, -1)  # [S, K, hidden]
         layers = (self.t2m_propose_attn_layers, self.pl2m_propose_attn_layers, self.a2m_propose_attn_layers)
         # Keys and values over the (unchanging) sources and edges: once for all recurrences.
         source_kv = self.edge_keys_values(graph, *layers) if self.num_recurrent_steps > 1 else None
@@ -249,6 +275,6 @@ class QCNetProposalDecoder(QCNetProposeStage):
         self.apply(weight_init)
 
     def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        _, embeddings = self.propose(data, scene_enc)
-        out = torch.stack(embeddings)  # [R, A, K, hidden]
+        graph, embeddings = self.propose(data, scene_enc)
+        out = graph.to_agents(torch.stack(embeddings, dim=1)).transpose(0, 1)  # [R, A, K, hidden]
         return out.squeeze(2) if self.num_modes == 1 else out

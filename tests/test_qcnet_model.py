@@ -135,7 +135,8 @@ def test_proposal_decoder_matches_the_supervised_propose_stage(train_scenes):
     with torch.no_grad():
         scene_enc = model.encoder(data)
         emb = proposal(data, scene_enc)
-        _, expected = model.decoder.propose(data, scene_enc)
+        graph, expected = model.decoder.propose(data, scene_enc)
+        expected = [graph.to_agents(e) for e in expected]
         pred = model.decoder(data, scene_enc)
     assert emb.shape == (3, data['agent']['num_nodes'], TINY_QCNET['hidden_dim'])
     torch.testing.assert_close(emb, torch.stack(expected).squeeze(2))

@@ -29,12 +29,12 @@ from torch_geometric.data import HeteroData
 
 NODE_TYPES = ('agent', 'map_polygon', 'map_point')
 # (source layout, target layout) of each edge list of QCNet.build_graph. Layouts: a node type, or
-# 'agent_step' (a * T + t), 'step_agent' (t * A + a), 'agent_mode' (a * K + k).
+# 'agent_step' (a * T + t), 'step_agent' (t * A + a), 'slot_mode' (s * K + k over the decoder's query slots).
 QCNET_EDGE_LAYOUTS = {
     'pt2pl': ('map_point', 'map_polygon'), 'pl2pl': ('map_polygon', 'map_polygon'),
     't': ('agent_step', 'agent_step'), 'pl2a': ('map_polygon', 'step_agent'), 'a2a': ('step_agent', 'step_agent'),
     't2m': ('agent_step', 'agent'), 'pl2m': ('map_polygon', 'agent'), 'a2m': ('agent', 'agent'),
-    'm2m': ('agent_mode', 'agent_mode'),
+    'm2m': ('slot_mode', 'slot_mode'),
 }
 # Per-edge attributes of the graph: name -> the edge list they belong to (padded with zeros).
 QCNET_EDGE_ATTRS = {'type_pl2pl': 'pl2pl'}
@@ -53,6 +53,7 @@ def graph_sizes(data: HeteroData, graph: Mapping[str, torch.Tensor]) -> Dict[str
     """Node counts and edge counts (one per edge list of ``graph``) of a batch: what has to fit a capacity."""
     sizes = node_sizes(data)
     sizes.update({name: int(graph[name].size(1)) for name in QCNET_EDGE_LAYOUTS})
+    sizes['query_agent'] = int(graph['query_agent'].size(0))
     return sizes
 
 
@@ -99,8 +100,8 @@ def _dummy_index(layout: str, cap: Mapping[str, int], steps: int, modes: int) ->
         return last_agent * steps
     if layout == 'step_agent':
         return last_agent
-    if layout == 'agent_mode':
-        return last_agent * modes
+    if layout == 'slot_mode':  # the last padded query slot (padded agents are sent there too)
+        return (cap['query_agent'] - 1) * modes
     return cap[layout] - 1
 
 
@@ -143,6 +144,12 @@ class StaticBatch:
             self.graph[name] = self._padding[name].clone()
         for name, edges in QCNET_EDGE_ATTRS.items():
             self.graph[name] = torch.zeros(capacities[edges], dtype=torch.long, device=device)
+        # Decoder query slots: C = capacities['query_agent'] slots for agents with a target (the last ones padded),
+        # plus slot C shared by the real agents without one (no edges reach it). Padded agents and padded edges
+        # go to slot C - 1, so the shared slot stays edge-free.
+        self.graph['query_agent'] = torch.zeros(capacities['query_agent'], dtype=torch.long, device=device)
+        self.graph['query_slot'] = torch.full((capacities['agent'],), capacities['query_agent'] - 1,
+                                              dtype=torch.long, device=device)
 
     def fits(self, sizes: Mapping[str, int]) -> bool:
         """Whether a batch of these sizes fits (every count below its capacity: one padding row is needed)."""
@@ -172,6 +179,12 @@ class StaticBatch:
             count = sizes[edges]
             self.graph[name][:count].copy_(graph[name])
             self.graph[name][count:].zero_()
+        num_queries, slot_cap = sizes['query_agent'], self.capacities['query_agent']
+        self.graph['query_agent'][:num_queries].copy_(graph['query_agent'])
+        self.graph['query_agent'][num_queries:].fill_(agent_cap - 1)
+        slots = graph['query_slot']
+        self.graph['query_slot'][:num_agents].copy_(torch.where(slots == num_queries, slot_cap, slots))
+        self.graph['query_slot'][num_agents:].fill_(slot_cap - 1)
         return sizes
 
 
