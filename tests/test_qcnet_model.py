@@ -207,3 +207,28 @@ def test_model_specific_args_mirror_official_flags():
                               '--a2a_radius', '50', '--pl2m_radius', '150', '--a2m_radius', '150'])
     assert args.hidden_dim == 128 and args.num_modes == 6 and args.lr == 5e-4 and args.T_max == 64
     assert args.time_span is None and args.output_head is False
+
+
+def test_decoder_query_slots_agents_without_target_share_one_output(train_scenes):
+    """The decoder runs on query slots (agents with a target + one shared slot). Taking an agent's target away gives
+    it exactly the shared no-target output and leaves every other agent's output unchanged."""
+    model = tiny_model().eval()
+    data = train_scenes[0].clone()
+    has_target = data['agent']['predict_mask'].any(dim=-1)
+    assert has_target.any() and not has_target.all()
+    with torch.no_grad():
+        before = model(data)
+    without = int(has_target.nonzero()[0])
+    shared = int((~has_target).nonzero()[0])
+    data['agent']['predict_mask'] = data['agent']['predict_mask'].clone()
+    data['agent']['predict_mask'][without] = False
+    with torch.no_grad():
+        after = model(data)
+    others = torch.ones_like(has_target)
+    others[without] = False
+    for name, value in after.items():
+        torch.testing.assert_close(value[others], before[name][others], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(value[without], before[name][shared])
+        # every agent without a target has the same output
+        rows = value[~has_target]
+        assert (rows == rows[:1]).all(), name
