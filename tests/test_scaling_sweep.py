@@ -300,8 +300,9 @@ def test_val_metrics_reader_names_bad_files(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuning_flops_add_up_over_scenarios(tmp_path):
-    """The FLOP estimate scales a per-scenario count: for supervised QCNet the matmul FLOPs of a batch are exactly the
-    sum of its scenarios' (every product is per agent, polygon or edge), checked on generated AV2-format scenes."""
+    """The FLOP estimate scales a per-scenario count: for supervised QCNet the matmul FLOPs of a batch are the sum of
+    its scenarios' (every product is per agent, polygon or edge) except for the decoder's one shared query slot of the
+    agents without a target, which a batch has once, not once per scenario; checked on generated AV2-format scenes."""
     from datasets.synthetic import generate_split
     generate_split(str(tmp_path / 'raw'), 'train', 2, seed=5)
     model = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
@@ -316,8 +317,10 @@ def test_fine_tuning_flops_add_up_over_scenarios(tmp_path):
     pair = scaling_sweep.measure_step_flops('finetune', cli, raw, processed, batch_size=2, num_batches=1)
     assert single['batches'] == 2 and pair['scenarios'] == 2
     assert single['flops_per_step'] > 1e6
-    assert pair['flops_per_step'] == 2 * single['flops_per_step']
-    assert pair['flops_per_scenario'] == single['flops_per_scenario']
+    # two single-scene batches decode two shared slots, the pair one: a little less, and far less than one scene
+    shared_slot = 2 * single['flops_per_step'] - pair['flops_per_step']
+    assert 0 < shared_slot < 0.02 * single['flops_per_step']
+    assert abs(pair['flops_per_scenario'] - single['flops_per_scenario']) <= shared_slot / 2
     assert {'aten.mm', 'aten.addmm'} <= set(pair['by_op'])
 
 
