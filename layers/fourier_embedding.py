@@ -12,57 +12,63 @@ from utils.weight_init import weight_init
 TWO_PI = 2 * math.pi
 
 
-class _FourierFirstLayer(torch.autograd.Function):
-    """hidden[i] = [cos(2 pi f_i s_i), sin(2 pi f_i s_i)] @ W_cs[i] + s_i * w_s[i] + b1[i] for every scalar i at once
-    (= [cos, sin, s] @ W1[i] + b1[i] with W1[i] = [W_cs[i]; w_s[i]]).
+def aligned_width(num_features: int, multiple: int = 8) -> int:
+    """num_features rounded up to a multiple of ``multiple``: tensor-core matmul kernels need row lengths that are
+    multiples of 8 (16 bytes of bf16) to run at full speed."""
+    return -(-num_features // multiple) * multiple
 
-    scalars [I, N, 1], freqs [I, F], w_cs [I, 2F, H] (contiguous), w_s [I, 1, H], b1 [I, 1, H] -> hidden [I, N, H].
-    Same values as autograd on the plain expression, but only the inputs are kept for the backward pass: the angles
-    and the [I, N, 2F] features (the bulk of an edge embedding's activations) are recomputed there with a few
-    elementwise kernels, no matmul. The raw scalar's column is applied as a broadcast product rather than as a
-    129th matmul row: every matmul operand then has a row length of 2F (a multiple of 8), which tensor-core kernels
-    need to run at full speed (with 2F+1 = 129, bf16 fell back to an unaligned kernel that alone took 18 % of the
-    H200 training step).
+
+class _FourierFirstLayer(torch.autograd.Function):
+    """hidden[i] = [cos(2 pi f_i s_i), sin(2 pi f_i s_i), s_i, 0, ..., 0] @ W1[i] + b1[i] for every scalar i at once.
+
+    scalars [I, N, 1], freqs [I, F], w1 [I, K, H] with K >= 2F+1 (rows past 2F+1 multiply zero features: the caller
+    pads W1 with zero rows to an aligned K), b1 [I, 1, H] -> hidden [I, N, H]. Same values as autograd on the plain
+    expression, but only the inputs are kept for the backward pass: the angles and the [I, N, K] features (the bulk
+    of an edge embedding's activations) are recomputed there with a few elementwise kernels, no matmul.
+    Why K is padded: with K = 2F+1 = 129 every matmul operand had an odd row length, and under bf16 cuBLAS fell
+    back to an unaligned kernel that alone took 18 % of the H200 training step at batch 32; zero columns up to 136
+    cost 5 % more feature bytes and keep the kernels aligned.
     """
 
     @staticmethod
-    def forward(ctx, scalars: torch.Tensor, freqs: torch.Tensor, w_cs: torch.Tensor, w_s: torch.Tensor,
-                b1: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(scalars, freqs, w_cs, w_s)
-        cos, sin = _FourierFirstLayer.angles(scalars, freqs)
-        return torch.baddbmm(torch.addcmul(b1, scalars, w_s), torch.cat([cos, sin], dim=-1), w_cs)
+    def forward(ctx, scalars: torch.Tensor, freqs: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scalars, freqs, w1)
+        return torch.baddbmm(b1, _FourierFirstLayer.features(scalars, freqs, w1.size(1))[0], w1)
 
     @staticmethod
-    def angles(scalars: torch.Tensor, freqs: torch.Tensor):
+    def features(scalars: torch.Tensor, freqs: torch.Tensor, width: int):
         angles = scalars * freqs.unsqueeze(1) * TWO_PI  # [I, N, F]
-        return angles.cos(), angles.sin()
+        cos, sin = angles.cos(), angles.sin()
+        parts = [cos, sin, scalars]
+        padding = width - 2 * freqs.size(-1) - 1
+        if padding > 0:
+            parts.append(scalars.new_zeros(scalars.shape[:-1] + (padding,)))
+        return torch.cat(parts, dim=-1), cos, sin
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hidden: torch.Tensor):
-        scalars, freqs, w_cs, w_s = ctx.saved_tensors
-        cos, sin = _FourierFirstLayer.angles(scalars, freqs)
+        scalars, freqs, w1 = ctx.saved_tensors
+        feats, cos, sin = _FourierFirstLayer.features(scalars, freqs, w1.size(1))
         # Matmuls in the dtype of the incoming gradient, as autograd would (bf16 under autocast).
         compute = grad_hidden.dtype
-        grad_scalars = grad_freqs = grad_w_cs = grad_w_s = grad_b1 = None
+        grad_scalars = grad_freqs = grad_w1 = grad_b1 = None
         if ctx.needs_input_grad[2]:
-            feats = torch.cat([cos, sin], dim=-1).to(compute)
-            grad_w_cs = torch.bmm(feats.transpose(1, 2), grad_hidden).to(w_cs.dtype)
+            grad_w1 = torch.bmm(feats.to(compute).transpose(1, 2), grad_hidden).to(w1.dtype)
         if ctx.needs_input_grad[3]:
-            grad_w_s = (grad_hidden * scalars.to(compute)).sum(dim=1, keepdim=True).to(w_s.dtype)
-        if ctx.needs_input_grad[4]:
-            grad_b1 = grad_hidden.sum(dim=1, keepdim=True).to(w_cs.dtype)
+            grad_b1 = grad_hidden.sum(dim=1, keepdim=True).to(w1.dtype)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_feats = torch.bmm(grad_hidden, w_cs.to(compute).transpose(1, 2)).to(cos.dtype)
-            grad_cos, grad_sin = grad_feats.chunk(2, dim=-1)
+            grad_feats = torch.bmm(grad_hidden, w1.to(compute).transpose(1, 2)).to(feats.dtype)
+            num_bands = freqs.size(-1)
+            grad_cos, grad_sin, grad_raw = grad_feats[..., :2 * num_bands + 1].split([num_bands, num_bands, 1],
+                                                                                     dim=-1)
             grad_angles = (grad_sin * cos - grad_cos * sin) * TWO_PI  # d/d(f s) of the features
             if ctx.needs_input_grad[1]:
                 grad_freqs = (grad_angles * scalars).sum(dim=1).to(freqs.dtype)
             if ctx.needs_input_grad[0]:
-                grad_raw = (grad_hidden * w_s.to(compute)).sum(dim=-1, keepdim=True).to(cos.dtype)
                 grad_scalars = (grad_raw + (grad_angles * freqs.unsqueeze(1)).sum(dim=-1, keepdim=True)
                                 ).to(scalars.dtype)
-        return grad_scalars, grad_freqs, grad_w_cs, grad_w_s, grad_b1
+        return grad_scalars, grad_freqs, grad_w1, grad_b1
 
 
 class FourierEmbedding(nn.Module):
@@ -107,11 +113,10 @@ class FourierEmbedding(nn.Module):
         scalars = inputs.t().unsqueeze(-1)  # [I, N, 1]
         first = [mlp[0] for mlp in self.mlps]
         w1 = torch.stack([lin.weight for lin in first])  # [I, H, 2F+1]
-        num_features = w1.size(-1) - 1
-        w_cs = w1[..., :num_features].transpose(1, 2).contiguous()  # [I, 2F, H]
-        w_s = w1[..., num_features].unsqueeze(1)  # [I, 1, H]
+        w1 = F.pad(w1, (0, aligned_width(w1.size(-1)) - w1.size(-1)))  # zero rows up to an aligned K
+        w1 = w1.transpose(1, 2).contiguous()  # [I, K, H]
         b1 = torch.stack([lin.bias for lin in first]).unsqueeze(1)  # [I, 1, H]
-        hidden = _FourierFirstLayer.apply(scalars, self.freqs.weight, w_cs, w_s, b1)  # [I, N, H]
+        hidden = _FourierFirstLayer.apply(scalars, self.freqs.weight, w1, b1)  # [I, N, H]
         # unbind (not hidden[i]): one stacking backward instead of a zero-padded copy per scalar.
         normed = torch.cat([mlp[1](h) for h, mlp in zip(hidden.unbind(0), self.mlps)], dim=-1)  # [N, I*H]
         normed = torch.relu_(normed)

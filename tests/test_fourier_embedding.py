@@ -46,11 +46,31 @@ def test_matches_per_scalar_formulation_values_and_gradients(input_dim):
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
 
 
-def test_first_layer_gradcheck():
+@pytest.mark.parametrize('width', [9, 16])  # 2F+1 with F = 4, and padded with zero feature columns to 16
+def test_first_layer_gradcheck(width):
     gen = torch.Generator().manual_seed(2)
     args = [torch.randn(shape, generator=gen, dtype=torch.double, requires_grad=True)
-            for shape in ((3, 7, 1), (3, 4), (3, 8, 5), (3, 1, 5), (3, 1, 5))]
+            for shape in ((3, 7, 1), (3, 4), (3, width, 5), (3, 1, 5))]
     assert torch.autograd.gradcheck(_FourierFirstLayer.apply, args)
+
+
+def test_first_layer_matmul_width_is_aligned():
+    """The batched matmul of the first layer runs at a row length that is a multiple of 8 (2F+1 = 129 -> 136)."""
+    from layers.fourier_embedding import aligned_width
+    assert aligned_width(129) == 136 and aligned_width(9) == 16 and aligned_width(16) == 16
+    emb = FourierEmbedding(input_dim=2, hidden_dim=8, num_freq_bands=64)
+    seen = []
+    original = torch.baddbmm
+
+    def spy(input, batch1, batch2, **kwargs):
+        seen.append(batch1.size(-1))
+        return original(input, batch1, batch2, **kwargs)
+    torch.baddbmm = spy
+    try:
+        emb(continuous_inputs=torch.randn(5, 2))
+    finally:
+        torch.baddbmm = original
+    assert seen == [136]
 
 
 def test_recompute_mode_gives_the_same_gradients_and_keeps_less():
