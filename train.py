@@ -168,6 +168,12 @@ def check_cuda_graphs(args: Namespace) -> None:
     processes); anything else is a flag error, not a silent fallback to the eager step."""
     if not getattr(args, 'cuda_graphs', False):
         return
+    # Activation checkpointing saves/restores RNG states and torch.compile compiles during its first calls: neither
+    # has been checked inside a CUDA-graph capture, so the combinations are refused rather than left to fail there.
+    combined = [flag for flag in ('checkpoint_agent_encoder', 'recompute_embeddings', 'compile_attention')
+                if getattr(args, flag, False)]
+    if combined:
+        raise CliError(f'--cuda_graphs: not available together with --{combined[0]} yet (use one of them)')
     import torch
     if args.accelerator not in ('gpu', 'cuda', 'auto') or not torch.cuda.is_available():
         raise CliError(f'--cuda_graphs: needs a CUDA GPU (--accelerator {args.accelerator}, CUDA available: '

@@ -187,6 +187,8 @@ def test_cuda_graphs_flag_without_a_gpu_is_a_one_line_error(tmp_path):
              '--pl2m_radius', '150', '--a2m_radius', '150', '--log_dir', str(tmp_path / 'logs'), '--cuda_graphs']
     with pytest.raises(CliError, match='--cuda_graphs: needs a CUDA GPU'):
         train.main(flags + ['--accelerator', 'cpu'])
+    with pytest.raises(CliError, match='not available together with --checkpoint_agent_encoder'):
+        train.main(flags + ['--accelerator', 'cpu', '--checkpoint_agent_encoder'])
     if torch.cuda.is_available():
         with pytest.raises(CliError, match='runs on one GPU'):
             train.main(flags + ['--accelerator', 'gpu', '--devices', '2'])
