@@ -18,7 +18,9 @@ reaches a real one, so outputs of real nodes, losses and gradients equal the unp
 
 Edge index layouts (which node list an index points into) follow the modules' conventions; only the step-major
 agent layout (index t * A + a of the agent encoder's per-step graphs) changes with the agent capacity and is
-remapped.
+remapped. The decoder's query slots (modules/qcnet_proposal_decoder.py) get a capacity of their own: slots past the
+real ones are padding, padded agents and edges point at the last padded slot, and the shared slot of the agents
+without a target stays the last slot, free of edges.
 """
 import math
 from collections import OrderedDict
