@@ -82,6 +82,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
         from utils.static_graph import enable_for_evaluation
         with input_errors(ValueError):
             enable_for_evaluation(model, args.accelerator)
+    elif getattr(model, 'cuda_graphs', False):
+        model.cuda_graphs = False  # trained with --cuda_graphs (a saved hyper-parameter): evaluate as asked, eagerly
     model.submission_dir = args.submission_dir
     model.submission_file_name = args.submission_file_name
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'

@@ -84,6 +84,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         from utils.static_graph import enable_for_evaluation
         with input_errors(ValueError):
             enable_for_evaluation(model, args.accelerator)
+    elif getattr(model, 'cuda_graphs', False):
+        model.cuda_graphs = False  # trained with --cuda_graphs (a saved hyper-parameter): evaluate as asked, eagerly
     # Only the val split is built (a datamodule would also process any unprocessed train/test data).
     with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError):
         dataset = ArgoverseV2Dataset(args.root, 'val', args.val_raw_dir, args.val_processed_dir,

@@ -133,6 +133,30 @@ def test_val_prints_table_and_writes_json(trained_run, dataset_root, tmp_path, c
     assert written['metrics'] == pytest.approx(table) and written['num_scenarios'] == 2
 
 
+def test_val_evaluates_eagerly_a_checkpoint_trained_with_cuda_graphs(trained_run, dataset_root, tmp_path,
+                                                                     monkeypatch):
+    """cuda_graphs is a saved hyper-parameter; val.py without --cuda_graphs must not take the fixed-shape path
+    because the checkpoint was trained with it, and --cuda_graphs without a GPU is a one-line error."""
+    import torch
+    from utils.cli import CliError
+    run_dir, _, _ = trained_run
+    checkpoint = torch.load(run_dir / 'checkpoints' / 'last.ckpt', map_location='cpu', weights_only=False)
+    checkpoint['hyper_parameters']['cuda_graphs'] = True
+    path = tmp_path / 'graphs.ckpt'
+    torch.save(checkpoint, path)
+
+    import utils.static_graph
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('val.py took the fixed-shape path without --cuda_graphs')
+    monkeypatch.setattr(utils.static_graph.StaticGraphRunner, '__call__', refuse)
+    flags = ['--root', str(dataset_root), '--ckpt_path', str(path), '--num_workers', '0', '--accelerator', 'cpu']
+    table = load_script('val').main(flags)
+    assert math.isfinite(table['minFDE'])
+    with pytest.raises(CliError, match='--cuda_graphs: needs a CUDA GPU'):
+        load_script('val').main(flags + ['--cuda_graphs'])
+
+
 def test_test_writes_a_complete_submission_in_the_world_frame(trained_run, dataset_root, tmp_path, capsys):
     run_dir, _, _ = trained_run
     path = load_script('test').main(['--root', str(dataset_root), '--ckpt_path', str(run_dir / 'checkpoints' /
