@@ -208,6 +208,11 @@ def test_resume_refuses_a_checkpoint_of_another_run(data_root, tmp_path):
     assert info.value.code == 2 and '\n' not in message and message.startswith(f'error: {last}: ')
     assert "hidden_dim=16 in the checkpoint vs 32 from the flags" in message and "checkpoint's values" in message
 
+    graphs = tmp_path / 'graphs.ckpt'
+    torch.save({**checkpoint, 'hyper_parameters': {**checkpoint['hyper_parameters'], 'cuda_graphs': True}}, graphs)
+    with pytest.raises(CliError, match='trained with --cuda_graphs; resume it with --cuda_graphs'):
+        train.main(args + ['--resume', str(graphs)])
+
     weights_only = tmp_path / 'released.ckpt'
     torch.save({key: checkpoint[key] for key in ('state_dict', 'hyper_parameters')}, weights_only)
     with pytest.raises(CliError) as info:

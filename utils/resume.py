@@ -145,6 +145,12 @@ def check_resume_checkpoint(path: os.PathLike, model: pl.LightningModule) -> Dic
     flags = dict(model.hparams)
     differing = [f'{name}={stored[name]!r} in the checkpoint vs {flags[name]!r} from the flags'
                  for name in ARCHITECTURE_HPARAMS if name in stored and name in flags and stored[name] != flags[name]]
+    if bool(stored.get('cuda_graphs', False)) != bool(flags.get('cuda_graphs', False)):
+        # --cuda_graphs trains with Lightning's manual optimisation, whose loop counts steps in other progress
+        # trackers than the automatic one: switching at a resume would restart the step count.
+        said = 'with' if stored.get('cuda_graphs') else 'without'
+        raise CheckpointError(f'{source}: trained {said} --cuda_graphs; resume it {said} --cuda_graphs (the step '
+                              f'count of the training loop is kept per optimisation mode)')
     if differing:
         raise CheckpointError(f'{source}: built with other model hyper-parameters than this run '
                               f'({"; ".join(differing)}) (resume with the checkpoint\'s values)')
