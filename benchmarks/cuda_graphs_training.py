@@ -123,7 +123,7 @@ def train(args, dirs, cuda_graphs: bool):
            'mean_step_s': statistics.mean(later), 'scenarios_per_s': args.batch_size / statistics.mean(later)}
     if cuda_graphs:
         runner = model.static_runner('train')
-        row.update(captures=runner.num_captures, capacity_rungs=sorted(runner._entries))
+        row.update(captures=runner.num_captures, capacity_rungs=runner.capacity_rungs())
     print(json.dumps(row), flush=True)
     return model, row
 

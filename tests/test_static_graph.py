@@ -92,6 +92,19 @@ def test_infer_runner_matches_forward_and_reuses_capacity(batch):
         assert torch.equal(first[name], second[name])
 
 
+def test_infer_runner_takes_batches_without_targets_after_batches_with(batch):
+    """Validation batches carry targets, test batches do not: one runner serves both (separate static buffers)."""
+    model = tiny_model().eval()
+    runner = StaticGraphRunner(model, 'infer', STEPS, MODES, capture=False)
+    with_targets = runner(batch)
+    test_like = batch.clone()
+    del test_like['agent']['target']
+    without = runner(test_like)
+    assert len(runner._entries) == 2 and runner.capacity_rungs() == [next(iter(runner._entries))[0]]
+    for name, value in with_targets.items():
+        assert torch.equal(without[name], value)
+
+
 def test_static_batch_pads_edges_onto_the_last_padded_node(batch):
     model = tiny_model()
     graph = model.build_graph(batch)

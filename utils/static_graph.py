@@ -46,6 +46,12 @@ _SKIPPED_NODE_KEYS = ('batch', 'ptr', 'num_nodes')
 _ROUND = 32
 
 
+def per_node_keys(store, count: int) -> List[str]:
+    """Names of a node store's per-node tensors (first dimension = the node count), in store order."""
+    return [key for key, value in store.items() if key not in _SKIPPED_NODE_KEYS
+            and isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == count]
+
+
 def node_sizes(data: HeteroData) -> Dict[str, int]:
     """Number of nodes of each node type (host integers: tensor shapes, no device synchronisation)."""
     return {node_type: int(data[node_type]['position'].size(0)) for node_type in NODE_TYPES}
@@ -129,8 +135,7 @@ class StaticBatch:
         for node_type in NODE_TYPES:
             store = example[node_type]
             count, cap = store['position'].size(0), capacities[node_type]
-            keys = [key for key, value in store.items() if key not in _SKIPPED_NODE_KEYS
-                    and isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == count]
+            keys = per_node_keys(store, count)
             self.node_keys[node_type] = keys
             for key in keys:
                 value = store[key]
@@ -224,7 +229,7 @@ class StaticGraphRunner:
         self.model, self.mode, self.steps, self.modes = model, mode, steps, modes
         self.capture, self.warmup, self.max_graphs = capture, warmup, max_graphs
         self.ladder = CapacityLadder(growth)
-        self._entries: 'OrderedDict[int, _Captured]' = OrderedDict()
+        self._entries: 'OrderedDict[tuple, _Captured]' = OrderedDict()
         self._pool = None
         self._fingerprint: Optional[Tuple[int, ...]] = None
         self.num_captures = 0
@@ -249,15 +254,17 @@ class StaticGraphRunner:
         return {name: losses[name].detach() for name in LOSS_NAMES}
 
     def _entry(self, batch: HeteroData, sizes: Mapping[str, int]) -> _Captured:
+        # Keyed by capacity rung and by which per-node tensors the batch has (a test batch has no targets).
         rung = self.ladder.rung(sizes)
-        entry = self._entries.get(rung)
+        key = (rung, tuple(tuple(per_node_keys(batch[t], sizes[t])) for t in NODE_TYPES))
+        entry = self._entries.get(key)
         if entry is not None:
-            self._entries.move_to_end(rung)
+            self._entries.move_to_end(key)
             return entry
         if len(self._entries) >= self.max_graphs:
             self._entries.popitem(last=False)
         static = StaticBatch(batch, self.ladder.capacities(rung), self.steps, self.modes)
-        entry = self._entries[rung] = _Captured(static)
+        entry = self._entries[key] = _Captured(static)
         return entry
 
     def _capture(self, entry: _Captured) -> None:
@@ -317,6 +324,10 @@ class StaticGraphRunner:
             return {name: value.clone() for name, value in outputs.items()}
         num_agents = sizes['agent']
         return {name: value[:num_agents].clone() for name, value in outputs.items()}
+
+    def capacity_rungs(self) -> List[int]:
+        """The capacity rungs that have static buffers (and, on CUDA, a captured graph) now."""
+        return sorted({key[0] for key in self._entries})
 
     def padding_ratio(self) -> Optional[float]:
         """Padded / real agent-step count of the last batch (how much of the fixed-shape work was padding)."""
