@@ -174,10 +174,9 @@ def check_cuda_graphs(args: Namespace) -> None:
                 if getattr(args, flag, False)]
     if combined:
         raise CliError(f'--cuda_graphs: not available together with --{combined[0]} yet (use one of them)')
-    import torch
-    if args.accelerator not in ('gpu', 'cuda', 'auto') or not torch.cuda.is_available():
-        raise CliError(f'--cuda_graphs: needs a CUDA GPU (--accelerator {args.accelerator}, CUDA available: '
-                       f'{torch.cuda.is_available()}) (leave --cuda_graphs out)')
+    from utils.static_graph import check_cuda_device
+    with input_errors(ValueError, fix='leave --cuda_graphs out'):
+        check_cuda_device(args.accelerator)
     if args.devices * args.num_nodes > 1:
         raise CliError(f'--cuda_graphs: runs on one GPU, not --devices {args.devices} x --num_nodes '
                        f'{args.num_nodes} (leave --cuda_graphs out for multi-GPU training)')

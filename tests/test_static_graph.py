@@ -8,8 +8,7 @@ import torch
 from torch_geometric.data import Batch
 
 from predictors import QCNet
-from utils.static_graph import (QCNET_EDGE_LAYOUTS, CapacityLadder, StaticBatch, StaticGraphRunner, graph_sizes,
-                                padded_forward, required_capacities)
+from utils.static_graph import QCNET_EDGE_LAYOUTS, CapacityLadder, StaticBatch, StaticGraphRunner, graph_sizes
 
 from tiny_configs import TINY_QCNET
 
@@ -29,6 +28,20 @@ def batch():
     scenes = [TargetBuilder(50, 60)(process_scenario(load_argoverse_v2_scenario(os.path.join(AV2_DIR, 'train', s))))
               for s in TRAIN_IDS]
     return Batch.from_data_list(scenes)
+
+
+def required_capacities(sizes, extra=1):
+    """The smallest capacities that hold ``sizes`` (each count + ``extra`` padding rows)."""
+    return {name: int(count) + extra for name, count in sizes.items()}
+
+
+def padded_forward(model, batch, capacities):
+    """One eager forward on ``batch`` padded to ``capacities``: (outputs of all padded agents, the StaticBatch)."""
+    with torch.no_grad():
+        graph = model.build_graph(batch)
+    static = StaticBatch(batch, capacities, STEPS, MODES)
+    static.fill(batch, graph)
+    return model(static.data, static.graph), static
 
 
 def tiny_model(**overrides):
@@ -52,7 +65,7 @@ def test_padded_forward_equals_unpadded(batch):
     model = tiny_model().eval()
     with torch.no_grad():
         expected = model(batch)
-        padded, static = padded_forward(model, batch, roomy_capacities(model, batch), STEPS, MODES)
+        padded, static = padded_forward(model, batch, roomy_capacities(model, batch))
     num_agents = batch['agent']['num_nodes']
     assert padded['pi'].size(0) == static.capacities['agent'] > num_agents
     for name, value in expected.items():

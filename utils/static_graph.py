@@ -162,9 +162,11 @@ class StaticBatch:
         """Whether a batch of these sizes fits (every count below its capacity: one padding row is needed)."""
         return all(sizes[name] < self.capacities[name] for name in self.capacities)
 
-    def fill(self, batch: HeteroData, graph: Mapping[str, torch.Tensor]) -> Dict[str, int]:
-        """Copies ``batch``'s node tensors and ``graph`` (QCNet.build_graph of it) in; returns its sizes."""
-        sizes = graph_sizes(batch, graph)
+    def fill(self, batch: HeteroData, graph: Mapping[str, torch.Tensor],
+             sizes: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
+        """Copies ``batch``'s node tensors and ``graph`` (QCNet.build_graph of it) in; returns its sizes
+        (``graph_sizes(batch, graph)``, computed here unless the caller has them)."""
+        sizes = dict(graph_sizes(batch, graph) if sizes is None else sizes)
         if not self.fits(sizes):
             raise ValueError(f'StaticBatch.fill: batch sizes {sizes} exceed the capacities {self.capacities}')
         for node_type, keys in self.node_keys.items():
@@ -308,7 +310,7 @@ class StaticGraphRunner:
             graph = self.model.build_graph(batch)
         sizes = graph_sizes(batch, graph)
         entry = self._entry(batch, sizes)
-        entry.static.fill(batch, graph)
+        entry.static.fill(batch, graph, sizes)
         self.last_sizes, self.last_capacities = sizes, entry.static.capacities
         if not self.capture:
             outputs = self._body(entry.static)
@@ -329,27 +331,12 @@ class StaticGraphRunner:
         """The capacity rungs that have static buffers (and, on CUDA, a captured graph) now."""
         return sorted({key[0] for key in self._entries})
 
-    def padding_ratio(self) -> Optional[float]:
-        """Padded / real agent-step count of the last batch (how much of the fixed-shape work was padding)."""
-        if self.last_sizes is None:
-            return None
-        return self.last_capacities['agent'] / max(self.last_sizes['agent'], 1)
 
-
-def padded_forward(model: torch.nn.Module, batch: HeteroData, capacities: Mapping[str, int], steps: int,
-                   modes: int) -> Tuple[Dict[str, torch.Tensor], StaticBatch]:
-    """One eager forward on ``batch`` padded to ``capacities`` (tests and debugging): (outputs of all padded
-    agents, the StaticBatch)."""
-    with torch.no_grad():
-        graph = model.build_graph(batch)
-    static = StaticBatch(batch, capacities, steps, modes)
-    static.fill(batch, graph)
-    return model(static.data, static.graph), static
-
-
-def required_capacities(sizes: Mapping[str, int], extra: int = 1) -> Dict[str, int]:
-    """The smallest capacities that hold ``sizes`` (each count + ``extra`` padding rows)."""
-    return {name: int(count) + extra for name, count in sizes.items()}
+def check_cuda_device(accelerator: str) -> None:
+    """--cuda_graphs needs a CUDA device: ValueError naming the flag otherwise (no silent eager fallback)."""
+    if accelerator not in ('gpu', 'cuda', 'auto') or not torch.cuda.is_available():
+        raise ValueError(f'--cuda_graphs: needs a CUDA GPU (--accelerator {accelerator}, CUDA available: '
+                         f'{torch.cuda.is_available()})')
 
 
 def enable_for_evaluation(model: torch.nn.Module, accelerator: str) -> None:
@@ -357,7 +344,5 @@ def enable_for_evaluation(model: torch.nn.Module, accelerator: str) -> None:
     Raises ValueError for a model without a graph/compute split or without a CUDA device."""
     if not hasattr(model, 'static_runner'):
         raise ValueError(f'--cuda_graphs: {type(model).__name__} has no fixed-shape path (QCNet only)')
-    if accelerator not in ('gpu', 'cuda', 'auto') or not torch.cuda.is_available():
-        raise ValueError(f'--cuda_graphs: needs a CUDA GPU (--accelerator {accelerator}, CUDA available: '
-                         f'{torch.cuda.is_available()})')
+    check_cuda_device(accelerator)
     model.cuda_graphs = True
