@@ -22,6 +22,8 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -239,17 +241,42 @@ def preprocess_scenarios(raw_dir: str,
     return summary
 
 
+class PreprocessWorkerDied(ChildProcessError):
+    """A worker process ended without returning (killed, e.g. out of memory, or crashed in native code)."""
+
+
+def _process_chunk(names: List[str]) -> List[Tuple[str, Optional[int], Optional[Tuple[str, str]]]]:
+    return [process_one(name) for name in names]
+
+
 def _run(todo: List[str], num_workers: int, init_args: tuple, chunksize: int, summary: PreprocessSummary,
          bar) -> None:
     if num_workers == 1:
         _init_worker(*init_args)
         _collect(map(process_one, todo), summary, bar)
         return
-    # fork: workers inherit the imported modules (no re-import of torch); they only use numpy/pyarrow
+    # fork: workers inherit the imported modules (no re-import of torch); they only use numpy/pyarrow.
+    # A process pool of concurrent.futures (not multiprocessing.Pool): when a worker dies, multiprocessing.Pool
+    # waits forever for its lost tasks, this one raises BrokenProcessPool.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
-    with context.Pool(num_workers, initializer=_init_pool_worker, initargs=init_args) as pool:
-        _collect(pool.imap_unordered(process_one, todo, chunksize=chunksize), summary, bar)
+    chunks = [todo[start:start + chunksize] for start in range(0, len(todo), chunksize)]
+    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_pool_worker,
+                             initargs=init_args) as pool:
+        futures = [pool.submit(_process_chunk, chunk) for chunk in chunks]
+        try:
+            for future in as_completed(futures):
+                _collect(future.result(), summary, bar)
+        except BrokenProcessPool:
+            done = summary.processed + len(summary.failures)
+            raise PreprocessWorkerDied(
+                f'{init_args[0]}: a preprocessing worker process died (killed, e.g. out of memory, or crashed) after '
+                f'{done} of {len(todo)} scenarios; their cache files are kept: run again to continue (with '
+                f'num_workers=1 to find the scenario that kills it)') from None
+        except BaseException:
+            for future in futures:  # strict mode's first bad scenario, Ctrl-C: do not start the remaining chunks
+                future.cancel()
+            raise
 
 
 def _progress_bar(total: int, enabled: bool):

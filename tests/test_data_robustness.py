@@ -174,3 +174,30 @@ def test_resume_skips_finished_scenarios(tmp_path):
     # a half-written file can only be a leftover temporary (atomic rename): it is ignored, never loaded
     (processed / '.tmp-garbage').write_bytes(b'partial')
     assert len(ArgoverseV2Dataset(str(tmp_path), 'x', raw_dir=str(raw), processed_dir=str(processed))) == 3
+
+
+def test_a_dying_worker_is_a_one_line_error_and_finished_scenarios_are_kept(tmp_path, monkeypatch):
+    """A worker killed mid-run (out of memory, a crash in native code) must not leave the run waiting forever for
+    its lost scenarios: one-line error, the finished cache files stay, and a second run completes the rest."""
+    import datasets.preprocess as preprocess
+    raw, processed = tmp_path / 'raw', tmp_path / 'processed'
+    names = [copy_scenario(raw, f's{i}').name for i in range(4)]
+    real_process_one = preprocess.process_one
+
+    def dies_on_s3(name):
+        if name == 's3':
+            os._exit(9)  # the forked worker inherits this patched module
+        return real_process_one(name)
+
+    monkeypatch.setattr(preprocess, 'process_one', dies_on_s3)
+    with pytest.raises(preprocess.PreprocessWorkerDied) as info:
+        preprocess_scenarios(str(raw), str(processed), num_workers=2, progress=False, chunksize=1)
+    message = str(info.value)
+    assert message.startswith(f'{raw}: a preprocessing worker process died') and '\n' not in message
+    kept = sorted(p.name for p in processed.iterdir() if p.name.endswith(CACHE_SUFFIX))
+    assert f's3{CACHE_SUFFIX}' not in kept
+    monkeypatch.setattr(preprocess, 'process_one', real_process_one)
+    second = preprocess_scenarios(str(raw), str(processed), num_workers=2, progress=False)
+    assert (second.processed, second.skipped) == (len(names) - len(kept), len(kept))
+    assert sorted(p.name for p in processed.iterdir() if p.name.endswith(CACHE_SUFFIX)) == \
+        sorted(f'{n}{CACHE_SUFFIX}' for n in names)
