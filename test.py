@@ -16,9 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch_geometric.loader import DataLoader
 
-from datasets import ArgoverseV2Dataset, CacheError, ScenarioError
-from datasets.preprocess import PreprocessWorkerDied
-from datasets.storage import UnwritableDirectoryError
+from datasets import DATA_INPUT_ERRORS, ArgoverseV2Dataset
 from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from utils.cli import CliError, ensure_output_dir, evaluation_strategy, input_errors, positive_int, run_main, str2bool
 from utils.submission import check_coverage
@@ -90,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'
 
     # Only the test split is built (a datamodule would also process any unprocessed train/val data).
-    with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError, PreprocessWorkerDied):
+    with input_errors(*DATA_INPUT_ERRORS):
         dataset = ArgoverseV2Dataset(args.root, 'test', args.test_raw_dir, args.test_processed_dir, transform=None,
                                      num_historical_steps=model.num_historical_steps,
                                      num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))

@@ -20,9 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from datasets import ArgoverseV2DataModule, CacheError, ScenarioError
-from datasets.preprocess import PreprocessWorkerDied
-from datasets.storage import UnwritableDirectoryError
+from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
 from predictors.registry import model_class, model_names, resolve_model_name
 from transforms import TargetBuilder
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
@@ -238,8 +236,7 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                          default_root_dir=str(run_dir))
     # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...
     fit_or_exit_on_sigterm('train.py', trainer, model, datamodule, resume_path, checkpoint_dir, sigterm_checkpoint,
-                           (CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError,
-                            PreprocessWorkerDied))
+                           DATA_INPUT_ERRORS)
     if trainer.is_global_zero:
         print_summary(trainer, model_checkpoint, run_dir, loggers)
     return trainer

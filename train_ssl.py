@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from datasets import ArgoverseV2DataModule, CacheError, ScenarioError
+from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
 from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, check_mix_arguments, mix_requested,
                                     mix_sources, union_vocabulary_hparams)
 from predictors.forecast_mae import add_backbone_specific_args
@@ -30,8 +30,6 @@ from predictors.registry import backbone_name
 from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
 from transforms.ssl_views import SSLViews
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
-from datasets.preprocess import PreprocessWorkerDied
-from datasets.storage import UnwritableDirectoryError
 from utils.checkpoint import CheckpointError
 from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
                        training_strategy)
@@ -239,8 +237,7 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                          logger=loggers, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
     # bad data surfaces while the datasets are built inside fit: empty split, stale or foreign cache, ...
     fit_or_exit_on_sigterm('train_ssl.py', trainer, model, datamodule, resume_path, checkpoint_dir, sigterm_checkpoint,
-                           (CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError,
-                            PreprocessWorkerDied))
+                           DATA_INPUT_ERRORS)
     if trainer.is_global_zero:
         print_summary(trainer, model_checkpoint, run_dir, loggers)
     return trainer

@@ -14,9 +14,7 @@ from typing import Dict, List, Optional
 import pytorch_lightning as pl
 from torch_geometric.loader import DataLoader
 
-from datasets import ArgoverseV2Dataset, CacheError, ScenarioError
-from datasets.preprocess import PreprocessWorkerDied
-from datasets.storage import UnwritableDirectoryError
+from datasets import DATA_INPUT_ERRORS, ArgoverseV2Dataset
 from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from transforms import TargetBuilder
 from utils.cli import (CliError, ensure_output_dir, evaluation_strategy, input_errors, int_or_float, positive_int,
@@ -88,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     elif getattr(model, 'cuda_graphs', False):
         model.cuda_graphs = False  # trained with --cuda_graphs (a saved hyper-parameter): evaluate as asked, eagerly
     # Only the val split is built (a datamodule would also process any unprocessed train/test data).
-    with input_errors(CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError, PreprocessWorkerDied):
+    with input_errors(*DATA_INPUT_ERRORS):
         dataset = ArgoverseV2Dataset(args.root, 'val', args.val_raw_dir, args.val_processed_dir,
                                      transform=TargetBuilder(model.num_historical_steps, model.num_future_steps),
                                      num_historical_steps=model.num_historical_steps,

@@ -270,12 +270,11 @@ def _run(todo: List[str], num_workers: int, init_args: tuple, chunksize: int, su
         except BrokenProcessPool:
             done = summary.processed + len(summary.failures)
             raise PreprocessWorkerDied(
-                f'{init_args[0]}: a preprocessing worker process died (killed, e.g. out of memory, or crashed) after '
-                f'{done} of {len(todo)} scenarios; their cache files are kept: run again to continue (with '
+                f'{summary.raw_dir}: a preprocessing worker process died (killed, e.g. out of memory, or crashed) '
+                f'after {done} of {len(todo)} scenarios; their cache files are kept: run again to continue (with '
                 f'num_workers=1 to find the scenario that kills it)') from None
-        except BaseException:
-            for future in futures:  # strict mode's first bad scenario, Ctrl-C: do not start the remaining chunks
-                future.cancel()
+        except BaseException:  # strict mode's first bad scenario, Ctrl-C: do not start the remaining chunks
+            pool.shutdown(cancel_futures=True)
             raise
 
 
