@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32 runs')
     parser.add_argument('--compile_attention', action='store_true', help='ours: model option of the same name')
+    parser.add_argument('--compile_embeddings', action='store_true', help='ours: model option of the same name')
+    parser.add_argument('--compile_gru', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--recompute_embeddings', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--module_times', action='store_true',
@@ -107,7 +109,9 @@ def build_model(args):
         from predictors import QCNet as model_cls
         if args.fused_adamw == 'off':
             os.environ['QCNET_FUSED_ADAMW'] = '0'
-        config.update(compile_attention=args.compile_attention, checkpoint_agent_encoder=args.checkpoint_agent_encoder,
+        config.update(compile_attention=args.compile_attention, compile_embeddings=args.compile_embeddings,
+                      compile_gru=args.compile_gru,
+                      checkpoint_agent_encoder=args.checkpoint_agent_encoder,
                       recompute_embeddings=args.recompute_embeddings)
     return model_cls(**config)
 
@@ -117,10 +121,13 @@ class Timer:
         self.cuda = device.type == 'cuda'
 
     def measure(self, fn: Callable[[], None], steps: int, warmup: int) -> List[float]:
+        t0 = time.perf_counter()
         for _ in range(warmup):
             fn()
         if self.cuda:
             torch.cuda.synchronize()
+        # Wall time of the warm-up steps: where torch.compile compiles and CUDA graphs are captured.
+        self.warmup_s = time.perf_counter() - t0
         times = []
         for _ in range(steps):
             if self.cuda:
@@ -187,7 +194,7 @@ def module_forward_times(model, batch, repeats: int = 5) -> dict:
 
 
 def profile_kernels(step: Callable[[], None], steps: int) -> dict:
-    """GPU kernel time and kernel count per step (torch.profiler over ``steps`` steps), and the five kernels that
+    """GPU kernel time and kernel count per step (torch.profiler over ``steps`` steps), and the fifteen kernels that
     take the most GPU time."""
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
@@ -200,7 +207,7 @@ def profile_kernels(step: Callable[[], None], steps: int) -> dict:
     per_name = {}
     for e in kernels:
         per_name[e.name] = per_name.get(e.name, 0.0) + e.device_time
-    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:5]
+    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:15]
     return {'gpu_kernel_ms': total_us / 1000.0 / steps, 'kernels_per_step': round(len(kernels) / steps),
             'top_kernels': [{'name': name[:90], 'ms_per_step': us / 1000.0 / steps} for name, us in top]}
 
@@ -227,7 +234,8 @@ def main(argv=None) -> int:
     info = {'impl': args.impl, 'device': str(device), 'gpu': torch.cuda.get_device_name(device)
             if device.type == 'cuda' else None, 'torch': torch.__version__, 'hidden_dim': args.hidden_dim,
             'num_scenes_available': len(scenes), 'tf32': args.tf32,
-            'options': {k: getattr(args, k) for k in ('compile_attention', 'checkpoint_agent_encoder',
+            'options': {k: getattr(args, k) for k in ('compile_attention', 'compile_embeddings', 'compile_gru',
+                                                      'checkpoint_agent_encoder',
                                                       'recompute_embeddings', 'cuda_graphs')},
             'fused_adamw': bool(optimizer.defaults.get('fused')), 'results': []}
     print(json.dumps({k: v for k, v in info.items() if k != 'results'}))
@@ -293,7 +301,8 @@ def main(argv=None) -> int:
                 peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else None
                 row = {'batch_size': batch_size, 'agents': num_agents, 'precision': precision, 'mode': mode,
                        'median_s': median, 'min_s': min(times), 'max_s': max(times),
-                       'scenarios_per_s': batch_size / median, 'peak_alloc_gib': peak}
+                       'scenarios_per_s': batch_size / median, 'peak_alloc_gib': peak,
+                       'warmup_s': timer.warmup_s}
                 if runner is not None:
                     row.update(captures=runner.num_captures, capacities=runner.last_capacities,
                                sizes=runner.last_sizes)
@@ -301,9 +310,13 @@ def main(argv=None) -> int:
                 if args.profile and device.type == 'cuda':
                     row.update(profile_kernels(step, args.profile))
                 info['results'].append(row)
+                if args.report:  # after every row: a call cut short keeps what it measured
+                    with open(args.report, 'w') as handle:
+                        json.dump(info, handle, indent=2)
                 print(f'batch {batch_size:3d} ({num_agents} agents) {precision:10s} {mode:5s}: '
                       f'median {median * 1000:9.2f} ms  {batch_size / median:8.2f} scen/s'
                       + (f'  peak {peak:6.2f} GiB' if peak is not None else '')
+                      + f'  warm-up {timer.warmup_s:.1f} s'
                       + (f"  gpu {row['gpu_kernel_ms']:8.2f} ms in {row['kernels_per_step']} kernels"
                          if 'gpu_kernel_ms' in row else ''), flush=True)
     if args.report:

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from layers.split_k_linear import linear
 from utils.weight_init import weight_init
 
 # Added to each softmax denominator (as torch_geometric.utils.softmax does in the official model).
@@ -184,7 +185,13 @@ class AttentionLayer(nn.Module):
             x_dst = self.attn_prenorm_x_dst(x[1])
             msg = self._attn_block(x_dst, x[0], r, edge_index, source_kv, r_normalized)
         out = residual + self.attn_postnorm(msg)
-        return out + self.ff_postnorm(self.ff_mlp(self.ff_prenorm(out)))
+        return out + self.ff_postnorm(self._feed_forward(self.ff_prenorm(out)))
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ff_mlp (Linear -> ReLU -> Dropout -> Linear) through split-K linear maps (layers/split_k_linear.py)."""
+        first, _, drop, second = self.ff_mlp
+        return linear(self._dropout(torch.relu(linear(x, first.weight, first.bias)), drop), second.weight,
+                      second.bias)
 
     def _dropout(self, x: torch.Tensor, module: nn.Dropout) -> torch.Tensor:
         return module(x) if self.training and module.p > 0 else x
@@ -223,14 +230,14 @@ class AttentionLayer(nn.Module):
     def _edge_kv(self, x_src: torch.Tensor, r_hat: Optional[torch.Tensor], edge_index: torch.Tensor
                  ) -> torch.Tensor:
         weight, bias, weight_r = self._source_projection(r_hat is not None)
-        kv = F.linear(self.attn_prenorm_x_src(x_src), weight, bias)
+        kv = linear(self.attn_prenorm_x_src(x_src), weight, bias)
         return self._add_edge_terms(kv.index_select(0, edge_index[0]), r_hat, weight_r)
 
     @staticmethod
     def _add_edge_terms(kv: torch.Tensor, r_hat: Optional[torch.Tensor], weight_r: Optional[torch.Tensor]
                         ) -> torch.Tensor:
         # + r_hat W_r^T in the same kernel as the matmul.
-        return kv if r_hat is None else torch.addmm(kv, r_hat, weight_r.t())
+        return kv if r_hat is None else linear(r_hat, weight_r, residual=kv)
 
     def _attn_block(self, x_dst: torch.Tensor, x_src: Optional[torch.Tensor], r: Optional[torch.Tensor],
                     edge_index: torch.Tensor, source_kv: Optional[torch.Tensor], r_normalized: bool
@@ -246,11 +253,11 @@ class AttentionLayer(nn.Module):
         if x_src is None:  # self-attention: one matmul for query, skip, gate half, key and value
             r_hat = self._edge_input(r, r_normalized)
             src_weight, src_bias, weight_r = self._source_projection(r_hat is not None)
-            proj = F.linear(x_dst, torch.cat([dst_weight, src_weight]), torch.cat([dst_bias, src_bias]))
+            proj = linear(x_dst, torch.cat([dst_weight, src_weight]), torch.cat([dst_bias, src_bias]))
             q, skip, gate_dst, kv = proj.split([inner, inner, inner, 2 * inner], dim=-1)
             kv = self._add_edge_terms(kv.index_select(0, src), r_hat, weight_r)
         else:
-            q, skip, gate_dst = F.linear(x_dst, dst_weight, dst_bias).split(inner, dim=-1)
+            q, skip, gate_dst = linear(x_dst, dst_weight, dst_bias).split(inner, dim=-1)
             kv = source_kv if source_kv is not None else self.edge_keys_values(x_src, r, edge_index, r_normalized)
         q = q.reshape(x_dst.shape[:-1] + (heads, dim))  # [Nd(, K), heads, dim]
         key, value = kv.view(-1, 2, heads, dim).unbind(dim=1)  # [E, heads, dim] each
@@ -274,6 +281,6 @@ class AttentionLayer(nn.Module):
         msg = (msg / denom.unsqueeze(-1)).reshape(x_dst.shape[:-1] + (inner,)).to(skip.dtype)
 
         # Gate sigma(W_g [msg, x_dst] + b): the x_dst half came with the target projections.
-        gate = torch.sigmoid(torch.addmm(gate_dst.reshape(-1, inner), msg.reshape(-1, inner),
-                                         gate_msg_weight.t()).view_as(msg))
-        return self.to_out(torch.lerp(msg, skip, gate))  # msg + gate * (skip - msg)
+        gate = torch.sigmoid(linear(msg.reshape(-1, inner), gate_msg_weight,
+                                    residual=gate_dst.reshape(-1, inner)).view_as(msg))
+        return linear(torch.lerp(msg, skip, gate), self.to_out.weight, self.to_out.bias)  # msg + gate * (skip - msg)

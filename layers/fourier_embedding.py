@@ -7,9 +7,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from layers.split_k_linear import batched_linear, linear, split_k_weight_grad
 from utils.weight_init import weight_init
 
 TWO_PI = 2 * math.pi
+# torch.compile'd FourierEmbedding._embed, created by the first compile_for_training() call.
+_compiled_embed = None
 
 
 def aligned_width(num_features: int, multiple: int = 8) -> int:
@@ -33,7 +36,7 @@ class _FourierFirstLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scalars: torch.Tensor, freqs: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(scalars, freqs, w1)
-        return torch.baddbmm(b1, _FourierFirstLayer.features(scalars, freqs, w1.size(1))[0], w1)
+        return batched_linear(_FourierFirstLayer.features(scalars, freqs, w1.size(1))[0], w1, b1)
 
     @staticmethod
     def features(scalars: torch.Tensor, freqs: torch.Tensor, width: int):
@@ -54,7 +57,7 @@ class _FourierFirstLayer(torch.autograd.Function):
         compute = grad_hidden.dtype
         grad_scalars = grad_freqs = grad_w1 = grad_b1 = None
         if ctx.needs_input_grad[2]:
-            grad_w1 = torch.bmm(feats.to(compute).transpose(1, 2), grad_hidden).to(w1.dtype)
+            grad_w1 = split_k_weight_grad(feats.to(compute), grad_hidden).to(w1.dtype)
         if ctx.needs_input_grad[3]:
             grad_b1 = grad_hidden.sum(dim=1, keepdim=True).to(w1.dtype)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
@@ -100,7 +103,25 @@ class FourierEmbedding(nn.Module):
             nn.Linear(hidden_dim, hidden_dim),
         )
         self.recompute = False  # memory option, see forward()
+        self.compiled_training = False  # see compile_for_training()
         self.apply(weight_init)
+
+    def compile_for_training(self) -> None:
+        """Runs the embedding through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation
+        and no-grad calls stay eager. Inductor fuses the Fourier features, the per-scalar LayerNorm + ReLU, the sum
+        and the output norm into a few kernels around the matmuls (eager: ~10 elementwise/norm kernels per scalar,
+        each a full pass over [N, hidden]) and chooses what to recompute in the backward pass itself."""
+        global _compiled_embed
+        if self.recompute:
+            raise ValueError('FourierEmbedding: compile_for_training and recompute are exclusive (compiled '
+                             'training already recomputes the cheap activations)')
+        if _compiled_embed is None:
+            import torch._dynamo
+            limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
+            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
+            # One compiled function for all embeddings (the module is an argument), as for the attention layers.
+            _compiled_embed = torch.compile(FourierEmbedding._embed, dynamic=True)
+        self.compiled_training = True
 
     def _continuous(self, inputs: torch.Tensor) -> torch.Tensor:
         """[N, input_dim] -> [N, hidden_dim]: all per-scalar MLPs evaluated together.
@@ -110,6 +131,8 @@ class FourierEmbedding(nn.Module):
         each LayerNorm reads a contiguous block; the I second layers and the sum over scalars are one matmul with an
         [H, I*H] weight.
         """
+        if torch.compiler.is_compiling():
+            return self._continuous_traced(inputs)
         scalars = inputs.t().unsqueeze(-1)  # [I, N, 1]
         first = [mlp[0] for mlp in self.mlps]
         w1 = torch.stack([lin.weight for lin in first])  # [I, H, 2F+1]
@@ -122,7 +145,26 @@ class FourierEmbedding(nn.Module):
         normed = torch.relu_(normed)
         w2 = torch.cat([mlp[3].weight for mlp in self.mlps], dim=1)  # [H, I*H]
         b2 = torch.stack([mlp[3].bias for mlp in self.mlps]).sum(dim=0)
-        return F.linear(normed, w2, b2)
+        return linear(normed, w2, b2)
+
+    def _continuous_traced(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The same function as _continuous in plain tensor operations, for torch.compile: no custom autograd
+        (inductor decides what to keep for backward) and the per-scalar norms as one normalisation with stacked
+        affine parameters, which it fuses with the ReLU and the layout change for the second matmul."""
+        scalars = inputs.t().unsqueeze(-1)  # [I, N, 1]
+        angles = scalars * self.freqs.weight.unsqueeze(1) * TWO_PI  # [I, N, F]
+        feats = torch.cat([angles.cos(), angles.sin(), scalars], dim=-1)  # [I, N, 2F+1]
+        w1 = torch.stack([mlp[0].weight for mlp in self.mlps]).transpose(1, 2)  # [I, 2F+1, H]
+        b1 = torch.stack([mlp[0].bias for mlp in self.mlps]).unsqueeze(1)
+        hidden = batched_linear(feats, w1, b1)  # [I, N, H]
+        norms = [mlp[1] for mlp in self.mlps]
+        gamma = torch.stack([n.weight for n in norms]).unsqueeze(1)
+        beta = torch.stack([n.bias for n in norms]).unsqueeze(1)
+        normed = torch.relu(F.layer_norm(hidden, hidden.shape[-1:], eps=norms[0].eps) * gamma + beta)
+        normed = normed.permute(1, 0, 2).reshape(inputs.size(0), -1)  # [N, I*H]
+        w2 = torch.cat([mlp[3].weight for mlp in self.mlps], dim=1)  # [H, I*H]
+        b2 = torch.stack([mlp[3].bias for mlp in self.mlps]).sum(dim=0)
+        return linear(normed, w2, b2)
 
     def forward(self, continuous_inputs: Optional[torch.Tensor] = None,
                 categorical_embs: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
@@ -132,6 +174,8 @@ class FourierEmbedding(nn.Module):
         and recomputes the embedding there (torch.utils.checkpoint): the Fourier features and per-scalar MLP
         activations are ~input_dim x 450 floats per row, the largest activations of QCNet's edge embeddings.
         """
+        if self.compiled_training and self.training and torch.is_grad_enabled():
+            return _compiled_embed(self, continuous_inputs, categorical_embs)
         if self.recompute and torch.is_grad_enabled() and continuous_inputs is not None:
             return torch.utils.checkpoint.checkpoint(self._embed, continuous_inputs, categorical_embs,
                                                      use_reentrant=False)
@@ -150,4 +194,5 @@ class FourierEmbedding(nn.Module):
             x = self._continuous(continuous_inputs)
             if categorical_embs is not None:
                 x = x + torch.stack(categorical_embs).sum(dim=0)
-        return self.to_out(x)
+        norm, _, out = self.to_out
+        return linear(torch.relu(norm(x)), out.weight, out.bias)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
 from layers.fourier_embedding import FourierEmbedding
+from layers.gru_loop import gru_final_state
 from layers.mlp_layer import MLPLayer
 from modules.qcnet_proposal_decoder import QCNetProposeStage
 from utils.geometry import wrap_angle
@@ -77,6 +78,8 @@ class QCNetDecoder(QCNetProposeStage):
         self.traj_emb = nn.GRU(input_size=self.hidden_dim, hidden_size=self.hidden_dim, num_layers=1, bias=True,
                                batch_first=False, dropout=0.0, bidirectional=False)
         self.traj_emb_h0 = nn.Parameter(torch.zeros(1, self.hidden_dim))
+        # --compile_gru: the trajectory GRU as a compiled step loop while training (layers/gru_loop.py).
+        self.compile_gru = False
 
     def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
                 edges: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
@@ -115,7 +118,8 @@ class QCNetDecoder(QCNetProposeStage):
         # Refinement: the proposal (gradient stopped) re-enters as the new query through the GRU summary.
         m = self.y_emb(waypoints.reshape(-1, waypoints.size(-1)))
         m = m.reshape(-1, fut, self.hidden_dim).transpose(0, 1)  # [F, S*K, hidden]
-        m = self.traj_emb(m, self.traj_emb_h0.unsqueeze(1).expand(-1, m.size(1), -1).contiguous())[1]
+        m = gru_final_state(self.traj_emb, m, self.traj_emb_h0.expand(m.size(1), -1),
+                            compiled=self.compile_gru and self.training and torch.is_grad_enabled())
         m = m.view(-1, num_modes, self.hidden_dim)  # [S, K, hidden]
         m = self.attend(m, graph, self.t2m_refine_attn_layers, self.pl2m_refine_attn_layers,
                         self.a2m_refine_attn_layers, self.m2m_refine_attn_layer)  # [S, K, hidden]

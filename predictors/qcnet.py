@@ -58,6 +58,8 @@ class QCNet(TrajectoryPredictor):
                  checkpoint_agent_encoder: bool = False,
                  tf32: bool = True,
                  compile_attention: bool = False,
+                 compile_embeddings: bool = False,
+                 compile_gru: bool = False,
                  recompute_embeddings: bool = False,
                  cuda_graphs: bool = False,
                  **kwargs) -> None:
@@ -112,12 +114,18 @@ class QCNet(TrajectoryPredictor):
             pl2m_radius=pl2m_radius, a2m_radius=a2m_radius, num_freq_bands=num_freq_bands,
             num_layers=num_dec_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
 
+        if compile_embeddings and recompute_embeddings:
+            raise ValueError('QCNet: --compile_embeddings and --recompute_embeddings exclude each other (the compiled '
+                             'embeddings already recompute their cheap activations); pass one of them')
         for module in self.modules():
             if compile_attention and isinstance(module, AttentionLayer):
                 module.compile_for_training()
             if isinstance(module, FourierEmbedding):
                 module.recompute = recompute_embeddings
+                if compile_embeddings:
+                    module.compile_for_training()
 
+        self.decoder.compile_gru = compile_gru
         self.init_objectives()  # losses, metrics, submission store (predictors.trajectory_predictor)
 
     def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
@@ -230,6 +238,12 @@ class QCNet(TrajectoryPredictor):
         speed.add_argument('--compile_attention', action='store_true',
                            help='torch.compile the attention layers for training (fewer, fused kernels; the first '
                                 'steps compile for a few minutes)')
+        speed.add_argument('--compile_embeddings', action='store_true',
+                           help='torch.compile the Fourier edge/node embeddings for training (fused features, '
+                                'norms and sums; the first steps compile for a few minutes)')
+        speed.add_argument('--compile_gru', action='store_true',
+                           help="torch.compile the refinement stage's trajectory GRU as a step loop for training "
+                                '(replaces cuDNN\'s GRU kernels; the first steps compile for a minute or two)')
         speed.add_argument('--cuda_graphs', action='store_true',
                            help='one GPU: replay each training/validation step as a CUDA graph over a batch padded '
                                 'to fixed sizes (same results; the first steps of each size capture it, see '

@@ -111,3 +111,44 @@ def test_bf16_autocast_backward_runs_and_gives_float32_parameter_gradients():
     # bf16 matmuls: the gradients agree with float32 to bf16 precision
     w_mixed, w_full = emb.mlps[0][0].weight.grad, full.mlps[0][0].weight.grad
     assert (w_mixed - w_full).abs().max() < 0.05 * w_full.abs().max()
+
+
+@pytest.mark.parametrize('rows', [13, 16384 + 32])  # below and above the split-K threshold of the matmuls
+def test_split_rows_match_the_per_scalar_formulation(rows):
+    emb = make_embedding(3)
+    gen = torch.Generator().manual_seed(2)
+    inputs = (10 * torch.randn(rows, 3, generator=gen, dtype=torch.double)).requires_grad_()
+    ours = emb(inputs)
+    ref = reference(emb, inputs)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    params = [inputs] + list(emb.parameters())
+    upstream = torch.randn(ours.shape, generator=gen, dtype=torch.double)
+    for got, want in zip(torch.autograd.grad((ours * upstream).sum(), params),
+                         torch.autograd.grad((ref * upstream).sum(), params)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_compiled_training_path_matches_eager_values_and_gradients():
+    """compile_for_training(): the traced formulation gives the eager values/gradients for several row counts
+    (dynamic shapes: no recompilation per count); evaluation stays eager; recompute and compile exclude each other."""
+    import copy
+    emb = make_embedding(3, hidden=16).float().train()
+    twin = copy.deepcopy(emb)
+    emb.compile_for_training()
+    gen = torch.Generator().manual_seed(3)
+    for rows in (40, 77):
+        inputs = (5 * torch.randn(rows, 3, generator=gen)).requires_grad_()
+        categorical = [torch.randn(rows, 16, generator=gen)]
+        out, ref = emb(inputs, categorical), twin(inputs, categorical)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        upstream = torch.randn(out.shape, generator=gen)
+        for got, want in zip(torch.autograd.grad((out * upstream).sum(), [inputs] + list(emb.parameters())),
+                             torch.autograd.grad((ref * upstream).sum(), [inputs] + list(twin.parameters()))):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(emb.eval()(inputs, categorical), twin.eval()(inputs, categorical))
+    other = make_embedding(2).float()
+    other.recompute = True
+    with pytest.raises(ValueError, match='exclusive'):
+        other.compile_for_training()

@@ -94,6 +94,7 @@ def test_speed_flags_parse_into_hyper_parameters():
     defaults = vars(parser.parse_args(required))
     assert defaults['tf32'] is True and defaults['checkpoint_agent_encoder'] is False
     assert defaults['compile_attention'] is False and defaults['recompute_embeddings'] is False
+    assert defaults['compile_embeddings'] is False
     flags = vars(parser.parse_args(required + ['--no_tf32', '--checkpoint_agent_encoder', '--compile_attention',
                                                '--recompute_embeddings']))
     assert flags['tf32'] is False and flags['checkpoint_agent_encoder'] is True and flags['compile_attention']
@@ -101,6 +102,15 @@ def test_speed_flags_parse_into_hyper_parameters():
     model = QCNet(**{k: v for k, v in flags.items() if k not in ('hidden_dim',)}, hidden_dim=16)
     layers = [m for m in model.modules() if type(m).__name__ == 'AttentionLayer']
     assert layers and all(m.compiled_training for m in layers)
+    embeddings = [m for m in model.modules() if type(m).__name__ == 'FourierEmbedding']
+    assert embeddings and not any(m.compiled_training for m in embeddings)
+    flags = vars(parser.parse_args(required + ['--compile_embeddings']))
+    model = QCNet(**{k: v for k, v in flags.items() if k not in ('hidden_dim',)}, hidden_dim=16)
+    embeddings = [m for m in model.modules() if type(m).__name__ == 'FourierEmbedding']
+    assert embeddings and all(m.compiled_training and not m.recompute for m in embeddings)
+    with pytest.raises(ValueError, match='--compile_embeddings and --recompute_embeddings'):
+        QCNet(**{k: v for k, v in flags.items() if k not in ('hidden_dim', 'recompute_embeddings')}, hidden_dim=16,
+              recompute_embeddings=True)
 
 
 def test_bf16_autocast_step_gives_float32_outputs_close_to_float32(train_batch):
@@ -118,3 +128,30 @@ def test_bf16_autocast_step_gives_float32_outputs_close_to_float32(train_batch):
     assert err < 0.05
     loss_mixed.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_compile_gru_flag_reaches_the_decoder_and_the_loop_gives_the_same_step(train_batch):
+    """--compile_gru: the decoder's GRU switch; the step loop (the function it compiles, run eagerly here: the
+    compiled one is tests/test_gru_loop.py) gives the cuDNN/ATen module's outputs and gradients in a real step."""
+    import layers.gru_loop as gru_loop
+    torch.manual_seed(0)
+    model = QCNet(**dict(TINY_QCNET, dropout=0.0), compile_gru=True).train()
+    assert model.decoder.compile_gru and model.hparams.compile_gru
+    model.decoder.compile_gru = False
+    reference = model(train_batch)
+    ref_loss = model.compute_losses(train_batch, reference)['loss']
+    ref_grads = torch.autograd.grad(ref_loss, list(model.decoder.traj_emb.parameters()))
+    model.decoder.compile_gru = True
+    saved = gru_loop._compiled_loop
+    gru_loop._compiled_loop = gru_loop.gru_final_state_loop  # the uncompiled loop: same code path, no compile time
+    try:
+        looped = model(train_batch)
+        loss = model.compute_losses(train_batch, looped)['loss']
+        grads = torch.autograd.grad(loss, list(model.decoder.traj_emb.parameters()))
+    finally:
+        gru_loop._compiled_loop = saved
+    for name in reference:
+        torch.testing.assert_close(looped[name], reference[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
