@@ -48,6 +48,10 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
     data.add_argument('--num_workers', type=int, default=8)
     data.add_argument('--pin_memory', type=str2bool, default=True)
     data.add_argument('--persistent_workers', type=str2bool, default=True)
+    data.add_argument('--build_graph_in_workers', action='store_true',
+                      help="QCNet: build each batch's edge lists (radius searches) in the --num_workers loader "
+                           'processes, overlapped with the GPU step, instead of inside the step (same edges; '
+                           'docs/PERFORMANCE.md)')
     for split in ('train', 'val', 'test'):
         data.add_argument(f'--{split}_raw_dir', type=str, default=None)
     for split in ('train', 'val', 'test'):
@@ -188,6 +192,9 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
         raise CliError('--compile_embeddings and --recompute_embeddings exclude each other (the compiled embeddings '
                        'already recompute their cheap activations): pass one of them')
     check_cuda_graphs(args)
+    if args.build_graph_in_workers and args.num_workers < 1:
+        raise CliError('--build_graph_in_workers: needs --num_workers >= 1 (with 0 the graphs would be built in the '
+                       'training process, serially, on the CPU)')
     pl.seed_everything(args.seed, workers=True)
 
     run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
@@ -215,7 +222,14 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
         print(f'--freeze_encoder 1: {frozen:,} encoder parameters frozen, '
               f'{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained')
 
+    graph_builder = None
+    if args.build_graph_in_workers:
+        if not hasattr(model, 'build_graph'):
+            raise CliError(f'--build_graph_in_workers: {args.model} has no separate graph construction (QCNet only)')
+        # A CPU twin with the same hyperparameters: build_graph reads only those, never the weights.
+        graph_builder = model_class(args.model)(**vars(args)).eval()
     datamodule = ArgoverseV2DataModule(
+        graph_builder=graph_builder,
         **{**vars(args),
            'train_transform': TargetBuilder(args.num_historical_steps, args.num_future_steps),
            'val_transform': TargetBuilder(args.num_historical_steps, args.num_future_steps),

@@ -62,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cuda_graphs', action='store_true',
                         help='ours: the step of train.py --cuda_graphs (graph built eagerly, the rest padded to fixed '
                              'sizes and replayed as a CUDA graph; utils/static_graph.py)')
+    parser.add_argument('--prebuilt_graph', action='store_true',
+                        help="ours: the batch carries its edge lists, built on the CPU (one thread) before timing, as "
+                             'train.py --build_graph_in_workers does in the loader workers; the CPU build time per '
+                             'batch is reported next to the step')
     parser.add_argument('--fused_adamw', choices=['auto', 'on', 'off'], default='auto',
                         help='ours: fused AdamW on CUDA (auto = on)')
     parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2', 'train'),
@@ -221,6 +225,8 @@ def main(argv=None) -> int:
         torch.save(scenes, args.save_scenes)
         print(f'saved {len(scenes)} scenes to {args.save_scenes}')
         return 0
+    if args.prebuilt_graph and args.impl == 'official':
+        raise SystemExit('bench_qcnet_step: --prebuilt_graph is for --impl ours (the official step builds its graph)')
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
@@ -234,7 +240,7 @@ def main(argv=None) -> int:
     info = {'impl': args.impl, 'device': str(device), 'gpu': torch.cuda.get_device_name(device)
             if device.type == 'cuda' else None, 'torch': torch.__version__, 'hidden_dim': args.hidden_dim,
             'num_scenes_available': len(scenes), 'tf32': args.tf32,
-            'options': {k: getattr(args, k) for k in ('compile_attention', 'compile_embeddings', 'compile_gru',
+            'options': {k: getattr(args, k) for k in ('compile_attention', 'compile_embeddings', 'compile_gru', 'prebuilt_graph',
                                                       'checkpoint_agent_encoder',
                                                       'recompute_embeddings', 'cuda_graphs')},
             'fused_adamw': bool(optimizer.defaults.get('fused')), 'results': []}
@@ -249,7 +255,22 @@ def main(argv=None) -> int:
               flush=True)
     for batch_size in args.batch_sizes:
         data_list = [copy.deepcopy(scenes[i % len(scenes)]) for i in range(batch_size)]
-        batch = Batch.from_data_list(data_list).to(device)
+        batch = Batch.from_data_list(data_list)
+        graph_build_s = None
+        if args.prebuilt_graph:
+            from utils.prebuilt_graph import GRAPH_ATTRIBUTE
+            builder = build_model(args).eval()  # CPU twin: build_graph reads only hyperparameters
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as in a loader worker
+            with torch.no_grad():
+                start = time.perf_counter()
+                graph = builder.build_graph(batch)
+                graph_build_s = time.perf_counter() - start
+            torch.set_num_threads(threads)
+            setattr(batch, GRAPH_ATTRIBUTE, graph)
+            print(f'batch {batch_size}: graph built on the CPU in {graph_build_s * 1000:.1f} ms (one thread)',
+                  flush=True)
+        batch = batch.to(device)
         num_agents = int(batch['agent']['num_nodes'])
         for precision in args.precision:
             autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
@@ -302,7 +323,7 @@ def main(argv=None) -> int:
                 row = {'batch_size': batch_size, 'agents': num_agents, 'precision': precision, 'mode': mode,
                        'median_s': median, 'min_s': min(times), 'max_s': max(times),
                        'scenarios_per_s': batch_size / median, 'peak_alloc_gib': peak,
-                       'warmup_s': timer.warmup_s}
+                       'warmup_s': timer.warmup_s, 'graph_build_cpu_s': graph_build_s}
                 if runner is not None:
                     row.update(captures=runner.num_captures, capacities=runner.last_capacities,
                                sizes=runner.last_sizes)

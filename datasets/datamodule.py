@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from torch_geometric.loader import DataLoader
 
@@ -108,6 +109,7 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
                  max_agents_per_batch: Optional[int] = None,
                  max_polygons_per_batch: Optional[int] = None,
                  dataset_kwargs: Optional[dict] = None,
+                 graph_builder: Optional[torch.nn.Module] = None,
                  **kwargs: Any) -> None:
         super().__init__()
         if train_transform is _DEFAULT or val_transform is _DEFAULT:
@@ -134,6 +136,8 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
         self.max_agents_per_batch = max_agents_per_batch
         self.max_polygons_per_batch = max_polygons_per_batch
         self.dataset_kwargs = dict(dataset_kwargs or {})
+        # A CPU model whose build_graph runs in the loader workers (utils.prebuilt_graph); None: the model builds it.
+        self.graph_builder = graph_builder
 
     def _dataset(self, split: str) -> ArgoverseV2Dataset:
         return ArgoverseV2Dataset(self.root, split, getattr(self, f'{split}_raw_dir'),
@@ -163,12 +167,17 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
         common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
                       persistent_workers=self.persistent_workers)
         if self.max_agents_per_batch is None and self.max_polygons_per_batch is None:
-            return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **common)
-        sizes = dataset.item_sizes()[np.asarray(dataset.indices())][:, :2]
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        batch_sampler = SizeCappedBatchSampler(sampler, batch_size, drop_last=False, sizes=sizes,
-                                               max_sizes=[self.max_agents_per_batch, self.max_polygons_per_batch])
-        return DataLoader(dataset, batch_sampler=batch_sampler, **common)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **common)
+        else:
+            sizes = dataset.item_sizes()[np.asarray(dataset.indices())][:, :2]
+            sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            batch_sampler = SizeCappedBatchSampler(sampler, batch_size, drop_last=False, sizes=sizes,
+                                                   max_sizes=[self.max_agents_per_batch, self.max_polygons_per_batch])
+            loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
+        if self.graph_builder is not None:
+            from utils.prebuilt_graph import GraphBuildingCollate
+            loader.collate_fn = GraphBuildingCollate(loader.collate_fn, self.graph_builder)
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, self.train_batch_size, self.shuffle)

@@ -10,6 +10,7 @@ from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_decoder import QCNetDecoder
 from modules.qcnet_encoder import QCNetEncoder
 from predictors.trajectory_predictor import EVAL_MAX_GUESSES, FOCAL_CATEGORY, TrajectoryPredictor  # noqa: F401
+from utils.prebuilt_graph import prebuilt_graph
 
 
 class QCNet(TrajectoryPredictor):
@@ -135,7 +136,10 @@ class QCNet(TrajectoryPredictor):
 
     def forward(self, data: HeteroData, graph: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """Returns the decoder's output dict (see :class:`modules.QCNetDecoder`), in each agent's frame.
-        ``graph``: ``build_graph(data)`` computed beforehand (utils.static_graph pads it to fixed sizes)."""
+        ``graph``: ``build_graph(data)`` computed beforehand (utils.static_graph pads it to fixed sizes); else the
+        one a loader worker attached to the batch (utils.prebuilt_graph), else built here."""
+        if graph is None:
+            graph = prebuilt_graph(data)
         scene_enc = self.encoder(data, graph)
         return self.decoder(data, scene_enc, graph)
 

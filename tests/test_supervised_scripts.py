@@ -268,3 +268,28 @@ def test_freeze_encoder_trains_only_the_decoder(dataset_root, tmp_path):
                if not torch.equal(v, model.decoder.state_dict()[n].cpu())]
     assert changed, 'no decoder weight moved in one epoch'
     assert model.hparams['freeze_encoder'] == 1
+
+
+def test_build_graph_in_workers_trains_without_building_graphs_in_the_training_process(dataset_root, tmp_path,
+                                                                                      monkeypatch):
+    """--build_graph_in_workers: the loader worker builds every batch's graph (the training process must not: its
+    build_graph raises here), training and validation run; without workers it is a one-line error."""
+    from predictors import QCNet
+    from utils.cli import CliError
+
+    train = load_script('train')
+    main_pid, original = os.getpid(), QCNet.build_graph
+
+    def build_graph_outside_the_main_process(self, data):
+        if os.getpid() == main_pid:
+            raise AssertionError('graph built in the training process')
+        return original(self, data)
+
+    monkeypatch.setattr(QCNet, 'build_graph', build_graph_outside_the_main_process)
+    args = train_args(dataset_root, tmp_path, '--max_epochs', '1', '--build_graph_in_workers')
+    args[args.index('--num_workers') + 1] = '1'
+    trainer = train.main(args)
+    assert trainer.global_step > 0
+    assert 'val_minFDE' in trainer.callback_metrics
+    with pytest.raises(CliError, match='--build_graph_in_workers: needs --num_workers >= 1'):
+        train.main(train_args(dataset_root, tmp_path / 'other', '--max_epochs', '1', '--build_graph_in_workers'))

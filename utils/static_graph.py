@@ -29,6 +29,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch_geometric.data import HeteroData
 
+from utils.prebuilt_graph import prebuilt_graph
+
 NODE_TYPES = ('agent', 'map_polygon', 'map_point')
 # (source layout, target layout) of each edge list of QCNet.build_graph. Layouts: a node type, or
 # 'agent_step' (a * T + t), 'step_agent' (t * A + a), 'slot_mode' (s * K + k over the decoder's query slots).
@@ -306,8 +308,10 @@ class StaticGraphRunner:
 
     def __call__(self, batch: HeteroData) -> Dict[str, torch.Tensor]:
         self._forget_graphs_if_weights_moved()
-        with torch.no_grad():
-            graph = self.model.build_graph(batch)
+        graph = prebuilt_graph(batch)  # built by a loader worker (utils.prebuilt_graph), else here
+        if graph is None:
+            with torch.no_grad():
+                graph = self.model.build_graph(batch)
         sizes = graph_sizes(batch, graph)
         entry = self._entry(batch, sizes)
         entry.static.fill(batch, graph, sizes)

@@ -1,0 +1,40 @@
+"""QCNet's edge lists built in the data-loader workers, next to the batch, instead of inside the training step.
+
+Why: ``build_graph`` (radius searches, dense-to-sparse masks) is the data-dependent part of a QCNet step. On the GPU
+it runs eagerly before the fixed-shape replay and waits for the host at every ``nonzero``: 10-17 ms of a replayed
+B = 32 step on the H200 were outside the replayed kernels (BENCHMARKS §2d). On the CPU it takes ~27 ms (B = 4) /
+~260 ms (B = 32) per batch on one core, so a few loader workers build the graphs of the coming batches while the GPU
+trains on the current one. The graph travels with the batch (pinned and moved to the device with it) as the
+attribute ``qcnet_graph``; ``QCNet.forward`` and the fixed-shape runner use it instead of building their own.
+Edge sets are those the model builds itself (same functions, run on the CPU).
+"""
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+GRAPH_ATTRIBUTE = 'qcnet_graph'
+
+
+def prebuilt_graph(data) -> Optional[Dict[str, torch.Tensor]]:
+    """The edge lists a loader worker attached to ``data`` (``build_graph`` of it), or None."""
+    return getattr(data, GRAPH_ATTRIBUTE, None)
+
+
+class GraphBuildingCollate:
+    """Collate function of a loader: ``collate(items)`` then ``builder.build_graph(batch)`` attached to the batch.
+
+    ``builder``: a model with ``build_graph(data)`` on the CPU (its weights are not read: a fresh model with the
+    trained one's hyperparameters will do). Picklable, so it also works with spawned workers.
+    """
+
+    def __init__(self, collate: Callable[[List], object], builder: torch.nn.Module) -> None:
+        if not hasattr(builder, 'build_graph'):
+            raise ValueError(f'{type(builder).__name__} has no build_graph(data): only QCNet builds its graph in the '
+                             'loader workers')
+        self.collate, self.builder = collate, builder
+
+    def __call__(self, items: List):
+        batch = self.collate(items)
+        with torch.no_grad():
+            setattr(batch, GRAPH_ATTRIBUTE, self.builder.build_graph(batch))
+        return batch
