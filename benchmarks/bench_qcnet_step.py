@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--compile_attention', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--compile_embeddings', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--compile_gru', action='store_true', help='ours: model option of the same name')
+    parser.add_argument('--compile_memory_budget', type=float, default=1.0, help='ours: model option of the same name')
     parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--recompute_embeddings', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--module_times', action='store_true',
@@ -114,7 +115,7 @@ def build_model(args):
         if args.fused_adamw == 'off':
             os.environ['QCNET_FUSED_ADAMW'] = '0'
         config.update(compile_attention=args.compile_attention, compile_embeddings=args.compile_embeddings,
-                      compile_gru=args.compile_gru,
+                      compile_gru=args.compile_gru, compile_memory_budget=args.compile_memory_budget,
                       checkpoint_agent_encoder=args.checkpoint_agent_encoder,
                       recompute_embeddings=args.recompute_embeddings)
     return model_cls(**config)
@@ -218,6 +219,8 @@ def profile_kernels(step: Callable[[], None], steps: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.prebuilt_graph and args.impl == 'official':
+        raise SystemExit('bench_qcnet_step: --prebuilt_graph is for --impl ours (the official step builds its graph)')
     warnings.filterwarnings('ignore', message='.*self.log.*')
     from torch_geometric.data import Batch
     scenes = load_scenes(args)
@@ -225,8 +228,6 @@ def main(argv=None) -> int:
         torch.save(scenes, args.save_scenes)
         print(f'saved {len(scenes)} scenes to {args.save_scenes}')
         return 0
-    if args.prebuilt_graph and args.impl == 'official':
-        raise SystemExit('bench_qcnet_step: --prebuilt_graph is for --impl ours (the official step builds its graph)')
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
@@ -240,7 +241,8 @@ def main(argv=None) -> int:
     info = {'impl': args.impl, 'device': str(device), 'gpu': torch.cuda.get_device_name(device)
             if device.type == 'cuda' else None, 'torch': torch.__version__, 'hidden_dim': args.hidden_dim,
             'num_scenes_available': len(scenes), 'tf32': args.tf32,
-            'options': {k: getattr(args, k) for k in ('compile_attention', 'compile_embeddings', 'compile_gru', 'prebuilt_graph',
+            'options': {k: getattr(args, k) for k in ('compile_attention', 'compile_embeddings', 'compile_gru',
+                                                      'compile_memory_budget', 'prebuilt_graph',
                                                       'checkpoint_agent_encoder',
                                                       'recompute_embeddings', 'cuda_graphs')},
             'fused_adamw': bool(optimizer.defaults.get('fused')), 'results': []}

@@ -10,6 +10,7 @@ from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_decoder import QCNetDecoder
 from modules.qcnet_encoder import QCNetEncoder
 from predictors.trajectory_predictor import EVAL_MAX_GUESSES, FOCAL_CATEGORY, TrajectoryPredictor  # noqa: F401
+from utils.cli import unit_fraction
 from utils.prebuilt_graph import prebuilt_graph
 
 
@@ -61,6 +62,7 @@ class QCNet(TrajectoryPredictor):
                  compile_attention: bool = False,
                  compile_embeddings: bool = False,
                  compile_gru: bool = False,
+                 compile_memory_budget: float = 1.0,
                  recompute_embeddings: bool = False,
                  cuda_graphs: bool = False,
                  **kwargs) -> None:
@@ -115,6 +117,13 @@ class QCNet(TrajectoryPredictor):
             pl2m_radius=pl2m_radius, a2m_radius=a2m_radius, num_freq_bands=num_freq_bands,
             num_layers=num_dec_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
 
+        if not 0.0 < compile_memory_budget <= 1.0:
+            raise ValueError(f'QCNet: compile_memory_budget must be in (0, 1], got {compile_memory_budget}')
+        if compile_memory_budget < 1.0 and (compile_attention or compile_embeddings or compile_gru):
+            # Process-wide setting of the compiled backward's partitioner: below 1 it recomputes more of the
+            # forward in the backward pass to keep the saved activations within that fraction.
+            import torch._functorch.config
+            torch._functorch.config.activation_memory_budget = compile_memory_budget
         if compile_embeddings and recompute_embeddings:
             raise ValueError('QCNet: --compile_embeddings and --recompute_embeddings exclude each other (the compiled '
                              'embeddings already recompute their cheap activations); pass one of them')
@@ -248,6 +257,10 @@ class QCNet(TrajectoryPredictor):
         speed.add_argument('--compile_gru', action='store_true',
                            help="torch.compile the refinement stage's trajectory GRU as a step loop for training "
                                 '(replaces cuDNN\'s GRU kernels; the first steps compile for a minute or two)')
+        speed.add_argument('--compile_memory_budget', type=unit_fraction, default=1.0,
+                           help='with the --compile_* flags: fraction of their activations the compiled backward may '
+                                'keep (below 1: more recomputation, less memory; torch._functorch.config.'
+                                'activation_memory_budget)')
         speed.add_argument('--cuda_graphs', action='store_true',
                            help='one GPU: replay each training/validation step as a CUDA graph over a batch padded '
                                 'to fixed sizes (same results; the first steps of each size capture it, see '

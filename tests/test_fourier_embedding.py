@@ -152,3 +152,38 @@ def test_compiled_training_path_matches_eager_values_and_gradients():
     other.recompute = True
     with pytest.raises(ValueError, match='exclusive'):
         other.compile_for_training()
+
+
+@pytest.mark.slow
+def test_compile_memory_budget_keeps_fewer_activations_with_the_same_gradients():
+    """QCNet's --compile_memory_budget sets the compiled backward's activation budget: a compiled embedding then
+    saves a fraction of the bytes for its backward pass (recomputing the rest) and gives the same gradients."""
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+
+    def saved_bytes_and_grads(budget):
+        functorch_config.activation_memory_budget = budget
+        torch._dynamo.reset()  # compile again under this budget
+        emb = make_embedding(3, hidden=32, bands=16).float().train()
+        emb.compile_for_training()
+        inputs = (5 * torch.randn(2048, 3, generator=torch.Generator().manual_seed(4))).requires_grad_()
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = emb(inputs)
+        return sum(saved), torch.autograd.grad(out.square().sum(), [inputs] + list(emb.parameters()))
+
+    before = functorch_config.activation_memory_budget
+    try:
+        full_bytes, full_grads = saved_bytes_and_grads(1.0)
+        budget_bytes, budget_grads = saved_bytes_and_grads(0.3)
+    finally:
+        functorch_config.activation_memory_budget = before
+        torch._dynamo.reset()
+    assert budget_bytes < 0.5 * full_bytes, (budget_bytes, full_bytes)
+    for got, want in zip(budget_grads, full_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

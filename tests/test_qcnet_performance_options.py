@@ -108,6 +108,16 @@ def test_speed_flags_parse_into_hyper_parameters():
     model = QCNet(**{k: v for k, v in flags.items() if k not in ('hidden_dim',)}, hidden_dim=16)
     embeddings = [m for m in model.modules() if type(m).__name__ == 'FourierEmbedding']
     assert embeddings and all(m.compiled_training and not m.recompute for m in embeddings)
+    with pytest.raises(SystemExit):  # argparse: a number in (0, 1]
+        parser.parse_args(required + ['--compile_memory_budget', '0'])
+    import torch._functorch.config as functorch_config
+    before = functorch_config.activation_memory_budget
+    try:
+        budget = vars(parser.parse_args(required + ['--compile_attention', '--compile_memory_budget', '0.4']))
+        model = QCNet(**{k: v for k, v in budget.items() if k not in ('hidden_dim',)}, hidden_dim=16)
+        assert model.hparams.compile_memory_budget == 0.4 and functorch_config.activation_memory_budget == 0.4
+    finally:
+        functorch_config.activation_memory_budget = before
     with pytest.raises(ValueError, match='--compile_embeddings and --recompute_embeddings'):
         QCNet(**{k: v for k, v in flags.items() if k not in ('hidden_dim', 'recompute_embeddings')}, hidden_dim=16,
               recompute_embeddings=True)

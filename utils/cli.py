@@ -39,6 +39,14 @@ def positive_int(value: str) -> int:
     return number
 
 
+def unit_fraction(value: str) -> float:
+    """A number in (0, 1]."""
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f'expected a number in (0, 1], got {value!r}')
+    return number
+
+
 def int_or_float(value: str) -> Union[int, float]:
     """Lightning's limit_*_batches convention: an int counts batches, a float is a fraction of the data."""
     try:

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The QCNet speed measurement of issue 3 in one GPU session: the official step and ours (every speed option) on the
+# same card, one process per configuration, each under its own time limit so a slow compile cannot eat the others.
+#
+#   bash benchmarks/qcnet_speed_protocol.sh SCENES_FILE OFFICIAL_REPO OUT_DIR [BUDGET_SECONDS [CONFIG ...]]
+#
+# SCENES_FILE: scenes saved by `python benchmarks/bench_qcnet_step.py --save_scenes F`; OFFICIAL_REPO: a checkout of
+# the official QCNet code (run, never committed here); OUT_DIR: one JSON report and one log per configuration.
+# BUDGET_SECONDS (default 570) bounds the whole run. The first compiled configuration fills the inductor cache
+# (TORCHINDUCTOR_CACHE_DIR, default /tmp/qcnet_speed_protocol_inductor), so the later compiled ones compile in a fraction of its
+# time. CONFIG names pick configurations (default: all, in this order): official compiled_fp32 compiled_fp32_prebuilt
+# compiled_fp32_prebuilt_budget compiled_bf16_prebuilt. Results go into docs/BENCHMARKS.md with the date and card.
+set -u
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+fi
+if [ $# -lt 3 ]; then
+    echo "error: qcnet_speed_protocol.sh: needs SCENES_FILE OFFICIAL_REPO OUT_DIR (see --help)" >&2
+    exit 2
+fi
+SCENES=$1
+OFFICIAL=$2
+OUT=$3
+BUDGET=${4:-570}
+shift $(($# < 4 ? $# : 4))
+CONFIGS=" ${*:-official compiled_fp32 compiled_fp32_prebuilt compiled_fp32_prebuilt_budget compiled_bf16_prebuilt} "
+mkdir -p "$OUT"
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/qcnet_speed_protocol_inductor}
+BENCH="python benchmarks/bench_qcnet_step.py --device cuda --scenes_file $SCENES --mode train --steps 20"
+COMPILED="--tf32 --cuda_graphs --compile_attention --compile_embeddings --compile_gru"
+
+# name | seconds at most | flags
+run() {
+    local name=$1 limit=$2
+    shift 2
+    case "$CONFIGS" in *" $name "*) ;; *) return ;; esac
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 30 ]; then
+        echo "[$name] skipped: ${left}s of the budget left"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "[$name] at most ${limit}s: $*"
+    timeout "$limit" $BENCH "$@" --report "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+    echo "[$name] exit $?"
+    grep -E '^batch|Error' "$OUT/$name.log"
+}
+
+run official 90 --impl official --official_repo "$OFFICIAL" --batch_sizes 32 4 --precision fp32
+run compiled_fp32 330 $COMPILED --batch_sizes 32 4 --precision fp32 --profile 3
+run compiled_fp32_prebuilt 120 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision fp32
+run compiled_fp32_prebuilt_budget 240 $COMPILED --prebuilt_graph --compile_memory_budget 0.5 --batch_sizes 32 4 --precision fp32
+run compiled_bf16_prebuilt 240 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision bf16-mixed
+echo "total ${SECONDS}s"
