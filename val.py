@@ -40,6 +40,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
+    parser.add_argument('--build_graph_in_workers', action='store_true',
+                        help="QCNet: build each batch's edge lists in the --num_workers loader processes instead of "
+                             'inside the forward pass (same edges; docs/PERFORMANCE.md)')
     parser.add_argument('--cuda_graphs', action='store_true',
                         help='QCNet on one GPU per process: replay each forward pass as a CUDA graph over a batch '
                              'padded to fixed sizes (same outputs, faster; docs/PERFORMANCE.md)')
@@ -93,6 +96,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                                      num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
     loader = DataLoader(dataset, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
+    if args.build_graph_in_workers:
+        from utils.prebuilt_graph import build_graphs_in_workers
+        with input_errors(ValueError):
+            build_graphs_in_workers(loader, model, args.num_workers)
     if args.devices > 1:
         print(f'note: {args.devices} devices: the distributed sampler repeats up to {args.devices - 1} scenarios to '
               f'even out the ranks, so the metrics can differ slightly from a one-device run', flush=True)

@@ -157,6 +157,36 @@ def test_val_evaluates_eagerly_a_checkpoint_trained_with_cuda_graphs(trained_run
         load_script('val').main(flags + ['--cuda_graphs'])
 
 
+def test_val_and_test_build_graphs_in_workers(trained_run, dataset_root, tmp_path, monkeypatch):
+    """val.py / test.py --build_graph_in_workers: the worker builds the graphs (the main process's build_graph
+    raises), the metrics equal those of the in-forward graphs; without workers it is a one-line error."""
+    from predictors import QCNet
+    from utils.cli import CliError
+    run_dir, _, _ = trained_run
+    flags = ['--root', str(dataset_root), '--ckpt_path', str(run_dir / 'checkpoints' / 'last.ckpt'),
+             '--accelerator', 'cpu']
+    plain = load_script('val').main(flags + ['--num_workers', '0'])
+    main_pid, original = os.getpid(), QCNet.build_graph
+
+    def build_graph_outside_the_main_process(self, data):
+        if os.getpid() == main_pid:
+            raise AssertionError('graph built in the main process')
+        return original(self, data)
+
+    monkeypatch.setattr(QCNet, 'build_graph', build_graph_outside_the_main_process)
+    in_workers = load_script('val').main(flags + ['--num_workers', '1', '--persistent_workers', 'false',
+                                                  '--build_graph_in_workers'])
+    assert in_workers == pytest.approx(plain, rel=1e-6, abs=1e-7)
+    submission = tmp_path / 'sub'
+    load_script('test').main(['--root', str(dataset_root), '--ckpt_path', str(run_dir / 'checkpoints' / 'last.ckpt'),
+                              '--accelerator', 'cpu', '--num_workers', '1', '--persistent_workers', 'false',
+                              '--build_graph_in_workers', '--submission_dir', str(submission)])
+    assert list(submission.glob('*.parquet'))
+    for script in ('val', 'test'):
+        with pytest.raises(CliError, match='--build_graph_in_workers: needs --num_workers >= 1'):
+            load_script(script).main(flags + ['--num_workers', '0', '--build_graph_in_workers'])
+
+
 def test_test_writes_a_complete_submission_in_the_world_frame(trained_run, dataset_root, tmp_path, capsys):
     run_dir, _, _ = trained_run
     path = load_script('test').main(['--root', str(dataset_root), '--ckpt_path', str(run_dir / 'checkpoints' /

@@ -38,3 +38,17 @@ class GraphBuildingCollate:
         with torch.no_grad():
             setattr(batch, GRAPH_ATTRIBUTE, self.builder.build_graph(batch))
         return batch
+
+
+def build_graphs_in_workers(loader, model: torch.nn.Module, num_workers: int) -> None:
+    """--build_graph_in_workers of val.py / test.py: ``loader``'s workers build each batch's graph with a CPU copy of
+    ``model``. ValueError (a one-line flag error) without workers or for a model without graph construction."""
+    if num_workers < 1:
+        raise ValueError('--build_graph_in_workers: needs --num_workers >= 1 (with 0 the graphs would be built in '
+                         'the main process, serially, on the CPU)')
+    if not hasattr(model, 'build_graph'):
+        raise ValueError(f'--build_graph_in_workers: {type(model).__name__} has no separate graph construction '
+                         '(QCNet only)')
+    import copy
+    builder = copy.deepcopy(model).cpu().eval()
+    loader.collate_fn = GraphBuildingCollate(loader.collate_fn, builder)
