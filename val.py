@@ -40,6 +40,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
+    parser.add_argument('--compile', action='store_true',
+                        help='QCNet: torch.compile the attention layers and embeddings for the forward passes '
+                             '(fused kernels; the first batches compile for a minute or two)')
     parser.add_argument('--build_graph_in_workers', action='store_true',
                         help="QCNet: build each batch's edge lists in the --num_workers loader processes instead of "
                              'inside the forward pass (same edges; docs/PERFORMANCE.md)')
@@ -96,6 +99,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                                      num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
     loader = DataLoader(dataset, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
+    if args.compile:
+        if not hasattr(model, 'compile_for_inference'):
+            raise CliError(f'--compile: {type(model).__name__} has no compiled path (QCNet only)')
+        model.compile_for_inference()
     if args.build_graph_in_workers:
         from utils.prebuilt_graph import build_graphs_in_workers
         with input_errors(ValueError):

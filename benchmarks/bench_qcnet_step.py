@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--compile_attention', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--compile_embeddings', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--compile_gru', action='store_true', help='ours: model option of the same name')
+    parser.add_argument('--compile_inference', action='store_true',
+                        help='ours: QCNet.compile_for_inference() (val.py / test.py --compile) for the infer mode')
     parser.add_argument('--compile_memory_budget', type=float, default=1.0, help='ours: model option of the same name')
     parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--recompute_embeddings', action='store_true', help='ours: model option of the same name')
@@ -118,7 +120,10 @@ def build_model(args):
                       compile_gru=args.compile_gru, compile_memory_budget=args.compile_memory_budget,
                       checkpoint_agent_encoder=args.checkpoint_agent_encoder,
                       recompute_embeddings=args.recompute_embeddings)
-    return model_cls(**config)
+    model = model_cls(**config)
+    if args.impl == 'ours' and args.compile_inference:
+        model.compile_for_inference()
+    return model
 
 
 class Timer:
@@ -242,6 +247,7 @@ def main(argv=None) -> int:
             if device.type == 'cuda' else None, 'torch': torch.__version__, 'hidden_dim': args.hidden_dim,
             'num_scenes_available': len(scenes), 'tf32': args.tf32,
             'options': {k: getattr(args, k) for k in ('compile_attention', 'compile_embeddings', 'compile_gru',
+                                                      'compile_inference',
                                                       'compile_memory_budget', 'prebuilt_graph',
                                                       'checkpoint_agent_encoder',
                                                       'recompute_embeddings', 'cuda_graphs')},

@@ -9,10 +9,11 @@
 # BUDGET_SECONDS (default 570) bounds the whole run. The first compiled configuration fills the inductor cache
 # (TORCHINDUCTOR_CACHE_DIR, default /tmp/qcnet_speed_protocol_inductor), so the later compiled ones compile in a fraction of its
 # time. CONFIG names pick configurations (default: all, in this order): official compiled_fp32 compiled_fp32_prebuilt
-# compiled_fp32_prebuilt_budget compiled_bf16_prebuilt. Results go into docs/BENCHMARKS.md with the date and card.
+# compiled_fp32_prebuilt_budget compiled_bf16_prebuilt compiled_infer. Results go into docs/BENCHMARKS.md with the
+# date and the card.
 set -u
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 if [ $# -lt 3 ]; then
@@ -24,7 +25,7 @@ OFFICIAL=$2
 OUT=$3
 BUDGET=${4:-570}
 shift $(($# < 4 ? $# : 4))
-CONFIGS=" ${*:-official compiled_fp32 compiled_fp32_prebuilt compiled_fp32_prebuilt_budget compiled_bf16_prebuilt} "
+CONFIGS=" ${*:-official compiled_fp32 compiled_fp32_prebuilt compiled_fp32_prebuilt_budget compiled_bf16_prebuilt compiled_infer} "
 mkdir -p "$OUT"
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/qcnet_speed_protocol_inductor}
 BENCH="python benchmarks/bench_qcnet_step.py --device cuda --scenes_file $SCENES --mode train --steps 20"
@@ -47,9 +48,10 @@ run() {
     grep -E '^batch|Error' "$OUT/$name.log"
 }
 
-run official 90 --impl official --official_repo "$OFFICIAL" --batch_sizes 32 4 --precision fp32
+run official 120 --impl official --official_repo "$OFFICIAL" --batch_sizes 32 4 --precision fp32 --mode train infer
 run compiled_fp32 330 $COMPILED --batch_sizes 32 4 --precision fp32 --profile 3
 run compiled_fp32_prebuilt 120 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision fp32
 run compiled_fp32_prebuilt_budget 240 $COMPILED --prebuilt_graph --compile_memory_budget 0.5 --batch_sizes 32 4 --precision fp32
 run compiled_bf16_prebuilt 240 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision bf16-mixed
+run compiled_infer 180 --mode infer --tf32 --cuda_graphs --compile_inference --prebuilt_graph --batch_sizes 32 4 --precision fp32
 echo "total ${SECONDS}s"

@@ -138,12 +138,11 @@ class AttentionLayer(nn.Module):
         # Zero bias of the key projections (to_k / to_k_r have none) in the concatenated bias vectors; not saved.
         self.register_buffer('_zero_bias', torch.zeros(inner_dim), persistent=False)
         self.compiled_training = False  # see compile_for_training()
+        self.compiled_inference = False  # see compile_for_inference()
         self.apply(weight_init)
 
-    def compile_for_training(self) -> None:
-        """Runs the layer through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation and
-        no-grad calls stay eager (no recompilation for them). Fuses the many small elementwise and normalisation
-        kernels of the layer; same function, float-rounding-level differences."""
+    @staticmethod
+    def _compiled():
         global _compiled_forward
         if _compiled_forward is None:
             # One compiled function for all layers (the layer is an argument): a copied layer (e.g. an EMA branch)
@@ -154,6 +153,24 @@ class AttentionLayer(nn.Module):
             limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
             _compiled_forward = torch.compile(AttentionLayer._forward, dynamic=True)
+        return _compiled_forward
+
+    def compile_for_inference(self) -> None:
+        """Runs no-grad calls (evaluation, prediction) through ``torch.compile`` (dynamic shapes): the same fused
+        kernels as compile_for_training, for val.py / test.py --compile."""
+        self._compiled()
+        self.compiled_inference = True
+
+    def _use_compiled(self) -> bool:
+        if torch.is_grad_enabled():
+            return self.compiled_training and self.training
+        return self.compiled_inference
+
+    def compile_for_training(self) -> None:
+        """Runs the layer through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation and
+        no-grad calls stay eager (no recompilation for them). Fuses the many small elementwise and normalisation
+        kernels of the layer; same function, float-rounding-level differences."""
+        self._compiled()
         self.compiled_training = True
 
     def forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
@@ -168,7 +185,7 @@ class AttentionLayer(nn.Module):
         ``edge_keys_values(x_src, r, edge_index)`` for these very inputs, for callers that attend with new queries
         over unchanged sources and edges (x_src and r are then not read again).
         """
-        if self.compiled_training and self.training and torch.is_grad_enabled():
+        if self._use_compiled():
             return _compiled_forward(self, x, r, edge_index, source_kv, r_normalized)
         return self._forward(x, r, edge_index, source_kv, r_normalized)
 

@@ -104,23 +104,40 @@ class FourierEmbedding(nn.Module):
         )
         self.recompute = False  # memory option, see forward()
         self.compiled_training = False  # see compile_for_training()
+        self.compiled_inference = False  # see compile_for_inference()
         self.apply(weight_init)
 
-    def compile_for_training(self) -> None:
-        """Runs the embedding through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation
-        and no-grad calls stay eager. Inductor fuses the Fourier features, the per-scalar LayerNorm + ReLU, the sum
-        and the output norm into a few kernels around the matmuls (eager: ~10 elementwise/norm kernels per scalar,
-        each a full pass over [N, hidden]) and chooses what to recompute in the backward pass itself."""
+    @staticmethod
+    def _compiled():
         global _compiled_embed
-        if self.recompute:
-            raise ValueError('FourierEmbedding: compile_for_training and recompute are exclusive (compiled '
-                             'training already recomputes the cheap activations)')
         if _compiled_embed is None:
             import torch._dynamo
             limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
             # One compiled function for all embeddings (the module is an argument), as for the attention layers.
             _compiled_embed = torch.compile(FourierEmbedding._embed, dynamic=True)
+        return _compiled_embed
+
+    def compile_for_inference(self) -> None:
+        """Runs no-grad calls (evaluation, prediction) through ``torch.compile``, for val.py / test.py
+        --compile."""
+        self._compiled()
+        self.compiled_inference = True
+
+    def _use_compiled(self) -> bool:
+        if torch.is_grad_enabled():
+            return self.compiled_training and self.training
+        return self.compiled_inference
+
+    def compile_for_training(self) -> None:
+        """Runs the embedding through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation
+        and no-grad calls stay eager. Inductor fuses the Fourier features, the per-scalar LayerNorm + ReLU, the sum
+        and the output norm into a few kernels around the matmuls (eager: ~10 elementwise/norm kernels per scalar,
+        each a full pass over [N, hidden]) and chooses what to recompute in the backward pass itself."""
+        if self.recompute:
+            raise ValueError('FourierEmbedding: compile_for_training and recompute are exclusive (compiled '
+                             'training already recomputes the cheap activations)')
+        self._compiled()
         self.compiled_training = True
 
     def _continuous(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -174,7 +191,7 @@ class FourierEmbedding(nn.Module):
         and recomputes the embedding there (torch.utils.checkpoint): the Fourier features and per-scalar MLP
         activations are ~input_dim x 450 floats per row, the largest activations of QCNet's edge embeddings.
         """
-        if self.compiled_training and self.training and torch.is_grad_enabled():
+        if self._use_compiled():
             return _compiled_embed(self, continuous_inputs, categorical_embs)
         if self.recompute and torch.is_grad_enabled() and continuous_inputs is not None:
             return torch.utils.checkpoint.checkpoint(self._embed, continuous_inputs, categorical_embs,

@@ -138,6 +138,13 @@ class QCNet(TrajectoryPredictor):
         self.decoder.compile_gru = compile_gru
         self.init_objectives()  # losses, metrics, submission store (predictors.trajectory_predictor)
 
+    def compile_for_inference(self) -> None:
+        """val.py / test.py --compile: no-grad forward passes run the attention layers and Fourier embeddings through
+        torch.compile (fused kernels; the first batches compile for a minute or two)."""
+        for module in self.modules():
+            if isinstance(module, (AttentionLayer, FourierEmbedding)):
+                module.compile_for_inference()
+
     def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
         """Every data-dependent edge set of the model (encoder's and decoder's, by name; see each module's
         ``build_graph``): the part of a forward pass whose sizes depend on the data."""

@@ -181,3 +181,23 @@ def test_compiled_training_path_matches_eager_and_survives_deepcopy():
     with torch.no_grad():
         torch.testing.assert_close(layer.eval()((x_src, x_dst), r, edge_index), twin.eval()((x_src, x_dst), r,
                                                                                           edge_index))
+
+
+@pytest.mark.slow
+def test_compiled_inference_path_matches_eager_and_leaves_training_eager():
+    """compile_for_inference(): no-grad calls give the eager values; calls with gradients stay on the eager path."""
+    import copy
+    layer = make_layer(bipartite=True).float().eval()
+    twin = copy.deepcopy(layer)
+    layer.compile_for_inference()
+    assert layer.compiled_inference and not layer.compiled_training
+    gen = torch.Generator().manual_seed(8)
+    for num_edges in (50, 71):
+        x_src = torch.randn(20, HIDDEN, generator=gen)
+        x_dst = torch.randn(6, HIDDEN, generator=gen)
+        r = torch.randn(num_edges, HIDDEN, generator=gen)
+        edge_index = random_graph(20, 6, num_edges)
+        with torch.no_grad():
+            torch.testing.assert_close(layer((x_src, x_dst), r, edge_index), twin((x_src, x_dst), r, edge_index),
+                                       rtol=1e-5, atol=1e-5)
+    assert layer._use_compiled() is False  # gradients enabled here: eager

@@ -187,6 +187,23 @@ def test_val_and_test_build_graphs_in_workers(trained_run, dataset_root, tmp_pat
             load_script(script).main(flags + ['--num_workers', '0', '--build_graph_in_workers'])
 
 
+def test_val_and_test_compile_flag_compiles_the_model_for_inference(trained_run, dataset_root, tmp_path,
+                                                                   monkeypatch):
+    """--compile calls QCNet.compile_for_inference (recorded here instead of compiling: compiling the model takes
+    minutes on a CPU; the compiled layers are checked against eager ones in the layer tests)."""
+    from predictors import QCNet
+    run_dir, _, _ = trained_run
+    calls = []
+    monkeypatch.setattr(QCNet, 'compile_for_inference', lambda self: calls.append(type(self).__name__))
+    checkpoint = str(run_dir / 'checkpoints' / 'last.ckpt')
+    table = load_script('val').main(['--root', str(dataset_root), '--ckpt_path', checkpoint, '--num_workers', '0',
+                                     '--accelerator', 'cpu', '--compile'])
+    assert calls == ['QCNet'] and math.isfinite(table['minFDE'])
+    load_script('test').main(['--root', str(dataset_root), '--ckpt_path', checkpoint, '--num_workers', '0',
+                              '--accelerator', 'cpu', '--compile', '--submission_dir', str(tmp_path)])
+    assert calls == ['QCNet', 'QCNet']
+
+
 def test_test_writes_a_complete_submission_in_the_world_frame(trained_run, dataset_root, tmp_path, capsys):
     run_dir, _, _ = trained_run
     path = load_script('test').main(['--root', str(dataset_root), '--ckpt_path', str(run_dir / 'checkpoints' /
