@@ -43,6 +43,11 @@ def parse_args(argv=None):
     parser.add_argument('--accelerator', type=str, default='gpu')
     parser.add_argument('--num_workers', type=int, default=8)
     parser.add_argument('--hidden_dim', type=int, default=AV2_CONFIG['hidden_dim'])
+    parser.add_argument('--compile', action='store_true',
+                        help='the --cuda_graphs run also with --compile_attention --compile_embeddings --compile_gru '
+                             '(the first steps compile for minutes)')
+    parser.add_argument('--build_graph_in_workers', action='store_true',
+                        help="both runs: the loader workers build each batch's edge lists (train.py flag)")
     parser.add_argument('--skip_eager_training', action='store_true',
                         help='train only with --cuda_graphs (the validation comparison still runs both ways)')
     parser.add_argument('--report', type=str, default=None, help='write the results as JSON here')
@@ -96,9 +101,11 @@ class StepTimer:
 
 def datamodule(args, dirs):
     from datasets import ArgoverseV2DataModule
+    from predictors import QCNet
     from transforms import TargetBuilder
     target = TargetBuilder(AV2_CONFIG['num_historical_steps'], AV2_CONFIG['num_future_steps'])
-    return ArgoverseV2DataModule(root=args.work_dir, train_batch_size=args.batch_size,
+    builder = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim)) if args.build_graph_in_workers else None
+    return ArgoverseV2DataModule(root=args.work_dir, train_batch_size=args.batch_size, graph_builder=builder,
                                  val_batch_size=args.batch_size, test_batch_size=args.batch_size,
                                  shuffle=True, num_workers=args.num_workers, pin_memory=True,
                                  persistent_workers=args.num_workers > 0, train_transform=target,
@@ -109,7 +116,9 @@ def train(args, dirs, cuda_graphs: bool):
     import pytorch_lightning as pl
     from predictors import QCNet
     pl.seed_everything(0, workers=True)
-    model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim, cuda_graphs=cuda_graphs))
+    compiled = args.compile and cuda_graphs
+    model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim, cuda_graphs=cuda_graphs, compile_attention=compiled,
+                         compile_embeddings=compiled, compile_gru=compiled))
     timer = StepTimer()
     trainer = pl.Trainer(accelerator=args.accelerator, devices=1, max_epochs=args.epochs, precision=args.precision,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -118,7 +127,8 @@ def train(args, dirs, cuda_graphs: bool):
     trainer.fit(model, datamodule(args, dirs))
     wall = time.perf_counter() - start
     later = [t for epoch in timer.epochs[1:] for t in epoch] or timer.epochs[0]
-    row = {'cuda_graphs': cuda_graphs, 'steps': sum(len(e) for e in timer.epochs), 'fit_wall_s': wall,
+    row = {'cuda_graphs': cuda_graphs, 'compiled': compiled, 'graphs_in_workers': args.build_graph_in_workers,
+           'steps': sum(len(e) for e in timer.epochs), 'fit_wall_s': wall,
            'first_epoch_s': sum(timer.epochs[0]), 'median_step_s': statistics.median(later),
            'mean_step_s': statistics.mean(later), 'scenarios_per_s': args.batch_size / statistics.mean(later)}
     if cuda_graphs:
@@ -149,6 +159,8 @@ def validate(args, dirs, model, cuda_graphs: bool):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.build_graph_in_workers and args.num_workers < 1:
+        raise SystemExit('cuda_graphs_training: --build_graph_in_workers needs --num_workers >= 1')
     import warnings
     warnings.filterwarnings('ignore')
     dirs = prepare_data(args)

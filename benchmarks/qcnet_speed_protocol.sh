@@ -9,8 +9,8 @@
 # BUDGET_SECONDS (default 570) bounds the whole run. The first compiled configuration fills the inductor cache
 # (TORCHINDUCTOR_CACHE_DIR, default /tmp/qcnet_speed_protocol_inductor), so the later compiled ones compile in a fraction of its
 # time. CONFIG names pick configurations (default: all, in this order): official compiled_fp32 compiled_fp32_prebuilt
-# compiled_fp32_prebuilt_budget compiled_bf16_prebuilt compiled_infer. Results go into docs/BENCHMARKS.md with the
-# date and the card.
+# compiled_fp32_prebuilt_budget compiled_bf16_prebuilt compiled_infer lightning. Results go into docs/BENCHMARKS.md
+# with the date and the card.
 set -u
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
@@ -25,14 +25,14 @@ OFFICIAL=$2
 OUT=$3
 BUDGET=${4:-570}
 shift $(($# < 4 ? $# : 4))
-CONFIGS=" ${*:-official compiled_fp32 compiled_fp32_prebuilt compiled_fp32_prebuilt_budget compiled_bf16_prebuilt compiled_infer} "
+CONFIGS=" ${*:-official compiled_fp32 compiled_fp32_prebuilt compiled_fp32_prebuilt_budget compiled_bf16_prebuilt compiled_infer lightning} "
 mkdir -p "$OUT"
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/qcnet_speed_protocol_inductor}
 BENCH="python benchmarks/bench_qcnet_step.py --device cuda --scenes_file $SCENES --mode train --steps 20"
 COMPILED="--tf32 --cuda_graphs --compile_attention --compile_embeddings --compile_gru"
 
-# name | seconds at most | flags
-run() {
+# name | seconds at most | command (its --report goes to OUT/<name>.json)
+run_command() {
     local name=$1 limit=$2
     shift 2
     case "$CONFIGS" in *" $name "*) ;; *) return ;; esac
@@ -43,9 +43,16 @@ run() {
     fi
     [ "$limit" -gt "$left" ] && limit=$left
     echo "[$name] at most ${limit}s: $*"
-    timeout "$limit" $BENCH "$@" --report "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+    timeout "$limit" "$@" --report "$OUT/$name.json" > "$OUT/$name.log" 2>&1
     echo "[$name] exit $?"
-    grep -E '^batch|Error' "$OUT/$name.log"
+    grep -E '^batch|^training step|Error' "$OUT/$name.log"
+}
+
+# name | seconds at most | flags of bench_qcnet_step.py
+run() {
+    local name=$1 limit=$2
+    shift 2
+    run_command "$name" "$limit" $BENCH "$@"
 }
 
 run official 120 --impl official --official_repo "$OFFICIAL" --batch_sizes 32 4 --precision fp32 --mode train infer
@@ -54,4 +61,7 @@ run compiled_fp32_prebuilt 120 $COMPILED --prebuilt_graph --batch_sizes 32 4 --p
 run compiled_fp32_prebuilt_budget 240 $COMPILED --prebuilt_graph --compile_memory_budget 0.5 --batch_sizes 32 4 --precision fp32
 run compiled_bf16_prebuilt 240 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision bf16-mixed
 run compiled_infer 180 --mode infer --tf32 --cuda_graphs --compile_inference --prebuilt_graph --batch_sizes 32 4 --precision fp32
+# The real loop: Lightning, loader workers building the graphs, varying batch sizes (synthetic AV2 scenes, needs av2).
+run_command lightning 420 python benchmarks/cuda_graphs_training.py --work_dir /tmp/qcnet_speed_protocol_data \
+    --num_train 640 --num_val 192 --batch_size 32 --epochs 2 --skip_eager_training --compile --build_graph_in_workers
 echo "total ${SECONDS}s"
