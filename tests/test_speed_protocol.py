@@ -27,3 +27,23 @@ def test_step_benchmark_passes_the_speed_options_to_the_model():
         from benchmarks.bench_qcnet_step import main
         main(['--impl', 'official', '--official_repo', '/nonexistent', '--prebuilt_graph', '--device', 'cpu',
               '--scenes_file', '/nonexistent'])
+
+
+@pytest.mark.slow
+def test_lightning_loop_benchmark_runs_on_cpu_with_graphs_built_in_workers(tmp_path):
+    """cuda_graphs_training.py (the protocol's 'lightning' configuration) on a few synthetic AV2 scenes on the CPU:
+    the padded step trains through Lightning with the loader workers building the graphs, and its validation gives
+    the eager metrics."""
+    import json
+    sys.path.insert(0, ROOT)
+    from benchmarks.cuda_graphs_training import main
+    report = tmp_path / 'report.json'
+    assert main(['--work_dir', str(tmp_path / 'data'), '--num_train', '4', '--num_val', '2', '--batch_size', '2',
+                 '--epochs', '1', '--hidden_dim', '16', '--profile', 'demo', '--accelerator', 'cpu',
+                 '--num_workers', '1', '--build_graph_in_workers', '--skip_eager_training',
+                 '--report', str(report)]) == 0
+    written = json.loads(report.read_text())
+    assert written['train_cuda_graphs']['graphs_in_workers'] and written['train_cuda_graphs']['steps'] == 2
+    assert written['val_metrics_worst_relative_difference'] < 1e-5
+    with pytest.raises(SystemExit, match='needs --num_workers >= 1'):
+        main(['--work_dir', str(tmp_path / 'data'), '--num_workers', '0', '--build_graph_in_workers'])
