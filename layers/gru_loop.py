@@ -26,11 +26,14 @@ def gru_final_state_loop(inputs: torch.Tensor, h0: torch.Tensor, weight_ih: torc
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
     """
     hidden = h0.size(-1)
-    input_gates = linear(inputs, weight_ih, bias_ih)  # [T, N, 3H]: every step's input part in one matmul
-    h = h0
+    # Gates and state in float32 also under autocast (the matmuls may run in bf16): the state is carried through
+    # 60 steps and would otherwise be rounded to bf16 at every one.
+    state_dtype = torch.promote_types(h0.dtype, torch.float32)
+    input_gates = linear(inputs, weight_ih, bias_ih).to(state_dtype)  # [T, N, 3H]: all steps' input parts at once
+    h = h0.to(state_dtype)
     for step in range(inputs.size(0)):
         gates_x = input_gates[step]
-        gates_h = F.linear(h, weight_hh, bias_hh)
+        gates_h = F.linear(h, weight_hh, bias_hh).to(state_dtype)
         r = torch.sigmoid(gates_x[:, :hidden] + gates_h[:, :hidden])
         z = torch.sigmoid(gates_x[:, hidden:2 * hidden] + gates_h[:, hidden:2 * hidden])
         n = torch.tanh(gates_x[:, 2 * hidden:] + r * gates_h[:, 2 * hidden:])

@@ -55,3 +55,14 @@ def test_compiled_loop_equals_nn_gru():
         for got, want in zip(torch.autograd.grad(ours.square().sum(), params),
                              torch.autograd.grad(ref.square().sum(), params)):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_loop_under_bf16_autocast_keeps_a_float32_state_close_to_the_float32_result():
+    gru = make_gru(size=16, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(9)
+    inputs, h0 = torch.randn(60, 5, 16, generator=gen), torch.randn(5, 16, generator=gen)
+    full = gru_final_state_loop(inputs, h0, *loop_args(gru))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mixed = gru_final_state_loop(inputs, h0, *loop_args(gru))
+    assert mixed.dtype == torch.float32
+    assert float((mixed - full).abs().max()) < 5e-2
