@@ -30,8 +30,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     rows = x.numel() // x.size(-1) if x.size(-1) > 0 else 0
     out_shape = x.shape[:-1] + (weight.size(0),)
     if not split_rows(rows):
-        y = F.linear(x, weight, bias)
-        return y if residual is None else residual + y
+        if residual is None:
+            return F.linear(x, weight, bias)
+        # addmm, not residual + linear: under autocast the sum stays in the matmul's dtype on both paths.
+        base = residual.reshape(-1, weight.size(0))
+        if bias is not None:
+            base = base + bias
+        return torch.addmm(base, x.reshape(-1, x.size(-1)), weight.t()).view(out_shape)
     chunks = x.reshape(SPLIT_CHUNKS, rows // SPLIT_CHUNKS, x.size(-1))
     w = weight.t().unsqueeze(0).expand(SPLIT_CHUNKS, -1, -1)
     if residual is not None:

@@ -53,3 +53,13 @@ def test_batched_linear_and_its_weight_gradient(rows):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     grad = torch.randn(3, rows, 9, dtype=torch.float64, generator=gen)
     torch.testing.assert_close(split_k_weight_grad(x.detach(), grad), torch.bmm(x.detach().transpose(1, 2), grad))
+
+
+@pytest.mark.parametrize('rows', [MIN_ROWS, 64])
+def test_residual_form_keeps_the_matmul_dtype_under_autocast_on_both_paths(rows):
+    x, weight = torch.randn(rows, 16), torch.randn(8, 16)
+    residual = torch.randn(rows, 8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = linear(x, weight, residual=residual)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), residual + x @ weight.t(), rtol=5e-2, atol=2e-1)
