@@ -6,15 +6,13 @@ H200 (its backward element-wise kernel alone 11 ms; BENCHMARKS §2d). Written as
 into one small matmul and one fused gate kernel per step, which the CUDA graph replays without launch cost.
 Same function as ``torch.nn.GRU`` (PyTorch's gate order r, z, n and its n-gate formula), same parameters.
 """
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from layers.split_k_linear import linear
 
-# torch.compile'd gru_final_state_loop, created by the first compile_gru() call.
+# torch.compile'd gru_final_state_loop, created by the first gru_final_state(..., compiled=True) call.
 _compiled_loop = None
 
 
