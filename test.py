@@ -19,6 +19,8 @@ from torch_geometric.loader import DataLoader
 from datasets import DATA_INPUT_ERRORS, ArgoverseV2Dataset
 from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from utils.cli import CliError, ensure_output_dir, evaluation_strategy, input_errors, positive_int, run_main, str2bool
+from utils.evaluation_options import add_evaluation_speed_args, prepare_model_for_evaluation
+from utils.prebuilt_graph import GraphBuildingCollate
 from utils.submission import check_coverage
 
 
@@ -38,15 +40,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
-    parser.add_argument('--compile', action='store_true',
-                        help='QCNet: torch.compile the attention layers and embeddings for the forward passes '
-                             '(fused kernels; the first batches compile for a minute or two)')
-    parser.add_argument('--build_graph_in_workers', action='store_true',
-                        help="QCNet: build each batch's edge lists in the --num_workers loader processes instead of "
-                             'inside the forward pass (same edges; docs/PERFORMANCE.md)')
-    parser.add_argument('--cuda_graphs', action='store_true',
-                        help='QCNet on one GPU per process: replay each forward pass as a CUDA graph over a batch '
-                             'padded to fixed sizes (same outputs, faster; docs/PERFORMANCE.md)')
+    add_evaluation_speed_args(parser)
     parser.add_argument('--ckpt_path', type=str, required=True)
     parser.add_argument('--submission_dir', type=str, default='./')
     parser.add_argument('--submission_file_name', type=str, default='submission', help='file name without .parquet')
@@ -83,12 +77,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
-    if args.cuda_graphs:
-        from utils.static_graph import enable_for_evaluation
-        with input_errors(ValueError):
-            enable_for_evaluation(model, args.accelerator)
-    elif getattr(model, 'cuda_graphs', False):
-        model.cuda_graphs = False  # trained with --cuda_graphs (a saved hyper-parameter): evaluate as asked, eagerly
+    graph_builder = prepare_model_for_evaluation(model, args)  # flag errors before any data is processed
     model.submission_dir = args.submission_dir
     model.submission_file_name = args.submission_file_name
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'
@@ -108,14 +97,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
         raise CliError(f'{dataset.raw_dir}: test split: {error}{hint}')
     loader = DataLoader(dataset, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
-    if args.compile:
-        if not hasattr(model, 'compile_for_inference'):
-            raise CliError(f'--compile: {type(model).__name__} has no compiled path (QCNet only)')
-        model.compile_for_inference()
-    if args.build_graph_in_workers:
-        from utils.prebuilt_graph import build_graphs_in_workers
-        with input_errors(ValueError):
-            build_graphs_in_workers(loader, model, args.num_workers)
+    if graph_builder is not None:
+        loader.collate_fn = GraphBuildingCollate(loader.collate_fn, graph_builder)
     trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices,
                          strategy=evaluation_strategy(args.devices), precision=args.precision, logger=False,
                          callbacks=[SubmissionCoverageCheck(expected, hint)])

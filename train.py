@@ -21,12 +21,14 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
+from predictors.qcnet import check_speed_options
 from predictors.registry import model_class, model_names, resolve_model_name
 from transforms import TargetBuilder
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
 from utils.checkpoint import CheckpointError
 from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
                        training_strategy)
+from utils.prebuilt_graph import graph_builder_for
 from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
 
 MONITOR = 'val_minFDE'
@@ -188,13 +190,10 @@ def check_cuda_graphs(args: Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     args = parse_args(argv)
-    if getattr(args, 'compile_embeddings', False) and getattr(args, 'recompute_embeddings', False):
-        raise CliError('--compile_embeddings and --recompute_embeddings exclude each other (the compiled embeddings '
-                       'already recompute their cheap activations): pass one of them')
+    with input_errors(ValueError):
+        check_speed_options(**{k: getattr(args, k) for k in ('compile_embeddings', 'recompute_embeddings',
+                                                           'compile_memory_budget') if hasattr(args, k)})
     check_cuda_graphs(args)
-    if args.build_graph_in_workers and args.num_workers < 1:
-        raise CliError('--build_graph_in_workers: needs --num_workers >= 1 (with 0 the graphs would be built in the '
-                       'training process, serially, on the CPU)')
     pl.seed_everything(args.seed, workers=True)
 
     run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
@@ -203,6 +202,10 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
         resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
 
     model = model_class(args.model)(**vars(args))
+    graph_builder = None
+    if args.build_graph_in_workers:
+        with input_errors(ValueError):
+            graph_builder = graph_builder_for(model, args.num_workers)
     if resume_path is not None:
         with input_errors(CheckpointError):
             check_resume_checkpoint(resume_path, model)
@@ -222,12 +225,6 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
         print(f'--freeze_encoder 1: {frozen:,} encoder parameters frozen, '
               f'{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained')
 
-    graph_builder = None
-    if args.build_graph_in_workers:
-        if not hasattr(model, 'build_graph'):
-            raise CliError(f'--build_graph_in_workers: {args.model} has no separate graph construction (QCNet only)')
-        # A CPU twin with the same hyperparameters: build_graph reads only those, never the weights.
-        graph_builder = model_class(args.model)(**vars(args)).eval()
     datamodule = ArgoverseV2DataModule(
         graph_builder=graph_builder,
         **{**vars(args),

@@ -19,6 +19,8 @@ from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from transforms import TargetBuilder
 from utils.cli import (CliError, ensure_output_dir, evaluation_strategy, input_errors, int_or_float, positive_int,
                        run_main, str2bool)
+from utils.evaluation_options import add_evaluation_speed_args, prepare_model_for_evaluation
+from utils.prebuilt_graph import GraphBuildingCollate
 
 # (table name, logged key); brier-minFDE is derived: minFDE + Brier are averaged over the same agents and best mode.
 TABLE = (('minADE', 'val_minADE'), ('minFDE', 'val_minFDE'), ('MR', 'val_MR'), ('Brier', 'val_Brier'),
@@ -40,15 +42,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
-    parser.add_argument('--compile', action='store_true',
-                        help='QCNet: torch.compile the attention layers and embeddings for the forward passes '
-                             '(fused kernels; the first batches compile for a minute or two)')
-    parser.add_argument('--build_graph_in_workers', action='store_true',
-                        help="QCNet: build each batch's edge lists in the --num_workers loader processes instead of "
-                             'inside the forward pass (same edges; docs/PERFORMANCE.md)')
-    parser.add_argument('--cuda_graphs', action='store_true',
-                        help='QCNet on one GPU per process: replay each forward pass as a CUDA graph over a batch '
-                             'padded to fixed sizes (same outputs, faster; docs/PERFORMANCE.md)')
+    add_evaluation_speed_args(parser)
     parser.add_argument('--limit_val_batches', type=int_or_float, default=1.0,
                         help='batches (int) or fraction (float) of the split to evaluate (debugging)')
     parser.add_argument('--ckpt_path', type=str, required=True)
@@ -85,12 +79,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
-    if args.cuda_graphs:
-        from utils.static_graph import enable_for_evaluation
-        with input_errors(ValueError):
-            enable_for_evaluation(model, args.accelerator)
-    elif getattr(model, 'cuda_graphs', False):
-        model.cuda_graphs = False  # trained with --cuda_graphs (a saved hyper-parameter): evaluate as asked, eagerly
+    graph_builder = prepare_model_for_evaluation(model, args)  # flag errors before any data is processed
     # Only the val split is built (a datamodule would also process any unprocessed train/test data).
     with input_errors(*DATA_INPUT_ERRORS):
         dataset = ArgoverseV2Dataset(args.root, 'val', args.val_raw_dir, args.val_processed_dir,
@@ -99,14 +88,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                                      num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
     loader = DataLoader(dataset, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
-    if args.compile:
-        if not hasattr(model, 'compile_for_inference'):
-            raise CliError(f'--compile: {type(model).__name__} has no compiled path (QCNet only)')
-        model.compile_for_inference()
-    if args.build_graph_in_workers:
-        from utils.prebuilt_graph import build_graphs_in_workers
-        with input_errors(ValueError):
-            build_graphs_in_workers(loader, model, args.num_workers)
+    if graph_builder is not None:
+        loader.collate_fn = GraphBuildingCollate(loader.collate_fn, graph_builder)
     if args.devices > 1:
         print(f'note: {args.devices} devices: the distributed sampler repeats up to {args.devices - 1} scenarios to '
               f'even out the ranks, so the metrics can differ slightly from a one-device run', flush=True)

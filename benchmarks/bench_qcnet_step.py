@@ -266,8 +266,8 @@ def main(argv=None) -> int:
         batch = Batch.from_data_list(data_list)
         graph_build_s = None
         if args.prebuilt_graph:
-            from utils.prebuilt_graph import GRAPH_ATTRIBUTE
-            builder = build_model(args).eval()  # CPU twin: build_graph reads only hyperparameters
+            from utils.prebuilt_graph import GRAPH_ATTRIBUTE, graph_builder_for
+            builder = graph_builder_for(model, num_workers=1)  # the CPU copy a loader worker would hold
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # as in a loader worker
             with torch.no_grad():

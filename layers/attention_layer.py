@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from layers.compile_switch import CompileSwitch, compile_shared
 from layers.split_k_linear import linear
 from utils.weight_init import weight_init
 
@@ -72,7 +73,7 @@ class _SumByIndex(torch.autograd.Function):
         return grad.index_select(0, index), None, None
 
 
-class AttentionLayer(nn.Module):
+class AttentionLayer(CompileSwitch, nn.Module):
     """Multi-head attention of target nodes over their in-edges, with edge (relative-position) embeddings.
 
     For an edge j -> i with embedding r_ji: key = W_k x_j + W_kr r_ji, value = W_v x_j + W_vr r_ji, query = W_q x_i.
@@ -137,8 +138,6 @@ class AttentionLayer(nn.Module):
         self.ff_postnorm = nn.LayerNorm(hidden_dim)
         # Zero bias of the key projections (to_k / to_k_r have none) in the concatenated bias vectors; not saved.
         self.register_buffer('_zero_bias', torch.zeros(inner_dim), persistent=False)
-        self.compiled_training = False  # see compile_for_training()
-        self.compiled_inference = False  # see compile_for_inference()
         self.apply(weight_init)
 
     @staticmethod
@@ -147,12 +146,7 @@ class AttentionLayer(nn.Module):
         if _compiled_forward is None:
             # One compiled function for all layers (the layer is an argument): a copied layer (e.g. an EMA branch)
             # keeps working on its own weights, and the layer variants share one cache.
-            # Each layer variant (self/bipartite, with/without edges, K queries) and each layer instance compiles
-            # once; QCNet has more of them than dynamo's default limit of 8, past which it silently runs eager.
-            import torch._dynamo
-            limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
-            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
-            _compiled_forward = torch.compile(AttentionLayer._forward, dynamic=True)
+            _compiled_forward = compile_shared(AttentionLayer._forward)
         return _compiled_forward
 
     def compile_for_inference(self) -> None:
@@ -160,11 +154,6 @@ class AttentionLayer(nn.Module):
         kernels as compile_for_training, for val.py / test.py --compile."""
         self._compiled()
         self.compiled_inference = True
-
-    def _use_compiled(self) -> bool:
-        if torch.is_grad_enabled():
-            return self.compiled_training and self.training
-        return self.compiled_inference
 
     def compile_for_training(self) -> None:
         """Runs the layer through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation and

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from layers.compile_switch import CompileSwitch, compile_shared
 from layers.split_k_linear import batched_linear, linear, split_k_weight_grad
 from utils.weight_init import weight_init
 
@@ -74,7 +75,7 @@ class _FourierFirstLayer(torch.autograd.Function):
         return grad_scalars, grad_freqs, grad_w1, grad_b1
 
 
-class FourierEmbedding(nn.Module):
+class FourierEmbedding(CompileSwitch, nn.Module):
     """Embeds ``input_dim`` continuous scalars per row into one ``hidden_dim`` vector.
 
     Each scalar ``s_i`` becomes ``[cos(2*pi*f_i*s_i), sin(2*pi*f_i*s_i), s_i]`` with learnable frequencies
@@ -103,19 +104,14 @@ class FourierEmbedding(nn.Module):
             nn.Linear(hidden_dim, hidden_dim),
         )
         self.recompute = False  # memory option, see forward()
-        self.compiled_training = False  # see compile_for_training()
-        self.compiled_inference = False  # see compile_for_inference()
         self.apply(weight_init)
 
     @staticmethod
     def _compiled():
         global _compiled_embed
         if _compiled_embed is None:
-            import torch._dynamo
-            limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
-            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
             # One compiled function for all embeddings (the module is an argument), as for the attention layers.
-            _compiled_embed = torch.compile(FourierEmbedding._embed, dynamic=True)
+            _compiled_embed = compile_shared(FourierEmbedding._embed)
         return _compiled_embed
 
     def compile_for_inference(self) -> None:
@@ -123,11 +119,6 @@ class FourierEmbedding(nn.Module):
         --compile."""
         self._compiled()
         self.compiled_inference = True
-
-    def _use_compiled(self) -> bool:
-        if torch.is_grad_enabled():
-            return self.compiled_training and self.training
-        return self.compiled_inference
 
     def compile_for_training(self) -> None:
         """Runs the embedding through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation
@@ -160,9 +151,13 @@ class FourierEmbedding(nn.Module):
         # unbind (not hidden[i]): one stacking backward instead of a zero-padded copy per scalar.
         normed = torch.cat([mlp[1](h) for h, mlp in zip(hidden.unbind(0), self.mlps)], dim=-1)  # [N, I*H]
         normed = torch.relu_(normed)
-        w2 = torch.cat([mlp[3].weight for mlp in self.mlps], dim=1)  # [H, I*H]
-        b2 = torch.stack([mlp[3].bias for mlp in self.mlps]).sum(dim=0)
-        return linear(normed, w2, b2)
+        return linear(normed, *self._second_layers())
+
+    def _second_layers(self):
+        """The I second layers and the sum over scalars as one map: weight [H, I*H], bias [H]."""
+        weight = torch.cat([mlp[3].weight for mlp in self.mlps], dim=1)
+        bias = torch.stack([mlp[3].bias for mlp in self.mlps]).sum(dim=0)
+        return weight, bias
 
     def _continuous_traced(self, inputs: torch.Tensor) -> torch.Tensor:
         """The same function as _continuous in plain tensor operations, for torch.compile: no custom autograd
@@ -179,9 +174,7 @@ class FourierEmbedding(nn.Module):
         beta = torch.stack([n.bias for n in norms]).unsqueeze(1)
         normed = torch.relu(F.layer_norm(hidden, hidden.shape[-1:], eps=norms[0].eps) * gamma + beta)
         normed = normed.permute(1, 0, 2).reshape(inputs.size(0), -1)  # [N, I*H]
-        w2 = torch.cat([mlp[3].weight for mlp in self.mlps], dim=1)  # [H, I*H]
-        b2 = torch.stack([mlp[3].bias for mlp in self.mlps]).sum(dim=0)
-        return linear(normed, w2, b2)
+        return linear(normed, *self._second_layers())
 
     def forward(self, continuous_inputs: Optional[torch.Tensor] = None,
                 categorical_embs: Optional[List[torch.Tensor]] = None) -> torch.Tensor:

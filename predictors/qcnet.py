@@ -14,6 +14,16 @@ from utils.cli import unit_fraction
 from utils.prebuilt_graph import prebuilt_graph
 
 
+def check_speed_options(compile_embeddings: bool = False, recompute_embeddings: bool = False,
+                        compile_memory_budget: float = 1.0) -> None:
+    """ValueError for contradicting speed options (train.py checks them before anything else runs)."""
+    if not 0.0 < compile_memory_budget <= 1.0:
+        raise ValueError(f'QCNet: compile_memory_budget must be in (0, 1], got {compile_memory_budget}')
+    if compile_embeddings and recompute_embeddings:
+        raise ValueError('QCNet: --compile_embeddings and --recompute_embeddings exclude each other (the compiled '
+                         'embeddings already recompute their cheap activations); pass one of them')
+
+
 class QCNet(TrajectoryPredictor):
     """QCNet (Zhou et al., CVPR 2023). Constructor arguments and hyper-parameter names are the official ones, so
     official checkpoints load with ``QCNet.load_from_checkpoint(path)``; extra keyword arguments (e.g. the training
@@ -117,16 +127,12 @@ class QCNet(TrajectoryPredictor):
             pl2m_radius=pl2m_radius, a2m_radius=a2m_radius, num_freq_bands=num_freq_bands,
             num_layers=num_dec_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
 
-        if not 0.0 < compile_memory_budget <= 1.0:
-            raise ValueError(f'QCNet: compile_memory_budget must be in (0, 1], got {compile_memory_budget}')
+        check_speed_options(compile_embeddings, recompute_embeddings, compile_memory_budget)
         if compile_memory_budget < 1.0 and (compile_attention or compile_embeddings or compile_gru):
             # Process-wide setting of the compiled backward's partitioner: below 1 it recomputes more of the
             # forward in the backward pass to keep the saved activations within that fraction.
             import torch._functorch.config
             torch._functorch.config.activation_memory_budget = compile_memory_budget
-        if compile_embeddings and recompute_embeddings:
-            raise ValueError('QCNet: --compile_embeddings and --recompute_embeddings exclude each other (the compiled '
-                             'embeddings already recompute their cheap activations); pass one of them')
         for module in self.modules():
             if compile_attention and isinstance(module, AttentionLayer):
                 module.compile_for_training()

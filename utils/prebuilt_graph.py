@@ -40,9 +40,11 @@ class GraphBuildingCollate:
         return batch
 
 
-def build_graphs_in_workers(loader, model: torch.nn.Module, num_workers: int) -> None:
-    """--build_graph_in_workers of val.py / test.py: ``loader``'s workers build each batch's graph with a CPU copy of
-    ``model``. ValueError (a one-line flag error) without workers or for a model without graph construction."""
+
+def graph_builder_for(model: torch.nn.Module, num_workers: int) -> torch.nn.Module:
+    """--build_graph_in_workers: the CPU copy of ``model`` whose build_graph the loader workers run (its weights are
+    never read). ValueError (a one-line flag error) without workers or for a model without graph construction; the
+    scripts call it before any data is processed."""
     if num_workers < 1:
         raise ValueError('--build_graph_in_workers: needs --num_workers >= 1 (with 0 the graphs would be built in '
                          'the main process, serially, on the CPU)')
@@ -50,5 +52,4 @@ def build_graphs_in_workers(loader, model: torch.nn.Module, num_workers: int) ->
         raise ValueError(f'--build_graph_in_workers: {type(model).__name__} has no separate graph construction '
                          '(QCNet only)')
     import copy
-    builder = copy.deepcopy(model).cpu().eval()
-    loader.collate_fn = GraphBuildingCollate(loader.collate_fn, builder)
+    return copy.deepcopy(model).cpu().eval()
