@@ -8,8 +8,8 @@ when the difference of the means is no larger than the spread between seeds of o
 
 Examples:
   python benchmarks/precision_check.py --work_dir /tmp/prec                      # CPU, tiny model, demo scenes
-  python benchmarks/precision_check.py --work_dir /tmp/prec --accelerator gpu --size full --profile default \
-      --num_train 1600 --num_val 200 --epochs 8 --batch_size 32
+  python benchmarks/precision_check.py --work_dir /tmp/prec --accelerator gpu --size full --profile demo \
+      --num_train 1024 --num_val 128 --epochs 6 --batch_size 32 --num_workers 8 --report /tmp/prec.json
 """
 import argparse
 import json
@@ -21,6 +21,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from benchmarks.experiment_utils import atomic_write_json  # noqa: E402
 
 MODEL_FLAGS = ['--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
                '--num_recurrent_steps', '3', '--time_span', '10', '--num_t2m_steps', '30', '--num_map_layers', '1']
@@ -43,7 +45,9 @@ def parse_args(argv=None):
     parser.add_argument('--num_val', type=int, default=32)
     parser.add_argument('--epochs', type=int, default=6)
     parser.add_argument('--batch_size', type=int, default=4)
-    parser.add_argument('--lr', type=float, default=2e-3)
+    parser.add_argument('--lr', type=float, default=None,
+                        help='learning rate (default: 2e-3 for --size tiny, the official 5e-4 for --size full: the '
+                             'full model diverged at 2e-3 in a 64-step GPU run)')
     parser.add_argument('--size', choices=sorted(SIZES), default='tiny')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     parser.add_argument('--precisions', nargs='+', default=['32', 'bf16-mixed'], choices=['32', 'bf16-mixed'])
@@ -62,6 +66,8 @@ def run(cmd, log):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.lr is None:
+        args.lr = 2e-3 if args.size == 'tiny' else 5e-4
     py = sys.executable
     raw, data = os.path.join(args.work_dir, 'raw'), os.path.join(args.work_dir, 'data')
     os.makedirs(args.work_dir, exist_ok=True)
@@ -76,8 +82,9 @@ def main(argv=None) -> int:
                   os.path.join(raw, 'val'), '--train_processed_dir', os.path.join(data, 'train', 'processed'),
                   '--val_processed_dir', os.path.join(data, 'val', 'processed'), '--num_workers', str(args.num_workers)]
     rows = []
-    for precision in args.precisions:
-        for seed in args.seeds:
+    # seed-major order: a run cut short by a time limit still has both precisions of its first seeds
+    for seed in args.seeds:
+        for precision in args.precisions:
             name = f'{"fp32" if precision == "32" else "bf16"}_s{seed}'
             log_dir = os.path.join(args.work_dir, 'logs')
             ckpt = os.path.join(log_dir, name, 'checkpoints', 'last.ckpt')
@@ -98,6 +105,8 @@ def main(argv=None) -> int:
                 metrics = json.load(handle)['metrics']
             rows.append({'run': name, 'precision': precision, 'seed': seed, **{m: metrics[m] for m in METRICS}})
             print(f'{name:10s} ' + '  '.join(f'{m} {metrics[m]:.4f}' for m in METRICS), flush=True)
+            if args.report:  # after every run, so a job stopped by its time limit keeps what it measured
+                atomic_write_json(args.report, {'args': vars(args), 'runs': rows})
     summary = {}
     for precision in args.precisions:
         values = [r for r in rows if r['precision'] == precision]
@@ -113,8 +122,7 @@ def main(argv=None) -> int:
                   f'{diff:+.4f}  seed spread {noise:.4f}  -> {"within" if abs(diff) <= noise else "outside"} noise',
                   flush=True)
     if args.report:
-        with open(args.report, 'w') as handle:
-            json.dump({'args': vars(args), 'runs': rows, 'summary': summary}, handle, indent=2)
+        atomic_write_json(args.report, {'args': vars(args), 'runs': rows, 'summary': summary})
     return 0
 
 

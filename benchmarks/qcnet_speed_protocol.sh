@@ -7,13 +7,15 @@
 # SCENES_FILE: scenes saved by `python benchmarks/bench_qcnet_step.py --save_scenes F`; OFFICIAL_REPO: a checkout of
 # the official QCNet code (run, never committed here); OUT_DIR: one JSON report and one log per configuration.
 # BUDGET_SECONDS (default 570) bounds the whole run. The first compiled configuration fills the inductor cache
-# (TORCHINDUCTOR_CACHE_DIR, default /tmp/qcnet_speed_protocol_inductor), so the later compiled ones compile in a fraction of its
-# time. CONFIG names pick configurations (default: all, in this order): official compiled_fp32 compiled_fp32_prebuilt
-# compiled_fp32_prebuilt_budget compiled_bf16_prebuilt compiled_infer lightning. Results go into docs/BENCHMARKS.md
-# with the date and the card.
+# (TORCHINDUCTOR_CACHE_DIR, default /tmp/qcnet_speed_protocol_inductor; ~95 MB, too large to carry between machines), so
+# later compiled ones on the same machine compile in less time; each compiled configuration still needs 2-7 minutes
+# of warm-up on 16 cores (H200, 2026-12-03), so give one or two configurations per 10-minute call. CONFIG names pick
+# configurations (default: all, in this order): official compiled_fp32 compiled_infer compiled_fp32_budget
+# compiled_bf16 lightning. MEMORY_BUDGET (default 0.8) is compiled_fp32_budget's --compile_memory_budget. Results go
+# into docs/BENCHMARKS.md with the date and the card.
 set -u
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 if [ $# -lt 3 ]; then
@@ -25,10 +27,10 @@ OFFICIAL=$2
 OUT=$3
 BUDGET=${4:-570}
 shift $(($# < 4 ? $# : 4))
-CONFIGS=" ${*:-official compiled_fp32 compiled_fp32_prebuilt compiled_fp32_prebuilt_budget compiled_bf16_prebuilt compiled_infer lightning} "
+CONFIGS=" ${*:-official compiled_fp32 compiled_infer compiled_fp32_budget compiled_bf16 lightning} "
 mkdir -p "$OUT"
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/qcnet_speed_protocol_inductor}
-BENCH="python benchmarks/bench_qcnet_step.py --device cuda --scenes_file $SCENES --mode train --steps 20"
+BENCH="python benchmarks/bench_qcnet_step.py --device cuda --scenes_file $SCENES --steps 30"
 COMPILED="--tf32 --cuda_graphs --compile_attention --compile_embeddings --compile_gru"
 
 # name | seconds at most | command (its --report goes to OUT/<name>.json)
@@ -55,12 +57,12 @@ run() {
     run_command "$name" "$limit" $BENCH "$@"
 }
 
-run official 120 --impl official --official_repo "$OFFICIAL" --batch_sizes 32 4 --precision fp32 --mode train infer
-run compiled_fp32 330 $COMPILED --batch_sizes 32 4 --precision fp32 --profile 3
-run compiled_fp32_prebuilt 120 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision fp32
-run compiled_fp32_prebuilt_budget 240 $COMPILED --prebuilt_graph --compile_memory_budget 0.5 --batch_sizes 32 4 --precision fp32
-run compiled_bf16_prebuilt 240 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision bf16-mixed
-run compiled_infer 180 --mode infer --tf32 --cuda_graphs --compile_inference --prebuilt_graph --batch_sizes 32 4 --precision fp32
+run official 110 --impl official --official_repo "$OFFICIAL" --batch_sizes 32 4 --precision fp32 --mode train infer
+run compiled_fp32 480 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision fp32 --mode train --profile 3
+run compiled_infer 300 $COMPILED --compile_inference --prebuilt_graph --batch_sizes 4 32 --precision fp32 --mode infer
+run compiled_fp32_budget 480 $COMPILED --prebuilt_graph --compile_memory_budget "${MEMORY_BUDGET:-0.8}" --batch_sizes 32 \
+    --precision fp32 --mode train
+run compiled_bf16 480 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision bf16-mixed --mode train
 # The real loop: Lightning, loader workers building the graphs, varying batch sizes (synthetic AV2 scenes, needs av2).
 run_command lightning 420 python benchmarks/cuda_graphs_training.py --work_dir /tmp/qcnet_speed_protocol_data \
     --num_train 640 --num_val 192 --batch_size 32 --epochs 2 --skip_eager_training --compile --build_graph_in_workers
