@@ -169,8 +169,8 @@ def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Pat
 
 
 def check_cuda_graphs(args: Namespace) -> None:
-    """--cuda_graphs needs one CUDA device (the replayed backward does not synchronise gradients across
-    processes); anything else is a flag error, not a silent fallback to the eager step."""
+    """--cuda_graphs needs CUDA devices (one per process; QCNet.training_step averages the replayed gradients
+    across processes); anything else is a flag error, not a silent fallback to the eager step."""
     if not getattr(args, 'cuda_graphs', False):
         return
     # Activation checkpointing saves/restores RNG states: not checked inside a CUDA-graph capture, so the
@@ -183,9 +183,6 @@ def check_cuda_graphs(args: Namespace) -> None:
     from utils.static_graph import check_cuda_device
     with input_errors(ValueError, fix='leave --cuda_graphs out'):
         check_cuda_device(args.accelerator)
-    if args.devices * args.num_nodes > 1:
-        raise CliError(f'--cuda_graphs: runs on one GPU, not --devices {args.devices} x --num_nodes '
-                       f'{args.num_nodes} (leave --cuda_graphs out for multi-GPU training)')
 
 
 def main(argv: Optional[List[str]] = None) -> pl.Trainer:

@@ -11,6 +11,7 @@ from modules.qcnet_decoder import QCNetDecoder
 from modules.qcnet_encoder import QCNetEncoder
 from predictors.trajectory_predictor import EVAL_MAX_GUESSES, FOCAL_CATEGORY, TrajectoryPredictor  # noqa: F401
 from utils.cli import unit_fraction
+from utils.gradient_sync import average_gradients
 from utils.prebuilt_graph import prebuilt_graph
 
 
@@ -179,11 +180,11 @@ class QCNet(TrajectoryPredictor):
     def training_step(self, data, batch_idx):
         if self.automatic_optimization:
             return super().training_step(data, batch_idx)
-        if self.trainer.world_size > 1:
-            raise RuntimeError('--cuda_graphs trains on one GPU (the replayed backward does not synchronise '
-                               'gradients across processes); leave it out for multi-GPU training')
         optimizer = self.optimizers()
         losses = self.static_runner('train')(data)  # forward, loss and backward: gradients are in param.grad
+        # The replay bypasses DDP's autograd hooks (Lightning's manual optimisation also turns the reducer off):
+        # average the gradients over the processes here, as DDP would, before clipping and stepping.
+        average_gradients(p for p in self.parameters() if p.requires_grad)
         clip = float(self.hparams.get('gradient_clip_val') or 0.0)
         if clip > 0:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm='norm')
@@ -275,9 +276,9 @@ class QCNet(TrajectoryPredictor):
                                 'keep (below 1: more recomputation, less memory; torch._functorch.config.'
                                 'activation_memory_budget)')
         speed.add_argument('--cuda_graphs', action='store_true',
-                           help='one GPU: replay each training/validation step as a CUDA graph over a batch padded '
-                                'to fixed sizes (same results; the first steps of each size capture it, see '
-                                'docs/PERFORMANCE.md)')
+                           help='replay each training/validation step as a CUDA graph over a batch padded to fixed '
+                                'sizes (same results; the first steps of each size capture it; with several GPUs '
+                                'the gradients are averaged after each replay; see docs/PERFORMANCE.md)')
         speed.add_argument('--recompute_embeddings', action='store_true',
                            help='recompute the Fourier embeddings in the backward pass instead of storing their '
                                 'activations: step memory ~0.55x, ~20%% more compute (CPU measurement)')

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch_geometric.data import HeteroData
 
 from utils.prebuilt_graph import prebuilt_graph
@@ -285,7 +286,11 @@ class StaticGraphRunner:
         for p in params:  # the captured backward allocates the gradients in the graph's pool: they stay put
             p.grad = None
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # With several processes (DDP) the NCCL watchdog thread polls CUDA events while this thread captures: the
+        # default 'global' mode would fail those calls, 'thread_local' restricts the capture rules to this thread.
+        distributed = dist.is_available() and dist.is_initialized()
+        with torch.cuda.graph(graph, pool=self._pool,
+                              capture_error_mode='thread_local' if distributed else 'global'):
             entry.outputs = self._body(entry.static)
         if self._pool is None:
             self._pool = graph.pool()
@@ -317,6 +322,9 @@ class StaticGraphRunner:
         entry.static.fill(batch, graph, sizes)
         self.last_sizes, self.last_capacities = sizes, entry.static.capacities
         if not self.capture:
+            if self.mode == 'train':  # as a replay does: this step's gradients replace the last step's
+                for p in self._params():
+                    p.grad = None
             outputs = self._body(entry.static)
         else:
             if entry.cuda_graph is None:
