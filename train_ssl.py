@@ -197,7 +197,8 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
 
     if mix_requested(args):  # union vocabularies: larger map type tables (Argoverse 2's rows first)
         vars(args).update(union_vocabulary_hparams())
-    model = SmartPretrain(**vars(args))
+    with input_errors(ValueError):  # e.g. --compile_attention with a backbone that has no attention layers
+        model = SmartPretrain(**vars(args))
     if resume_path is not None:
         with input_errors(CheckpointError):
             check_resume_checkpoint(resume_path, model)

@@ -79,6 +79,8 @@ class SmartPretrain(pl.LightningModule):
                  backbone: str = 'qcnet',
                  seed: int = 2025,
                  separate_dataset_negatives: int = 0,
+                 compile_attention: bool = False,
+                 compile_embeddings: bool = False,
                  **kwargs: Any) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -111,10 +113,32 @@ class SmartPretrain(pl.LightningModule):
         for head in (self.contra_predictor, self.rec_predictor):
             head.apply(weight_init)
 
+        if compile_attention or compile_embeddings:
+            self.compile_layers(backbone, compile_attention, compile_embeddings)
+
         self.contrastive_loss = ContrastiveLoss(temperature=contra_t)
         self.reconstruction_loss = ReconstructionLoss()
         self.rec_segments = recurrence_segments(num_historical_steps, num_future_steps, num_recurrent_steps)
         self.schedule: Optional[SSLSchedule] = None
+
+    def compile_layers(self, backbone: str, attention: bool, embeddings: bool) -> int:
+        """--compile_attention / --compile_embeddings: the backbone's attention layers and Fourier embeddings run
+        through torch.compile (as in QCNet's training, docs/PERFORMANCE.md): the online branch's calls with gradients,
+        the momentum branch's no-grad calls. Returns the number of layers switched; ValueError for a backbone that
+        has none (only the QCNet backbone has these layers)."""
+        from layers.attention_layer import AttentionLayer
+        from layers.fourier_embedding import FourierEmbedding
+        kinds = tuple(kind for kind, on in ((AttentionLayer, attention), (FourierEmbedding, embeddings)) if on)
+        switched = 0
+        for branch, with_gradients in ((self.branch, True), (self.momentum_branch, False)):
+            for module in branch.modules():
+                if isinstance(module, kinds):
+                    (module.compile_for_training if with_gradients else module.compile_for_inference)()
+                    switched += 1
+        if switched == 0:
+            raise ValueError(f'SmartPretrain: --compile_attention / --compile_embeddings: backbone {backbone!r} has no '
+                             'attention layers or Fourier embeddings to compile (the qcnet backbone has)')
+        return switched
 
     # ------------------------------------------------------------------------------------------------------------
     # losses
@@ -311,6 +335,11 @@ class SmartPretrain(pl.LightningModule):
         parser.add_argument('--lambda_rec', type=float, default=1.0, help='weight of the reconstruction loss')
         parser.add_argument('--separate_dataset_negatives', type=int, default=0, choices=[0, 1],
                             help='multi-dataset pre-training: contrastive negatives only from the query\'s dataset')
+        parser.add_argument('--compile_attention', action='store_true',
+                            help='qcnet backbone: torch.compile its attention layers (fused kernels; the first steps '
+                                 'compile for a few minutes; not yet timed on a GPU for pre-training)')
+        parser.add_argument('--compile_embeddings', action='store_true',
+                            help='qcnet backbone: torch.compile its Fourier embeddings (as --compile_attention)')
         return parent_parser
 
 
