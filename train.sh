@@ -4,10 +4,12 @@
 #   ROOT=/data/av2 DEVICES=8 bash train.sh
 #   PRETRAINED_CKPT=ckpts/smartpretrain.ckpt COPY_REFINE=1 EXP_NAME=finetune bash train.sh
 # Extra arguments are passed on to train.py (e.g. --resume, --max_steps 100).
+# FAST=1 adds every speed option (CUDA GPUs; the first steps compile for a few minutes; docs/PERFORMANCE.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 source scripts/common.sh
+fast_args train  # FAST=1: speed options (checked before any data is written)
 ROOT=${ROOT:-data/synthetic}
 ensure_synthetic "$ROOT"
 DEVICES=${DEVICES:-1}
@@ -50,4 +52,5 @@ exec "$PYTHON" train.py \
     --pl2pl_radius 150 --time_span 10 --pl2a_radius 50 --a2a_radius 50 \
     --num_t2m_steps 30 --pl2m_radius 150 --a2m_radius 150 \
     "${finetune_args[@]}" \
+    "${FAST_ARGS[@]}" \
     "$@"
