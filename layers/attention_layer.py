@@ -6,14 +6,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from layers.compile_switch import CompileSwitch, compile_shared
+from layers.compile_switch import CompileSwitch
 from layers.split_k_linear import linear
 from utils.weight_init import weight_init
 
 # Added to each softmax denominator (as torch_geometric.utils.softmax does in the official model).
 SOFTMAX_EPS = 1e-16
-# torch.compile'd AttentionLayer._forward, created by the first compile_for_training() call.
-_compiled_forward = None
 # nn.LayerNorm's default epsilon, used by every norm of the layer.
 LAYER_NORM_EPS = 1e-5
 
@@ -101,6 +99,8 @@ class AttentionLayer(CompileSwitch, nn.Module):
     (``edge_keys_values``) so that repeated attention over the same sources (the decoder's recurrences) reuses it.
     """
 
+    compiled_method = '_forward'  # see CompileSwitch
+
     def __init__(self, hidden_dim: int, num_heads: int, head_dim: int, dropout: float, bipartite: bool,
                  has_pos_emb: bool) -> None:
         super().__init__()
@@ -140,28 +140,6 @@ class AttentionLayer(CompileSwitch, nn.Module):
         self.register_buffer('_zero_bias', torch.zeros(inner_dim), persistent=False)
         self.apply(weight_init)
 
-    @staticmethod
-    def _compiled():
-        global _compiled_forward
-        if _compiled_forward is None:
-            # One compiled function for all layers (the layer is an argument): a copied layer (e.g. an EMA branch)
-            # keeps working on its own weights, and the layer variants share one cache.
-            _compiled_forward = compile_shared(AttentionLayer._forward)
-        return _compiled_forward
-
-    def compile_for_inference(self) -> None:
-        """Runs no-grad calls (evaluation, prediction) through ``torch.compile`` (dynamic shapes): the same fused
-        kernels as compile_for_training, for val.py / test.py --compile."""
-        self._compiled()
-        self.compiled_inference = True
-
-    def compile_for_training(self) -> None:
-        """Runs the layer through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation and
-        no-grad calls stay eager (no recompilation for them). Fuses the many small elementwise and normalisation
-        kernels of the layer; same function, float-rounding-level differences."""
-        self._compiled()
-        self.compiled_training = True
-
     def forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
                 edge_index: torch.Tensor, source_kv: Optional[torch.Tensor] = None,
                 r_normalized: bool = False) -> torch.Tensor:
@@ -175,7 +153,7 @@ class AttentionLayer(CompileSwitch, nn.Module):
         over unchanged sources and edges (x_src and r are then not read again).
         """
         if self._use_compiled():
-            return _compiled_forward(self, x, r, edge_index, source_kv, r_normalized)
+            return self.run_compiled(x, r, edge_index, source_kv, r_normalized)
         return self._forward(x, r, edge_index, source_kv, r_normalized)
 
     def _forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],

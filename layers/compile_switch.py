@@ -1,5 +1,5 @@
 """Shared torch.compile switch of the layers (attention, Fourier embedding): when their compiled function runs."""
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 
@@ -14,14 +14,42 @@ def compile_shared(function: Callable) -> Callable:
     return torch.compile(function, dynamic=True)
 
 
-class CompileSwitch:
-    """Mixin of a layer with a compiled path: ``compiled_training`` (calls with gradients while training) and
-    ``compiled_inference`` (no-grad calls) are set by the layer's compile_for_training / compile_for_inference."""
+# One compiled function per layer class, shared by all its instances (the layer is an argument): a copied layer
+# (e.g. SmartPretrain's momentum branch) keeps working on its own weights, and the layer variants share one cache.
+_COMPILED: Dict[type, Callable] = {}
 
+
+class CompileSwitch:
+    """Mixin of a layer with a compiled path. ``compiled_method`` names the layer's function (taking the layer as
+    first argument) that ``torch.compile`` runs (dynamic shapes): for calls with gradients while training after
+    ``compile_for_training``, for no-grad calls (evaluation, prediction; val.py / test.py --compile) after
+    ``compile_for_inference``; every other call stays eager. Inductor fuses the layer's many small elementwise and
+    normalisation kernels; same function, float-rounding-level differences."""
+
+    compiled_method = ''
     compiled_training = False
     compiled_inference = False
+
+    def _compiled_function(self) -> Callable:
+        cls = type(self)
+        function = _COMPILED.get(cls)
+        if function is None:
+            function = _COMPILED[cls] = compile_shared(getattr(cls, cls.compiled_method))
+        return function
+
+    def compile_for_inference(self) -> None:
+        self._compiled_function()
+        self.compiled_inference = True
+
+    def compile_for_training(self) -> None:
+        self._compiled_function()
+        self.compiled_training = True
 
     def _use_compiled(self) -> bool:
         if torch.is_grad_enabled():
             return self.compiled_training and self.training
         return self.compiled_inference
+
+    def run_compiled(self, *args):
+        """The compiled ``compiled_method`` on this layer and ``args``."""
+        return self._compiled_function()(self, *args)

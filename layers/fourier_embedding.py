@@ -7,13 +7,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from layers.compile_switch import CompileSwitch, compile_shared
+from layers.compile_switch import CompileSwitch
 from layers.split_k_linear import batched_linear, linear, split_k_weight_grad
 from utils.weight_init import weight_init
 
 TWO_PI = 2 * math.pi
-# torch.compile'd FourierEmbedding._embed, created by the first compile_for_training() call.
-_compiled_embed = None
 
 
 def aligned_width(num_features: int, multiple: int = 8) -> int:
@@ -83,6 +81,8 @@ class FourierEmbedding(CompileSwitch, nn.Module):
     results and the categorical embeddings are summed, and a LayerNorm -> ReLU -> Linear head finishes.
     """
 
+    compiled_method = '_embed'  # see CompileSwitch
+
     def __init__(self, input_dim: int, hidden_dim: int, num_freq_bands: int) -> None:
         super().__init__()
         self.input_dim = input_dim
@@ -106,30 +106,14 @@ class FourierEmbedding(CompileSwitch, nn.Module):
         self.recompute = False  # memory option, see forward()
         self.apply(weight_init)
 
-    @staticmethod
-    def _compiled():
-        global _compiled_embed
-        if _compiled_embed is None:
-            # One compiled function for all embeddings (the module is an argument), as for the attention layers.
-            _compiled_embed = compile_shared(FourierEmbedding._embed)
-        return _compiled_embed
-
-    def compile_for_inference(self) -> None:
-        """Runs no-grad calls (evaluation, prediction) through ``torch.compile``, for val.py / test.py
-        --compile."""
-        self._compiled()
-        self.compiled_inference = True
-
     def compile_for_training(self) -> None:
-        """Runs the embedding through ``torch.compile`` (dynamic shapes) while training with gradients; evaluation
-        and no-grad calls stay eager. Inductor fuses the Fourier features, the per-scalar LayerNorm + ReLU, the sum
+        """CompileSwitch's, refused together with ``recompute``. Inductor fuses the Fourier features, the per-scalar LayerNorm + ReLU, the sum
         and the output norm into a few kernels around the matmuls (eager: ~10 elementwise/norm kernels per scalar,
         each a full pass over [N, hidden]) and chooses what to recompute in the backward pass itself."""
         if self.recompute:
             raise ValueError('FourierEmbedding: compile_for_training and recompute are exclusive (compiled '
                              'training already recomputes the cheap activations)')
-        self._compiled()
-        self.compiled_training = True
+        super().compile_for_training()
 
     def _continuous(self, inputs: torch.Tensor) -> torch.Tensor:
         """[N, input_dim] -> [N, hidden_dim]: all per-scalar MLPs evaluated together.
@@ -185,7 +169,7 @@ class FourierEmbedding(CompileSwitch, nn.Module):
         activations are ~input_dim x 450 floats per row, the largest activations of QCNet's edge embeddings.
         """
         if self._use_compiled():
-            return _compiled_embed(self, continuous_inputs, categorical_embs)
+            return self.run_compiled(continuous_inputs, categorical_embs)
         if self.recompute and torch.is_grad_enabled() and continuous_inputs is not None:
             return torch.utils.checkpoint.checkpoint(self._embed, continuous_inputs, categorical_embs,
                                                      use_reentrant=False)
