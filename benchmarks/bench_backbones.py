@@ -8,7 +8,7 @@
 Each measurement is the median of --steps timed repetitions after --warmup untimed ones (CUDA events on GPU,
 perf_counter on CPU), on a batch already on the device. Reports scenarios/s and the peak allocated GPU memory.
 
-Data as in bench_qcnet_step.py: the real Argoverse 2 samples (../shared/data/av2/train), a processed cache folder
+Data as in bench_qcnet_step.py: the real Argoverse 2 samples (tests/data/av2/train), a processed cache folder
 (--processed_dir) or a file written by bench_qcnet_step.py --save_scenes (--scenes_file), cycled to fill each batch.
 The pre-training views of every scene are cut at fixed window starts (anchor 0, target 60: the last possible pair).
 
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--steps', type=int, default=30, help='timed repetitions per setting (median reported)')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32 runs')
-    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2', 'train'),
+    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, 'tests', 'data', 'av2', 'train'),
                         help='raw Argoverse 2 scenario folders to process and cycle')
     parser.add_argument('--processed_dir', type=str, default=None, help="this project's processed cache folder")
     parser.add_argument('--scenes_file', type=str, default=None,

@@ -29,7 +29,7 @@ from datasets import ArgoverseV2Dataset, preprocess_scenarios  # noqa: E402
 from datasets.argoverse_v2 import list_argoverse_v2_scenarios  # noqa: E402
 from datasets.storage import CACHE_SUFFIX  # noqa: E402
 
-DEFAULT_REAL_DIR = ROOT / '..' / 'shared' / 'data' / 'av2'
+DEFAULT_REAL_DIR = ROOT / 'tests' / 'data' / 'av2'
 
 # Runs in a subprocess whose sys.path starts with the official QCNet checkout (its package is also named
 # `datasets`). The official __init__ would try to download the full split, so the object is built without it.

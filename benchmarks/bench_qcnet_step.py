@@ -5,7 +5,7 @@ A training step = forward + official loss + backward + AdamW step, on a batch al
 forward under torch.no_grad. Each measurement is the median of --steps timed repetitions after --warmup untimed ones
 (CUDA events on GPU, perf_counter on CPU). Reports scenarios/s and the peak allocated GPU memory of each setting.
 
-Data: the real Argoverse 2 samples (../shared/data/av2/train, processed with this project's datasets package) cycled
+Data: the real Argoverse 2 samples (tests/data/av2/train, processed with this project's datasets package) cycled
 to fill each batch, or a processed cache folder (--processed_dir), or a file written earlier with --save_scenes
 (a torch.save'd list of HeteroData, for machines without the raw data or av2).
 
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'batch is reported next to the step')
     parser.add_argument('--fused_adamw', choices=['auto', 'on', 'off'], default='auto',
                         help='ours: fused AdamW on CUDA (auto = on)')
-    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2', 'train'),
+    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, 'tests', 'data', 'av2', 'train'),
                         help='raw Argoverse 2 scenario folders to process and cycle')
     parser.add_argument('--processed_dir', type=str, default=None, help="this project's processed cache folder")
     parser.add_argument('--scenes_file', type=str, default=None, help='list of HeteroData saved by --save_scenes')

@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--official_repo', type=str, required=True, help='path of the official QCNet repository')
     parser.add_argument('--smartpretrain_repo', type=str, default=None,
                         help='path of the official SmartPretrain repository (also compares the SSL decoder)')
-    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2'),
+    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, 'tests', 'data', 'av2'),
                         help='folder with <split>/<scenario_id>/ raw Argoverse 2 scenarios')
     parser.add_argument('--scenes_file', type=str, default=None,
                         help='torch.save\'d {split: [HeteroData]} to use instead of --data_root')

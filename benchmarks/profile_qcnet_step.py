@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--compile_attention', action='store_true',
                         help='model option of the same name (the warm-up step compiles: minutes on a CPU)')
     parser.add_argument('--top', type=int, default=0, help='also print the N most frequent operators')
-    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, '..', 'shared', 'data', 'av2', 'train'))
+    parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, 'tests', 'data', 'av2', 'train'))
     parser.add_argument('--scenes_file', type=str, default=None, help='list of HeteroData (bench_qcnet_step.py)')
     parser.add_argument('--report', type=str, default=None, help='write the numbers as JSON here')
     return parser.parse_args(argv)

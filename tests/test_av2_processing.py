@@ -14,8 +14,8 @@ from datasets import (ArgoverseV2DataModule, ArgoverseV2Dataset, CacheVersionErr
 from datasets.preprocess import main as preprocess_main
 from datasets.scenario import AGENT_TYPES, POINT_TYPES, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES
 from datasets.storage import CACHE_SUFFIX, FORMAT_VERSION, MAGIC, CacheError
+from sample_data import AV2_DIR
 
-AV2_DIR = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'av2'
 pytestmark = pytest.mark.skipif(not AV2_DIR.is_dir(), reason=f'real Argoverse 2 samples not found at {AV2_DIR}')
 
 TRAIN_A = '0a1e6f0a-1817-4a98-b02e-db8c9327d151'

@@ -8,14 +8,15 @@ from modules import QCNetEncoder, QCNetProposalDecoder
 from predictors import QCNet
 from utils.checkpoint import (CheckpointError, CheckpointMismatchError, load_submodule_weights, read_spec_tsv,
                               state_dict_spec)
+from sample_data import SPEC_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC_DIR = os.path.join(ROOT, '..', 'shared', 'spec')
+SPEC_DIR = str(SPEC_DIR)
 QCNET_SPEC = os.path.join(SPEC_DIR, 'qcnet_checkpoint_keys.tsv')
 SSL_SPEC = os.path.join(SPEC_DIR, 'smartpretrain_checkpoint_keys.tsv')
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(QCNET_SPEC),
-                                reason=f'checkpoint specs not found in {SPEC_DIR} (../shared/spec)')
+                                reason=f'checkpoint specs not found in {SPEC_DIR}')
 
 # Hyper-parameters as stored by the official training script for Argoverse 2 (train_qcnet.py flags included).
 OFFICIAL_HPARAMS = dict(

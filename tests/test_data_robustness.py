@@ -13,8 +13,8 @@ import pytest
 from datasets import ArgoverseV2Dataset, ScenarioError, load_argoverse_v2_scenario, preprocess_scenarios
 from datasets.preprocess import FAILURES_FILE, read_failures
 from datasets.storage import CACHE_SUFFIX
+from sample_data import AV2_DIR
 
-AV2_DIR = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'av2'
 SOURCE = AV2_DIR / 'train' / '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca'
 pytestmark = pytest.mark.skipif(not SOURCE.is_dir(), reason=f'real Argoverse 2 sample not found at {SOURCE}')
 

@@ -1,7 +1,7 @@
 """Slim pre-training checkpoints (utils/export_pretrained.py): only the momentum encoder + decoder and the
 hyper-parameters, loading for fine-tuning exactly like the full checkpoint; the split options of
 benchmarks/ssl_low_label.py that use them. Checkpoints come from two tiny pre-training steps on the real
-Argoverse 2 samples of ../shared/data (skipped when absent)."""
+Argoverse 2 samples under tests/data."""
 import json
 import os
 import subprocess
@@ -20,10 +20,11 @@ from utils.export_pretrained import EXPORT_INFO_KEY, export_pretrained, exported
 from utils.pretrained import load_pretrained
 
 from tiny_configs import TINY_FMAE, TINY_QCNET_SSL
+from sample_data import AV2_TRAIN_DIR, SPEC_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
-SPEC = ROOT / '..' / 'shared' / 'spec' / 'smartpretrain_checkpoint_keys.tsv'
+RAW = AV2_TRAIN_DIR
+SPEC = SPEC_DIR / 'smartpretrain_checkpoint_keys.tsv'
 TINY_SIZES = {'QCNet': TINY_QCNET_SSL, 'ForecastMAE': TINY_FMAE}
 PREDICTOR = {'QCNet': QCNet, 'ForecastMAE': ForecastMAE}
 BACKBONE = {'QCNet': 'qcnet', 'ForecastMAE': 'forecast_mae'}
@@ -114,7 +115,7 @@ def test_slim_checkpoint_loads_like_the_full_one(ssl_checkpoints, tmp_path, mode
 
 
 def test_official_layout_is_exported(ssl_checkpoints, tmp_path):
-    """The official SmartPretrain release: same key layout (shared/spec), hyper-parameters without 'backbone'."""
+    """The official SmartPretrain release: same key layout (tests/data/spec), hyper-parameters without 'backbone'."""
     if not SPEC.is_file():
         pytest.skip(f'checkpoint spec is absent ({SPEC})')
     official_keys = [line.split('\t')[0] for line in SPEC.read_text().splitlines() if line.strip()]

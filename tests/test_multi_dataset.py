@@ -16,10 +16,11 @@ from datasets.synthetic_av1 import generate_argoverse_v1
 from transforms.ssl_views import SSLViews
 
 from tiny_configs import TINY_QCNET_SSL, as_flags
+from sample_data import AV2_TRAIN_DIR, WOMD_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-AV2_TRAIN = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
-WOMD = ROOT / '..' / 'shared' / 'data' / 'womd' / 'motion_data_one_scenario.tfrecord'
+AV2_TRAIN = AV2_TRAIN_DIR
+WOMD = WOMD_FILE
 
 
 def test_union_vocabularies_keep_argoverse2_first():

@@ -11,14 +11,15 @@ from modules import QCNetDecoder, QCNetEncoder, QCNetProposalDecoder
 from predictors import QCNet
 
 from tiny_configs import TINY_QCNET
+from sample_data import AV2_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AV2_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'av2')
+AV2_DIR = str(AV2_DIR)
 TRAIN_IDS = ['0a1e6f0a-1817-4a98-b02e-db8c9327d151', '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca']
 TEST_ID = '0a0af725-fbc3-41de-b969-3be718f694e2'
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(AV2_DIR),
-                                reason=f'real Argoverse 2 samples not found at {AV2_DIR} (../shared/data/av2)')
+                                reason=f'real Argoverse 2 samples not found at {AV2_DIR}')
 
 
 def load_scene(split, scenario_id):

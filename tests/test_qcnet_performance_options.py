@@ -11,9 +11,10 @@ from torch_geometric.data import Batch
 from predictors import QCNet
 
 from tiny_configs import TINY_QCNET
+from sample_data import AV2_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AV2_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'av2')
+AV2_DIR = str(AV2_DIR)
 TRAIN_IDS = ['0a1e6f0a-1817-4a98-b02e-db8c9327d151', '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca']
 
 TINY_QCNET_TWO_AGENT_LAYERS = {**TINY_QCNET, 'num_agent_layers': 2}
@@ -22,7 +23,7 @@ TINY_QCNET_TWO_AGENT_LAYERS = {**TINY_QCNET, 'num_agent_layers': 2}
 @pytest.fixture(scope='module')
 def train_batch():
     if not os.path.isdir(AV2_DIR):
-        pytest.skip(f'real Argoverse 2 samples not found at {AV2_DIR} (../shared/data/av2)')
+        pytest.skip(f'real Argoverse 2 samples not found at {AV2_DIR}')
     from datasets import load_argoverse_v2_scenario, process_scenario
     from transforms.target_builder import TargetBuilder
     scenes = [TargetBuilder(50, 60)(process_scenario(load_argoverse_v2_scenario(os.path.join(AV2_DIR, 'train', i))))

@@ -1,6 +1,6 @@
 """Second backbone (Forecast-MAE-style, issue 7): frames, batching, pre-training through the same SmartPretrain
 module as QCNet, the supervised predictor through train.py / val.py / test.py, fine-tuning transfer, and checkpoints
-of one backbone refused by the other. Real Argoverse 2 samples from ../shared/data (skipped when absent)."""
+of one backbone refused by the other. Real Argoverse 2 samples under tests/data."""
 import importlib.util
 import inspect
 import math
@@ -20,9 +20,10 @@ from utils.checkpoint import CheckpointError
 from utils.pretrained import load_pretrained
 
 from tiny_configs import TINY_FMAE, TINY_QCNET_SSL, as_flags
+from sample_data import AV2_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_AV2 = PROJECT_ROOT / '..' / 'shared' / 'data' / 'av2'
+SHARED_AV2 = AV2_DIR
 # SmartPretrain kwargs valid for either backbone: tiny widths (and short QCNet radii) keep every step well under a
 # second on two CPU cores
 TINY_SSL_EITHER_BACKBONE = {**TINY_QCNET_SSL, **TINY_FMAE}
@@ -266,7 +267,7 @@ def test_pretrained_forecast_mae_weights_transfer(checkpoints, capsys):
 @pytest.fixture(scope='module')
 def dataset_root(tmp_path_factory):
     if not (SHARED_AV2 / 'train').is_dir() or not (SHARED_AV2 / 'test').is_dir():
-        pytest.skip(f'real AV2 samples not found under {SHARED_AV2} (shared data absent)')
+        pytest.skip(f'real AV2 samples not found under {SHARED_AV2}')
     root = tmp_path_factory.mktemp('av2_root')
     for split, source in (('train', 'train'), ('val', 'train'), ('test', 'test')):
         (root / split / 'raw').mkdir(parents=True)

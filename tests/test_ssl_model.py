@@ -13,10 +13,11 @@ from predictors.smartpretrain import SmartPretrain
 from transforms.ssl_views import SSLViews
 
 from tiny_configs import TINY_QCNET_SSL
+from sample_data import AV2_TRAIN_DIR, SPEC_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
-SPEC = ROOT / '..' / 'shared' / 'spec' / 'smartpretrain_checkpoint_keys.tsv'
+DATA = AV2_TRAIN_DIR
+SPEC = SPEC_DIR / 'smartpretrain_checkpoint_keys.tsv'
 SCENARIOS = ['0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca', '0a1e6f0a-1817-4a98-b02e-db8c9327d151']
 
 

@@ -15,9 +15,10 @@ from transforms.ssl_views import SSLViews
 from utils.pretrained import load_pretrained_into_qcnet
 
 from tiny_configs import TINY_QCNET_SSL, as_flags
+from sample_data import AV2_TRAIN_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW = ROOT / '..' / 'shared' / 'data' / 'av2' / 'train'
+RAW = AV2_TRAIN_DIR
 
 
 class _Scenes(Dataset):

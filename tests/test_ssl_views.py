@@ -8,8 +8,9 @@ from torch_geometric.data import HeteroData
 from torch_geometric.loader import DataLoader
 
 from transforms.ssl_views import ANCHOR, TARGET, SSLViews, full_vector_valid_mask
+from sample_data import AV2_DIR
 
-DATA = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'av2'
+DATA = AV2_DIR
 SCENARIOS = ['0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca', '0a1e6f0a-1817-4a98-b02e-db8c9327d151']
 H, F = 50, 60
 

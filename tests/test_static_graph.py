@@ -11,13 +11,14 @@ from predictors import QCNet
 from utils.static_graph import QCNET_EDGE_LAYOUTS, CapacityLadder, StaticBatch, StaticGraphRunner, graph_sizes
 
 from tiny_configs import TINY_QCNET
+from sample_data import AV2_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AV2_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'av2')
+AV2_DIR = str(AV2_DIR)
 TRAIN_IDS = ['0a1e6f0a-1817-4a98-b02e-db8c9327d151', '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca']
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(AV2_DIR),
-                                reason=f'real Argoverse 2 samples not found at {AV2_DIR} (../shared/data/av2)')
+                                reason=f'real Argoverse 2 samples not found at {AV2_DIR}')
 STEPS, MODES = TINY_QCNET['num_historical_steps'], TINY_QCNET['num_modes']
 
 

@@ -1,6 +1,6 @@
 """train.py / val.py / test.py end to end on CPU with a tiny QCNet and the real Argoverse 2 samples.
 
-The shared samples are linked (not copied) into a temporary dataset root: train and val hold the two 110-step
+The real samples are linked (not copied) into a temporary dataset root: train and val hold the two 110-step
 training scenarios, test the 50-step test scenario. The scripts run in-process (their main(argv)) to keep the
 suite fast; each CLI's --help is checked the same way.
 """
@@ -19,9 +19,10 @@ import torch
 from av2.datasets.motion_forecasting.eval.submission import ChallengeSubmission
 
 from tiny_configs import AV2_STEPS, TINY_QCNET_SIZES, as_flags
+from sample_data import AV2_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_AV2 = PROJECT_ROOT / '..' / 'shared' / 'data' / 'av2'
+SHARED_AV2 = AV2_DIR
 TINY_MODEL = as_flags({'dataset': 'argoverse_v2', **AV2_STEPS, 'pl2pl_radius': 150, 'time_span': 10, 'pl2a_radius': 50,
                       'a2a_radius': 50, 'num_t2m_steps': 30, 'pl2m_radius': 150, 'a2m_radius': 150,
                       **TINY_QCNET_SIZES, 'T_max': 2})
@@ -42,7 +43,7 @@ def scenario_dirs(split):
 @pytest.fixture(scope='module')
 def dataset_root(tmp_path_factory):
     if not (SHARED_AV2 / 'train').is_dir() or not (SHARED_AV2 / 'test').is_dir():
-        pytest.skip(f'real AV2 samples not found under {SHARED_AV2} (shared data absent)')
+        pytest.skip(f'real AV2 samples not found under {SHARED_AV2}')
     root = tmp_path_factory.mktemp('av2_root')
     for split, source in (('train', 'train'), ('val', 'train'), ('test', 'test')):
         (root / split / 'raw').mkdir(parents=True)

@@ -16,8 +16,9 @@ from av2.map.map_api import ArgoverseStaticMap
 from datasets.synthetic import (NUM_HISTORICAL_STEPS, NUM_STEPS, generate_scenario, generate_split, main,
                                 scenario_seed)
 from datasets.synthetic_profiles import AV2_CITIES, PROFILES
+from sample_data import AV2_DIR
 
-REAL_AV2 = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'av2'
+REAL_AV2 = AV2_DIR
 REAL_TRAIN = REAL_AV2 / 'train' / '0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca'
 needs_real = pytest.mark.skipif(not REAL_TRAIN.is_dir(), reason=f'real AV2 sample not found at {REAL_TRAIN}')
 

@@ -6,6 +6,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from transforms import TargetBuilder
+from sample_data import AV2_TRAIN_DIR
 
 
 def make_sample(num_agents=3, num_steps=110, dim=3, seed=0):
@@ -69,13 +70,13 @@ def test_sample_without_future_is_rejected_with_scenario_id():
         TargetBuilder(50, 60)(make_sample(num_steps=50))
 
 
-REAL_TRAIN_SCENARIO = ('../shared/data/av2/train/0a1e6f0a-1817-4a98-b02e-db8c9327d151')
+REAL_TRAIN_SCENARIO = str(AV2_TRAIN_DIR / '0a1e6f0a-1817-4a98-b02e-db8c9327d151')
 
 
 def test_real_scenario_targets_map_back_to_world_positions():
     import os
     if not os.path.isdir(REAL_TRAIN_SCENARIO):
-        pytest.skip(f'real AV2 sample not found at {REAL_TRAIN_SCENARIO} (shared data absent)')
+        pytest.skip(f'real AV2 sample not found at {REAL_TRAIN_SCENARIO}')
     from datasets import load_argoverse_v2_scenario, process_scenario
     data = TargetBuilder(50, 60)(process_scenario(load_argoverse_v2_scenario(REAL_TRAIN_SCENARIO)))
     agent = data['agent']

@@ -13,15 +13,16 @@ from utils.visualize import (FOCAL_COLOR, GT_COLOR, PRED_COLOR, VIEW_COLORS, Pre
                              plot_scenario, prediction_from_output, save_figure)
 
 from tiny_configs import TINY_QCNET
+from sample_data import AV2_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_AV2 = PROJECT_ROOT.parent / 'shared' / 'data' / 'av2'
+SHARED_AV2 = AV2_DIR
 AUSTIN_ID = '0a1e6f0a-1817-4a98-b02e-db8c9327d151'
 TEST_SPLIT_ID = '0a0af725-fbc3-41de-b969-3be718f694e2'
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 needs_real_data = pytest.mark.skipif(not (SHARED_AV2 / 'train' / AUSTIN_ID).is_dir(),
-                                     reason=f'real AV2 samples not found at {SHARED_AV2} (../shared/data/av2)')
+                                     reason=f'real AV2 samples not found at {SHARED_AV2}')
 
 
 def _hex_rgb(color: str) -> np.ndarray:
@@ -106,7 +107,7 @@ def _load_real(split: str, scenario_id: str):
 @pytest.fixture(scope='module')
 def austin():
     if not (SHARED_AV2 / 'train' / AUSTIN_ID).is_dir():
-        pytest.skip(f'real AV2 samples not found at {SHARED_AV2} (../shared/data/av2)')
+        pytest.skip(f'real AV2 samples not found at {SHARED_AV2}')
     return _load_real('train', AUSTIN_ID)
 
 

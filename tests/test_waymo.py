@@ -22,9 +22,10 @@ from datasets.tfrecord import (_crc32c_numpy, _crc_register_python, index_tfreco
                                write_tfrecord)
 from datasets.waymo import (crosswalk_edges, decode_scenario, list_waymo_scenarios, load_waymo_scenario,
                             read_waymo_payload, read_waymo_tfrecord, waymo_record_from_bytes)
+from sample_data import WOMD_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-WOMD = ROOT / '..' / 'shared' / 'data' / 'womd' / 'motion_data_one_scenario.tfrecord'
+WOMD = WOMD_FILE
 needs_sample = pytest.mark.skipif(not WOMD.is_file(), reason=f'real Waymo sample absent ({WOMD})')
 
 
