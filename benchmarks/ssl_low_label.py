@@ -451,10 +451,9 @@ def replace_rows(path: str, columns: Sequence[str], keep: Callable[[dict], bool]
 
 def workers_env(args: argparse.Namespace) -> Optional[Dict[str, str]]:
     """Each of the --parallel runs gets cores / K intra-op threads (unless OMP_NUM_THREADS is set already)."""
-    env = {'PYTORCH_CUDA_ALLOC_CONF': os.environ.get('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')}
     if args.parallel > 1 and 'OMP_NUM_THREADS' not in os.environ:
-        env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // args.parallel))
-    return env
+        return {'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // args.parallel))}
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
