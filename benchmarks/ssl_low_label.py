@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument('--sources', nargs='+', choices=SOURCES, default=list(SOURCES))
     pre.add_argument('--pretrain_steps', type=int, default=250, help='SmartPretrain optimiser steps')
     pre.add_argument('--pretrain_batch_size', type=int, default=32)
-    pre.add_argument('--pretrain_warmup', type=int, default=1, help='learning-rate warm-up, in pool epochs')
+    pre.add_argument('--epoch_steps', type=int, default=50,
+                     help='optimiser steps per training epoch of the pre-trainings (--limit_train_batches; shuffled '
+                          'batches of the whole pool): the unit of the schedules, warm-up and val')
+    pre.add_argument('--pretrain_warmup', type=int, default=1, help='learning-rate warm-up, in --epoch_steps epochs')
     pre.add_argument('--contra_momentum', type=float, default=0.976,
                      help='starting EMA momentum (the method: 0.996; lower for short runs is a documented deviation '
                           'so that the momentum branch keeps < 10 %% of its initialisation)')
@@ -164,8 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.command == 'pretrain':
         args.oracle_steps = args.oracle_steps or args.pretrain_steps
         args.oracle_batch_size = args.oracle_batch_size or args.pretrain_batch_size
-        if args.pretrain_steps < 1 or args.oracle_steps < 1:
-            parser.error('--pretrain_steps / --oracle_steps must be >= 1')
+        if min(args.pretrain_steps, args.oracle_steps, args.epoch_steps) < 1:
+            parser.error('--pretrain_steps / --oracle_steps / --epoch_steps must be >= 1')
         if 'ssl_mixed' in args.sources and args.mix_profile == args.profile:
             parser.error('--mix_profile must differ from --profile for the mixed pre-training')
     else:
@@ -461,13 +464,9 @@ def workers_env(args: argparse.Namespace) -> Optional[Dict[str, str]]:
 # ----------------------------------------------------------------------------------------------------------------------
 def pretrain_protocol(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in ('size', 'profile', 'mix_profile', 'num_pool', 'num_val', 'pretrain_steps',
-                                          'pretrain_batch_size', 'pretrain_warmup', 'contra_momentum',
+                                          'pretrain_batch_size', 'epoch_steps', 'pretrain_warmup', 'contra_momentum',
                                           'pretrain_seed', 'pretrain_extra', 'oracle_steps', 'oracle_batch_size',
                                           'finetune_extra', 'precision')}
-
-
-def epochs_for(steps: int, num_scenarios: int, batch_size: int) -> int:
-    return max(1, math.ceil(steps / max(1, math.ceil(num_scenarios / batch_size))))
 
 
 def slim_name(backbone: str, source: str) -> str:
@@ -550,20 +549,21 @@ def pretrain_job(args, ws: Workspace, py: str, name: str, backbone: str, source:
     oracle = source == 'oracle'
     batch = args.oracle_batch_size if oracle else args.pretrain_batch_size
     steps = args.oracle_steps if oracle else args.pretrain_steps
-    epochs = epochs_for(steps, args.num_pool, batch)
+    epochs = max(1, math.ceil(steps / args.epoch_steps))
+    per_epoch = ['--limit_train_batches', str(args.epoch_steps), '--max_steps', str(steps),
+                 '--log_every_n_steps', '10']
 
     def commands() -> List[dict]:
         if oracle:
             cmd = finetune_cmd(py, ws.data, train_raw, ws.pool_dir, val_dir, ws.val_processed, batch, epochs, workers,
                                args.accelerator, 1, args.precision, args.pretrain_seed, ws.runs, name, args.size,
-                               model=backbone, extra=['--max_steps', str(steps), '--log_every_n_steps', '10']
-                               + extra_flags(args.finetune_extra))
+                               model=backbone, extra=per_epoch + extra_flags(args.finetune_extra))
             return [{'module': 'train', 'argv': cmd[2:]}]
         cmd = pretrain_cmd(py, ws.data, train_raw, ws.pool_dir, val_dir, ws.val_processed, batch, epochs,
                            args.pretrain_warmup, workers, args.accelerator, 1, args.precision, args.pretrain_seed,
                            ws.runs, name, args.size, limit_val_batches='1', model=backbone,
-                           extra=['--max_steps', str(steps), '--contra_momentum', str(args.contra_momentum),
-                                  '--log_every_n_steps', '10'] + extra_flags(args.pretrain_extra))
+                           extra=per_epoch + ['--contra_momentum', str(args.contra_momentum)]
+                           + extra_flags(args.pretrain_extra))
         return [{'module': 'train_ssl', 'argv': cmd[2:]}]
 
     def done(wall: float) -> None:
@@ -809,6 +809,9 @@ def main(argv=None) -> int:
         except CliError as error:
             print(str(error), file=sys.stderr, flush=True)
             return error.code
+        except CommandFailed as error:  # the step's own output above says why
+            print(f'ssl_low_label job: {error}', file=sys.stderr, flush=True)
+            return 1
         return 0
     if args.command == 'report':
         try:
