@@ -231,8 +231,12 @@ def launcher_variables(path: str) -> List[Tuple[str, str]]:
         for line in f:
             if line.lstrip().startswith('#'):
                 continue
-            for name, default in re.findall(r'\$\{([A-Z][A-Z0-9_]*):-([^}]*)\}', line):
-                seen.setdefault(name, default)
+            for match in re.finditer(r'\$\{([A-Z][A-Z0-9_]*):-', line):
+                depth, end = 1, match.end()           # the default may hold ${...} itself
+                while end < len(line) and depth:
+                    depth += {'{': 1, '}': -1}.get(line[end], 0)
+                    end += 1
+                seen.setdefault(match.group(1), line[match.end():end - 1])
     return list(seen.items())
 
 

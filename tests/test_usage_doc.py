@@ -45,6 +45,8 @@ def test_launcher_variables_lists_the_defaults_of_train_sh():
     variables = dict(write_usage.launcher_variables(os.path.join(REPO, 'train.sh')))
     assert variables['ROOT'] == 'data/synthetic'
     assert variables['PRETRAINED_CKPT'] == 'auto'
+    ssl_variables = dict(write_usage.launcher_variables(os.path.join(REPO, 'train_ssl.sh')))
+    assert ssl_variables['EXP_NAME'] == 'smartpretrain_bz${BATCH}_epoch${MAX_EPOCHS}'   # nested ${...} kept whole
     assert 'PYTHON' not in variables            # set in scripts/common.sh, not in the launcher
 
 
