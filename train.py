@@ -175,7 +175,7 @@ def check_cuda_graphs(args: Namespace) -> None:
         return
     # Activation checkpointing saves/restores RNG states: not checked inside a CUDA-graph capture, so the
     # combinations are refused rather than left to fail there. The torch.compile flags work with it (they compile
-    # during the warm-up steps before each capture; BENCHMARKS §2d).
+    # during the warm-up steps before each capture; docs/BENCHMARKS.md, "Training step").
     combined = [flag for flag in ('checkpoint_agent_encoder', 'recompute_embeddings')
                 if getattr(args, flag, False)]
     if combined:

@@ -18,18 +18,18 @@ going (``--overlap``): a QCNet step leaves most of an H100 idle, so the wall tim
 
 --model picks the predictor / backbone (QCNet, the default, or ForecastMAE), --size its width preset (full, tiny).
 
-Split over two device calls (each at most 10 minutes, wiped afterwards, files back through a small output folder):
-call 1 pre-trains only and exports the slim checkpoint (``--skip_finetune 1 --export_dir OUT``: momentum encoder +
-decoder in float16, ~10.6 MiB for the full-size QCNet, see ``utils/export_pretrained.py``); call 2 carries that file in
+Split over two jobs (e.g. on machines with a time limit per job, where only a small output folder is kept):
+job 1 pre-trains only and exports the slim checkpoint (``--skip_finetune 1 --export_dir OUT``: momentum encoder +
+decoder in float16, ~10.6 MiB for the full-size QCNet, see ``utils/export_pretrained.py``); job 2 takes that file
 and runs the scratch baselines and the fine-tunes (``--pretrained_ckpt pretrained_slim.ckpt --export_dir OUT``).
 
 Example (one H100, ~8 minutes per model):
   python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel --accelerator gpu --precision bf16-mixed
   python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel_fmae --model ForecastMAE
-In two calls (same data flags in both; synthetic data is regenerated identically from its seeds):
+In two jobs (same data flags in both; synthetic data is regenerated identically from its seeds):
   python benchmarks/ssl_low_label.py --work_dir /tmp/ll --skip_finetune 1 --export_dir $OUT
   python benchmarks/ssl_low_label.py --work_dir /tmp/ll --pretrained_ckpt pretrained_slim.ckpt --export_dir $OUT
-With the online arm, in three calls (as recorded in docs/BENCHMARKS.md section 4c):
+With the online arm, in three jobs (as recorded in docs/BENCHMARKS.md, "Low-label study"):
   python benchmarks/ssl_low_label.py --work_dir /tmp/ll --online_arm 1 --skip_finetune 1 --export_dir $OUT
   python benchmarks/ssl_low_label.py --work_dir /tmp/ll --runs pretrained pretrained_online \
       --pretrained_ckpt pretrained_slim.ckpt --pretrained_online_ckpt pretrained_online_slim.ckpt --export_dir $OUT
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
                 os.path.join(logs, 'pretrain.log'))
             open(os.path.join(logs, 'pretrain', 'done'), 'w').close()
         timings['pretrain_s'] = time.time() - t_pre
-        if export_dir:  # right away: should the call end during fine-tuning, the pre-training is saved already
+        if export_dir:  # right away: should the job end during fine-tuning, the pre-training is saved already
             run([py, '-m', 'utils.export_pretrained', pretrained, os.path.join(export_dir, SLIM_NAME)],
                 os.path.join(logs, 'export_pretrained.log'))
             if args.online_arm:
