@@ -5,7 +5,8 @@
 
 Conventions: 10 Hz steps; step 49 is the last history step, step 109 the last future step (6 s later). Speed at a step
 is the distance to the previous step's position x 10 Hz. A track is *static* when it never gets 1 m away from where
-it was first seen; *moving vehicles* are tracks of type vehicle or bus that are not static. Unless said otherwise a
+it was first seen; *moving vehicles* are vehicle or bus tracks that get at least 5 m away from where they were first seen (parked cars whose boxes jitter by a
+metre or two are neither). Unless said otherwise a
 statistic is over moving-vehicle observations; pXX is the XX-th percentile.
 
 Keys (one line each):
@@ -16,6 +17,9 @@ Keys (one line each):
 - driver_offset_spread: std over tracks (>= 10 matched positions) of each track's mean signed offset (m, + = left).
 - lon_acc_p50, _p90: |speed(t) - speed(t - 10 steps)| / 1 s (m/s^2).
 - cruising_fraction: share of those steps with |longitudinal acceleration| < 0.1 m/s^2.
+- lon_acc_interior_p50, _p90, cruising_interior_fraction: the same without the first and last 5 steps of each track,
+  where Argoverse 2 position-derived speeds ramp (an edge effect of its track smoothing, not driving).
+- track_start_speed_ratio_p50: speed at a track's first step over its speed 10 steps later (later speed >= 1 m/s).
 - speed_p50, _p90: speed (m/s).
 - yaw_rate_p99: |wrapped heading difference between consecutive steps| x 10 Hz (deg/s), steps at speed >= 1 m/s.
 - focal_cv_fde6_mean, _p50: focal agent, distance at step 109 between the truth and a constant-velocity extrapolation

@@ -18,7 +18,8 @@ PROGRESS_EVERY = 50
 class RealismSamples:
     """Raw samples of a folder. Per moving-vehicle observation: ``speed`` (m/s), ``lon_acc`` (m/s^2, signed),
     ``yaw_rate`` (deg/s, signed, steps at >= 1 m/s), ``centreline_offset`` (m, signed, positive left).
-    Per moving-vehicle track: ``track_mean_offset`` (m), ``lane_changes``, ``other_cv_fde6`` (fully observed
+    ``lon_acc_interior``: the same without the first and last 5 steps of each track.
+    Per moving-vehicle track: ``start_speed_ratio``, ``track_mean_offset`` (m), ``lane_changes``, ``other_cv_fde6`` (fully observed
     non-focal vehicles, m). Per track (all types): ``track_length`` (observed steps), ``track_static`` (bool),
     ``track_type`` (av2 object type). Per observation of a static track: ``static_velocity_zero`` (bool).
     Per scene: ``focal_cv_fde6`` / ``focal_cv_fde6_reported`` (m), ``focal_speed_change`` (m/s), ``scored_tracks``,
@@ -28,6 +29,8 @@ class RealismSamples:
     moving-vehicle observations without / with an aligned centreline within 5 m. ``skipped``: (file, problem)."""
     speed: np.ndarray = None
     lon_acc: np.ndarray = None
+    lon_acc_interior: np.ndarray = None
+    start_speed_ratio: np.ndarray = None
     yaw_rate: np.ndarray = None
     centreline_offset: np.ndarray = None
     track_mean_offset: np.ndarray = None
@@ -69,13 +72,16 @@ def scene_samples(tracks: ScenarioTracks, lane_map: Optional[LaneMap]) -> Dict[s
     """The samples of one scene, as lists / arrays keyed like :class:`RealismSamples`' fields."""
     out: Dict[str, object] = {}
     static = ts.is_static(tracks.positions)
-    moving_vehicle = np.isin(tracks.object_types, ts.VEHICLE_TYPES) & ~static
+    moving_vehicle = ts.is_moving_vehicle(tracks.positions, tracks.object_types)
     speed = ts.speeds(tracks.positions)
     lon_acc = ts.longitudinal_accelerations(speed)
     yaw_rate = ts.yaw_rates(tracks.headings)
     mv = moving_vehicle
     out['speed'] = speed[mv][~np.isnan(speed[mv])]
     out['lon_acc'] = lon_acc[mv][~np.isnan(lon_acc[mv])]
+    interior = ts.longitudinal_accelerations(ts.speeds(ts.trim_track_ends(tracks.positions[mv])))
+    out['lon_acc_interior'] = interior[~np.isnan(interior)]
+    out['start_speed_ratio'] = ts.start_speed_ratios(speed[mv])
     fast_yaw = yaw_rate[mv][speed[mv] >= ts.MIN_YAW_RATE_SPEED]
     out['yaw_rate'] = fast_yaw[~np.isnan(fast_yaw)]
     out['track_length'] = tracks.observed.sum(axis=1)

@@ -9,12 +9,14 @@ import numpy as np
 from datasets.realism.reading import SAMPLING_RATE_HZ, LaneMap
 
 STATIC_DISPLACEMENT_M = 1.0      # a track that never gets this far from where it was first seen is static
+MOVING_DISPLACEMENT_M = 5.0      # a vehicle that gets this far is moving; between the two: parked with box jitter
 ACCELERATION_WINDOW_STEPS = 10   # longitudinal acceleration: speed difference over 1 s
 MIN_YAW_RATE_SPEED = 1.0         # m/s; the heading of a near-still box is noise
 LANE_ALIGNMENT_COS = np.cos(np.deg2rad(45.0))  # a lane whose direction is within 45 deg of the heading can be "its" lane
 MAX_LANE_OFFSET_M = 5.0          # farther than this from every aligned centreline: off the mapped lanes
 MIN_LANE_RUN_STEPS = 5           # a lane must be held this long to count in a lane change (no flicker at boundaries)
 VEHICLE_TYPES = ('vehicle', 'bus')
+EDGE_STEPS = 5                   # steps at each end of a track where Argoverse 2 speeds ramp (smoothing edge effect)
 
 
 def speeds(positions: np.ndarray) -> np.ndarray:
@@ -29,6 +31,31 @@ def longitudinal_accelerations(speed: np.ndarray, window: int = ACCELERATION_WIN
     out = np.full(speed.shape, np.nan)
     out[:, window:] = (speed[:, window:] - speed[:, :-window]) * SAMPLING_RATE_HZ / window
     return out
+
+
+def trim_track_ends(positions: np.ndarray, steps: int = EDGE_STEPS) -> np.ndarray:
+    """[N, T, 2] -> a copy with the first and last ``steps`` observed steps of each track set to NaN (tracks assumed
+    contiguous between their first and last observation; gaps stay gaps)."""
+    observed = ~np.isnan(positions[..., 0])
+    index = np.arange(positions.shape[1])[None]
+    first = np.argmax(observed, axis=1)[:, None]
+    last = positions.shape[1] - 1 - np.argmax(observed[:, ::-1], axis=1)[:, None]
+    out = positions.copy()
+    out[(index < first + steps) | (index > last - steps)] = np.nan
+    return out
+
+
+def start_speed_ratios(speed: np.ndarray, later: int = 10) -> np.ndarray:
+    """[N, T] speeds -> [N]: speed at a track's first step with a speed over the speed ``later`` steps after it
+    (NaN where that step is unobserved or the later speed is below 1 m/s). Near 1 for an unbiased tracker."""
+    has = ~np.isnan(speed)
+    first = np.argmax(has, axis=1)
+    rows = np.arange(len(speed))
+    ok = has.any(axis=1) & (first + later < speed.shape[1])
+    ratio = np.full(len(speed), np.nan)
+    start, end = speed[rows[ok], first[ok]], speed[rows[ok], first[ok] + later]
+    ratio[ok] = np.where(end >= 1.0, start / np.where(end >= 1.0, end, 1.0), np.nan)
+    return ratio
 
 
 def wrap_angle(angle: np.ndarray) -> np.ndarray:
@@ -52,6 +79,12 @@ def displacements(positions: np.ndarray) -> np.ndarray:
 def is_static(positions: np.ndarray) -> np.ndarray:
     """[N, T, 2] -> [N] bool: the track moves less than ``STATIC_DISPLACEMENT_M`` over its whole life."""
     return displacements(positions) < STATIC_DISPLACEMENT_M
+
+
+def is_moving_vehicle(positions: np.ndarray, object_types: np.ndarray) -> np.ndarray:
+    """[N, T, 2], [N] -> [N] bool: a vehicle or bus that gets at least ``MOVING_DISPLACEMENT_M`` away from where it
+    was first seen (parked cars whose boxes jitter by a metre or two are neither static nor moving)."""
+    return np.isin(object_types, VEHICLE_TYPES) & (displacements(positions) >= MOVING_DISPLACEMENT_M)
 
 
 def centreline_offsets(points: np.ndarray, headings: np.ndarray, lane_map: LaneMap) -> Tuple[np.ndarray, np.ndarray]:
