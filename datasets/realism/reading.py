@@ -71,8 +71,9 @@ class LaneMap:
 
     @property
     def num_polygons(self) -> int:
-        """Map polygons as QCNet counts them: lane segments and pedestrian crossings."""
-        return len(self.lane_ids) + self.num_crosswalks
+        """Map polygons as QCNet counts them: each lane segment once, each pedestrian crossing twice (once per
+        walking direction)."""
+        return len(self.lane_ids) + 2 * self.num_crosswalks
 
 
 @dataclass
