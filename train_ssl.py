@@ -135,31 +135,6 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
     return str(path)
 
 
-class MixedPretrainingDataModule(MultiDatasetDataModule):
-    """Several datasets mixed (``datasets/multi_dataset.py``), with the same view-epoch sync as below."""
-
-    def __init__(self, view_callback: ViewEpochCallback, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.view_callback = view_callback
-
-    def train_dataloader(self):
-        self.view_callback.sync(self.trainer)
-        return super().train_dataloader()
-
-
-class PretrainingDataModule(ArgoverseV2DataModule):
-    """Argoverse 2 data module whose training loader starts with the view transform set to the current epoch
-    (the first loader of a run, resumed or not, is created before any epoch hook runs)."""
-
-    def __init__(self, view_callback: ViewEpochCallback, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.view_callback = view_callback
-
-    def train_dataloader(self):
-        self.view_callback.sync(self.trainer)
-        return super().train_dataloader()
-
-
 def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Path,
                   loggers: List[pl.loggers.Logger]) -> None:
     metrics = trainer.callback_metrics
@@ -206,16 +181,16 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     # Validation views never change (epoch stays 0), so val_loss is comparable across epochs.
     val_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed + 1)
     view_callback = ViewEpochCallback(train_views)
+    # the training loader starts with the views of the current epoch (also the first loader of a resumed run)
     if mix_requested(args):
-        datamodule = MixedPretrainingDataModule(
-            view_callback=view_callback, sources=mix_sources(args), train_batch_size=args.train_batch_size,
-            val_batch_size=args.val_batch_size, shuffle=args.shuffle, num_workers=args.num_workers,
-            pin_memory=args.pin_memory, persistent_workers=args.persistent_workers, train_transform=train_views,
-            val_transform=val_views, num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed)
+        datamodule = MultiDatasetDataModule(
+            sources=mix_sources(args), train_batch_size=args.train_batch_size, val_batch_size=args.val_batch_size,
+            shuffle=args.shuffle, num_workers=args.num_workers, pin_memory=args.pin_memory,
+            persistent_workers=args.persistent_workers, train_transform=train_views, val_transform=val_views,
+            num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed, on_train_loader=view_callback.sync)
     else:
-        datamodule = PretrainingDataModule(view_callback=view_callback,
-                                           **{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
-                                              'test_transform': None})
+        datamodule = ArgoverseV2DataModule(**{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
+                                              'test_transform': None, 'on_train_loader': view_callback.sync})
     model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
                                        save_last=True, filename='epoch={epoch}-step={step}-val_loss={val_loss:.4f}',
                                        auto_insert_metric_name=False, enable_version_counter=False)

@@ -11,7 +11,8 @@ from datasets.argoverse_v2_dataset import ArgoverseV2Dataset
 from datasets.datamodule import ArgoverseV2DataModule, SizeCappedBatchSampler
 from datasets.waymo import list_waymo_scenarios, load_waymo_scenario, read_waymo_tfrecord
 from datasets.argoverse_v1 import list_argoverse_v1_scenarios, load_argoverse_v1_scenario
-from datasets.argoverse_v2_dataset import ArgoverseV1Dataset, WaymoDataset
+from datasets.argoverse_v1_dataset import ArgoverseV1Dataset
+from datasets.waymo_dataset import WaymoDataset
 from datasets.multi_dataset import DatasetSource, MultiDataset, MultiDatasetDataModule, WeightedDatasetSampler
 
 # What missing or bad data raises while a dataset is built (processing included): the scripts report these as one

@@ -32,11 +32,22 @@ def test_union_vocabularies_keep_argoverse2_first():
         'SOLID_DASH_WHITE', 'SOLID_DASH_YELLOW', 'SOLID_BLUE', 'NONE', 'UNKNOWN', 'CROSSWALK', 'CENTERLINE')
     assert len(AGENT_TYPES) == AV2_NUM_AGENT_TYPES
     assert len(set(POINT_TYPES)) == len(POINT_TYPES) and len(set(POLYGON_TYPES)) == len(POLYGON_TYPES)
-    from modules.qcnet_agent_encoder import AV2_NUM_AGENT_TYPES as MODEL_AGENT_TYPES
-    from modules.qcnet_map_encoder import AV2_NUM_POINT_TYPES as MODEL_POINT_TYPES
-    from modules.qcnet_map_encoder import AV2_NUM_POLYGON_TYPES as MODEL_POLYGON_TYPES
-    assert (MODEL_AGENT_TYPES, MODEL_POINT_TYPES, MODEL_POLYGON_TYPES) == (AV2_NUM_AGENT_TYPES, AV2_NUM_POINT_TYPES,
-                                                                           AV2_NUM_POLYGON_TYPES)
+    # the embedding tables of both backbones take their sizes from these vocabularies: the official QCNet sizes
+    from modules.forecast_mae_encoder import ForecastMAEEncoder
+    from modules.qcnet_agent_encoder import QCNetAgentEncoder
+    from modules.qcnet_map_encoder import QCNetMapEncoder
+    agent = QCNetAgentEncoder('argoverse_v2', 3, 8, 50, 10, 50.0, 50.0, 2, 1, 1, 8, 0.0)
+    qcnet_map = QCNetMapEncoder('argoverse_v2', 3, 8, 50, 150.0, 2, 1, 1, 8, 0.0)
+    assert agent.type_a_emb.num_embeddings == 10
+    official = {'type_pt_emb': 17, 'side_pt_emb': 3, 'type_pl_emb': 4, 'int_pl_emb': 3, 'type_pl2pl_emb': 5}
+    assert {name: getattr(qcnet_map, name).num_embeddings for name in official} == official
+    union = QCNetMapEncoder('argoverse_v2', 3, 8, 50, 150.0, 2, 1, 1, 8, 0.0, num_point_types=len(POINT_TYPES),
+                            num_polygon_types=len(POLYGON_TYPES))
+    assert (union.type_pt_emb.num_embeddings, union.type_pl_emb.num_embeddings) == (23, 9)
+    mae = ForecastMAEEncoder(2, 8, 50, 2, 1, 8, 0.0)
+    mae_tables = {'agent_embedding.type_emb': 10, 'lane_embedding.type_pt_emb': 17, 'lane_embedding.side_pt_emb': 3,
+                  'lane_embedding.type_pl_emb': 4, 'lane_embedding.int_pl_emb': 3}
+    assert {name: mae.get_submodule(name).num_embeddings for name in mae_tables} == mae_tables
 
 
 class Items(torch.utils.data.Dataset):
