@@ -10,7 +10,8 @@ import pytest
 
 from datasets.realism import RealismSamples, collect, statistics, summarize
 from datasets.realism.__main__ import main as realism_main
-from sample_data import AV2_DIR, AV2_TRAIN_DIR
+from datasets.waymo import decode_scenario, read_waymo_payload
+from sample_data import AV2_DIR, AV2_TRAIN_DIR, WOMD_FILE
 
 
 @pytest.fixture(scope='module')
@@ -143,3 +144,27 @@ def test_cli_writes_report_and_plots_and_skips_a_damaged_scenario(tmp_path, caps
     for name in ('histograms.png', 'focal_speed.png', 'focal_futures.png'):
         assert (out / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', name
     assert not list(out.glob('.*tmp*'))
+
+
+def test_waymo_reference_statistics_match_the_decoded_scenario():
+    stats = summarize(WOMD_FILE)
+    assert stats['num_scenes'] == 1 and stats['num_skipped'] == 0
+    scenario = decode_scenario(read_waymo_payload(str(WOMD_FILE), 0))
+    valid = scenario.states['valid']
+    assert stats['track_length_p50'] == pytest.approx(np.median(valid.sum(axis=1)))
+    assert stats['full_track_fraction'] == pytest.approx(np.mean(valid.all(axis=1)))
+    assert stats['agents_at_current_per_scene'] == valid[:, scenario.current_time_index].sum()
+    # No focal agent, no track categories, no Argoverse 2 lane segments; Waymo lanes are centrelines.
+    for key in ('focal_cv_fde6_mean', 'scored_tracks_per_scene', 'lane_segment_length_p50', 'polygons_per_scene'):
+        assert math.isnan(stats[key]), key
+    assert 0.0 < stats['centreline_offset_p50'] < stats['centreline_offset_p90'] < 2.0
+    assert 1.0 < stats['other_vehicle_cv_fde6_mean'] < 30.0
+
+
+def test_damaged_waymo_file_is_reported(tmp_path, capsys):
+    damaged = tmp_path / 'cut.tfrecord'
+    damaged.write_bytes(WOMD_FILE.read_bytes()[:5000])
+    samples = collect(damaged)
+    assert samples.num_scenes == 0 and len(samples.skipped) == 1
+    assert samples.skipped[0][0] == str(damaged)
+    assert str(damaged) in capsys.readouterr().err

@@ -3,11 +3,12 @@
 ``summarize(folder, max_scenes=None) -> Dict[str, float]``; ``collect(folder)`` gives the raw samples behind it
 (:class:`RealismSamples`); ``python -m datasets.realism --data DIR [--reference DIR] --out DIR`` writes the report.
 
-Conventions: 10 Hz steps; step 49 is the last history step, step 109 the last future step (6 s later). Speed at a step
-is the distance to the previous step's position x 10 Hz. A track is *static* when it never gets 1 m away from where
-it was first seen; *moving vehicles* are vehicle or bus tracks that get at least 5 m away from where they were first seen (parked cars whose boxes jitter by a
-metre or two are neither). Unless said otherwise a
-statistic is over moving-vehicle observations; pXX is the XX-th percentile.
+Conventions: 10 Hz steps; step 49 is the last history step, step 109 the last future step (6 s later); a Waymo
+``.tfrecord`` (file or folder of them) is read too, with its own current step and no focal agent, categories or
+Argoverse 2 lane segments (those keys are NaN). Speed at a step is the distance to the previous step's position x
+10 Hz. A track is *static* when it never gets 1 m away from where it was first seen; *moving vehicles* are vehicle
+or bus tracks that get at least 5 m away (parked cars whose boxes jitter by a metre or two are neither). Unless said
+otherwise a statistic is over moving-vehicle observations; pXX is the XX-th percentile.
 
 Keys (one line each):
 - num_scenes / num_skipped: scenarios measured / scenarios that could not be read.
@@ -19,6 +20,8 @@ Keys (one line each):
 - cruising_fraction: share of those steps with |longitudinal acceleration| < 0.1 m/s^2.
 - lon_acc_interior_p50, _p90, cruising_interior_fraction: the same without the first and last 5 steps of each track,
   where Argoverse 2 position-derived speeds ramp (an edge effect of its track smoothing, not driving).
+- all_vehicle_lon_acc_p50, _p90, all_vehicle_cruising_fraction: lon_acc / cruising over every vehicle or bus track,
+  parked ones included (their near-zero speed differences pull the median down and the cruising share up).
 - track_start_speed_ratio_p50: speed at a track's first step over its speed 10 steps later (later speed >= 1 m/s).
 - speed_p50, _p90: speed (m/s).
 - yaw_rate_p99: |wrapped heading difference between consecutive steps| x 10 Hz (deg/s), steps at speed >= 1 m/s.

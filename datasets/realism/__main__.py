@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from datasets.realism.plots import write_plots
+from datasets.realism.reading_waymo import is_waymo_source
 from datasets.realism.report import render_report, write_report
 from datasets.realism.scene_statistics import collect
 from datasets.realism.summary import statistics
@@ -16,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m datasets.realism', description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', required=True, help='folder of scenarios: <id>/scenario_<id>.parquet + '
                         'log_map_archive_<id>.json, at any depth (e.g. an Argoverse 2 split folder)')
-    parser.add_argument('--reference', default=None, help='second folder in the same layout, reported beside --data')
+    parser.add_argument('--reference', default=None, help='second folder in the same layout, reported beside --data; '
+                        'or a Waymo Open Motion .tfrecord file (or a folder of them)')
     parser.add_argument('--out', required=True, help='output folder for realism.md and the PNG plots')
     parser.add_argument('--max_scenes', type=int, default=None, help='first N scenarios of each folder (by path)')
     parser.add_argument('--label', default='data', help='column name of --data')
@@ -35,8 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         inputs.append((args.reference_label, args.reference))
     folders = []
     for label, folder in inputs:
-        if not Path(folder).is_dir():
-            print(f'realism: {folder}: not a directory', file=sys.stderr)
+        if not Path(folder).is_dir() and not is_waymo_source(folder):
+            print(f'realism: {folder}: neither a directory nor a Waymo .tfrecord file', file=sys.stderr)
             return 2
         started = time.perf_counter()
         samples = collect(folder, args.max_scenes)

@@ -38,7 +38,9 @@ class ScenarioTracks:
 
     positions [N, T, 2], headings [N, T], velocities [N, T, 2] (as reported by the tracker), observed [N, T] bool,
     object_types [N] str (av2 ``ObjectType`` values), categories [N] int (av2 ``TrackCategory`` values),
-    track_ids [N] str, focal_index: row of the focal track (-1 if absent), T = number of steps of the scenario."""
+    track_ids [N] str, focal_index: row of the focal track (-1 if absent), T = number of steps of the scenario;
+    current_step: last history step; future_step: the step 6 s later (-1 when the scenario ends before it);
+    categories are -1 where the source has no Argoverse 2 track categories."""
     scenario_id: str
     positions: np.ndarray
     headings: np.ndarray
@@ -48,6 +50,8 @@ class ScenarioTracks:
     categories: np.ndarray
     track_ids: np.ndarray
     focal_index: int
+    current_step: int = CURRENT_STEP
+    future_step: int = NUM_STEPS - 1
 
     @property
     def num_steps(self) -> int:
@@ -60,7 +64,8 @@ class LaneMap:
 
     piece_start / piece_end [P, 2]: ends of each centreline piece (city frame, m); piece_lane [P]: row in
     ``lane_ids`` of the lane the piece belongs to; lane_ids [L]; lane_lengths [L] (m, along the centreline);
-    neighbours: lane id -> ids of its left and right neighbours; num_crosswalks: pedestrian crossings."""
+    neighbours: lane id -> ids of its left and right neighbours; num_crosswalks: pedestrian crossings;
+    argoverse_segments: lanes are Argoverse 2 lane segments (lengths and polygon counts comparable across folders)."""
     lane_ids: np.ndarray
     lane_lengths: np.ndarray
     piece_start: np.ndarray
@@ -68,6 +73,7 @@ class LaneMap:
     piece_lane: np.ndarray
     neighbours: Dict[int, Tuple[int, ...]] = field(default_factory=dict)
     num_crosswalks: int = 0
+    argoverse_segments: bool = True
 
     @property
     def num_polygons(self) -> int:
@@ -150,35 +156,51 @@ def read_lane_map(path) -> LaneMap:
         static_map = ArgoverseStaticMap.from_json(Path(path))
     except Exception as error:  # json, av2 and numpy errors of a damaged file
         raise RealismInputError(path, f'not a readable Argoverse 2 map ({type(error).__name__}: {error})') from None
+    centrelines, neighbours = {}, {}
+    for lane_id, segment in static_map.vector_lane_segments.items():
+        centrelines[lane_id] = lane_centreline(segment.left_lane_boundary.xyz, segment.right_lane_boundary.xyz)
+        neighbours[lane_id] = tuple(n for n in (segment.left_neighbor_id, segment.right_neighbor_id) if n is not None)
+    if not centrelines:
+        raise RealismInputError(path, 'map has no lane segments')
+    return lane_map_from_centrelines(centrelines, neighbours, len(static_map.vector_pedestrian_crossings))
+
+
+def lane_map_from_centrelines(centrelines: Dict[int, np.ndarray], neighbours: Dict[int, Tuple[int, ...]],
+                              num_crosswalks: int, argoverse_segments: bool = True) -> LaneMap:
+    """lane id -> centreline [K >= 2, 2] (city frame, m) -> :class:`LaneMap` (lanes of fewer than 2 points are left
+    out)."""
     lane_ids, lengths, starts, ends, owners = [], [], [], [], []
-    neighbours = {}
-    for row, (lane_id, segment) in enumerate(static_map.vector_lane_segments.items()):
-        centreline = lane_centreline(segment.left_lane_boundary.xyz, segment.right_lane_boundary.xyz)
+    for lane_id, centreline in centrelines.items():
+        if len(centreline) < 2:
+            continue
+        owners.append(np.full(len(centreline) - 1, len(lane_ids), dtype=np.int64))
         lane_ids.append(lane_id)
         lengths.append(polyline_length(centreline))
         starts.append(centreline[:-1])
         ends.append(centreline[1:])
-        owners.append(np.full(len(centreline) - 1, row, dtype=np.int64))
-        neighbours[lane_id] = tuple(n for n in (segment.left_neighbor_id, segment.right_neighbor_id) if n is not None)
-    if not lane_ids:
-        raise RealismInputError(path, 'map has no lane segments')
     return LaneMap(lane_ids=np.array(lane_ids, dtype=np.int64), lane_lengths=np.array(lengths),
-                   piece_start=np.concatenate(starts), piece_end=np.concatenate(ends),
-                   piece_lane=np.concatenate(owners), neighbours=neighbours,
-                   num_crosswalks=len(static_map.vector_pedestrian_crossings))
+                   piece_start=np.concatenate(starts) if starts else np.zeros((0, 2)),
+                   piece_end=np.concatenate(ends) if ends else np.zeros((0, 2)),
+                   piece_lane=np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64),
+                   neighbours=neighbours, num_crosswalks=num_crosswalks, argoverse_segments=argoverse_segments)
 
 
-def read_scenarios(folder, max_scenes: Optional[int] = None) -> Iterator[Tuple[ScenarioFiles, object]]:
-    """(files, (tracks, lane map or None)) for each scenario of ``folder``; on a bad scenario the second item is the
-    :class:`RealismInputError` instead, so that a caller can report it and go on."""
+def read_scenarios(folder, max_scenes: Optional[int] = None) -> Iterator[Tuple[str, object]]:
+    """(scenario file, (tracks, lane map or None)) for each scenario of ``folder``; on a bad scenario the second item
+    is the :class:`RealismInputError` instead, so that a caller can report it and go on. ``folder`` may also be a
+    Waymo Open Motion ``.tfrecord`` file or a folder of them (read by :mod:`datasets.realism.reading_waymo`)."""
+    from datasets.realism import reading_waymo   # only imported where Waymo files are read
+    if reading_waymo.is_waymo_source(folder):
+        yield from reading_waymo.read_waymo_scenarios(folder, max_scenes)
+        return
     for files in find_scenarios(folder, max_scenes):
         try:
             tracks = read_tracks(files.scenario_path)
             lane_map = read_lane_map(files.map_path) if files.map_path is not None else None
         except RealismInputError as error:
-            yield files, error
+            yield str(files.scenario_path), error
             continue
-        yield files, (tracks, lane_map)
+        yield str(files.scenario_path), (tracks, lane_map)
 
 
 SCORED = TrackCategory.SCORED_TRACK.value

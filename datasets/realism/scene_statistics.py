@@ -18,18 +18,20 @@ PROGRESS_EVERY = 50
 class RealismSamples:
     """Raw samples of a folder. Per moving-vehicle observation: ``speed`` (m/s), ``lon_acc`` (m/s^2, signed),
     ``yaw_rate`` (deg/s, signed, steps at >= 1 m/s), ``centreline_offset`` (m, signed, positive left).
-    ``lon_acc_interior``: the same without the first and last 5 steps of each track.
+    ``lon_acc_interior``: the same without the first and last 5 steps of each track. ``vehicle_lon_acc``: the same
+    over every vehicle / bus track, parked ones included.
     Per moving-vehicle track: ``start_speed_ratio``, ``track_mean_offset`` (m), ``lane_changes``, ``other_cv_fde6`` (fully observed
-    non-focal vehicles, m). Per track (all types): ``track_length`` (observed steps), ``track_static`` (bool),
+    non-focal vehicles, m). Per track (all types): ``track_length`` (observed steps), ``track_full`` (observed at every step), ``track_static`` (bool),
     ``track_type`` (av2 object type). Per observation of a static track: ``static_velocity_zero`` (bool).
     Per scene: ``focal_cv_fde6`` / ``focal_cv_fde6_reported`` (m), ``focal_speed_change`` (m/s), ``scored_tracks``,
-    ``agents``, ``agents_at_current``, ``static_at_current``, ``polygons`` (NaN without a map); ``focal_speed``
+    ``agents``, ``agents_at_current``, ``static_at_current``, ``polygons`` (NaN without an Argoverse 2 map), ``scored_tracks`` NaN without Argoverse 2 categories; ``focal_speed``
     [S, 110] (m/s, NaN-padded) and ``focal_future`` [S, 60, 2] / ``focal_history`` [S, 50, 2] in the focal agent's
     frame at the current step (x forward, y left). Per map: ``lane_segment_length`` (m). ``off_lane`` / ``on_lane``:
     moving-vehicle observations without / with an aligned centreline within 5 m. ``skipped``: (file, problem)."""
     speed: np.ndarray = None
     lon_acc: np.ndarray = None
     lon_acc_interior: np.ndarray = None
+    vehicle_lon_acc: np.ndarray = None
     start_speed_ratio: np.ndarray = None
     yaw_rate: np.ndarray = None
     centreline_offset: np.ndarray = None
@@ -37,6 +39,7 @@ class RealismSamples:
     lane_changes: np.ndarray = None
     other_cv_fde6: np.ndarray = None
     track_length: np.ndarray = None
+    track_full: np.ndarray = None
     track_static: np.ndarray = None
     track_type: np.ndarray = None
     static_velocity_zero: np.ndarray = None
@@ -79,12 +82,15 @@ def scene_samples(tracks: ScenarioTracks, lane_map: Optional[LaneMap]) -> Dict[s
     mv = moving_vehicle
     out['speed'] = speed[mv][~np.isnan(speed[mv])]
     out['lon_acc'] = lon_acc[mv][~np.isnan(lon_acc[mv])]
+    vehicle = np.isin(tracks.object_types, ts.VEHICLE_TYPES)
+    out['vehicle_lon_acc'] = lon_acc[vehicle][~np.isnan(lon_acc[vehicle])]
     interior = ts.longitudinal_accelerations(ts.speeds(ts.trim_track_ends(tracks.positions[mv])))
     out['lon_acc_interior'] = interior[~np.isnan(interior)]
     out['start_speed_ratio'] = ts.start_speed_ratios(speed[mv])
     fast_yaw = yaw_rate[mv][speed[mv] >= ts.MIN_YAW_RATE_SPEED]
     out['yaw_rate'] = fast_yaw[~np.isnan(fast_yaw)]
     out['track_length'] = tracks.observed.sum(axis=1)
+    out['track_full'] = tracks.observed.all(axis=1)
     out['track_static'] = static
     out['track_type'] = tracks.object_types
     reported = tracks.velocities[static][tracks.observed[static]]
@@ -101,38 +107,41 @@ def scene_samples(tracks: ScenarioTracks, lane_map: Optional[LaneMap]) -> Dict[s
             if on.sum() >= 10:
                 mean_offsets.append(float(offset[on].mean()))
             changes.append(ts.lane_changes(lanes, lane_map))
-        out['lane_segment_length'] = lane_map.lane_lengths
+        if lane_map.argoverse_segments:
+            out['lane_segment_length'] = lane_map.lane_lengths
     out['centreline_offset'] = np.concatenate(offsets) if offsets else np.zeros(0)
     out['track_mean_offset'] = np.array(mean_offsets)
     out['lane_changes'] = np.array(changes)
     out['off_lane'], out['on_lane'] = off_lane, on_lane
-    num_steps = tracks.num_steps
-    has_future = num_steps > FUTURE_STEP
+    current, future = tracks.current_step, tracks.future_step
+    has_future = future > current
     if has_future:
-        cv, cv_reported = ts.constant_velocity_errors(tracks.positions, tracks.velocities, CURRENT_STEP, FUTURE_STEP)
-        full = tracks.observed.all(axis=1)
-        others = mv & full
+        cv, cv_reported = ts.constant_velocity_errors(tracks.positions, tracks.velocities, current, future)
+        others = mv & tracks.observed.all(axis=1)
         if tracks.focal_index >= 0:
             others[tracks.focal_index] = False
         out['other_cv_fde6'] = cv[others]
     focal = tracks.focal_index
-    scene: Dict[str, float] = {'scored_tracks': float((tracks.categories == SCORED).sum()),
+    has_categories = bool((tracks.categories >= 0).all())
+    has_segments = lane_map is not None and lane_map.argoverse_segments
+    scene: Dict[str, float] = {'scored_tracks': float((tracks.categories == SCORED).sum()) if has_categories
+                               else np.nan,
                                'agents': float(len(tracks.track_ids)),
-                               'agents_at_current': float(tracks.observed[:, CURRENT_STEP].sum()),
-                               'static_at_current': float((static & tracks.observed[:, CURRENT_STEP]).sum()),
-                               'polygons': float(lane_map.num_polygons) if lane_map is not None else np.nan,
+                               'agents_at_current': float(tracks.observed[:, current].sum()),
+                               'static_at_current': float((static & tracks.observed[:, current]).sum()),
+                               'polygons': float(lane_map.num_polygons) if has_segments else np.nan,
                                'focal_cv_fde6': np.nan, 'focal_cv_fde6_reported': np.nan,
                                'focal_speed_change': np.nan}
-    if focal >= 0 and tracks.observed[focal, CURRENT_STEP - 1:CURRENT_STEP + 1].all():
-        origin, heading = tracks.positions[focal, CURRENT_STEP], float(tracks.headings[focal, CURRENT_STEP])
+    if focal >= 0 and tracks.observed[focal, current - 1:current + 1].all():
+        origin, heading = tracks.positions[focal, current], float(tracks.headings[focal, current])
         local = ts.to_agent_frame(tracks.positions[focal], origin, heading)
-        out['focal_history'] = local[:CURRENT_STEP + 1]
+        out['focal_history'] = _pad_steps(local[:current + 1][::-1], CURRENT_STEP + 1)[::-1]
         out['focal_speed'] = _pad_steps(speed[focal])
         if has_future:
-            out['focal_future'] = _pad_steps(local[CURRENT_STEP + 1:], FUTURE_STEP - CURRENT_STEP)
+            out['focal_future'] = _pad_steps(local[current + 1:future + 1], FUTURE_STEP - CURRENT_STEP)
             scene['focal_cv_fde6'] = float(cv[focal])
             scene['focal_cv_fde6_reported'] = float(cv_reported[focal])
-            scene['focal_speed_change'] = float(speed[focal, FUTURE_STEP] - speed[focal, CURRENT_STEP])
+            scene['focal_speed_change'] = float(speed[focal, future] - speed[focal, current])
     out.update({name: np.array([value]) for name, value in scene.items()})
     return out
 
@@ -143,7 +152,7 @@ def collect(folder, max_scenes: Optional[int] = None, progress: bool = True) -> 
     parts: Dict[str, list] = {f.name: [] for f in fields(RealismSamples)
                               if f.name not in ('off_lane', 'on_lane', 'num_scenes', 'skipped')}
     samples = RealismSamples()
-    for index, (files, result) in enumerate(read_scenarios(folder, max_scenes), start=1):
+    for index, (source, result) in enumerate(read_scenarios(folder, max_scenes), start=1):
         if isinstance(result, RealismInputError):
             print(f'realism: skipped {result}', file=sys.stderr)
             samples.skipped.append((result.path, result.problem))
@@ -153,8 +162,8 @@ def collect(folder, max_scenes: Optional[int] = None, progress: bool = True) -> 
             scene = scene_samples(tracks, lane_map)
         except (ValueError, IndexError) as error:  # inconsistent content that av2 read without complaint
             problem = f'cannot compute statistics ({type(error).__name__}: {error})'
-            print(f'realism: skipped {files.scenario_path}: {problem}', file=sys.stderr)
-            samples.skipped.append((str(files.scenario_path), problem))
+            print(f'realism: skipped {source}: {problem}', file=sys.stderr)
+            samples.skipped.append((source, problem))
             continue
         samples.num_scenes += 1
         samples.off_lane += scene.pop('off_lane')

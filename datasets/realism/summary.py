@@ -32,7 +32,6 @@ def statistics(samples: RealismSamples) -> Dict[str, float]:
     abs_offset = np.abs(s.centreline_offset)
     abs_acc = np.abs(s.lon_acc)
     pedestrian = s.track_type == 'pedestrian'
-    num_full = int(s.focal_speed.shape[1]) if s.focal_speed.ndim == 2 else 110
     stats = {
         'num_scenes': float(s.num_scenes),
         'num_skipped': float(len(s.skipped)),
@@ -47,6 +46,10 @@ def statistics(samples: RealismSamples) -> Dict[str, float]:
         'lon_acc_interior_p90': _percentile(np.abs(s.lon_acc_interior), 90),
         'cruising_interior_fraction': _ratio((np.abs(s.lon_acc_interior) < CRUISING_ACCELERATION).sum(),
                                              len(s.lon_acc_interior)),
+        'all_vehicle_lon_acc_p50': _percentile(np.abs(s.vehicle_lon_acc), 50),
+        'all_vehicle_lon_acc_p90': _percentile(np.abs(s.vehicle_lon_acc), 90),
+        'all_vehicle_cruising_fraction': _ratio((np.abs(s.vehicle_lon_acc) < CRUISING_ACCELERATION).sum(),
+                                                len(s.vehicle_lon_acc)),
         'track_start_speed_ratio_p50': _percentile(s.start_speed_ratio, 50),
         'speed_p50': _percentile(s.speed, 50),
         'speed_p90': _percentile(s.speed, 90),
@@ -59,7 +62,7 @@ def statistics(samples: RealismSamples) -> Dict[str, float]:
         'focal_speed_change_p90': _percentile(s.focal_speed_change, 90),
         'track_length_p50': _percentile(s.track_length, 50),
         'short_track_fraction': _ratio((s.track_length < SHORT_TRACK_STEPS).sum(), len(s.track_length)),
-        'full_track_fraction': _ratio((s.track_length >= num_full).sum(), len(s.track_length)),
+        'full_track_fraction': _ratio(s.track_full.sum(), len(s.track_full)),
         'scored_tracks_per_scene': _mean(s.scored_tracks),
         'agents_per_scene': _mean(s.agents),
         'agents_at_current_per_scene': _mean(s.agents_at_current),
