@@ -57,6 +57,11 @@ def argoverse_v2_scenario_files(scenario_dir: Union[str, os.PathLike]) -> Tuple[
     if not parquet_path.is_file():
         if not scenario_dir.is_dir():
             raise ScenarioError(scenario_dir, 'scenario directory does not exist')
+        others = sorted(path.name for path in scenario_dir.glob('scenario_*.parquet'))
+        if others:  # e.g. a folder renamed after its files were written
+            found_id = others[0][len('scenario_'):-len('.parquet')]
+            raise ScenarioError(parquet_path, f'scenario parquet file is missing: the folder holds {others[0]}, '
+                                              f'scenario id {found_id} (the folder must be named by its scenario id)')
         raise ScenarioError(parquet_path, 'scenario parquet file is missing')
     # same choice as the official code: the first log_map_archive_*.json in sorted order
     map_paths = sorted(scenario_dir.glob('log_map_archive_*.json'))

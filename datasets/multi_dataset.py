@@ -26,6 +26,7 @@ from torch_geometric.loader import DataLoader
 
 from datasets.argoverse_v1_dataset import ArgoverseV1Dataset
 from datasets.argoverse_v2_dataset import ArgoverseV2Dataset, default_split_dirs
+from datasets.mix_arguments import add_mix_arguments  # noqa: F401 (re-exported)
 from datasets.scenario import DATASET_IDS
 from datasets.waymo_dataset import WaymoDataset
 
@@ -265,23 +266,6 @@ __all__ = ['DATASET_CLASSES', 'DATASET_IDS', 'DatasetSource', 'MultiDataset', 'M
 # ----------------------------------------------------------------------------------------------------------------------
 # command-line support for pre-training scripts (train_ssl.py)
 # ----------------------------------------------------------------------------------------------------------------------
-def add_mix_arguments(group: Any) -> None:
-    """Flags of the dataset mix (``--load_av1`` / ``--load_waymo`` themselves belong to the script)."""
-    group.add_argument('--av1_root', type=str, default=None,
-                       help='Argoverse 1 root: <root>/train/raw/*.csv (+ val/), city maps in map_files/ next to the '
-                            'CSVs or under <root>/map_files')
-    group.add_argument('--waymo_root', type=str, default=None,
-                       help='Waymo Open Motion root: <root>/train/raw/*.tfrecord* (+ val/)')
-    for name in ('av1', 'waymo'):
-        for split in ('train', 'val'):
-            group.add_argument(f'--{name}_{split}_raw_dir', type=str, default=None)
-            group.add_argument(f'--{name}_{split}_processed_dir', type=str, default=None)
-    group.add_argument('--dataset_weights', type=float, nargs='+', default=None, metavar='W',
-                       help='sampling weights of the mixed datasets in the order AV2, AV1 (if loaded), Waymo (if '
-                            'loaded); default: in proportion to their sizes')
-    group.add_argument('--num_samples_per_epoch', type=int, default=None,
-                       help='scenarios drawn per epoch with --dataset_weights (default: all datasets\' total size)')
-
 
 def mix_requested(args: Any) -> bool:
     return bool(getattr(args, 'load_av1', 0) or getattr(args, 'load_waymo', 0))
