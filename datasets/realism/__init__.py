@@ -16,6 +16,7 @@ Keys (one line each):
   direction is within 45 deg of the reported heading (the lane it is on or nearest); only positions within 5 m.
 - off_lane_fraction: share of moving-vehicle observations with no such centreline within 5 m.
 - driver_offset_spread: std over tracks (>= 10 matched positions) of each track's mean signed offset (m, + = left).
+- driver_offset_spread_robust: 1.4826 x median absolute deviation of the same means (blind to a few mismatched tracks).
 - lon_acc_p50, _p90: |speed(t) - speed(t - 10 steps)| / 1 s (m/s^2).
 - cruising_fraction: share of those steps with |longitudinal acceleration| < 0.1 m/s^2.
 - lon_acc_interior_p50, _p90, cruising_interior_fraction: the same without the first and last 5 steps of each track,

@@ -26,6 +26,14 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / denominator if denominator else float('nan')
 
 
+def _robust_spread(values: np.ndarray) -> float:
+    """1.4826 x median absolute deviation: the standard deviation of a normal sample, blind to a few outliers."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float('nan')
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
 def statistics(samples: RealismSamples) -> Dict[str, float]:
     """:class:`RealismSamples` -> the report's statistics (NaN where a folder has nothing to measure)."""
     s = samples
@@ -38,6 +46,7 @@ def statistics(samples: RealismSamples) -> Dict[str, float]:
         'centreline_offset_p50': _percentile(abs_offset, 50),
         'centreline_offset_p90': _percentile(abs_offset, 90),
         'driver_offset_spread': float(np.std(s.track_mean_offset)) if len(s.track_mean_offset) > 1 else float('nan'),
+        'driver_offset_spread_robust': _robust_spread(s.track_mean_offset),
         'off_lane_fraction': _ratio(s.off_lane, s.off_lane + s.on_lane),
         'lon_acc_p50': _percentile(abs_acc, 50),
         'lon_acc_p90': _percentile(abs_acc, 90),
