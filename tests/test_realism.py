@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from datasets.realism import RealismSamples, collect, statistics, summarize
+from datasets.realism.summary import distinct_shape_fraction
 from datasets.realism.__main__ import main as realism_main
 from datasets.waymo import decode_scenario, read_waymo_payload
 from sample_data import AV2_DIR, AV2_TRAIN_DIR, WOMD_FILE
@@ -92,6 +93,14 @@ def test_focal_constant_velocity_error_matches_the_raw_parquet(stats, frames):
         changes.append(np.linalg.norm(p[109] - p[108]) * 10.0 - np.linalg.norm(p[49] - p[48]) * 10.0)
     assert stats['focal_cv_fde6_mean'] == pytest.approx(np.mean(errors))
     assert stats['focal_speed_change_p10'] == pytest.approx(np.percentile(changes, 10))
+
+
+def test_distinct_focal_future_shapes(samples, stats):
+    futures = samples.focal_future
+    assert futures.shape == (2, 60, 2) and stats['focal_future_distinct_fraction'] == 1.0
+    # A copy shifted sideways by 0.5 m is the same shape; by 3 m, another one.
+    repeated = np.concatenate([futures, futures + [0.0, 0.5], futures + [0.0, 3.0]])
+    assert distinct_shape_fraction(repeated) == pytest.approx(4 / 6)
 
 
 def test_lane_segment_length_matches_the_map_json(stats):

@@ -30,6 +30,8 @@ Keys (one line each):
   from step 49 with the velocity of the last two observed positions ((p49 - p48) x 10 Hz); mean / median over scenes.
 - focal_cv_fde6_reported_velocity_mean: the same with the tracker's reported velocity at step 49.
 - other_vehicle_cv_fde6_mean: the first of these for every other moving vehicle observed at all steps (mean).
+- focal_future_distinct_fraction: among the first 100 complete focal futures (focal frame), distinct shapes / futures;
+  a future is a new shape unless it stays within 1 m on average of an earlier shape's representative.
 - focal_speed_change_p10, _p90: focal speed at step 109 minus at step 49 (m/s), over scenes.
 - track_length_p50: observed steps per track (all tracks, all types).
 - short_track_fraction: share of tracks observed at fewer than 20 steps.
