@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from datasets.realism import RealismSamples, collect, statistics, summarize
+from datasets.realism.summary import distinct_shape_fraction
 from datasets.realism.__main__ import main as realism_main
 from datasets.waymo import decode_scenario, read_waymo_payload
 from sample_data import AV2_DIR, AV2_TRAIN_DIR, WOMD_FILE
@@ -42,6 +43,7 @@ def test_summarize_is_statistics_of_collect(stats):
 def test_signs_and_ranges(stats):
     assert 0.0 < stats['centreline_offset_p50'] < stats['centreline_offset_p90'] < 3.0
     assert 0.0 < stats['driver_offset_spread'] < 2.0
+    assert 0.0 < stats['driver_offset_spread_robust'] < 2.0
     assert 0.0 < stats['lon_acc_p50'] < stats['lon_acc_p90'] < 6.0
     assert 0.0 < stats['speed_p50'] < stats['speed_p90'] < 30.0
     assert 5.0 < stats['yaw_rate_p99'] < 90.0
@@ -93,6 +95,14 @@ def test_focal_constant_velocity_error_matches_the_raw_parquet(stats, frames):
     assert stats['focal_speed_change_p10'] == pytest.approx(np.percentile(changes, 10))
 
 
+def test_distinct_focal_future_shapes(samples, stats):
+    futures = samples.focal_future
+    assert futures.shape == (2, 60, 2) and stats['focal_future_distinct_fraction'] == 1.0
+    # A copy shifted sideways by 0.5 m is the same shape; by 3 m, another one.
+    repeated = np.concatenate([futures, futures + [0.0, 0.5], futures + [0.0, 3.0]])
+    assert distinct_shape_fraction(repeated) == pytest.approx(4 / 6)
+
+
 def test_lane_segment_length_matches_the_map_json(stats):
     # The centreline (av2's midpoint ladder) of a lane is as long as the mean of its two boundaries, up to curvature.
     lengths = []
@@ -119,13 +129,19 @@ def test_test_split_has_no_future_statistics():
     assert test_stats['track_length_p50'] <= 50
 
 
-def test_cli_writes_report_and_plots_and_skips_a_damaged_scenario(tmp_path, capsys):
+def test_cli_writes_report_and_plots_and_skips_damaged_and_mapless_scenarios(tmp_path, capsys):
     data = tmp_path / 'data' / 'train'
     shutil.copytree(AV2_TRAIN_DIR, data)
     damaged = data / 'ffffffff-0000-0000-0000-000000000000'
     damaged.mkdir()
     damaged_file = damaged / 'scenario_ffffffff-0000-0000-0000-000000000000.parquet'
     damaged_file.write_bytes(b'PAR1 this is not a parquet file')
+    shutil.copy(next(AV2_TRAIN_DIR.glob('*/log_map_archive_*.json')),
+                damaged / 'log_map_archive_ffffffff-0000-0000-0000-000000000000.json')
+    mapless = data / 'eeeeeeee-0000-0000-0000-000000000000'
+    mapless.mkdir()
+    mapless_file = mapless / 'scenario_eeeeeeee-0000-0000-0000-000000000000.parquet'
+    shutil.copy(next(AV2_TRAIN_DIR.glob('*/scenario_*.parquet')), mapless_file)
     out = tmp_path / 'report'
     # In-process (the same argv as `python -m datasets.realism ...`): a second interpreter would import torch again.
     code = realism_main(['--data', str(tmp_path / 'data'), '--reference', str(AV2_DIR), '--out', str(out),
@@ -134,13 +150,16 @@ def test_cli_writes_report_and_plots_and_skips_a_damaged_scenario(tmp_path, caps
     assert code == 0, stderr
     problem_lines = [line for line in stderr.splitlines() if str(damaged_file) in line]
     assert len(problem_lines) == 1 and 'not a readable Argoverse 2 scenario' in problem_lines[0]
+    assert [line for line in stderr.splitlines() if str(mapless_file) in line] == [
+        f'realism: skipped {mapless_file}: no log_map_archive_eeeeeeee-0000-0000-0000-000000000000.json beside it']
     report = (out / 'realism.md').read_text()
     assert '| statistic | copy | samples |' in report
     assert '| num_scenes | 2 | 3 |' in report
-    assert '| num_skipped | 1 | 0 |' in report
+    assert '| num_skipped | 2 | 0 |' in report
     row = next(line for line in report.splitlines() if line.startswith('| centreline_offset_p50 |'))
     assert len(row.strip('|').split('|')) == 3
-    assert str(damaged_file) in report.split('## Skipped scenarios')[1]
+    skipped_section = report.split('## Skipped scenarios')[1]
+    assert str(damaged_file) in skipped_section and str(mapless_file) in skipped_section
     for name in ('histograms.png', 'focal_speed.png', 'focal_futures.png'):
         assert (out / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', name
     assert not list(out.glob('.*tmp*'))

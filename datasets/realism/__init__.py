@@ -16,6 +16,7 @@ Keys (one line each):
   direction is within 45 deg of the reported heading (the lane it is on or nearest); only positions within 5 m.
 - off_lane_fraction: share of moving-vehicle observations with no such centreline within 5 m.
 - driver_offset_spread: std over tracks (>= 10 matched positions) of each track's mean signed offset (m, + = left).
+- driver_offset_spread_robust: 1.4826 x median absolute deviation of the same means (blind to a few mismatched tracks).
 - lon_acc_p50, _p90: |speed(t) - speed(t - 10 steps)| / 1 s (m/s^2).
 - cruising_fraction: share of those steps with |longitudinal acceleration| < 0.1 m/s^2.
 - lon_acc_interior_p50, _p90, cruising_interior_fraction: the same without the first and last 5 steps of each track,
@@ -29,6 +30,8 @@ Keys (one line each):
   from step 49 with the velocity of the last two observed positions ((p49 - p48) x 10 Hz); mean / median over scenes.
 - focal_cv_fde6_reported_velocity_mean: the same with the tracker's reported velocity at step 49.
 - other_vehicle_cv_fde6_mean: the first of these for every other moving vehicle observed at all steps (mean).
+- focal_future_distinct_fraction: among the first 100 complete focal futures (focal frame), distinct shapes / futures;
+  a future is a new shape unless it stays within 1 m on average of an earlier shape's representative.
 - focal_speed_change_p10, _p90: focal speed at step 109 minus at step 49 (m/s), over scenes.
 - track_length_p50: observed steps per track (all tracks, all types).
 - short_track_fraction: share of tracks observed at fewer than 20 steps.

@@ -186,17 +186,21 @@ def lane_map_from_centrelines(centrelines: Dict[int, np.ndarray], neighbours: Di
 
 
 def read_scenarios(folder, max_scenes: Optional[int] = None) -> Iterator[Tuple[str, object]]:
-    """(scenario file, (tracks, lane map or None)) for each scenario of ``folder``; on a bad scenario the second item
-    is the :class:`RealismInputError` instead, so that a caller can report it and go on. ``folder`` may also be a
-    Waymo Open Motion ``.tfrecord`` file or a folder of them (read by :mod:`datasets.realism.reading_waymo`)."""
-    from datasets.realism import reading_waymo   # only imported where Waymo files are read
+    """(scenario file, (tracks, lane map)) for each scenario of ``folder``; on a bad scenario (unreadable, or without
+    its map) the second item is the :class:`RealismInputError` instead, so that a caller can report it and go on.
+    ``folder`` may also be a Waymo Open Motion ``.tfrecord`` file or a folder of them (read by
+    :mod:`datasets.realism.reading_waymo`)."""
+    from datasets.realism import reading_waymo   # imported here: that module builds on this one
     if reading_waymo.is_waymo_source(folder):
         yield from reading_waymo.read_waymo_scenarios(folder, max_scenes)
         return
     for files in find_scenarios(folder, max_scenes):
         try:
             tracks = read_tracks(files.scenario_path)
-            lane_map = read_lane_map(files.map_path) if files.map_path is not None else None
+            if files.map_path is None:
+                scenario_id = files.scenario_path.stem[len('scenario_'):]
+                raise RealismInputError(files.scenario_path, f'no log_map_archive_{scenario_id}.json beside it')
+            lane_map = read_lane_map(files.map_path)
         except RealismInputError as error:
             yield str(files.scenario_path), error
             continue

@@ -8,6 +8,8 @@ from datasets.realism.scene_statistics import RealismSamples, collect
 
 CRUISING_ACCELERATION = 0.1   # m/s^2
 SHORT_TRACK_STEPS = 20
+SAME_SHAPE_M = 1.0          # two focal futures closer than this on average are one shape
+DISTINCT_SHAPE_SAMPLE = 100  # futures compared (the first ones with a complete future)
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -26,6 +28,29 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / denominator if denominator else float('nan')
 
 
+def _robust_spread(values: np.ndarray) -> float:
+    """1.4826 x median absolute deviation: the standard deviation of a normal sample, blind to a few outliers."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float('nan')
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def distinct_shape_fraction(futures: np.ndarray, same_shape: float = SAME_SHAPE_M,
+                            sample: int = DISTINCT_SHAPE_SAMPLE) -> float:
+    """futures [S, K, 2] (focal frame) -> distinct shapes / futures among the first ``sample`` complete ones. Each
+    future joins the first earlier shape whose representative is within ``same_shape`` metres on average over the
+    K steps, else it starts a new shape."""
+    complete = futures[~np.isnan(futures).any(axis=(1, 2))][:sample]
+    if len(complete) == 0:
+        return float('nan')
+    representatives = []
+    for future in complete:
+        if not any(np.linalg.norm(future - r, axis=-1).mean() < same_shape for r in representatives):
+            representatives.append(future)
+    return len(representatives) / len(complete)
+
+
 def statistics(samples: RealismSamples) -> Dict[str, float]:
     """:class:`RealismSamples` -> the report's statistics (NaN where a folder has nothing to measure)."""
     s = samples
@@ -38,6 +63,7 @@ def statistics(samples: RealismSamples) -> Dict[str, float]:
         'centreline_offset_p50': _percentile(abs_offset, 50),
         'centreline_offset_p90': _percentile(abs_offset, 90),
         'driver_offset_spread': float(np.std(s.track_mean_offset)) if len(s.track_mean_offset) > 1 else float('nan'),
+        'driver_offset_spread_robust': _robust_spread(s.track_mean_offset),
         'off_lane_fraction': _ratio(s.off_lane, s.off_lane + s.on_lane),
         'lon_acc_p50': _percentile(abs_acc, 50),
         'lon_acc_p90': _percentile(abs_acc, 90),
@@ -58,6 +84,7 @@ def statistics(samples: RealismSamples) -> Dict[str, float]:
         'focal_cv_fde6_p50': _percentile(s.focal_cv_fde6, 50),
         'focal_cv_fde6_reported_velocity_mean': _mean(s.focal_cv_fde6_reported),
         'other_vehicle_cv_fde6_mean': _mean(s.other_cv_fde6),
+        'focal_future_distinct_fraction': distinct_shape_fraction(s.focal_future),
         'focal_speed_change_p10': _percentile(s.focal_speed_change, 10),
         'focal_speed_change_p90': _percentile(s.focal_speed_change, 90),
         'track_length_p50': _percentile(s.track_length, 50),
