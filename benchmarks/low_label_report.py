@@ -39,13 +39,16 @@ from benchmarks.experiment_utils import atomic_write_text  # noqa: E402
 RUN_COLUMNS = ['backbone', 'arm', 'labelled', 'seed', 'minADE', 'minFDE', 'MR', 'brier_minFDE', 'pretrain_steps',
                'gpu_seconds']
 METRIC_COLUMNS = ['minADE', 'minFDE', 'MR', 'brier_minFDE']
-ARMS = ('scratch', 'pretrained', 'pretrained_sym', 'oracle', 'mixed')
+ARMS = ('scratch', 'pretrained', 'pretrained_sym', 'oracle', 'mixed', 'scratch_frozen', 'pretrained_frozen')
+STUDY_ARMS = ARMS[:5]  # the protocol's arms; the frozen-encoder probes are a diagnostic on request
 ARM_TITLES = {'scratch': 'scratch', 'pretrained': 'pre-trained (momentum branch: the method)',
               'pretrained_sym': 'pre-trained, mode symmetry broken (deviation)',
               'oracle': 'oracle (supervised pre-training on the labelled pool)',
-              'mixed': 'pre-trained on two profiles mixed'}
+              'mixed': 'pre-trained on two profiles mixed',
+              'scratch_frozen': 'probe: random encoder frozen, decoder trained',
+              'pretrained_frozen': 'probe: pre-trained encoder frozen, decoder trained'}
 ARM_SOURCE = {'scratch': None, 'pretrained': 'ssl_target', 'pretrained_sym': 'ssl_target', 'oracle': 'oracle',
-              'mixed': 'ssl_mixed'}
+              'mixed': 'ssl_mixed', 'scratch_frozen': None, 'pretrained_frozen': 'ssl_target'}
 SHOWN_GAIN, SHOWN_STANDARD_ERRORS = 0.05, 2.0
 REFUTED_ORACLE, REFUTED_METHOD, TESTABLE_ORACLE = 0.10, 0.03, 0.05
 PLATEAU_TOLERANCE = 0.02   # the last quarter of epochs improves the best val minFDE by less than this: a plateau
@@ -207,22 +210,27 @@ def summary_markdown(rows: Sequence[dict], pretrain: dict, pretrain_curves: Sequ
                 if (backbone, n, arm) in fde:
                     cells = [_fmt(other[m].get((backbone, n, arm))) for m in ('minADE', 'MR', 'brier_minFDE')]
                     lines.append(f'| {backbone} | {n} | {arm} | ' + ' | '.join(cells) + ' |')
-    smallest = sizes[0] if sizes else None
-    mixed_lines = []
-    for backbone in backbones:
-        if smallest is None:
-            break
-        table = {}
-        for r in rows:
-            if r['backbone'] == backbone and r['labelled'] == smallest and r['arm'] in ('pretrained', 'mixed'):
-                table.setdefault(r['arm'], {})[r['seed']] = r['minFDE']
-        if 'pretrained' in table and 'mixed' in table:
-            g = paired_gain(table['pretrained'], table['mixed'])
-            mixed_lines.append(f'| {backbone} | {smallest} | {_fmt(g)} |')
+    def between(base_arm: str, arm: str) -> List[str]:
+        out = []
+        for backbone in backbones:
+            for n in sizes:
+                table: Dict[str, Dict[int, float]] = {}
+                for r in rows:
+                    if r['backbone'] == backbone and r['labelled'] == n and r['arm'] in (base_arm, arm):
+                        table.setdefault(r['arm'], {})[r['seed']] = r['minFDE']
+                if base_arm in table and arm in table:
+                    out.append(f'| {backbone} | {n} | {_fmt(paired_gain(table[base_arm], table[arm]))} |')
+        return out
+
+    mixed_lines = between('pretrained', 'mixed')
     if mixed_lines:
         lines += ['', '## Two profiles mixed vs the target profile alone (same pre-training steps)', '',
                   'Gain of the mixed pre-training over the target-only one (positive: mixed is better).', '',
                   '| backbone | labelled | gain |', '|---|---|---|'] + mixed_lines
+    probe_lines = between('scratch_frozen', 'pretrained_frozen')
+    if probe_lines:
+        lines += ['', '## Probe: frozen pre-trained encoder vs frozen random encoder (decoder trained)', '',
+                  '| backbone | labelled | gain |', '|---|---|---|'] + probe_lines
     if runs_pre:
         lines += ['', '## Pre-training runs', '',
                   '| run | data | steps | GPU-s | momentum branch: share of its initialisation | loss first → last | '

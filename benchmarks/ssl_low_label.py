@@ -19,7 +19,9 @@ Three subcommands, each resumable (finished work is skipped), all through the pr
                pretrained      the momentum branch of ssl_target (the method);
                pretrained_sym  the same with the mode symmetry broken at transfer (``--mode_noise_std``; deviation);
                oracle          the supervised oracle checkpoint, all of its encoder and decoder;
-               mixed           the momentum branch of ssl_mixed (only at the smallest labelled size).
+               mixed           the momentum branch of ssl_mixed (only at the smallest labelled size);
+               scratch_frozen, pretrained_frozen  (on request) probes: only the decoder is trained, on a frozen
+                               random / pre-trained encoder (train.py --freeze_encoder 1).
              Then the report (below) unless ``--no_report``.
   report     ``benchmarks/low_label_report.py`` on ``--out``: summary.md + gain_vs_labelled.png.
 
@@ -60,7 +62,7 @@ if ROOT not in sys.path:
 from benchmarks.experiment_utils import (MODEL_PRESETS, CommandFailed, atomic_write_json,  # noqa: E402
                                          atomic_write_text, canonical_model, exit_on_sigterm, finetune_cmd,
                                          pretrain_cmd, read_json, read_val_metrics, val_cmd)
-from benchmarks.low_label_report import ARM_SOURCE, ARMS, RUN_COLUMNS, make_report  # noqa: E402
+from benchmarks.low_label_report import ARM_SOURCE, ARMS, RUN_COLUMNS, STUDY_ARMS, make_report  # noqa: E402
 from benchmarks.scaling_sweep import ChildProcesses, loader_workers_per_run  # noqa: E402
 
 POOL_SEED, VAL_SEED = 0, 1          # synthetic base seeds: the pools (all profiles), the val split
@@ -122,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     fin = sub.add_parser('finetune', parents=[common], help='fine-tunes + val of every arm, runs.csv, report')
     fin.add_argument('--pretrained_dir', default=None, help='folder with the slim checkpoints and pretrain.json of '
                                                             'the pretrain command (default: --out)')
-    fin.add_argument('--arms', nargs='+', choices=ARMS, default=list(ARMS))
+    fin.add_argument('--arms', nargs='+', choices=ARMS, default=list(STUDY_ARMS))
     fin.add_argument('--smallest_only', nargs='*', choices=ARMS, default=['mixed', 'pretrained_sym'],
                      help='arms run only at the smallest labelled size')
     fin.add_argument('--labelled', type=int, nargs='+', default=[50, 200])
@@ -184,14 +186,19 @@ def extra_flags(text: str) -> List[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 def run_steps(steps: Sequence[dict]) -> None:
     """Runs each step's ``main(argv)`` (train, train_ssl, val, datasets.preprocess); an error names the step."""
+    from utils.cli import CliError
+    from utils.resume import SIGTERM_EXIT_CODE
     for step in steps:
         module = importlib.import_module(step['module'])
         try:
             result = module.main(list(step['argv']))
         except SystemExit as error:
-            if error.code not in (0, None):
+            if error.code in (0, None):
+                result = 0
+            elif isinstance(error, CliError) or (isinstance(error.code, int) and error.code != SIGTERM_EXIT_CODE):
                 raise CommandFailed(f'{step["module"]} exited with {error.code}: {error}') from None
-            result = 0
+            else:  # a stop (SIGTERM inside or outside a fit) ends the whole study, not just this run
+                raise
         if isinstance(result, int) and not isinstance(result, bool) and result != 0:
             raise CommandFailed(f'{step["module"]} returned {result}')
 
@@ -386,7 +393,7 @@ class Workspace:
 
     @staticmethod
     def fingerprint(directories: Sequence[str]) -> str:
-        """sha256 over the files of a few scenario directories: regenerated data must equal the pre-training's."""
+        """sha256 over the files of scenario directories: regenerated data must equal the pre-training's."""
         digest = hashlib.sha256()
         for directory in directories:
             for name in sorted(os.listdir(directory)):
@@ -396,9 +403,9 @@ class Workspace:
         return digest.hexdigest()[:16]
 
     def data_fingerprints(self, profile: str, pool_ids: Sequence[str], val_dir: str) -> dict:
-        val_ids = sorted(os.listdir(val_dir))[:3]
-        return {'pool': self.fingerprint([self.pool_path(profile, i) for i in pool_ids[:3]]),
-                'val': self.fingerprint([os.path.join(val_dir, i) for i in val_ids])}
+        """Fingerprints of the pool's first scenario (every labelled subset holds it) and of the val split's first."""
+        return {'pool': self.fingerprint([self.pool_path(profile, pool_ids[0])]),
+                'val': self.fingerprint([os.path.join(val_dir, sorted(os.listdir(val_dir))[0])])}
 
 
 def device_name(accelerator: str) -> str:
@@ -747,6 +754,8 @@ def finetune_job(args, ws: Workspace, plan: dict, labelled_dir: str, val_dir: st
             extra += ['--mode_noise_std', str(args.mode_noise_std)]
         if arm == 'oracle':
             extra += ['--pretrained_branch', 'supervised', '--copy_refine', '0']
+        if arm.endswith('_frozen'):
+            extra += ['--freeze_encoder', '1']
         cmd = finetune_cmd(py, ws.data, labelled_dir, ws.pool_dir, val_dir, ws.val_processed,
                            args.finetune_batch_size, epochs, workers, args.accelerator, 1, args.precision, seed,
                            ws.runs, name, args.size, pretrained=pretrained, model=backbone,

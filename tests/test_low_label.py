@@ -166,7 +166,7 @@ def test_whole_pipeline_on_cpu(tmp_path, capsys):
     assert study.main(finetune) == 0
     rows = read_rows(out / 'runs.csv')
     assert list(rows[0]) == report.RUN_COLUMNS
-    assert sorted(r['arm'] for r in rows) == sorted(report.ARMS)
+    assert sorted(r['arm'] for r in rows) == sorted(report.STUDY_ARMS)
     by_arm = {r['arm']: r for r in rows}
     assert by_arm['scratch']['pretrain_steps'] == '0' and by_arm['pretrained']['pretrain_steps'] == '2'
     assert by_arm['oracle']['pretrain_steps'] == '1' and all(float(r['minFDE']) > 0 for r in rows)
@@ -181,3 +181,33 @@ def test_whole_pipeline_on_cpu(tmp_path, capsys):
     assert '5 runs in' in capsys.readouterr().out and len(read_rows(out / 'runs.csv')) == 5
     with pytest.raises(SystemExit, match='another fine-tuning protocol'):
         study.main(finetune[:-1] + ['4'])
+
+
+def test_job_subcommand_runs_steps_in_one_process(tmp_path):
+    """What each child process of ``--executor subprocess`` runs: the steps of a job file, in order; a failing step
+    names its module."""
+    from datasets.synthetic import generate_split
+    generate_split(str(tmp_path / 'raw'), 'val', 2, 5, profile='demo')
+    job = tmp_path / 'job.json'
+    steps = [{'module': 'datasets.preprocess', 'argv': ['--dataset', 'argoverse_v2', '--raw_dir',
+                                                        str(tmp_path / 'raw' / 'val'), '--processed_dir',
+                                                        str(tmp_path / 'processed'), '--num_workers', '1',
+                                                        '--no_progress']}]
+    job.write_text(json.dumps({'steps': steps}))
+    assert study.main(['job', str(job)]) == 0
+    assert len(list((tmp_path / 'processed').glob('*.qcs'))) == 2
+    steps[0]['argv'][3] = str(tmp_path / 'nowhere')
+    job.write_text(json.dumps({'steps': steps}))
+    with pytest.raises(CommandFailed, match='datasets.preprocess'):
+        study.main(['job', str(job)])
+
+
+def test_mode_noise_needs_a_pretrained_checkpoint(tmp_path):
+    import train
+    from utils.cli import CliError
+    with pytest.raises(CliError, match='--mode_noise_std 0.02: needs --pretrained_ckpt'):
+        train.main(['--root', str(tmp_path), '--train_batch_size', '1', '--val_batch_size', '1',
+                    '--test_batch_size', '1', '--mode_noise_std', '0.02', '--dataset', 'argoverse_v2',
+                    '--num_historical_steps', '50', '--num_future_steps', '60', '--num_recurrent_steps', '3',
+                    *as_flags({k: 20 for k in ('pl2pl_radius', 'pl2a_radius', 'a2a_radius', 'pl2m_radius',
+                                               'a2m_radius')})])

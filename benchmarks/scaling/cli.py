@@ -24,7 +24,7 @@ Examples:
   python benchmarks/scaling_sweep.py --work_dir /tmp/scaling --size tiny --accelerator cpu --precision 32 \\
       --sizes 4 8 16 --seeds 0 1 --num_labelled 4 --num_val 4 --pretrain_epochs 1 --finetune_epochs 1 \\
       --pretrain_batch_size 4 --finetune_batch_size 4 --num_workers 0 --flop_batches 1
-  # one GPU: see docs/SCALING.md for the recorded command and its device time
+  # one GPU: see docs/SCALING.md for the recorded command and its GPU time
 """
 import argparse
 import os
