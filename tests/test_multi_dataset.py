@@ -183,6 +183,45 @@ def test_datamodule_mixes_labelled_sources(tmp_path, av1_sample):
         MultiDatasetDataModule([sources[0], DatasetSource('waymo', str(tmp_path))], 2, 2)
 
 
+def test_both_data_modules_tell_the_view_transform_the_epoch_before_the_training_loader(tmp_path):
+    """Pre-training passes ``on_train_loader`` to either data module: the first loader of a resumed run (epoch 3
+    here, before any epoch hook) already draws that epoch's views."""
+    from types import SimpleNamespace
+
+    from datasets import ArgoverseV2DataModule
+    from datasets.multi_dataset import DatasetSource, MultiDatasetDataModule
+    from predictors.smartpretrain import ViewEpochCallback
+    dataset_kwargs = {'num_workers': 1, 'progress': False}
+    reference = SSLViews(50, 60, seed=7)
+    reference.set_epoch(3)
+    av2_dirs = {f'{split}_{kind}_dir': str(AV2_TRAIN) if kind == 'raw' else str(tmp_path / 'av2')
+                for split in ('train', 'val') for kind in ('raw', 'processed')}
+    first_scene = ArgoverseV2DataModule(str(tmp_path), 1, 1, 1, train_transform=None, dataset_kwargs=dataset_kwargs,
+                                        **av2_dirs)
+    first_scene.setup('fit')
+    expected = reference(first_scene.train_dataset[0])
+    epoch_0 = SSLViews(50, 60, seed=7)(first_scene.train_dataset[0])
+    assert not torch.equal(epoch_0['anchor']['agent']['position'], expected['anchor']['agent']['position'])
+    modules = {
+        'argoverse_v2': lambda views, hook: ArgoverseV2DataModule(
+            str(tmp_path), 1, 1, 1, shuffle=False, num_workers=0, train_transform=views, dataset_kwargs=dataset_kwargs,
+            on_train_loader=hook, **av2_dirs),
+        'mix': lambda views, hook: MultiDatasetDataModule(
+            [DatasetSource('argoverse_v2', str(tmp_path), raw_dirs={'train': str(AV2_TRAIN)},
+                           processed_dirs={'train': str(tmp_path / 'av2')})], 1, 1, shuffle=False,
+            train_transform=views, dataset_kwargs=dataset_kwargs, on_train_loader=hook)}
+    for name, make in modules.items():
+        views = SSLViews(50, 60, seed=7)
+        module = make(views, ViewEpochCallback(views).sync)
+        module.trainer = SimpleNamespace(current_epoch=3)
+        module.setup('fit')
+        assert views.epoch == 0
+        batch = next(iter(module.train_dataloader()))
+        assert views.epoch == 3, name
+        for key in ('anchor', 'target'):
+            torch.testing.assert_close(batch[key]['agent']['position'], expected[key]['agent']['position'])
+
+
 def test_rootless_source_keeps_processed_files_next_to_the_raw_dir(tmp_path, monkeypatch):
     from datasets.multi_dataset import DatasetSource
     csv_dir, _ = generate_argoverse_v1(tmp_path / 'av1', num_sequences=2, seed=2)
