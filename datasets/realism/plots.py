@@ -2,7 +2,7 @@
 the focal agent's frame. Object-oriented matplotlib on the Agg canvas (no pyplot state); files are written
 atomically."""
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg

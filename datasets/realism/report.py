@@ -2,7 +2,7 @@
 that could not be read."""
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from datasets.realism.scene_statistics import RealismSamples
 from utils.atomic_io import atomic_write_text
@@ -31,8 +31,9 @@ def statistics_table(columns: Sequence[Tuple[str, Dict[str, float]]]) -> str:
 def render_report(folders: Sequence[Tuple[str, str, Dict[str, float], RealismSamples]],
                   plot_names: Sequence[str], created: str) -> str:
     """folders: (label, folder path, statistics, samples) for data and, optionally, the reference."""
-    lines = ['# Realism report', '', f'Created {created} by `python -m datasets.realism`. Definitions of the statistics: '
-             '`docs/REALISM.md` (and the docstring of `datasets/realism/__init__.py`).', '']
+    lines = ['# Realism report', '',
+             f'Created {created} by `python -m datasets.realism`. Definitions of the statistics: `docs/REALISM.md` '
+             '(and the docstring of `datasets/realism/__init__.py`).', '']
     for label, folder, stats, _ in folders:
         lines.append(f'- **{label}**: `{folder}`, {int(stats["num_scenes"])} scenarios'
                      f' ({int(stats["num_skipped"])} skipped)')

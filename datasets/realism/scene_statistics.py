@@ -16,18 +16,23 @@ PROGRESS_EVERY = 50
 
 @dataclass
 class RealismSamples:
-    """Raw samples of a folder. Per moving-vehicle observation: ``speed`` (m/s), ``lon_acc`` (m/s^2, signed),
-    ``yaw_rate`` (deg/s, signed, steps at >= 1 m/s), ``centreline_offset`` (m, signed, positive left).
-    ``lon_acc_interior``: the same without the first and last 5 steps of each track. ``vehicle_lon_acc``: the same
-    over every vehicle / bus track, parked ones included.
-    Per moving-vehicle track: ``start_speed_ratio``, ``track_mean_offset`` (m), ``lane_changes``, ``other_cv_fde6`` (fully observed
-    non-focal vehicles, m). Per track (all types): ``track_length`` (observed steps), ``track_full`` (observed at every step), ``track_static`` (bool),
-    ``track_type`` (av2 object type). Per observation of a static track: ``static_velocity_zero`` (bool).
-    Per scene: ``focal_cv_fde6`` / ``focal_cv_fde6_reported`` (m), ``focal_speed_change`` (m/s), ``scored_tracks``,
-    ``agents``, ``agents_at_current``, ``static_at_current``, ``polygons`` (NaN without an Argoverse 2 map), ``scored_tracks`` NaN without Argoverse 2 categories; ``focal_speed``
-    [S, 110] (m/s, NaN-padded) and ``focal_future`` [S, 60, 2] / ``focal_history`` [S, 50, 2] in the focal agent's
-    frame at the current step (x forward, y left). Per map: ``lane_segment_length`` (m). ``off_lane`` / ``on_lane``:
-    moving-vehicle observations without / with an aligned centreline within 5 m. ``skipped``: (file, problem)."""
+    """Raw samples of a folder.
+
+    Per moving-vehicle observation: ``speed`` (m/s), ``lon_acc`` (m/s^2, signed), ``lon_acc_interior`` (the same
+    without the first and last 5 steps of each track), ``yaw_rate`` (deg/s, signed, steps at >= 1 m/s),
+    ``centreline_offset`` (m, signed, positive left). ``vehicle_lon_acc``: ``lon_acc`` over every vehicle / bus track,
+    parked ones included.
+    Per moving-vehicle track: ``start_speed_ratio``, ``track_mean_offset`` (m), ``lane_changes``, ``other_cv_fde6``
+    (fully observed non-focal vehicles, m).
+    Per track (all types): ``track_length`` (observed steps), ``track_full`` (observed at every step),
+    ``track_static`` (bool), ``track_type`` (av2 object type). Per observation of a static track:
+    ``static_velocity_zero`` (bool).
+    Per scene: ``focal_cv_fde6`` / ``focal_cv_fde6_reported`` (m), ``focal_speed_change`` (m/s), ``scored_tracks``
+    (NaN without Argoverse 2 categories), ``agents``, ``agents_at_current``, ``static_at_current``, ``polygons`` (NaN
+    without an Argoverse 2 map); ``focal_speed`` [S, 110] (m/s, NaN-padded), ``focal_future`` [S, 60, 2] and
+    ``focal_history`` [S, 50, 2] in the focal agent's frame at the current step (x forward, y left).
+    Per map: ``lane_segment_length`` (m). ``off_lane`` / ``on_lane``: moving-vehicle observations without / with an
+    aligned centreline within 5 m. ``skipped``: (file, problem) of each scenario left out."""
     speed: np.ndarray = None
     lon_acc: np.ndarray = None
     lon_acc_interior: np.ndarray = None
@@ -65,73 +70,66 @@ _STACKED = {'focal_speed': (NUM_STEPS,), 'focal_future': (FUTURE_STEP - CURRENT_
             'focal_history': (CURRENT_STEP + 1, 2)}   # per-scene arrays stacked, with their per-scene shapes
 
 
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[~np.isnan(values)]
+
+
 def _pad_steps(values: np.ndarray, num_steps: int = NUM_STEPS) -> np.ndarray:
     out = np.full((num_steps,) + values.shape[1:], np.nan)
     out[:min(num_steps, len(values))] = values[:num_steps]
     return out
 
 
-def scene_samples(tracks: ScenarioTracks, lane_map: Optional[LaneMap]) -> Dict[str, object]:
-    """The samples of one scene, as lists / arrays keyed like :class:`RealismSamples`' fields."""
-    out: Dict[str, object] = {}
-    static = ts.is_static(tracks.positions)
-    moving_vehicle = ts.is_moving_vehicle(tracks.positions, tracks.object_types)
-    speed = ts.speeds(tracks.positions)
+def motion_samples(tracks: ScenarioTracks, moving: np.ndarray, speed: np.ndarray) -> Dict[str, np.ndarray]:
+    """Speeds, accelerations, yaw rates of moving vehicles [M] plus track lengths and stillness of every track."""
     lon_acc = ts.longitudinal_accelerations(speed)
-    yaw_rate = ts.yaw_rates(tracks.headings)
-    mv = moving_vehicle
-    out['speed'] = speed[mv][~np.isnan(speed[mv])]
-    out['lon_acc'] = lon_acc[mv][~np.isnan(lon_acc[mv])]
+    yaw_rate = ts.yaw_rates(tracks.headings)[moving]
+    interior = ts.longitudinal_accelerations(ts.speeds(ts.trim_track_ends(tracks.positions[moving])))
     vehicle = np.isin(tracks.object_types, ts.VEHICLE_TYPES)
-    out['vehicle_lon_acc'] = lon_acc[vehicle][~np.isnan(lon_acc[vehicle])]
-    interior = ts.longitudinal_accelerations(ts.speeds(ts.trim_track_ends(tracks.positions[mv])))
-    out['lon_acc_interior'] = interior[~np.isnan(interior)]
-    out['start_speed_ratio'] = ts.start_speed_ratios(speed[mv])
-    fast_yaw = yaw_rate[mv][speed[mv] >= ts.MIN_YAW_RATE_SPEED]
-    out['yaw_rate'] = fast_yaw[~np.isnan(fast_yaw)]
-    out['track_length'] = tracks.observed.sum(axis=1)
-    out['track_full'] = tracks.observed.all(axis=1)
-    out['track_static'] = static
-    out['track_type'] = tracks.object_types
+    static = ts.is_static(tracks.positions)
     reported = tracks.velocities[static][tracks.observed[static]]
-    out['static_velocity_zero'] = np.all(reported == 0.0, axis=-1)
+    return {'speed': _finite(speed[moving]), 'lon_acc': _finite(lon_acc[moving]),
+            'vehicle_lon_acc': _finite(lon_acc[vehicle]), 'lon_acc_interior': _finite(interior),
+            'start_speed_ratio': ts.start_speed_ratios(speed[moving]),
+            'yaw_rate': _finite(yaw_rate[speed[moving] >= ts.MIN_YAW_RATE_SPEED]),
+            'track_length': tracks.observed.sum(axis=1), 'track_full': tracks.observed.all(axis=1),
+            'track_static': static, 'track_type': tracks.object_types,
+            'static_velocity_zero': np.all(reported == 0.0, axis=-1)}
+
+
+def lane_samples(tracks: ScenarioTracks, moving: np.ndarray, lane_map: Optional[LaneMap]) -> Dict[str, object]:
+    """Centreline offsets, per-track mean offsets and lane changes of moving vehicles; lane segment lengths."""
     offsets, mean_offsets, changes, off_lane, on_lane = [], [], [], 0, 0
-    if lane_map is not None:
-        for row in np.flatnonzero(mv):
-            offset, lanes = ts.centreline_offsets(tracks.positions[row], tracks.headings[row], lane_map)
-            observed = tracks.observed[row]
-            on = ~np.isnan(offset)
-            off_lane += int((observed & ~on).sum())
-            on_lane += int(on.sum())
-            offsets.append(offset[on])
-            if on.sum() >= 10:
-                mean_offsets.append(float(offset[on].mean()))
-            changes.append(ts.lane_changes(lanes, lane_map))
-        if lane_map.argoverse_segments:
-            out['lane_segment_length'] = lane_map.lane_lengths
-    out['centreline_offset'] = np.concatenate(offsets) if offsets else np.zeros(0)
-    out['track_mean_offset'] = np.array(mean_offsets)
-    out['lane_changes'] = np.array(changes)
-    out['off_lane'], out['on_lane'] = off_lane, on_lane
-    current, future = tracks.current_step, tracks.future_step
+    for row in np.flatnonzero(moving) if lane_map is not None else ():
+        offset, lanes = ts.centreline_offsets(tracks.positions[row], tracks.headings[row], lane_map)
+        on = ~np.isnan(offset)
+        off_lane += int((tracks.observed[row] & ~on).sum())
+        on_lane += int(on.sum())
+        offsets.append(offset[on])
+        if on.sum() >= 10:
+            mean_offsets.append(float(offset[on].mean()))
+        changes.append(ts.lane_changes(lanes, lane_map))
+    out = {'centreline_offset': np.concatenate(offsets) if offsets else np.zeros(0),
+           'track_mean_offset': np.array(mean_offsets), 'lane_changes': np.array(changes),
+           'off_lane': off_lane, 'on_lane': on_lane}
+    if lane_map is not None and lane_map.argoverse_segments:
+        out['lane_segment_length'] = lane_map.lane_lengths
+    return out
+
+
+def focal_samples(tracks: ScenarioTracks, moving: np.ndarray, speed: np.ndarray) -> Dict[str, np.ndarray]:
+    """Constant-velocity errors (focal, other fully observed moving vehicles), focal speed change, speed profile
+    and history / future in the focal frame."""
+    out: Dict[str, np.ndarray] = {}
+    scene = {'focal_cv_fde6': np.nan, 'focal_cv_fde6_reported': np.nan, 'focal_speed_change': np.nan}
+    current, future, focal = tracks.current_step, tracks.future_step, tracks.focal_index
     has_future = future > current
     if has_future:
         cv, cv_reported = ts.constant_velocity_errors(tracks.positions, tracks.velocities, current, future)
-        others = mv & tracks.observed.all(axis=1)
-        if tracks.focal_index >= 0:
-            others[tracks.focal_index] = False
+        others = moving & tracks.observed.all(axis=1)
+        if focal >= 0:
+            others[focal] = False
         out['other_cv_fde6'] = cv[others]
-    focal = tracks.focal_index
-    has_categories = bool((tracks.categories >= 0).all())
-    has_segments = lane_map is not None and lane_map.argoverse_segments
-    scene: Dict[str, float] = {'scored_tracks': float((tracks.categories == SCORED).sum()) if has_categories
-                               else np.nan,
-                               'agents': float(len(tracks.track_ids)),
-                               'agents_at_current': float(tracks.observed[:, current].sum()),
-                               'static_at_current': float((static & tracks.observed[:, current]).sum()),
-                               'polygons': float(lane_map.num_polygons) if has_segments else np.nan,
-                               'focal_cv_fde6': np.nan, 'focal_cv_fde6_reported': np.nan,
-                               'focal_speed_change': np.nan}
     if focal >= 0 and tracks.observed[focal, current - 1:current + 1].all():
         origin, heading = tracks.positions[focal, current], float(tracks.headings[focal, current])
         local = ts.to_agent_frame(tracks.positions[focal], origin, heading)
@@ -139,11 +137,31 @@ def scene_samples(tracks: ScenarioTracks, lane_map: Optional[LaneMap]) -> Dict[s
         out['focal_speed'] = _pad_steps(speed[focal])
         if has_future:
             out['focal_future'] = _pad_steps(local[current + 1:future + 1], FUTURE_STEP - CURRENT_STEP)
-            scene['focal_cv_fde6'] = float(cv[focal])
-            scene['focal_cv_fde6_reported'] = float(cv_reported[focal])
-            scene['focal_speed_change'] = float(speed[focal, future] - speed[focal, current])
-    out.update({name: np.array([value]) for name, value in scene.items()})
+            scene = {'focal_cv_fde6': cv[focal], 'focal_cv_fde6_reported': cv_reported[focal],
+                     'focal_speed_change': speed[focal, future] - speed[focal, current]}
+    out.update({name: np.array([float(value)]) for name, value in scene.items()})
     return out
+
+
+def count_samples(tracks: ScenarioTracks, lane_map: Optional[LaneMap]) -> Dict[str, np.ndarray]:
+    """Per-scene counts; NaN where the source has no Argoverse 2 categories or lane segments."""
+    current = tracks.current_step
+    static = ts.is_static(tracks.positions)
+    has_categories = bool((tracks.categories >= 0).all())
+    has_segments = lane_map is not None and lane_map.argoverse_segments
+    counts = {'scored_tracks': (tracks.categories == SCORED).sum() if has_categories else np.nan,
+              'agents': len(tracks.track_ids), 'agents_at_current': tracks.observed[:, current].sum(),
+              'static_at_current': (static & tracks.observed[:, current]).sum(),
+              'polygons': lane_map.num_polygons if has_segments else np.nan}
+    return {name: np.array([float(value)]) for name, value in counts.items()}
+
+
+def scene_samples(tracks: ScenarioTracks, lane_map: Optional[LaneMap]) -> Dict[str, object]:
+    """The samples of one scene, keyed like :class:`RealismSamples`' fields."""
+    moving = ts.is_moving_vehicle(tracks.positions, tracks.object_types)
+    speed = ts.speeds(tracks.positions)
+    return {**motion_samples(tracks, moving, speed), **lane_samples(tracks, moving, lane_map),
+            **focal_samples(tracks, moving, speed), **count_samples(tracks, lane_map)}
 
 
 def collect(folder, max_scenes: Optional[int] = None, progress: bool = True) -> RealismSamples:
