@@ -176,7 +176,7 @@ Each has `--help`; docs/BENCHMARKS.md records their results with date, card and 
 | `python benchmarks/cuda_graphs_training.py` | eager vs `--cuda_graphs` training and validation through Lightning on varying batches |
 | `python benchmarks/precision_check.py` | short float32 vs bf16-mixed trainings: metrics and seed spread |
 | `python benchmarks/check_official_equivalence.py` | outputs, losses and gradients against the official QCNet / SmartPretrain code (docs/EQUIVALENCE.md) |
-| `python benchmarks/ssl_low_label.py` | low-label study: pre-train on an unlabelled pool, fine-tune on a small labelled set, compare with scratch |
+| `python benchmarks/ssl_low_label.py pretrain\|finetune\|report` | low-label study (docs/LOW_LABEL.md): pre-train on an unlabelled pool, fine-tune every arm on labelled subsets, paired gains against scratch |
 | `python benchmarks/momentum_init_share.py` | how much of its random initialisation a momentum branch still holds |
 | `python benchmarks/scaling_sweep.py` | gain of pre-training vs pre-training data and compute, power-law fits (docs/SCALING.md) |
 """
