@@ -6,87 +6,59 @@ Predicts the focal agent of every test scenario (6 modes, world frame) and write
 Before anything is written, the predicted scenarios are checked against every scenario directory of the test split:
 a missing or unexpected scenario (e.g. one that failed preprocessing) is an error and no file is written.
 """
-import os
 import time
-from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
+from argparse import ArgumentParser
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
-import pytorch_lightning as pl
-import torch
-from torch_geometric.loader import DataLoader
-
-from datasets import DATA_INPUT_ERRORS, ArgoverseV2Dataset
-from predictors.registry import AUTO, model_class_for_checkpoint, model_names
-from utils.cli import CliError, ensure_output_dir, evaluation_strategy, input_errors, positive_int, run_main, str2bool
-from utils.evaluation_options import add_evaluation_speed_args, prepare_model_for_evaluation
-from utils.prebuilt_graph import GraphBuildingCollate
-from utils.submission import check_coverage
-
+# Only modules that import no torch before the flags are parsed: `--help` and flag errors come back at once.
+from utils.cli import CliError, HelpFormatter, ensure_output_dir, run_main
+from utils.evaluation import add_evaluation_args, evaluation_trainer, load_predictor, split_dataset, split_loader
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--model', type=str, default=AUTO,
-                        help=f'predictor class of the checkpoint ({", ".join(model_names())}); auto: the one stored '
-                             f'in the checkpoint (QCNet when none is, e.g. official checkpoints)')
-    parser.add_argument('--root', type=str, required=True, help='dataset root holding the test/ split')
-    parser.add_argument('--test_batch_size', '--batch_size', dest='test_batch_size', type=positive_int, default=32)
-    parser.add_argument('--num_workers', type=int, default=8)
-    parser.add_argument('--pin_memory', type=str2bool, default=True)
-    parser.add_argument('--persistent_workers', type=str2bool, default=True)
-    parser.add_argument('--test_raw_dir', type=str, default=None)
-    parser.add_argument('--test_processed_dir', type=str, default=None)
-    parser.add_argument('--accelerator', type=str, default='auto')
-    parser.add_argument('--devices', type=positive_int, default=1)
-    parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
-    add_evaluation_speed_args(parser)
-    parser.add_argument('--ckpt_path', type=str, required=True)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_evaluation_args(parser, 'test')
     parser.add_argument('--submission_dir', type=str, default='./')
     parser.add_argument('--submission_file_name', type=str, default='submission', help='file name without .parquet')
     return parser
 
 
-class SubmissionCoverageCheck(pl.Callback):
-    """Fails the test run, before the model writes its submission (module hooks run after callback hooks),
-    unless the focal predictions gathered from all ranks cover exactly the expected scenarios."""
+def submission_coverage_check(expected_scenario_ids: Sequence[str], hint: str = '') -> Any:
+    """Lightning callback that fails the test run, before the model writes its submission (module hooks run after
+    callback hooks), unless the focal predictions gathered from all ranks cover exactly the expected scenarios."""
+    import pytorch_lightning as pl
+    import torch
+    from utils.submission import check_coverage
+    expected = list(expected_scenario_ids)
 
-    def __init__(self, expected_scenario_ids: Sequence[str], hint: str = '') -> None:
-        self.expected_scenario_ids = list(expected_scenario_ids)
-        self.hint = hint
+    class SubmissionCoverageCheck(pl.Callback):
+        def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            predicted = list(pl_module.test_predictions)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                parts: List[Optional[list]] = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(parts, predicted)
+                predicted = [scenario_id for part in parts for scenario_id in part]
+            try:  # same outcome on every rank: no rank waits for another
+                check_coverage(predicted, expected)
+            except ValueError as error:
+                raise ValueError(f'{error}; no submission written{hint}') from None
 
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        predicted = list(pl_module.test_predictions)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts: List[Optional[list]] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, predicted)
-            predicted = [scenario_id for part in parts for scenario_id in part]
-        try:  # same outcome on every rank: no rank waits for another
-            check_coverage(predicted, self.expected_scenario_ids)
-        except ValueError as error:
-            raise ValueError(f'{error}; no submission written{self.hint}') from None
+    return SubmissionCoverageCheck()
 
 
 def main(argv: Optional[List[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
-    pl.seed_everything(2023, workers=True)
     ensure_output_dir(args.submission_dir, '--submission_dir')  # before hours of inference, not after
-    if not os.path.isfile(args.ckpt_path):
-        raise CliError(f'{args.ckpt_path}: --ckpt_path does not exist (check the path)')
-    # another model's or a pre-training checkpoint, an unreadable file, unknown --model, weights that do not fit
-    with input_errors(ValueError):
-        model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
-            checkpoint_path=args.ckpt_path, map_location='cpu')
-    graph_builder = prepare_model_for_evaluation(model, args)  # flag errors before any data is processed
+    import pytorch_lightning as pl
+    from utils.submission import check_coverage
+    pl.seed_everything(2023, workers=True)
+    model, graph_builder = load_predictor(args)
     model.submission_dir = args.submission_dir
     model.submission_file_name = args.submission_file_name
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'
 
-    # Only the test split is built (a datamodule would also process any unprocessed train/val data).
-    with input_errors(*DATA_INPUT_ERRORS):
-        dataset = ArgoverseV2Dataset(args.root, 'test', args.test_raw_dir, args.test_processed_dir, transform=None,
-                                     num_historical_steps=model.num_historical_steps,
-                                     num_future_steps=model.num_future_steps, num_workers=max(1, args.num_workers))
+    dataset = split_dataset(args, 'test', model, transform=None)
     # Every raw scenario must be predicted, including any that failed preprocessing (the leaderboard wants all):
     # fail now rather than after hours of inference.
     expected = dataset.raw_file_names or dataset.scenario_names
@@ -95,13 +67,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
         check_coverage(dataset.scenario_names, expected)
     except ValueError as error:
         raise CliError(f'{dataset.raw_dir}: test split: {error}{hint}')
-    loader = DataLoader(dataset, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers,
-                        pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
-    if graph_builder is not None:
-        loader.collate_fn = GraphBuildingCollate(loader.collate_fn, graph_builder)
-    trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices,
-                         strategy=evaluation_strategy(args.devices), precision=args.precision, logger=False,
-                         callbacks=[SubmissionCoverageCheck(expected, hint)])
+    loader = split_loader(args, dataset, args.test_batch_size, graph_builder)
+    trainer = evaluation_trainer(args, callbacks=[submission_coverage_check(expected, hint)])
     previous_mtime = path.stat().st_mtime_ns if path.exists() else None
     start = time.perf_counter()
     trainer.test(model, dataloaders=loader)

@@ -12,24 +12,16 @@ last.ckpt is also rewritten every --save_every_n_steps optimiser steps and when 
 Bad input (empty split, stale cache, wrong checkpoint, unwritable --log_dir, ...) ends the script with one line
 `error: <file>: <problem> (<fix>)` and exit status 2.
 """
-from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
+from argparse import ArgumentParser, Namespace
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
-from predictors.qcnet import check_speed_options
-from predictors.registry import model_class, model_names, resolve_model_name
-from transforms import TargetBuilder
-from utils.atomic_checkpoint_io import AtomicCheckpointIO
-from utils.checkpoint import CheckpointError
-from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
-                       training_strategy)
-from utils.prebuilt_graph import graph_builder_for
-from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
+# Only modules that import no torch before the flags are parsed: `--help` and flag errors come back at once.
+from predictors.arguments import add_predictor_args
+from predictors.names import model_names, normalise_model_name, resolve_model_name
+from utils.cli import (CliError, HelpFormatter, bool_flag, ensure_output_dir, input_errors, int_or_float,
+                       positive_int, run_main)
+from utils.training_run import print_summary, resume_checkpoint
 
 MONITOR = 'val_minFDE'
 SUMMARY_METRICS = ('val_minADE', 'val_minFDE', 'val_MR', 'val_Brier', 'val_minAHE', 'val_minFHE')
@@ -37,7 +29,7 @@ SUMMARY_METRICS = ('val_minADE', 'val_minFDE', 'val_MR', 'val_Brier', 'val_minAH
 
 def build_parser(model: str = 'QCNet') -> ArgumentParser:
     """Parser of the script with the flags of predictor ``model``."""
-    parser = ArgumentParser(description=__doc__, formatter_class=ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--model', type=str, default='QCNet',
                         help=f'predictor ({", ".join(model_names())}); its flags are listed below with --model <name> '
                              f'--help')
@@ -46,11 +38,11 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
     data.add_argument('--train_batch_size', type=positive_int, required=True, help='scenarios per batch and device')
     data.add_argument('--val_batch_size', type=positive_int, required=True)
     data.add_argument('--test_batch_size', type=positive_int, required=True)
-    data.add_argument('--shuffle', type=str2bool, default=True)
+    data.add_argument('--shuffle', **bool_flag(True))
     data.add_argument('--num_workers', type=int, default=8)
-    data.add_argument('--pin_memory', type=str2bool, default=True)
-    data.add_argument('--persistent_workers', type=str2bool, default=True)
-    data.add_argument('--build_graph_in_workers', action='store_true',
+    data.add_argument('--pin_memory', **bool_flag(True))
+    data.add_argument('--persistent_workers', **bool_flag(True))
+    data.add_argument('--build_graph_in_workers', **bool_flag(False),
                       help="QCNet: build each batch's edge lists (radius searches) in the --num_workers loader "
                            'processes, overlapped with the GPU step, instead of inside the step (same edges; '
                            'docs/PERFORMANCE.md)')
@@ -89,7 +81,7 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
     finetune = parser.add_argument_group('fine-tuning from SmartPretrain')
     finetune.add_argument('--pretrained_ckpt', type=str, default=None,
                           help='SmartPretrain pre-training checkpoint whose encoder/decoder initialise the model')
-    finetune.add_argument('--copy_refine', type=int, default=0, choices=[0, 1],
+    finetune.add_argument('--copy_refine', **bool_flag(False),
                           help='also initialise the refinement attention layers from the proposal ones')
     finetune.add_argument('--pretrained_branch', type=str, default='momentum',
                           choices=['momentum', 'online', 'supervised'],
@@ -101,11 +93,11 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
                           help='deviation from the method (0: off): Gaussian noise of this std on each copy of the '
                                'one pre-training mode embedding repeated to --num_modes, so that the modes differ '
                                'when fine-tuning starts (fresh embeddings have std 0.02)')
-    finetune.add_argument('--freeze_encoder', type=int, default=0, choices=[0, 1],
+    finetune.add_argument('--freeze_encoder', **bool_flag(False),
                           help='train only the decoder; the encoder (pre-trained or random) keeps its weights: the '
                                'linear-probe style check of what a pre-trained representation holds')
 
-    model_class(model).add_model_specific_args(parser)
+    add_predictor_args(parser, model)
     return parser
 
 
@@ -122,57 +114,16 @@ def parse_args(argv: Optional[List[str]] = None) -> Namespace:
     return args
 
 
-def fresh_run(checkpoint_dir: Path) -> None:
-    """None (start from scratch) when ``checkpoint_dir`` holds no checkpoint; a fresh run never mixes into an old one."""
-    existing = sorted(checkpoint_dir.glob('*.ckpt'))
-    if existing:
-        raise CliError(f'{checkpoint_dir}: already holds {len(existing)} checkpoint(s) (e.g. {existing[0].name}) '
-                       f'(to continue that run pass --resume, else choose another --exp_name / --log_dir)')
-    return None
-
-
 def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional[str]:
     """Path to resume from, or None for a fresh run; refuses to silently mix a fresh run into an old one."""
-    if args.resume is None:
-        return fresh_run(checkpoint_dir)
-    path = checkpoint_dir / 'last.ckpt' if args.resume in ('last', 'auto') else Path(args.resume)
-    if args.resume == 'auto' and not path.is_file():
-        return fresh_run(checkpoint_dir)
-    if not path.is_file():
-        raise CliError(f'--resume: checkpoint {path} does not exist (check the path, or start without --resume)')
-    from predictors.trajectory_predictor import checkpoint_model_name, normalise_model_name
+    path = resume_checkpoint(args.resume, checkpoint_dir)
+    if path is None:
+        return None
+    from predictors.trajectory_predictor import checkpoint_model_name
     stored = checkpoint_model_name(str(path))
     if normalise_model_name(stored) != normalise_model_name(args.model):
         raise CliError(f'{path}: --resume: a {stored} checkpoint, but --model is {args.model} (pass --model {stored})')
     return str(path)
-
-
-def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Path,
-                  loggers: List[pl.loggers.Logger]) -> None:
-    metrics = trainer.callback_metrics
-    lines = ['', '=' * 78, f'Training finished: epoch {trainer.current_epoch}, {trainer.global_step} optimiser steps',
-             f'  run directory : {run_dir}']
-    if checkpoint.best_model_path:
-        score = checkpoint.best_model_score
-        score_text = f' ({MONITOR} = {score.item():.4f})' if score is not None else ''
-        lines.append(f'  best ckpt     : {checkpoint.best_model_path}{score_text}')
-    last = Path(checkpoint.dirpath) / 'last.ckpt'
-    lines.append(f'  last ckpt     : {last if last.is_file() else "(none written)"}')
-    for logger in loggers:
-        if isinstance(logger, CSVLogger):
-            lines.append(f'  csv metrics   : {Path(logger.log_dir) / "metrics.csv"}')
-        elif isinstance(logger, TensorBoardLogger):
-            lines.append(f'  tensorboard   : tensorboard --logdir {Path(logger.log_dir).parent}  ({logger.log_dir})')
-    shown = [(name, metrics[name]) for name in SUMMARY_METRICS if name in metrics]
-    if shown:
-        lines.append('  final validation metrics:')
-        lines.extend(f'    {name[4:]:<12} {float(value):.4f}' for name, value in shown)
-        if 'val_minFDE' in metrics and 'val_Brier' in metrics:
-            lines.append(f'    {"brier-minFDE":<12} {float(metrics["val_minFDE"]) + float(metrics["val_Brier"]):.4f}')
-    else:
-        lines.append('  no validation metrics were logged (validation did not run)')
-    lines.append('=' * 78)
-    print('\n'.join(lines), flush=True)
 
 
 def check_cuda_graphs(args: Namespace) -> None:
@@ -182,7 +133,7 @@ def check_cuda_graphs(args: Namespace) -> None:
         return
     # Activation checkpointing saves/restores RNG states: not checked inside a CUDA-graph capture, so the
     # combinations are refused rather than left to fail there. The torch.compile flags work with it (they compile
-    # during the warm-up steps before each capture; BENCHMARKS §2d).
+    # during the warm-up steps before each capture; docs/BENCHMARKS.md, "Training step").
     combined = [flag for flag in ('checkpoint_agent_encoder', 'recompute_embeddings')
                 if getattr(args, flag, False)]
     if combined:
@@ -192,8 +143,27 @@ def check_cuda_graphs(args: Namespace) -> None:
         check_cuda_device(args.accelerator)
 
 
-def main(argv: Optional[List[str]] = None) -> pl.Trainer:
+def main(argv: Optional[List[str]] = None) -> Any:
+    """Trains as the flags say and returns the Lightning trainer."""
     args = parse_args(argv)
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
+    from predictors.qcnet import check_speed_options
+    from predictors.registry import model_class
+    from transforms import TargetBuilder
+    from utils.atomic_checkpoint_io import AtomicCheckpointIO
+    from utils.checkpoint import CheckpointError
+    from utils.cli import training_strategy
+    from utils.prebuilt_graph import graph_builder_for
+    from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
+
+    # page-locked host memory only helps copies to a GPU (without one, the loader warns on every start)
+    args.pin_memory = args.pin_memory and args.accelerator != 'cpu' and torch.cuda.is_available()
+
     with input_errors(ValueError):
         check_speed_options(**{k: getattr(args, k) for k in ('compile_embeddings', 'recompute_embeddings',
                                                            'compile_memory_budget') if hasattr(args, k)})
@@ -220,7 +190,9 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
         if resume_path is not None:
             print(f'--resume given: weights come from {resume_path}, --pretrained_ckpt is not loaded again')
         else:
+            from utils.cli import check_checkpoint_file
             from utils.pretrained import load_pretrained
+            check_checkpoint_file(args.pretrained_ckpt, '--pretrained_ckpt')
             print(f'fine-tuning from {args.pretrained_ckpt} ({args.model}, {args.pretrained_branch} branch, '
                   f'copy_refine={args.copy_refine})')
             with input_errors(ValueError, OSError):  # messages name the file: wrong kind, unreadable, other sizes
@@ -261,7 +233,11 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     fit_or_exit_on_sigterm('train.py', trainer, model, datamodule, resume_path, checkpoint_dir, sigterm_checkpoint,
                            DATA_INPUT_ERRORS)
     if trainer.is_global_zero:
-        print_summary(trainer, model_checkpoint, run_dir, loggers)
+        logged = trainer.callback_metrics
+        derived = ([f'    {"brier-minFDE":<12} {float(logged["val_minFDE"]) + float(logged["val_Brier"]):.4f}']
+                   if 'val_minFDE' in logged and 'val_Brier' in logged else [])
+        print_summary('Training', trainer, model_checkpoint, run_dir, loggers, MONITOR,
+                      [(name[4:], name) for name in SUMMARY_METRICS], extra=derived)
     return trainer
 
 

@@ -13,43 +13,35 @@ and exit status 2. Fine-tune from a checkpoint with
 `train.py --model <backbone> --pretrained_ckpt <ckpt> --copy_refine 1` (the momentum branch's encoder and decoder are
 transferred).
 """
-from argparse import SUPPRESS, ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
+from argparse import SUPPRESS, ArgumentParser, Namespace
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
-import pytorch_lightning as pl
-import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
-from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, check_mix_arguments, mix_requested,
-                                    mix_sources, union_vocabulary_hparams)
-from predictors.forecast_mae import add_backbone_specific_args
-from predictors.registry import backbone_name
-from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
-from transforms.ssl_views import SSLViews
-from utils.atomic_checkpoint_io import AtomicCheckpointIO
-from utils.checkpoint import CheckpointError
-from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
-                       training_strategy)
-from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
+# Only modules that import no torch before the flags are parsed: `--help` and flag errors come back at once.
+from datasets.mix_arguments import add_mix_arguments
+from predictors.arguments import add_forecast_mae_backbone_args, add_smartpretrain_args
+from predictors.names import backbone_name
+from utils.cli import (CliError, HelpFormatter, bool_flag, check_checkpoint_file, ensure_output_dir, input_errors,
+                       int_or_float, positive_int, run_main)
+from utils.training_run import print_summary, resume_checkpoint
 
 MONITOR = 'val_loss'
+SUMMARY_METRICS = ('loss_epoch', 'component/contra_loss_epoch', 'component/rec_loss_epoch', 'contra_acc_epoch',
+                   'val_loss', 'val_component/contra_loss', 'val_component/rec_loss', 'val_contra_acc')
 DEFAULT_LOG_DIR = 'logs_pretrain'
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group('data')
     data.add_argument('--root', type=str, required=True, help='dataset root with train/ and val/ splits')
     data.add_argument('--train_batch_size', type=positive_int, default=4, help='scenarios per batch and device')
     data.add_argument('--val_batch_size', type=positive_int, default=4)
     data.add_argument('--test_batch_size', type=positive_int, default=4, help='accepted for compatibility (unused)')
-    data.add_argument('--shuffle', type=str2bool, default=True)
+    data.add_argument('--shuffle', **bool_flag(True))
     data.add_argument('--num_workers', type=int, default=8)
-    data.add_argument('--pin_memory', type=str2bool, default=True)
-    data.add_argument('--persistent_workers', type=str2bool, default=True)
+    data.add_argument('--pin_memory', **bool_flag(True))
+    data.add_argument('--persistent_workers', **bool_flag(True))
     for split in ('train', 'val', 'test'):
         data.add_argument(f'--{split}_raw_dir', type=str, default=None)
     for split in ('train', 'val', 'test'):
@@ -57,9 +49,9 @@ def build_parser() -> ArgumentParser:
     data.add_argument('--max_agents_per_batch', type=int, default=None,
                       help='cap on the agents of one batch (dense scenes form smaller batches)')
     data.add_argument('--max_polygons_per_batch', type=int, default=None)
-    data.add_argument('--load_av1', type=int, default=0, choices=[0, 1], help='also pre-train on Argoverse 1')
-    data.add_argument('--load_waymo', type=int, default=0, choices=[0, 1], help='also pre-train on Waymo Open Motion')
-    data.add_argument('--is_pretrain', type=int, default=1, choices=[1], help='accepted for compatibility')
+    data.add_argument('--load_av1', **bool_flag(False), help='also pre-train on Argoverse 1')
+    data.add_argument('--load_waymo', **bool_flag(False), help='also pre-train on Waymo Open Motion')
+    data.add_argument('--is_pretrain', **bool_flag(True), help='accepted for compatibility (must be 1)')
     add_mix_arguments(data)
 
     trainer = parser.add_argument_group('trainer')
@@ -93,30 +85,22 @@ def build_parser() -> ArgumentParser:
                      help='also rewrite checkpoints/last.ckpt every N optimiser steps (mid-epoch), so a killed job '
                           'loses at most N steps (0: only after each validation); SIGTERM always saves last.ckpt')
 
-    SmartPretrain.add_model_specific_args(parser)
+    add_smartpretrain_args(parser)
     parser.add_argument('--model', dest='backbone', default=SUPPRESS,
                         help='same as --backbone (predictor names are accepted: QCNet, ForecastMAE)')
-    add_backbone_specific_args(parser.add_argument_group('forecast_mae backbone'))
+    add_forecast_mae_backbone_args(parser.add_argument_group('forecast_mae backbone'))
     return parser
 
 
 def check_args(args: Namespace) -> None:
     args.backbone = backbone_name(args.backbone)  # 'ForecastMAE' -> 'forecast_mae'; other registered names as given
-    check_mix_arguments(args)
     if args.dataset != 'argoverse_v2':
         raise CliError(f'--dataset {args.dataset}: only argoverse_v2 is supported (mix in other data sets with '
                        f'--load_av1 / --load_waymo)')
     if args.resume is not None and args.resume_path not in (None, 'null'):
         raise CliError('--resume / --resume_path: both given (give one of them)')
-
-
-def fresh_run(checkpoint_dir: Path) -> None:
-    """None (start from scratch) when ``checkpoint_dir`` holds no checkpoint; a fresh run never mixes into an old one."""
-    existing = sorted(checkpoint_dir.glob('*.ckpt'))
-    if existing:
-        raise CliError(f'{checkpoint_dir}: already holds {len(existing)} checkpoint(s) (e.g. {existing[0].name}) '
-                       f'(to continue that run pass --resume, else choose another --exp_name / --log_dir)')
-    return None
+    if not args.is_pretrain:
+        raise CliError('--is_pretrain 0: this script only pre-trains (fine-tune with train.py)')
 
 
 def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional[str]:
@@ -124,70 +108,35 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
     if args.resume_path not in (None, 'null'):
         candidate = Path(args.resume_path)
         path = candidate if candidate.is_file() else Path(args.log_dir) / args.resume_path / 'checkpoints' / 'last.ckpt'
-    elif args.resume is not None:
-        path = checkpoint_dir / 'last.ckpt' if args.resume in ('last', 'auto') else Path(args.resume)
-        if args.resume == 'auto' and not path.is_file():
-            return fresh_run(checkpoint_dir)
     else:
-        return fresh_run(checkpoint_dir)
-    if not path.is_file():
-        raise CliError(f'--resume: checkpoint {path} does not exist (check the path, or start without --resume)')
+        path = resume_checkpoint(args.resume, checkpoint_dir)
+        return None if path is None else str(path)
+    check_checkpoint_file(path, '--resume_path', fix='check the path, or pass --resume_path null')
     return str(path)
 
 
-class MixedPretrainingDataModule(MultiDatasetDataModule):
-    """Several datasets mixed (``datasets/multi_dataset.py``), with the same view-epoch sync as below."""
-
-    def __init__(self, view_callback: ViewEpochCallback, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.view_callback = view_callback
-
-    def train_dataloader(self):
-        self.view_callback.sync(self.trainer)
-        return super().train_dataloader()
-
-
-class PretrainingDataModule(ArgoverseV2DataModule):
-    """Argoverse 2 data module whose training loader starts with the view transform set to the current epoch
-    (the first loader of a run, resumed or not, is created before any epoch hook runs)."""
-
-    def __init__(self, view_callback: ViewEpochCallback, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.view_callback = view_callback
-
-    def train_dataloader(self):
-        self.view_callback.sync(self.trainer)
-        return super().train_dataloader()
-
-
-def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Path,
-                  loggers: List[pl.loggers.Logger]) -> None:
-    metrics = trainer.callback_metrics
-    lines = ['', '=' * 78,
-             f'Pre-training finished: epoch {trainer.current_epoch}, {trainer.global_step} optimiser steps',
-             f'  run directory : {run_dir}']
-    if checkpoint.best_model_path:
-        score = checkpoint.best_model_score
-        score_text = f' ({MONITOR} = {score.item():.4f})' if score is not None else ''
-        lines.append(f'  best ckpt     : {checkpoint.best_model_path}{score_text}')
-    last = Path(checkpoint.dirpath) / 'last.ckpt'
-    if last.is_file():
-        lines.append(f'  last ckpt     : {last}')
-    for logger in loggers:
-        lines.append(f'  {type(logger).__name__:<14}: {logger.log_dir}')
-    lines.append(f'  tensorboard   : tensorboard --logdir {run_dir / "tensorboard"}')
-    for name in ('loss_epoch', 'component/contra_loss_epoch', 'component/rec_loss_epoch', 'contra_acc_epoch',
-                 'val_loss', 'val_component/contra_loss', 'val_component/rec_loss', 'val_contra_acc'):
-        if name in metrics:
-            lines.append(f'  {name:<28} {float(metrics[name]):.4f}')
-    model = trainer.lightning_module.hparams.get('backbone', 'qcnet')
-    lines.append(f'  fine-tune     : python train.py --model {model} ... --pretrained_ckpt <ckpt> --copy_refine 1')
-    lines.append('=' * 78)
-    print('\n'.join(lines), flush=True)
-
-
-def main(argv: Optional[List[str]] = None) -> pl.Trainer:
+def main(argv: Optional[List[str]] = None) -> Any:
+    """Pre-trains as the flags say and returns the Lightning trainer."""
     args = build_parser().parse_args(argv)
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
+    from datasets.multi_dataset import (MultiDatasetDataModule, check_mix_arguments, mix_requested, mix_sources,
+                                        union_vocabulary_hparams)
+    from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
+    from transforms.ssl_views import SSLViews
+    from utils.atomic_checkpoint_io import AtomicCheckpointIO
+    from utils.checkpoint import CheckpointError
+    from utils.cli import training_strategy
+    from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
+
+    # page-locked host memory only helps copies to a GPU (without one, the loader warns on every start)
+    args.pin_memory = args.pin_memory and args.accelerator != 'cpu' and torch.cuda.is_available()
+
+    check_mix_arguments(args)
     check_args(args)
     pl.seed_everything(args.seed, workers=True)  # same initial weights on every process
 
@@ -206,16 +155,16 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     # Validation views never change (epoch stays 0), so val_loss is comparable across epochs.
     val_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed + 1)
     view_callback = ViewEpochCallback(train_views)
+    # the training loader starts with the views of the current epoch (also the first loader of a resumed run)
     if mix_requested(args):
-        datamodule = MixedPretrainingDataModule(
-            view_callback=view_callback, sources=mix_sources(args), train_batch_size=args.train_batch_size,
-            val_batch_size=args.val_batch_size, shuffle=args.shuffle, num_workers=args.num_workers,
-            pin_memory=args.pin_memory, persistent_workers=args.persistent_workers, train_transform=train_views,
-            val_transform=val_views, num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed)
+        datamodule = MultiDatasetDataModule(
+            sources=mix_sources(args), train_batch_size=args.train_batch_size, val_batch_size=args.val_batch_size,
+            shuffle=args.shuffle, num_workers=args.num_workers, pin_memory=args.pin_memory,
+            persistent_workers=args.persistent_workers, train_transform=train_views, val_transform=val_views,
+            num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed, on_train_loader=view_callback.sync)
     else:
-        datamodule = PretrainingDataModule(view_callback=view_callback,
-                                           **{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
-                                              'test_transform': None})
+        datamodule = ArgoverseV2DataModule(**{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
+                                              'test_transform': None, 'on_train_loader': view_callback.sync})
     model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
                                        save_last=True, filename='epoch={epoch}-step={step}-val_loss={val_loss:.4f}',
                                        auto_insert_metric_name=False, enable_version_counter=False)
@@ -240,7 +189,11 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     fit_or_exit_on_sigterm('train_ssl.py', trainer, model, datamodule, resume_path, checkpoint_dir, sigterm_checkpoint,
                            DATA_INPUT_ERRORS)
     if trainer.is_global_zero:
-        print_summary(trainer, model_checkpoint, run_dir, loggers)
+        backbone = trainer.lightning_module.hparams.get('backbone', 'qcnet')
+        print_summary('Pre-training', trainer, model_checkpoint, run_dir, loggers, MONITOR,
+                      [(name, name) for name in SUMMARY_METRICS],
+                      extra=[f'  fine-tune     : python train.py --model {backbone} ... --pretrained_ckpt <ckpt> '
+                             f'--copy_refine 1'])
     return trainer
 
 

@@ -12,10 +12,10 @@ scenario (the same processing): plotting a few scenarios of a big raw split neve
 """
 import os
 import sys
-from argparse import ArgumentParser, Namespace
+from argparse import SUPPRESS, ArgumentParser, Namespace
 from typing import Any, List, Optional, Sequence
 
-import torch
+from utils.cli import HelpFormatter, bool_flag, check_checkpoint_file
 
 DEFAULT_NUM_HISTORICAL_STEPS = 50
 DEFAULT_NUM_FUTURE_STEPS = 60
@@ -23,7 +23,8 @@ DEFAULT_NUM_FUTURE_STEPS = 60
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description='Plot the focal agent\'s ground truth and predicted modes, one PNG per '
-                                        'scenario (world frame, zoomed on the focal agent).')
+                                        'scenario (world frame, zoomed on the focal agent).',
+                            formatter_class=HelpFormatter)
     parser.add_argument('--model', type=str, default='auto',
                         help='predictor class of the checkpoints (QCNet, ForecastMAE); auto: the one stored in each '
                              'checkpoint, so two models can be compared side by side')
@@ -42,7 +43,7 @@ def build_parser() -> ArgumentParser:
                         help='how many scenarios (the first ones of the split) when --scenario_ids is not given')
     parser.add_argument('--scenario_ids', type=str, nargs='+', default=None, help='plot exactly these scenarios')
     parser.add_argument('--out_dir', type=str, default='plots', help='where the PNGs go')
-    parser.add_argument('--views', action='store_true',
+    parser.add_argument('--views', **bool_flag(False),
                         help='also plot the two temporal pre-training views of each scenario (<id>_views.png)')
     parser.add_argument('--view_seed', type=int, default=0, help='seed of the view windows (as SSLViews)')
     parser.add_argument('--view_radius', type=float, default=60.0,
@@ -51,14 +52,16 @@ def build_parser() -> ArgumentParser:
                         help=f'history length (default: from the checkpoint, else {DEFAULT_NUM_HISTORICAL_STEPS})')
     parser.add_argument('--num_future_steps', type=int, default=None,
                         help=f'future length (default: from the checkpoint, else {DEFAULT_NUM_FUTURE_STEPS})')
-    parser.add_argument('--accelerator', type=str, default='cpu', help="'cpu' (default), 'gpu' or 'auto'")
+    parser.add_argument('--accelerator', type=str, default='cpu', help="'cpu', 'gpu' or 'auto'")
     parser.add_argument('--dpi', type=int, default=150, help='resolution of the PNGs')
-    parser.add_argument('--no_probabilities', action='store_true', help='do not write the mode probabilities')
+    parser.add_argument('--probabilities', **bool_flag(True), help='write the mode probabilities next to the modes')
+    parser.add_argument('--no_probabilities', dest='probabilities', action='store_false', help=SUPPRESS)  # = 0
     return parser
 
 
-def select_device(accelerator: str) -> torch.device:
+def select_device(accelerator: str) -> Any:
     """Lightning-style accelerator name -> torch device; asking for a missing GPU is an error."""
+    import torch
     if accelerator == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if accelerator in ('gpu', 'cuda'):
@@ -70,9 +73,8 @@ def select_device(accelerator: str) -> torch.device:
     raise SystemExit(f'visualize.py: unknown --accelerator {accelerator!r} (use cpu, gpu or auto)')
 
 
-def load_model(model_name: str, path: str, device: torch.device) -> Any:
-    if not os.path.isfile(path):
-        raise SystemExit(f'visualize.py: checkpoint {path} does not exist')
+def load_model(model_name: str, path: str, device: Any) -> Any:
+    check_checkpoint_file(path, '--ckpt_path')
     from predictors.registry import model_class_for_checkpoint
     try:
         model = model_class_for_checkpoint(path, model_name).load_from_checkpoint(checkpoint_path=path,
@@ -140,8 +142,9 @@ class ScenarioSource:
                                                    include_ssl_mask=options.include_ssl_mask))
 
 
-def run_model(model: Any, data: Any, device: torch.device, label: str) -> Any:
+def run_model(model: Any, data: Any, device: Any, label: str) -> Any:
     """Runs one scenario through ``model`` (a batch of one) and returns the focal agent's world-frame Prediction."""
+    import torch
     from torch_geometric.data import Batch
     from utils.visualize import prediction_from_output
     batch = Batch.from_data_list([data]).to(device)
@@ -195,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         data = source.load(name)
         predictions = [run_model(model, data, device, label) for model, label in zip(models, labels)]
         figure = plot_scenario(data, predictions, num_historical_steps=num_historical_steps,
-                               view_radius=args.view_radius, show_probabilities=not args.no_probabilities)
+                               view_radius=args.view_radius, show_probabilities=args.probabilities)
         path = save_figure(figure, os.path.join(args.out_dir, f'{name}.png'), dpi=args.dpi)
         written.append(path)
         print(path, flush=True)

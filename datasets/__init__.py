@@ -1,19 +1,26 @@
-"""Data layer: dataset adapters -> scenario record -> QCNet features -> on-disk cache -> Dataset / DataModule."""
-from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, DATASET_IDS, POINT_SIDES, POINT_TYPES,
-                               POLYGON_IS_INTERSECTIONS, POLYGON_KINDS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES,
-                               AgentTracks, MapRecord, Polylines, ScenarioError, ScenarioRecord, TimeBase)
-from datasets.argoverse_v2 import list_argoverse_v2_scenarios, load_argoverse_v2_scenario
-from datasets.processing import build_qcnet_features, process_scenario, to_hetero_data
-from datasets.storage import (CACHE_SUFFIX, FORMAT_VERSION, CacheError, CacheVersionError, UnwritableDirectoryError,
-                              load_features, read_header, save_features)
-from datasets.preprocess import PreprocessSummary, PreprocessWorkerDied, ProcessingOptions, preprocess_scenarios
-from datasets.argoverse_v2_dataset import ArgoverseV2Dataset
-from datasets.datamodule import ArgoverseV2DataModule, SizeCappedBatchSampler
-from datasets.waymo import list_waymo_scenarios, load_waymo_scenario, read_waymo_tfrecord
-from datasets.argoverse_v1 import list_argoverse_v1_scenarios, load_argoverse_v1_scenario
-from datasets.argoverse_v2_dataset import ArgoverseV1Dataset, WaymoDataset
-from datasets.multi_dataset import DatasetSource, MultiDataset, MultiDatasetDataModule, WeightedDatasetSampler
+"""Data layer: dataset adapters -> scenario record -> QCNet features -> on-disk cache -> Dataset / DataModule.
 
-# What missing or bad data raises while a dataset is built (processing included): the scripts report these as one
-# line naming the file and the problem, anything else keeps its traceback.
-DATA_INPUT_ERRORS = (CacheError, ScenarioError, FileNotFoundError, UnwritableDirectoryError, PreprocessWorkerDied)
+Attributes are imported on first use, so ``python -m datasets.<module>`` and the scripts' ``--help`` do not import
+every submodule (nor torch) first."""
+from utils.lazy_exports import lazy_exports
+
+_EXPORTS = {
+    'scenario': ('AGENT_CATEGORIES', 'AGENT_TYPES', 'DATASET_IDS', 'POINT_SIDES', 'POINT_TYPES',
+                 'POLYGON_IS_INTERSECTIONS', 'POLYGON_KINDS', 'POLYGON_TO_POLYGON_TYPES', 'POLYGON_TYPES',
+                 'AgentTracks', 'MapRecord', 'Polylines', 'ScenarioError', 'ScenarioRecord', 'TimeBase'),
+    'argoverse_v2': ('list_argoverse_v2_scenarios', 'load_argoverse_v2_scenario'),
+    'processing': ('build_qcnet_features', 'process_scenario', 'to_hetero_data'),
+    'storage': ('CACHE_SUFFIX', 'FORMAT_VERSION', 'CacheError', 'CacheVersionError', 'UnwritableDirectoryError',
+                'load_features', 'read_header', 'save_features'),
+    'preprocess': ('PreprocessSummary', 'PreprocessWorkerDied', 'ProcessingOptions', 'preprocess_scenarios'),
+    'argoverse_v2_dataset': ('ArgoverseV2Dataset',),
+    'argoverse_v1_dataset': ('ArgoverseV1Dataset',),
+    'waymo_dataset': ('WaymoDataset',),
+    'datamodule': ('ArgoverseV2DataModule', 'SizeCappedBatchSampler'),
+    'waymo': ('list_waymo_scenarios', 'load_waymo_scenario', 'read_waymo_tfrecord'),
+    'argoverse_v1': ('list_argoverse_v1_scenarios', 'load_argoverse_v1_scenario'),
+    'multi_dataset': ('DatasetSource', 'MultiDataset', 'MultiDatasetDataModule', 'WeightedDatasetSampler'),
+    'input_errors': ('DATA_INPUT_ERRORS',),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -20,13 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, AV2_NUM_POINT_TYPES, AV2_NUM_POLYGON_TYPES,
-                               CROSSWALK_KIND, LANE_KIND, POINT_TYPES, POLYGON_IS_INTERSECTIONS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES, AgentTracks,
-                               MapRecord, Polylines, ScenarioError, ScenarioRecord, TimeBase)
+                               CROSSWALK_KIND, LANE_KIND, NUM_FUTURE_STEPS, NUM_HISTORICAL_STEPS, POINT_TYPES,
+                               POLYGON_IS_INTERSECTIONS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES, SAMPLING_RATE_HZ,
+                               AgentTracks, MapRecord, Polylines, ScenarioError, ScenarioRecord, TimeBase)
 
 DATASET_NAME = 'argoverse_v2'
-NUM_HISTORICAL_STEPS = 50
-NUM_FUTURE_STEPS = 60
-SAMPLING_RATE_HZ = 10.0
 AV_TRACK_ID = 'AV'
 REQUIRED_COLUMNS: Tuple[str, ...] = ('track_id', 'object_type', 'object_category', 'timestep', 'position_x',
                                      'position_y', 'heading', 'velocity_x', 'velocity_y', 'scenario_id', 'city',
@@ -59,6 +57,11 @@ def argoverse_v2_scenario_files(scenario_dir: Union[str, os.PathLike]) -> Tuple[
     if not parquet_path.is_file():
         if not scenario_dir.is_dir():
             raise ScenarioError(scenario_dir, 'scenario directory does not exist')
+        others = sorted(path.name for path in scenario_dir.glob('scenario_*.parquet'))
+        if others:  # e.g. a folder renamed after its files were written
+            found_id = others[0][len('scenario_'):-len('.parquet')]
+            raise ScenarioError(parquet_path, f'scenario parquet file is missing: the folder holds {others[0]}, '
+                                              f'scenario id {found_id} (the folder must be named by its scenario id)')
         raise ScenarioError(parquet_path, 'scenario parquet file is missing')
     # same choice as the official code: the first log_map_archive_*.json in sorted order
     map_paths = sorted(scenario_dir.glob('log_map_archive_*.json'))

@@ -24,8 +24,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch_geometric.loader import DataLoader
 
-from datasets.argoverse_v2_dataset import ArgoverseV1Dataset, ArgoverseV2Dataset, WaymoDataset, default_split_dirs
+from datasets.argoverse_v1_dataset import ArgoverseV1Dataset
+from datasets.argoverse_v2_dataset import ArgoverseV2Dataset, default_split_dirs
+from datasets.mix_arguments import add_mix_arguments  # noqa: F401 (re-exported)
 from datasets.scenario import DATASET_IDS
+from datasets.waymo_dataset import WaymoDataset
 
 DATASET_CLASSES = {'argoverse_v2': ArgoverseV2Dataset, 'waymo': WaymoDataset, 'argoverse_v1': ArgoverseV1Dataset}
 
@@ -165,14 +168,17 @@ class MultiDatasetDataModule(pl.LightningDataModule):
 
     Training draws with :class:`WeightedDatasetSampler` (weights from the sources, all or none given); validation
     concatenates the val splits of the datasets that have one (in order). A training split is required for every
-    source. ``dataset_kwargs`` go to every dataset (e.g. ``{'num_workers': 8}`` for processing).
+    source. ``dataset_kwargs`` go to every dataset (e.g. ``{'num_workers': 8}`` for processing);
+    ``on_train_loader`` is called with the trainer each time the training loader is built (as in
+    ``ArgoverseV2DataModule``).
     """
 
     def __init__(self, sources: Sequence[DatasetSource], train_batch_size: int, val_batch_size: int,
                  shuffle: bool = True, num_workers: int = 0, pin_memory: bool = True, persistent_workers: bool = True,
                  train_transform: Optional[Callable] = None, val_transform: Optional[Callable] = None,
                  num_samples_per_epoch: Optional[int] = None, seed: int = 0,
-                 dataset_kwargs: Optional[dict] = None) -> None:
+                 dataset_kwargs: Optional[dict] = None,
+                 on_train_loader: Optional[Callable[[pl.Trainer], None]] = None) -> None:
         super().__init__()
         labels = [source.label for source in sources]
         if len(set(labels)) != len(labels):
@@ -194,6 +200,7 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         self.num_samples_per_epoch = num_samples_per_epoch
         self.seed = seed
         self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.on_train_loader = on_train_loader
         self.train_dataset: Optional[MultiDataset] = None
         self.val_dataset: Optional[MultiDataset] = None
         self.train_sampler: Optional[WeightedDatasetSampler] = None
@@ -221,6 +228,8 @@ class MultiDatasetDataModule(pl.LightningDataModule):
             self.val_dataset = MultiDataset(val) if val else None
 
     def train_dataloader(self) -> DataLoader:
+        if self.on_train_loader is not None:
+            self.on_train_loader(self.trainer)
         self.train_sampler = WeightedDatasetSampler(self.train_dataset, self.weights, shuffle=self.shuffle,
                                                     num_samples=self.num_samples_per_epoch, seed=self.seed,
                                                     epoch_fn=self._current_epoch)
@@ -257,23 +266,6 @@ __all__ = ['DATASET_CLASSES', 'DATASET_IDS', 'DatasetSource', 'MultiDataset', 'M
 # ----------------------------------------------------------------------------------------------------------------------
 # command-line support for pre-training scripts (train_ssl.py)
 # ----------------------------------------------------------------------------------------------------------------------
-def add_mix_arguments(group: Any) -> None:
-    """Flags of the dataset mix (``--load_av1`` / ``--load_waymo`` themselves belong to the script)."""
-    group.add_argument('--av1_root', type=str, default=None,
-                       help='Argoverse 1 root: <root>/train/raw/*.csv (+ val/), city maps in map_files/ next to the '
-                            'CSVs or under <root>/map_files')
-    group.add_argument('--waymo_root', type=str, default=None,
-                       help='Waymo Open Motion root: <root>/train/raw/*.tfrecord* (+ val/)')
-    for name in ('av1', 'waymo'):
-        for split in ('train', 'val'):
-            group.add_argument(f'--{name}_{split}_raw_dir', type=str, default=None)
-            group.add_argument(f'--{name}_{split}_processed_dir', type=str, default=None)
-    group.add_argument('--dataset_weights', type=float, nargs='+', default=None, metavar='W',
-                       help='sampling weights of the mixed datasets in the order AV2, AV1 (if loaded), Waymo (if '
-                            'loaded); default: in proportion to their sizes')
-    group.add_argument('--num_samples_per_epoch', type=int, default=None,
-                       help='scenarios drawn per epoch with --dataset_weights (default: all datasets\' total size)')
-
 
 def mix_requested(args: Any) -> bool:
     return bool(getattr(args, 'load_av1', 0) or getattr(args, 'load_waymo', 0))

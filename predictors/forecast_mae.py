@@ -12,6 +12,7 @@ from torch_geometric.data import HeteroData
 from modules.forecast_mae_backbone import BACKBONE_DEFAULTS
 from modules.forecast_mae_decoder import ForecastMAEDecoder
 from modules.forecast_mae_encoder import ForecastMAEEncoder
+from predictors.arguments import add_forecast_mae_args
 from predictors.trajectory_predictor import TrajectoryPredictor
 
 
@@ -87,40 +88,6 @@ class ForecastMAE(TrajectoryPredictor):
 
     @staticmethod
     def add_model_specific_args(parent_parser):
-        """Flags of the model (QCNet's names where they mean the same; the QCNet-only radii are not taken)."""
-        parser = parent_parser.add_argument_group('ForecastMAE')
-        parser.add_argument('--dataset', type=str, default='argoverse_v2')
-        parser.add_argument('--input_dim', type=int, default=2)
-        parser.add_argument('--hidden_dim', type=int, default=128)
-        parser.add_argument('--output_dim', type=int, default=2)
-        parser.add_argument('--output_head', action='store_true')
-        parser.add_argument('--num_historical_steps', type=int, default=50)
-        parser.add_argument('--num_future_steps', type=int, default=60)
-        parser.add_argument('--num_modes', type=int, default=6)
-        parser.add_argument('--num_recurrent_steps', type=int, default=3,
-                            help='future segments decoded by their own queries (pre-training "recurrences")')
-        parser.add_argument('--num_freq_bands', type=int, default=64)
-        add_backbone_specific_args(parser)
-        parser.add_argument('--num_dec_layers', type=int, default=2)
-        parser.add_argument('--num_heads', type=int, default=8)
-        parser.add_argument('--head_dim', type=int, default=16)
-        parser.add_argument('--dropout', type=float, default=0.1)
-        # optimisation defaults of the official Forecast-MAE recipe (lr 1e-3, 10 warm-up epochs, 60 epochs, clip 5)
-        parser.add_argument('--lr', type=float, default=1e-3)
-        parser.add_argument('--weight_decay', type=float, default=1e-4)
-        parser.add_argument('--T_max', type=int, default=60)
-        parser.add_argument('--warmup_epochs', type=int, default=10,
-                            help='linear learning-rate warm-up epochs before the cosine decay (0: none)')
-        parser.add_argument('--gradient_clip_val', type=float, default=5.0,
-                            help='clip the gradient norm to this value (0: no clipping)')
-        parser.add_argument('--submission_dir', type=str, default='./')
-        parser.add_argument('--submission_file_name', type=str, default='submission')
-        return parent_parser
+        """Flags of the model (``predictors.arguments``)."""
+        return add_forecast_mae_args(parent_parser)
 
-
-def add_backbone_specific_args(parser) -> None:
-    """The flags QCNet has no counterpart for (also offered by train_ssl.py for ``--backbone forecast_mae``)."""
-    parser.add_argument('--num_temporal_layers', type=int, default=BACKBONE_DEFAULTS['num_temporal_layers'],
-                        help='ForecastMAE: transformer blocks over each agent\'s history steps')
-    parser.add_argument('--num_scene_layers', type=int, default=BACKBONE_DEFAULTS['num_scene_layers'],
-                        help='ForecastMAE: transformer blocks over the scene\'s agent and lane tokens')

@@ -9,8 +9,8 @@ from layers.attention_layer import AttentionLayer
 from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_decoder import QCNetDecoder
 from modules.qcnet_encoder import QCNetEncoder
+from predictors.arguments import add_qcnet_args
 from predictors.trajectory_predictor import EVAL_MAX_GUESSES, FOCAL_CATEGORY, TrajectoryPredictor  # noqa: F401
-from utils.cli import unit_fraction
 from utils.gradient_sync import average_gradients
 from utils.prebuilt_graph import prebuilt_graph
 
@@ -225,64 +225,5 @@ class QCNet(TrajectoryPredictor):
 
     @staticmethod
     def add_model_specific_args(parent_parser):
-        """Official QCNet flags (names and defaults)."""
-        parser = parent_parser.add_argument_group('QCNet')
-        parser.add_argument('--dataset', type=str, required=True)
-        parser.add_argument('--input_dim', type=int, default=2)
-        parser.add_argument('--hidden_dim', type=int, default=128)
-        parser.add_argument('--output_dim', type=int, default=2)
-        parser.add_argument('--output_head', action='store_true')
-        parser.add_argument('--num_historical_steps', type=int, required=True)
-        parser.add_argument('--num_future_steps', type=int, required=True)
-        parser.add_argument('--num_modes', type=int, default=6)
-        parser.add_argument('--num_recurrent_steps', type=int, required=True)
-        parser.add_argument('--num_freq_bands', type=int, default=64)
-        parser.add_argument('--num_map_layers', type=int, default=1)
-        parser.add_argument('--num_agent_layers', type=int, default=2)
-        parser.add_argument('--num_dec_layers', type=int, default=2)
-        parser.add_argument('--num_heads', type=int, default=8)
-        parser.add_argument('--head_dim', type=int, default=16)
-        parser.add_argument('--dropout', type=float, default=0.1)
-        parser.add_argument('--pl2pl_radius', type=float, required=True)
-        parser.add_argument('--time_span', type=int, default=None)
-        parser.add_argument('--pl2a_radius', type=float, required=True)
-        parser.add_argument('--a2a_radius', type=float, required=True)
-        parser.add_argument('--num_t2m_steps', type=int, default=None)
-        parser.add_argument('--pl2m_radius', type=float, required=True)
-        parser.add_argument('--a2m_radius', type=float, required=True)
-        parser.add_argument('--lr', type=float, default=5e-4)
-        parser.add_argument('--weight_decay', type=float, default=1e-4)
-        parser.add_argument('--warmup_epochs', type=int, default=0,
-                            help='linear learning-rate warm-up epochs before the cosine decay (official QCNet: none)')
-        parser.add_argument('--gradient_clip_val', type=float, default=0.0,
-                            help='clip the gradient norm to this value (0: no clipping, as officially)')
-        parser.add_argument('--T_max', type=int, default=64)
-        parser.add_argument('--submission_dir', type=str, default='./')
-        parser.add_argument('--submission_file_name', type=str, default='submission')
-        speed = parent_parser.add_argument_group('QCNet speed and memory (same model, same checkpoints)')
-        speed.add_argument('--no_tf32', dest='tf32', action='store_false',
-                           help='train in full float32 on CUDA (default: TF32 tensor-core matmuls during fit)')
-        speed.add_argument('--compile_attention', action='store_true',
-                           help='torch.compile the attention layers for training (fewer, fused kernels; the first '
-                                'steps compile for a few minutes)')
-        speed.add_argument('--compile_embeddings', action='store_true',
-                           help='torch.compile the Fourier edge/node embeddings for training (fused features, '
-                                'norms and sums; the first steps compile for a few minutes)')
-        speed.add_argument('--compile_gru', action='store_true',
-                           help="torch.compile the refinement stage's trajectory GRU as a step loop for training "
-                                '(replaces cuDNN\'s GRU kernels; the first steps compile for a minute or two)')
-        speed.add_argument('--compile_memory_budget', type=unit_fraction, default=1.0,
-                           help='with the --compile_* flags: fraction of their activations the compiled backward may '
-                                'keep (below 1: more recomputation, less memory; torch._functorch.config.'
-                                'activation_memory_budget)')
-        speed.add_argument('--cuda_graphs', action='store_true',
-                           help='replay each training/validation step as a CUDA graph over a batch padded to fixed '
-                                'sizes (same results; the first steps of each size capture it; with several GPUs '
-                                'the gradients are averaged after each replay; see docs/PERFORMANCE.md)')
-        speed.add_argument('--recompute_embeddings', action='store_true',
-                           help='recompute the Fourier embeddings in the backward pass instead of storing their '
-                                'activations: step memory ~0.55x, ~20%% more compute (CPU measurement)')
-        speed.add_argument('--checkpoint_agent_encoder', action='store_true',
-                           help='activation checkpointing of the agent encoder (edge embeddings and layers): '
-                                'step memory ~0.4x, ~20%% more compute (CPU measurement, docs/PERFORMANCE.md)')
-        return parent_parser
+        """Official QCNet flags (names and defaults) and the speed options (``predictors.arguments``)."""
+        return add_qcnet_args(parent_parser)

@@ -24,6 +24,7 @@ from torch_geometric.data import HeteroData
 from losses.contrastive_loss import ContrastiveLoss, ContrastiveOutput, all_reduce_sum, world_size
 from losses.reconstruction_loss import ReconstructionLoss, gather_segment_displacements, recurrence_segments
 from modules.backbone import SSLBranch, build_backbone
+from predictors.arguments import add_smartpretrain_args
 from transforms.ssl_views import ANCHOR, TARGET
 from utils.schedules import SSLSchedule
 from utils.weight_init import weight_init
@@ -295,52 +296,8 @@ class SmartPretrain(pl.LightningModule):
 
     @staticmethod
     def add_model_specific_args(parent_parser):
-        parser = parent_parser.add_argument_group('SmartPretrain')
-        parser.add_argument('--dataset', type=str, default='argoverse_v2')
-        parser.add_argument('--backbone', type=str, default='qcnet', help='registered backbone (modules/backbone.py)')
-        parser.add_argument('--input_dim', type=int, default=2)
-        parser.add_argument('--hidden_dim', type=int, default=128)
-        parser.add_argument('--output_dim', type=int, default=2)
-        parser.add_argument('--output_head', action='store_true')
-        parser.add_argument('--num_historical_steps', type=int, default=50)
-        parser.add_argument('--num_future_steps', type=int, default=60)
-        parser.add_argument('--num_modes', type=int, default=1, help='mode queries while pre-training (1)')
-        parser.add_argument('--num_recurrent_steps', type=int, default=3)
-        parser.add_argument('--num_freq_bands', type=int, default=64)
-        parser.add_argument('--num_map_layers', type=int, default=1)
-        parser.add_argument('--num_agent_layers', type=int, default=2)
-        parser.add_argument('--num_dec_layers', type=int, default=2)
-        parser.add_argument('--num_heads', type=int, default=8)
-        parser.add_argument('--head_dim', type=int, default=16)
-        parser.add_argument('--dropout', type=float, default=0.1)
-        parser.add_argument('--pl2pl_radius', type=float, default=150)
-        parser.add_argument('--time_span', type=int, default=10)
-        parser.add_argument('--pl2a_radius', type=float, default=50)
-        parser.add_argument('--a2a_radius', type=float, default=50)
-        parser.add_argument('--num_t2m_steps', type=int, default=30)
-        parser.add_argument('--pl2m_radius', type=float, default=150)
-        parser.add_argument('--a2m_radius', type=float, default=150)
-        parser.add_argument('--lr', type=float, default=1.5e-3, help='peak learning rate (after warm-up)')
-        parser.add_argument('--weight_decay', type=float, default=1e-1, help='final weight decay')
-        parser.add_argument('--T_max', type=int, default=32, help='accepted for compatibility; the schedule '
-                            'follows --max_epochs')
-        parser.add_argument('--submission_dir', type=str, default='./')
-        parser.add_argument('--submission_file_name', type=str, default='submission')
-        parser.add_argument('--lr_init', type=float, default=1e-4, help='learning rate at the first step')
-        parser.add_argument('--lr_last', type=float, default=1e-6, help='learning rate at the last step')
-        parser.add_argument('--weight_decay_init', type=float, default=1e-2, help='weight decay at the first step')
-        parser.add_argument('--contra_t', type=float, default=0.07, help='InfoNCE temperature')
-        parser.add_argument('--contra_momentum', type=float, default=0.996, help='EMA momentum at the first step')
-        parser.add_argument('--warmup', type=int, default=15, help='learning-rate warm-up in epochs')
-        parser.add_argument('--lambda_rec', type=float, default=1.0, help='weight of the reconstruction loss')
-        parser.add_argument('--separate_dataset_negatives', type=int, default=0, choices=[0, 1],
-                            help='multi-dataset pre-training: contrastive negatives only from the query\'s dataset')
-        parser.add_argument('--compile_attention', action='store_true',
-                            help='qcnet backbone: torch.compile its attention layers (fused kernels; the first steps '
-                                 'compile for a few minutes; not yet timed on a GPU for pre-training)')
-        parser.add_argument('--compile_embeddings', action='store_true',
-                            help='qcnet backbone: torch.compile its Fourier embeddings (as --compile_attention)')
-        return parent_parser
+        """SmartPretrain flags (``predictors.arguments``)."""
+        return add_smartpretrain_args(parent_parser)
 
 
 def seed_process(seed: int) -> None:

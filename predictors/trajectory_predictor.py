@@ -22,12 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch_geometric.data import Batch, HeteroData
 
+from datasets.scenario import FOCAL_CATEGORY  # the Argoverse 2 track category scored by the benchmark
 from losses.mixture_nll_loss import MixtureNLLLoss
 from losses.nll_loss import NLLLoss
 from utils.checkpoint import CheckpointError, load_module_from_checkpoint
+from predictors.names import normalise_model_name
 from utils.schedules import warmup_cosine
 
-FOCAL_CATEGORY = 3  # Argoverse 2 track category scored by the benchmark
 EVAL_MAX_GUESSES = 6
 MODEL_HPARAM = 'model'
 DEFAULT_MODEL_NAME = 'QCNet'  # checkpoints that name no model: official QCNet releases and early runs
@@ -46,11 +47,6 @@ def warmup_cosine_factor(epoch: int, warmup_epochs: int, total_epochs: int) -> f
     if epoch < warmup_epochs:
         return (epoch + 1) / warmup_epochs
     return warmup_cosine(epoch, total_epochs, warmup_epochs, 0.0, 1.0, 0.0)
-
-
-def normalise_model_name(name: str) -> str:
-    """'ForecastMAE', 'forecast_mae', 'forecast-mae' -> 'forecastmae' (comparison key of model names)."""
-    return str(name).replace('_', '').replace('-', '').lower()
 
 
 def read_hyper_parameters(path: str) -> Dict[str, Any]:

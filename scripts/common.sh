@@ -1,6 +1,6 @@
 # Shared by the .sh launchers: picks the python and makes the synthetic default data on first use.
-# PYTHON: .venv/bin/python when scripts/setup_env.sh made one, else python on PATH.
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+# PYTHON: .venv/bin/python when scripts/setup_env.sh made one, else python3 on PATH (e.g. an activated environment).
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 
 # ensure_synthetic ROOT: when ROOT is the synthetic default (data/synthetic) and has no train split yet, write
 # SYNTHETIC_TRAIN / SYNTHETIC_VAL / SYNTHETIC_TEST scenarios in the Argoverse 2 layout (<split>/<scenario_id>/).

@@ -112,6 +112,8 @@ BAD_INPUTS = [
     ('truncated_parquet', truncate_parquet, parquet_of, 'cannot read parquet'),
     ('missing_map', lambda s: map_of(s).unlink(), lambda s: s / 'log_map_archive_*.json', 'map json file is missing'),
     ('missing_parquet', lambda s: parquet_of(s).unlink(), parquet_of, 'parquet file is missing'),
+    ('parquet_of_another_id', lambda s: parquet_of(s).rename(s / 'scenario_other-id.parquet'), parquet_of,
+     'parquet file is missing: the folder holds scenario_other-id.parquet, scenario id other-id'),
     ('missing_column', lambda s: rewrite_table(s, lambda t: t.drop_columns(['heading'])), parquet_of,
      "missing column(s) ['heading']"),
     ('nan_position', nan_position, parquet_of, "'position_x' contains 1 NaN"),

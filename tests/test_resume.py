@@ -24,6 +24,7 @@ import torch
 
 from datasets import ArgoverseV2Dataset
 from datasets.synthetic import generate_split
+from predictors.registry import model_class
 
 from tiny_configs import AV2_STEPS, TINY_QCNET_SIZES, TINY_QCNET_SYNTHETIC, as_flags
 
@@ -195,7 +196,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(data_root, tmp_path):
     from utils.cli import CliError
     train = load_script('train')
     args = qcnet_args(data_root, tmp_path, 'run')
-    model = train.model_class('QCNet')(**vars(train.parse_args(args)))
+    model = model_class('QCNet')(**vars(train.parse_args(args)))
     checkpoint = {'state_dict': model.state_dict(), 'hyper_parameters': dict(model.hparams), 'epoch': 0,
                   'global_step': 3, 'optimizer_states': [], 'loops': {}, 'pytorch-lightning_version': '2.6.0'}
     last = tmp_path / 'run' / 'checkpoints' / 'last.ckpt'
@@ -235,7 +236,7 @@ def test_supervised_checkpoints_carry_the_random_streams(data_root):
     restores them, loading for evaluation (no trainer) leaves the caller's streams alone."""
     import pytorch_lightning as pl
     train = load_script('train')
-    model = train.model_class('QCNet')(**vars(train.parse_args(qcnet_args(data_root, '/unused', 'x'))))
+    model = model_class('QCNet')(**vars(train.parse_args(qcnet_args(data_root, '/unused', 'x'))))
     checkpoint = {}
     model.on_save_checkpoint(checkpoint)
     expected = torch.rand(4)
@@ -263,7 +264,7 @@ def test_resume_auto_starts_fresh_then_continues(data_root, tmp_path):
     for script, args in scripts:  # checkpoints but no last.ckpt: never silently start over them
         with pytest.raises(CliError, match='already holds 1 checkpoint'):
             script.resolve_resume_checkpoint(args, checkpoint_dir)
-    model = train.model_class('QCNet')(**vars(train.parse_args(qcnet_args(data_root, tmp_path, 'run'))))
+    model = model_class('QCNet')(**vars(train.parse_args(qcnet_args(data_root, tmp_path, 'run'))))
     torch.save({'state_dict': model.state_dict(), 'hyper_parameters': dict(model.hparams)},
                checkpoint_dir / 'last.ckpt')
     for script, args in scripts:

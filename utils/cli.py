@@ -1,29 +1,68 @@
-"""Small helpers shared by the command-line scripts (train.py, val.py, test.py, ...): argparse types, training
-strategy, and the one-line error convention (:class:`CliError`, :func:`run_main`)."""
+"""Small helpers shared by the command-line scripts (train.py, val.py, test.py, ...): argparse types and help
+format, the boolean flag convention, CPU thread settings, training strategy, and the one-line error convention
+(:class:`CliError`, :func:`run_main`).
+
+This module imports no torch: the scripts build their parsers (and answer ``--help``) before torch, PyG and
+Lightning are imported.
+"""
 import argparse
 import contextlib
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 
-from pytorch_lightning.strategies import DDPStrategy, Strategy
+TRUE_WORDS = ('1', 'true', 't', 'yes', 'y', 'on')
+FALSE_WORDS = ('0', 'false', 'f', 'no', 'n', 'off')
 
 
-def str2bool(value: str) -> bool:
-    """argparse type for the official `type=bool` flags, where bool('False') would silently be True."""
+def str2bool(value: Union[str, bool, int]) -> bool:
+    """argparse type of every boolean flag: 0/1, true/false, yes/no, on/off (any case). The official scripts'
+    ``type=bool`` would turn 'False' into True."""
     lowered = str(value).strip().lower()
-    if lowered in ('1', 'true', 't', 'yes', 'y'):
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in ('0', 'false', 'f', 'no', 'n'):
+    if lowered in FALSE_WORDS:
         return False
-    raise argparse.ArgumentTypeError(f'expected a boolean (true/false/1/0), got {value!r}')
+    raise argparse.ArgumentTypeError(f'expected a boolean (1/0, true/false, yes/no), got {value!r}')
 
 
-def training_strategy(devices: int, num_nodes: int = 1) -> Union[str, Strategy]:
+def bool_flag(default: bool) -> Dict[str, Any]:
+    """``add_argument`` keywords of a boolean flag: ``--flag`` alone means true, ``--flag 0|1|true|false|yes|no``
+    sets it, e.g. ``parser.add_argument('--shuffle', **bool_flag(True), help=...)``."""
+    return dict(type=str2bool, nargs='?', const=True, default=default, metavar='0|1')
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to optional flags that have a default; required flags and flags without a default
+    (None) show none, booleans show 0/1 (as they are passed)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        default = action.default
+        if (action.required or not action.option_strings or default is None or default is argparse.SUPPRESS
+                or '%(default)' in text or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        shown = str(int(default)) if isinstance(default, bool) else str(default)
+        return f'{text} (default: {shown.replace("%", "%%")})'.lstrip()
+
+
+def configure_cpu_threads() -> None:
+    """Keeps CPU work fast when other processes compete for the cores; call before torch is imported.
+
+    OpenMP's intra-op threads spin while they wait for work by default: with another busy process on the same
+    cores, each parallel region then waits for a thread that is descheduled behind a spinning one, and a step can
+    take several times longer. Passive waiting (threads sleep) costs little on an idle machine. A value exported by
+    the user is kept.
+    """
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+
+def training_strategy(devices: int, num_nodes: int = 1) -> Any:
     """DDP (as the official scripts) only when more than one process trains; a single device needs none."""
     if devices * num_nodes > 1:
+        from pytorch_lightning.strategies import DDPStrategy
         return DDPStrategy(find_unused_parameters=False, gradient_as_bucket_view=True)
     return 'auto'
 
@@ -119,9 +158,30 @@ def ensure_output_dir(path: Union[str, os.PathLike], flag: str) -> Path:
     return path
 
 
+def check_checkpoint_file(path: Union[str, os.PathLike], flag: str, fix: str = 'check the path') -> Path:
+    """``path`` when it is a file; otherwise a one-line :class:`CliError` naming ``flag`` and the problem. For a
+    directory the message lists the checkpoints in it (e.g. a run's checkpoints/ folder: pass its last.ckpt)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob('*.ckpt'))
+        if not found and (path / 'checkpoints').is_dir():  # a run directory: <log_dir>/<exp_name>/
+            path, found = path / 'checkpoints', sorted(p.name for p in (path / 'checkpoints').glob('*.ckpt'))
+        if found:
+            first = 'last.ckpt' if 'last.ckpt' in found else found[0]
+            listed = ', '.join(found[:6]) + (f' and {len(found) - 6} more' if len(found) > 6 else '')
+            raise CliError(f'{flag}: {path} is a directory, not a checkpoint file; it holds {listed} '
+                           f'(pass one of them, e.g. {flag} {path / first})')
+        raise CliError(f'{flag}: {path} is a directory and holds no .ckpt file (pass a checkpoint file)')
+    raise CliError(f'{flag}: checkpoint {path} does not exist ({fix})')
+
+
 def run_main(main: Callable[[Optional[List[str]]], Any], argv: Optional[List[str]] = None) -> None:
-    """``if __name__ == '__main__'`` entry: runs ``main(argv)``; a :class:`CliError` is printed as its one line
-    on stderr and the script exits with status 2 (no traceback)."""
+    """``if __name__ == '__main__'`` entry: sets the CPU thread policy (:func:`configure_cpu_threads`), runs
+    ``main(argv)``; a :class:`CliError` is printed as its one line on stderr and the script exits with status 2 (no
+    traceback)."""
+    configure_cpu_threads()
     try:
         main(sys.argv[1:] if argv is None else argv)
     except CliError as error:

@@ -108,11 +108,6 @@ def read_pretraining_checkpoint(ckpt_path: str) -> Tuple[Dict[str, torch.Tensor]
     return dict(state_dict), hparams
 
 
-def read_checkpoint_state_dict(ckpt_path: str) -> Dict[str, torch.Tensor]:
-    """``state_dict`` of a Lightning checkpoint (or a bare state dict), loaded on CPU without unpickling code."""
-    return read_pretraining_checkpoint(ckpt_path)[0]
-
-
 def branch_prefix(branch: str) -> str:
     """Key prefix of pre-training ``branch`` ('momentum' or 'online'; 'supervised': none)."""
     if branch == SUPERVISED:
