@@ -63,7 +63,7 @@ from benchmarks.experiment_utils import (MODEL_PRESETS, CommandFailed, atomic_wr
                                          atomic_write_text, canonical_model, exit_on_sigterm, finetune_cmd,
                                          pretrain_cmd, read_json, read_val_metrics, val_cmd)
 from benchmarks.low_label_report import ARM_SOURCE, ARMS, RUN_COLUMNS, STUDY_ARMS, make_report  # noqa: E402
-from benchmarks.scaling_sweep import ChildProcesses, loader_workers_per_run  # noqa: E402
+from benchmarks.scaling.processes import ChildProcesses, loader_workers_per_run  # noqa: E402
 
 POOL_SEED, VAL_SEED = 0, 1          # synthetic base seeds: the pools (all profiles), the val split
 SOURCES = ('ssl_target', 'ssl_mixed', 'oracle')
@@ -568,7 +568,7 @@ def pretrain_job(args, ws: Workspace, py: str, name: str, backbone: str, source:
 
     def done(wall: float) -> None:
         from utils.export_pretrained import export_pretrained
-        from benchmarks.scaling_sweep import _checkpoint_progress
+        from benchmarks.scaling.runner import _checkpoint_progress
         last = os.path.join(run_dir, 'checkpoints', 'last.ckpt')
         progress = _checkpoint_progress(last)
         summary = export_pretrained(last, slim_path, 'float16', 'supervised' if oracle else 'momentum')
