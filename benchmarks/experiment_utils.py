@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from utils.atomic_io import atomic_write_text  # noqa: F401 (the experiment scripts import it from here)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL_PRESETS = {
@@ -109,18 +111,6 @@ def prepare_run_dir(logs: str, name: str) -> bool:
         return False
     shutil.rmtree(os.path.join(logs, name), ignore_errors=True)
     return True
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename (readers never see a partial file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
-    with open(tmp, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: str, obj) -> None:

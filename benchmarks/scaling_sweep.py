@@ -881,11 +881,10 @@ class CliRunner:
         out_json = os.path.join(self.logs, f'{name}_val.json')
         if not os.path.exists(out_json):
             ckpt = os.path.join(self.runs, name, 'checkpoints', 'last.ckpt')
-            tmp = out_json + '.partial.json'
+            # val.py writes --output_json atomically: the file exists only once complete
             self.children.run(val_cmd(self.py, self.data, self.val_raw, os.path.join(self.data, 'val'), ckpt,
-                                      self.args.accelerator, tmp, num_workers=self.run_workers),
+                                      self.args.accelerator, out_json, num_workers=self.run_workers),
                               os.path.join(self.logs, f'{name}_val.log'))
-            os.replace(tmp, out_json)  # val.py writes in place: publish only a complete file
         metrics = read_val_metrics(out_json)
         metrics['val_scenarios'] = read_json(out_json).get('num_scenarios')
         return metrics

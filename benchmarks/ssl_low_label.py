@@ -52,6 +52,7 @@ if ROOT not in sys.path:
 from benchmarks.experiment_utils import (METRICS, MODEL_PRESETS, MODELS, atomic_write_json,  # noqa: E402
                                          atomic_write_text, canonical_model, finetune_cmd, prepare_run_dir, pretrain_cmd,
                                          read_val_metrics, start_logged, val_cmd)
+from utils.atomic_io import atomic_output_path  # noqa: E402
 
 SLIM_NAME = 'pretrained_slim.ckpt'            # --export_dir: the slim pre-training checkpoint
 ONLINE_SLIM_NAME = 'pretrained_online_slim.ckpt'  # --export_dir --online_arm 1: its online branch
@@ -188,9 +189,8 @@ def export_files(export_dir: str, sources: List[str], names: Optional[List[str]]
     os.makedirs(export_dir, exist_ok=True)
     for source, name in zip(sources, names or [os.path.basename(s) for s in sources]):
         if os.path.isfile(source):
-            tmp = os.path.join(export_dir, f'.{name}.{os.getpid()}.tmp')
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, os.path.join(export_dir, name))
+            with atomic_output_path(os.path.join(export_dir, name)) as temporary:
+                shutil.copyfile(source, temporary)
 
 
 def pretrain_metrics_csv(run_dir: str):
