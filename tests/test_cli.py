@@ -43,7 +43,7 @@ def test_help_shows_no_default_for_required_flags_and_booleans_as_0_1():
     parser.add_argument('--root', required=True, help='dataset root')
     parser.add_argument('--raw_dir', default=None, help='raw folder')
     parser.add_argument('--shuffle', **bool_flag(True), help='shuffle')
-    parser.add_argument('--lr', type=float, default=5e-4, help='100% of it')
+    parser.add_argument('--lr', type=float, default=5e-4, help='100%% of it')
     text = parser.format_help()
     assert 'dataset root\n' in text and 'raw folder\n' in text
     assert 'shuffle (default: 1)' in text and '100% of it (default: 0.0005)' in text
