@@ -19,14 +19,15 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **env}, timeout=300)
 
 
-@pytest.mark.parametrize('argv', [[script, '--help'] for script in SCRIPTS] + [['train.py', '--model', 'ForecastMAE',
-                                                                                    '--help']])
+@pytest.mark.parametrize('argv', [[script, '--help'] for script in SCRIPTS] + [
+    ['train.py', '--model', 'ForecastMAE', '--help'], ['datasets.preprocess', '--help']])
 def test_help_is_printed_without_importing_torch(argv):
+    run = 'run_path' if argv[0].endswith('.py') else 'run_module'
     done = run_python(
         'import runpy, sys\n'
         f'sys.argv = {argv!r}\n'
         'try:\n'
-        f'    runpy.run_path({argv[0]!r}, run_name="__main__")\n'
+        f'    runpy.{run}({argv[0]!r}, run_name="__main__")\n'
         'except SystemExit as exit:\n'
         '    assert exit.code in (0, None), exit.code\n'
         'heavy = sorted(m for m in ("torch", "torch_geometric", "pytorch_lightning", "av2", "pandas") '
