@@ -52,8 +52,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
     ensure_output_dir(args.submission_dir, '--submission_dir')  # before hours of inference, not after
     import pytorch_lightning as pl
     from utils.submission import check_coverage
-    pl.seed_everything(2023, workers=True)
     model, graph_builder = load_predictor(args)
+    pl.seed_everything(2023, workers=True)
     model.submission_dir = args.submission_dir
     model.submission_file_name = args.submission_file_name
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'

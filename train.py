@@ -21,7 +21,7 @@ from predictors.arguments import add_predictor_args
 from predictors.names import model_names, normalise_model_name, resolve_model_name
 from utils.cli import (CliError, HelpFormatter, bool_flag, ensure_output_dir, input_errors, int_or_float,
                        positive_int, run_main)
-from utils.training_run import print_summary, resume_checkpoint
+from utils.training_run import expect_existing_checkpoints, print_summary, resume_checkpoint
 
 MONITOR = 'val_minFDE'
 SUMMARY_METRICS = ('val_minADE', 'val_minFDE', 'val_MR', 'val_Brier', 'val_minAHE', 'val_minFHE')
@@ -177,6 +177,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
     checkpoint_dir = run_dir / 'checkpoints'
     with input_errors(CheckpointError):
         resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
+    if resume_path is not None:
+        expect_existing_checkpoints()
 
     model = model_class(args.model)(**vars(args))
     graph_builder = None

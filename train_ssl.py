@@ -23,7 +23,7 @@ from predictors.arguments import add_forecast_mae_backbone_args, add_smartpretra
 from predictors.names import backbone_name
 from utils.cli import (CliError, HelpFormatter, bool_flag, check_checkpoint_file, ensure_output_dir, input_errors,
                        int_or_float, positive_int, run_main)
-from utils.training_run import print_summary, resume_checkpoint
+from utils.training_run import expect_existing_checkpoints, print_summary, resume_checkpoint
 
 MONITOR = 'val_loss'
 SUMMARY_METRICS = ('loss_epoch', 'component/contra_loss_epoch', 'component/rec_loss_epoch', 'contra_acc_epoch',
@@ -143,6 +143,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
     run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
     checkpoint_dir = run_dir / 'checkpoints'
     resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
+    if resume_path is not None:
+        expect_existing_checkpoints()
 
     if mix_requested(args):  # union vocabularies: larger map type tables (Argoverse 2's rows first)
         vars(args).update(union_vocabulary_hparams())

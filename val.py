@@ -54,8 +54,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         ensure_output_dir(Path(args.output_json).parent, '--output_json')
     import pytorch_lightning as pl
     from transforms import TargetBuilder
-    pl.seed_everything(2023, workers=True)
     model, graph_builder = load_predictor(args)
+    pl.seed_everything(2023, workers=True)
     dataset = split_dataset(args, 'val', model, TargetBuilder(model.num_historical_steps, model.num_future_steps))
     loader = split_loader(args, dataset, args.val_batch_size, graph_builder)
     if args.devices > 1:

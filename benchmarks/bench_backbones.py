@@ -35,6 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.bench_qcnet_step import AV2_CONFIG, Timer, load_scenes  # noqa: E402
+from utils.atomic_io import atomic_write_text  # noqa: E402
 
 # Model sizes: 'full' = the official QCNet Argoverse 2 configuration and ForecastMAE's defaults (same width);
 # 'tiny' = width 16 and short QCNet radii, for CPU smoke runs.
@@ -171,8 +172,7 @@ def main(argv=None) -> int:
                           + (f'  peak {peak:6.2f} GiB' if peak is not None else ''), flush=True)
             del module, optimizer
     if args.report:
-        with open(args.report, 'w') as handle:
-            json.dump(info, handle, indent=2)
+        atomic_write_text(args.report, json.dumps(info, indent=2))
     return 0
 
 

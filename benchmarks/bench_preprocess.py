@@ -28,6 +28,7 @@ from torch_geometric.loader import DataLoader  # noqa: E402
 from datasets import ArgoverseV2Dataset, preprocess_scenarios  # noqa: E402
 from datasets.argoverse_v2 import list_argoverse_v2_scenarios  # noqa: E402
 from datasets.storage import CACHE_SUFFIX  # noqa: E402
+from utils.atomic_io import atomic_write_text  # noqa: E402
 
 DEFAULT_REAL_DIR = ROOT / 'tests' / 'data' / 'av2'
 
@@ -152,7 +153,7 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + '\n')
+        atomic_write_text(args.json, text + '\n')
 
 
 if __name__ == '__main__':

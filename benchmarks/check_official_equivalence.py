@@ -29,6 +29,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.official_stubs import forget_generated_propagate_modules, import_official  # noqa: E402
+from utils.atomic_io import atomic_write_text  # noqa: E402
 
 AV2_CONFIG = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=128, output_dim=2, output_head=False,
                   num_historical_steps=50, num_future_steps=60, num_modes=6, num_recurrent_steps=3,
@@ -264,8 +265,7 @@ def main(argv=None) -> int:
     report['worst_max_rel'] = worst
     report['passed'] = worst < args.tolerance
     if args.report:
-        with open(args.report, 'w') as handle:
-            json.dump(report, handle, indent=2)
+        atomic_write_text(args.report, json.dumps(report, indent=2))
     print(f'worst scale-relative error over all cases: {worst:.3e} -> '
           f'{"PASS" if report["passed"] else "FAIL"} (tolerance {args.tolerance:g})')
     return 0 if report['passed'] else 1

@@ -30,10 +30,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from datasets.argoverse_v1 import list_argoverse_v1_scenarios, load_argoverse_v1_scenario
 from datasets.argoverse_v2 import list_argoverse_v2_scenarios, load_argoverse_v2_scenario
 from datasets.waymo import list_waymo_scenarios, load_waymo_scenario
-from datasets.processing import build_qcnet_features
 from datasets.scenario import ScenarioError, ScenarioRecord
 from datasets.storage import (CACHE_SUFFIX, FORMAT_VERSION, CacheError, atomic_write_bytes, ensure_writable_directory,
                               is_current_cache_file, read_header, save_features)
+from utils.cli import HelpFormatter, bool_flag, configure_cpu_threads
 
 logger = logging.getLogger(__name__)
 FAILURES_FILE = 'failures.json'
@@ -162,6 +162,7 @@ def _init_pool_worker(*args: Any) -> None:
 
 def process_one(name: str) -> Tuple[str, Optional[int], Optional[Tuple[str, str]]]:
     """Worker: raw scenario ``name`` -> cache file. Returns (name, bytes written or None, (file, reason) or None)."""
+    from datasets.processing import build_qcnet_features  # imported by the driver before the workers fork
     options: ProcessingOptions = _WORKER['options']
     scenario_dir = os.path.join(_WORKER['raw_dir'], name)
     try:
@@ -195,6 +196,7 @@ def preprocess_scenarios(raw_dir: str,
                          progress: bool = True,
                          chunksize: Optional[int] = None) -> PreprocessSummary:
     """Process every scenario of ``raw_dir`` (or just ``names``) into ``processed_dir``; see module docstring."""
+    import datasets.processing  # noqa: F401 (torch, PyG: once here, inherited by forked workers; not for --help)
     if dataset not in ADAPTERS:
         raise ValueError(f'unknown dataset {dataset!r}; known: {sorted(ADAPTERS)}')
     adapter = ADAPTERS[dataset]
@@ -314,7 +316,7 @@ def read_failures(processed_dir: str) -> List[Failure]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog='python -m datasets.preprocess',
+        prog='python -m datasets.preprocess', formatter_class=HelpFormatter,
         description='Turn raw scenarios into QCNet cache files (parallel, resumable; bad scenarios are listed in '
                     f'<processed_dir>/{FAILURES_FILE} and skipped unless --strict).')
     parser.add_argument('--dataset', choices=sorted(ADAPTERS), default='argoverse_v2')
@@ -323,18 +325,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              'each); argoverse_v1: <sequence>.csv files (city maps in map_files/ next to them)')
     parser.add_argument('--processed_dir', required=True, help='output directory (created if missing)')
     parser.add_argument('--num_workers', type=int, default=os.cpu_count() or 1, help='worker processes')
-    parser.add_argument('--strict', action='store_true', help='stop at the first bad scenario instead of skipping it')
+    parser.add_argument('--strict', **bool_flag(False), help='stop at the first bad scenario instead of skipping it')
     parser.add_argument('--dim', type=int, choices=(2, 3), default=3)
     parser.add_argument('--num_historical_steps', type=int, default=None, help='default: the dataset\'s (50 for AV2)')
     parser.add_argument('--num_future_steps', type=int, default=None, help='default: the dataset\'s (60 for AV2)')
-    parser.add_argument('--predict_unseen_agents', action='store_true',
+    parser.add_argument('--predict_unseen_agents', **bool_flag(False),
                         help='keep agents that are not observed during the history')
-    parser.add_argument('--no_vector_repr', dest='vector_repr', action='store_false',
-                        help='history step t is valid when observed (not requiring t-1)')
-    parser.add_argument('--no_ssl_mask', dest='include_ssl_mask', action='store_false',
-                        help='omit agent.predict_mask_ssl (SmartPretrain field)')
+    parser.add_argument('--vector_repr', **bool_flag(True),
+                        help='history step t is valid when observed at t and t-1 (0: when observed at t)')
+    parser.add_argument('--no_vector_repr', dest='vector_repr', action='store_false', help=argparse.SUPPRESS)
+    parser.add_argument('--ssl_mask', dest='include_ssl_mask', **bool_flag(True),
+                        help='store agent.predict_mask_ssl (SmartPretrain field)')
+    parser.add_argument('--no_ssl_mask', dest='include_ssl_mask', action='store_false', help=argparse.SUPPRESS)
     parser.add_argument('--limit', type=int, default=None, help='process only the first N scenarios (sorted)')
-    parser.add_argument('--no_progress', dest='progress', action='store_false', help='no progress bar')
+    parser.add_argument('--progress', **bool_flag(True), help='show a progress bar')
+    parser.add_argument('--no_progress', dest='progress', action='store_false', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
     adapter = ADAPTERS[args.dataset]
@@ -364,4 +369,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    configure_cpu_threads()
     sys.exit(main())

@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import pyarrow as pa
 
+from utils.atomic_io import atomic_write_bytes as _atomic_write_bytes
+
 FORMAT_VERSION = 1
 CACHE_SUFFIX = '.qcs'
 MAGIC = b'QCNSCN\x00\x01'
@@ -149,19 +151,9 @@ def _store(features: Dict[Any, Any], name: str, value: Any) -> None:
 
 
 def atomic_write_bytes(path: PathLike, blob: bytes) -> None:
-    """Write ``blob`` to ``path`` atomically: a temporary file in the same directory, then ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix='.tmp-', suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            stream.write(blob)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``blob`` to ``path`` atomically (``utils.atomic_io``). Cache files are many and can be rebuilt: no
+    flush to disk per file, the rename alone keeps a killed run from leaving a truncated file."""
+    _atomic_write_bytes(path, blob, sync=False)
 
 
 class UnwritableDirectoryError(OSError):

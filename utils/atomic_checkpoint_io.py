@@ -1,11 +1,11 @@
 """Checkpoint writing that never leaves a truncated .ckpt behind."""
-import os
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from utils.atomic_io import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -21,26 +21,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f'{type(self).__name__}.save_checkpoint does not take storage_options, got '
                             f'{storage_options!r}')
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-        try:
-            with open(tmp_path, 'wb') as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_path, path)
-        finally:
-            if tmp_path.exists():
-                tmp_path.unlink()
-        # Persist the rename itself (directory entry) where the platform allows it.
-        try:
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+        with atomic_write(path, 'wb') as f:
+            torch.save(checkpoint, f)

@@ -8,6 +8,8 @@ import numpy as np
 
 from av2.datasets.motion_forecasting.eval.submission import ChallengeSubmission
 
+from utils.atomic_io import atomic_output_path
+
 # The AV2 leaderboard scores at most six futures of 60 steps (6 s at 10 Hz) per focal agent.
 MAX_SUBMITTED_MODES = 6
 NUM_SUBMITTED_STEPS = 60
@@ -102,14 +104,6 @@ def write_submission(predictions: Mapping[str, ScenarioPrediction],
         scenario_predictions[scenario_id] = (probabilities, {track_id: trajectories})
     submission = ChallengeSubmission(scenario_predictions)  # av2's own checks on top of ours
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        submission.to_parquet(tmp_path)
-        with open(tmp_path, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_output_path(path) as temporary:  # the leaderboard file is whole or absent
+        submission.to_parquet(temporary)
     return path

@@ -1,5 +1,6 @@
 """The run directory of train.py and train_ssl.py: which checkpoint a start resumes from, and the summary printed
 when training ends. Imports no torch (the scripts import this before parsing their flags)."""
+import warnings
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -25,6 +26,12 @@ def resume_checkpoint(resume: Optional[str], checkpoint_dir: Path) -> Optional[P
         return fresh_run(checkpoint_dir)
     check_checkpoint_file(path, '--resume', fix='check the path, or start without --resume')
     return path
+
+
+def expect_existing_checkpoints() -> None:
+    """A resumed run writes into its own checkpoint folder on purpose: silence Lightning's warning that the folder
+    "exists and is not empty" (a fresh run refuses such a folder, :func:`fresh_run`)."""
+    warnings.filterwarnings('ignore', message=r'Checkpoint directory .* exists and is not empty')
 
 
 def print_summary(title: str, trainer: Any, checkpoint: Any, run_dir: Path, loggers: Sequence[Any], monitor: str,

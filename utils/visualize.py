@@ -9,7 +9,6 @@ changes the global backend and figures are freed as soon as they go out of scope
 """
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -21,6 +20,7 @@ from matplotlib.patches import Circle, Polygon, Rectangle
 import matplotlib.transforms as mtransforms
 
 # Vocabularies (official QCNet indices) come from the scenario record, the single place that defines them.
+from utils.atomic_io import atomic_write
 from datasets.scenario import AGENT_TYPES, FOCAL_CATEGORY, POINT_SIDES, POINT_TYPES, POLYGON_TYPES
 
 # Colours close to the SmartPretrain paper's figures: grey road, white paint, orange focal agent, blue others,
@@ -683,19 +683,6 @@ def plot_pretraining_views(data: Any, windows: Sequence[ViewWindow], agent_index
 def save_figure(figure: Figure, path: Union[str, os.PathLike], dpi: int = 150) -> str:
     """Writes ``figure`` as PNG to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            figure.savefig(stream, format='png', dpi=dpi, facecolor='white')
-        # mkstemp creates the file 0600; give the PNG the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with atomic_write(path, 'wb') as stream:
+        figure.savefig(stream, format='png', dpi=dpi, facecolor='white')
     return path
