@@ -274,7 +274,9 @@ class QCNetProposalDecoder(QCNetProposeStage):
                          num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
         self.apply(weight_init)
 
-    def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        graph, embeddings = self.propose(data, scene_enc)
+    def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
+                edges: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+        """edges: ``build_graph(data)`` when computed beforehand (else built here)."""
+        graph, embeddings = self.propose(data, scene_enc, edges)
         out = graph.to_agents(torch.stack(embeddings, dim=1)).transpose(0, 1)  # [R, A, K, hidden]
         return out.squeeze(2) if self.num_modes == 1 else out

@@ -25,6 +25,7 @@ from losses.contrastive_loss import ContrastiveLoss, ContrastiveOutput, all_redu
 from losses.reconstruction_loss import ReconstructionLoss, gather_segment_displacements, recurrence_segments
 from modules.backbone import SSLBranch, build_backbone
 from transforms.ssl_views import ANCHOR, TARGET
+from utils.view_pair_batch import VIEW_ORDER, VIEWS
 from utils.schedules import SSLSchedule
 from utils.weight_init import weight_init
 
@@ -145,20 +146,45 @@ class SmartPretrain(pl.LightningModule):
     # ------------------------------------------------------------------------------------------------------------
     def forward(self, batch: Dict[str, HeteroData]) -> Dict[str, torch.Tensor]:
         """Losses of one batch of view pairs -> dict of scalars ('loss', 'contra_loss', 'rec_loss', 'contra_acc',
-        'num_queries', 'num_keys'). 'loss' is this process's share (see ``losses.contrastive_loss``)."""
-        anchor, target = batch[ANCHOR], batch[TARGET]
-        anchor_agent, target_agent = anchor['agent'], target['agent']
-        with torch.no_grad():
-            key_target = self.momentum_branch(target)                    # [A, R, P]
-        z_anchor = self.branch(anchor)                                   # [A, R, P]
-        with torch.no_grad():
-            key_anchor = self.momentum_branch(anchor)
-        num_agents, num_rec, proj_dim = z_anchor.shape
+        'num_queries', 'num_keys'). 'loss' is this process's share (see ``losses.contrastive_loss``).
 
-        # Contrastive: keys = [anchor-view keys; target-view keys] of all agents, invalid ones masked.
+        batch: ``{'anchor', 'target'}`` (plain: the momentum branch runs once per view, in the official order) or
+        ``{'anchor', 'views'}`` (``utils.view_pair_batch``: one momentum pass over both views; same losses and
+        gradients up to float rounding)."""
+        anchor = batch[ANCHOR]
+        anchor_agent = anchor['agent']
+        if VIEWS in batch:
+            # Both views in one batch (utils.view_pair_batch, blocks of A agents in VIEW_ORDER): the momentum
+            # branch runs once over 2A agents; the keys keep that block order.
+            views_agent = batch[VIEWS]['agent']
+            with torch.no_grad():
+                keys = self.momentum_branch(batch[VIEWS], num_views=len(VIEW_ORDER))   # [2A, R, P]
+            z_anchor = self.branch(anchor)                                              # [A, R, P]
+            num_agents = z_anchor.shape[0]
+            agents = torch.arange(num_agents, device=z_anchor.device)
+            target_first = VIEW_ORDER.index(TARGET) * num_agents
+            key_mask = views_agent['view_mask']
+            target_start = views_agent['view_start'][target_first:target_first + num_agents]
+            positive_index, self_index = agents + target_first, agents + VIEW_ORDER.index(ANCHOR) * num_agents
+        else:
+            target_agent = batch[TARGET]['agent']
+            with torch.no_grad():
+                key_target = self.momentum_branch(batch[TARGET])                        # [A, R, P]
+            z_anchor = self.branch(anchor)                                              # [A, R, P]
+            with torch.no_grad():
+                key_anchor = self.momentum_branch(anchor)
+            num_agents = z_anchor.shape[0]
+            agents = torch.arange(num_agents, device=z_anchor.device)
+            # keys = [anchor-view keys; target-view keys]
+            keys = torch.cat([key_anchor, key_target], dim=0)
+            key_mask = torch.cat([anchor_agent['view_mask'], target_agent['view_mask']], dim=0)
+            target_start = target_agent['view_start']
+            positive_index, self_index = agents + num_agents, agents
+        num_rec, proj_dim = z_anchor.shape[1:]
+
+        # Contrastive: keys of both views of all agents, invalid ones masked.
         queries = self.contra_predictor(z_anchor.reshape(num_agents * num_rec, proj_dim))
         queries = queries.view(num_agents, num_rec, proj_dim)
-        agents = torch.arange(num_agents, device=z_anchor.device)
         groups = {}
         if self.hparams.get('separate_dataset_negatives'):  # negatives only from the query's own dataset
             if 'data_set' not in anchor or 'batch' not in anchor_agent:
@@ -166,16 +192,15 @@ class SmartPretrain(pl.LightningModule):
             agent_dataset = torch.as_tensor(anchor['data_set'], device=z_anchor.device).view(-1)[anchor_agent['batch']]
             groups = {'query_group': agent_dataset, 'key_group': torch.cat([agent_dataset, agent_dataset])}
         contra: ContrastiveOutput = self.contrastive_loss(
-            queries, anchor_agent['query_mask'], torch.cat([key_anchor, key_target], dim=0),
-            torch.cat([anchor_agent['view_mask'], target_agent['view_mask']], dim=0),
-            positive_index=agents + num_agents, self_index=agents, **groups)
+            queries, anchor_agent['query_mask'], keys, key_mask, positive_index=positive_index, self_index=self_index,
+            **groups)
 
         # Reconstruction of the target window from the anchor embedding + embedding of the anchor start step.
         temp = self.temp_emb[anchor_agent['view_start']].unsqueeze(1).expand(-1, num_rec, -1)
         displacements = self.rec_predictor(torch.cat([z_anchor, temp], dim=-1))
         displacements = displacements.view(num_agents, num_rec, -1, 2)     # [A, R, T, 2] per absolute step
         window = torch.arange(self.num_historical_steps, device=z_anchor.device)
-        target_steps = target_agent['view_start'].unsqueeze(1) + window     # [A, H]
+        target_steps = target_start.unsqueeze(1) + window                   # [A, H]
         pred_positions = torch.cumsum(
             gather_segment_displacements(displacements.float(), target_steps, self.rec_segments), dim=1)
         rec_loss = self.reconstruction_loss(pred_positions, anchor_agent['rec_target'], anchor_agent['rec_mask'])
@@ -211,11 +236,11 @@ class SmartPretrain(pl.LightningModule):
     @torch.no_grad()
     def update_momentum_branch(self, momentum: float) -> None:
         """EMA of the online branch's parameters: p_m <- m * p_m + (1 - m) * p_online (buffers are left alone,
-        as in the official code: the momentum branch's BatchNorm statistics come from its own forward passes)."""
+        as in the official code: the momentum branch's BatchNorm statistics come from its own forward passes).
+        One fused multi-tensor lerp over all parameters: p_m + (1 - m) * (p_online - p_m)."""
         online = [p.detach() for p in self.branch.parameters()]
         target = list(self.momentum_branch.parameters())
-        torch._foreach_mul_(target, momentum)
-        torch._foreach_add_(target, online, alpha=1.0 - momentum)
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
 
     def build_schedule(self) -> SSLSchedule:
         trainer = self.trainer
