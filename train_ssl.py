@@ -14,8 +14,9 @@ and exit status 2. Fine-tune from a checkpoint with
 transferred).
 """
 from argparse import SUPPRESS, ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
+from functools import partial
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -31,8 +32,10 @@ from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
 from transforms.ssl_views import SSLViews
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
 from utils.checkpoint import CheckpointError
+from utils.view_pair_batch import ViewPairCollate
 from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
                        training_strategy)
+from utils.prebuilt_graph import graph_builder_for
 from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
 
 MONITOR = 'val_loss'
@@ -50,6 +53,14 @@ def build_parser() -> ArgumentParser:
     data.add_argument('--num_workers', type=int, default=8)
     data.add_argument('--pin_memory', type=str2bool, default=True)
     data.add_argument('--persistent_workers', type=str2bool, default=True)
+    data.add_argument('--build_graph_in_workers', action='store_true',
+                      help="qcnet backbone: build the edge lists (radius searches) of both views of each batch in "
+                           'the --num_workers loader processes, overlapped with the step, instead of inside the '
+                           'step (same edges; docs/PERFORMANCE.md)')
+    data.add_argument('--batch_momentum_views', type=str2bool, default=True,
+                      help='run the momentum branch once over the target and anchor views together (one batch of '
+                           '2B scenes, BatchNorm statistics per view) instead of once per view: same losses and '
+                           'gradients, fewer kernel launches (utils/view_pair_batch.py)')
     for split in ('train', 'val', 'test'):
         data.add_argument(f'--{split}_raw_dir', type=str, default=None)
     for split in ('train', 'val', 'test'):
@@ -135,29 +146,44 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
     return str(path)
 
 
+def with_view_pair_collate(loader, make_collate: Optional[Callable]):
+    """The loader with its collate wrapped by ``make_collate`` (a ``ViewPairCollate`` factory; None: unchanged)."""
+    if make_collate is not None:
+        loader.collate_fn = make_collate(loader.collate_fn)
+    return loader
+
+
 class MixedPretrainingDataModule(MultiDatasetDataModule):
     """Several datasets mixed (``datasets/multi_dataset.py``), with the same view-epoch sync as below."""
 
-    def __init__(self, view_callback: ViewEpochCallback, **kwargs) -> None:
+    def __init__(self, view_callback: ViewEpochCallback, view_pair_collate: Optional[Callable] = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        self.view_callback = view_callback
+        self.view_callback, self.view_pair_collate = view_callback, view_pair_collate
 
     def train_dataloader(self):
         self.view_callback.sync(self.trainer)
-        return super().train_dataloader()
+        return with_view_pair_collate(super().train_dataloader(), self.view_pair_collate)
+
+    def val_dataloader(self):
+        return with_view_pair_collate(super().val_dataloader(), self.view_pair_collate)
 
 
 class PretrainingDataModule(ArgoverseV2DataModule):
     """Argoverse 2 data module whose training loader starts with the view transform set to the current epoch
     (the first loader of a run, resumed or not, is created before any epoch hook runs)."""
 
-    def __init__(self, view_callback: ViewEpochCallback, **kwargs) -> None:
+    def __init__(self, view_callback: ViewEpochCallback, view_pair_collate: Optional[Callable] = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        self.view_callback = view_callback
+        self.view_callback, self.view_pair_collate = view_callback, view_pair_collate
 
     def train_dataloader(self):
         self.view_callback.sync(self.trainer)
-        return super().train_dataloader()
+        return with_view_pair_collate(super().train_dataloader(), self.view_pair_collate)
+
+    def val_dataloader(self):
+        return with_view_pair_collate(super().val_dataloader(), self.view_pair_collate)
 
 
 def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Path,
@@ -199,6 +225,12 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
         vars(args).update(union_vocabulary_hparams())
     with input_errors(ValueError):  # e.g. --compile_attention with a backbone that has no attention layers
         model = SmartPretrain(**vars(args))
+    view_pair_collate = None  # the loaders' collate (both views in one batch, edge lists built in the workers)
+    if args.batch_momentum_views or args.build_graph_in_workers:
+        with input_errors(ValueError):  # e.g. --build_graph_in_workers without workers or edge lists
+            builder = graph_builder_for(model.branch.backbone, args.num_workers) if args.build_graph_in_workers \
+                else None
+        view_pair_collate = partial(ViewPairCollate, builder=builder, batch_views=args.batch_momentum_views)
     if resume_path is not None:
         with input_errors(CheckpointError):
             check_resume_checkpoint(resume_path, model)
@@ -208,12 +240,12 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     view_callback = ViewEpochCallback(train_views)
     if mix_requested(args):
         datamodule = MixedPretrainingDataModule(
-            view_callback=view_callback, sources=mix_sources(args), train_batch_size=args.train_batch_size,
+            view_callback=view_callback, view_pair_collate=view_pair_collate, sources=mix_sources(args), train_batch_size=args.train_batch_size,
             val_batch_size=args.val_batch_size, shuffle=args.shuffle, num_workers=args.num_workers,
             pin_memory=args.pin_memory, persistent_workers=args.persistent_workers, train_transform=train_views,
             val_transform=val_views, num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed)
     else:
-        datamodule = PretrainingDataModule(view_callback=view_callback,
+        datamodule = PretrainingDataModule(view_callback=view_callback, view_pair_collate=view_pair_collate,
                                            **{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
                                               'test_transform': None})
     model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,

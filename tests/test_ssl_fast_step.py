@@ -137,3 +137,19 @@ def test_fused_ema_update_equals_per_parameter_update():
         torch.testing.assert_close(new, want, rtol=1e-6, atol=1e-7)
         moved += int(not torch.equal(new, old))
     assert moved > 50
+
+
+def test_train_ssl_py_builds_both_views_edge_lists_in_workers(tmp_path):
+    from sample_data import AV2_TRAIN_DIR
+    from tiny_configs import as_flags
+    import train_ssl
+    common = ['--root', tmp_path, '--train_raw_dir', AV2_TRAIN_DIR, '--val_raw_dir', AV2_TRAIN_DIR,
+              '--train_processed_dir', tmp_path / 'processed', '--val_processed_dir', tmp_path / 'processed',
+              '--train_batch_size', 2, '--val_batch_size', 2, '--log_dir', tmp_path / 'logs', '--warmup', 1,
+              '--accelerator', 'cpu', '--max_epochs', 1, '--build_graph_in_workers'] + as_flags(TINY_QCNET_SSL)
+    with pytest.raises(SystemExit, match='--build_graph_in_workers: needs --num_workers >= 1'):
+        train_ssl.main([str(a) for a in common + ['--num_workers', 0, '--exp_name', 'refused']])
+    trainer = train_ssl.main([str(a) for a in common + ['--num_workers', 1, '--exp_name', 'workers',
+                                                         '--persistent_workers', 'false']])
+    assert trainer.global_step == 1
+    assert torch.isfinite(trainer.callback_metrics['val_loss'])
