@@ -11,8 +11,7 @@ before the step, on a fractional epoch like the official code; their configurati
 checkpoints so that a resumed run continues the same curves.
 """
 import copy
-import random
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -26,12 +25,11 @@ from losses.reconstruction_loss import ReconstructionLoss, gather_segment_displa
 from modules.backbone import SSLBranch, build_backbone
 from transforms.ssl_views import ANCHOR, TARGET
 from utils.view_pair_batch import VIEW_ORDER, VIEWS
+from utils.parameter_groups import weight_decay_groups
+from utils.rng import rng_states, seed_process, set_rng_states
 from utils.schedules import SSLSchedule
 from utils.weight_init import weight_init
 
-# Parameters of these module types have their "weight" decayed; biases, norms, embeddings, temp_emb are not.
-_DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, nn.LSTM, nn.LSTMCell,
-                    nn.GRU, nn.GRUCell)
 SCHEDULE_KEY = 'ssl_schedule'
 RNG_KEY = 'ssl_rng_states'
 
@@ -280,15 +278,10 @@ class SmartPretrain(pl.LightningModule):
         self.log('momentum_m', momentum, **kwargs)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        decayed, not_decayed = [], []
-        for module_name, module in self.named_modules():
-            for param_name, param in module.named_parameters(recurse=False):
-                if not param.requires_grad:
-                    continue  # the momentum branch is updated by EMA only
-                if 'weight' in param_name and 'bias' not in param_name and isinstance(module, _DECAYED_MODULES):
-                    decayed.append(param)
-                else:
-                    not_decayed.append(param)
+        params = dict(self.named_parameters())
+        # the momentum branch (no gradients) is updated by EMA only: it stays out of the optimiser
+        decayed, not_decayed = ([params[name] for name in names if params[name].requires_grad]
+                                for names in weight_decay_groups(self))
         hp = self.hparams
         groups = [{'params': decayed, 'weight_decay': hp.weight_decay_init, 'decayed': True},
                   {'params': not_decayed, 'weight_decay': 0.0, 'decayed': False}]
@@ -366,36 +359,6 @@ class SmartPretrain(pl.LightningModule):
         parser.add_argument('--compile_embeddings', action='store_true',
                             help='qcnet backbone: torch.compile its Fourier embeddings (as --compile_attention)')
         return parent_parser
-
-
-def seed_process(seed: int) -> None:
-    """Seeds Python, NumPy and torch (all devices) of this process."""
-    seed = seed % (2 ** 32)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> Dict[str, Any]:
-    # NumPy's key array is stored as a tensor so that checkpoints stay loadable with torch.load(weights_only=True).
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states: Dict[str, Any] = {'python': random.getstate(),
-                              'numpy': (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-                              'torch': torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states['cuda'] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: Dict[str, Any]) -> None:
-    random.setstate(states['python'])
-    kind, keys, pos, has_gauss, cached = states['numpy']
-    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states['torch'])
-    if 'cuda' in states and torch.cuda.is_available():
-        cuda_states: List[torch.Tensor] = states['cuda']
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
 
 
 class ViewEpochCallback(pl.Callback):

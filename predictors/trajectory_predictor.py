@@ -18,13 +18,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch_geometric.data import Batch, HeteroData
 
 from losses.mixture_nll_loss import MixtureNLLLoss
 from losses.nll_loss import NLLLoss
 from utils.checkpoint import CheckpointError, load_module_from_checkpoint
+from utils.parameter_groups import weight_decay_groups
+from utils.rng import rng_states, set_rng_states
 from utils.schedules import warmup_cosine
 
 FOCAL_CATEGORY = 3  # Argoverse 2 track category scored by the benchmark
@@ -272,29 +273,8 @@ class TrajectoryPredictor(pl.LightningModule):
     # optimisation
     # ------------------------------------------------------------------------------------------------------------
     def parameter_groups(self) -> Tuple[List[str], List[str]]:
-        """(names with weight decay, names without): weights of linear/conv/attention/recurrent layers decay;
-        biases, norms, embeddings and free parameters (e.g. traj_emb_h0) do not."""
-        decay_modules = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, nn.LSTM, nn.LSTMCell,
-                         nn.GRU, nn.GRUCell)
-        no_decay_modules = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.Embedding)
-        decay, no_decay = set(), set()
-        for module_name, module in self.named_modules():
-            for param_name, _ in module.named_parameters(recurse=False):
-                full_name = f'{module_name}.{param_name}' if module_name else param_name
-                if 'bias' in param_name:
-                    no_decay.add(full_name)
-                elif 'weight' in param_name and isinstance(module, decay_modules):
-                    decay.add(full_name)
-                elif 'weight' in param_name and isinstance(module, no_decay_modules):
-                    no_decay.add(full_name)
-                elif 'weight' not in param_name:
-                    no_decay.add(full_name)
-        names = {name for name, _ in self.named_parameters()}
-        unassigned = names - decay - no_decay
-        if decay & no_decay or unassigned:
-            raise RuntimeError(f'{type(self).__name__}: parameters in both groups {sorted(decay & no_decay)}, '
-                               f'in none {sorted(unassigned)}')
-        return sorted(decay), sorted(no_decay)
+        """(names with weight decay, names without): ``utils.parameter_groups.weight_decay_groups``."""
+        return weight_decay_groups(self)
 
     def configure_optimizers(self):
         """AdamW (decay / no-decay groups) with a cosine schedule over T_max epochs, as officially; the fused
@@ -318,10 +298,8 @@ class TrajectoryPredictor(pl.LightningModule):
     # Python / NumPy / torch RNG states travel with training checkpoints, so `train.py --resume` continues the random
     # streams (shuffling order of the next epoch, dropout) instead of restarting them from the seed.
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        from predictors.smartpretrain import rng_states  # lazy: the pre-training module imports the backbones
         checkpoint[RNG_STATES_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if RNG_STATES_KEY in checkpoint and self._trainer is not None:  # resuming training, not evaluation
-            from predictors.smartpretrain import set_rng_states
             set_rng_states(checkpoint[RNG_STATES_KEY])

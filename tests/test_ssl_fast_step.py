@@ -153,3 +153,24 @@ def test_train_ssl_py_builds_both_views_edge_lists_in_workers(tmp_path):
                                                          '--persistent_workers', 'false']])
     assert trainer.global_step == 1
     assert torch.isfinite(trainer.callback_metrics['val_loss'])
+
+
+def test_one_weight_decay_rule_for_pre_training_and_fine_tuning():
+    from predictors.qcnet import QCNet
+    from utils.parameter_groups import weight_decay_groups
+    from tiny_configs import TINY_QCNET
+    model = _model()
+    decay, no_decay = weight_decay_groups(model)
+    assert 'branch.proj.0.weight' in decay and 'branch.proj.1.weight' in no_decay and 'temp_emb' in no_decay
+    assert 'contra_predictor.1.weight' in no_decay and 'rec_predictor.1.weight' in no_decay
+    optimizer = model.configure_optimizers()
+    grouped = [{id(p) for p in group['params']} for group in optimizer.param_groups]
+    params = dict(model.named_parameters())
+    assert grouped == [{id(params[n]) for n in names if params[n].requires_grad} for names in (decay, no_decay)]
+    qcnet = QCNet(**TINY_QCNET)
+    assert qcnet.parameter_groups() == weight_decay_groups(qcnet)
+    # SyncBatchNorm (DDP on GPUs converts the projector's BatchNorm before the optimiser is made) does not decay
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert weight_decay_groups(synced) == (decay, no_decay)
+    with pytest.raises(RuntimeError, match='unlisted module types'):
+        weight_decay_groups(torch.nn.Sequential(torch.nn.PReLU()))
