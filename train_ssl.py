@@ -27,6 +27,7 @@ from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, c
                                     mix_sources, union_vocabulary_hparams)
 from predictors.forecast_mae import add_backbone_specific_args
 from predictors.registry import backbone_name
+from acceleration.options import add_speed_args, model_arguments, speed_options_from_args
 from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
 from transforms.ssl_views import SSLViews
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
@@ -94,6 +95,7 @@ def build_parser() -> ArgumentParser:
                           'loses at most N steps (0: only after each validation); SIGTERM always saves last.ckpt')
 
     SmartPretrain.add_model_specific_args(parser)
+    add_speed_args(parser)
     parser.add_argument('--model', dest='backbone', default=SUPPRESS,
                         help='same as --backbone (predictor names are accepted: QCNet, ForecastMAE)')
     add_backbone_specific_args(parser.add_argument_group('forecast_mae backbone'))
@@ -197,8 +199,11 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
 
     if mix_requested(args):  # union vocabularies: larger map type tables (Argoverse 2's rows first)
         vars(args).update(union_vocabulary_hparams())
-    with input_errors(ValueError):  # e.g. --compile_attention with a backbone that has no attention layers
-        model = SmartPretrain(**vars(args))
+    with input_errors(ValueError):  # contradicting speed flags, a flag the backbone cannot take
+        speed = speed_options_from_args(args, default_cache_dir=str(run_dir / 'compile_cache'))
+        model = SmartPretrain(**model_arguments(args))
+        from acceleration.apply import apply
+        apply(model, speed)
     if resume_path is not None:
         with input_errors(CheckpointError):
             check_resume_checkpoint(resume_path, model)
