@@ -19,8 +19,7 @@ from torch_geometric.loader import DataLoader
 from datasets import DATA_INPUT_ERRORS, ArgoverseV2Dataset
 from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from utils.cli import CliError, ensure_output_dir, evaluation_strategy, input_errors, positive_int, run_main, str2bool
-from utils.evaluation_options import add_evaluation_speed_args, prepare_model_for_evaluation
-from utils.prebuilt_graph import GraphBuildingCollate
+from acceleration.options import add_speed_args
 from utils.submission import check_coverage
 
 
@@ -40,7 +39,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
-    add_evaluation_speed_args(parser)
+    add_speed_args(parser, evaluation=True)
     parser.add_argument('--ckpt_path', type=str, required=True)
     parser.add_argument('--submission_dir', type=str, default='./')
     parser.add_argument('--submission_file_name', type=str, default='submission', help='file name without .parquet')
@@ -77,7 +76,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
     with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
-    graph_builder = prepare_model_for_evaluation(model, args)  # flag errors before any data is processed
+    with input_errors(ValueError):  # speed flags the model or machine cannot take: before any data is processed
+        from acceleration.evaluation import prepare_model_for_evaluation
+        graph_builder = prepare_model_for_evaluation(model, args)
     model.submission_dir = args.submission_dir
     model.submission_file_name = args.submission_file_name
     path = Path(args.submission_dir) / f'{args.submission_file_name}.parquet'
@@ -98,7 +99,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
     loader = DataLoader(dataset, batch_size=args.test_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
     if graph_builder is not None:
-        loader.collate_fn = GraphBuildingCollate(loader.collate_fn, graph_builder)
+        from acceleration.edge_lists_in_workers import EdgeListCollate
+        loader.collate_fn = EdgeListCollate(loader.collate_fn, graph_builder)
     trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices,
                          strategy=evaluation_strategy(args.devices), precision=args.precision, logger=False,
                          callbacks=[SubmissionCoverageCheck(expected, hint)])

@@ -21,14 +21,13 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
-from predictors.qcnet import check_speed_options
+from acceleration.options import SpeedOptions, add_speed_args, model_arguments, speed_options_from_args
 from predictors.registry import model_class, model_names, resolve_model_name
 from transforms import TargetBuilder
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
 from utils.checkpoint import CheckpointError
 from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
                        training_strategy)
-from utils.prebuilt_graph import graph_builder_for
 from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
 
 MONITOR = 'val_minFDE'
@@ -50,10 +49,6 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
     data.add_argument('--num_workers', type=int, default=8)
     data.add_argument('--pin_memory', type=str2bool, default=True)
     data.add_argument('--persistent_workers', type=str2bool, default=True)
-    data.add_argument('--build_graph_in_workers', action='store_true',
-                      help="QCNet: build each batch's edge lists (radius searches) in the --num_workers loader "
-                           'processes, overlapped with the GPU step, instead of inside the step (same edges; '
-                           'docs/PERFORMANCE.md)')
     for split in ('train', 'val', 'test'):
         data.add_argument(f'--{split}_raw_dir', type=str, default=None)
     for split in ('train', 'val', 'test'):
@@ -99,6 +94,7 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
                                'linear-probe style check of what a pre-trained representation holds')
 
     model_class(model).add_model_specific_args(parser)
+    add_speed_args(parser)
     return parser
 
 
@@ -168,41 +164,37 @@ def print_summary(trainer: pl.Trainer, checkpoint: ModelCheckpoint, run_dir: Pat
     print('\n'.join(lines), flush=True)
 
 
-def check_cuda_graphs(args: Namespace) -> None:
-    """--cuda_graphs needs CUDA devices (one per process; QCNet.training_step averages the replayed gradients
-    across processes); anything else is a flag error, not a silent fallback to the eager step."""
-    if not getattr(args, 'cuda_graphs', False):
-        return
-    # Activation checkpointing saves/restores RNG states: not checked inside a CUDA-graph capture, so the
-    # combinations are refused rather than left to fail there. The torch.compile flags work with it (they compile
-    # during the warm-up steps before each capture; BENCHMARKS §2d).
-    combined = [flag for flag in ('checkpoint_agent_encoder', 'recompute_embeddings')
-                if getattr(args, flag, False)]
-    if combined:
-        raise CliError(f'--cuda_graphs: not available together with --{combined[0]} yet (use one of them)')
-    from utils.static_graph import check_cuda_device
-    with input_errors(ValueError, fix='leave --cuda_graphs out'):
-        check_cuda_device(args.accelerator)
+def check_speed_options(args: Namespace, run_dir: Path) -> SpeedOptions:
+    """--speed and its overrides; a contradicting combination or --cuda_graphs without a CUDA device is a one-line
+    flag error, not a silent fallback to the plain step."""
+    with input_errors(ValueError):
+        speed = speed_options_from_args(args, default_cache_dir=str(run_dir / 'compile_cache'))
+    if speed.cuda_graphs:
+        from acceleration.apply import check_cuda_device
+        with input_errors(ValueError, fix='leave --cuda_graphs out, or pass --speed default'):
+            check_cuda_device(args.accelerator)
+    return speed
 
 
 def main(argv: Optional[List[str]] = None) -> pl.Trainer:
     args = parse_args(argv)
-    with input_errors(ValueError):
-        check_speed_options(**{k: getattr(args, k) for k in ('compile_embeddings', 'recompute_embeddings',
-                                                           'compile_memory_budget') if hasattr(args, k)})
-    check_cuda_graphs(args)
+    run_dir = Path(args.log_dir) / args.exp_name
+    speed = check_speed_options(args, run_dir)
     pl.seed_everything(args.seed, workers=True)
 
-    run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
+    run_dir = ensure_output_dir(run_dir, '--log_dir')
     checkpoint_dir = run_dir / 'checkpoints'
     with input_errors(CheckpointError):
         resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
 
-    model = model_class(args.model)(**vars(args))
+    model = model_class(args.model)(**model_arguments(args))
     graph_builder = None
-    if args.build_graph_in_workers:
-        with input_errors(ValueError):
-            graph_builder = graph_builder_for(model, args.num_workers)
+    with input_errors(ValueError):
+        if speed.edge_lists_in_workers:
+            from acceleration.edge_lists_in_workers import edge_list_builder_for
+            graph_builder = edge_list_builder_for(model, args.num_workers)
+        from acceleration.apply import apply
+        apply(model, speed)
     if resume_path is not None:
         with input_errors(CheckpointError):
             check_resume_checkpoint(resume_path, model)
@@ -241,8 +233,8 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
                          max_epochs=args.max_epochs, max_steps=args.max_steps,
                          limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
                          log_every_n_steps=args.log_every_n_steps, num_sanity_val_steps=args.num_sanity_val_steps,
-                         # with --cuda_graphs the model clips itself (Lightning's manual optimisation)
-                         gradient_clip_val=(None if getattr(args, 'cuda_graphs', False)
+                         # with --cuda_graphs the CUDA-graph step clips itself (Lightning's manual optimisation)
+                         gradient_clip_val=(None if speed.cuda_graphs
                                             else getattr(args, 'gradient_clip_val', 0.0) or None),
                          callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                          default_root_dir=str(run_dir))

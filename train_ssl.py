@@ -28,14 +28,14 @@ from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, c
                                     mix_sources, union_vocabulary_hparams)
 from predictors.forecast_mae import add_backbone_specific_args
 from predictors.registry import backbone_name
+from acceleration.options import add_speed_args, model_arguments, speed_options_from_args
+from acceleration.view_pair_batch import ViewPairCollate, view_edge_list_builder
 from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
 from transforms.ssl_views import SSLViews
 from utils.atomic_checkpoint_io import AtomicCheckpointIO
 from utils.checkpoint import CheckpointError
-from utils.view_pair_batch import ViewPairCollate
 from utils.cli import (CliError, ensure_output_dir, input_errors, int_or_float, positive_int, run_main, str2bool,
                        training_strategy)
-from utils.prebuilt_graph import graph_builder_for
 from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
 
 MONITOR = 'val_loss'
@@ -53,14 +53,6 @@ def build_parser() -> ArgumentParser:
     data.add_argument('--num_workers', type=int, default=8)
     data.add_argument('--pin_memory', type=str2bool, default=True)
     data.add_argument('--persistent_workers', type=str2bool, default=True)
-    data.add_argument('--build_graph_in_workers', action='store_true',
-                      help="qcnet backbone: build the edge lists (radius searches) of both views of each batch in "
-                           'the --num_workers loader processes, overlapped with the step, instead of inside the '
-                           'step (same edges; docs/PERFORMANCE.md)')
-    data.add_argument('--batch_momentum_views', type=str2bool, default=True,
-                      help='run the momentum branch once over the target and anchor views together (one batch of '
-                           '2B scenes, BatchNorm statistics per view) instead of once per view: same losses and '
-                           'gradients, fewer kernel launches (utils/view_pair_batch.py)')
     for split in ('train', 'val', 'test'):
         data.add_argument(f'--{split}_raw_dir', type=str, default=None)
     for split in ('train', 'val', 'test'):
@@ -105,6 +97,7 @@ def build_parser() -> ArgumentParser:
                           'loses at most N steps (0: only after each validation); SIGTERM always saves last.ckpt')
 
     SmartPretrain.add_model_specific_args(parser)
+    add_speed_args(parser)
     parser.add_argument('--model', dest='backbone', default=SUPPRESS,
                         help='same as --backbone (predictor names are accepted: QCNet, ForecastMAE)')
     add_backbone_specific_args(parser.add_argument_group('forecast_mae backbone'))
@@ -223,14 +216,15 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
 
     if mix_requested(args):  # union vocabularies: larger map type tables (Argoverse 2's rows first)
         vars(args).update(union_vocabulary_hparams())
-    with input_errors(ValueError):  # e.g. --compile_attention with a backbone that has no attention layers
-        model = SmartPretrain(**vars(args))
-    view_pair_collate = None  # the loaders' collate (both views in one batch, edge lists built in the workers)
-    if args.batch_momentum_views or args.build_graph_in_workers:
-        with input_errors(ValueError):  # e.g. --build_graph_in_workers without workers or edge lists
-            builder = graph_builder_for(model.branch.backbone, args.num_workers) if args.build_graph_in_workers \
-                else None
-        view_pair_collate = partial(ViewPairCollate, builder=builder, batch_views=args.batch_momentum_views)
+    with input_errors(ValueError):  # contradicting speed flags, a flag the backbone cannot take
+        speed = speed_options_from_args(args, default_cache_dir=str(run_dir / 'compile_cache'))
+        model = SmartPretrain(**model_arguments(args))
+        from acceleration.apply import apply
+        apply(model, speed)
+        # the loaders' collate: both views in one batch, edge lists of both views built in the workers
+        builder = view_edge_list_builder(model, args.num_workers) if speed.edge_lists_in_workers else None
+    view_pair_collate = partial(ViewPairCollate, builder=builder, batch_views=speed.batch_views) \
+        if speed.batch_views or builder is not None else None
     if resume_path is not None:
         with input_errors(CheckpointError):
             check_resume_checkpoint(resume_path, model)

@@ -19,8 +19,7 @@ from predictors.registry import AUTO, model_class_for_checkpoint, model_names
 from transforms import TargetBuilder
 from utils.cli import (CliError, ensure_output_dir, evaluation_strategy, input_errors, int_or_float, positive_int,
                        run_main, str2bool)
-from utils.evaluation_options import add_evaluation_speed_args, prepare_model_for_evaluation
-from utils.prebuilt_graph import GraphBuildingCollate
+from acceleration.options import add_speed_args
 
 # (table name, logged key); brier-minFDE is derived: minFDE + Brier are averaged over the same agents and best mode.
 TABLE = (('minADE', 'val_minADE'), ('minFDE', 'val_minFDE'), ('MR', 'val_MR'), ('Brier', 'val_Brier'),
@@ -42,7 +41,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
-    add_evaluation_speed_args(parser)
+    add_speed_args(parser, evaluation=True)
     parser.add_argument('--limit_val_batches', type=int_or_float, default=1.0,
                         help='batches (int) or fraction (float) of the split to evaluate (debugging)')
     parser.add_argument('--ckpt_path', type=str, required=True)
@@ -79,7 +78,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
-    graph_builder = prepare_model_for_evaluation(model, args)  # flag errors before any data is processed
+    with input_errors(ValueError):  # speed flags the model or machine cannot take: before any data is processed
+        from acceleration.evaluation import prepare_model_for_evaluation
+        graph_builder = prepare_model_for_evaluation(model, args)
     # Only the val split is built (a datamodule would also process any unprocessed train/test data).
     with input_errors(*DATA_INPUT_ERRORS):
         dataset = ArgoverseV2Dataset(args.root, 'val', args.val_raw_dir, args.val_processed_dir,
@@ -89,7 +90,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     loader = DataLoader(dataset, batch_size=args.val_batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=args.pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
     if graph_builder is not None:
-        loader.collate_fn = GraphBuildingCollate(loader.collate_fn, graph_builder)
+        from acceleration.edge_lists_in_workers import EdgeListCollate
+        loader.collate_fn = EdgeListCollate(loader.collate_fn, graph_builder)
     if args.devices > 1:
         print(f'note: {args.devices} devices: the distributed sampler repeats up to {args.devices - 1} scenarios to '
               f'even out the ranks, so the metrics can differ slightly from a one-device run', flush=True)

@@ -136,7 +136,7 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
         self.max_agents_per_batch = max_agents_per_batch
         self.max_polygons_per_batch = max_polygons_per_batch
         self.dataset_kwargs = dict(dataset_kwargs or {})
-        # A CPU model whose build_graph runs in the loader workers (utils.prebuilt_graph); None: the model builds it.
+        # A CPU model whose build_graph runs in the loader workers (acceleration.edge_lists_in_workers); None: the model builds it.
         self.graph_builder = graph_builder
 
     def _dataset(self, split: str) -> ArgoverseV2Dataset:
@@ -175,8 +175,8 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
                                                    max_sizes=[self.max_agents_per_batch, self.max_polygons_per_batch])
             loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
         if self.graph_builder is not None:
-            from utils.prebuilt_graph import GraphBuildingCollate
-            loader.collate_fn = GraphBuildingCollate(loader.collate_fn, self.graph_builder)
+            from acceleration.edge_lists_in_workers import EdgeListCollate
+            loader.collate_fn = EdgeListCollate(loader.collate_fn, self.graph_builder)
         return loader
 
     def train_dataloader(self) -> DataLoader:

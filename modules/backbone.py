@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import HeteroData
 
-from utils.prebuilt_graph import prebuilt_graph
+from acceleration.edge_lists_in_workers import attached_edge_lists
+
 
 _BACKBONES: Dict[str, Type['SSLBackbone']] = {}
 
@@ -116,7 +117,8 @@ class QCNetBackbone(SSLBackbone):
                    num_recurrent_steps=hparams['num_recurrent_steps'])
 
     def build_graph(self, view: HeteroData) -> Dict[str, torch.Tensor]:
-        """Edge lists of the encoder and decoder (the data-dependent part, ``utils.prebuilt_graph``)."""
+        """Edge lists of the encoder and decoder (the data-dependent part, built in the loader workers by
+        ``acceleration.view_pair_batch``)."""
         return {**self.encoder.build_graph(view), **self.decoder.build_graph(view)}
 
     def encode(self, view: HeteroData, graph: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
@@ -158,14 +160,14 @@ class SSLBranch(nn.Module):
 
     def forward(self, view: HeteroData, num_views: int = 1) -> torch.Tensor:
         """view: one batch of views -> float[A, R, proj_dim]. Edge lists a loader worker attached to the batch
-        (``utils.prebuilt_graph``) are used instead of building them here.
+        (``acceleration.edge_lists_in_workers``) are used instead of building them here.
 
         num_views > 1: the batch holds that many views of the same scenes one after the other (equal agent
-        counts, e.g. ``utils.view_pair_batch``), run through the backbone together. The projector's BatchNorm
+        counts, e.g. ``acceleration.view_pair_batch``), run through the backbone together. The projector's BatchNorm
         then normalises each view by its own statistics and updates its running statistics view after view:
         the outputs and statistics of ``num_views`` separate calls, in that order.
         """
-        graph = prebuilt_graph(view)
+        graph = attached_edge_lists(view)
         embeddings = self.backbone(view) if graph is None else self.backbone(view, graph)  # [A, R, D]
         num_agents, num_rec, _ = embeddings.shape
         rows = embeddings.reshape(num_agents * num_rec, -1)

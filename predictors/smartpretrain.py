@@ -11,7 +11,7 @@ before the step, on a fractional epoch like the official code; their configurati
 checkpoints so that a resumed run continues the same curves.
 """
 import copy
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,8 +23,8 @@ from torch_geometric.data import HeteroData
 from losses.contrastive_loss import ContrastiveLoss, ContrastiveOutput, all_reduce_sum, world_size
 from losses.reconstruction_loss import ReconstructionLoss, gather_segment_displacements, recurrence_segments
 from modules.backbone import SSLBranch, build_backbone
-from transforms.ssl_views import ANCHOR, TARGET
-from utils.view_pair_batch import VIEW_ORDER, VIEWS
+from predictors.trajectory_predictor import drop_run_time_options
+from transforms.ssl_views import ANCHOR, TARGET, VIEW_ORDER, VIEWS
 from utils.parameter_groups import weight_decay_groups
 from utils.rng import rng_states, seed_process, set_rng_states
 from utils.schedules import SSLSchedule
@@ -38,6 +38,11 @@ class SmartPretrain(pl.LightningModule):
     """Pre-training Lightning module. Constructor arguments follow the official ``QCNet_ssl`` names (unused ones,
     e.g. ``T_max`` or ``submission_dir``, are accepted and stored so official hyper-parameters load), plus
     ``lambda_rec`` (weight of the reconstruction loss), ``backbone`` (registry name) and ``seed``."""
+
+    # Run-time speed hooks (set by acceleration.apply; never hyper-parameters, never saved).
+    fixed_shape_step = None
+    fused_optimizer = False
+    speed_callbacks: Tuple[pl.Callback, ...] = ()
 
     def __init__(self,
                  dataset: str = 'argoverse_v2',
@@ -78,11 +83,10 @@ class SmartPretrain(pl.LightningModule):
                  backbone: str = 'qcnet',
                  seed: int = 2025,
                  separate_dataset_negatives: int = 0,
-                 compile_attention: bool = False,
-                 compile_embeddings: bool = False,
                  **kwargs: Any) -> None:
         super().__init__()
         self.save_hyperparameters()
+        drop_run_time_options(self.hparams)
         hp = self.hparams
         self.num_historical_steps = num_historical_steps
         self.num_future_steps = num_future_steps
@@ -112,32 +116,10 @@ class SmartPretrain(pl.LightningModule):
         for head in (self.contra_predictor, self.rec_predictor):
             head.apply(weight_init)
 
-        if compile_attention or compile_embeddings:
-            self.compile_layers(backbone, compile_attention, compile_embeddings)
-
         self.contrastive_loss = ContrastiveLoss(temperature=contra_t)
         self.reconstruction_loss = ReconstructionLoss()
         self.rec_segments = recurrence_segments(num_historical_steps, num_future_steps, num_recurrent_steps)
         self.schedule: Optional[SSLSchedule] = None
-
-    def compile_layers(self, backbone: str, attention: bool, embeddings: bool) -> int:
-        """--compile_attention / --compile_embeddings: the backbone's attention layers and Fourier embeddings run
-        through torch.compile (as in QCNet's training, docs/PERFORMANCE.md): the online branch's calls with gradients,
-        the momentum branch's no-grad calls. Returns the number of layers switched; ValueError for a backbone that
-        has none (only the QCNet backbone has these layers)."""
-        from layers.attention_layer import AttentionLayer
-        from layers.fourier_embedding import FourierEmbedding
-        kinds = tuple(kind for kind, on in ((AttentionLayer, attention), (FourierEmbedding, embeddings)) if on)
-        switched = 0
-        for branch, with_gradients in ((self.branch, True), (self.momentum_branch, False)):
-            for module in branch.modules():
-                if isinstance(module, kinds):
-                    (module.compile_for_training if with_gradients else module.compile_for_inference)()
-                    switched += 1
-        if switched == 0:
-            raise ValueError(f'SmartPretrain: --compile_attention / --compile_embeddings: backbone {backbone!r} has no '
-                             'attention layers or Fourier embeddings to compile (the qcnet backbone has)')
-        return switched
 
     # ------------------------------------------------------------------------------------------------------------
     # losses
@@ -147,12 +129,12 @@ class SmartPretrain(pl.LightningModule):
         'num_queries', 'num_keys'). 'loss' is this process's share (see ``losses.contrastive_loss``).
 
         batch: ``{'anchor', 'target'}`` (plain: the momentum branch runs once per view, in the official order) or
-        ``{'anchor', 'views'}`` (``utils.view_pair_batch``: one momentum pass over both views; same losses and
+        ``{'anchor', 'views'}`` (``acceleration.view_pair_batch``: one momentum pass over both views; same losses and
         gradients up to float rounding)."""
         anchor = batch[ANCHOR]
         anchor_agent = anchor['agent']
         if VIEWS in batch:
-            # Both views in one batch (utils.view_pair_batch, blocks of A agents in VIEW_ORDER): the momentum
+            # Both views in one batch (acceleration.view_pair_batch, blocks of A agents in VIEW_ORDER): the momentum
             # branch runs once over 2A agents; the keys keep that block order.
             views_agent = batch[VIEWS]['agent']
             with torch.no_grad():
@@ -285,8 +267,11 @@ class SmartPretrain(pl.LightningModule):
         hp = self.hparams
         groups = [{'params': decayed, 'weight_decay': hp.weight_decay_init, 'decayed': True},
                   {'params': not_decayed, 'weight_decay': 0.0, 'decayed': False}]
-        on_cuda = all(p.is_cuda for g in groups for p in g['params'])
-        return torch.optim.AdamW(groups, lr=hp.lr_init, weight_decay=hp.weight_decay_init, fused=on_cuda or None)
+        fused = self.fused_optimizer and all(p.is_cuda for g in groups for p in g['params'])
+        return torch.optim.AdamW(groups, lr=hp.lr_init, weight_decay=hp.weight_decay_init, fused=fused or None)
+
+    def configure_callbacks(self) -> List[pl.Callback]:
+        return list(self.speed_callbacks)
 
     # ------------------------------------------------------------------------------------------------------------
     # seeding and checkpoints
@@ -353,11 +338,6 @@ class SmartPretrain(pl.LightningModule):
         parser.add_argument('--lambda_rec', type=float, default=1.0, help='weight of the reconstruction loss')
         parser.add_argument('--separate_dataset_negatives', type=int, default=0, choices=[0, 1],
                             help='multi-dataset pre-training: contrastive negatives only from the query\'s dataset')
-        parser.add_argument('--compile_attention', action='store_true',
-                            help='qcnet backbone: torch.compile its attention layers (fused kernels; the first steps '
-                                 'compile for a few minutes; not yet timed on a GPU for pre-training)')
-        parser.add_argument('--compile_embeddings', action='store_true',
-                            help='qcnet backbone: torch.compile its Fourier embeddings (as --compile_attention)')
         return parent_parser
 
 

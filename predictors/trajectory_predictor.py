@@ -34,11 +34,11 @@ MODEL_HPARAM = 'model'
 DEFAULT_MODEL_NAME = 'QCNet'  # checkpoints that name no model: official QCNet releases and early runs
 
 
-def use_fused_adamw(on_cuda: bool, gradient_clip_val: float) -> bool:
-    """Whether to take the fused AdamW kernel: on CUDA, unless gradients are clipped (Lightning's mixed-precision
-    plugin refuses to clip for an optimiser that unscales gradients itself, which fused AdamW declares, and stops
-    training with a RuntimeError at the first step) or ``QCNET_FUSED_ADAMW=0``."""
-    return on_cuda and gradient_clip_val <= 0 and os.environ.get('QCNET_FUSED_ADAMW', '1') != '0'
+def drop_run_time_options(hparams: Dict[str, Any]) -> None:
+    """Removes run-time speed options (acceleration.options.RUN_TIME_KEYS) from hyper-parameters, in place."""
+    from acceleration.options import RUN_TIME_KEYS
+    for key in RUN_TIME_KEYS & set(hparams):
+        del hparams[key]
 
 
 def warmup_cosine_factor(epoch: int, warmup_epochs: int, total_epochs: int) -> float:
@@ -94,10 +94,18 @@ class TrajectoryPredictor(pl.LightningModule):
     MODEL_NAME = 'TrajectoryPredictor'
     SSL_BACKBONE: Optional[str] = None
     PROPOSE_TO_REFINE: Tuple[Tuple[str, str], ...] = ()
+    # Run-time speed hooks (set by acceleration.apply; never hyper-parameters, never saved): the CUDA-graph step that
+    # runs training and evaluation steps instead of the plain ones, the fused AdamW kernel on CUDA, and the Lightning
+    # callbacks the options need (configure_callbacks).
+    fixed_shape_step = None
+    fused_optimizer = False
+    speed_callbacks: Tuple[pl.Callback, ...] = ()
 
     def init_objectives(self) -> None:
-        """Losses, metrics and the test-prediction store; records the model name in the hyper-parameters."""
+        """Losses, metrics and the test-prediction store; records the model name in the hyper-parameters and drops
+        run-time options from them (a script's flags, or the speed options older checkpoints stored)."""
         self.hparams[MODEL_HPARAM] = self.MODEL_NAME
+        drop_run_time_options(self.hparams)
         distributions = ['laplace'] * self.output_dim + ['von_mises'] * self.output_head
         self.reg_loss = NLLLoss(component_distribution=distributions, reduction='none')
         self.cls_loss = MixtureNLLLoss(component_distribution=distributions, reduction='none')
@@ -184,7 +192,11 @@ class TrajectoryPredictor(pl.LightningModule):
                 'traj_refine': traj_refine, 'gt': gt, 'reg_mask': reg_mask}
 
     def training_step(self, data, batch_idx):
-        losses = self.compute_losses(data, self(data))
+        if self.fixed_shape_step is not None:  # forward, backward and optimiser step (manual optimisation)
+            losses = self.fixed_shape_step.train(data, self.optimizers(),
+                                                 float(self.hparams.get('gradient_clip_val') or 0.0))
+        else:
+            losses = self.compute_losses(data, self(data))
         for name in ('reg_loss_propose', 'reg_loss_refine', 'cls_loss'):
             self.log(f'train_{name}', losses[name], prog_bar=False, on_step=True, on_epoch=True, batch_size=1)
         return losses['loss']
@@ -198,7 +210,9 @@ class TrajectoryPredictor(pl.LightningModule):
         return data['agent']['category'] == FOCAL_CATEGORY
 
     def predict_batch(self, data: HeteroData) -> Dict[str, torch.Tensor]:
-        """The forward pass of validation and testing (a subclass may run it another way, same outputs)."""
+        """The forward pass of validation and testing (replayed by the CUDA-graph step when one is installed)."""
+        if self.fixed_shape_step is not None:
+            return self.fixed_shape_step.infer(data)
         return self(data)
 
     def validation_step(self, data, batch_idx):
@@ -277,15 +291,17 @@ class TrajectoryPredictor(pl.LightningModule):
         return weight_decay_groups(self)
 
     def configure_optimizers(self):
-        """AdamW (decay / no-decay groups) with a cosine schedule over T_max epochs, as officially; the fused
-        AdamW kernel is used on CUDA (same update rule, fewer kernel launches)."""
+        """AdamW (decay / no-decay groups) with a cosine schedule over T_max epochs, as officially. With the
+        ``fused_optimizer`` speed option the fused AdamW kernel runs on CUDA (same update rule, fewer kernel launches),
+        unless gradients are clipped (Lightning's mixed-precision plugin refuses to clip for an optimiser that
+        unscales gradients itself, which fused AdamW declares)."""
         params = dict(self.named_parameters())
         decay, no_decay = self.parameter_groups()
         # frozen parameters (train.py --freeze_encoder) stay out of the optimiser: no weight decay moves them
         groups = [{'params': [params[n] for n in decay if params[n].requires_grad], 'weight_decay': self.weight_decay},
                   {'params': [params[n] for n in no_decay if params[n].requires_grad], 'weight_decay': 0.0}]
-        fused = use_fused_adamw(all(p.is_cuda for p in params.values()),
-                                float(self.hparams.get('gradient_clip_val') or 0.0))
+        fused = (self.fused_optimizer and all(p.is_cuda for p in params.values())
+                 and float(self.hparams.get('gradient_clip_val') or 0.0) <= 0)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
         warmup = int(self.hparams.get('warmup_epochs') or 0)
         if warmup <= 0:
@@ -294,6 +310,9 @@ class TrajectoryPredictor(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: warmup_cosine_factor(
                 epoch, warmup, self.T_max))
         return [optimizer], [scheduler]
+
+    def configure_callbacks(self) -> List[pl.Callback]:
+        return list(self.speed_callbacks)
 
     # Python / NumPy / torch RNG states travel with training checkpoints, so `train.py --resume` continues the random
     # streams (shuffling order of the next epoch, dropout) instead of restarting them from the seed.

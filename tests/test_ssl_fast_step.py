@@ -1,6 +1,6 @@
 """SmartPretrain's faster step pieces against the plain step, on real Argoverse 2 views (CPU).
 
-- both views in one momentum pass (utils.view_pair_batch) = two passes: losses, gradients, BatchNorm statistics;
+- both views in one momentum pass (acceleration.view_pair_batch) = two passes: losses, gradients, BatchNorm statistics;
 - edge lists built in the loader (both views; the two-view batch's joined from the two) = built in the step;
 - the fused EMA update = the official per-parameter update.
 """
@@ -12,9 +12,10 @@ from torch_geometric.loader import DataLoader
 
 from predictors.smartpretrain import SmartPretrain
 from transforms.ssl_views import ANCHOR, TARGET, SSLViews
-from utils.prebuilt_graph import GRAPH_ATTRIBUTE, graph_builder_for, prebuilt_graph
-from utils.static_graph import node_sizes
-from utils.view_pair_batch import VIEW_ORDER, VIEWS, ViewPairCollate, concat_edge_lists
+from acceleration.edge_lists_in_workers import EDGE_LISTS_ATTRIBUTE, attached_edge_lists
+from acceleration.padded_qcnet_batch import node_sizes
+from acceleration.view_pair_batch import ViewPairCollate, concat_edge_lists, view_edge_list_builder
+from transforms.ssl_views import VIEW_ORDER, VIEWS
 
 from test_ssl_model import real_scenes
 from tiny_configs import TINY_QCNET_SSL
@@ -82,15 +83,15 @@ def test_one_momentum_pass_over_both_views_equals_two(pairs):
 def test_loader_built_edge_lists_equal_built_in_step(pairs):
     model = _model()
     plain = _step(copy.deepcopy(model), _collate(pairs)(pairs))
-    builder = graph_builder_for(model.branch.backbone, num_workers=1)
+    builder = view_edge_list_builder(model, num_workers=1)
     for batch_views in (False, True):
         batch = ViewPairCollate(_collate(pairs), builder, batch_views=batch_views)(pairs)
-        assert all(prebuilt_graph(view) is not None for view in batch.values())
+        assert all(attached_edge_lists(view) is not None for view in batch.values())
         _assert_same_step(plain, _step(copy.deepcopy(model), batch))
 
 
 def test_joined_edge_lists_equal_the_joined_batch_built_directly(pairs):
-    builder = graph_builder_for(_model().branch.backbone, num_workers=1)
+    builder = view_edge_list_builder(_model(), num_workers=1)
     collate = _collate(pairs)
     parts = {name: collate([pair[name] for pair in pairs]) for name in (ANCHOR, TARGET)}
     graphs = {name: builder.build_graph(batch) for name, batch in parts.items()}
@@ -110,13 +111,13 @@ def test_joined_edge_lists_equal_the_joined_batch_built_directly(pairs):
 
 
 def test_loader_workers_build_both_views_edge_lists(pairs):
-    builder = graph_builder_for(_model().branch.backbone, num_workers=1)
+    builder = view_edge_list_builder(_model(), num_workers=1)
     loader = DataLoader(pairs, batch_size=2, num_workers=1)
     loader.collate_fn = ViewPairCollate(loader.collate_fn, builder)
     batches = list(loader)
     assert len(batches) == 2
     for batch in batches:
-        graph = getattr(batch[VIEWS], GRAPH_ATTRIBUTE)
+        graph = getattr(batch[VIEWS], EDGE_LISTS_ATTRIBUTE)
         assert graph['a2a'].size(1) > 0 and graph['query_slot'].numel() == batch[VIEWS]['agent']['num_nodes']
 
 

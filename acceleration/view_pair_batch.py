@@ -9,22 +9,19 @@ builds that batch next to the anchor batch the online branch needs:
 
 (``transforms.ssl_views`` makes the pairs; without ``batch_views`` the plain ``{'anchor', 'target'}`` pair of
 batches is kept). With a graph builder (``--build_graph_in_workers``) every batch also carries its edge lists
-(``utils.prebuilt_graph``): the anchor's and the target's are built, and the two-view batch's is their
+(``acceleration.edge_lists_in_workers``): the anchor's and the target's are built, and the two-view batch's is their
 concatenation with the indices moved to the joined node lists (``concat_edge_lists``), so building costs what it
 costs for the two views separately.
 """
+import copy
 from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 from torch_geometric.data import Batch
 
-from transforms.ssl_views import ANCHOR, TARGET
-from utils.prebuilt_graph import GRAPH_ATTRIBUTE
-from utils.static_graph import QCNET_EDGE_ATTRS, QCNET_EDGE_LAYOUTS, node_sizes
-
-VIEWS = 'views'
-# Order of the views inside the two-view batch (the momentum branch's passes in the official order).
-VIEW_ORDER = (TARGET, ANCHOR)
+from acceleration.edge_lists_in_workers import EDGE_LISTS_ATTRIBUTE
+from acceleration.padded_qcnet_batch import QCNET_EDGE_ATTRS, QCNET_EDGE_LAYOUTS, node_sizes
+from transforms.ssl_views import ANCHOR, TARGET, VIEW_ORDER, VIEWS
 
 
 def _shift(index: torch.Tensor, layout: str, part: int, first: Mapping[str, int], second: Mapping[str, int],
@@ -52,7 +49,7 @@ def concat_edge_lists(first: Mapping[str, torch.Tensor], second: Mapping[str, to
     """Edge lists of the batch ``Batch(first scenes + second scenes)`` from those of the two batches.
 
     first / second: QCNet backbone edge lists (``QCNetBackbone.build_graph``, keys of
-    ``utils.static_graph.QCNET_EDGE_LAYOUTS`` plus 'type_pl2pl', 'query_agent', 'query_slot'); *_sizes: node counts
+    ``acceleration.padded_qcnet_batch.QCNET_EDGE_LAYOUTS`` plus 'type_pl2pl', 'query_agent', 'query_slot'); *_sizes: node counts
     per node type (``node_sizes``); steps: history steps T of the views; modes: mode queries K per slot.
     The same edges as building the joined batch's lists directly (searches and caps are per scene), the first
     batch's edges first.
@@ -78,11 +75,25 @@ def concat_edge_lists(first: Mapping[str, torch.Tensor], second: Mapping[str, to
     return out
 
 
+def view_edge_list_builder(model: torch.nn.Module, num_workers: int) -> torch.nn.Module:
+    """--build_graph_in_workers for pre-training: a CPU copy of ``model``'s backbone (``model.branch.backbone``),
+    whose ``build_graph`` the loader workers run (weights are never read). ValueError (one line naming the flag)
+    without workers or for a backbone without edge lists."""
+    if num_workers < 1:
+        raise ValueError('--build_graph_in_workers: needs --num_workers >= 1 (with 0 the edge lists would be built in '
+                         'the main process, serially, on the CPU)')
+    backbone = model.branch.backbone
+    if not hasattr(backbone, 'build_graph'):
+        raise ValueError(f'--build_graph_in_workers: the {type(backbone).__name__} has no separate edge-list '
+                         'construction (the qcnet backbone has)')
+    return copy.deepcopy(backbone).cpu().eval()
+
+
 class ViewPairCollate:
     """Collate function of a pre-training loader (items: ``{'anchor', 'target'}`` view pairs; module docstring).
 
     collate: the loader's collate of a list of HeteroData (PyG's); builder: None, or a CPU backbone with
-    ``build_graph(view)`` (``utils.prebuilt_graph.graph_builder_for``) whose edge lists travel with the batches;
+    ``build_graph(view)`` (``view_edge_list_builder``) whose edge lists travel with the batches;
     batch_views: give the two-view batch under 'views' (else the plain anchor / target pair). Picklable.
     """
 
@@ -96,7 +107,7 @@ class ViewPairCollate:
     def _graph(self, batch: Batch) -> Dict[str, torch.Tensor]:
         with torch.no_grad():
             graph = self.builder.build_graph(batch)
-        setattr(batch, GRAPH_ATTRIBUTE, graph)
+        setattr(batch, EDGE_LISTS_ATTRIBUTE, graph)
         return graph
 
     def __call__(self, items: List[Mapping[str, object]]) -> Dict[str, Batch]:
@@ -114,7 +125,7 @@ class ViewPairCollate:
             graphs = {name: self._graph(batch) for name, batch in parts.items()}
             first, second = (parts[name] for name in VIEW_ORDER)
             steps = int(first['agent']['position'].size(1))
-            setattr(joined, GRAPH_ATTRIBUTE, concat_edge_lists(
+            setattr(joined, EDGE_LISTS_ATTRIBUTE, concat_edge_lists(
                 graphs[VIEW_ORDER[0]], graphs[VIEW_ORDER[1]], node_sizes(first), node_sizes(second), steps,
                 modes=int(self.builder.decoder.num_modes)))
         return {ANCHOR: anchor, VIEWS: joined}
