@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import BatchSampler, DataLoader
 
 from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
 from datasets.multi_dataset import (MultiDatasetDataModule, add_mix_arguments, check_mix_arguments, mix_requested,
@@ -139,11 +140,19 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
     return str(path)
 
 
-def with_view_pair_collate(loader, make_collate: Optional[Callable]):
-    """The loader with its collate wrapped by ``make_collate`` (a ``ViewPairCollate`` factory; None: unchanged)."""
-    if make_collate is not None:
-        loader.collate_fn = make_collate(loader.collate_fn)
-    return loader
+def with_view_pair_collate(loader: DataLoader, make_collate: Optional[Callable]) -> DataLoader:
+    """The same loader collating with ``make_collate(loader.collate_fn)`` (a ``ViewPairCollate`` factory; None: the
+    loader unchanged). A new loader with the collate function among its constructor arguments, so that Lightning,
+    which re-creates a loader from those to add its distributed sampler, keeps it."""
+    if make_collate is None:
+        return loader
+    common = dict(num_workers=loader.num_workers, collate_fn=make_collate(loader.collate_fn),
+                  pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
+                  worker_init_fn=loader.worker_init_fn, prefetch_factor=loader.prefetch_factor)
+    if type(loader.batch_sampler) is BatchSampler:
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
+                          drop_last=loader.drop_last, **common)
+    return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
 
 
 class MixedPretrainingDataModule(MultiDatasetDataModule):

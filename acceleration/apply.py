@@ -66,6 +66,9 @@ def apply(model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
             from acceleration.lightning_callbacks import TF32DuringFit
             callbacks.append(TF32DuringFit())
         if options.cuda_graphs:
+            if hasattr(model, 'momentum_branch') and not options.batch_views:
+                raise ValueError('--cuda_graphs: pre-training replays the two-view step; it needs '
+                                 '--batch_momentum_views 1')
             from acceleration.cuda_graph_step import CudaGraphStep
             from acceleration.lightning_callbacks import ManualSchedulerStep
             # Captured where the model runs on CUDA; elsewhere the same padded step runs eagerly (the CPU tests).
@@ -92,10 +95,14 @@ def remove(model: torch.nn.Module) -> torch.nn.Module:
 def padding_scheme(model: torch.nn.Module):
     """The padding scheme of ``model``'s CUDA-graph step (looked up by type); ValueError for a model without one."""
     from predictors.qcnet import QCNet
+    from predictors.smartpretrain import SmartPretrain
     if isinstance(model, QCNet):
         from acceleration.padded_qcnet_batch import QCNetPadding
         return QCNetPadding(model)
-    raise ValueError(f'--cuda_graphs: {type(model).__name__} has no fixed-shape step yet (QCNet only)')
+    if isinstance(model, SmartPretrain):
+        from acceleration.padded_ssl_batch import ViewPairPadding
+        return ViewPairPadding(model)
+    raise ValueError(f'--cuda_graphs: {type(model).__name__} has no fixed-shape step yet (QCNet, SmartPretrain)')
 
 
 def check_cuda_device(accelerator: str) -> None:

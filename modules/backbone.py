@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch_geometric.data import HeteroData
 
 from acceleration.edge_lists_in_workers import attached_edge_lists
+from layers.grouped_batch_norm import mlp_with_grouped_norm
 
 
 _BACKBONES: Dict[str, Type['SSLBackbone']] = {}
@@ -158,19 +159,26 @@ class SSLBranch(nn.Module):
         if backbone is not None and name in backbone._modules:
             backbone._modules[name] = module  # e.g. SyncBatchNorm conversion replacing a child
 
-    def forward(self, view: HeteroData, num_views: int = 1) -> torch.Tensor:
-        """view: one batch of views -> float[A, R, proj_dim]. Edge lists a loader worker attached to the batch
-        (``acceleration.edge_lists_in_workers``) are used instead of building them here.
+    def forward(self, view: HeteroData, num_views: int = 1, edge_lists: Optional[Mapping[str, torch.Tensor]] = None,
+                agent_groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """view: one batch of views -> float[A, R, proj_dim]. ``edge_lists``: the backbone's edge lists built
+        beforehand; else those a loader worker attached to the batch (``acceleration.edge_lists_in_workers``); else
+        built here.
 
         num_views > 1: the batch holds that many views of the same scenes one after the other (equal agent
-        counts, e.g. ``acceleration.view_pair_batch``), run through the backbone together. The projector's BatchNorm
-        then normalises each view by its own statistics and updates its running statistics view after view:
-        the outputs and statistics of ``num_views`` separate calls, in that order.
+        counts, e.g. ``acceleration.view_pair_batch``), run through the backbone together. The projector's
+        BatchNorm then normalises each view by its own statistics and updates its running statistics view after
+        view: the outputs and statistics of ``num_views`` separate calls, in that order.
+        agent_groups long[A] (fixed-shape batches): each agent's view (0 .. num_views - 1), -1 for padding agents,
+        which then take no part in the BatchNorm statistics (``layers.grouped_batch_norm``).
         """
-        graph = attached_edge_lists(view)
+        graph = edge_lists if edge_lists is not None else attached_edge_lists(view)
         embeddings = self.backbone(view) if graph is None else self.backbone(view, graph)  # [A, R, D]
         num_agents, num_rec, _ = embeddings.shape
         rows = embeddings.reshape(num_agents * num_rec, -1)
+        if agent_groups is not None:
+            projected = mlp_with_grouped_norm(self.proj, rows, agent_groups.repeat_interleave(num_rec), num_views)
+            return projected.view(num_agents, num_rec, -1)
         if num_views == 1:
             return self.proj(rows).view(num_agents, num_rec, -1)
         if num_agents % num_views:

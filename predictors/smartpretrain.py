@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import HeteroData
 
-from losses.contrastive_loss import ContrastiveLoss, ContrastiveOutput, all_reduce_sum, world_size
+from layers.grouped_batch_norm import mlp_with_grouped_norm
+from losses.contrastive_loss import (ContrastiveLoss, ContrastiveOutput, all_gather_equal_rows, all_gather_rows,
+                                     all_reduce_sum, world_size)
 from losses.reconstruction_loss import ReconstructionLoss, gather_segment_displacements, recurrence_segments
 from modules.backbone import SSLBranch, build_backbone
 from predictors.trajectory_predictor import drop_run_time_options
@@ -161,19 +163,28 @@ class SmartPretrain(pl.LightningModule):
             target_start = target_agent['view_start']
             positive_index, self_index = agents + num_agents, agents
         num_rec, proj_dim = z_anchor.shape[1:]
-
-        # Contrastive: keys of both views of all agents, invalid ones masked.
         queries = self.contra_predictor(z_anchor.reshape(num_agents * num_rec, proj_dim))
-        queries = queries.view(num_agents, num_rec, proj_dim)
         groups = {}
         if self.hparams.get('separate_dataset_negatives'):  # negatives only from the query's own dataset
             if 'data_set' not in anchor or 'batch' not in anchor_agent:
                 raise ValueError('separate_dataset_negatives needs batched samples with a data_set (dataset id) field')
             agent_dataset = torch.as_tensor(anchor['data_set'], device=z_anchor.device).view(-1)[anchor_agent['batch']]
             groups = {'query_group': agent_dataset, 'key_group': torch.cat([agent_dataset, agent_dataset])}
+        return self.losses(z_anchor, queries.view(num_agents, num_rec, proj_dim), anchor_agent, keys, key_mask,
+                           positive_index, self_index, target_start, **groups)
+
+    def losses(self, z_anchor: torch.Tensor, queries: torch.Tensor, anchor_agent, keys: torch.Tensor,
+               key_mask: torch.Tensor, positive_index: torch.Tensor, self_index: torch.Tensor,
+               target_start: torch.Tensor, gather=all_gather_rows, **groups: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Both losses from the branches' outputs. z_anchor / queries [A, R, P]: online embeddings and predictor
+        outputs of the anchor agents; anchor_agent: the anchor batch's agent store (query_mask, view_start, rec_target,
+        rec_mask); keys [M, R, P] with key_mask [M]: momentum embeddings of both views; positive_index / self_index
+        [A]: each agent's target-view / anchor-view key row; target_start [A]: start step of each agent's target
+        window; gather: how keys are gathered from every process (``losses.contrastive_loss``)."""
+        num_agents, num_rec, _ = z_anchor.shape
         contra: ContrastiveOutput = self.contrastive_loss(
             queries, anchor_agent['query_mask'], keys, key_mask, positive_index=positive_index, self_index=self_index,
-            **groups)
+            gather=gather, **groups)
 
         # Reconstruction of the target window from the anchor embedding + embedding of the anchor start step.
         temp = self.temp_emb[anchor_agent['view_start']].unsqueeze(1).expand(-1, num_rec, -1)
@@ -188,6 +199,28 @@ class SmartPretrain(pl.LightningModule):
         return {'loss': contra.loss + self.lambda_rec * rec_loss, 'contra_loss': contra.loss, 'rec_loss': rec_loss,
                 'contra_acc': contra.accuracy, 'num_queries': contra.num_queries, 'num_keys': contra.num_keys}
 
+    def padded_step_losses(self, padded) -> Dict[str, torch.Tensor]:
+        """Losses of a batch padded to fixed sizes (``acceleration.padded_ssl_batch.PaddedViewPairBatch``): the
+        CUDA-graph step's body. The same computation as ``forward`` on the two-view batch; padded agents take no
+        part in BatchNorm statistics (agent groups -1) nor in the losses (their masks are False), and keys are
+        gathered from every process with equal row counts (capacities agreed across processes)."""
+        anchor, views = padded.anchor, padded.views
+        with torch.no_grad():
+            keys = self.momentum_branch(views.data, num_views=len(VIEW_ORDER), edge_lists=views.edge_lists,
+                                        agent_groups=padded.view_of_agent)
+        z_anchor = self.branch(anchor.data, edge_lists=anchor.edge_lists, agent_groups=padded.anchor_groups)
+        num_agents, num_rec, proj_dim = z_anchor.shape
+        queries = mlp_with_grouped_norm(self.contra_predictor, z_anchor.reshape(num_agents * num_rec, proj_dim),
+                                        padded.anchor_groups.repeat_interleave(num_rec), 1)
+        views_agent = views.data['agent']
+        return self.losses(z_anchor, queries.view(num_agents, num_rec, proj_dim), anchor.data['agent'], keys,
+                           views_agent['view_mask'], padded.positive_index, padded.self_index,
+                           views_agent['view_start'][padded.positive_index], gather=all_gather_equal_rows)
+
+    def padded_forward(self, padded) -> Dict[str, torch.Tensor]:
+        """Evaluation body of the CUDA-graph step: pre-training evaluates its losses."""
+        return self.padded_step_losses(padded)
+
     def _log_losses(self, out: Dict[str, torch.Tensor], prefix: str, on_step: bool) -> None:
         # Loss shares are averaged over processes once here (one all-reduce), then logged unsynchronised.
         shares = torch.stack([out['loss'].detach(), out['contra_loss'].detach(), out['rec_loss'].detach()])
@@ -200,7 +233,11 @@ class SmartPretrain(pl.LightningModule):
         self.log(f'{prefix}num_neg_sample', out['num_keys'].float(), **kwargs)
         self.log(f'{prefix}num_query', out['num_queries'].float(), **kwargs)
 
-    def training_step(self, batch: Dict[str, HeteroData], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Dict[str, HeteroData], batch_idx: int) -> Optional[torch.Tensor]:
+        if self.fixed_shape_step is not None:  # forward, backward and optimiser step (manual optimisation)
+            out = self.fixed_shape_step.train(batch, self.optimizers())
+            self._log_losses(out, prefix='', on_step=True)
+            return None
         out = self(batch)
         self._log_losses(out, prefix='', on_step=True)
         return out['loss']
