@@ -232,6 +232,10 @@ def main(argv: Optional[List[str]] = None) -> pl.Trainer:
         apply(model, speed)
         # the loaders' collate: both views in one batch, edge lists of both views built in the workers
         builder = view_edge_list_builder(model, args.num_workers) if speed.edge_lists_in_workers else None
+    if speed.cuda_graphs:  # no silent fallback to the plain step
+        from acceleration.apply import check_cuda_device
+        with input_errors(ValueError, fix='leave --cuda_graphs out, or pass --speed default'):
+            check_cuda_device(args.accelerator)
     view_pair_collate = partial(ViewPairCollate, builder=builder, batch_views=speed.batch_views) \
         if speed.batch_views or builder is not None else None
     if resume_path is not None:

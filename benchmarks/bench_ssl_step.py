@@ -16,11 +16,13 @@ implementations get the same windows. The official views are made by the officia
 (``ArgoverseV2Dataset.get_scene_data`` and ``TargetBuilder_ssl`` of the checkout, applied to the same samples as the
 official dataset's ``get`` prepares them).
 
---speed (ours): default = the plain step (momentum branch once per view, edge lists built inside the step);
-fast = momentum branch once over both views, edge lists of both views built beforehand on the CPU (one thread, as a
-loader worker of train_ssl.py --build_graph_in_workers does; the build time is reported next to the step) and, on
-CUDA, compiled attention layers and Fourier embeddings in both branches (train_ssl.py --compile_attention
---compile_embeddings).
+--speed (ours): the presets of train_ssl.py (acceleration/options.py). default = the plain step (momentum branch
+once per view, edge lists built inside the step, fused kernels, fused AdamW); fast = the CUDA-graph step
+(acceleration/padded_ssl_batch.py: EMA update, then momentum branch once over both views, online branch, both
+losses and backward replayed over padded fixed shapes; AdamW after it), compiled attention layers and Fourier
+embeddings in both branches, and the edge lists of both views built beforehand on the CPU (one thread, as a loader
+worker of train_ssl.py does; the build time is reported next to the step). On the CPU the padded step runs eagerly
+and nothing is compiled. --tf32 sets the TF32 option of either preset.
 
 The official code is imported from a checkout at run time (benchmarks/official_stubs.py; never copied here) and runs
 unmodified; where torch_cluster / torch_scatter are missing, stand-ins with their semantics are installed. To put
@@ -184,14 +186,13 @@ def our_batch(items, model, speed: str) -> Tuple[Dict[str, object], float]:
     (--speed fast; None otherwise)."""
     from torch_geometric.loader import DataLoader
     from transforms.ssl_views import SSLViews
-    from utils.prebuilt_graph import graph_builder_for
-    from utils.view_pair_batch import ViewPairCollate
+    from acceleration.view_pair_batch import ViewPairCollate, view_edge_list_builder
     views = SSLViews(AV2_SSL_CONFIG['num_historical_steps'], AV2_SSL_CONFIG['num_future_steps'])
     pairs = [views.make_views(scene, anchor_start, target_start) for scene, anchor_start, target_start in items]
     collate = DataLoader(pairs, batch_size=len(pairs)).collate_fn
     if speed == 'default':
         return collate(pairs), None
-    builder = graph_builder_for(model.branch.backbone, num_workers=1)  # the CPU copy a loader worker holds
+    builder = view_edge_list_builder(model, num_workers=1)  # the CPU copy a loader worker holds
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a loader worker
     try:
@@ -207,9 +208,15 @@ def build_model(args, modules):
     config = dict(AV2_SSL_CONFIG, hidden_dim=args.hidden_dim)
     if args.impl == 'official':
         return modules['predictors.qcnet_ssl'].QCNet_ssl(**config)
+    from acceleration.apply import apply
+    from acceleration.options import PRESETS
     from predictors.smartpretrain import SmartPretrain
-    fast_cuda = args.speed == 'fast' and torch.device(args.device).type == 'cuda'
-    return SmartPretrain(**config, seed=args.seed, compile_attention=fast_cuda, compile_embeddings=fast_cuda)
+    model = SmartPretrain(**config, seed=args.seed)
+    options = PRESETS[args.speed].replace(tf32=args.tf32)
+    if torch.device(args.device).type != 'cuda':  # CPU smoke runs: the padded step runs eagerly, nothing compiles
+        options = options.replace(compile_attention=False, compile_embeddings=False, compile_gru=False)
+    apply(model, options)
+    return model
 
 
 def step_timer(device: torch.device, warmup: int):
