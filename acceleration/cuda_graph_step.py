@@ -200,9 +200,9 @@ class CudaGraphStep:
 
     ``module``: provides ``padded_step_losses(padded)`` and ``padded_forward(padded)``; ``padding``: its padding
     scheme (``prepare(batch) -> (sizes, key, payload)``, ``allocate(payload, capacities)``,
-    ``fill(padded, payload, sizes)``, ``real_rows(outputs, sizes)``); ``capture``: CUDA graphs (False: the padded step
-    runs eagerly; None: capture where the module is on a CUDA device). The module trains with Lightning's manual optimisation
-    (``acceleration.apply`` switches it) and calls ``train(batch, optimizer, clip_norm)`` from its training_step.
+    ``fill(padded, payload, sizes)``, ``real_rows(outputs, sizes)``); ``capture``: CUDA graphs (False: the padded
+    step runs eagerly; None: capture where the module is on a CUDA device). The module trains with Lightning's
+    manual optimisation (``acceleration.apply`` switches it) and calls ``train(batch, optimizer, clip_norm)`` from its training_step.
     """
 
     def __init__(self, module: torch.nn.Module, padding, capture: Optional[bool] = None) -> None:

@@ -130,7 +130,8 @@ class PaddedQCNetBatch:
             count = sizes[node_type]
             for key in keys:
                 if key not in batch[node_type]:
-                    raise KeyError(f'PaddedQCNetBatch.fill: the batch has no {node_type}.{key}, which the first batch had')
+                    raise KeyError(f'PaddedQCNetBatch.fill: the batch has no {node_type}.{key}, which the first '
+                                   'batch had')
                 buffer = self.data[node_type][key]
                 buffer[:count].copy_(batch[node_type][key])
                 buffer[count:].zero_()

@@ -577,7 +577,8 @@ def measure_step_flops(kind: str, cli_args: List[str], raw_dir: str, processed_d
     Returns {'flops_per_step' (mean), 'flops_per_scenario', 'scenarios', 'batches', 'by_op' (summed), 'device'}.
     FlopCounterMode counts matrix products (mm/addmm/bmm/baddbmm, convolutions, attention kernels) from their
     shapes; element-wise ops, gathers/scatters of message passing and the optimiser are not counted, so the estimate
-    is a lower bound dominated by what dominates the GPU time of a QCNet step."""
+    is a lower bound dominated by what dominates the GPU time of a QCNet step. The model is the plain one (no speed
+    options applied): the count is of the model's math, whichever kernels a run uses."""
     import warnings
 
     import torch

@@ -211,4 +211,5 @@ class AttentionLayer(nn.Module):
         # Gate sigma(W_g [msg, x_dst] + b): the x_dst half came with the target projections.
         gate = torch.sigmoid(self.ops.linear(msg.reshape(-1, inner), gate_msg_weight,
                                     residual=gate_dst.reshape(-1, inner)).view_as(msg))
-        return self.ops.linear(torch.lerp(msg, skip, gate), self.to_out.weight, self.to_out.bias)  # msg + gate * (skip - msg)
+        # msg + gate * (skip - msg)
+        return self.ops.linear(torch.lerp(msg, skip, gate), self.to_out.weight, self.to_out.bias)

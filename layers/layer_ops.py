@@ -26,7 +26,8 @@ class LayerOps:
         return out if residual is None else residual + out
 
     def gather_dot(self, q: torch.Tensor, key: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """sim[e(, k), h] = sum_d q[index[e](, k), h, d] * key[e, h, d]; q [Nd(, K), heads, dim], key [E, heads, dim]."""
+        """sim[e(, k), h] = sum_d q[index[e](, k), h, d] * key[e, h, d].
+        q [Nd(, K), heads, dim] (per target node), key [E, heads, dim] (per edge), index [E] (target of each edge)."""
         if q.dim() == 4:
             key = key.unsqueeze(1)
         return (q.index_select(0, index) * key).sum(dim=-1)

@@ -112,8 +112,8 @@ class QCNetProposeStage(nn.Module):
         return nn.ModuleList([self._attention(bipartite=bipartite, has_pos_emb=True) for _ in range(self.num_layers)])
 
     def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
-        """The mode queries' edges (data dependent sizes, see utils.static_graph). Only the last num_t2m_steps
-        valid history steps feed the queries; only agents to be predicted get queries (and edges).
+        """The mode queries' edges (data dependent sizes, see acceleration.padded_qcnet_batch). Only the last
+        num_t2m_steps valid history steps feed the queries; only agents to be predicted get queries (and edges).
 
         't2m' [2, E]: history step (agent-major index a * T + t) -> agent a; 'pl2m': polygon -> agent within
         pl2m_radius; 'a2m': agent (valid at the current step) -> agent within a2m_radius (targets are agent

@@ -34,6 +34,13 @@ MODEL_HPARAM = 'model'
 DEFAULT_MODEL_NAME = 'QCNet'  # checkpoints that name no model: official QCNet releases and early runs
 
 
+def use_fused_adamw(on_cuda: bool, gradient_clip_val: float, requested: bool = True) -> bool:
+    """Whether to take the fused AdamW kernel: when ``requested`` (the fused_optimizer speed option), on CUDA, unless
+    gradients are clipped (Lightning's mixed-precision plugin refuses to clip for an optimiser that unscales gradients
+    itself, which fused AdamW declares, and stops training with a RuntimeError at the first step)."""
+    return requested and on_cuda and gradient_clip_val <= 0
+
+
 def drop_run_time_options(hparams: Dict[str, Any]) -> None:
     """Removes run-time speed options (acceleration.options.RUN_TIME_KEYS) from hyper-parameters, in place."""
     from acceleration.options import RUN_TIME_KEYS
@@ -292,16 +299,15 @@ class TrajectoryPredictor(pl.LightningModule):
 
     def configure_optimizers(self):
         """AdamW (decay / no-decay groups) with a cosine schedule over T_max epochs, as officially. With the
-        ``fused_optimizer`` speed option the fused AdamW kernel runs on CUDA (same update rule, fewer kernel launches),
-        unless gradients are clipped (Lightning's mixed-precision plugin refuses to clip for an optimiser that
-        unscales gradients itself, which fused AdamW declares)."""
+        ``fused_optimizer`` speed option the fused AdamW kernel runs on CUDA (same update rule, fewer kernel launches;
+        see use_fused_adamw)."""
         params = dict(self.named_parameters())
         decay, no_decay = self.parameter_groups()
         # frozen parameters (train.py --freeze_encoder) stay out of the optimiser: no weight decay moves them
         groups = [{'params': [params[n] for n in decay if params[n].requires_grad], 'weight_decay': self.weight_decay},
                   {'params': [params[n] for n in no_decay if params[n].requires_grad], 'weight_decay': 0.0}]
-        fused = (self.fused_optimizer and all(p.is_cuda for p in params.values())
-                 and float(self.hparams.get('gradient_clip_val') or 0.0) <= 0)
+        fused = use_fused_adamw(all(p.is_cuda for p in params.values()),
+                                float(self.hparams.get('gradient_clip_val') or 0.0), requested=self.fused_optimizer)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
         warmup = int(self.hparams.get('warmup_epochs') or 0)
         if warmup <= 0:

@@ -77,7 +77,7 @@ def test_cuda_graphs_ddp_averages_gradients_like_eager_ddp(tmp_path):
     assert graphs[0]['grads'].keys() == eager[0]['grads'].keys() and len(graphs[0]['grads']) > 0
     assert worst_relative(graphs[0]['grads'], graphs[1]['grads']) == 0.0
     assert worst_relative(eager[0]['grads'], eager[1]['grads']) == 0.0
-    # == DDP's average (padding changes only the float rounding, tests/test_static_graph.py)
+    # == DDP's average (padding changes only the float rounding, tests/test_cuda_graph_step.py)
     assert worst_relative(graphs[0]['grads'], eager[0]['grads']) < 1e-4
     # after all four steps every rank holds the same parameters
     for name, value in graphs[0]['params'].items():

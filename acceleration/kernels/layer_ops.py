@@ -62,8 +62,8 @@ class RecomputedOps(FusedOps):
 
 
 class GRULoopOps(FusedOps):
-    """The GRU as an explicit step loop (acceleration/kernels/gru_loop.py), for calls with gradients while training, compiled unless ``compile``
-    is False (the uncompiled loop is the same code path, for tests)."""
+    """The GRU as an explicit step loop (acceleration/kernels/gru_loop.py) for calls with gradients while training,
+    compiled unless ``compile`` is False (the uncompiled loop is the same code path, for tests)."""
 
     def __init__(self, compile: bool = True) -> None:
         self.compile = compile
