@@ -55,9 +55,11 @@ def apply(model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     wanted = [name for name in ('compile_attention', 'compile_embeddings', 'compile_gru') if getattr(options, name)]
     if wanted and not any(compiles):
         raise ValueError(f'--{wanted[0]}: {type(model).__name__} has no layer of that kind to compile')
-    if options.edge_lists_in_workers and not hasattr(model, 'build_graph'):
+    # pre-training builds its backbone's edge lists (acceleration.view_pair_batch)
+    builds = model if not hasattr(model, 'momentum_branch') else getattr(model.branch, 'backbone', None)
+    if options.edge_lists_in_workers and not hasattr(builds, 'build_graph'):
         raise ValueError(f'--build_graph_in_workers: {type(model).__name__} has no separate edge-list construction '
-                         '(QCNet only)')
+                         '(QCNet and pre-training with the qcnet backbone only)')
     if options.compiles:
         use_compile_cache_dir(options.compile_cache_dir)
         set_activation_memory_budget(options.compile_memory_budget)
