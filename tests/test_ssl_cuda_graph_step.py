@@ -193,3 +193,13 @@ def test_padded_step_under_ddp_gathers_keys_and_averages_gradients_like_eager_dd
     for name, value in eager[0]['params'].items():  # two AdamW steps: each within 2 lr (see the test above)
         assert float((graphs[0]['params'][name] - value).abs().max()) <= 4 * lr + 1e-6, name
 
+
+
+def test_train_ssl_py_speed_fast_needs_a_cuda_device(tmp_path):
+    """--speed fast (the CUDA-graph step) on a machine without CUDA: one flag error, no silent plain step."""
+    import train_ssl
+    from sample_data import AV2_TRAIN_DIR
+    with pytest.raises(SystemExit, match='--cuda_graphs: needs a CUDA GPU'):
+        train_ssl.main([str(a) for a in ['--root', tmp_path, '--train_raw_dir', AV2_TRAIN_DIR, '--accelerator', 'cpu',
+                                         '--log_dir', tmp_path / 'logs', '--speed', 'fast', '--num_workers', 1]])
+    assert not (tmp_path / 'processed').exists()
