@@ -13,10 +13,12 @@ Bad input (empty split, stale cache, wrong checkpoint, unwritable --log_dir, ...
 `error: <file>: <problem> (<fix>)` and exit status 2.
 """
 from argparse import ArgumentParser, Namespace
+from functools import partial
 from pathlib import Path
 from typing import Any, List, Optional
 
 # Only modules that import no torch before the flags are parsed: `--help` and flag errors come back at once.
+from acceleration.options import add_speed_args, model_arguments, speed_options_from_args
 from predictors.arguments import add_predictor_args
 from predictors.names import model_names, normalise_model_name, resolve_model_name
 from utils.cli import (CliError, HelpFormatter, bool_flag, ensure_output_dir, input_errors, int_or_float,
@@ -42,10 +44,6 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
     data.add_argument('--num_workers', type=int, default=8)
     data.add_argument('--pin_memory', **bool_flag(True))
     data.add_argument('--persistent_workers', **bool_flag(True))
-    data.add_argument('--build_graph_in_workers', **bool_flag(False),
-                      help="QCNet: build each batch's edge lists (radius searches) in the --num_workers loader "
-                           'processes, overlapped with the GPU step, instead of inside the step (same edges; '
-                           'docs/PERFORMANCE.md)')
     for split in ('train', 'val', 'test'):
         data.add_argument(f'--{split}_raw_dir', type=str, default=None)
     for split in ('train', 'val', 'test'):
@@ -98,6 +96,7 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
                                'linear-probe style check of what a pre-trained representation holds')
 
     add_predictor_args(parser, model)
+    add_speed_args(parser)
     return parser
 
 
@@ -126,21 +125,16 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
     return str(path)
 
 
-def check_cuda_graphs(args: Namespace) -> None:
-    """--cuda_graphs needs CUDA devices (one per process; QCNet.training_step averages the replayed gradients
-    across processes); anything else is a flag error, not a silent fallback to the eager step."""
-    if not getattr(args, 'cuda_graphs', False):
-        return
-    # Activation checkpointing saves/restores RNG states: not checked inside a CUDA-graph capture, so the
-    # combinations are refused rather than left to fail there. The torch.compile flags work with it (they compile
-    # during the warm-up steps before each capture; docs/BENCHMARKS.md, "Training step").
-    combined = [flag for flag in ('checkpoint_agent_encoder', 'recompute_embeddings')
-                if getattr(args, flag, False)]
-    if combined:
-        raise CliError(f'--cuda_graphs: not available together with --{combined[0]} yet (use one of them)')
-    from utils.static_graph import check_cuda_device
-    with input_errors(ValueError, fix='leave --cuda_graphs out'):
-        check_cuda_device(args.accelerator)
+def check_speed_options(args: Namespace, run_dir: Path) -> Any:
+    """--speed and its overrides; a contradicting combination or --cuda_graphs without a CUDA device is a one-line
+    flag error, not a silent fallback to the plain step."""
+    with input_errors(ValueError):
+        speed = speed_options_from_args(args, default_cache_dir=str(run_dir / 'compile_cache'))
+    if speed.cuda_graphs:
+        from acceleration.apply import check_cuda_device
+        with input_errors(ValueError, fix='leave --cuda_graphs out, or pass --speed default'):
+            check_cuda_device(args.accelerator)
+    return speed
 
 
 def main(argv: Optional[List[str]] = None) -> Any:
@@ -152,39 +146,38 @@ def main(argv: Optional[List[str]] = None) -> Any:
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
-    from predictors.qcnet import check_speed_options
     from predictors.registry import model_class
     from transforms import TargetBuilder
     from utils.atomic_checkpoint_io import AtomicCheckpointIO
     from utils.checkpoint import CheckpointError
     from utils.cli import training_strategy
-    from utils.prebuilt_graph import graph_builder_for
     from utils.resume import SigtermCheckpoint, StepCheckpoint, check_resume_checkpoint, fit_or_exit_on_sigterm
 
     # page-locked host memory only helps copies to a GPU (without one, the loader warns on every start)
     args.pin_memory = args.pin_memory and args.accelerator != 'cpu' and torch.cuda.is_available()
 
-    with input_errors(ValueError):
-        check_speed_options(**{k: getattr(args, k) for k in ('compile_embeddings', 'recompute_embeddings',
-                                                           'compile_memory_budget') if hasattr(args, k)})
-    check_cuda_graphs(args)
+    run_dir = Path(args.log_dir) / args.exp_name
+    speed = check_speed_options(args, run_dir)
     if args.mode_noise_std and args.pretrained_ckpt is None:
         raise CliError(f'--mode_noise_std {args.mode_noise_std:g}: needs --pretrained_ckpt (it changes how a '
                        f'pre-trained mode embedding is transferred)')
     pl.seed_everything(args.seed, workers=True)
 
-    run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
+    run_dir = ensure_output_dir(run_dir, '--log_dir')
     checkpoint_dir = run_dir / 'checkpoints'
     with input_errors(CheckpointError):
         resume_path = resolve_resume_checkpoint(args, checkpoint_dir)
     if resume_path is not None:
         expect_existing_checkpoints()
 
-    model = model_class(args.model)(**vars(args))
+    model = model_class(args.model)(**model_arguments(args))
     graph_builder = None
-    if args.build_graph_in_workers:
-        with input_errors(ValueError):
-            graph_builder = graph_builder_for(model, args.num_workers)
+    with input_errors(ValueError):
+        if speed.edge_lists_in_workers:
+            from acceleration.edge_lists_in_workers import EdgeListCollate, edge_list_builder_for
+            graph_builder = edge_list_builder_for(model, args.num_workers)
+        from acceleration.apply import apply
+        apply(model, speed)
     if resume_path is not None:
         with input_errors(CheckpointError):
             check_resume_checkpoint(resume_path, model)
@@ -208,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
               f'{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained')
 
     datamodule = ArgoverseV2DataModule(
-        graph_builder=graph_builder,
+        collate_wrapper=None if graph_builder is None else partial(EdgeListCollate, builder=graph_builder),
         **{**vars(args),
            'train_transform': TargetBuilder(args.num_historical_steps, args.num_future_steps),
            'val_transform': TargetBuilder(args.num_historical_steps, args.num_future_steps),
@@ -226,8 +219,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
                          max_epochs=args.max_epochs, max_steps=args.max_steps,
                          limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
                          log_every_n_steps=args.log_every_n_steps, num_sanity_val_steps=args.num_sanity_val_steps,
-                         # with --cuda_graphs the model clips itself (Lightning's manual optimisation)
-                         gradient_clip_val=(None if getattr(args, 'cuda_graphs', False)
+                         # with --cuda_graphs the CUDA-graph step clips itself (Lightning's manual optimisation)
+                         gradient_clip_val=(None if speed.cuda_graphs
                                             else getattr(args, 'gradient_clip_val', 0.0) or None),
                          callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                          default_root_dir=str(run_dir))

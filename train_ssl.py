@@ -15,9 +15,11 @@ transferred).
 """
 from argparse import SUPPRESS, ArgumentParser, Namespace
 from pathlib import Path
+from functools import partial
 from typing import Any, List, Optional
 
 # Only modules that import no torch before the flags are parsed: `--help` and flag errors come back at once.
+from acceleration.options import add_speed_args, model_arguments, speed_options_from_args
 from datasets.mix_arguments import add_mix_arguments
 from predictors.arguments import add_forecast_mae_backbone_args, add_smartpretrain_args
 from predictors.names import backbone_name
@@ -86,6 +88,7 @@ def build_parser() -> ArgumentParser:
                           'loses at most N steps (0: only after each validation); SIGTERM always saves last.ckpt')
 
     add_smartpretrain_args(parser)
+    add_speed_args(parser)
     parser.add_argument('--model', dest='backbone', default=SUPPRESS,
                         help='same as --backbone (predictor names are accepted: QCNet, ForecastMAE)')
     add_forecast_mae_backbone_args(parser.add_argument_group('forecast_mae backbone'))
@@ -126,6 +129,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     from datasets import DATA_INPUT_ERRORS, ArgoverseV2DataModule
     from datasets.multi_dataset import (MultiDatasetDataModule, check_mix_arguments, mix_requested, mix_sources,
                                         union_vocabulary_hparams)
+    from acceleration.view_pair_batch import ViewPairCollate, view_edge_list_builder
     from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
     from transforms.ssl_views import SSLViews
     from utils.atomic_checkpoint_io import AtomicCheckpointIO
@@ -148,8 +152,19 @@ def main(argv: Optional[List[str]] = None) -> Any:
 
     if mix_requested(args):  # union vocabularies: larger map type tables (Argoverse 2's rows first)
         vars(args).update(union_vocabulary_hparams())
-    with input_errors(ValueError):  # e.g. --compile_attention with a backbone that has no attention layers
-        model = SmartPretrain(**vars(args))
+    with input_errors(ValueError):  # contradicting speed flags, a flag the backbone cannot take
+        speed = speed_options_from_args(args, default_cache_dir=str(run_dir / 'compile_cache'))
+        model = SmartPretrain(**model_arguments(args))
+        from acceleration.apply import apply
+        apply(model, speed)
+        # the loaders' collate: both views in one batch, edge lists of both views built in the workers
+        builder = view_edge_list_builder(model, args.num_workers) if speed.edge_lists_in_workers else None
+    if speed.cuda_graphs:  # no silent fallback to the plain step
+        from acceleration.apply import check_cuda_device
+        with input_errors(ValueError, fix='leave --cuda_graphs out, or pass --speed default'):
+            check_cuda_device(args.accelerator)
+    view_pair_collate = partial(ViewPairCollate, builder=builder, batch_views=speed.batch_views) \
+        if speed.batch_views or builder is not None else None
     if resume_path is not None:
         with input_errors(CheckpointError):
             check_resume_checkpoint(resume_path, model)
@@ -163,10 +178,12 @@ def main(argv: Optional[List[str]] = None) -> Any:
             sources=mix_sources(args), train_batch_size=args.train_batch_size, val_batch_size=args.val_batch_size,
             shuffle=args.shuffle, num_workers=args.num_workers, pin_memory=args.pin_memory,
             persistent_workers=args.persistent_workers, train_transform=train_views, val_transform=val_views,
-            num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed, on_train_loader=view_callback.sync)
+            num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed, on_train_loader=view_callback.sync,
+            collate_wrapper=view_pair_collate)
     else:
         datamodule = ArgoverseV2DataModule(**{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
-                                              'test_transform': None, 'on_train_loader': view_callback.sync})
+                                              'test_transform': None, 'on_train_loader': view_callback.sync,
+                                              'collate_wrapper': view_pair_collate})
     model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
                                        save_last=True, filename='epoch={epoch}-step={step}-val_loss={val_loss:.4f}',
                                        auto_insert_metric_name=False, enable_version_counter=False)

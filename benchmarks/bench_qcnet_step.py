@@ -15,9 +15,12 @@ Examples:
   # H100: ours vs official, fp32 and bf16-mixed
   python benchmarks/bench_qcnet_step.py --device cuda --batch_sizes 4 16 32 --precision fp32 bf16-mixed
   python benchmarks/bench_qcnet_step.py --device cuda --impl official --official_repo /path/to/QCNet
+  # every speed option of train.py --speed fast, the edge lists built beforehand as the loader workers do
+  python benchmarks/bench_qcnet_step.py --device cuda --batch_sizes 4 32 --precision fp32 --speed fast --prebuilt_graph
 """
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -31,6 +34,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from acceleration.options import add_speed_args, speed_options_from_args  # noqa: E402  (no torch import)
 
 AV2_CONFIG = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=128, output_dim=2, output_head=False,
                   num_historical_steps=50, num_future_steps=60, num_modes=6, num_recurrent_steps=3,
@@ -50,27 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--mode', nargs='+', choices=['train', 'infer'], default=['train', 'infer'])
     parser.add_argument('--steps', type=int, default=30, help='timed repetitions per setting (median reported)')
     parser.add_argument('--warmup', type=int, default=5)
-    parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32 runs')
-    parser.add_argument('--compile_attention', action='store_true', help='ours: model option of the same name')
-    parser.add_argument('--compile_embeddings', action='store_true', help='ours: model option of the same name')
-    parser.add_argument('--compile_gru', action='store_true', help='ours: model option of the same name')
-    parser.add_argument('--compile_inference', action='store_true',
-                        help='ours: QCNet.compile_for_inference() (val.py / test.py --compile) for the infer mode')
-    parser.add_argument('--compile_memory_budget', type=float, default=1.0, help='ours: model option of the same name')
-    parser.add_argument('--checkpoint_agent_encoder', action='store_true', help='ours: model option of the same name')
-    parser.add_argument('--recompute_embeddings', action='store_true', help='ours: model option of the same name')
     parser.add_argument('--module_times', action='store_true',
                         help='CUDA only: also print the forward GPU time of each embedding, attention layer and GRU '
                              '(eager forward at the first batch size; backward costs about twice its forward)')
-    parser.add_argument('--cuda_graphs', action='store_true',
-                        help='ours: the step of train.py --cuda_graphs (graph built eagerly, the rest padded to fixed '
-                             'sizes and replayed as a CUDA graph; utils/static_graph.py)')
     parser.add_argument('--prebuilt_graph', action='store_true',
                         help="ours: the batch carries its edge lists, built on the CPU (one thread) before timing, as "
                              'train.py --build_graph_in_workers does in the loader workers; the CPU build time per '
                              'batch is reported next to the step')
-    parser.add_argument('--fused_adamw', choices=['auto', 'on', 'off'], default='auto',
-                        help='ours: fused AdamW on CUDA (auto = on)')
     parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, 'tests', 'data', 'av2', 'train'),
                         help='raw Argoverse 2 scenario folders to process and cycle')
     parser.add_argument('--processed_dir', type=str, default=None, help="this project's processed cache folder")
@@ -83,7 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='CUDA only: after timing, profile this many more steps of each setting and report '
                              'GPU kernel time and kernel launches per step (the rest of the step is launch '
                              'overhead and host work)')
-    return parser.parse_args(argv)
+    # --speed and its overrides, as train.py takes them. --tf32 of --impl official: only when given (PyTorch's
+    # default otherwise); --compile_inference: the earlier name of --compile.
+    add_speed_args(parser, evaluation=True)
+    parser.add_argument('--compile_inference', dest='compile', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        args.speed_options = speed_options_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def load_scenes(args) -> List:
@@ -114,15 +114,10 @@ def build_model(args):
         model_cls = import_official(os.path.abspath(args.official_repo), ['predictors.qcnet'])['predictors.qcnet'].QCNet
     else:
         from predictors import QCNet as model_cls
-        if args.fused_adamw == 'off':
-            os.environ['QCNET_FUSED_ADAMW'] = '0'
-        config.update(compile_attention=args.compile_attention, compile_embeddings=args.compile_embeddings,
-                      compile_gru=args.compile_gru, compile_memory_budget=args.compile_memory_budget,
-                      checkpoint_agent_encoder=args.checkpoint_agent_encoder,
-                      recompute_embeddings=args.recompute_embeddings)
     model = model_cls(**config)
-    if args.impl == 'ours' and args.compile_inference:
-        model.compile_for_inference()
+    if args.impl == 'ours':
+        from acceleration.apply import apply
+        apply(model, args.speed_options)
     return model
 
 
@@ -154,12 +149,12 @@ class Timer:
         return times
 
 
-def check_static_outputs(model, runner, batch, autocast) -> None:
+def check_static_outputs(model, batch, autocast) -> None:
     """Prints how far the padded, replayed forward pass is from the eager one (eval mode, same batch)."""
     model.eval()
     with torch.no_grad(), autocast:
         expected = model(batch)
-        actual = runner(batch)
+        actual = model.fixed_shape_step.infer(batch)
     worst = max(float((actual[k].float() - v.float()).abs().max() / v.float().abs().max().clamp(min=1.0))
                 for k, v in expected.items())
     print(f'static-shape forward vs eager: worst scale-relative error {worst:.2e}', flush=True)
@@ -234,8 +229,10 @@ def main(argv=None) -> int:
         print(f'saved {len(scenes)} scenes to {args.save_scenes}')
         return 0
     device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
+    # TF32 set here (Lightning's fit hooks do not run): ours as its options say, the official step only with --tf32.
+    tf32 = args.speed_options.tf32 if args.impl == 'ours' else bool(args.tf32)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     model = build_model(args).to(device)
     if args.impl == 'official':
@@ -245,12 +242,8 @@ def main(argv=None) -> int:
     [optimizer], _ = model.configure_optimizers()
     info = {'impl': args.impl, 'device': str(device), 'gpu': torch.cuda.get_device_name(device)
             if device.type == 'cuda' else None, 'torch': torch.__version__, 'hidden_dim': args.hidden_dim,
-            'num_scenes_available': len(scenes), 'tf32': args.tf32,
-            'options': {k: getattr(args, k) for k in ('compile_attention', 'compile_embeddings', 'compile_gru',
-                                                      'compile_inference',
-                                                      'compile_memory_budget', 'prebuilt_graph',
-                                                      'checkpoint_agent_encoder',
-                                                      'recompute_embeddings', 'cuda_graphs')},
+            'num_scenes_available': len(scenes), 'tf32': tf32, 'prebuilt_graph': args.prebuilt_graph,
+            'speed': args.speed, 'options': dataclasses.asdict(args.speed_options) if args.impl == 'ours' else None,
             'fused_adamw': bool(optimizer.defaults.get('fused')), 'results': []}
     print(json.dumps({k: v for k, v in info.items() if k != 'results'}))
     timer = Timer(device)
@@ -266,8 +259,8 @@ def main(argv=None) -> int:
         batch = Batch.from_data_list(data_list)
         graph_build_s = None
         if args.prebuilt_graph:
-            from utils.prebuilt_graph import GRAPH_ATTRIBUTE, graph_builder_for
-            builder = graph_builder_for(model, num_workers=1)  # the CPU copy a loader worker would hold
+            from acceleration.edge_lists_in_workers import EDGE_LISTS_ATTRIBUTE, edge_list_builder_for
+            builder = edge_list_builder_for(model, num_workers=1)  # the CPU model a loader worker would hold
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # as in a loader worker
             with torch.no_grad():
@@ -275,7 +268,7 @@ def main(argv=None) -> int:
                 graph = builder.build_graph(batch)
                 graph_build_s = time.perf_counter() - start
             torch.set_num_threads(threads)
-            setattr(batch, GRAPH_ATTRIBUTE, graph)
+            setattr(batch, EDGE_LISTS_ATTRIBUTE, graph)
             print(f'batch {batch_size}: graph built on the CPU in {graph_build_s * 1000:.1f} ms (one thread)',
                   flush=True)
         batch = batch.to(device)
@@ -288,22 +281,20 @@ def main(argv=None) -> int:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
 
+                step_piece = getattr(model, 'fixed_shape_step', None)  # --cuda_graphs (acceleration.apply)
                 runner = None
-                if args.cuda_graphs:
-                    from utils.static_graph import StaticGraphRunner
-                    runner = StaticGraphRunner(model, mode, AV2_CONFIG['num_historical_steps'], args.num_modes,
-                                               capture=device.type == 'cuda')
+                if step_piece is not None:
+                    runner = step_piece.training_runner if mode == 'train' else step_piece.inference_runner
                     if mode == 'infer':
-                        check_static_outputs(model, runner, batch, autocast)
+                        check_static_outputs(model, batch, autocast)
                 if runner is not None and mode == 'train':
                     def step():
                         with autocast:
-                            runner(batch)
-                        optimizer.step()
+                            step_piece.train(batch, optimizer)
                 elif runner is not None:
                     def step():
                         with autocast:
-                            runner(batch)
+                            step_piece.infer(batch)
                 elif mode == 'train':
                     def step():
                         optimizer.zero_grad(set_to_none=True)

@@ -100,12 +100,16 @@ class StepTimer:
 
 
 def datamodule(args, dirs):
+    from functools import partial
+
+    from acceleration.edge_lists_in_workers import EdgeListCollate
     from datasets import ArgoverseV2DataModule
     from predictors import QCNet
     from transforms import TargetBuilder
     target = TargetBuilder(AV2_CONFIG['num_historical_steps'], AV2_CONFIG['num_future_steps'])
     builder = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim)) if args.build_graph_in_workers else None
-    return ArgoverseV2DataModule(root=args.work_dir, train_batch_size=args.batch_size, graph_builder=builder,
+    return ArgoverseV2DataModule(root=args.work_dir, train_batch_size=args.batch_size,
+                                 collate_wrapper=None if builder is None else partial(EdgeListCollate, builder=builder),
                                  val_batch_size=args.batch_size, test_batch_size=args.batch_size,
                                  shuffle=True, num_workers=args.num_workers, pin_memory=True,
                                  persistent_workers=args.num_workers > 0, train_transform=target,
@@ -117,8 +121,11 @@ def train(args, dirs, cuda_graphs: bool):
     from predictors import QCNet
     pl.seed_everything(0, workers=True)
     compiled = args.compile and cuda_graphs
-    model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim, cuda_graphs=cuda_graphs, compile_attention=compiled,
-                         compile_embeddings=compiled, compile_gru=compiled))
+    from acceleration.apply import apply
+    from acceleration.options import SpeedOptions
+    model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim))
+    apply(model, SpeedOptions(cuda_graphs=cuda_graphs, compile_attention=compiled, compile_embeddings=compiled,
+                              compile_gru=compiled))
     timer = StepTimer()
     trainer = pl.Trainer(accelerator=args.accelerator, devices=1, max_epochs=args.epochs, precision=args.precision,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -132,7 +139,7 @@ def train(args, dirs, cuda_graphs: bool):
            'first_epoch_s': sum(timer.epochs[0]), 'median_step_s': statistics.median(later),
            'mean_step_s': statistics.mean(later), 'scenarios_per_s': args.batch_size / statistics.mean(later)}
     if cuda_graphs:
-        runner = model.static_runner('train')
+        runner = model.fixed_shape_step.training_runner
         row.update(captures=runner.num_captures, capacity_rungs=runner.capacity_rungs())
     print(json.dumps(row), flush=True)
     return model, row
@@ -140,7 +147,9 @@ def train(args, dirs, cuda_graphs: bool):
 
 def validate(args, dirs, model, cuda_graphs: bool):
     import pytorch_lightning as pl
-    model.cuda_graphs = cuda_graphs
+    from acceleration.apply import apply
+    from acceleration.options import SpeedOptions
+    apply(model, SpeedOptions(cuda_graphs=cuda_graphs, tf32=False))
     trainer = pl.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=False,
                          enable_progress_bar=False)
     dm = datamodule(args, dirs)
@@ -168,7 +177,6 @@ def main(argv=None) -> int:
     if not args.skip_eager_training:
         _, report['train_eager'] = train(args, dirs, False)
     model, report['train_cuda_graphs'] = train(args, dirs, True)
-    model.cuda_graphs = False
     report['val_eager'] = validate(args, dirs, model, False)
     report['val_cuda_graphs'] = validate(args, dirs, model, True)
     eager, graphs = report['val_eager']['metrics'], report['val_cuda_graphs']['metrics']

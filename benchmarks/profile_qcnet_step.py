@@ -196,10 +196,12 @@ def main(argv=None) -> int:
                                             data_root=args.data_root))
     batch = Batch.from_data_list([copy.deepcopy(scenes[i % len(scenes)]) for i in range(args.batch_size)])
     torch.manual_seed(0)
-    model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim, num_modes=args.num_modes),
-                  checkpoint_agent_encoder=args.checkpoint_agent_encoder,
-                  compile_attention=args.compile_attention,
-                  recompute_embeddings=args.recompute_embeddings).train()
+    model = QCNet(**dict(AV2_CONFIG, hidden_dim=args.hidden_dim, num_modes=args.num_modes)).train()
+    from acceleration.apply import apply
+    from acceleration.options import SpeedOptions
+    apply(model, SpeedOptions(checkpoint_agent_encoder=args.checkpoint_agent_encoder,
+                              compile_attention=args.compile_attention,
+                              recompute_embeddings=args.recompute_embeddings))
     [optimizer], _ = model.configure_optimizers()
     if args.fused_adamw == 'on':
         groups = [{'params': g['params'], 'weight_decay': g['weight_decay']} for g in optimizer.param_groups]

@@ -7,7 +7,7 @@
 # SCENES_FILE: scenes saved by `python benchmarks/bench_qcnet_step.py --save_scenes F`; OFFICIAL_REPO: a checkout of
 # the official QCNet code (run, never committed here); OUT_DIR: one JSON report and one log per configuration.
 # BUDGET_SECONDS (default 570) bounds the whole run. The first compiled configuration fills the inductor cache
-# (TORCHINDUCTOR_CACHE_DIR, default /tmp/qcnet_speed_protocol_inductor; ~95 MB, too large to carry between machines), so
+# (--compile_cache_dir COMPILE_CACHE_DIR, default /tmp/qcnet_speed_protocol_compile_cache; ~95 MB, too large to carry between machines), so
 # later compiled ones on the same machine compile in less time; each compiled configuration still needs 2-7 minutes
 # of warm-up on 16 cores (H200, 2026-12-03), so budget about 5 minutes per compiled configuration. CONFIG names pick
 # configurations (default: all, in this order): official compiled_fp32 compiled_infer compiled_fp32_budget
@@ -29,9 +29,9 @@ BUDGET=${4:-570}
 shift $(($# < 4 ? $# : 4))
 CONFIGS=" ${*:-official compiled_fp32 compiled_infer compiled_fp32_budget compiled_bf16 lightning} "
 mkdir -p "$OUT"
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/qcnet_speed_protocol_inductor}
+CACHE=${COMPILE_CACHE_DIR:-/tmp/qcnet_speed_protocol_compile_cache}
 BENCH="python benchmarks/bench_qcnet_step.py --device cuda --scenes_file $SCENES --steps 30"
-COMPILED="--tf32 --cuda_graphs --compile_attention --compile_embeddings --compile_gru"
+COMPILED="--speed fast --compile_cache_dir $CACHE"
 
 # name | seconds at most | command (its --report goes to OUT/<name>.json)
 run_command() {

@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from torch_geometric.loader import DataLoader
 
 from datasets.argoverse_v2_dataset import ArgoverseV2Dataset, default_split_dirs
+from datasets.loader_collate import with_collate
 
 _DEFAULT = object()  # "use the official default transform" (None means: no transform)
 
@@ -90,7 +90,8 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
     """Train/val/test data of Argoverse 2 (splits named 'train', 'val', 'test'); unknown kwargs are ignored so
     ``ArgoverseV2DataModule(**vars(args))`` works. Default train/val transform: ``transforms.TargetBuilder(50, 60)``;
     pass ``None`` for no transform. ``dataset_kwargs`` are passed to every ``ArgoverseV2Dataset`` (e.g.
-    ``{'num_workers': 8}`` processes in 8 processes); ``on_train_loader``: see the module docstring."""
+    ``{'num_workers': 8}`` processes in 8 processes); ``on_train_loader``: see the module docstring;
+    ``collate_wrapper``: wraps each loader's collate function (``datasets.loader_collate``)."""
 
     def __init__(self,
                  root: str,
@@ -113,7 +114,7 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
                  max_agents_per_batch: Optional[int] = None,
                  max_polygons_per_batch: Optional[int] = None,
                  dataset_kwargs: Optional[dict] = None,
-                 graph_builder: Optional[torch.nn.Module] = None,
+                 collate_wrapper: Optional[Callable[[Callable], Callable]] = None,
                  on_train_loader: Optional[Callable[[pl.Trainer], None]] = None,
                  **kwargs: Any) -> None:
         super().__init__()
@@ -141,8 +142,8 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
         self.max_agents_per_batch = max_agents_per_batch
         self.max_polygons_per_batch = max_polygons_per_batch
         self.dataset_kwargs = dict(dataset_kwargs or {})
-        # A CPU model whose build_graph runs in the loader workers (utils.prebuilt_graph); None: the model builds it.
-        self.graph_builder = graph_builder
+        # A CPU model whose build_graph runs in the loader workers (acceleration.edge_lists_in_workers); None: the model builds it.
+        self.collate_wrapper = collate_wrapper
         self.on_train_loader = on_train_loader
 
     def _dataset(self, split: str) -> ArgoverseV2Dataset:
@@ -180,10 +181,7 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
             batch_sampler = SizeCappedBatchSampler(sampler, batch_size, drop_last=False, sizes=sizes,
                                                    max_sizes=[self.max_agents_per_batch, self.max_polygons_per_batch])
             loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
-        if self.graph_builder is not None:
-            from utils.prebuilt_graph import GraphBuildingCollate
-            loader.collate_fn = GraphBuildingCollate(loader.collate_fn, self.graph_builder)
-        return loader
+        return with_collate(loader, self.collate_wrapper)
 
     def train_dataloader(self) -> DataLoader:
         if self.on_train_loader is not None:

@@ -26,6 +26,7 @@ from torch_geometric.loader import DataLoader
 
 from datasets.argoverse_v1_dataset import ArgoverseV1Dataset
 from datasets.argoverse_v2_dataset import ArgoverseV2Dataset, default_split_dirs
+from datasets.loader_collate import with_collate
 from datasets.mix_arguments import add_mix_arguments  # noqa: F401 (re-exported)
 from datasets.scenario import DATASET_IDS
 from datasets.waymo_dataset import WaymoDataset
@@ -178,7 +179,8 @@ class MultiDatasetDataModule(pl.LightningDataModule):
                  train_transform: Optional[Callable] = None, val_transform: Optional[Callable] = None,
                  num_samples_per_epoch: Optional[int] = None, seed: int = 0,
                  dataset_kwargs: Optional[dict] = None,
-                 on_train_loader: Optional[Callable[[pl.Trainer], None]] = None) -> None:
+                 on_train_loader: Optional[Callable[[pl.Trainer], None]] = None,
+                 collate_wrapper: Optional[Callable[[Callable], Callable]] = None) -> None:
         super().__init__()
         labels = [source.label for source in sources]
         if len(set(labels)) != len(labels):
@@ -201,6 +203,7 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         self.seed = seed
         self.dataset_kwargs = dict(dataset_kwargs or {})
         self.on_train_loader = on_train_loader
+        self.collate_wrapper = collate_wrapper
         self.train_dataset: Optional[MultiDataset] = None
         self.val_dataset: Optional[MultiDataset] = None
         self.train_sampler: Optional[WeightedDatasetSampler] = None
@@ -233,9 +236,10 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         self.train_sampler = WeightedDatasetSampler(self.train_dataset, self.weights, shuffle=self.shuffle,
                                                     num_samples=self.num_samples_per_epoch, seed=self.seed,
                                                     epoch_fn=self._current_epoch)
-        return DataLoader(self.train_dataset, batch_size=self.train_batch_size, sampler=self.train_sampler,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers)
+        return with_collate(DataLoader(self.train_dataset, batch_size=self.train_batch_size,
+                                       sampler=self.train_sampler, num_workers=self.num_workers,
+                                       pin_memory=self.pin_memory, persistent_workers=self.persistent_workers),
+                            self.collate_wrapper)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -243,9 +247,9 @@ class MultiDatasetDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
             return []
-        return DataLoader(self.val_dataset, batch_size=self.val_batch_size, shuffle=False,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers)
+        return with_collate(DataLoader(self.val_dataset, batch_size=self.val_batch_size, shuffle=False,
+                                       num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                       persistent_workers=self.persistent_workers), self.collate_wrapper)
 
 
 def dataset_ids_of_agents(batch: Any) -> torch.Tensor:

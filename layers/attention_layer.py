@@ -4,10 +4,8 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from layers.compile_switch import CompileSwitch
-from layers.split_k_linear import linear
+from layers.layer_ops import PLAIN_OPS
 from utils.weight_init import weight_init
 
 # Added to each softmax denominator (as torch_geometric.utils.softmax does in the official model).
@@ -22,56 +20,7 @@ def normalize_edge_embedding(r: torch.Tensor, eps: float = LAYER_NORM_EPS) -> to
     return F.layer_norm(r, r.shape[-1:], eps=eps)
 
 
-class _GatherDot(torch.autograd.Function):
-    """sim[e(, k), h] = sum_d q[index[e](, k), h, d] * key[e, h, d].
-
-    q [Nd(, K), heads, dim] (per target node), key [E, heads, dim] (per edge), index [E] (target of each edge).
-    Same values as gathering q per edge and multiplying, but the gathered [E(, K), heads, dim] copy is not kept for
-    the backward pass (it is gathered again there): with K queries per target it is the largest tensor of the layer.
-    """
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, key: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(q, key, index)
-        key = key.unsqueeze(1) if q.dim() == 4 else key
-        return (q.index_select(0, index) * key).sum(dim=-1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        q, key, index = ctx.saved_tensors
-        multi_query = q.dim() == 4
-        grad = grad.unsqueeze(-1)
-        grad_q = grad_key = None
-        if ctx.needs_input_grad[0]:
-            per_edge = grad * (key.unsqueeze(1) if multi_query else key)
-            grad_q = q.new_zeros(q.shape).index_add_(0, index, per_edge.to(q.dtype))
-        if ctx.needs_input_grad[1]:
-            per_edge = grad * q.index_select(0, index)
-            grad_key = (per_edge.sum(dim=1) if multi_query else per_edge).to(key.dtype)
-        return grad_q, grad_key, None
-
-
-class _SumByIndex(torch.autograd.Function):
-    """out[i] = sum of src[e] over the e with index[e] == i; out has dim_size rows.
-
-    ``Tensor.index_add_`` keeps ``src`` for its backward pass; this needs only ``index`` (the gradient of src is
-    out's gradient gathered back), which frees one [E, ...] tensor per call.
-    """
-
-    @staticmethod
-    def forward(ctx, src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
-        ctx.save_for_backward(index)
-        return src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        (index,) = ctx.saved_tensors
-        return grad.index_select(0, index), None, None
-
-
-class AttentionLayer(CompileSwitch, nn.Module):
+class AttentionLayer(nn.Module):
     """Multi-head attention of target nodes over their in-edges, with edge (relative-position) embeddings.
 
     For an edge j -> i with embedding r_ji: key = W_k x_j + W_kr r_ji, value = W_v x_j + W_vr r_ji, query = W_q x_i.
@@ -99,7 +48,7 @@ class AttentionLayer(CompileSwitch, nn.Module):
     (``edge_keys_values``) so that repeated attention over the same sources (the decoder's recurrences) reuses it.
     """
 
-    compiled_method = '_forward'  # see CompileSwitch
+    ops = PLAIN_OPS  # the primitive operations (layers/layer_ops.py; fused forms: acceleration/kernels/)
 
     def __init__(self, hidden_dim: int, num_heads: int, head_dim: int, dropout: float, bipartite: bool,
                  has_pos_emb: bool) -> None:
@@ -152,11 +101,9 @@ class AttentionLayer(CompileSwitch, nn.Module):
         ``edge_keys_values(x_src, r, edge_index)`` for these very inputs, for callers that attend with new queries
         over unchanged sources and edges (x_src and r are then not read again).
         """
-        if self._use_compiled():
-            return self.run_compiled(x, r, edge_index, source_kv, r_normalized)
-        return self._forward(x, r, edge_index, source_kv, r_normalized)
+        return self.ops.run(self, x, r, edge_index, source_kv, r_normalized)
 
-    def _forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
+    def compute(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], r: Optional[torch.Tensor],
                  edge_index: torch.Tensor, source_kv: Optional[torch.Tensor], r_normalized: bool) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             if source_kv is not None:
@@ -172,8 +119,9 @@ class AttentionLayer(CompileSwitch, nn.Module):
         return out + self.ff_postnorm(self._feed_forward(self.ff_prenorm(out)))
 
     def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """ff_mlp (Linear -> ReLU -> Dropout -> Linear) through split-K linear maps (layers/split_k_linear.py)."""
+        """ff_mlp (Linear -> ReLU -> Dropout -> Linear) through ``ops.linear``."""
         first, _, drop, second = self.ff_mlp
+        linear = self.ops.linear
         return linear(self._dropout(torch.relu(linear(x, first.weight, first.bias)), drop), second.weight,
                       second.bias)
 
@@ -194,9 +142,7 @@ class AttentionLayer(CompileSwitch, nn.Module):
             return weight, bias, None
         weight_r = torch.cat([self.to_k_r.weight, self.to_v_r.weight])
         norm = self.attn_prenorm_r
-        # W_r beta as a broadcast product and sum, not a matmul: the layer's matmul FLOPs stay exactly proportional
-        # to its rows (the FLOP accounting of benchmarks/scaling_sweep.py relies on it).
-        bias = bias + (weight_r * norm.bias).sum(dim=1) + torch.cat([self._zero_bias, self.to_v_r.bias])
+        bias = bias + weight_r @ norm.bias + torch.cat([self._zero_bias, self.to_v_r.bias])
         return weight, bias, weight_r * norm.weight
 
     def _edge_input(self, r: Optional[torch.Tensor], r_normalized: bool) -> Optional[torch.Tensor]:
@@ -214,14 +160,12 @@ class AttentionLayer(CompileSwitch, nn.Module):
     def _edge_kv(self, x_src: torch.Tensor, r_hat: Optional[torch.Tensor], edge_index: torch.Tensor
                  ) -> torch.Tensor:
         weight, bias, weight_r = self._source_projection(r_hat is not None)
-        kv = linear(self.attn_prenorm_x_src(x_src), weight, bias)
+        kv = self.ops.linear(self.attn_prenorm_x_src(x_src), weight, bias)
         return self._add_edge_terms(kv.index_select(0, edge_index[0]), r_hat, weight_r)
 
-    @staticmethod
-    def _add_edge_terms(kv: torch.Tensor, r_hat: Optional[torch.Tensor], weight_r: Optional[torch.Tensor]
+    def _add_edge_terms(self, kv: torch.Tensor, r_hat: Optional[torch.Tensor], weight_r: Optional[torch.Tensor]
                         ) -> torch.Tensor:
-        # + r_hat W_r^T in the same kernel as the matmul.
-        return kv if r_hat is None else linear(r_hat, weight_r, residual=kv)
+        return kv if r_hat is None else self.ops.linear(r_hat, weight_r, residual=kv)
 
     def _attn_block(self, x_dst: torch.Tensor, x_src: Optional[torch.Tensor], r: Optional[torch.Tensor],
                     edge_index: torch.Tensor, source_kv: Optional[torch.Tensor], r_normalized: bool
@@ -237,17 +181,17 @@ class AttentionLayer(CompileSwitch, nn.Module):
         if x_src is None:  # self-attention: one matmul for query, skip, gate half, key and value
             r_hat = self._edge_input(r, r_normalized)
             src_weight, src_bias, weight_r = self._source_projection(r_hat is not None)
-            proj = linear(x_dst, torch.cat([dst_weight, src_weight]), torch.cat([dst_bias, src_bias]))
+            proj = self.ops.linear(x_dst, torch.cat([dst_weight, src_weight]), torch.cat([dst_bias, src_bias]))
             q, skip, gate_dst, kv = proj.split([inner, inner, inner, 2 * inner], dim=-1)
             kv = self._add_edge_terms(kv.index_select(0, src), r_hat, weight_r)
         else:
-            q, skip, gate_dst = linear(x_dst, dst_weight, dst_bias).split(inner, dim=-1)
+            q, skip, gate_dst = self.ops.linear(x_dst, dst_weight, dst_bias).split(inner, dim=-1)
             kv = source_kv if source_kv is not None else self.edge_keys_values(x_src, r, edge_index, r_normalized)
         q = q.reshape(x_dst.shape[:-1] + (heads, dim))  # [Nd(, K), heads, dim]
         key, value = kv.view(-1, 2, heads, dim).unbind(dim=1)  # [E, heads, dim] each
         num_targets = x_dst.size(0)
 
-        sim = _GatherDot.apply(q, key, dst) * self.scale  # [E(, K), heads]
+        sim = self.ops.gather_dot(q, key, dst) * self.scale  # [E(, K), heads]
         if sim.dtype in (torch.float16, torch.bfloat16):
             # Mixed precision: softmax and message sums in float32 (sums over up to hundreds of edges).
             sim = sim.float()
@@ -256,15 +200,16 @@ class AttentionLayer(CompileSwitch, nn.Module):
         sim_max = sim.new_zeros((num_targets,) + tuple(sim.shape[1:])).scatter_reduce_(
             0, index, sim.detach(), reduce='amax', include_self=False)
         weight = (sim - sim_max.index_select(0, dst)).exp()
-        denom = _SumByIndex.apply(weight, dst, num_targets) + SOFTMAX_EPS  # [Nd(, K), heads]
+        denom = self.ops.sum_by_index(weight, dst, num_targets) + SOFTMAX_EPS  # [Nd(, K), heads]
         # Dropout of the normalised weights equals dropout of the unnormalised ones (the normalisation is linear).
         weight = self._dropout(weight, self.attn_drop)
         if weight.dim() == 3:  # K queries per target share the edge's value
             value = value.unsqueeze(1)
-        msg = _SumByIndex.apply(value * weight.unsqueeze(-1), dst, num_targets)  # [Nd(, K), heads, dim]
+        msg = self.ops.sum_by_index(value * weight.unsqueeze(-1), dst, num_targets)  # [Nd(, K), heads, dim]
         msg = (msg / denom.unsqueeze(-1)).reshape(x_dst.shape[:-1] + (inner,)).to(skip.dtype)
 
         # Gate sigma(W_g [msg, x_dst] + b): the x_dst half came with the target projections.
-        gate = torch.sigmoid(linear(msg.reshape(-1, inner), gate_msg_weight,
+        gate = torch.sigmoid(self.ops.linear(msg.reshape(-1, inner), gate_msg_weight,
                                     residual=gate_dst.reshape(-1, inner)).view_as(msg))
-        return linear(torch.lerp(msg, skip, gate), self.to_out.weight, self.to_out.bias)  # msg + gate * (skip - msg)
+        # msg + gate * (skip - msg)
+        return self.ops.linear(torch.lerp(msg, skip, gate), self.to_out.weight, self.to_out.bias)

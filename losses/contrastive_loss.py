@@ -8,7 +8,7 @@ is what DDP does to gradients and what synchronised logging does to values) give
 that saw the whole global batch.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -55,6 +55,18 @@ def all_gather_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, int]:
     return out, offset
 
 
+@torch.no_grad()
+def all_gather_equal_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """``all_gather_rows`` for processes that all hold the same number of rows (fixed-shape batches padded to
+    capacities agreed across processes): no count exchange and no host synchronisation, so it can run inside a
+    captured CUDA graph (NCCL). Returns ``(gathered [world * N, ...], rank * N)``."""
+    if not _distributed():
+        return rows.detach(), 0
+    gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, rows.detach().contiguous())
+    return torch.cat(gathered, dim=0), dist.get_rank() * rows.shape[0]
+
+
 @dataclass
 class ContrastiveOutput:
     loss: torch.Tensor         # scalar, this process's share (see module docstring); differentiable w.r.t. queries
@@ -77,7 +89,9 @@ class ContrastiveLoss(nn.Module):
         positive_index / self_index: row in ``keys`` of each query's positive key / of its own anchor-view key
         (masked out of the negatives);
         query_group [N] / key_group [M] (optional, long, e.g. dataset ids): a query's negatives are then only the
-        keys of its own group (SmartPretrain's per-dataset negatives for multi-dataset pre-training).
+        keys of its own group (SmartPretrain's per-dataset negatives for multi-dataset pre-training);
+        gather: how keys are gathered from every process (``all_gather_rows``; ``all_gather_equal_rows`` for
+        fixed-shape batches).
     Masks instead of boolean indexing keep the step free of host synchronisation in a single process (one small
     synchronisation per step under DDP, for the gathered key count). Each recurrence is a separate InfoNCE; the
     recurrences are averaged.
@@ -92,7 +106,8 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, queries: torch.Tensor, query_mask: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
                 positive_index: torch.Tensor, self_index: torch.Tensor, query_group: Optional[torch.Tensor] = None,
-                key_group: Optional[torch.Tensor] = None) -> ContrastiveOutput:
+                key_group: Optional[torch.Tensor] = None,
+                gather: Callable[[torch.Tensor], Tuple[torch.Tensor, int]] = all_gather_rows) -> ContrastiveOutput:
         if queries.dim() != 3 or keys.dim() != 3 or queries.shape[1:] != keys.shape[1:]:
             raise ValueError(f'ContrastiveLoss: expected queries [N, R, D] and keys [M, R, D], got '
                              f'{tuple(queries.shape)} and {tuple(keys.shape)}')
@@ -108,7 +123,7 @@ class ContrastiveLoss(nn.Module):
         if self.gather_keys:
             # One gather for keys and their validity (an extra column), so one count exchange per step.
             packed = torch.cat([k.reshape(k.shape[0], -1)] + extra, dim=-1)
-            packed, offset = all_gather_rows(packed)
+            packed, offset = gather(packed)
             num_extra = len(extra)
             k, key_mask = packed[:, :-num_extra].view(-1, *keys.shape[1:]), packed[:, -num_extra] > 0.5
             if grouped:

@@ -17,6 +17,10 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import HeteroData
 
+from acceleration.edge_lists_in_workers import attached_edge_lists
+from layers.grouped_batch_norm import mlp_with_grouped_norm
+
+
 _BACKBONES: Dict[str, Type['SSLBackbone']] = {}
 
 
@@ -34,7 +38,10 @@ class SSLBackbone(nn.Module):
         """Per-agent embeddings after each recurrence -> float[A, num_recurrent_steps, embed_dim]."""
         raise NotImplementedError
 
-    def forward(self, view: HeteroData) -> torch.Tensor:
+    def forward(self, view: HeteroData, graph: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+        """graph: edge lists built beforehand (``build_graph(view)``, backbones that have one); None: built here."""
+        if graph is not None:
+            raise ValueError(f'{type(self).__name__} takes no edge lists built beforehand')
         return self.propose(view, self.encode(view))
 
     @classmethod
@@ -110,11 +117,20 @@ class QCNetBackbone(SSLBackbone):
         return cls(encoder, decoder, hidden_dim=hparams['hidden_dim'],
                    num_recurrent_steps=hparams['num_recurrent_steps'])
 
-    def encode(self, view: HeteroData) -> Dict[str, torch.Tensor]:
-        return self.encoder(view)
+    def build_graph(self, view: HeteroData) -> Dict[str, torch.Tensor]:
+        """Edge lists of the encoder and decoder (the data-dependent part, built in the loader workers by
+        ``acceleration.view_pair_batch``)."""
+        return {**self.encoder.build_graph(view), **self.decoder.build_graph(view)}
 
-    def propose(self, view: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.decoder(view, scene_enc).transpose(0, 1)  # decoder gives [R, A, D]
+    def encode(self, view: HeteroData, graph: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        return self.encoder(view, graph)
+
+    def propose(self, view: HeteroData, scene_enc: Mapping[str, torch.Tensor],
+                graph: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+        return self.decoder(view, scene_enc, graph).transpose(0, 1)  # decoder gives [R, A, D]
+
+    def forward(self, view: HeteroData, graph: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+        return self.propose(view, self.encode(view, graph), graph)
 
 
 class SSLBranch(nn.Module):
@@ -143,10 +159,34 @@ class SSLBranch(nn.Module):
         if backbone is not None and name in backbone._modules:
             backbone._modules[name] = module  # e.g. SyncBatchNorm conversion replacing a child
 
-    def forward(self, view: HeteroData) -> torch.Tensor:
-        embeddings = self.backbone(view)                                  # [A, R, D]
+    def forward(self, view: HeteroData, num_views: int = 1, edge_lists: Optional[Mapping[str, torch.Tensor]] = None,
+                agent_groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """view: one batch of views -> float[A, R, proj_dim]. ``edge_lists``: the backbone's edge lists built
+        beforehand; else those a loader worker attached to the batch (``acceleration.edge_lists_in_workers``); else
+        built here.
+
+        num_views > 1: the batch holds that many views of the same scenes one after the other (equal agent
+        counts, e.g. ``acceleration.view_pair_batch``), run through the backbone together. The projector's
+        BatchNorm then normalises each view by its own statistics and updates its running statistics view after
+        view: the outputs and statistics of ``num_views`` separate calls, in that order.
+        agent_groups long[A] (fixed-shape batches): each agent's view (0 .. num_views - 1), -1 for padding agents,
+        which then take no part in the BatchNorm statistics (``layers.grouped_batch_norm``).
+        """
+        graph = edge_lists if edge_lists is not None else attached_edge_lists(view)
+        embeddings = self.backbone(view) if graph is None else self.backbone(view, graph)  # [A, R, D]
         num_agents, num_rec, _ = embeddings.shape
-        return self.proj(embeddings.reshape(num_agents * num_rec, -1)).view(num_agents, num_rec, -1)
+        rows = embeddings.reshape(num_agents * num_rec, -1)
+        if agent_groups is not None:
+            projected = mlp_with_grouped_norm(self.proj, rows, agent_groups.repeat_interleave(num_rec), num_views)
+            return projected.view(num_agents, num_rec, -1)
+        if num_views == 1:
+            return self.proj(rows).view(num_agents, num_rec, -1)
+        if num_agents % num_views:
+            raise ValueError(f'SSLBranch: {num_agents} agents do not split into {num_views} views of equal size')
+        hidden = self.proj[0](rows)
+        # rows are agent-major, so each view's agents are one contiguous block
+        hidden = torch.cat([self.proj[1](part) for part in hidden.chunk(num_views, dim=0)], dim=0)
+        return self.proj[3](self.proj[2](hidden)).view(num_agents, num_rec, -1)
 
 
 # Backbones defined in their own modules register on import (kept last: they subclass SSLBackbone from here).

@@ -91,7 +91,7 @@ class QCNetAgentEncoder(nn.Module):
         self.apply(weight_init)
 
     def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
-        """The agent encoder's edges (data dependent sizes, see utils.static_graph):
+        """The agent encoder's edges (data dependent sizes, see acceleration.padded_qcnet_batch):
         't' [2, E]: temporal, earlier valid step -> later valid step of the same agent, at most time_span steps
         apart, agent-major node index a * T + t; 'pl2a' [2, E]: polygon -> agent step within pl2a_radius, target in
         the step-major index t * A + a; 'a2a' [2, E]: agent step -> agent step of the same step within a2a_radius,

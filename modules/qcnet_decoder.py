@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
 from layers.fourier_embedding import FourierEmbedding
-from layers.gru_loop import gru_final_state
+from layers.layer_ops import PLAIN_OPS
 from layers.mlp_layer import MLPLayer
 from modules.qcnet_proposal_decoder import QCNetProposeStage
 from utils.geometry import wrap_angle
@@ -27,7 +27,10 @@ class QCNetDecoder(QCNetProposeStage):
     loc_propose_pos / scale_propose_pos [A, K, F, output_dim], loc_propose_head / conc_propose_head [A, K, F, 1],
     loc_refine_pos / scale_refine_pos [A, K, F, output_dim], loc_refine_head / conc_refine_head [A, K, F, 1]
     (zeros when ``output_head`` is False) and pi [A, K] (mode logits).
+    ``ops.gru_final_state`` runs the trajectory GRU (layers/layer_ops.py; acceleration swaps in a compiled loop).
     """
+
+    ops = PLAIN_OPS
 
     def __init__(self, dataset: str, input_dim: int, hidden_dim: int, output_dim: int, output_head: bool,
                  num_historical_steps: int, num_future_steps: int, num_modes: int, num_recurrent_steps: int,
@@ -78,8 +81,6 @@ class QCNetDecoder(QCNetProposeStage):
         self.traj_emb = nn.GRU(input_size=self.hidden_dim, hidden_size=self.hidden_dim, num_layers=1, bias=True,
                                batch_first=False, dropout=0.0, bidirectional=False)
         self.traj_emb_h0 = nn.Parameter(torch.zeros(1, self.hidden_dim))
-        # --compile_gru: the trajectory GRU as a compiled step loop while training (layers/gru_loop.py).
-        self.compile_gru = False
 
     def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
                 edges: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
@@ -118,8 +119,7 @@ class QCNetDecoder(QCNetProposeStage):
         # Refinement: the proposal (gradient stopped) re-enters as the new query through the GRU summary.
         m = self.y_emb(waypoints.reshape(-1, waypoints.size(-1)))
         m = m.reshape(-1, fut, self.hidden_dim).transpose(0, 1)  # [F, S*K, hidden]
-        m = gru_final_state(self.traj_emb, m, self.traj_emb_h0.expand(m.size(1), -1),
-                            compiled=self.compile_gru and self.training and torch.is_grad_enabled())
+        m = self.ops.gru_final_state(self.traj_emb, m, self.traj_emb_h0.expand(m.size(1), -1))
         m = m.view(-1, num_modes, self.hidden_dim)  # [S, K, hidden]
         m = self.attend(m, graph, self.t2m_refine_attn_layers, self.pl2m_refine_attn_layers,
                         self.a2m_refine_attn_layers, self.m2m_refine_attn_layer)  # [S, K, hidden]

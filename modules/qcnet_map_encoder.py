@@ -88,7 +88,8 @@ class QCNetMapEncoder(nn.Module):
         """The map's edges: 'pt2pl' [2, E] point -> polygon (given by the data: each point belongs to one polygon),
         'pl2pl' [2, E] polygon -> polygon and its edge types 'type_pl2pl' [E]: every polygon within
         ``pl2pl_radius`` (type 0) merged with the lane topology edges; where an edge is in both, the topology type
-        wins (max). Data dependent sizes: computed outside the fixed-shape part of the model (utils.static_graph)."""
+        wins (max). Data dependent sizes: computed outside the fixed-shape part of the model
+        (acceleration.padded_qcnet_batch)."""
         pl = data['map_polygon']
         pos_pl = pl['position'][:, :self.input_dim]
         edge_index_radius = radius_graph(x=pos_pl[:, :2], r=self.pl2pl_radius,

@@ -112,8 +112,8 @@ class QCNetProposeStage(nn.Module):
         return nn.ModuleList([self._attention(bipartite=bipartite, has_pos_emb=True) for _ in range(self.num_layers)])
 
     def build_graph(self, data: HeteroData) -> Dict[str, torch.Tensor]:
-        """The mode queries' edges (data dependent sizes, see utils.static_graph). Only the last num_t2m_steps
-        valid history steps feed the queries; only agents to be predicted get queries (and edges).
+        """The mode queries' edges (data dependent sizes, see acceleration.padded_qcnet_batch). Only the last
+        num_t2m_steps valid history steps feed the queries; only agents to be predicted get queries (and edges).
 
         't2m' [2, E]: history step (agent-major index a * T + t) -> agent a; 'pl2m': polygon -> agent within
         pl2m_radius; 'a2m': agent (valid at the current step) -> agent within a2m_radius (targets are agent
@@ -274,7 +274,9 @@ class QCNetProposalDecoder(QCNetProposeStage):
                          num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
         self.apply(weight_init)
 
-    def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        graph, embeddings = self.propose(data, scene_enc)
+    def forward(self, data: HeteroData, scene_enc: Mapping[str, torch.Tensor],
+                edges: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+        """edges: ``build_graph(data)`` when computed beforehand (else built here)."""
+        graph, embeddings = self.propose(data, scene_enc, edges)
         out = graph.to_agents(torch.stack(embeddings, dim=1)).transpose(0, 1)  # [R, A, K, hidden]
         return out.squeeze(2) if self.num_modes == 1 else out

@@ -1,17 +1,17 @@
 """Command-line flags of the predictors (official names and defaults), defined without importing the models so
 that the scripts answer ``--help`` before torch is imported. ``<Predictor>.add_model_specific_args`` use these."""
-from argparse import SUPPRESS, ArgumentParser
+from argparse import ArgumentParser
 from typing import Any, Callable, Dict
 
 from predictors.names import resolve_model_name
-from utils.cli import bool_flag, unit_fraction
+from utils.cli import bool_flag
 
 # Depths of the ForecastMAE encoder (modules/forecast_mae_encoder.py: DEFAULT_NUM_TEMPORAL_LAYERS / _SCENE_LAYERS).
 FORECAST_MAE_DEPTHS = {'num_temporal_layers': 2, 'num_scene_layers': 4}
 
 
 def add_qcnet_args(parent_parser: ArgumentParser) -> ArgumentParser:
-    """Official QCNet flags (names and defaults), then the speed and memory options."""
+    """Official QCNet flags (names and defaults)."""
     parser = parent_parser.add_argument_group('QCNet')
     parser.add_argument('--dataset', type=str, required=True)
     parser.add_argument('--input_dim', type=int, default=2)
@@ -45,38 +45,7 @@ def add_qcnet_args(parent_parser: ArgumentParser) -> ArgumentParser:
     parser.add_argument('--T_max', type=int, default=64)
     parser.add_argument('--submission_dir', type=str, default='./')
     parser.add_argument('--submission_file_name', type=str, default='submission')
-    add_qcnet_speed_args(parent_parser)
     return parent_parser
-
-
-def add_qcnet_speed_args(parent_parser: ArgumentParser) -> None:
-    speed = parent_parser.add_argument_group('QCNet speed and memory (same model, same checkpoints)')
-    speed.add_argument('--tf32', **bool_flag(True),
-                       help='TF32 tensor-core matmuls on CUDA during fit (0: full float32)')
-    speed.add_argument('--no_tf32', dest='tf32', action='store_false', help=SUPPRESS)  # same as --tf32 0
-    speed.add_argument('--compile_attention', **bool_flag(False),
-                       help='torch.compile the attention layers for training (fewer, fused kernels; the first '
-                            'steps compile for a few minutes)')
-    speed.add_argument('--compile_embeddings', **bool_flag(False),
-                       help='torch.compile the Fourier edge/node embeddings for training (fused features, '
-                            'norms and sums; the first steps compile for a few minutes)')
-    speed.add_argument('--compile_gru', **bool_flag(False),
-                       help="torch.compile the refinement stage's trajectory GRU as a step loop for training "
-                            '(replaces cuDNN\'s GRU kernels; the first steps compile for a minute or two)')
-    speed.add_argument('--compile_memory_budget', type=unit_fraction, default=1.0,
-                       help='with the --compile_* flags: fraction of their activations the compiled backward may '
-                            'keep (below 1: more recomputation, less memory; torch._functorch.config.'
-                            'activation_memory_budget)')
-    speed.add_argument('--cuda_graphs', **bool_flag(False),
-                       help='replay each training/validation step as a CUDA graph over a batch padded to fixed '
-                            'sizes (same results; the first steps of each size capture it; with several GPUs '
-                            'the gradients are averaged after each replay; see docs/PERFORMANCE.md)')
-    speed.add_argument('--recompute_embeddings', **bool_flag(False),
-                       help='recompute the Fourier embeddings in the backward pass instead of storing their '
-                            'activations: step memory ~0.55x, ~20%% more compute (CPU measurement)')
-    speed.add_argument('--checkpoint_agent_encoder', **bool_flag(False),
-                       help='activation checkpointing of the agent encoder (edge embeddings and layers): '
-                            'step memory ~0.4x, ~20%% more compute (CPU measurement, docs/PERFORMANCE.md)')
 
 
 def add_forecast_mae_args(parent_parser: ArgumentParser) -> ArgumentParser:
@@ -164,11 +133,6 @@ def add_smartpretrain_args(parent_parser: ArgumentParser) -> ArgumentParser:
     parser.add_argument('--lambda_rec', type=float, default=1.0, help='weight of the reconstruction loss')
     parser.add_argument('--separate_dataset_negatives', **bool_flag(False),
                         help='multi-dataset pre-training: contrastive negatives only from the query\'s dataset')
-    parser.add_argument('--compile_attention', **bool_flag(False),
-                        help='qcnet backbone: torch.compile its attention layers (fused kernels; the first steps '
-                             'compile for a few minutes; not yet timed on a GPU for pre-training)')
-    parser.add_argument('--compile_embeddings', **bool_flag(False),
-                        help='qcnet backbone: torch.compile its Fourier embeddings (as --compile_attention)')
     return parent_parser
 
 

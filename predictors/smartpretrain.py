@@ -11,8 +11,7 @@ before the step, on a fractional epoch like the official code; their configurati
 checkpoints so that a resumed run continues the same curves.
 """
 import copy
-import random
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -21,17 +20,19 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import HeteroData
 
-from losses.contrastive_loss import ContrastiveLoss, ContrastiveOutput, all_reduce_sum, world_size
+from layers.grouped_batch_norm import mlp_with_grouped_norm
+from losses.contrastive_loss import (ContrastiveLoss, ContrastiveOutput, all_gather_equal_rows, all_gather_rows,
+                                     all_reduce_sum, world_size)
 from losses.reconstruction_loss import ReconstructionLoss, gather_segment_displacements, recurrence_segments
 from modules.backbone import SSLBranch, build_backbone
 from predictors.arguments import add_smartpretrain_args
-from transforms.ssl_views import ANCHOR, TARGET
+from predictors.trajectory_predictor import drop_run_time_options
+from transforms.ssl_views import ANCHOR, TARGET, VIEW_ORDER, VIEWS
+from utils.parameter_groups import weight_decay_groups
+from utils.rng import rng_states, seed_process, set_rng_states
 from utils.schedules import SSLSchedule
 from utils.weight_init import weight_init
 
-# Parameters of these module types have their "weight" decayed; biases, norms, embeddings, temp_emb are not.
-_DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, nn.LSTM, nn.LSTMCell,
-                    nn.GRU, nn.GRUCell)
 SCHEDULE_KEY = 'ssl_schedule'
 RNG_KEY = 'ssl_rng_states'
 
@@ -40,6 +41,11 @@ class SmartPretrain(pl.LightningModule):
     """Pre-training Lightning module. Constructor arguments follow the official ``QCNet_ssl`` names (unused ones,
     e.g. ``T_max`` or ``submission_dir``, are accepted and stored so official hyper-parameters load), plus
     ``lambda_rec`` (weight of the reconstruction loss), ``backbone`` (registry name) and ``seed``."""
+
+    # Run-time speed hooks (set by acceleration.apply; never hyper-parameters, never saved).
+    fixed_shape_step = None
+    fused_optimizer = False
+    speed_callbacks: Tuple[pl.Callback, ...] = ()
 
     def __init__(self,
                  dataset: str = 'argoverse_v2',
@@ -80,11 +86,10 @@ class SmartPretrain(pl.LightningModule):
                  backbone: str = 'qcnet',
                  seed: int = 2025,
                  separate_dataset_negatives: int = 0,
-                 compile_attention: bool = False,
-                 compile_embeddings: bool = False,
                  **kwargs: Any) -> None:
         super().__init__()
         self.save_hyperparameters()
+        drop_run_time_options(self.hparams)
         hp = self.hparams
         self.num_historical_steps = num_historical_steps
         self.num_future_steps = num_future_steps
@@ -114,75 +119,108 @@ class SmartPretrain(pl.LightningModule):
         for head in (self.contra_predictor, self.rec_predictor):
             head.apply(weight_init)
 
-        if compile_attention or compile_embeddings:
-            self.compile_layers(backbone, compile_attention, compile_embeddings)
-
         self.contrastive_loss = ContrastiveLoss(temperature=contra_t)
         self.reconstruction_loss = ReconstructionLoss()
         self.rec_segments = recurrence_segments(num_historical_steps, num_future_steps, num_recurrent_steps)
         self.schedule: Optional[SSLSchedule] = None
-
-    def compile_layers(self, backbone: str, attention: bool, embeddings: bool) -> int:
-        """--compile_attention / --compile_embeddings: the backbone's attention layers and Fourier embeddings run
-        through torch.compile (as in QCNet's training, docs/PERFORMANCE.md): the online branch's calls with gradients,
-        the momentum branch's no-grad calls. Returns the number of layers switched; ValueError for a backbone that
-        has none (only the QCNet backbone has these layers)."""
-        from layers.attention_layer import AttentionLayer
-        from layers.fourier_embedding import FourierEmbedding
-        kinds = tuple(kind for kind, on in ((AttentionLayer, attention), (FourierEmbedding, embeddings)) if on)
-        switched = 0
-        for branch, with_gradients in ((self.branch, True), (self.momentum_branch, False)):
-            for module in branch.modules():
-                if isinstance(module, kinds):
-                    (module.compile_for_training if with_gradients else module.compile_for_inference)()
-                    switched += 1
-        if switched == 0:
-            raise ValueError(f'SmartPretrain: --compile_attention / --compile_embeddings: backbone {backbone!r} has no '
-                             'attention layers or Fourier embeddings to compile (the qcnet backbone has)')
-        return switched
 
     # ------------------------------------------------------------------------------------------------------------
     # losses
     # ------------------------------------------------------------------------------------------------------------
     def forward(self, batch: Dict[str, HeteroData]) -> Dict[str, torch.Tensor]:
         """Losses of one batch of view pairs -> dict of scalars ('loss', 'contra_loss', 'rec_loss', 'contra_acc',
-        'num_queries', 'num_keys'). 'loss' is this process's share (see ``losses.contrastive_loss``)."""
-        anchor, target = batch[ANCHOR], batch[TARGET]
-        anchor_agent, target_agent = anchor['agent'], target['agent']
-        with torch.no_grad():
-            key_target = self.momentum_branch(target)                    # [A, R, P]
-        z_anchor = self.branch(anchor)                                   # [A, R, P]
-        with torch.no_grad():
-            key_anchor = self.momentum_branch(anchor)
-        num_agents, num_rec, proj_dim = z_anchor.shape
+        'num_queries', 'num_keys'). 'loss' is this process's share (see ``losses.contrastive_loss``).
 
-        # Contrastive: keys = [anchor-view keys; target-view keys] of all agents, invalid ones masked.
+        batch: ``{'anchor', 'target'}`` (plain: the momentum branch runs once per view, in the official order) or
+        ``{'anchor', 'views'}`` (``acceleration.view_pair_batch``: one momentum pass over both views; same losses and
+        gradients up to float rounding)."""
+        anchor = batch[ANCHOR]
+        anchor_agent = anchor['agent']
+        if VIEWS in batch:
+            # Both views in one batch (acceleration.view_pair_batch, blocks of A agents in VIEW_ORDER): the momentum
+            # branch runs once over 2A agents; the keys keep that block order.
+            views_agent = batch[VIEWS]['agent']
+            with torch.no_grad():
+                keys = self.momentum_branch(batch[VIEWS], num_views=len(VIEW_ORDER))   # [2A, R, P]
+            z_anchor = self.branch(anchor)                                              # [A, R, P]
+            num_agents = z_anchor.shape[0]
+            agents = torch.arange(num_agents, device=z_anchor.device)
+            target_first = VIEW_ORDER.index(TARGET) * num_agents
+            key_mask = views_agent['view_mask']
+            target_start = views_agent['view_start'][target_first:target_first + num_agents]
+            positive_index, self_index = agents + target_first, agents + VIEW_ORDER.index(ANCHOR) * num_agents
+        else:
+            target_agent = batch[TARGET]['agent']
+            with torch.no_grad():
+                key_target = self.momentum_branch(batch[TARGET])                        # [A, R, P]
+            z_anchor = self.branch(anchor)                                              # [A, R, P]
+            with torch.no_grad():
+                key_anchor = self.momentum_branch(anchor)
+            num_agents = z_anchor.shape[0]
+            agents = torch.arange(num_agents, device=z_anchor.device)
+            # keys = [anchor-view keys; target-view keys]
+            keys = torch.cat([key_anchor, key_target], dim=0)
+            key_mask = torch.cat([anchor_agent['view_mask'], target_agent['view_mask']], dim=0)
+            target_start = target_agent['view_start']
+            positive_index, self_index = agents + num_agents, agents
+        num_rec, proj_dim = z_anchor.shape[1:]
         queries = self.contra_predictor(z_anchor.reshape(num_agents * num_rec, proj_dim))
-        queries = queries.view(num_agents, num_rec, proj_dim)
-        agents = torch.arange(num_agents, device=z_anchor.device)
         groups = {}
         if self.hparams.get('separate_dataset_negatives'):  # negatives only from the query's own dataset
             if 'data_set' not in anchor or 'batch' not in anchor_agent:
                 raise ValueError('separate_dataset_negatives needs batched samples with a data_set (dataset id) field')
             agent_dataset = torch.as_tensor(anchor['data_set'], device=z_anchor.device).view(-1)[anchor_agent['batch']]
             groups = {'query_group': agent_dataset, 'key_group': torch.cat([agent_dataset, agent_dataset])}
+        return self.losses(z_anchor, queries.view(num_agents, num_rec, proj_dim), anchor_agent, keys, key_mask,
+                           positive_index, self_index, target_start, **groups)
+
+    def losses(self, z_anchor: torch.Tensor, queries: torch.Tensor, anchor_agent, keys: torch.Tensor,
+               key_mask: torch.Tensor, positive_index: torch.Tensor, self_index: torch.Tensor,
+               target_start: torch.Tensor, gather=all_gather_rows, **groups: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Both losses from the branches' outputs. z_anchor / queries [A, R, P]: online embeddings and predictor
+        outputs of the anchor agents; anchor_agent: the anchor batch's agent store (query_mask, view_start, rec_target,
+        rec_mask); keys [M, R, P] with key_mask [M]: momentum embeddings of both views; positive_index / self_index
+        [A]: each agent's target-view / anchor-view key row; target_start [A]: start step of each agent's target
+        window; gather: how keys are gathered from every process (``losses.contrastive_loss``)."""
+        num_agents, num_rec, _ = z_anchor.shape
         contra: ContrastiveOutput = self.contrastive_loss(
-            queries, anchor_agent['query_mask'], torch.cat([key_anchor, key_target], dim=0),
-            torch.cat([anchor_agent['view_mask'], target_agent['view_mask']], dim=0),
-            positive_index=agents + num_agents, self_index=agents, **groups)
+            queries, anchor_agent['query_mask'], keys, key_mask, positive_index=positive_index, self_index=self_index,
+            gather=gather, **groups)
 
         # Reconstruction of the target window from the anchor embedding + embedding of the anchor start step.
         temp = self.temp_emb[anchor_agent['view_start']].unsqueeze(1).expand(-1, num_rec, -1)
         displacements = self.rec_predictor(torch.cat([z_anchor, temp], dim=-1))
         displacements = displacements.view(num_agents, num_rec, -1, 2)     # [A, R, T, 2] per absolute step
         window = torch.arange(self.num_historical_steps, device=z_anchor.device)
-        target_steps = target_agent['view_start'].unsqueeze(1) + window     # [A, H]
+        target_steps = target_start.unsqueeze(1) + window                   # [A, H]
         pred_positions = torch.cumsum(
             gather_segment_displacements(displacements.float(), target_steps, self.rec_segments), dim=1)
         rec_loss = self.reconstruction_loss(pred_positions, anchor_agent['rec_target'], anchor_agent['rec_mask'])
 
         return {'loss': contra.loss + self.lambda_rec * rec_loss, 'contra_loss': contra.loss, 'rec_loss': rec_loss,
                 'contra_acc': contra.accuracy, 'num_queries': contra.num_queries, 'num_keys': contra.num_keys}
+
+    def padded_step_losses(self, padded) -> Dict[str, torch.Tensor]:
+        """Losses of a batch padded to fixed sizes (``acceleration.padded_ssl_batch.PaddedViewPairBatch``): the
+        CUDA-graph step's body. The same computation as ``forward`` on the two-view batch; padded agents take no
+        part in BatchNorm statistics (agent groups -1) nor in the losses (their masks are False), and keys are
+        gathered from every process with equal row counts (capacities agreed across processes)."""
+        anchor, views = padded.anchor, padded.views
+        with torch.no_grad():
+            keys = self.momentum_branch(views.data, num_views=len(VIEW_ORDER), edge_lists=views.edge_lists,
+                                        agent_groups=padded.view_of_agent)
+        z_anchor = self.branch(anchor.data, edge_lists=anchor.edge_lists, agent_groups=padded.anchor_groups)
+        num_agents, num_rec, proj_dim = z_anchor.shape
+        queries = mlp_with_grouped_norm(self.contra_predictor, z_anchor.reshape(num_agents * num_rec, proj_dim),
+                                        padded.anchor_groups.repeat_interleave(num_rec), 1)
+        views_agent = views.data['agent']
+        return self.losses(z_anchor, queries.view(num_agents, num_rec, proj_dim), anchor.data['agent'], keys,
+                           views_agent['view_mask'], padded.positive_index, padded.self_index,
+                           views_agent['view_start'][padded.positive_index], gather=all_gather_equal_rows)
+
+    def padded_forward(self, padded) -> Dict[str, torch.Tensor]:
+        """Evaluation body of the CUDA-graph step: pre-training evaluates its losses."""
+        return self.padded_step_losses(padded)
 
     def _log_losses(self, out: Dict[str, torch.Tensor], prefix: str, on_step: bool) -> None:
         # Loss shares are averaged over processes once here (one all-reduce), then logged unsynchronised.
@@ -196,7 +234,11 @@ class SmartPretrain(pl.LightningModule):
         self.log(f'{prefix}num_neg_sample', out['num_keys'].float(), **kwargs)
         self.log(f'{prefix}num_query', out['num_queries'].float(), **kwargs)
 
-    def training_step(self, batch: Dict[str, HeteroData], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Dict[str, HeteroData], batch_idx: int) -> Optional[torch.Tensor]:
+        if self.fixed_shape_step is not None:  # forward, backward and optimiser step (manual optimisation)
+            out = self.fixed_shape_step.train(batch, self.optimizers())
+            self._log_losses(out, prefix='', on_step=True)
+            return None
         out = self(batch)
         self._log_losses(out, prefix='', on_step=True)
         return out['loss']
@@ -212,11 +254,11 @@ class SmartPretrain(pl.LightningModule):
     @torch.no_grad()
     def update_momentum_branch(self, momentum: float) -> None:
         """EMA of the online branch's parameters: p_m <- m * p_m + (1 - m) * p_online (buffers are left alone,
-        as in the official code: the momentum branch's BatchNorm statistics come from its own forward passes)."""
+        as in the official code: the momentum branch's BatchNorm statistics come from its own forward passes).
+        One fused multi-tensor lerp over all parameters: p_m + (1 - m) * (p_online - p_m)."""
         online = [p.detach() for p in self.branch.parameters()]
         target = list(self.momentum_branch.parameters())
-        torch._foreach_mul_(target, momentum)
-        torch._foreach_add_(target, online, alpha=1.0 - momentum)
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
 
     def build_schedule(self) -> SSLSchedule:
         trainer = self.trainer
@@ -256,20 +298,18 @@ class SmartPretrain(pl.LightningModule):
         self.log('momentum_m', momentum, **kwargs)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        decayed, not_decayed = [], []
-        for module_name, module in self.named_modules():
-            for param_name, param in module.named_parameters(recurse=False):
-                if not param.requires_grad:
-                    continue  # the momentum branch is updated by EMA only
-                if 'weight' in param_name and 'bias' not in param_name and isinstance(module, _DECAYED_MODULES):
-                    decayed.append(param)
-                else:
-                    not_decayed.append(param)
+        params = dict(self.named_parameters())
+        # the momentum branch (no gradients) is updated by EMA only: it stays out of the optimiser
+        decayed, not_decayed = ([params[name] for name in names if params[name].requires_grad]
+                                for names in weight_decay_groups(self))
         hp = self.hparams
         groups = [{'params': decayed, 'weight_decay': hp.weight_decay_init, 'decayed': True},
                   {'params': not_decayed, 'weight_decay': 0.0, 'decayed': False}]
-        on_cuda = all(p.is_cuda for g in groups for p in g['params'])
-        return torch.optim.AdamW(groups, lr=hp.lr_init, weight_decay=hp.weight_decay_init, fused=on_cuda or None)
+        fused = self.fused_optimizer and all(p.is_cuda for g in groups for p in g['params'])
+        return torch.optim.AdamW(groups, lr=hp.lr_init, weight_decay=hp.weight_decay_init, fused=fused or None)
+
+    def configure_callbacks(self) -> List[pl.Callback]:
+        return list(self.speed_callbacks)
 
     # ------------------------------------------------------------------------------------------------------------
     # seeding and checkpoints
@@ -298,36 +338,6 @@ class SmartPretrain(pl.LightningModule):
     def add_model_specific_args(parent_parser):
         """SmartPretrain flags (``predictors.arguments``)."""
         return add_smartpretrain_args(parent_parser)
-
-
-def seed_process(seed: int) -> None:
-    """Seeds Python, NumPy and torch (all devices) of this process."""
-    seed = seed % (2 ** 32)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> Dict[str, Any]:
-    # NumPy's key array is stored as a tensor so that checkpoints stay loadable with torch.load(weights_only=True).
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states: Dict[str, Any] = {'python': random.getstate(),
-                              'numpy': (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-                              'torch': torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states['cuda'] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: Dict[str, Any]) -> None:
-    random.setstate(states['python'])
-    kind, keys, pos, has_gauss, cached = states['numpy']
-    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states['torch'])
-    if 'cuda' in states and torch.cuda.is_available():
-        cuda_states: List[torch.Tensor] = states['cuda']
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
 
 
 class ViewEpochCallback(pl.Callback):

@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch_geometric.data import Batch, HeteroData
 
@@ -27,6 +26,8 @@ from losses.mixture_nll_loss import MixtureNLLLoss
 from losses.nll_loss import NLLLoss
 from utils.checkpoint import CheckpointError, load_module_from_checkpoint
 from predictors.names import normalise_model_name
+from utils.parameter_groups import weight_decay_groups
+from utils.rng import rng_states, set_rng_states
 from utils.schedules import warmup_cosine
 
 EVAL_MAX_GUESSES = 6
@@ -34,11 +35,18 @@ MODEL_HPARAM = 'model'
 DEFAULT_MODEL_NAME = 'QCNet'  # checkpoints that name no model: official QCNet releases and early runs
 
 
-def use_fused_adamw(on_cuda: bool, gradient_clip_val: float) -> bool:
-    """Whether to take the fused AdamW kernel: on CUDA, unless gradients are clipped (Lightning's mixed-precision
-    plugin refuses to clip for an optimiser that unscales gradients itself, which fused AdamW declares, and stops
-    training with a RuntimeError at the first step) or ``QCNET_FUSED_ADAMW=0``."""
-    return on_cuda and gradient_clip_val <= 0 and os.environ.get('QCNET_FUSED_ADAMW', '1') != '0'
+def use_fused_adamw(on_cuda: bool, gradient_clip_val: float, requested: bool = True) -> bool:
+    """Whether to take the fused AdamW kernel: when ``requested`` (the fused_optimizer speed option), on CUDA, unless
+    gradients are clipped (Lightning's mixed-precision plugin refuses to clip for an optimiser that unscales gradients
+    itself, which fused AdamW declares, and stops training with a RuntimeError at the first step)."""
+    return requested and on_cuda and gradient_clip_val <= 0
+
+
+def drop_run_time_options(hparams: Dict[str, Any]) -> None:
+    """Removes run-time speed options (acceleration.options.RUN_TIME_KEYS) from hyper-parameters, in place."""
+    from acceleration.options import RUN_TIME_KEYS
+    for key in RUN_TIME_KEYS & set(hparams):
+        del hparams[key]
 
 
 def warmup_cosine_factor(epoch: int, warmup_epochs: int, total_epochs: int) -> float:
@@ -89,10 +97,18 @@ class TrajectoryPredictor(pl.LightningModule):
     MODEL_NAME = 'TrajectoryPredictor'
     SSL_BACKBONE: Optional[str] = None
     PROPOSE_TO_REFINE: Tuple[Tuple[str, str], ...] = ()
+    # Run-time speed hooks (set by acceleration.apply; never hyper-parameters, never saved): the CUDA-graph step that
+    # runs training and evaluation steps instead of the plain ones, the fused AdamW kernel on CUDA, and the Lightning
+    # callbacks the options need (configure_callbacks).
+    fixed_shape_step = None
+    fused_optimizer = False
+    speed_callbacks: Tuple[pl.Callback, ...] = ()
 
     def init_objectives(self) -> None:
-        """Losses, metrics and the test-prediction store; records the model name in the hyper-parameters."""
+        """Losses, metrics and the test-prediction store; records the model name in the hyper-parameters and drops
+        run-time options from them (a script's flags, or the speed options older checkpoints stored)."""
         self.hparams[MODEL_HPARAM] = self.MODEL_NAME
+        drop_run_time_options(self.hparams)
         distributions = ['laplace'] * self.output_dim + ['von_mises'] * self.output_head
         self.reg_loss = NLLLoss(component_distribution=distributions, reduction='none')
         self.cls_loss = MixtureNLLLoss(component_distribution=distributions, reduction='none')
@@ -179,7 +195,11 @@ class TrajectoryPredictor(pl.LightningModule):
                 'traj_refine': traj_refine, 'gt': gt, 'reg_mask': reg_mask}
 
     def training_step(self, data, batch_idx):
-        losses = self.compute_losses(data, self(data))
+        if self.fixed_shape_step is not None:  # forward, backward and optimiser step (manual optimisation)
+            losses = self.fixed_shape_step.train(data, self.optimizers(),
+                                                 float(self.hparams.get('gradient_clip_val') or 0.0))
+        else:
+            losses = self.compute_losses(data, self(data))
         for name in ('reg_loss_propose', 'reg_loss_refine', 'cls_loss'):
             self.log(f'train_{name}', losses[name], prog_bar=False, on_step=True, on_epoch=True, batch_size=1)
         return losses['loss']
@@ -193,7 +213,9 @@ class TrajectoryPredictor(pl.LightningModule):
         return data['agent']['category'] == FOCAL_CATEGORY
 
     def predict_batch(self, data: HeteroData) -> Dict[str, torch.Tensor]:
-        """The forward pass of validation and testing (a subclass may run it another way, same outputs)."""
+        """The forward pass of validation and testing (replayed by the CUDA-graph step when one is installed)."""
+        if self.fixed_shape_step is not None:
+            return self.fixed_shape_step.infer(data)
         return self(data)
 
     def validation_step(self, data, batch_idx):
@@ -268,40 +290,20 @@ class TrajectoryPredictor(pl.LightningModule):
     # optimisation
     # ------------------------------------------------------------------------------------------------------------
     def parameter_groups(self) -> Tuple[List[str], List[str]]:
-        """(names with weight decay, names without): weights of linear/conv/attention/recurrent layers decay;
-        biases, norms, embeddings and free parameters (e.g. traj_emb_h0) do not."""
-        decay_modules = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, nn.LSTM, nn.LSTMCell,
-                         nn.GRU, nn.GRUCell)
-        no_decay_modules = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.Embedding)
-        decay, no_decay = set(), set()
-        for module_name, module in self.named_modules():
-            for param_name, _ in module.named_parameters(recurse=False):
-                full_name = f'{module_name}.{param_name}' if module_name else param_name
-                if 'bias' in param_name:
-                    no_decay.add(full_name)
-                elif 'weight' in param_name and isinstance(module, decay_modules):
-                    decay.add(full_name)
-                elif 'weight' in param_name and isinstance(module, no_decay_modules):
-                    no_decay.add(full_name)
-                elif 'weight' not in param_name:
-                    no_decay.add(full_name)
-        names = {name for name, _ in self.named_parameters()}
-        unassigned = names - decay - no_decay
-        if decay & no_decay or unassigned:
-            raise RuntimeError(f'{type(self).__name__}: parameters in both groups {sorted(decay & no_decay)}, '
-                               f'in none {sorted(unassigned)}')
-        return sorted(decay), sorted(no_decay)
+        """(names with weight decay, names without): ``utils.parameter_groups.weight_decay_groups``."""
+        return weight_decay_groups(self)
 
     def configure_optimizers(self):
-        """AdamW (decay / no-decay groups) with a cosine schedule over T_max epochs, as officially; the fused
-        AdamW kernel is used on CUDA (same update rule, fewer kernel launches)."""
+        """AdamW (decay / no-decay groups) with a cosine schedule over T_max epochs, as officially. With the
+        ``fused_optimizer`` speed option the fused AdamW kernel runs on CUDA (same update rule, fewer kernel launches;
+        see use_fused_adamw)."""
         params = dict(self.named_parameters())
         decay, no_decay = self.parameter_groups()
         # frozen parameters (train.py --freeze_encoder) stay out of the optimiser: no weight decay moves them
         groups = [{'params': [params[n] for n in decay if params[n].requires_grad], 'weight_decay': self.weight_decay},
                   {'params': [params[n] for n in no_decay if params[n].requires_grad], 'weight_decay': 0.0}]
         fused = use_fused_adamw(all(p.is_cuda for p in params.values()),
-                                float(self.hparams.get('gradient_clip_val') or 0.0))
+                                float(self.hparams.get('gradient_clip_val') or 0.0), requested=self.fused_optimizer)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
         warmup = int(self.hparams.get('warmup_epochs') or 0)
         if warmup <= 0:
@@ -311,13 +313,14 @@ class TrajectoryPredictor(pl.LightningModule):
                 epoch, warmup, self.T_max))
         return [optimizer], [scheduler]
 
+    def configure_callbacks(self) -> List[pl.Callback]:
+        return list(self.speed_callbacks)
+
     # Python / NumPy / torch RNG states travel with training checkpoints, so `train.py --resume` continues the random
     # streams (shuffling order of the next epoch, dropout) instead of restarting them from the seed.
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        from predictors.smartpretrain import rng_states  # lazy: the pre-training module imports the backbones
         checkpoint[RNG_STATES_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if RNG_STATES_KEY in checkpoint and self._trainer is not None:  # resuming training, not evaluation
-            from predictors.smartpretrain import set_rng_states
             set_rng_states(checkpoint[RNG_STATES_KEY])

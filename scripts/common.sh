@@ -23,7 +23,7 @@ ensure_synthetic() {
     done
 }
 
-# fast_args train|eval: FAST=1 (train.sh, val.sh, test.sh) turns on every QCNet speed option of docs/PERFORMANCE.md
+# fast_args train|eval: FAST=1 (train.sh, val.sh, test.sh) passes --speed fast (every speed option, docs/PERFORMANCE.md)
 # (CUDA GPUs only; the first steps compile for a few minutes); sets the array FAST_ARGS (empty for FAST=0).
 fast_args() {
     FAST_ARGS=()
@@ -32,8 +32,5 @@ fast_args() {
         1) ;;
         *) echo "error: FAST must be 0 or 1, got '${FAST}'" >&2; exit 2 ;;
     esac
-    case "$1" in
-        train) FAST_ARGS=(--cuda_graphs --compile_attention --compile_embeddings --compile_gru --build_graph_in_workers) ;;
-        eval) FAST_ARGS=(--cuda_graphs --compile --build_graph_in_workers) ;;
-    esac
+    FAST_ARGS=(--speed fast)
 }

@@ -1,9 +1,15 @@
-"""AttentionLayer: equals the plain per-edge formulation (the official layer's math), multi-query targets equal
-per-mode edge copies, custom autograd pieces pass gradcheck, mixed precision stays close to float32."""
+"""AttentionLayer (layers/) with its plain and fused operations (acceleration/kernels/): both equal the per-edge
+formulation (the official layer's math), multi-query targets equal per-mode edge copies, custom autograd pieces pass
+gradcheck, the compiled form equals the fused one, mixed precision stays close to float32."""
 import pytest
 import torch
 
-from layers.attention_layer import AttentionLayer, _GatherDot, _SumByIndex, normalize_edge_embedding
+from acceleration.kernels.gather_scatter import GatherDot, SumByIndex
+from acceleration.kernels.layer_ops import CompiledOps, FusedOps
+from layers.attention_layer import AttentionLayer, normalize_edge_embedding
+from layers.layer_ops import PLAIN_OPS
+
+OPS = pytest.mark.parametrize('ops', [PLAIN_OPS, FusedOps()], ids=['plain', 'fused'])
 
 HIDDEN, HEADS, HEAD_DIM = 12, 3, 4
 
@@ -15,9 +21,10 @@ def random_graph(num_src, num_dst, num_edges, seed=0):
     return torch.stack([src, dst])
 
 
-def make_layer(bipartite, has_pos_emb=True, seed=0):
+def make_layer(bipartite, has_pos_emb=True, seed=0, ops=None):
     torch.manual_seed(seed)
     layer = AttentionLayer(HIDDEN, HEADS, HEAD_DIM, dropout=0.0, bipartite=bipartite, has_pos_emb=has_pos_emb)
+    layer.ops = FusedOps() if ops is None else ops
     with torch.no_grad():  # non-trivial norms and biases (the default init sets them to 1 / 0)
         for name, param in layer.named_parameters():
             if name.endswith('bias') or 'norm' in name:
@@ -50,9 +57,10 @@ def reference_layer(layer, x_src, x_dst, r, edge_index):
     return out + layer.ff_postnorm(layer.ff_mlp(layer.ff_prenorm(out)))
 
 
+@OPS
 @pytest.mark.parametrize('bipartite', [False, True])
-def test_matches_plain_per_edge_formulation_values_and_gradients(bipartite):
-    layer = make_layer(bipartite)
+def test_matches_plain_per_edge_formulation_values_and_gradients(bipartite, ops):
+    layer = make_layer(bipartite, ops=ops)
     gen = torch.Generator().manual_seed(1)
     num_src, num_dst = 9, (7 if bipartite else 9)
     x_src = torch.randn(num_src, HIDDEN, generator=gen, dtype=torch.double, requires_grad=True)
@@ -76,16 +84,18 @@ def test_matches_plain_per_edge_formulation_values_and_gradients(bipartite):
             torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-10, msg=name)
 
 
-def test_layer_without_edge_embeddings_matches_reference():
-    layer = make_layer(bipartite=False, has_pos_emb=False)
+@OPS
+def test_layer_without_edge_embeddings_matches_reference(ops):
+    layer = make_layer(bipartite=False, has_pos_emb=False, ops=ops)
     x = torch.randn(6, HIDDEN, dtype=torch.double)
     edge_index = random_graph(6, 6, 20, seed=3)
     torch.testing.assert_close(layer(x, None, edge_index), reference_layer(layer, x, x, None, edge_index))
 
 
-def test_multi_query_targets_equal_per_query_edge_copies():
+@OPS
+def test_multi_query_targets_equal_per_query_edge_copies(ops):
     """x_dst [Nd, K, H] with edges into the Nd nodes == x_dst [Nd*K, H] with every edge copied to each query."""
-    layer = make_layer(bipartite=True)
+    layer = make_layer(bipartite=True, ops=ops)
     num_src, num_dst, num_queries, num_edges = 8, 5, 3, 25
     gen = torch.Generator().manual_seed(2)
     x_src = torch.randn(num_src, HIDDEN, generator=gen, dtype=torch.double)
@@ -134,9 +144,9 @@ def test_custom_autograd_pieces_pass_gradcheck(num_queries):
     q = torch.randn(shape, generator=gen, dtype=torch.double, requires_grad=True)
     key = torch.randn(11, 2, 3, generator=gen, dtype=torch.double, requires_grad=True)
     index = torch.randint(0, 5, (11,), generator=gen)
-    assert torch.autograd.gradcheck(lambda a, b: _GatherDot.apply(a, b, index), (q, key))
+    assert torch.autograd.gradcheck(lambda a, b: GatherDot.apply(a, b, index), (q, key))
     src = torch.randn((11,) + shape[1:], generator=gen, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a: _SumByIndex.apply(a, index, 6), (src,))
+    assert torch.autograd.gradcheck(lambda a: SumByIndex.apply(a, index, 6), (src,))
 
 
 def test_bf16_autocast_is_close_to_float32_on_dense_targets():
@@ -156,11 +166,12 @@ def test_bf16_autocast_is_close_to_float32_on_dense_targets():
 
 @pytest.mark.slow
 def test_compiled_training_path_matches_eager_and_survives_deepcopy():
-    """compile_for_training(): same values/gradients while training; eval stays eager; copies use their weights."""
+    """CompiledOps: same values/gradients as the fused layer while training and in evaluation; copies (the momentum
+    branch of pre-training) run the shared compiled function on their own weights."""
     import copy
     layer = make_layer(bipartite=True).float().train()
     twin = copy.deepcopy(layer)
-    layer.compile_for_training()
+    layer.ops = CompiledOps()
     gen = torch.Generator().manual_seed(6)
     x_src = torch.randn(20, HIDDEN, generator=gen)
     x_dst = torch.randn(6, 2, HIDDEN, generator=gen, requires_grad=True)
@@ -176,37 +187,18 @@ def test_compiled_training_path_matches_eager_and_survives_deepcopy():
     with torch.no_grad():
         for param in copied.parameters():
             param.mul_(0.5)
-    assert copied.compiled_training
+    assert isinstance(copied.ops, CompiledOps)
     assert not torch.allclose(copied((x_src, x_dst), r, edge_index), out)
     with torch.no_grad():
         torch.testing.assert_close(layer.eval()((x_src, x_dst), r, edge_index), twin.eval()((x_src, x_dst), r,
-                                                                                          edge_index))
-
-
-@pytest.mark.slow
-def test_compiled_inference_path_matches_eager_and_leaves_training_eager():
-    """compile_for_inference(): no-grad calls give the eager values; calls with gradients stay on the eager path."""
-    import copy
-    layer = make_layer(bipartite=True).float().eval()
-    twin = copy.deepcopy(layer)
-    layer.compile_for_inference()
-    assert layer.compiled_inference and not layer.compiled_training
-    gen = torch.Generator().manual_seed(8)
-    for num_edges in (50, 71):
-        x_src = torch.randn(20, HIDDEN, generator=gen)
-        x_dst = torch.randn(6, HIDDEN, generator=gen)
-        r = torch.randn(num_edges, HIDDEN, generator=gen)
-        edge_index = random_graph(20, 6, num_edges)
-        with torch.no_grad():
-            torch.testing.assert_close(layer((x_src, x_dst), r, edge_index), twin((x_src, x_dst), r, edge_index),
-                                       rtol=1e-5, atol=1e-5)
-    assert layer._use_compiled() is False  # gradients enabled here: eager
+                                                                                          edge_index),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_split_k_path_under_bf16_autocast_matches_float32():
     """Edge counts that take the split-K matmuls (>= 16,384 rows in whole chunks of 32) under bf16 autocast: the
     forward and backward run and stay within bf16 rounding of the float32 layer."""
-    from layers.split_k_linear import MIN_ROWS, split_rows
+    from acceleration.kernels.split_k_linear import MIN_ROWS, split_rows
     layer = make_layer(bipartite=True).float().train()
     gen = torch.Generator().manual_seed(11)
     num_edges = MIN_ROWS

@@ -1,13 +1,15 @@
 """--cuda_graphs with several processes: the replayed step (on the CPU: the same padded step, not captured) writes its
-gradients without DDP's autograd hooks, so QCNet.training_step averages them itself (utils.gradient_sync). Two gloo
-processes through Lightning's DDP on real Argoverse 2 scenes: every rank holds the gradients of eager DDP training
-and, after every step, the same parameters."""
+gradients without DDP's autograd hooks, so the CUDA-graph step averages them itself (acceleration.gradient_averaging).
+Two gloo processes through Lightning's DDP on real Argoverse 2 scenes: every rank holds the gradients of eager DDP
+training and, after every step, the same parameters."""
 import os
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from acceleration.apply import apply
+from acceleration.options import SpeedOptions
 from predictors import QCNet
 
 from tiny_configs import TINY_QCNET
@@ -43,7 +45,8 @@ def fit_two_processes(scenes, cuda_graphs, out_dir):
     from torch_geometric.loader import DataLoader
     os.makedirs(out_dir)
     torch.manual_seed(0)
-    model = QCNet(**dict(TINY_QCNET, dropout=0.0, cuda_graphs=cuda_graphs, T_max=4))
+    model = QCNet(**dict(TINY_QCNET, dropout=0.0, T_max=4))
+    apply(model, SpeedOptions(cuda_graphs=cuda_graphs))
     trainer = pl.Trainer(accelerator='cpu', devices=2, max_epochs=2, logger=False, enable_checkpointing=False,
                          strategy=DDPStrategy(start_method='spawn', process_group_backend='gloo',
                                               find_unused_parameters=False, gradient_as_bucket_view=True),
@@ -74,7 +77,7 @@ def test_cuda_graphs_ddp_averages_gradients_like_eager_ddp(tmp_path):
     assert graphs[0]['grads'].keys() == eager[0]['grads'].keys() and len(graphs[0]['grads']) > 0
     assert worst_relative(graphs[0]['grads'], graphs[1]['grads']) == 0.0
     assert worst_relative(eager[0]['grads'], eager[1]['grads']) == 0.0
-    # == DDP's average (padding changes only the float rounding, tests/test_static_graph.py)
+    # == DDP's average (padding changes only the float rounding, tests/test_cuda_graph_step.py)
     assert worst_relative(graphs[0]['grads'], eager[0]['grads']) < 1e-4
     # after all four steps every rank holds the same parameters
     for name, value in graphs[0]['params'].items():

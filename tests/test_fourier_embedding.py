@@ -1,16 +1,21 @@
-"""FourierEmbedding: equals the plain per-scalar formulation (values and gradients), its memory-saving first layer
-passes gradcheck, recompute mode gives the same gradients, bf16 autocast runs."""
+"""FourierEmbedding (layers/) and its faster forms (acceleration/kernels/): every form equals the per-scalar
+formulation (values and gradients), the memory-saving first layer passes gradcheck, the recomputed form gives the same
+gradients and keeps less, the compiled form equals the fused one, bf16 autocast runs."""
 import math
 
 import pytest
 import torch
 
-from layers.fourier_embedding import FourierEmbedding, _FourierFirstLayer
+from acceleration.kernels.fourier_embedding import FourierFirstLayer, aligned_width
+from acceleration.kernels.layer_ops import CompiledOps, FusedOps, RecomputedOps
+from layers.fourier_embedding import FourierEmbedding
+from layers.layer_ops import PLAIN_OPS
 
 
-def make_embedding(input_dim, hidden=8, bands=5, seed=0):
+def make_embedding(input_dim, hidden=8, bands=5, seed=0, ops=None):
     torch.manual_seed(seed)
     emb = FourierEmbedding(input_dim=input_dim, hidden_dim=hidden, num_freq_bands=bands)
+    emb.ops = FusedOps() if ops is None else ops
     with torch.no_grad():  # non-trivial norms and biases
         for name, param in emb.named_parameters():
             if name.endswith('bias') or '.1.' in name or 'to_out.0' in name:
@@ -30,9 +35,10 @@ def reference(emb, inputs, categorical=None):
     return emb.to_out(out)
 
 
+@pytest.mark.parametrize('ops', [PLAIN_OPS, FusedOps()], ids=['plain', 'fused'])
 @pytest.mark.parametrize('input_dim', [1, 3])
-def test_matches_per_scalar_formulation_values_and_gradients(input_dim):
-    emb = make_embedding(input_dim)
+def test_matches_per_scalar_formulation_values_and_gradients(input_dim, ops):
+    emb = make_embedding(input_dim, ops=ops)
     gen = torch.Generator().manual_seed(1)
     inputs = (10 * torch.randn(13, input_dim, generator=gen, dtype=torch.double)).requires_grad_()
     categorical = [torch.randn(13, 8, generator=gen, dtype=torch.double)]
@@ -51,14 +57,14 @@ def test_first_layer_gradcheck(width):
     gen = torch.Generator().manual_seed(2)
     args = [torch.randn(shape, generator=gen, dtype=torch.double, requires_grad=True)
             for shape in ((3, 7, 1), (3, 4), (3, width, 5), (3, 1, 5))]
-    assert torch.autograd.gradcheck(_FourierFirstLayer.apply, args)
+    assert torch.autograd.gradcheck(FourierFirstLayer.apply, args)
 
 
 def test_first_layer_matmul_width_is_aligned():
     """The batched matmul of the first layer runs at a row length that is a multiple of 8 (2F+1 = 129 -> 136)."""
-    from layers.fourier_embedding import aligned_width
     assert aligned_width(129) == 136 and aligned_width(9) == 16 and aligned_width(16) == 16
     emb = FourierEmbedding(input_dim=2, hidden_dim=8, num_freq_bands=64)
+    emb.ops = FusedOps()
     seen = []
     original = torch.baddbmm
 
@@ -91,7 +97,7 @@ def test_recompute_mode_gives_the_same_gradients_and_keeps_less():
         return [p.grad.clone() for p in emb.parameters()], sum(storages.values())
 
     grads, kept = run()
-    emb.recompute = True
+    emb.ops = RecomputedOps()
     grads_recomputed, kept_recomputed = run()
     for a, b in zip(grads, grads_recomputed):
         torch.testing.assert_close(a, b)
@@ -130,12 +136,12 @@ def test_split_rows_match_the_per_scalar_formulation(rows):
 
 @pytest.mark.slow
 def test_compiled_training_path_matches_eager_values_and_gradients():
-    """compile_for_training(): the traced formulation gives the eager values/gradients for several row counts
-    (dynamic shapes: no recompilation per count); evaluation stays eager; recompute and compile exclude each other."""
+    """CompiledOps: the compiled traced formulation gives the fused values/gradients for several row counts
+    (dynamic shapes: no recompilation per count), and the same no-grad outputs."""
     import copy
     emb = make_embedding(3, hidden=16).float().train()
     twin = copy.deepcopy(emb)
-    emb.compile_for_training()
+    emb.ops = CompiledOps()
     gen = torch.Generator().manual_seed(3)
     for rows in (40, 77):
         inputs = (5 * torch.randn(rows, 3, generator=gen)).requires_grad_()
@@ -147,16 +153,13 @@ def test_compiled_training_path_matches_eager_values_and_gradients():
                              torch.autograd.grad((ref * upstream).sum(), [inputs] + list(twin.parameters()))):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
-        torch.testing.assert_close(emb.eval()(inputs, categorical), twin.eval()(inputs, categorical))
-    other = make_embedding(2).float()
-    other.recompute = True
-    with pytest.raises(ValueError, match='exclusive'):
-        other.compile_for_training()
+        torch.testing.assert_close(emb.eval()(inputs, categorical), twin.eval()(inputs, categorical),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_compile_memory_budget_keeps_fewer_activations_with_the_same_gradients():
-    """QCNet's --compile_memory_budget sets the compiled backward's activation budget: a compiled embedding then
+    """--compile_memory_budget sets the compiled backward's activation budget: a compiled embedding then
     saves a fraction of the bytes for its backward pass (recomputing the rest) and gives the same gradients."""
     import torch._dynamo
     import torch._functorch.config as functorch_config
@@ -164,8 +167,7 @@ def test_compile_memory_budget_keeps_fewer_activations_with_the_same_gradients()
     def saved_bytes_and_grads(budget):
         functorch_config.activation_memory_budget = budget
         torch._dynamo.reset()  # compile again under this budget
-        emb = make_embedding(3, hidden=32, bands=16).float().train()
-        emb.compile_for_training()
+        emb = make_embedding(3, hidden=32, bands=16, ops=CompiledOps()).float().train()
         inputs = (5 * torch.randn(2048, 3, generator=torch.Generator().manual_seed(4))).requires_grad_()
         saved = []
 

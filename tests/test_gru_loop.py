@@ -1,9 +1,11 @@
-"""The GRU as a step loop (layers/gru_loop.py): the function of torch.nn.GRU, values and gradients; compiled too."""
+"""The GRU as a step loop (acceleration/kernels/gru_loop.py): the function of torch.nn.GRU, values and gradients; compiled too."""
 import pytest
 import torch
 import torch.nn as nn
 
-from layers.gru_loop import gru_final_state, gru_final_state_loop
+from acceleration.kernels.gru_loop import gru_final_state_loop
+from acceleration.kernels.layer_ops import GRULoopOps
+from layers.layer_ops import PLAIN_OPS
 
 
 def make_gru(seed=0, size=12, dtype=torch.float64):
@@ -35,10 +37,14 @@ def test_loop_equals_nn_gru_values_and_gradients(steps):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_gru_final_state_default_path_is_the_module():
+def test_plain_form_is_the_module_and_the_loop_runs_only_with_gradients_in_training():
     gru = make_gru()
     inputs, h0 = torch.randn(4, 3, 12, dtype=torch.float64), torch.randn(3, 12, dtype=torch.float64)
-    assert torch.equal(gru_final_state(gru, inputs, h0), gru(inputs, h0.unsqueeze(0))[1][0])
+    assert torch.equal(PLAIN_OPS.gru_final_state(gru, inputs, h0), gru(inputs, h0.unsqueeze(0))[1][0])
+    looped = GRULoopOps(compile=False)
+    with torch.no_grad():  # evaluation keeps the module
+        assert torch.equal(looped.gru_final_state(gru, inputs, h0), gru(inputs, h0.unsqueeze(0))[1][0])
+    torch.testing.assert_close(looped.gru_final_state(gru, inputs, h0), gru(inputs, h0.unsqueeze(0))[1][0])
 
 
 @pytest.mark.slow
@@ -48,7 +54,7 @@ def test_compiled_loop_equals_nn_gru():
     for rows in (6, 11):  # dynamic shapes: one compilation for both row counts
         inputs = torch.randn(5, rows, 8, generator=gen, requires_grad=True)
         h0 = torch.randn(rows, 8, generator=gen)
-        ours = gru_final_state(gru, inputs, h0, compiled=True)
+        ours = GRULoopOps().gru_final_state(gru, inputs, h0)
         ref = gru(inputs, h0.unsqueeze(0))[1][0]
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
         params = [inputs] + list(gru.parameters())

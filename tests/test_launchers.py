@@ -1,4 +1,4 @@
-"""The .sh launchers' FAST switch: FAST=1 passes every speed option to train.py / val.py / test.py, FAST=0 none, any
+"""The .sh launchers' FAST switch: FAST=1 passes --speed fast to train.py / val.py / test.py, FAST=0 nothing, any
 other value is a one-line error before any data is written; with the real interpreter on a CPU the scripts' own
 flag check answers (the options need a CUDA GPU)."""
 import os
@@ -7,10 +7,8 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_FAST = ['--cuda_graphs', '--compile_attention', '--compile_embeddings', '--compile_gru',
-              '--build_graph_in_workers']
-EVAL_FAST = ['--cuda_graphs', '--compile', '--build_graph_in_workers']
-ALL_FAST = set(TRAIN_FAST + EVAL_FAST)
+TRAIN_FAST = EVAL_FAST = ['--speed', 'fast']
+ALL_FAST = set(TRAIN_FAST)
 
 
 def launch(script, tmp_path, python=None, **env):

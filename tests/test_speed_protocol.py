@@ -20,9 +20,14 @@ def test_protocol_help_and_missing_arguments():
 def test_step_benchmark_passes_the_speed_options_to_the_model():
     sys.path.insert(0, ROOT)
     from benchmarks.bench_qcnet_step import build_model, parse_args
+    from acceleration.kernels.layer_ops import CompiledOps, GRULoopOps
+    from acceleration.options import PRESETS
     args = parse_args(['--device', 'cpu', '--hidden_dim', '16', '--compile_embeddings', '--compile_gru'])
     model = build_model(args)
-    assert model.hparams.compile_embeddings and model.hparams.compile_gru and model.decoder.compile_gru
+    assert isinstance(model.decoder.ops, GRULoopOps) and isinstance(model.decoder.y_emb.ops, CompiledOps)
+    assert not any(k.startswith('compile') for k in model.hparams)
+    assert parse_args(['--speed', 'fast', '--compile_inference']).speed_options == PRESETS['fast']
+    assert parse_args(['--speed', 'fast', '--no_tf32']).speed_options.tf32 is False
     with pytest.raises(SystemExit, match='--prebuilt_graph is for --impl ours'):
         from benchmarks.bench_qcnet_step import main
         main(['--impl', 'official', '--official_repo', '/nonexistent', '--prebuilt_graph', '--device', 'cpu',

@@ -1,9 +1,9 @@
-"""Split-K linear maps (layers/split_k_linear.py): same values and gradients as the plain matmuls."""
+"""Split-K linear maps (acceleration/kernels/split_k_linear.py): same values and gradients as the plain matmuls."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from layers.split_k_linear import MIN_ROWS, SPLIT_CHUNKS, batched_linear, linear, split_k_weight_grad, split_rows
+from acceleration.kernels.split_k_linear import MIN_ROWS, SPLIT_CHUNKS, batched_linear, linear, split_k_weight_grad, split_rows
 
 
 def _grads(out, inputs, seed=0):

@@ -172,22 +172,24 @@ def test_a_second_backbone_plugs_in_without_touching_the_losses(view_batch):
         build_backbone('qcnet', **{**SmartPretrain(**TINY_QCNET_SSL).hparams, 'num_modes': 6})
 
 
-def test_compile_flags_switch_the_qcnet_backbone_layers_of_both_branches():
-    """--compile_attention / --compile_embeddings of train_ssl.py: the online branch compiles its calls with gradients,
-    the momentum branch (always run without gradients) its no-grad calls; a backbone without such layers refuses."""
+def test_compile_options_switch_the_qcnet_backbone_layers_of_both_branches():
+    """acceleration.apply with --compile_attention / --compile_embeddings (train_ssl.py): the attention layers of
+    both branches take the compiled form (shared compiled function, each its own weights), no hyper-parameter
+    records it; a backbone without such layers refuses."""
+    from acceleration.apply import apply
+    from acceleration.kernels.layer_ops import CompiledOps
+    from acceleration.options import SpeedOptions
     from layers.attention_layer import AttentionLayer
     from layers.fourier_embedding import FourierEmbedding
-    model = SmartPretrain(**TINY_QCNET_SSL, compile_attention=True)
-    assert model.hparams.compile_attention and not model.hparams.compile_embeddings
+    model = apply(SmartPretrain(**TINY_QCNET_SSL, compile_attention=True), SpeedOptions(compile_attention=True))
+    assert 'compile_attention' not in model.hparams
     online = [m for m in model.branch.modules() if isinstance(m, AttentionLayer)]
     momentum = [m for m in model.momentum_branch.modules() if isinstance(m, AttentionLayer)]
     assert online and len(online) == len(momentum)
-    assert all(m.compiled_training and not m.compiled_inference for m in online)
-    assert all(m.compiled_inference and not m.compiled_training for m in momentum)
-    assert not any(m.compiled_training or m.compiled_inference
-                   for m in model.modules() if isinstance(m, FourierEmbedding))
-    both = SmartPretrain(**TINY_QCNET_SSL, compile_attention=True, compile_embeddings=True)
+    assert all(isinstance(m.ops, CompiledOps) for m in online + momentum)
+    assert not any(isinstance(m.ops, CompiledOps) for m in model.modules() if isinstance(m, FourierEmbedding))
+    both = apply(SmartPretrain(**TINY_QCNET_SSL), SpeedOptions(compile_attention=True, compile_embeddings=True))
     embeddings = [m for m in both.branch.modules() if isinstance(m, FourierEmbedding)]
-    assert embeddings and all(m.compiled_training for m in embeddings)
-    with pytest.raises(ValueError, match="backbone 'test_history_mlp' has no attention layers"):
-        SmartPretrain(backbone='test_history_mlp', hidden_dim=16, compile_embeddings=True)
+    assert embeddings and all(isinstance(m.ops, CompiledOps) for m in embeddings)
+    with pytest.raises(ValueError, match="--compile_attention: SmartPretrain has no layer of that kind"):
+        apply(SmartPretrain(backbone='test_history_mlp', hidden_dim=16), SpeedOptions(compile_attention=True))

@@ -10,9 +10,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
-from predictors.smartpretrain import SmartPretrain, ViewEpochCallback, rng_states, set_rng_states
+from predictors.smartpretrain import SmartPretrain, ViewEpochCallback
 from transforms.ssl_views import SSLViews
 from utils.pretrained import load_pretrained_into_qcnet
+from utils.rng import rng_states, set_rng_states
 
 from tiny_configs import TINY_QCNET_SSL, as_flags
 from sample_data import AV2_TRAIN_DIR

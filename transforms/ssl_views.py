@@ -31,6 +31,10 @@ from torch_geometric.data import HeteroData
 
 ANCHOR = 'anchor'
 TARGET = 'target'
+# A batch may instead carry both views of its scenes as ONE batch under VIEWS (blocks of scenes in VIEW_ORDER: the
+# momentum branch's passes in the official order), next to the anchor batch (acceleration/view_pair_batch.py).
+VIEWS = 'views'
+VIEW_ORDER = (TARGET, ANCHOR)
 
 # Agent fields rebuilt for a view; any other agent field with a time axis of length T is sliced to the window.
 _REBUILT_FIELDS = ('valid_mask', 'predict_mask')

@@ -5,7 +5,7 @@ from typing import Any, Optional, Tuple
 
 from predictors.names import AUTO, model_names
 from utils.cli import (bool_flag, check_checkpoint_file, evaluation_strategy, input_errors, positive_int)
-from utils.evaluation_options import add_evaluation_speed_args, prepare_model_for_evaluation
+from acceleration.options import add_speed_args
 
 
 def add_evaluation_args(parser: ArgumentParser, split: str) -> None:
@@ -24,7 +24,7 @@ def add_evaluation_args(parser: ArgumentParser, split: str) -> None:
     parser.add_argument('--accelerator', type=str, default='auto')
     parser.add_argument('--devices', type=positive_int, default=1)
     parser.add_argument('--precision', type=str, default='32', choices=['32', 'bf16-mixed'])
-    add_evaluation_speed_args(parser)
+    add_speed_args(parser, evaluation=True)
     parser.add_argument('--ckpt_path', type=str, required=True,
                         help='predictor checkpoint (e.g. <log_dir>/<exp_name>/checkpoints/last.ckpt)')
 
@@ -38,7 +38,9 @@ def load_predictor(args: Namespace) -> Tuple[Any, Optional[Any]]:
     with input_errors(ValueError):
         model = model_class_for_checkpoint(args.ckpt_path, args.model).load_from_checkpoint(
             checkpoint_path=args.ckpt_path, map_location='cpu')
-    return model, prepare_model_for_evaluation(model, args)
+    from acceleration.evaluation import prepare_model_for_evaluation
+    with input_errors(ValueError):  # speed flags the model or machine cannot take: before any data is processed
+        return model, prepare_model_for_evaluation(model, args)
 
 
 def split_dataset(args: Namespace, split: str, model: Any, transform: Optional[Any]) -> Any:
@@ -55,13 +57,13 @@ def split_loader(args: Namespace, dataset: Any, batch_size: int, graph_builder: 
     """Loader over ``dataset`` in order; with a graph builder the workers also build each batch's edge lists."""
     import torch
     from torch_geometric.loader import DataLoader
-    from utils.prebuilt_graph import GraphBuildingCollate
+    from acceleration.edge_lists_in_workers import EdgeListCollate
     # page-locked host memory only helps copies to a GPU (without one, the loader warns on every start)
     pin_memory = args.pin_memory and args.accelerator != 'cpu' and torch.cuda.is_available()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=pin_memory, persistent_workers=args.persistent_workers and args.num_workers > 0)
     if graph_builder is not None:
-        loader.collate_fn = GraphBuildingCollate(loader.collate_fn, graph_builder)
+        loader.collate_fn = EdgeListCollate(loader.collate_fn, graph_builder)
     return loader
 
 

@@ -117,6 +117,17 @@ def _first(items: Sequence[Any], limit: int = 3) -> str:
     return shown + (', ...' if len(items) > limit else '')
 
 
+def trained_with_manual_optimisation(checkpoint: Dict[str, Any]) -> bool:
+    """Whether ``checkpoint``'s run trained with Lightning's manual optimisation (the CUDA-graph step): older
+    checkpoints say so in the hyper-parameter cuda_graphs, newer ones in the progress of the manual loop."""
+    stored = checkpoint.get('hyper_parameters') or {}
+    if 'cuda_graphs' in stored:
+        return bool(stored['cuda_graphs'])
+    fit_loop = (checkpoint.get('loops') or {}).get('fit_loop') or {}
+    progress = fit_loop.get('epoch_loop.manual_optimization.optim_step_progress') or {}
+    return int((progress.get('total') or {}).get('completed') or 0) > 0
+
+
 def check_resume_checkpoint(path: os.PathLike, model: pl.LightningModule) -> Dict[str, Any]:
     """Checks that ``path`` can continue the training of ``model`` (built from the command-line flags).
 
@@ -145,10 +156,11 @@ def check_resume_checkpoint(path: os.PathLike, model: pl.LightningModule) -> Dic
     flags = dict(model.hparams)
     differing = [f'{name}={stored[name]!r} in the checkpoint vs {flags[name]!r} from the flags'
                  for name in ARCHITECTURE_HPARAMS if name in stored and name in flags and stored[name] != flags[name]]
-    if bool(stored.get('cuda_graphs', False)) != bool(flags.get('cuda_graphs', False)):
+    manual = trained_with_manual_optimisation(checkpoint)
+    if manual != (not model.automatic_optimization):
         # --cuda_graphs trains with Lightning's manual optimisation, whose loop counts steps in other progress
         # trackers than the automatic one: switching at a resume would restart the step count.
-        said = 'with' if stored.get('cuda_graphs') else 'without'
+        said = 'with' if manual else 'without'
         raise CheckpointError(f'{source}: trained {said} --cuda_graphs; resume it {said} --cuda_graphs (the step '
                               f'count of the training loop is kept per optimisation mode)')
     if differing:

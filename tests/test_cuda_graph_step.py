@@ -1,6 +1,6 @@
-"""Fixed-shape (padded) QCNet steps of utils.static_graph on real Argoverse 2 scenes: the padded forward, losses and
-gradients equal the unpadded ones; capacities; the --cuda_graphs training path of the Lightning module (on CPU the
-padded step runs without capture)."""
+"""The CUDA-graph step (acceleration.cuda_graph_step) with QCNet's padding (acceleration.padded_qcnet_batch) on real
+Argoverse 2 scenes: the padded forward, losses and gradients equal the unpadded ones; capacities; the --cuda_graphs
+training path of the Lightning module (on CPU the padded step runs without capture)."""
 import os
 
 import pytest
@@ -8,7 +8,11 @@ import torch
 from torch_geometric.data import Batch
 
 from predictors import QCNet
-from utils.static_graph import QCNET_EDGE_LAYOUTS, CapacityLadder, StaticBatch, StaticGraphRunner, graph_sizes
+from acceleration.apply import apply
+from acceleration.cuda_graph_step import CapacityLadder, CudaGraphStep, FixedShapeRunner
+from acceleration.options import SpeedOptions
+from acceleration.padded_qcnet_batch import QCNET_EDGE_LAYOUTS, PaddedQCNetBatch, QCNetPadding
+from acceleration.padded_qcnet_batch import qcnet_sizes as graph_sizes
 
 from tiny_configs import TINY_QCNET
 from sample_data import AV2_DIR
@@ -37,12 +41,12 @@ def required_capacities(sizes, extra=1):
 
 
 def padded_forward(model, batch, capacities):
-    """One eager forward on ``batch`` padded to ``capacities``: (outputs of all padded agents, the StaticBatch)."""
+    """One eager forward on ``batch`` padded to ``capacities``: (outputs of all padded agents, the padded batch)."""
     with torch.no_grad():
         graph = model.build_graph(batch)
-    static = StaticBatch(batch, capacities, STEPS, MODES)
+    static = PaddedQCNetBatch(batch, capacities, STEPS, MODES)
     static.fill(batch, graph)
-    return model(static.data, static.graph), static
+    return model(static.data, static.edge_lists), static
 
 
 def tiny_model(**overrides):
@@ -81,7 +85,7 @@ def test_padded_losses_and_gradients_equal_unpadded(batch):
     expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
 
-    runner = StaticGraphRunner(model, 'train', STEPS, MODES, capture=False)
+    runner = CudaGraphStep(model, QCNetPadding(model), capture=False).training_runner
     padded_losses = runner(batch)
     assert runner.last_capacities['agent'] > runner.last_sizes['agent']
     for name in ('loss', 'reg_loss_propose', 'reg_loss_refine', 'cls_loss'):
@@ -99,7 +103,7 @@ def test_padded_losses_and_gradients_equal_unpadded(batch):
 
 def test_infer_runner_matches_forward_and_reuses_capacity(batch):
     model = tiny_model().eval()
-    runner = StaticGraphRunner(model, 'infer', STEPS, MODES, capture=False)
+    runner = CudaGraphStep(model, QCNetPadding(model), capture=False).inference_runner
     with torch.no_grad():
         expected = model(batch)
     first = runner(batch)
@@ -114,7 +118,7 @@ def test_infer_runner_matches_forward_and_reuses_capacity(batch):
 def test_infer_runner_takes_batches_without_targets_after_batches_with(batch):
     """Validation batches carry targets, test batches do not: one runner serves both (separate static buffers)."""
     model = tiny_model().eval()
-    runner = StaticGraphRunner(model, 'infer', STEPS, MODES, capture=False)
+    runner = CudaGraphStep(model, QCNetPadding(model), capture=False).inference_runner
     with_targets = runner(batch)
     test_like = batch.clone()
     del test_like['agent']['target']
@@ -128,15 +132,15 @@ def test_static_batch_pads_edges_onto_the_last_padded_node(batch):
     model = tiny_model()
     graph = model.build_graph(batch)
     capacities = roomy_capacities(model, batch)
-    static = StaticBatch(batch, capacities, STEPS, MODES)
+    static = PaddedQCNetBatch(batch, capacities, STEPS, MODES)
     sizes = static.fill(batch, graph)
     num_agents, agent_cap = sizes['agent'], capacities['agent']
     # step-major agent indices are remapped to the padded agent count, the others are unchanged
     src, dst = graph['a2a']
-    assert torch.equal(static.graph['a2a'][1, :sizes['a2a']], (dst // num_agents) * agent_cap + dst % num_agents)
-    assert torch.equal(static.graph['t'][:, :sizes['t']], graph['t'])
+    assert torch.equal(static.edge_lists['a2a'][1, :sizes['a2a']], (dst // num_agents) * agent_cap + dst % num_agents)
+    assert torch.equal(static.edge_lists['t'][:, :sizes['t']], graph['t'])
     for name, (src_layout, dst_layout) in QCNET_EDGE_LAYOUTS.items():
-        padding = static.graph[name][:, sizes[name]:]
+        padding = static.edge_lists[name][:, sizes[name]:]
         assert padding.size(1) == capacities[name] - sizes[name] > 0
         assert (padding == padding[:, :1]).all(), name
     # padded agents: nothing valid, nothing to predict
@@ -153,7 +157,7 @@ def test_static_batch_refuses_a_batch_that_does_not_fit(batch):
     model = tiny_model()
     graph = model.build_graph(batch)
     sizes = graph_sizes(batch, graph)
-    static = StaticBatch(batch, {**required_capacities(sizes), 'pl2a': sizes['pl2a']}, STEPS, MODES)
+    static = PaddedQCNetBatch(batch, {**required_capacities(sizes), 'pl2a': sizes['pl2a']}, STEPS, MODES)
     with pytest.raises(ValueError, match='exceed the capacities'):
         static.fill(batch, graph)
 
@@ -185,7 +189,8 @@ def test_cuda_graphs_flag_trains_with_manual_optimisation_on_cpu(batch, tmp_path
     scenes = [batch.get_example(i) for i in range(batch.num_graphs)]
 
     def fit(cuda_graphs):
-        model = tiny_model(dropout=0.0, cuda_graphs=cuda_graphs, T_max=4)
+        model = tiny_model(dropout=0.0, T_max=4)
+        apply(model, SpeedOptions(cuda_graphs=cuda_graphs))
         before = [p.detach().clone() for p in model.parameters()]
         recorded = []
 
@@ -226,18 +231,20 @@ def test_cuda_graphs_flag_without_a_gpu_is_a_one_line_error(tmp_path):
         train.main(flags + ['--accelerator', 'cpu', '--compile_attention', '--compile_embeddings', '--compile_gru'])
     with pytest.raises(CliError, match='--compile_embeddings and --recompute_embeddings exclude each other'):
         train.main(flags + ['--accelerator', 'cpu', '--compile_embeddings', '--recompute_embeddings'])
-    model = tiny_model()
-    from utils.static_graph import enable_for_evaluation
-    with pytest.raises(ValueError, match='needs a CUDA GPU'):
-        enable_for_evaluation(model, 'cpu')
-    assert not model.cuda_graphs
+    import val
+    with pytest.raises(CliError, match='--cuda_graphs: needs a CUDA GPU'):
+        checkpoint = tmp_path / 'model.ckpt'
+        model = tiny_model()
+        torch.save({'state_dict': model.state_dict(), 'hyper_parameters': dict(model.hparams),
+                    'pytorch-lightning_version': '2.6.0'}, checkpoint)
+        val.main(['--root', str(tmp_path), '--ckpt_path', str(checkpoint), '--accelerator', 'cpu', '--speed', 'fast'])
 
 
 def test_runner_drops_its_graphs_when_the_parameters_move(batch):
     """Lightning moves a module to the CPU after fit/validate and back at the next call: new parameter memory that
     a captured graph would not see. The runner notices and starts over (on CPU: its padded buffers)."""
     model = tiny_model().eval()
-    runner = StaticGraphRunner(model, 'infer', STEPS, MODES, capture=False)
+    runner = CudaGraphStep(model, QCNetPadding(model), capture=False).inference_runner
     first = runner(batch)
     entries = dict(runner._entries)
     runner(batch)

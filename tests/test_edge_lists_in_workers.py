@@ -1,5 +1,6 @@
-"""Edge lists built in the loader workers (utils.prebuilt_graph) on real Argoverse 2 scenes: the collate function
-attaches exactly the model's own graph, and QCNet's forward and fixed-shape runner use it instead of building one."""
+"""Edge lists built in the loader workers (acceleration.edge_lists_in_workers) on real Argoverse 2 scenes: the collate
+function attaches exactly the model's own edge lists, and QCNet's forward and CUDA-graph step use them instead of
+building their own."""
 import os
 
 import pytest
@@ -7,8 +8,12 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from predictors import QCNet
-from utils.prebuilt_graph import GRAPH_ATTRIBUTE, GraphBuildingCollate, prebuilt_graph
-from utils.static_graph import StaticGraphRunner
+from acceleration.apply import apply
+from acceleration.cuda_graph_step import CudaGraphStep
+from acceleration.edge_lists_in_workers import (EDGE_LISTS_ATTRIBUTE, EdgeListCollate, attached_edge_lists,
+                                                edge_list_builder_for)
+from acceleration.options import PRESETS
+from acceleration.padded_qcnet_batch import QCNetPadding
 
 from tiny_configs import TINY_QCNET
 from sample_data import AV2_DIR
@@ -36,27 +41,29 @@ def tiny_model():
 
 def loader_batch(scenes, builder, num_workers):
     loader = DataLoader(scenes, batch_size=len(scenes), shuffle=False, num_workers=num_workers)
-    loader.collate_fn = GraphBuildingCollate(loader.collate_fn, builder)
+    loader.collate_fn = EdgeListCollate(loader.collate_fn, builder)
     return next(iter(loader))
 
 
-def test_worker_attaches_the_models_own_graph(scenes):
-    model = tiny_model()
-    batch = loader_batch(scenes, tiny_model(), num_workers=1)  # built in a worker process by a twin model
-    graph = prebuilt_graph(batch)
+def test_worker_attaches_the_models_own_edge_lists(scenes):
+    model = apply(tiny_model(), PRESETS['fast'])
+    builder = edge_list_builder_for(model, num_workers=1)  # plain CPU twin: picklable for spawned workers too
+    assert builder.fixed_shape_step is None and 'ops' not in vars(builder.decoder.y_emb)
+    batch = loader_batch(scenes, builder, num_workers=1)  # built in a worker process
+    graph = attached_edge_lists(batch)
     assert graph is not None
-    delattr(batch, GRAPH_ATTRIBUTE)
+    delattr(batch, EDGE_LISTS_ATTRIBUTE)
     expected = model.build_graph(batch)
     assert sorted(graph) == sorted(expected)
     for name in expected:
         assert torch.equal(graph[name], expected[name]), name
 
 
-def test_forward_and_runner_use_the_prebuilt_graph(scenes, monkeypatch):
+def test_forward_and_runner_use_the_attached_edge_lists(scenes, monkeypatch):
     model = tiny_model().train()
     plain = loader_batch(scenes, model, num_workers=0)
-    graph = prebuilt_graph(plain)
-    delattr(plain, GRAPH_ATTRIBUTE)
+    graph = attached_edge_lists(plain)
+    delattr(plain, EDGE_LISTS_ATTRIBUTE)
     reference = model(plain)
     ref_losses = model.compute_losses(plain, reference)
 
@@ -69,14 +76,13 @@ def test_forward_and_runner_use_the_prebuilt_graph(scenes, monkeypatch):
     outputs = model(with_graph)
     for name in reference:
         assert torch.equal(outputs[name], reference[name]), name
-    runner = StaticGraphRunner(model, 'train', TINY_QCNET['num_historical_steps'], TINY_QCNET['num_modes'],
-                               capture=False)
+    runner = CudaGraphStep(model, QCNetPadding(model), capture=False).training_runner
     losses = runner(with_graph)
     ref = float(ref_losses['loss'].detach())
     assert abs(float(losses['loss']) - ref) < 1e-5 * max(1.0, abs(ref))
-    assert set(prebuilt_graph(with_graph)) == set(graph)
+    assert set(attached_edge_lists(with_graph)) == set(graph)
 
 
-def test_collate_refuses_a_model_without_graph_construction():
+def test_collate_refuses_a_model_without_edge_list_construction():
     with pytest.raises(ValueError, match='has no build_graph'):
-        GraphBuildingCollate(lambda items: items, torch.nn.Linear(2, 2))
+        EdgeListCollate(lambda items: items, torch.nn.Linear(2, 2))

@@ -7,13 +7,9 @@ unrolls it into one small matmul and one fused gate kernel per step, which the C
 Same function as ``torch.nn.GRU`` (PyTorch's gate order r, z, n and its n-gate formula), same parameters.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from layers.split_k_linear import linear
-
-# torch.compile'd gru_final_state_loop, created by the first gru_final_state(..., compiled=True) call.
-_compiled_loop = None
+from acceleration.kernels.split_k_linear import linear
 
 
 def gru_final_state_loop(inputs: torch.Tensor, h0: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
@@ -37,14 +33,3 @@ def gru_final_state_loop(inputs: torch.Tensor, h0: torch.Tensor, weight_ih: torc
         n = torch.tanh(gates_x[:, 2 * hidden:] + r * gates_h[:, 2 * hidden:])
         h = n + z * (h - n)
     return h
-
-
-def gru_final_state(gru: nn.GRU, inputs: torch.Tensor, h0: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-    """Final hidden state [N, H] of the one-layer, unidirectional, time-major ``gru`` over inputs [T, N, in] from
-    h0 [N, H]: cuDNN/ATen's GRU, or with ``compiled`` the compiled step loop (same function, float rounding)."""
-    if not compiled:
-        return gru(inputs, h0.unsqueeze(0).contiguous())[1][0]
-    global _compiled_loop
-    if _compiled_loop is None:
-        _compiled_loop = torch.compile(gru_final_state_loop, dynamic=True)
-    return _compiled_loop(inputs, h0, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)

@@ -1,8 +1,8 @@
 """Gradient averaging across processes for training steps that bypass DistributedDataParallel's autograd hooks.
 
-A step replayed as a CUDA graph (utils.static_graph) writes its gradients without running autograd, so DDP's reducer
-never sees them. This averages them as DDP would (sum over processes / world size), outside the graph, through one
-flat buffer: one collective per step instead of one per parameter.
+A step replayed as a CUDA graph (acceleration.cuda_graph_step) writes its gradients without running autograd, so DDP's
+reducer never sees them. This averages them as DDP would (sum over processes / world size), outside the graph,
+through one flat buffer: one collective per step instead of one per parameter.
 """
 from typing import Iterable, Optional
 

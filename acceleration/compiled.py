@@ -1,0 +1,48 @@
+"""torch.compile in one place: the compiled functions of the process (one per function, shared by every layer that
+runs it) and the persistent on-disk cache of the compiled kernels."""
+import os
+from typing import Callable, Dict, Optional
+
+import torch
+
+# Compiled layer functions take the layer as an argument, so a copied layer (SmartPretrain's momentum branch) runs
+# the same compiled function on its own weights, and the layer variants share one dynamo cache.
+_COMPILED: Dict[Callable, Callable] = {}
+# QCNet has more layer variants and instances than dynamo's default recompile limit of 8, past which a function
+# silently runs eagerly.
+RECOMPILE_LIMIT = 64
+
+
+def compiled(function: Callable) -> Callable:
+    """``torch.compile(function, dynamic=True)``, made once per function."""
+    result = _COMPILED.get(function)
+    if result is None:
+        import torch._dynamo
+        limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), RECOMPILE_LIMIT))
+        result = _COMPILED[function] = torch.compile(function, dynamic=True)
+    return result
+
+
+def use_compile_cache_dir(path: Optional[str]) -> Optional[str]:
+    """Keeps inductor's compiled kernels (and triton's, which inductor places below it) in ``path``, so a later run
+    with the same shapes loads them instead of compiling again; None leaves inductor's default (a folder under the
+    system temporary directory). Inductor reads the folder from TORCHINDUCTOR_CACHE_DIR at each compilation, so
+    this is set before the first one. Returns the folder in use."""
+    if path is not None:
+        os.makedirs(path, exist_ok=True)
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.path.abspath(path)
+        import torch._inductor.config
+        torch._inductor.config.fx_graph_cache = True  # compiled graphs (forward and backward)
+        torch._inductor.config.autotune_local_cache = True
+        import torch._functorch.config
+        if hasattr(torch._functorch.config, 'enable_autograd_cache'):
+            torch._functorch.config.enable_autograd_cache = True
+    return os.environ.get('TORCHINDUCTOR_CACHE_DIR')
+
+
+def set_activation_memory_budget(budget: float) -> None:
+    """Fraction of the compiled functions' activations their backward may keep (process-wide setting of the
+    compiled backward's partitioner; below 1 it recomputes more of the forward)."""
+    import torch._functorch.config
+    torch._functorch.config.activation_memory_budget = budget
