@@ -113,8 +113,8 @@ def _unit_fraction(value: str) -> float:
 def add_speed_args(parser: argparse.ArgumentParser, evaluation: bool = False) -> None:
     """``--speed`` and the override flags (default None: the preset decides). ``evaluation`` (val.py / test.py) also
     takes ``--compile`` (= --compile_attention 1 --compile_embeddings 1, their earlier evaluation flag)."""
-    group = parser.add_argument_group('speed and memory (run-time options: same model, same checkpoints; '
-                                      'docs/PERFORMANCE.md)')
+    group = parser.add_argument_group('speed and memory (run-time options: same model, same checkpoints; each '
+                                      'flag left out takes its value from --speed; docs/PERFORMANCE.md)')
     group.add_argument('--speed', choices=sorted(PRESETS), default='default',
                        help='preset of the options below: default (fused kernels, TF32 while training on CUDA), fast '
                             '(+ torch.compile, CUDA graphs, edge lists in the loader workers; CUDA GPUs), low_memory '
@@ -135,14 +135,15 @@ def add_speed_args(parser: argparse.ArgumentParser, evaluation: bool = False) ->
                                 'of 2B scenes, BatchNorm statistics per view) instead of once per view',
     }
     for flag, text in helps.items():
-        group.add_argument(f'--{flag}', type=_boolean, nargs='?', const=True, default=None, metavar='0|1',
-                           help=text)
-    group.add_argument('--no_tf32', dest='tf32', action='store_const', const=False,
+        group.add_argument(f'--{flag}', type=_boolean, nargs='?', const=True, default=argparse.SUPPRESS,
+                           metavar='0|1', help=text)
+    # Left-out overrides stay out of the namespace (SUPPRESS): the preset decides, and --help shows no default.
+    group.add_argument('--no_tf32', dest='tf32', action='store_const', const=False, default=argparse.SUPPRESS,
                        help='same as --tf32 0 (full float32 matmuls while training)')
-    group.add_argument('--compile_memory_budget', type=_unit_fraction, default=None,
+    group.add_argument('--compile_memory_budget', type=_unit_fraction, default=argparse.SUPPRESS,
                        help='with the --compile_* options: fraction of their activations the compiled backward may '
                             'keep (below 1: more recomputation, less memory; default 1)')
-    group.add_argument('--compile_cache_dir', type=str, default=None,
+    group.add_argument('--compile_cache_dir', type=str, default=argparse.SUPPRESS,
                        help='persistent torch.compile cache folder (training default: <run directory>/compile_cache; '
                             'a shared folder lets every run and node reuse the compiled kernels)')
     if evaluation:

@@ -45,11 +45,14 @@ def sync(device):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from layers.attention_layer import normalize_edge_embedding
+    from acceleration.kernels.fourier_embedding import traced_embedding
+    from acceleration.kernels.layer_ops import FusedOps
     from layers.fourier_embedding import FourierEmbedding
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(0)
     emb = FourierEmbedding(args.input_dim, args.hidden_dim, args.num_freq_bands).to(device)
+    emb.ops = FusedOps()  # eager: the fused form that --speed default runs
     features = torch.randn(args.rows, args.input_dim, device=device) * 20
     grad_out = torch.randn(args.rows, args.hidden_dim, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == 'bf16-mixed')
@@ -59,7 +62,8 @@ def main(argv=None) -> int:
 
     import torch._functorch.config as functorch_config
     functorch_config.activation_memory_budget = args.memory_budget
-    compiled = torch.compile(embed, dynamic=False)
+    # compiled: the traced form that --compile_embeddings compiles
+    compiled = torch.compile(lambda x: normalize_edge_embedding(traced_embedding(emb, x, None)), dynamic=False)
     results = {'device': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu', 'args': vars(args)}
     outputs = {}
     for name, fn in (('eager', embed), ('compiled', compiled)):

@@ -9,7 +9,7 @@ from torch_geometric.data import Batch
 
 from predictors import QCNet
 from acceleration.apply import apply
-from acceleration.cuda_graph_step import CapacityLadder, CudaGraphStep, FixedShapeRunner
+from acceleration.cuda_graph_step import CapacityLadder, CudaGraphStep
 from acceleration.options import SpeedOptions
 from acceleration.padded_qcnet_batch import QCNET_EDGE_LAYOUTS, PaddedQCNetBatch, QCNetPadding
 from acceleration.padded_qcnet_batch import qcnet_sizes as graph_sizes

@@ -2,7 +2,6 @@
 
 Each class computes the same functions as ``layers.layer_ops.LayerOps``; acceleration.apply gives a layer one of them.
 """
-from typing import Optional
 
 import torch
 import torch.utils.checkpoint
