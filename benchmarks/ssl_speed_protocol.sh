@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The SmartPretrain pre-training step on one machine: the official step and ours (plain, --speed fast) on the same
+# card and the same real scenes, one process per configuration, each under its own time limit.
+#
+#   bash benchmarks/ssl_speed_protocol.sh OFFICIAL_REPO OUT_DIR [BUDGET_SECONDS [CONFIG ...]]
+#
+# OFFICIAL_REPO: a checkout of the official SmartPretrain code (run unmodified, never committed here; see
+# benchmarks/bench_ssl_step.py for how to get it). OUT_DIR: one JSON report and one log per configuration.
+# BUDGET_SECONDS (default 570) bounds the whole run. CONFIG names pick configurations (default: all, in this
+# order): official_16 ours_16 fast_16 official_32 ours_32 fast_32. The fast configurations share one inductor
+# cache (COMPILE_CACHE_DIR, default /tmp/ssl_speed_protocol_compile_cache), so the second compiles in less time.
+# STEPS (default 30) timed steps per configuration. Results go into docs/BENCHMARKS.md with the date, the card and
+# the software versions.
+set -u
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+fi
+if [ $# -lt 2 ]; then
+    echo "error: ssl_speed_protocol.sh: needs OFFICIAL_REPO OUT_DIR (see --help)" >&2
+    exit 2
+fi
+OFFICIAL=$1
+OUT=$2
+BUDGET=${3:-570}
+shift $(($# < 3 ? $# : 3))
+CONFIGS=" ${*:-official_16 ours_16 fast_16 official_32 ours_32 fast_32} "
+mkdir -p "$OUT"
+export TORCHINDUCTOR_CACHE_DIR=${COMPILE_CACHE_DIR:-/tmp/ssl_speed_protocol_compile_cache}
+BENCH="python benchmarks/bench_ssl_step.py --device cuda --steps ${STEPS:-30} --tf32"
+
+# name | seconds at most | flags of bench_ssl_step.py (its --report goes to OUT/<name>.json)
+run() {
+    local name=$1 limit=$2
+    shift 2
+    case "$CONFIGS" in *" $name "*) ;; *) return ;; esac
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 30 ]; then
+        echo "[$name] skipped: ${left}s of the budget left"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "[$name] at most ${limit}s: $BENCH $*"
+    timeout "$limit" $BENCH "$@" --report "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+    echo "[$name] exit $? after ${SECONDS}s"
+    tail -n 3 "$OUT/$name.log"
+}
+
+for B in 16 32; do
+    run official_$B 120 --impl official --official_repo "$OFFICIAL" --batch_size $B --warmup 5
+    run ours_$B 120 --batch_size $B --warmup 5
+    run fast_$B 330 --speed fast --batch_size $B --warmup 10
+done
+echo "total ${SECONDS}s"
