@@ -83,9 +83,16 @@ def build_parser(model: str = 'QCNet') -> ArgumentParser:
                           help='SmartPretrain pre-training checkpoint whose encoder/decoder initialise the model')
     finetune.add_argument('--copy_refine', **bool_flag(False),
                           help='also initialise the refinement attention layers from the proposal ones')
-    finetune.add_argument('--pretrained_branch', type=str, default='momentum', choices=['momentum', 'online'],
+    finetune.add_argument('--pretrained_branch', type=str, default='momentum',
+                          choices=['momentum', 'online', 'supervised'],
                           help='which pre-training branch initialises the model: momentum (the method; its EMA '
-                               'keeps much of its random start after short pre-training runs) or online')
+                               'keeps much of its random start after short pre-training runs) or online; '
+                               'supervised: --pretrained_ckpt is a train.py checkpoint of the same --model, all of '
+                               'whose encoder and decoder is loaded (supervised pre-training; --copy_refine 0)')
+    finetune.add_argument('--mode_noise_std', type=float, default=0.0,
+                          help='deviation from the method (0: off): Gaussian noise of this std on each copy of the '
+                               'one pre-training mode embedding repeated to --num_modes, so that the modes differ '
+                               'when fine-tuning starts (fresh embeddings have std 0.02)')
     finetune.add_argument('--freeze_encoder', **bool_flag(False),
                           help='train only the decoder; the encoder (pre-trained or random) keeps its weights: the '
                                'linear-probe style check of what a pre-trained representation holds')
@@ -126,7 +133,7 @@ def check_cuda_graphs(args: Namespace) -> None:
         return
     # Activation checkpointing saves/restores RNG states: not checked inside a CUDA-graph capture, so the
     # combinations are refused rather than left to fail there. The torch.compile flags work with it (they compile
-    # during the warm-up steps before each capture; BENCHMARKS §2d).
+    # during the warm-up steps before each capture; docs/BENCHMARKS.md, "Training step").
     combined = [flag for flag in ('checkpoint_agent_encoder', 'recompute_embeddings')
                 if getattr(args, flag, False)]
     if combined:
@@ -161,6 +168,9 @@ def main(argv: Optional[List[str]] = None) -> Any:
         check_speed_options(**{k: getattr(args, k) for k in ('compile_embeddings', 'recompute_embeddings',
                                                            'compile_memory_budget') if hasattr(args, k)})
     check_cuda_graphs(args)
+    if args.mode_noise_std and args.pretrained_ckpt is None:
+        raise CliError(f'--mode_noise_std {args.mode_noise_std:g}: needs --pretrained_ckpt (it changes how a '
+                       f'pre-trained mode embedding is transferred)')
     pl.seed_everything(args.seed, workers=True)
 
     run_dir = ensure_output_dir(Path(args.log_dir) / args.exp_name, '--log_dir')
@@ -188,7 +198,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
             print(f'fine-tuning from {args.pretrained_ckpt} ({args.model}, {args.pretrained_branch} branch, '
                   f'copy_refine={args.copy_refine})')
             with input_errors(ValueError, OSError):  # messages name the file: wrong kind, unreadable, other sizes
-                load_pretrained(model, args.pretrained_ckpt, args.copy_refine, branch=args.pretrained_branch)
+                load_pretrained(model, args.pretrained_ckpt, args.copy_refine, branch=args.pretrained_branch,
+                                mode_noise_std=args.mode_noise_std)
 
     if args.freeze_encoder:
         frozen = sum(p.numel() for p in model.encoder.parameters())

@@ -115,18 +115,6 @@ def resolve_resume_checkpoint(args: Namespace, checkpoint_dir: Path) -> Optional
     return str(path)
 
 
-def pretraining_data_module(base: type, view_callback: Any, **kwargs) -> Any:
-    """An instance of data module class ``base`` whose training loader starts with the view transform set to the
-    current epoch (the first loader of a run, resumed or not, is created before any epoch hook runs)."""
-
-    class PretrainingDataModule(base):
-        def train_dataloader(self):
-            view_callback.sync(self.trainer)
-            return super().train_dataloader()
-
-    return PretrainingDataModule(**kwargs)
-
-
 def main(argv: Optional[List[str]] = None) -> Any:
     """Pre-trains as the flags say and returns the Lightning trainer."""
     args = build_parser().parse_args(argv)
@@ -169,16 +157,16 @@ def main(argv: Optional[List[str]] = None) -> Any:
     # Validation views never change (epoch stays 0), so val_loss is comparable across epochs.
     val_views = SSLViews(args.num_historical_steps, args.num_future_steps, seed=args.seed + 1)
     view_callback = ViewEpochCallback(train_views)
+    # the training loader starts with the views of the current epoch (also the first loader of a resumed run)
     if mix_requested(args):
-        datamodule = pretraining_data_module(
-            MultiDatasetDataModule, view_callback, sources=mix_sources(args), train_batch_size=args.train_batch_size,
-            val_batch_size=args.val_batch_size, shuffle=args.shuffle, num_workers=args.num_workers,
-            pin_memory=args.pin_memory, persistent_workers=args.persistent_workers, train_transform=train_views,
-            val_transform=val_views, num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed)
+        datamodule = MultiDatasetDataModule(
+            sources=mix_sources(args), train_batch_size=args.train_batch_size, val_batch_size=args.val_batch_size,
+            shuffle=args.shuffle, num_workers=args.num_workers, pin_memory=args.pin_memory,
+            persistent_workers=args.persistent_workers, train_transform=train_views, val_transform=val_views,
+            num_samples_per_epoch=args.num_samples_per_epoch, seed=args.seed, on_train_loader=view_callback.sync)
     else:
-        datamodule = pretraining_data_module(
-            ArgoverseV2DataModule, view_callback,
-            **{**vars(args), 'train_transform': train_views, 'val_transform': val_views, 'test_transform': None})
+        datamodule = ArgoverseV2DataModule(**{**vars(args), 'train_transform': train_views, 'val_transform': val_views,
+                                              'test_transform': None, 'on_train_loader': view_callback.sync})
     model_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode='min', save_top_k=5,
                                        save_last=True, filename='epoch={epoch}-step={step}-val_loss={val_loss:.4f}',
                                        auto_insert_metric_name=False, enable_version_counter=False)

@@ -11,8 +11,8 @@ every value is below --tolerance (default 1e-4). Dropout probabilities are set t
 deterministic.
 
 Example:
-  python benchmarks/check_official_equivalence.py --official_repo /work/ref/qcnet_official \\
-      --smartpretrain_repo /work/ref/smartpretrain_official --report docs/equivalence_run.json
+  python benchmarks/check_official_equivalence.py --official_repo ../QCNet \\
+      --smartpretrain_repo ../SmartPretrain --report docs/equivalence_run.json
 """
 import argparse
 import copy

@@ -1,4 +1,4 @@
-"""Pieces shared by the experiment scripts (``ssl_low_label.py``, ``scaling_sweep.py``).
+"""Pieces shared by the experiment scripts (``ssl_low_label.py``, ``scaling_sweep.py`` / ``benchmarks/scaling/``).
 
 They drive the project's own CLIs (``train_ssl.py``, ``train.py``, ``val.py``) as subprocesses, so an experiment runs
 exactly the code path a user runs. Everything here is about commands, run directories and result files; nothing
@@ -10,10 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from typing import Dict, List, Optional
 
-from utils.atomic_io import atomic_write_text  # noqa: F401 (the experiment scripts import it from here)
+from utils.atomic_io import atomic_write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,34 +66,13 @@ def model_flags(preset: str, model: str = 'QCNet') -> List[str]:
     return COMMON_MODEL + MODEL_PRESETS[preset]
 
 
-def start_logged(cmd: List[str], log_path: str) -> subprocess.Popen:
-    """Starts one CLI of the project in the project root, stdout + stderr going to ``log_path``."""
+def start_logged(cmd: List[str], log_path: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+    """Starts one CLI of the project in the project root, stdout + stderr going to ``log_path``; ``env``: its whole
+    environment (None: this process's)."""
     print('$ ' + ' '.join(cmd), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     with open(log_path, 'w') as log:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-
-def run_logged(cmd: List[str], log_path: str) -> float:
-    """Runs one CLI to completion; returns its wall-clock seconds. Raises :class:`CommandFailed` on a non-zero exit.
-    The child is terminated when this process is interrupted (Ctrl-C, SIGTERM from a time limit), so no orphaned
-    training keeps a GPU busy."""
-    start = time.perf_counter()
-    proc = start_logged(cmd, log_path)
-    try:
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    if code != 0:
-        raise CommandFailed(f'{os.path.basename(cmd[1]) if len(cmd) > 1 else cmd[0]} failed (exit {code}), '
-                            f'see {log_path}')
-    return time.perf_counter() - start
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def exit_on_sigterm() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The QCNet speed measurement of issue 3 in one GPU session: the official step and ours (every speed option) on the
+# The QCNet speed comparison on one machine: the official step and ours (every speed option) on the
 # same card, one process per configuration, each under its own time limit so a slow compile cannot eat the others.
 #
 #   bash benchmarks/qcnet_speed_protocol.sh SCENES_FILE OFFICIAL_REPO OUT_DIR [BUDGET_SECONDS [CONFIG ...]]
@@ -9,10 +9,10 @@
 # BUDGET_SECONDS (default 570) bounds the whole run. The first compiled configuration fills the inductor cache
 # (TORCHINDUCTOR_CACHE_DIR, default /tmp/qcnet_speed_protocol_inductor; ~95 MB, too large to carry between machines), so
 # later compiled ones on the same machine compile in less time; each compiled configuration still needs 2-7 minutes
-# of warm-up on 16 cores (H200, 2026-12-03), so give one or two configurations per 10-minute call. CONFIG names pick
+# of warm-up on 16 cores (H200, 2026-12-03), so budget about 5 minutes per compiled configuration. CONFIG names pick
 # configurations (default: all, in this order): official compiled_fp32 compiled_infer compiled_fp32_budget
 # compiled_bf16 lightning. MEMORY_BUDGET (default 0.8) is compiled_fp32_budget's --compile_memory_budget. Results go
-# into docs/BENCHMARKS.md with the date and the card.
+# into docs/BENCHMARKS.md with the date, the card and the software versions.
 set -u
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
     sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'

@@ -1,178 +1,627 @@
-"""Low-label experiment: does SmartPretrain pre-training help when labels are scarce?
+"""Low-label study: does SmartPretrain pre-training help when labels are scarce? (protocol: docs/LOW_LABEL.md)
 
-Protocol (all on synthetic Argoverse 2-format scenarios written by ``datasets.synthetic``):
-  1. an unlabelled pool of ``--num_pool`` training scenarios, a labelled subset (the first ``--num_labelled`` of the
-     pool) and ``--num_val`` validation scenarios from another seed;
-  2. pre-train with ``train_ssl.py`` on the pool for ``--pretrain_epochs``;
-  3. for every seed in ``--seeds``: fine-tune ``train.py --pretrained_ckpt`` on the labelled subset, and train the
-     same model from scratch with the same budget (``--finetune_epochs``);
-  4. validate every run with ``val.py`` on the full val split as soon as its training ends; write ``results.json``
-     and a markdown table.
+Synthetic Argoverse 2-format scenarios (``datasets.synthetic``, profile ``--profile``):
+  * an unlabelled pool of ``--num_pool`` scenarios (base seed 0); the labelled subsets of ``--labelled`` sizes are
+    prefixes of its generation order; ``--num_val`` validation scenarios from another seed (1);
+  * for ``--mix_profile``: a pool of the same size, half the target pool's first scenarios, half another profile's.
 
-``--online_arm 1`` adds fine-tunes from the online branch of the same pre-training (``pretrained_online``; the
-method transfers the momentum branch, an EMA that keeps much of its random start after a few hundred steps);
-``--probe 1`` adds decoder-only runs on frozen encoders; ``--runs KIND ...`` runs only some kinds in this job.
+Three subcommands, each resumable (finished work is skipped), all through the project's own CLIs:
 
-Runs go through the project's own CLIs (the code path a user runs). Scratch runs start while pre-training is still
-going (``--overlap``): a QCNet step leaves most of an H100 idle, so the wall time of the whole experiment drops.
+  pretrain   generate + preprocess the data; per backbone of ``--backbones`` run the pre-trainings
+             ``ssl_target`` (train_ssl.py on the pool), ``ssl_mixed`` (on the mixed pool) and ``oracle`` (train.py,
+             supervised, on the labelled pool), several at once (``--parallel``); write into ``--out`` the slim
+             checkpoints ``<backbone>_<source>.ckpt``, ``pretrain.json`` (steps, GPU-seconds, momentum branch's share
+             of its initialisation, measured as benchmarks/momentum_init_share.py does) and ``pretrain_curves.csv``.
+  finetune   generate the labelled prefixes + val split (if missing); for every backbone x arm x labelled size x seed
+             fine-tune train.py and validate val.py on the whole val split, ``--parallel`` runs at once, and append
+             one row to ``--out/runs.csv`` after each (atomically; rows already there are skipped). Arms:
+               scratch         no pre-training;
+               pretrained      the momentum branch of ssl_target (the method);
+               pretrained_sym  the same with the mode symmetry broken at transfer (``--mode_noise_std``; deviation);
+               oracle          the supervised oracle checkpoint, all of its encoder and decoder;
+               mixed           the momentum branch of ssl_mixed (only at the smallest labelled size);
+               scratch_frozen, pretrained_frozen  (on request) probes: only the decoder is trained, on a frozen
+                               random / pre-trained encoder (train.py --freeze_encoder 1).
+             Then the report (below) unless ``--no_report``.
+  report     ``benchmarks/low_label_report.py`` on ``--out``: summary.md + gain_vs_labelled.png.
 
---model picks the predictor / backbone (QCNet, the default, or ForecastMAE), --size its width preset (full, tiny).
+Fine-tune + val of one run is one Python process (``--executor subprocess``, the default: imports and CUDA start
+once per run); ``--executor inprocess`` runs every step in this process, one after another (CPU smoke runs).
+``--pretrain_extra`` / ``--finetune_extra`` pass further flags to train_ssl.py / train.py (e.g. speed options).
 
-Split over two device calls (each at most 10 minutes, wiped afterwards, files back through a small output folder):
-call 1 pre-trains only and exports the slim checkpoint (``--skip_finetune 1 --export_dir OUT``: momentum encoder +
-decoder in float16, ~10.6 MiB for the full-size QCNet, see ``utils/export_pretrained.py``); call 2 carries that file in
-and runs the scratch baselines and the fine-tunes (``--pretrained_ckpt pretrained_slim.ckpt --export_dir OUT``).
-
-Example (one H100, ~8 minutes per model):
-  python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel --accelerator gpu --precision bf16-mixed
-  python benchmarks/ssl_low_label.py --work_dir /tmp/lowlabel_fmae --model ForecastMAE
-In two calls (same data flags in both; synthetic data is regenerated identically from its seeds):
-  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --skip_finetune 1 --export_dir $OUT
-  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --pretrained_ckpt pretrained_slim.ckpt --export_dir $OUT
-With the online arm, in three calls (as recorded in docs/BENCHMARKS.md section 4c):
-  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --online_arm 1 --skip_finetune 1 --export_dir $OUT
-  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --runs pretrained pretrained_online \
-      --pretrained_ckpt pretrained_slim.ckpt --pretrained_online_ckpt pretrained_online_slim.ckpt --export_dir $OUT
-  python benchmarks/ssl_low_label.py --work_dir /tmp/ll --runs scratch --export_dir $OUT
+Example (CPU smoke, tiny models; the GPU commands are in docs/LOW_LABEL.md):
+  python benchmarks/ssl_low_label.py pretrain --work_dir /tmp/ll --out /tmp/ll/out --size tiny --backbones QCNet \\
+      --num_pool 16 --num_val 4 --pretrain_steps 2 --pretrain_batch_size 4 --oracle_steps 2 --accelerator cpu \\
+      --precision 32 --num_workers 0 --profile demo --mix_profile highway --executor inprocess
+  python benchmarks/ssl_low_label.py finetune --work_dir /tmp/ll --out /tmp/ll/out --size tiny --backbones QCNet \\
+      --num_pool 16 --num_val 4 --labelled 4 8 --seeds 0 1 --finetune_epochs 1 --finetune_batch_size 4 \\
+      --accelerator cpu --precision 32 --num_workers 0 --profile demo --executor inprocess
 """
 import argparse
-import json
+import contextlib
+import csv
+import hashlib
+import importlib
+import io
+import math
 import os
+import shlex
 import shutil
 import statistics
-import subprocess
 import sys
+import threading
 import time
-from typing import Dict, List, Optional
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.experiment_utils import (METRICS, MODEL_PRESETS, MODELS, atomic_write_json,  # noqa: E402
-                                         atomic_write_text, canonical_model, finetune_cmd, prepare_run_dir, pretrain_cmd,
-                                         read_val_metrics, start_logged, val_cmd)
-from utils.atomic_io import atomic_output_path  # noqa: E402
+from benchmarks.experiment_utils import (MODEL_PRESETS, CommandFailed, atomic_write_json,  # noqa: E402
+                                         atomic_write_text, canonical_model, exit_on_sigterm, finetune_cmd,
+                                         pretrain_cmd, read_json, read_val_metrics, val_cmd)
+from benchmarks.low_label_report import ARM_SOURCE, ARMS, RUN_COLUMNS, STUDY_ARMS, make_report  # noqa: E402
+from benchmarks.scaling.processes import ChildProcesses, loader_workers_per_run  # noqa: E402
 
-SLIM_NAME = 'pretrained_slim.ckpt'            # --export_dir: the slim pre-training checkpoint
-ONLINE_SLIM_NAME = 'pretrained_online_slim.ckpt'  # --export_dir --online_arm 1: its online branch
-PRETRAIN_METRICS_NAME = 'pretrain_metrics.csv'  # --export_dir: the pre-training run's CSV log (losses, accuracy)
+POOL_SEED, VAL_SEED = 0, 1          # synthetic base seeds: the pools (all profiles), the val split
+SOURCES = ('ssl_target', 'ssl_mixed', 'oracle')
+PRETRAIN_JSON, PRETRAIN_CURVES = 'pretrain.json', 'pretrain_curves.csv'
+RUNS_CSV, FINETUNE_CURVES, PROTOCOL_JSON = 'runs.csv', 'finetune_curves.csv', 'protocol.json'
+FAILURES_LOG = 'failures.log'   # --out: the last lines of each failed run's log (the logs themselves stay in work_dir)
+PRETRAIN_CURVE_COLUMNS = ['run', 'backbone', 'source', 'step', 'epoch', 'loss', 'contra_loss', 'rec_loss',
+                          'contra_acc', 'num_keys', 'momentum', 'val_loss', 'val_contra_acc']
+# Lightning CSV column -> pretrain_curves.csv column
+_SSL_LOG_COLUMNS = {'loss_step': 'loss', 'component/contra_loss_step': 'contra_loss',
+                    'component/rec_loss_step': 'rec_loss', 'contra_acc_step': 'contra_acc',
+                    'num_neg_sample_step': 'num_keys', 'momentum_m': 'momentum', 'val_loss': 'val_loss',
+                    'val_contra_acc': 'val_contra_acc'}
+FINETUNE_CURVE_COLUMNS = ['backbone', 'arm', 'labelled', 'seed', 'epoch', 'step', 'val_minFDE']
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--work_dir', required=True, help='everything (data, logs, results) goes here')
-    p.add_argument('--num_pool', type=int, default=1200, help='unlabelled pre-training scenarios')
-    p.add_argument('--num_labelled', type=int, default=150, help='labelled fine-tuning scenarios (pool prefix)')
-    p.add_argument('--num_val', type=int, default=300)
-    p.add_argument('--pretrain_epochs', type=int, default=5)
-    p.add_argument('--warmup', type=int, default=1, help='pre-training warm-up epochs')
-    p.add_argument('--finetune_epochs', type=int, default=15)
-    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
-    p.add_argument('--pretrain_batch_size', type=int, default=32)
-    p.add_argument('--finetune_batch_size', type=int, default=16)
-    p.add_argument('--model', default='QCNet',
-                   help=f'predictor / pre-training backbone: {", ".join(MODELS)} (backbone names such as forecast_mae '
-                        f'work too; the former size values full / tiny are still read as --size)')
-    p.add_argument('--size', choices=sorted(MODEL_PRESETS), default=None, help='model width preset (default: full)')
-    p.add_argument('--accelerator', default='gpu')
-    p.add_argument('--precision', default='bf16-mixed')
-    p.add_argument('--num_workers', type=int, default=min(8, os.cpu_count() or 1))
-    p.add_argument('--overlap', type=int, default=1, choices=[0, 1],
-                   help='run the scratch baselines concurrently with pre-training')
-    p.add_argument('--profile', default='default', help='synthetic scenario profile')
-    p.add_argument('--probe', type=int, default=0, choices=[0, 1],
-                   help='also train only the decoder on a frozen encoder, random (scratch_frozen) and pre-trained '
-                        '(pretrained_frozen): does the pre-trained representation itself carry the information?')
-    p.add_argument('--online_arm', type=int, default=0, choices=[0, 1],
-                   help='also fine-tune from the ONLINE branch of the same pre-training (pretrained_online; '
-                        'train.py --pretrained_branch online): the momentum branch the method transfers is an EMA '
-                        'that keeps much of its random start after few pre-training steps')
-    p.add_argument('--pretrained_online_ckpt', default=None,
-                   help=f'with --pretrained_ckpt and --online_arm 1: the checkpoint holding the online branch (the '
-                        f'{ONLINE_SLIM_NAME} of an earlier --export_dir); default: --pretrained_ckpt itself')
-    p.add_argument('--runs', nargs='+', default=None,
-                   choices=['scratch', 'pretrained', 'pretrained_online', 'scratch_frozen', 'pretrained_frozen'],
-                   help='run only these kinds of run (default: all that the other flags ask for); e.g. the scratch '
-                        'baselines in one time-limited call and the fine-tunes in another')
-    p.add_argument('--pretrained_ckpt', default=None,
-                   help='skip pre-training and fine-tune from this pre-training checkpoint (full, or the slim '
-                        f'{SLIM_NAME} of an earlier --export_dir)')
-    p.add_argument('--skip_finetune', type=int, default=0, choices=[0, 1],
-                   help='stop after pre-training (no scratch or fine-tuning run); with --export_dir, fine-tune in a '
-                        'later call with --pretrained_ckpt')
-    p.add_argument('--export_dir', default=None,
-                   help=f'write {SLIM_NAME} (float16 momentum encoder + decoder of the pre-training run here, when '
-                        f'it pre-trained), {PRETRAIN_METRICS_NAME}, results.json and the *_val.json files here')
-    args = p.parse_args(argv)
-    if args.pretrained_ckpt is not None:
-        if args.skip_finetune:
-            p.error('--pretrained_ckpt skips pre-training and --skip_finetune 1 skips fine-tuning: nothing would run')
-        if not os.path.isfile(args.pretrained_ckpt):
-            p.error(f'--pretrained_ckpt {args.pretrained_ckpt}: no such checkpoint file')
-        args.pretrained_ckpt = os.path.abspath(args.pretrained_ckpt)
-    if args.runs and 'pretrained_online' in args.runs:
-        args.online_arm = 1
-    if args.probe == 0 and args.runs and {'scratch_frozen', 'pretrained_frozen'} & set(args.runs):
-        args.probe = 1
-    if args.pretrained_online_ckpt is not None:
-        if args.pretrained_ckpt is None or not args.online_arm:
-            p.error('--pretrained_online_ckpt goes with --pretrained_ckpt and --online_arm 1')
-        if not os.path.isfile(args.pretrained_online_ckpt):
-            p.error(f'--pretrained_online_ckpt {args.pretrained_online_ckpt}: no such checkpoint file')
-        args.pretrained_online_ckpt = os.path.abspath(args.pretrained_online_ckpt)
-    elif args.pretrained_ckpt is not None and args.online_arm:
-        args.pretrained_online_ckpt = args.pretrained_ckpt
-    if args.model in MODEL_PRESETS:  # earlier meaning of --model: the size preset of QCNet
-        if args.size is not None:
-            p.error(f'--model {args.model} is a size; give the size with --size and the model with --model')
-        args.size, args.model = args.model, 'QCNet'
+# ----------------------------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument('--work_dir', required=True, help='data, run directories and logs (large; stays here)')
+    common.add_argument('--out', required=True, help='results folder: the few small files to keep')
+    common.add_argument('--backbones', nargs='+', default=['QCNet', 'ForecastMAE'])
+    common.add_argument('--size', choices=sorted(MODEL_PRESETS), default='full', help='model width preset')
+    common.add_argument('--profile', default='default', help='synthetic profile of the target data')
+    common.add_argument('--mix_profile', default='highway', help='second profile of the mixed pre-training pool')
+    common.add_argument('--num_pool', type=int, default=5000, help='unlabelled pool (target profile)')
+    common.add_argument('--num_val', type=int, default=500)
+    common.add_argument('--finetune_extra', default='', help='further train.py flags (one string), e.g. speed options; '
+                                                             'also used by the supervised oracle pre-training')
+    common.add_argument('--accelerator', default='gpu')
+    common.add_argument('--precision', default='bf16-mixed')
+    common.add_argument('--parallel', type=int, default=1, help='runs at once on the one device')
+    common.add_argument('--num_workers', type=int, default=min(16, os.cpu_count() or 1),
+                        help='data-loader workers in all, split over the --parallel runs')
+    common.add_argument('--deadline_s', type=float, default=None,
+                        help='start no run expected to end later than this many seconds after the start (the '
+                             'rest stays for the next call)')
+    common.add_argument('--executor', choices=['subprocess', 'inprocess'], default='subprocess')
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    pre = sub.add_parser('pretrain', parents=[common], help='data + pre-trainings + slim checkpoints')
+    pre.add_argument('--sources', nargs='+', choices=SOURCES, default=list(SOURCES))
+    pre.add_argument('--pretrain_steps', type=int, default=250, help='SmartPretrain optimiser steps')
+    pre.add_argument('--pretrain_batch_size', type=int, default=32)
+    pre.add_argument('--epoch_steps', type=int, default=50,
+                     help='optimiser steps per training epoch of the pre-trainings (--limit_train_batches; shuffled '
+                          'batches of the whole pool): the unit of the schedules, warm-up and val')
+    pre.add_argument('--pretrain_warmup', type=int, default=1, help='learning-rate warm-up, in --epoch_steps epochs')
+    pre.add_argument('--contra_momentum', type=float, default=0.976,
+                     help='starting EMA momentum (the method: 0.996; lower for short runs is a documented deviation '
+                          'so that the momentum branch keeps < 10 %% of its initialisation)')
+    pre.add_argument('--pretrain_seed', type=int, default=0)
+    pre.add_argument('--pretrain_extra', default='', help='further train_ssl.py flags (one string)')
+    pre.add_argument('--oracle_steps', type=int, default=None, help='supervised oracle steps (default: '
+                                                                   '--pretrain_steps)')
+    pre.add_argument('--oracle_batch_size', type=int, default=None, help='(default: --pretrain_batch_size)')
+
+    fin = sub.add_parser('finetune', parents=[common], help='fine-tunes + val of every arm, runs.csv, report')
+    fin.add_argument('--pretrained_dir', default=None, help='folder with the slim checkpoints and pretrain.json of '
+                                                            'the pretrain command (default: --out)')
+    fin.add_argument('--arms', nargs='+', choices=ARMS, default=list(STUDY_ARMS))
+    fin.add_argument('--smallest_only', nargs='*', choices=ARMS, default=['mixed', 'pretrained_sym'],
+                     help='arms run only at the smallest labelled size')
+    fin.add_argument('--labelled', type=int, nargs='+', default=[50, 200])
+    fin.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    fin.add_argument('--finetune_epochs', type=int, nargs='+', default=[30, 15],
+                     help='epochs per labelled size (one value for all, or one per --labelled)')
+    fin.add_argument('--finetune_batch_size', type=int, default=16)
+    fin.add_argument('--mode_noise_std', type=float, default=0.02, help='pretrained_sym: std of the noise on each '
+                                                                         'copy of the mode embedding')
+    fin.add_argument('--no_report', action='store_true')
+
+    rep = sub.add_parser('report', help='summary.md + gain_vs_labelled.png from --out')
+    rep.add_argument('--out', required=True)
+
+    job = sub.add_parser('job', help=argparse.SUPPRESS)  # one run's steps in one process (used by the executor)
+    job.add_argument('job_file')
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ('report', 'job'):
+        return args
     try:
-        args.model = canonical_model(args.model)
+        args.backbones = [canonical_model(b) for b in args.backbones]
     except ValueError as error:
-        p.error(f'--model: {error}')
-    args.size = args.size or 'full'
+        parser.error(f'--backbones: {error}')
+    from datasets.synthetic_profiles import PROFILES
+    for flag in ('profile', 'mix_profile'):
+        if getattr(args, flag) not in PROFILES:
+            parser.error(f'--{flag} {getattr(args, flag)}: unknown profile; known: {", ".join(sorted(PROFILES))}')
+    if args.parallel < 1:
+        parser.error('--parallel must be >= 1')
+    if args.executor == 'inprocess' and args.parallel > 1:
+        parser.error('--executor inprocess runs one step at a time: use --parallel 1')
+    if args.command == 'pretrain':
+        args.oracle_steps = args.oracle_steps or args.pretrain_steps
+        args.oracle_batch_size = args.oracle_batch_size or args.pretrain_batch_size
+        if min(args.pretrain_steps, args.oracle_steps, args.epoch_steps) < 1:
+            parser.error('--pretrain_steps / --oracle_steps / --epoch_steps must be >= 1')
+        if 'ssl_mixed' in args.sources and args.mix_profile == args.profile:
+            parser.error('--mix_profile must differ from --profile for the mixed pre-training')
+    else:
+        if len(args.finetune_epochs) not in (1, len(args.labelled)):
+            parser.error(f'--finetune_epochs: give one value or one per --labelled size ({len(args.labelled)})')
+        if max(args.labelled) > args.num_pool:
+            parser.error(f'--labelled {max(args.labelled)} exceeds --num_pool {args.num_pool}')
+        args.pretrained_dir = os.path.abspath(args.pretrained_dir or args.out)
     return args
 
 
-def run(cmd: List[str], log_path: str, background: bool = False):
-    """Runs one CLI of the project, its output going to log_path; returns the Popen when background."""
-    proc = start_logged(cmd, log_path)
-    if background:
-        return proc
-    if proc.wait() != 0:
-        sys.exit(f'ssl_low_label: command failed (exit {proc.returncode}), see {log_path}')
+def extra_flags(text: str) -> List[str]:
+    return shlex.split(text) if text else []
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# running the project's CLIs: one job = a few steps (script module + argv) in one Python process
+# ----------------------------------------------------------------------------------------------------------------------
+def run_steps(steps: Sequence[dict]) -> None:
+    """Runs each step's ``main(argv)`` (train, train_ssl, val, datasets.preprocess); an error names the step."""
+    from utils.cli import CliError
+    from utils.resume import SIGTERM_EXIT_CODE
+    for step in steps:
+        module = importlib.import_module(step['module'])
+        try:
+            result = module.main(list(step['argv']))
+        except SystemExit as error:
+            if error.code in (0, None):
+                result = 0
+            elif isinstance(error, CliError) or (isinstance(error.code, int) and error.code != SIGTERM_EXIT_CODE):
+                raise CommandFailed(f'{step["module"]} exited with {error.code}: {error}') from None
+            else:  # a stop (SIGTERM inside or outside a fit) ends the whole study, not just this run
+                raise
+        if isinstance(result, int) and not isinstance(result, bool) and result != 0:
+            raise CommandFailed(f'{step["module"]} returned {result}')
+
+
+class Executor:
+    """Runs jobs: in a child process each (``subprocess``; :class:`ChildProcesses` stops them all on an
+    interruption) or in this process (``inprocess``, output redirected to the job's log)."""
+
+    def __init__(self, mode: str, env: Optional[Dict[str, str]] = None) -> None:
+        self.mode = mode
+        self.children = ChildProcesses(env=env)
+
+    def run(self, steps: Sequence[dict], log_path: str) -> float:
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        if self.mode == 'subprocess':
+            job_file = log_path[:-len('.log')] + '.job.json' if log_path.endswith('.log') else log_path + '.job.json'
+            atomic_write_json(job_file, {'steps': list(steps)})
+            return self.children.run([sys.executable, os.path.abspath(__file__), 'job', job_file], log_path)
+        t0 = time.perf_counter()
+        print('$ ' + ' ; '.join(f'{s["module"]} {" ".join(s["argv"])}' for s in steps), flush=True)
+        with open(log_path, 'w') as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                run_steps(steps)
+            except CommandFailed as error:
+                raise CommandFailed(f'{error}, see {log_path}') from None
+            except Exception as error:  # noqa: BLE001 - reported with the log, like a failed child process
+                import traceback
+                traceback.print_exc()
+                raise CommandFailed(f'{steps[-1]["module"]} failed ({type(error).__name__}: '
+                                    f'{str(error).splitlines()[0] if str(error) else ""}), see {log_path}') from None
+        return time.perf_counter() - t0
+
+    def stop(self) -> int:
+        return self.children.terminate_all()
+
+
+@dataclass
+class Job:
+    """One run: ``steps`` in one process, then ``done(wall_s)`` in the main thread. ``group``: runs of like cost
+    (their median wall time estimates the next one's for ``--deadline_s``)."""
+    name: str
+    steps: Callable[[], List[dict]]
+    done: Callable[[float], None]
+    group: str
+    log: str
+    prepare: Optional[Callable[[], None]] = None
+
+
+def run_jobs(jobs: Sequence[Job], executor: Executor, parallel: int, deadline_s: Optional[float],
+             started: float, failures_log: Optional[str] = None) -> dict:
+    """Runs ``jobs`` in their order, up to ``parallel`` at once; a failed job is reported and the others go on.
+    Returns {'done': [...], 'failed': {name: message}, 'deferred': [...]}."""
+    durations: Dict[str, List[float]] = {}
+    result = {'done': [], 'failed': {}, 'deferred': []}
+
+    def fits(job: Job) -> bool:
+        if deadline_s is None or not durations.get(job.group):
+            return deadline_s is None or time.time() - started < deadline_s
+        return time.time() - started + statistics.median(durations[job.group]) <= deadline_s
+
+    def execute(job: Job) -> float:
+        if job.prepare:
+            job.prepare()
+        return executor.run(job.steps(), job.log)
+
+    def finish(job: Job, wall: Optional[float], error: Optional[BaseException]) -> None:
+        if error is None:
+            try:
+                job.done(wall)
+                durations.setdefault(job.group, []).append(wall)
+                result['done'].append(job.name)
+                print(f'[{time.time() - started:6.0f} s] {job.name} done ({wall:.0f} s)', flush=True)
+                return
+            except (OSError, ValueError, KeyError) as post_error:
+                error = post_error
+        result['failed'][job.name] = str(error)
+        print(f'[{time.time() - started:6.0f} s] {job.name} FAILED: {error}', flush=True)
+        if failures_log:
+            tail = open(job.log, errors='replace').read().splitlines()[-30:] if os.path.exists(job.log) else []
+            old = open(failures_log).read() if os.path.exists(failures_log) else ''
+            atomic_write_text(failures_log, old + f'=== {job.name}: {error}\n' + '\n'.join(tail) + '\n')
+
+    pending = list(jobs)
+    if parallel == 1:
+        for job in pending:
+            if not fits(job):
+                result['deferred'].append(job.name)
+                continue
+            try:
+                wall = execute(job)
+            except (CommandFailed, OSError) as error:
+                finish(job, None, error)
+            else:
+                finish(job, wall, None)
+        return result
+    running = {}
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                if not fits(job):
+                    result['deferred'].append(job.name)
+                    continue
+                running[pool.submit(execute, job)] = job
+            if not running:
+                break
+            finished, _ = wait(list(running), timeout=5.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                error = future.exception()
+                finish(job, None if error else future.result(), error)
+    except BaseException:
+        stopped = executor.stop()
+        print(f'interrupted: {stopped} running run(s) stopped; finished rows are kept', flush=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------------------
+class Workspace:
+    """Layout of --work_dir:
+
+    raw/pool_<profile>/train/<id> (+ order.json)   generated pools, scenario k the same whatever the pool's size
+    raw/val_<profile>/val/<id> (+ order.json)      the val split
+    raw/labelled_<n>/, raw/mixed_<n>/              links: labelled prefixes, the mixed pre-training pool
+    data/pool, data/val                            processed scenarios (one cache for every subset of the pools)
+    runs/<run>/                                    train_ssl.py / train.py run directories
+    logs/<run>.log (+ .job.json, _val.json)
+    """
+
+    def __init__(self, work_dir: str, executor: Executor) -> None:
+        self.work = os.path.abspath(work_dir)
+        self.raw, self.data = os.path.join(self.work, 'raw'), os.path.join(self.work, 'data')
+        self.runs, self.logs = os.path.join(self.work, 'runs'), os.path.join(self.work, 'logs')
+        for d in (self.raw, self.data, self.runs, self.logs):
+            os.makedirs(d, exist_ok=True)
+        self.cpus = os.cpu_count() or 1
+        self.executor = executor
+        self.pool_dir = os.path.join(self.data, 'pool')
+        self.val_processed = os.path.join(self.data, 'val')
+
+    def _generated(self, out: str, split: str, num: int, seed: int, profile: str) -> List[str]:
+        """Ids (generation order) of ``num`` scenarios at out/split, generated unless already there."""
+        order_path = os.path.join(out, 'order.json')
+        if os.path.exists(order_path):
+            ids = read_json(order_path, 'scenario order')['ids']
+            if len(ids) >= num:
+                return ids[:num]
+        from datasets.synthetic import generate_split
+        t0 = time.perf_counter()
+        ids = generate_split(out, split, num, seed, num_workers=self.cpus, profile=profile)
+        atomic_write_json(order_path, {'profile': profile, 'seed': seed, 'split': split, 'ids': ids})
+        print(f'  generated {num} {profile} scenarios ({split}, seed {seed}) in {time.perf_counter() - t0:.1f} s',
+              flush=True)
+        return ids
+
+    def pool(self, profile: str, num: int) -> List[str]:
+        return self._generated(os.path.join(self.raw, f'pool_{profile}'), 'train', num, POOL_SEED, profile)
+
+    def pool_path(self, profile: str, scenario_id: str) -> str:
+        return os.path.join(self.raw, f'pool_{profile}', 'train', scenario_id)
+
+    def val(self, profile: str, num: int) -> str:
+        out = os.path.join(self.raw, f'val_{profile}')
+        self._generated(out, 'val', num, VAL_SEED, profile)
+        return os.path.join(out, 'val')
+
+    def link_dir(self, name: str, targets: Dict[str, str]) -> str:
+        """raw/<name> holding exactly the links id -> scenario directory (built aside, renamed into place)."""
+        directory = os.path.join(self.raw, name)
+        if os.path.isdir(directory) and sorted(os.listdir(directory)) == sorted(targets):
+            return directory
+        tmp = directory + '.tmp'
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for scenario_id, target in targets.items():
+            os.symlink(target, os.path.join(tmp, scenario_id))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.rename(tmp, directory)
+        return directory
+
+    def preprocess(self, raw_dir: str, processed_dir: str, name: str) -> None:
+        steps = [{'module': 'datasets.preprocess',
+                  'argv': ['--dataset', 'argoverse_v2', '--raw_dir', raw_dir, '--processed_dir', processed_dir,
+                           '--num_workers', str(self.cpus), '--strict', '--no_progress']}]
+        self.executor.run(steps, os.path.join(self.logs, f'preprocess_{name}.log'))
+
+    @staticmethod
+    def fingerprint(directories: Sequence[str]) -> str:
+        """sha256 over the files of scenario directories: regenerated data must equal the pre-training's."""
+        digest = hashlib.sha256()
+        for directory in directories:
+            for name in sorted(os.listdir(directory)):
+                digest.update(name.encode())
+                with open(os.path.join(directory, name), 'rb') as f:
+                    digest.update(f.read())
+        return digest.hexdigest()[:16]
+
+    def data_fingerprints(self, profile: str, pool_ids: Sequence[str], val_dir: str) -> dict:
+        """Fingerprints of the pool's first scenario (every labelled subset holds it) and of the val split's first."""
+        return {'pool': self.fingerprint([self.pool_path(profile, pool_ids[0])]),
+                'val': self.fingerprint([os.path.join(val_dir, sorted(os.listdir(val_dir))[0])])}
+
+
+def device_name(accelerator: str) -> str:
+    if accelerator in ('gpu', 'cuda', 'auto'):
+        try:
+            import torch
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+        except Exception:  # noqa: BLE001 - only a label
+            pass
+    return f'{accelerator} ({os.cpu_count()} cores)'
+
+
+def newest_metrics_csv(run_dir: str) -> Optional[str]:
+    csv_dir = os.path.join(run_dir, 'csv')
+    if not os.path.isdir(csv_dir):
+        return None
+    versions = sorted((d for d in os.listdir(csv_dir) if d.startswith('version_') and d[8:].isdigit()),
+                      key=lambda d: int(d[8:]))
+    path = os.path.join(csv_dir, versions[-1], 'metrics.csv') if versions else None
+    return path if path and os.path.isfile(path) else None
+
+
+def read_csv_rows(path: str) -> List[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction='ignore', lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def replace_rows(path: str, columns: Sequence[str], keep: Callable[[dict], bool], new_rows: Sequence[dict]) -> None:
+    """Rewrites the CSV at ``path`` with its rows that ``keep`` accepts plus ``new_rows`` (atomically)."""
+    write_csv(path, columns, [r for r in read_csv_rows(path) if keep(r)] + list(new_rows))
+
+
+def workers_env(args: argparse.Namespace) -> Optional[Dict[str, str]]:
+    """Each of the --parallel runs gets cores / K intra-op threads (unless OMP_NUM_THREADS is set already)."""
+    if args.parallel > 1 and 'OMP_NUM_THREADS' not in os.environ:
+        return {'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // args.parallel))}
     return None
 
 
-def wait_each(procs: Dict[str, subprocess.Popen], logs: Dict[str, str], on_done, poll_s: float = 2.0) -> None:
-    """Waits for the background runs ``procs``, calling ``on_done(name)`` for each as soon as it has ended well;
-    a failed run stops the experiment with its log's path (the other runs are terminated; their finished results
-    stay, and a rerun resumes the rest)."""
-    pending = dict(procs)
-    while pending:
-        for name, proc in list(pending.items()):
-            if proc.poll() is None:
+# ----------------------------------------------------------------------------------------------------------------------
+# pretrain
+# ----------------------------------------------------------------------------------------------------------------------
+def pretrain_protocol(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ('size', 'profile', 'mix_profile', 'num_pool', 'num_val', 'pretrain_steps',
+                                          'pretrain_batch_size', 'epoch_steps', 'pretrain_warmup', 'contra_momentum',
+                                          'pretrain_seed', 'pretrain_extra', 'oracle_steps', 'oracle_batch_size',
+                                          'finetune_extra', 'precision')}
+
+
+def slim_name(backbone: str, source: str) -> str:
+    return f'{backbone}_{source}.ckpt'
+
+
+def ssl_curves(run_dir: str, name: str, backbone: str, source: str) -> List[dict]:
+    path = newest_metrics_csv(run_dir)
+    rows = []
+    for row in read_csv_rows(path) if path else []:
+        values = {new: row[old] for old, new in _SSL_LOG_COLUMNS.items() if row.get(old) not in (None, '')}
+        if values:
+            rows.append({'run': name, 'backbone': backbone, 'source': source, 'step': row.get('step', ''),
+                         'epoch': row.get('epoch', ''), **values})
+    return rows
+
+
+def pretrain(args: argparse.Namespace) -> int:
+    started = time.time()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    record_path = os.path.join(out, PRETRAIN_JSON)
+    record = read_json(record_path, 'pre-training record') if os.path.exists(record_path) else {}
+    protocol = pretrain_protocol(args)
+    if record.get('protocol') not in (None, protocol):
+        sys.exit(f'ssl_low_label: {record_path} was written with another protocol ({record["protocol"]}); use a new '
+                 f'--out (or the same flags)')
+    executor = Executor(args.executor, workers_env(args))
+    ws = Workspace(args.work_dir, executor)
+    t0 = time.perf_counter()
+    pool_ids = ws.pool(args.profile, args.num_pool)
+    targets = {i: ws.pool_path(args.profile, i) for i in pool_ids}
+    mixed_dir = None
+    if 'ssl_mixed' in args.sources:
+        half = args.num_pool // 2
+        other = ws.pool(args.mix_profile, args.num_pool - half)
+        mixed = {i: ws.pool_path(args.profile, i) for i in pool_ids[:half]}
+        mixed.update({i: ws.pool_path(args.mix_profile, i) for i in other})
+        if len(mixed) != args.num_pool:
+            raise SystemExit(f'ssl_low_label: the mixed pool has {len(mixed)} distinct ids, not {args.num_pool} '
+                             f'(scenario ids shared between the profiles?)')
+        mixed_dir = ws.link_dir(f'mixed_{args.num_pool}', mixed)
+        targets.update(mixed)
+    val_dir = ws.val(args.profile, args.num_val)
+    ws.preprocess(ws.link_dir('pool_all', targets), ws.pool_dir, 'pool')
+    ws.preprocess(val_dir, ws.val_processed, 'val')
+    data_s = time.perf_counter() - t0
+    pool_dir = ws.link_dir(f'pool_{args.profile}_{args.num_pool}', {i: targets[i] for i in pool_ids})
+    record.update(protocol=protocol, device=device_name(args.accelerator),
+                  data=ws.data_fingerprints(args.profile, pool_ids, val_dir))
+    record.setdefault('data_seconds', round(data_s, 1))
+    record.setdefault('runs', {})
+    atomic_write_json(record_path, record)
+    print(f'data ready in {data_s:.0f} s: pool {len(pool_ids)} {args.profile}'
+          + (f', mixed {args.num_pool} ({args.profile} + {args.mix_profile})' if mixed_dir else '')
+          + f', val {args.num_val}', flush=True)
+    workers = loader_workers_per_run(args.num_workers, args.parallel)
+    py = sys.executable
+    jobs = []
+    lock = threading.Lock()
+    for source in [s for s in SOURCES if s in args.sources]:
+        for backbone in args.backbones:
+            name = f'{backbone}_{source}'
+            slim_path = os.path.join(out, slim_name(backbone, source))
+            if name in record['runs'] and os.path.exists(slim_path):
+                print(f'{name}: done already ({slim_path})', flush=True)
                 continue
-            del pending[name]
-            if proc.returncode != 0:
-                for other in pending.values():
-                    other.terminate()
-                for other in pending.values():
-                    other.wait()
-                sys.exit(f'ssl_low_label: {name} failed (exit {proc.returncode}), see {logs[name]}')
-            on_done(name)
-        if pending:
-            time.sleep(poll_s)
+            jobs.append(pretrain_job(args, ws, py, name, backbone, source, mixed_dir if source == 'ssl_mixed'
+                                     else pool_dir, val_dir, workers, slim_path, record, record_path, lock))
+    result = run_jobs(jobs, executor, args.parallel, args.deadline_s, started, os.path.join(out, FAILURES_LOG))
+    print(f'pre-training: {len(result["done"])} done, {len(result["failed"])} failed, '
+          f'{len(result["deferred"])} deferred ({", ".join(result["deferred"]) or "-"}); '
+          f'{time.time() - started:.0f} s in all; files in {out}', flush=True)
+    return 1 if result['failed'] else (3 if result['deferred'] else 0)
 
 
+def pretrain_job(args, ws: Workspace, py: str, name: str, backbone: str, source: str, train_raw: str, val_dir: str,
+                 workers: int, slim_path: str, record: dict, record_path: str, lock: threading.Lock) -> Job:
+    run_dir = os.path.join(ws.runs, name)
+    oracle = source == 'oracle'
+    batch = args.oracle_batch_size if oracle else args.pretrain_batch_size
+    steps = args.oracle_steps if oracle else args.pretrain_steps
+    epochs = max(1, math.ceil(steps / args.epoch_steps))
+    per_epoch = ['--limit_train_batches', str(args.epoch_steps), '--max_steps', str(steps),
+                 '--log_every_n_steps', '10']
+
+    def commands() -> List[dict]:
+        if oracle:
+            cmd = finetune_cmd(py, ws.data, train_raw, ws.pool_dir, val_dir, ws.val_processed, batch, epochs, workers,
+                               args.accelerator, 1, args.precision, args.pretrain_seed, ws.runs, name, args.size,
+                               model=backbone, extra=per_epoch + extra_flags(args.finetune_extra))
+            return [{'module': 'train', 'argv': cmd[2:]}]
+        cmd = pretrain_cmd(py, ws.data, train_raw, ws.pool_dir, val_dir, ws.val_processed, batch, epochs,
+                           args.pretrain_warmup, workers, args.accelerator, 1, args.precision, args.pretrain_seed,
+                           ws.runs, name, args.size, limit_val_batches='1', model=backbone,
+                           extra=per_epoch + ['--contra_momentum', str(args.contra_momentum)]
+                           + extra_flags(args.pretrain_extra))
+        return [{'module': 'train_ssl', 'argv': cmd[2:]}]
+
+    def done(wall: float) -> None:
+        from utils.export_pretrained import export_pretrained
+        from benchmarks.scaling.runner import _checkpoint_progress
+        last = os.path.join(run_dir, 'checkpoints', 'last.ckpt')
+        progress = _checkpoint_progress(last)
+        summary = export_pretrained(last, slim_path, 'float16', 'supervised' if oracle else 'momentum')
+        entry = {'backbone': backbone, 'source': source, 'steps': progress['global_step'], 'batch_size': batch,
+                 'scenarios_seen': progress['global_step'] * batch, 'gpu_seconds': round(wall, 1),
+                 'data': (f'{args.num_pool} {args.profile}, labelled' if oracle else
+                          f'{args.num_pool // 2} {args.profile} + {args.num_pool - args.num_pool // 2} '
+                          f'{args.mix_profile}' if source == 'ssl_mixed' else f'{args.num_pool} {args.profile}'),
+                 'slim_checkpoint': os.path.basename(slim_path),
+                 'slim_mib': round(summary.output_bytes / 2 ** 20, 2)}
+        if not oracle:
+            entry['contra_momentum'] = args.contra_momentum
+            entry['init_share'] = measure_init_share(last)
+            curves = ssl_curves(run_dir, name, backbone, source)
+            replace_rows(os.path.join(os.path.dirname(record_path), PRETRAIN_CURVES), PRETRAIN_CURVE_COLUMNS,
+                         lambda r: r.get('run') != name, curves)
+        with lock:
+            record['runs'][name] = entry
+            atomic_write_json(record_path, record)
+
+    def prepare() -> None:
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts again cleanly
+
+    return Job(name=name, steps=commands, done=done, group=name, log=os.path.join(ws.logs, f'{name}.log'),
+               prepare=prepare)
+
+
+def measure_init_share(ckpt: str):
+    """benchmarks/momentum_init_share.py on the full checkpoint: its numbers, or the reason it could not measure."""
+    from benchmarks import momentum_init_share
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = momentum_init_share.main([ckpt])
+    except (SystemExit, Exception) as error:  # noqa: BLE001 - recorded, the run itself is fine
+        return f'not measured: {error}'
+    return {k: result[k] for k in ('init_share', 'init_share_standard_error', 'online_share', 'distance_ratio')}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# finetune
+# ----------------------------------------------------------------------------------------------------------------------
 def check_pretrained_ckpt(path: str, model: str, branch: str = 'momentum') -> None:
-    """Fails now (not minutes later in train.py) on a checkpoint that is no pre-training one of ``model``'s
-    backbone or lacks ``branch``; the messages name the file."""
+    """Fails now (not minutes later inside a fine-tune) on a checkpoint that does not fit ``model``: a pre-training
+    one of another backbone or without ``branch``, or (``branch='supervised'``) no supervised ``model`` checkpoint;
+    the message names the file."""
     from predictors import model_class
-    from utils.pretrained import _check_pretraining_layout, read_pretraining_checkpoint
+    from utils.pretrained import (SUPERVISED, _check_pretraining_layout, _check_supervised_layout,
+                                  read_pretraining_checkpoint)
     try:
         state_dict, hparams = read_pretraining_checkpoint(path)
+        if branch == SUPERVISED:
+            _check_supervised_layout(path, state_dict, hparams, model_class(model))
+            return
         _check_pretraining_layout(path, state_dict, hparams, branch)
     except (OSError, ValueError) as error:
         sys.exit(f'ssl_low_label: --pretrained_ckpt {str(error).splitlines()[0]}')
@@ -183,197 +632,195 @@ def check_pretrained_ckpt(path: str, model: str, branch: str = 'momentum') -> No
                  f'takes {expected!r} weights')
 
 
-def export_files(export_dir: str, sources: List[str], names: Optional[List[str]] = None) -> None:
-    """Copies the files of ``sources`` that exist into ``export_dir`` (under ``names``, default their own), each
-    atomically: a call that ends mid-copy leaves the previous version, never half a file."""
-    os.makedirs(export_dir, exist_ok=True)
-    for source, name in zip(sources, names or [os.path.basename(s) for s in sources]):
-        if os.path.isfile(source):
-            with atomic_output_path(os.path.join(export_dir, name)) as temporary:
-                shutil.copyfile(source, temporary)
+def finetune_protocol(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ('size', 'profile', 'num_pool', 'num_val', 'finetune_batch_size',
+                                          'mode_noise_std', 'finetune_extra', 'precision')} | {
+        'epochs_by_size': epochs_by_size(args)}
 
 
-def pretrain_metrics_csv(run_dir: str):
-    """The CSV log (csv/version_N/metrics.csv) of the newest version of a train_ssl.py run, or None."""
-    csv_dir = os.path.join(run_dir, 'csv')
-    versions = sorted((d for d in os.listdir(csv_dir) if d.startswith('version_')),
-                      key=lambda d: int(d.split('_')[1]) if d.split('_')[1].isdigit() else -1) \
-        if os.path.isdir(csv_dir) else []
-    path = os.path.join(csv_dir, versions[-1], 'metrics.csv') if versions else None
-    return path if path and os.path.isfile(path) else None
+def epochs_by_size(args: argparse.Namespace) -> Dict[str, int]:
+    epochs = args.finetune_epochs * len(args.labelled) if len(args.finetune_epochs) == 1 else args.finetune_epochs
+    return {str(n): e for n, e in zip(args.labelled, epochs)}
+
+
+def plan_runs(args: argparse.Namespace) -> List[dict]:
+    """Every (backbone, arm, labelled, seed) of the study in the order they run: smaller labelled sets first,
+    within one the arms of the decision rule (scratch, pretrained, oracle) seed by seed, then the other arms."""
+    smallest = min(args.labelled)
+    core = [a for a in ('scratch', 'pretrained', 'oracle') if a in args.arms]
+    rest = [a for a in ARMS if a in args.arms and a not in core]
+    plan = []
+    for n in sorted(set(args.labelled)):
+        for arms in (core, rest):
+            for seed in args.seeds:
+                for arm in arms:
+                    if arm in args.smallest_only and n != smallest:
+                        continue
+                    for backbone in args.backbones:
+                        plan.append({'backbone': backbone, 'arm': arm, 'labelled': n, 'seed': seed})
+    return plan
+
+
+def run_key(row: dict) -> tuple:
+    return (row['backbone'], row['arm'], int(row['labelled']), int(row['seed']))
+
+
+def finetune(args: argparse.Namespace) -> int:
+    started = time.time()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    pre_path = os.path.join(args.pretrained_dir, PRETRAIN_JSON)
+    needs_pretraining = any(ARM_SOURCE[a] for a in args.arms)
+    pre = read_json(pre_path, 'pre-training record') if os.path.exists(pre_path) else {}
+    if needs_pretraining and not pre:
+        sys.exit(f'ssl_low_label: {pre_path}: no such file; run `ssl_low_label.py pretrain` first (or --arms scratch)')
+    for key in ('size', 'profile', 'num_val'):
+        if pre and pre['protocol'][key] != getattr(args, key):
+            sys.exit(f'ssl_low_label: --{key} {getattr(args, key)} differs from the pre-training\'s '
+                     f'{pre["protocol"][key]!r} ({pre_path})')
+    protocol_path = os.path.join(out, PROTOCOL_JSON)
+    protocol = read_json(protocol_path, 'protocol') if os.path.exists(protocol_path) else {}
+    mine = finetune_protocol(args)
+    if protocol.get('finetune') and {k: v for k, v in protocol['finetune'].items() if k != 'device'} != mine:
+        old = protocol['finetune']
+        if any(old.get(k) != v for k, v in mine.items() if k != 'epochs_by_size') or any(
+                old['epochs_by_size'].get(n, e) != e for n, e in mine['epochs_by_size'].items()):
+            sys.exit(f'ssl_low_label: {protocol_path} holds rows of another fine-tuning protocol ({old}); use a new '
+                     f'--out (or the same flags)')
+        mine['epochs_by_size'] = {**old['epochs_by_size'], **mine['epochs_by_size']}
+    if args.pretrained_dir != out:  # the report reads every file from --out
+        for name in (PRETRAIN_JSON, PRETRAIN_CURVES):
+            source = os.path.join(args.pretrained_dir, name)
+            if os.path.exists(source):
+                atomic_write_text(os.path.join(out, name), open(source).read())
+    executor = Executor(args.executor, workers_env(args))
+    ws = Workspace(args.work_dir, executor)
+    t0 = time.perf_counter()
+    pool_ids = ws.pool(args.profile, max(args.labelled))
+    val_dir = ws.val(args.profile, args.num_val)
+    fingerprints = ws.data_fingerprints(args.profile, pool_ids, val_dir)
+    if pre.get('data') and pre['data'] != fingerprints:
+        sys.exit(f'ssl_low_label: the regenerated scenarios differ from those of the pre-training ({pre_path}: '
+                 f'{pre["data"]}, here {fingerprints}); was the generator changed? Pre-train again')
+    labelled_dirs = {n: ws.link_dir(f'labelled_{n}', {i: ws.pool_path(args.profile, i) for i in pool_ids[:n]})
+                     for n in sorted(set(args.labelled))}
+    ws.preprocess(labelled_dirs[max(args.labelled)], ws.pool_dir, 'labelled')
+    ws.preprocess(val_dir, ws.val_processed, 'val')
+    atomic_write_json(protocol_path, {**protocol, 'finetune': {**mine, 'device': device_name(args.accelerator)},
+                                      'pretrain': pre.get('protocol')})
+    print(f'data ready in {time.perf_counter() - t0:.0f} s', flush=True)
+
+    runs_path = os.path.join(out, RUNS_CSV)
+    finished = {run_key(r) for r in read_csv_rows(runs_path)}
+    plan = [p for p in plan_runs(args) if run_key(p) not in finished]
+    missing = sorted({slim_name(p['backbone'], ARM_SOURCE[p['arm']]) for p in plan if ARM_SOURCE[p['arm']]
+                      and not os.path.exists(os.path.join(args.pretrained_dir,
+                                                          slim_name(p['backbone'], ARM_SOURCE[p['arm']])))})
+    if missing:
+        sys.exit(f'ssl_low_label: {args.pretrained_dir}: no {", ".join(missing)} (pre-trainings not finished?); '
+                 f'run the pretrain command again, or leave those arms out with --arms')
+    for backbone, source in sorted({(p['backbone'], ARM_SOURCE[p['arm']]) for p in plan if ARM_SOURCE[p['arm']]}):
+        check_pretrained_ckpt(os.path.join(args.pretrained_dir, slim_name(backbone, source)), backbone,
+                              'supervised' if source == 'oracle' else 'momentum')
+    print(f'{len(finished)} runs in {runs_path} already, {len(plan)} to run', flush=True)
+    lock = threading.Lock()
+    workers = loader_workers_per_run(args.num_workers, args.parallel)
+    jobs = [finetune_job(args, ws, p, labelled_dirs[p['labelled']], val_dir, workers, out, pre, lock) for p in plan]
+    result = run_jobs(jobs, executor, args.parallel, args.deadline_s, started, os.path.join(out, FAILURES_LOG))
+    print(f'fine-tuning: {len(result["done"])} done, {len(result["failed"])} failed, {len(result["deferred"])} '
+          f'deferred to the next call; {time.time() - started:.0f} s in all', flush=True)
+    for name, message in result['failed'].items():
+        print(f'  failed: {name}: {message}', flush=True)
+    if not args.no_report and os.path.exists(runs_path):
+        report(out)
+    return 1 if result['failed'] else (3 if result['deferred'] else 0)
+
+
+def finetune_job(args, ws: Workspace, plan: dict, labelled_dir: str, val_dir: str, workers: int, out: str,
+                 pre: dict, lock: threading.Lock) -> Job:
+    backbone, arm, n, seed = plan['backbone'], plan['arm'], plan['labelled'], plan['seed']
+    name = f'{backbone}_{arm}_n{n}_s{seed}'
+    run_dir = os.path.join(ws.runs, name)
+    source = ARM_SOURCE[arm]
+    epochs = epochs_by_size(args)[str(n)]
+    val_json = os.path.join(ws.logs, f'{name}_val.json')
+    py = sys.executable
+
+    def commands() -> List[dict]:
+        pretrained = os.path.join(args.pretrained_dir, slim_name(backbone, source)) if source else None
+        extra = []
+        if arm == 'pretrained_sym':
+            extra += ['--mode_noise_std', str(args.mode_noise_std)]
+        if arm == 'oracle':
+            extra += ['--pretrained_branch', 'supervised', '--copy_refine', '0']
+        if arm.endswith('_frozen'):
+            extra += ['--freeze_encoder', '1']
+        cmd = finetune_cmd(py, ws.data, labelled_dir, ws.pool_dir, val_dir, ws.val_processed,
+                           args.finetune_batch_size, epochs, workers, args.accelerator, 1, args.precision, seed,
+                           ws.runs, name, args.size, pretrained=pretrained, model=backbone,
+                           extra=extra + extra_flags(args.finetune_extra))
+        val = val_cmd(py, ws.data, val_dir, ws.val_processed, os.path.join(run_dir, 'checkpoints', 'last.ckpt'),
+                      args.accelerator, val_json, num_workers=workers)
+        return [{'module': 'train', 'argv': cmd[2:]}, {'module': 'val', 'argv': val[2:]}]
+
+    def prepare() -> None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if os.path.exists(val_json):
+            os.remove(val_json)
+
+    def done(wall: float) -> None:
+        metrics = read_val_metrics(val_json)
+        steps = pre.get('runs', {}).get(f'{backbone}_{source}', {}).get('steps', 0) if source else 0
+        row = {'backbone': backbone, 'arm': arm, 'labelled': n, 'seed': seed,
+               **{k: f'{metrics[m]:.4f}' for k, m in (('minADE', 'minADE'), ('minFDE', 'minFDE'), ('MR', 'MR'),
+                                                      ('brier_minFDE', 'brier-minFDE'))},
+               'pretrain_steps': steps, 'gpu_seconds': f'{wall:.1f}'}
+        path = newest_metrics_csv(run_dir)
+        curve = [{'backbone': backbone, 'arm': arm, 'labelled': n, 'seed': seed, 'epoch': r.get('epoch', ''),
+                  'step': r.get('step', ''), 'val_minFDE': r['val_minFDE']}
+                 for r in (read_csv_rows(path) if path else []) if r.get('val_minFDE') not in (None, '')]
+        with lock:
+            key = run_key(row)
+            replace_rows(os.path.join(out, FINETUNE_CURVES), FINETUNE_CURVE_COLUMNS,
+                         lambda r: run_key(r) != key, curve)
+            replace_rows(os.path.join(out, RUNS_CSV), RUN_COLUMNS, lambda r: run_key(r) != key, [row])
+
+    return Job(name=name, steps=commands, done=done, group=f'{backbone}_n{n}',
+               log=os.path.join(ws.logs, f'{name}.log'), prepare=prepare)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def report(out: str) -> int:
+    verdicts = make_report(out)
+    for backbone, by_size in verdicts.items():
+        for n, text in sorted(by_size.items()):
+            print(f'{backbone}, {n} labelled: {text}', flush=True)
+    print(f'summary: {os.path.join(out, "summary.md")}, plot: {os.path.join(out, "gain_vs_labelled.png")}',
+          flush=True)
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.pretrained_ckpt is not None:
-        check_pretrained_ckpt(args.pretrained_ckpt, args.model)
-    if args.pretrained_online_ckpt is not None:
-        check_pretrained_ckpt(args.pretrained_online_ckpt, args.model, 'online')
-    export_dir = os.path.abspath(args.export_dir) if args.export_dir else None
-    py = sys.executable
-    work = os.path.abspath(args.work_dir)
-    raw, data, logs = (os.path.join(work, d) for d in ('raw', 'data', 'logs'))
-    os.makedirs(logs, exist_ok=True)
-    # one experiment per work dir: resuming must not mix runs of another model or size into this one
-    marker = os.path.join(logs, 'experiment_model.txt')
-    setting = f'{args.model} {args.size}'
-    if os.path.exists(marker):
-        with open(marker) as f:
-            earlier = f.read().strip()
-        if earlier != setting:
-            sys.exit(f'ssl_low_label: {work} holds an experiment with model/size {earlier!r}, not {setting!r}; '
-                     f'use another --work_dir')
-    else:
-        atomic_write_text(marker, setting + '\n')
-    timings = {}
-
-    t0 = time.time()
-    if not os.path.isdir(os.path.join(raw, 'train')):
-        run([py, '-m', 'datasets.synthetic', '--out', raw, '--split', 'train', '--num', str(args.num_pool),
-             '--seed', '0', '--num_workers', str(os.cpu_count()), '--profile', args.profile],
-            os.path.join(logs, 'gen_train.log'))
-    if not os.path.isdir(os.path.join(raw, 'val')):
-        run([py, '-m', 'datasets.synthetic', '--out', raw, '--split', 'val', '--num', str(args.num_val),
-             '--seed', '1', '--num_workers', str(os.cpu_count()), '--profile', args.profile],
-            os.path.join(logs, 'gen_val.log'))
-    # the labelled subset: links to the first scenarios of the pool
-    labelled_raw = os.path.join(raw, 'labelled')
-    os.makedirs(labelled_raw, exist_ok=True)
-    for name in sorted(os.listdir(os.path.join(raw, 'train')))[:args.num_labelled]:
-        link = os.path.join(labelled_raw, name)
-        if not os.path.exists(link):
-            os.symlink(os.path.join(raw, 'train', name), link)
-    for split in ('train', 'labelled', 'val'):
-        run([py, '-m', 'datasets.preprocess', '--dataset', 'argoverse_v2', '--raw_dir', os.path.join(raw, split),
-             '--processed_dir', os.path.join(data, split, 'processed'), '--num_workers', str(os.cpu_count())],
-            os.path.join(logs, f'preprocess_{split}.log'))
-    timings['data_s'] = time.time() - t0
-
-    def supervised_cmd(name: str, seed: int, pretrained: str = None) -> List[str]:
-        extra = ['--freeze_encoder', '1'] if 'frozen' in name else []
-        if name.startswith('pretrained_online'):
-            extra += ['--pretrained_branch', 'online']
-        return finetune_cmd(py, data, labelled_raw, os.path.join(data, 'labelled', 'processed'),
-                            os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
-                            args.finetune_batch_size, args.finetune_epochs, args.num_workers, args.accelerator, 1,
-                            args.precision, seed, logs, name, args.size, pretrained=pretrained,
-                            model=args.model, extra=extra)
-
-    kinds = (['scratch', 'pretrained'] + (['pretrained_online'] if args.online_arm else [])
-             + (['scratch_frozen', 'pretrained_frozen'] if args.probe else []))
-    if args.runs:
-        kinds = [kind for kind in kinds if kind in args.runs]
-
-    procs, proc_logs = {}, {}
-    t_scratch = time.time()
-    names = [] if args.skip_finetune else [f'{kind}_s{seed}' for kind in kinds for seed in args.seeds]
-    todo = {name for name in names if prepare_run_dir(logs, name)}
-    if args.overlap and not args.skip_finetune:
-        for seed in args.seeds:
-            for name in (f'{kind}_s{seed}' for kind in kinds if kind.startswith('scratch')):
-                if name in todo:
-                    proc_logs[name] = os.path.join(logs, name + '.log')
-                    procs[name] = run(supervised_cmd(name, seed), proc_logs[name], background=True)
-
-    t_pre = time.time()
-    if args.pretrained_ckpt is not None:  # pre-trained elsewhere (an earlier call): nothing to pre-train here
-        pretrained, pretrained_online = args.pretrained_ckpt, args.pretrained_online_ckpt
-    elif not args.skip_finetune and not any(kind.startswith('pretrained') for kind in kinds):
-        pretrained = pretrained_online = None  # --runs without a pre-trained kind: nothing needs pre-training
-    else:
-        pretrained = pretrained_online = os.path.join(logs, 'pretrain', 'checkpoints', 'last.ckpt')
-        if not os.path.exists(os.path.join(logs, 'pretrain', 'done')):
-            shutil.rmtree(os.path.join(logs, 'pretrain'), ignore_errors=True)
-            run(pretrain_cmd(py, data, os.path.join(raw, 'train'), os.path.join(data, 'train', 'processed'),
-                             os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
-                             args.pretrain_batch_size, args.pretrain_epochs, args.warmup, args.num_workers,
-                             args.accelerator, 1, args.precision, 0, logs, 'pretrain', args.size, model=args.model),
-                os.path.join(logs, 'pretrain.log'))
-            open(os.path.join(logs, 'pretrain', 'done'), 'w').close()
-        timings['pretrain_s'] = time.time() - t_pre
-        if export_dir:  # right away: should the call end during fine-tuning, the pre-training is saved already
-            run([py, '-m', 'utils.export_pretrained', pretrained, os.path.join(export_dir, SLIM_NAME)],
-                os.path.join(logs, 'export_pretrained.log'))
-            if args.online_arm:
-                run([py, '-m', 'utils.export_pretrained', pretrained, os.path.join(export_dir, ONLINE_SLIM_NAME),
-                     '--branch', 'online'], os.path.join(logs, 'export_pretrained_online.log'))
-            metrics_csv = pretrain_metrics_csv(os.path.join(logs, 'pretrain'))
-            if metrics_csv:
-                export_files(export_dir, [metrics_csv], [PRETRAIN_METRICS_NAME])
-    if args.skip_finetune:
-        timings['total_s'] = time.time() - t0
-        results = {'config': vars(args), 'runs': {}, 'timings': timings, 'pretrained_ckpt': pretrained}
-        atomic_write_json(os.path.join(work, 'results.json'), results)
-        if export_dir:
-            export_files(export_dir, [os.path.join(work, 'results.json')])
-        print(f'--skip_finetune 1: stopped after pre-training; checkpoint {pretrained}'
-              + (f', slim copy {os.path.join(export_dir, SLIM_NAME)}' if export_dir else ''))
-        print(json.dumps(timings, indent=2))
+    if args.command == 'job':
+        from utils.cli import CliError
+        try:
+            run_steps(read_json(args.job_file, 'job')['steps'])
+        except CliError as error:
+            print(str(error), file=sys.stderr, flush=True)
+            return error.code
+        except CommandFailed as error:  # the step's own output above says why
+            print(f'ssl_low_label job: {error}', file=sys.stderr, flush=True)
+            return 1
         return 0
-
-    t_ft = time.time()
-    for seed in args.seeds:
-        for kind in kinds:
-            name = f'{kind}_s{seed}'
-            if name in todo and name not in procs:
-                proc_logs[name] = os.path.join(logs, name + '.log')
-                source = (pretrained_online if kind.startswith('pretrained_online') else
-                          pretrained if kind.startswith('pretrained') else None)
-                procs[name] = run(supervised_cmd(name, seed, source), proc_logs[name], background=True)
-    def validate(name: str) -> None:
-        out_json = os.path.join(logs, name + '_val.json')
-        run(val_cmd(py, data, os.path.join(raw, 'val'), os.path.join(data, 'val', 'processed'),
-                    os.path.join(logs, name, 'checkpoints', 'last.ckpt'), args.accelerator, out_json),
-            os.path.join(logs, name + '_val.log'))
-        if export_dir:  # one by one: a call that ends early still hands back every run validated so far
-            export_files(export_dir, [out_json])
-
-    # each run is validated as soon as its training ends, while the others go on training
-    wait_each(procs, proc_logs, validate)
-    timings['finetune_wall_s'] = time.time() - t_ft  # training and val of the runs started here
-    timings['scratch_and_finetune_wall_s'] = time.time() - t_scratch
-
-    results = {'config': vars(args), 'runs': {}, 'timings': timings}
-    for name in names:
-        results['runs'][name] = read_val_metrics(os.path.join(logs, name + '_val.json'))
-    timings['total_s'] = time.time() - t0
-
-    summary = {}
-    for kind in kinds:
-        for metric in METRICS:
-            values = [results['runs'][f'{kind}_s{s}'][metric] for s in args.seeds if
-                      metric in results['runs'][f'{kind}_s{s}']]
-            if values:
-                summary.setdefault(kind, {})[metric] = {
-                    'mean': statistics.fmean(values), 'std': statistics.pstdev(values), 'values': values}
-    results['summary'] = summary
-    lines = ['| run | ' + ' | '.join(METRICS) + ' |', '|---|' + '---|' * len(METRICS)]
-    for kind in kinds:
-        cells = [f"{summary[kind][m]['mean']:.3f} ± {summary[kind][m]['std']:.3f}" for m in METRICS
-                 if m in summary.get(kind, {})]
-        lines.append(f'| {kind} | ' + ' | '.join(cells) + ' |')
-    if 'minFDE' in summary.get('scratch', {}) and 'minFDE' in summary.get('pretrained', {}):
-        gain = 1 - summary['pretrained']['minFDE']['mean'] / summary['scratch']['minFDE']['mean']
-        results['minFDE_relative_gain'] = gain
-        lines.append(f'\nminFDE relative gain from pre-training: {100 * gain:.1f} %')
-    if 'minFDE' in summary.get('scratch', {}) and 'minFDE' in summary.get('pretrained_online', {}):
-        online_gain = 1 - summary['pretrained_online']['minFDE']['mean'] / summary['scratch']['minFDE']['mean']
-        results['online_branch_minFDE_relative_gain'] = online_gain
-        lines.append(f'minFDE relative gain from pre-training, online branch transferred: {100 * online_gain:.1f} %')
-    if 'minFDE' in summary.get('scratch_frozen', {}) and 'minFDE' in summary.get('pretrained_frozen', {}):
-        probe_gain = 1 - summary['pretrained_frozen']['minFDE']['mean'] / summary['scratch_frozen']['minFDE']['mean']
-        results['frozen_encoder_minFDE_relative_gain'] = probe_gain
-        lines.append(f'minFDE relative gain of a frozen pre-trained encoder over a frozen random one: '
-                     f'{100 * probe_gain:.1f} %')
-    table = '\n'.join(lines)
-    results['table'] = table
-    atomic_write_json(os.path.join(work, 'results.json'), results)
-    if export_dir:
-        export_files(export_dir, [os.path.join(work, 'results.json')])
-    print(table)
-    print(json.dumps(timings, indent=2))
-    print(f'results: {os.path.join(work, "results.json")}')
-    return 0
+    if args.command == 'report':
+        try:
+            return report(os.path.abspath(args.out))
+        except (OSError, ValueError) as error:
+            print(f'ssl_low_label: error: {error}', file=sys.stderr)
+            return 2
+    exit_on_sigterm()
+    return pretrain(args) if args.command == 'pretrain' else finetune(args)
 
 
 if __name__ == '__main__':

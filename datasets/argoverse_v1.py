@@ -31,16 +31,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, POINT_TYPES, POLYGON_IS_INTERSECTIONS, POLYGON_KINDS,
-                               POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES, AgentTracks, MapRecord, Polylines,
-                               ScenarioError, ScenarioRecord, TimeBase)
+from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, NUM_FUTURE_STEPS, NUM_HISTORICAL_STEPS, POINT_TYPES,
+                               POLYGON_IS_INTERSECTIONS, POLYGON_KINDS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES,
+                               SAMPLING_RATE_HZ, AgentTracks, MapRecord, Polylines, ScenarioError, ScenarioRecord,
+                               TimeBase)
 
 DATASET_NAME = 'argoverse_v1'
-NUM_HISTORICAL_STEPS = 50          # canvas
-NUM_FUTURE_STEPS = 60
 AV1_NUM_STEPS = 50                 # a train/val sequence
 AV1_NUM_HISTORICAL_STEPS = 20
-SAMPLING_RATE_HZ = 10.0
 CITY_IDS: Dict[str, int] = {'PIT': 10314, 'MIA': 10316}
 MAP_DIR_ENV = 'ARGOVERSE_V1_MAP_DIR'
 REQUIRED_COLUMNS = ('TIMESTAMP', 'TRACK_ID', 'OBJECT_TYPE', 'X', 'Y', 'CITY_NAME')

@@ -20,13 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, AV2_NUM_POINT_TYPES, AV2_NUM_POLYGON_TYPES,
-                               CROSSWALK_KIND, LANE_KIND, POINT_TYPES, POLYGON_IS_INTERSECTIONS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES, AgentTracks,
-                               MapRecord, Polylines, ScenarioError, ScenarioRecord, TimeBase)
+                               CROSSWALK_KIND, LANE_KIND, NUM_FUTURE_STEPS, NUM_HISTORICAL_STEPS, POINT_TYPES,
+                               POLYGON_IS_INTERSECTIONS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES, SAMPLING_RATE_HZ,
+                               AgentTracks, MapRecord, Polylines, ScenarioError, ScenarioRecord, TimeBase)
 
 DATASET_NAME = 'argoverse_v2'
-NUM_HISTORICAL_STEPS = 50
-NUM_FUTURE_STEPS = 60
-SAMPLING_RATE_HZ = 10.0
 AV_TRACK_ID = 'AV'
 REQUIRED_COLUMNS: Tuple[str, ...] = ('track_id', 'object_type', 'object_category', 'timestep', 'position_x',
                                      'position_y', 'heading', 'velocity_x', 'velocity_y', 'scenario_id', 'city',

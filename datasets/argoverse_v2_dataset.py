@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 _SIZES_FILE = '.item_sizes.npz'
 
 
-
 def default_split_dirs(root: str, split: str):
     """(raw_dir, processed_dir) of a split when no flag names them.
 
@@ -44,6 +43,7 @@ def default_split_dirs(root: str, split: str):
             if any(entry.is_dir() and entry.name not in ('raw', 'processed', 'map_files') for entry in entries):
                 return split_dir, os.path.join(root, 'processed', split)
     return official_raw, os.path.join(root, split, 'processed')
+
 
 class ArgoverseV2Dataset(Dataset):
     """QCNet samples of one split (any name, any number of scenarios).
@@ -197,18 +197,3 @@ class ArgoverseV2Dataset(Dataset):
         self._sizes = sizes
         return sizes
 
-
-class WaymoDataset(ArgoverseV2Dataset):
-    """Waymo Open Motion samples on the common 50 + 60 step canvas (``datasets/waymo.py``). Raw dir: .tfrecord files
-    (many scenarios each); cache files are named ``<file>#<record index>.qcs``. Same arguments as
-    :class:`ArgoverseV2Dataset`."""
-
-    dataset_name = 'waymo'
-
-
-class ArgoverseV1Dataset(ArgoverseV2Dataset):
-    """Argoverse 1 samples on the common canvas (steps 30..79, ``datasets/argoverse_v1.py``). Raw dir:
-    ``<sequence>.csv`` files; the city maps are found in ``map_files/`` next to the raw dir or up to two levels
-    above it (or ``$ARGOVERSE_V1_MAP_DIR``). Same arguments as :class:`ArgoverseV2Dataset`."""
-
-    dataset_name = 'argoverse_v1'

@@ -4,6 +4,10 @@
 per node while the others wait, so in DDP only one process per node does the processing. ``setup`` then builds the
 datasets on every process (cheap: the cache exists).
 
+``on_train_loader`` (here and in ``MultiDatasetDataModule``) is called with the trainer each time the training loader is
+built, before its workers copy the transform: pre-training tells its view transform the current epoch there, because
+the first loader of a run (resumed or not) is built before any epoch hook runs.
+
 ``max_agents_per_batch`` / ``max_polygons_per_batch`` cap a batch by its total number of agents / map polygons
 (a dense scene can hold 5-10x the agents of an average one; capping avoids out-of-memory spikes). Batches are then
 variable-sized, never larger than the batch size; a single scene above a cap forms a batch of its own.
@@ -86,7 +90,7 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
     """Train/val/test data of Argoverse 2 (splits named 'train', 'val', 'test'); unknown kwargs are ignored so
     ``ArgoverseV2DataModule(**vars(args))`` works. Default train/val transform: ``transforms.TargetBuilder(50, 60)``;
     pass ``None`` for no transform. ``dataset_kwargs`` are passed to every ``ArgoverseV2Dataset`` (e.g.
-    ``{'num_workers': 8}`` processes in 8 processes)."""
+    ``{'num_workers': 8}`` processes in 8 processes); ``on_train_loader``: see the module docstring."""
 
     def __init__(self,
                  root: str,
@@ -110,6 +114,7 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
                  max_polygons_per_batch: Optional[int] = None,
                  dataset_kwargs: Optional[dict] = None,
                  graph_builder: Optional[torch.nn.Module] = None,
+                 on_train_loader: Optional[Callable[[pl.Trainer], None]] = None,
                  **kwargs: Any) -> None:
         super().__init__()
         if train_transform is _DEFAULT or val_transform is _DEFAULT:
@@ -138,6 +143,7 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
         self.dataset_kwargs = dict(dataset_kwargs or {})
         # A CPU model whose build_graph runs in the loader workers (utils.prebuilt_graph); None: the model builds it.
         self.graph_builder = graph_builder
+        self.on_train_loader = on_train_loader
 
     def _dataset(self, split: str) -> ArgoverseV2Dataset:
         return ArgoverseV2Dataset(self.root, split, getattr(self, f'{split}_raw_dir'),
@@ -180,6 +186,8 @@ class ArgoverseV2DataModule(pl.LightningDataModule):
         return loader
 
     def train_dataloader(self) -> DataLoader:
+        if self.on_train_loader is not None:
+            self.on_train_loader(self.trainer)
         return self._loader(self.train_dataset, self.train_batch_size, self.shuffle)
 
     def val_dataloader(self) -> DataLoader:

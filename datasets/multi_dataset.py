@@ -24,9 +24,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch_geometric.loader import DataLoader
 
-from datasets.argoverse_v2_dataset import ArgoverseV1Dataset, ArgoverseV2Dataset, WaymoDataset, default_split_dirs
+from datasets.argoverse_v1_dataset import ArgoverseV1Dataset
+from datasets.argoverse_v2_dataset import ArgoverseV2Dataset, default_split_dirs
 from datasets.mix_arguments import add_mix_arguments  # noqa: F401 (re-exported)
 from datasets.scenario import DATASET_IDS
+from datasets.waymo_dataset import WaymoDataset
 
 DATASET_CLASSES = {'argoverse_v2': ArgoverseV2Dataset, 'waymo': WaymoDataset, 'argoverse_v1': ArgoverseV1Dataset}
 
@@ -166,14 +168,17 @@ class MultiDatasetDataModule(pl.LightningDataModule):
 
     Training draws with :class:`WeightedDatasetSampler` (weights from the sources, all or none given); validation
     concatenates the val splits of the datasets that have one (in order). A training split is required for every
-    source. ``dataset_kwargs`` go to every dataset (e.g. ``{'num_workers': 8}`` for processing).
+    source. ``dataset_kwargs`` go to every dataset (e.g. ``{'num_workers': 8}`` for processing);
+    ``on_train_loader`` is called with the trainer each time the training loader is built (as in
+    ``ArgoverseV2DataModule``).
     """
 
     def __init__(self, sources: Sequence[DatasetSource], train_batch_size: int, val_batch_size: int,
                  shuffle: bool = True, num_workers: int = 0, pin_memory: bool = True, persistent_workers: bool = True,
                  train_transform: Optional[Callable] = None, val_transform: Optional[Callable] = None,
                  num_samples_per_epoch: Optional[int] = None, seed: int = 0,
-                 dataset_kwargs: Optional[dict] = None) -> None:
+                 dataset_kwargs: Optional[dict] = None,
+                 on_train_loader: Optional[Callable[[pl.Trainer], None]] = None) -> None:
         super().__init__()
         labels = [source.label for source in sources]
         if len(set(labels)) != len(labels):
@@ -195,6 +200,7 @@ class MultiDatasetDataModule(pl.LightningDataModule):
         self.num_samples_per_epoch = num_samples_per_epoch
         self.seed = seed
         self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.on_train_loader = on_train_loader
         self.train_dataset: Optional[MultiDataset] = None
         self.val_dataset: Optional[MultiDataset] = None
         self.train_sampler: Optional[WeightedDatasetSampler] = None
@@ -222,6 +228,8 @@ class MultiDatasetDataModule(pl.LightningDataModule):
             self.val_dataset = MultiDataset(val) if val else None
 
     def train_dataloader(self) -> DataLoader:
+        if self.on_train_loader is not None:
+            self.on_train_loader(self.trainer)
         self.train_sampler = WeightedDatasetSampler(self.train_dataset, self.weights, shuffle=self.shuffle,
                                                     num_samples=self.num_samples_per_epoch, seed=self.seed,
                                                     epoch_fn=self._current_epoch)

@@ -45,19 +45,29 @@ POLYGON_TO_POLYGON_TYPES: Tuple[str, ...] = ('NONE', 'PRED', 'SUCC', 'LEFT', 'RI
 # boundaries and a centre line (Argoverse 2); CROSSWALK: two edges; POLYLINE: one polyline only, stored as the
 # centre line (Argoverse 1 lane centre lines, Waymo lanes, road lines, road edges, stop signs, area outlines).
 POLYGON_KINDS: Tuple[str, ...] = ('LANE', 'CROSSWALK', 'POLYLINE')
+# The common canvas every dataset is put on (the official Argoverse 2 steps): 10 Hz, 50 history + 60 future steps;
+# all three datasets record at this rate.
+NUM_HISTORICAL_STEPS = 50
+NUM_FUTURE_STEPS = 60
+SAMPLING_RATE_HZ = 10.0
 # Dataset tags, numbered as in the official SmartPretrain code (``data['data_set']``).
 DATASET_IDS: Dict[str, int] = {'argoverse_v1': 0, 'argoverse_v2': 1, 'waymo': 2}
-# Vocabulary sizes of Argoverse 2 alone (what the official QCNet embedding tables hold).
+# Vocabulary sizes: the embedding-table sizes of the models (modules/ import them from here). The tables of the
+# official QCNet checkpoints hold Argoverse 2's entries only; a model pre-trained on a mix passes the union sizes
+# (``len(POINT_TYPES)``, ``len(POLYGON_TYPES)``) instead.
 AV2_NUM_AGENT_TYPES = 10
 AV2_NUM_POLYGON_TYPES = 4
 AV2_NUM_POINT_TYPES = 17
+# vocabularies every dataset uses in full
+NUM_POINT_SIDES = len(POINT_SIDES)
+NUM_POLYGON_INTERSECTION_FLAGS = len(POLYGON_IS_INTERSECTIONS)
+NUM_POLYGON_TO_POLYGON_TYPES = len(POLYGON_TO_POLYGON_TYPES)  # none (radius edge), pred, succ, left, right
 
 FOCAL_CATEGORY = AGENT_CATEGORIES.index('FOCAL_TRACK')
 SCORED_CATEGORY = AGENT_CATEGORIES.index('SCORED_TRACK')
 LANE_KIND = POLYGON_KINDS.index('LANE')
 CROSSWALK_KIND = POLYGON_KINDS.index('CROSSWALK')
 POLYLINE_KIND = POLYGON_KINDS.index('POLYLINE')
-CENTERLINE_POINT_TYPE = POINT_TYPES.index('CENTERLINE')
 
 
 class ScenarioError(ValueError):
@@ -99,10 +109,6 @@ class TimeBase:
         return self.num_historical_steps - 1
 
     @property
-    def num_observable_steps(self) -> int:
-        return self.num_steps if self.future_observed else self.num_historical_steps
-
-    @property
     def observable_span(self) -> Tuple[int, int]:
         """(first, last + 1) step that can hold observations: the source span, cut at the history end when the
         future is not observed."""
@@ -134,11 +140,6 @@ class AgentTracks:
     @property
     def num_agents(self) -> int:
         return len(self.ids)
-
-    @property
-    def scored_mask(self) -> np.ndarray:
-        """bool [A]: agents whose predictions are evaluated (scored or focal)."""
-        return self.category >= SCORED_CATEGORY
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -190,15 +190,6 @@ def read_record(path: PathLike, offset: int, length: int, index: int = -1) -> by
     if masked_crc32c(payload) != expected:
         raise ScenarioError(path, f'{where}: payload CRC mismatch (corrupt file)')
     return payload
-
-
-def iter_tfrecord(path: PathLike) -> Iterator[bytes]:
-    """Payloads of every record of a TFRecord file, in order; a broken file raises ScenarioError at the break."""
-    records, problem = index_tfrecord(path)
-    for index, (offset, length) in enumerate(records):
-        yield read_record(path, offset, length, index)
-    if problem is not None:
-        raise ScenarioError(path, problem)
 
 
 def write_tfrecord(path: PathLike, payloads: List[bytes]) -> None:

@@ -26,16 +26,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, CROSSWALK_KIND, POINT_TYPES, POLYGON_IS_INTERSECTIONS,
-                               POLYGON_KINDS, POLYGON_TO_POLYGON_TYPES, POLYGON_TYPES, AgentTracks, MapRecord,
-                               Polylines, ScenarioError, ScenarioRecord, TimeBase)
+from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, CROSSWALK_KIND, NUM_FUTURE_STEPS, NUM_HISTORICAL_STEPS,
+                               POINT_TYPES, POLYGON_IS_INTERSECTIONS, POLYGON_KINDS, POLYGON_TO_POLYGON_TYPES,
+                               POLYGON_TYPES, SAMPLING_RATE_HZ, AgentTracks, MapRecord, Polylines, ScenarioError,
+                               ScenarioRecord, TimeBase)
 from datasets.tfrecord import index_tfrecord, read_record
 
 DATASET_NAME = 'waymo'
 CITY = 'waymo'  # WOMD has no city; the official SmartPretrain code tags Waymo samples with this city
-NUM_HISTORICAL_STEPS = 50
-NUM_FUTURE_STEPS = 60
-SAMPLING_RATE_HZ = 10.0
 NAME_SEPARATOR = '#'
 STOP_SIGN_LENGTH = 1.0  # metres: a stop sign becomes a short segment along the lane it controls
 

@@ -1,9 +1,9 @@
 """Final hidden state of a one-layer GRU as an explicit loop over time steps, for torch.compile.
 
 Why: QCNet's refinement stage summarises every proposed trajectory (60 steps, one sequence per query slot and mode)
-with a GRU. cuDNN's GRU took 15.7 of the 127 ms of kernels of a compiled, replayed batch-32 training step on the
-H200 (its backward element-wise kernel alone 11 ms; BENCHMARKS §2d). Written as a loop, torch.compile unrolls it
-into one small matmul and one fused gate kernel per step, which the CUDA graph replays without launch cost.
+with a GRU. cuDNN's GRU, its backward element-wise kernel above all, is one of the largest items of a compiled,
+replayed training step on an H100/H200 (docs/BENCHMARKS.md, "Training step"). Written as a loop, torch.compile
+unrolls it into one small matmul and one fused gate kernel per step, which the CUDA graph replays without launch cost.
 Same function as ``torch.nn.GRU`` (PyTorch's gate order r, z, n and its n-gate formula), same parameters.
 """
 import torch

@@ -1,11 +1,11 @@
 """Linear maps over many rows whose weight gradient is computed as a split-K sum.
 
 Why: QCNet applies 128-wide linear maps to millions of edges. Their weight gradients are matmuls with a tiny output
-(e.g. 128 x 128) and a huge reduction length (the row count); on the H200 cuBLAS ran them as 4-16 thread blocks on a
-132-SM card, and the kernel doing so was the largest single item of the batch-32 training step (18.7 of 129 ms of
-kernels, BENCHMARKS §2d). Viewing the rows as ``SPLIT_CHUNKS`` batches of a batched matmul against the broadcast
-weight gives the same function, and autograd's gradient of the broadcast is one batched matmul ([chunks, out, in],
-enough blocks for every SM) plus a sum over the chunks.
+(e.g. 128 x 128) and a huge reduction length (the row count); cuBLAS runs them as a handful of thread blocks on a
+card with 132 SMs, and that kernel was the largest single item of the batch-32 training step on an H200
+(docs/BENCHMARKS.md, "Training step"). Viewing the rows as ``SPLIT_CHUNKS`` batches of a batched matmul against the
+broadcast weight gives the same function, and autograd's gradient of the broadcast is one batched matmul
+([chunks, out, in], enough blocks for every SM) plus a sum over the chunks.
 """
 from typing import Optional
 

@@ -5,15 +5,14 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import HeteroData
 
+from datasets.scenario import (AV2_NUM_AGENT_TYPES, AV2_NUM_POINT_TYPES, AV2_NUM_POLYGON_TYPES, NUM_POINT_SIDES,
+                               NUM_POLYGON_INTERSECTION_FLAGS)
 from layers.fourier_embedding import FourierEmbedding
 from modules.forecast_mae_agent_embedding import ForecastMAEAgentEmbedding
 from modules.forecast_mae_attention import SelfAttentionBlock
 from modules.forecast_mae_frames import observed_history, reference_steps, rotate, scene_reference_agents
 from modules.forecast_mae_lane_embedding import ForecastMAELaneEmbedding
 from modules.forecast_mae_layout import SceneLayout, scene_layout
-from modules.qcnet_agent_encoder import AV2_NUM_AGENT_TYPES
-from modules.qcnet_map_encoder import (AV2_NUM_POINT_SIDES, AV2_NUM_POINT_TYPES, AV2_NUM_POLYGON_INTERSECTION_FLAGS,
-                                       AV2_NUM_POLYGON_TYPES)
 from utils.weight_init import weight_init
 
 # Architecture sizes that QCNet has no flag for (Forecast-MAE's defaults: 4 encoder blocks; its history encoder has
@@ -55,8 +54,8 @@ class ForecastMAEEncoder(nn.Module):
         self.agent_embedding = ForecastMAEAgentEmbedding(hidden_dim, num_historical_steps, num_temporal_layers,
                                                          num_heads, head_dim, dropout, AV2_NUM_AGENT_TYPES)
         self.lane_embedding = ForecastMAELaneEmbedding(hidden_dim, num_point_types or AV2_NUM_POINT_TYPES,
-                                                       AV2_NUM_POINT_SIDES, num_polygon_types or AV2_NUM_POLYGON_TYPES,
-                                                       AV2_NUM_POLYGON_INTERSECTION_FLAGS)
+                                                       NUM_POINT_SIDES, num_polygon_types or AV2_NUM_POLYGON_TYPES,
+                                                       NUM_POLYGON_INTERSECTION_FLAGS)
         self.pose_emb = FourierEmbedding(input_dim=4, hidden_dim=hidden_dim, num_freq_bands=num_freq_bands)
         self.token_kind_emb = nn.Embedding(3, hidden_dim)
         self.scene_blocks = nn.ModuleList([SelfAttentionBlock(hidden_dim, num_heads, head_dim, dropout)

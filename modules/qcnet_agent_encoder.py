@@ -6,14 +6,13 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from torch_geometric.data import Batch, HeteroData
 
+from datasets.scenario import AV2_NUM_AGENT_TYPES
 from layers.attention_layer import AttentionLayer, normalize_edge_embedding
 from layers.fourier_embedding import FourierEmbedding
 from modules.qcnet_map_encoder import MAX_NUM_NEIGHBORS, relative_pose_features
 from utils.geometry import angle_between_2d_vectors, wrap_angle
 from utils.graph import bipartite_dense_to_sparse, max_nodes_per_example, radius, radius_graph
 from utils.weight_init import weight_init
-
-AV2_NUM_AGENT_TYPES = 10
 
 
 def scene_batch_info(data: HeteroData, node_type: str):

@@ -5,18 +5,14 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import Batch, HeteroData
 
+from datasets.scenario import (AV2_NUM_POINT_TYPES, AV2_NUM_POLYGON_TYPES, NUM_POINT_SIDES,
+                               NUM_POLYGON_INTERSECTION_FLAGS, NUM_POLYGON_TO_POLYGON_TYPES)
 from layers.attention_layer import AttentionLayer, normalize_edge_embedding
 from layers.fourier_embedding import FourierEmbedding
 from utils.geometry import angle_between_2d_vectors, wrap_angle
 from utils.graph import max_nodes_per_example, merge_edges, radius_graph
 from utils.weight_init import weight_init
 
-# Sizes of the Argoverse 2 vocabularies of the processed data (official processing).
-AV2_NUM_POINT_TYPES = 17
-AV2_NUM_POINT_SIDES = 3
-AV2_NUM_POLYGON_TYPES = 4
-AV2_NUM_POLYGON_INTERSECTION_FLAGS = 3
-NUM_POLYGON_TO_POLYGON_TYPES = 5  # none (radius edge), pred, succ, left, right
 # Cap on neighbours per polygon in the radius graph (as in the official model).
 MAX_NUM_NEIGHBORS = 300
 
@@ -72,9 +68,9 @@ class QCNetMapEncoder(nn.Module):
         # Larger type tables (num_point_types / num_polygon_types) hold the union vocabularies of multi-dataset
         # pre-training (datasets/scenario.py: Argoverse 2's types first); None = Argoverse 2's sizes.
         self.type_pt_emb = nn.Embedding(num_point_types or AV2_NUM_POINT_TYPES, hidden_dim)
-        self.side_pt_emb = nn.Embedding(AV2_NUM_POINT_SIDES, hidden_dim)
+        self.side_pt_emb = nn.Embedding(NUM_POINT_SIDES, hidden_dim)
         self.type_pl_emb = nn.Embedding(num_polygon_types or AV2_NUM_POLYGON_TYPES, hidden_dim)
-        self.int_pl_emb = nn.Embedding(AV2_NUM_POLYGON_INTERSECTION_FLAGS, hidden_dim)
+        self.int_pl_emb = nn.Embedding(NUM_POLYGON_INTERSECTION_FLAGS, hidden_dim)
         self.type_pl2pl_emb = nn.Embedding(NUM_POLYGON_TO_POLYGON_TYPES, hidden_dim)
         self.x_pt_emb = FourierEmbedding(input_dim=input_dim_x_pt, hidden_dim=hidden_dim, num_freq_bands=num_freq_bands)
         self.x_pl_emb = FourierEmbedding(input_dim=input_dim_x_pl, hidden_dim=hidden_dim, num_freq_bands=num_freq_bands)

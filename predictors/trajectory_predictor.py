@@ -22,13 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch_geometric.data import Batch, HeteroData
 
+from datasets.scenario import FOCAL_CATEGORY  # the Argoverse 2 track category scored by the benchmark
 from losses.mixture_nll_loss import MixtureNLLLoss
 from losses.nll_loss import NLLLoss
 from utils.checkpoint import CheckpointError, load_module_from_checkpoint
 from predictors.names import normalise_model_name
 from utils.schedules import warmup_cosine
 
-FOCAL_CATEGORY = 3  # Argoverse 2 track category scored by the benchmark
 EVAL_MAX_GUESSES = 6
 MODEL_HPARAM = 'model'
 DEFAULT_MODEL_NAME = 'QCNet'  # checkpoints that name no model: official QCNet releases and early runs

@@ -183,7 +183,7 @@ def test_preprocess_cli_and_dataset(generated, tmp_path, capsys):
     assert '5 found, 4 processed' in capsys.readouterr().out
     failures = json.loads((processed / 'failures.json').read_text())
     assert failures[0]['scenario'] == 'broken' and failures[0]['file'].endswith('broken.csv')
-    from datasets.argoverse_v2_dataset import ArgoverseV1Dataset
+    from datasets.argoverse_v1_dataset import ArgoverseV1Dataset
     dataset = ArgoverseV1Dataset(str(tmp_path), 'train', num_workers=1, progress=False)
     assert len(dataset) == 4
     sample = dataset[0]

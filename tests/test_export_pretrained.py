@@ -192,27 +192,39 @@ def test_command_line(ssl_checkpoints, tmp_path, capsys):
     assert f'{os.path.getsize(out) / 2 ** 20:.2f} MiB' in result.stdout
 
 
-def test_ssl_low_label_split_options(ssl_checkpoints, tmp_path, capsys):
+def test_ssl_low_label_checks_checkpoints_before_fine_tuning(ssl_checkpoints, tmp_path):
+    """benchmarks/ssl_low_label.py refuses a checkpoint that does not fit an arm before any fine-tune starts; the
+    oracle arm's supervised checkpoint exports (``--branch supervised``) and loads like the pre-training ones."""
     from benchmarks import ssl_low_label
-    slim = tmp_path / 'slim.ckpt'
+    from utils.pretrained import load_pretrained
+    slim, online_slim = tmp_path / 'slim.ckpt', tmp_path / 'online.ckpt'
     export_pretrained(str(ssl_checkpoints['QCNet']), str(slim))
-    args = ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_ckpt', str(slim)])
-    assert args.pretrained_ckpt == str(slim) and not args.skip_finetune and args.export_dir is None
-    ssl_low_label.check_pretrained_ckpt(args.pretrained_ckpt, args.model)  # a slim QCNet checkpoint is accepted
+    export_pretrained(str(ssl_checkpoints['QCNet']), str(online_slim), branch='online')
+    ssl_low_label.check_pretrained_ckpt(str(slim), 'QCNet')
+    ssl_low_label.check_pretrained_ckpt(str(online_slim), 'QCNet', 'online')
     with pytest.raises(SystemExit, match=r"slim\.ckpt: pre-trained with backbone 'qcnet', but --model ForecastMAE"):
         ssl_low_label.check_pretrained_ckpt(str(slim), 'ForecastMAE')
-    with pytest.raises(SystemExit, match=r'--pretrained_ckpt .*qcnet\.ckpt: this is a QCNet \(supervised'):
-        torch.save({'state_dict': fine_tuning_model('QCNet', args_hparams(ssl_checkpoints)).state_dict()},
-                   tmp_path / 'qcnet.ckpt')
-        ssl_low_label.check_pretrained_ckpt(str(tmp_path / 'qcnet.ckpt'), 'QCNet')
-    capsys.readouterr()
-    for flags, message in ((['--pretrained_ckpt', str(tmp_path / 'nowhere.ckpt')], 'nowhere.ckpt: no such checkpoint'),
-                           (['--pretrained_ckpt', str(slim), '--skip_finetune', '1'], 'nothing would run')):
-        with pytest.raises(SystemExit):  # argparse errors: usage + message on stderr, exit code 2
-            ssl_low_label.parse_args(['--work_dir', str(tmp_path), *flags])
-        assert message in capsys.readouterr().err
-    defaults = ssl_low_label.parse_args(['--work_dir', str(tmp_path)])
-    assert (defaults.pretrained_ckpt, defaults.skip_finetune, defaults.export_dir) == (None, 0, None)
+    with pytest.raises(SystemExit, match=r'slim\.ckpt: holds only the momentum branch'):
+        ssl_low_label.check_pretrained_ckpt(str(slim), 'QCNet', 'online')
+    with pytest.raises(SystemExit, match='nowhere.ckpt: no such checkpoint'):
+        ssl_low_label.check_pretrained_ckpt(str(tmp_path / 'nowhere.ckpt'), 'QCNet')
+    model = fine_tuning_model('QCNet', args_hparams(ssl_checkpoints))
+    supervised = tmp_path / 'qcnet.ckpt'
+    torch.save({'state_dict': model.state_dict(), 'hyper_parameters': dict(model.hparams)}, supervised)
+    with pytest.raises(SystemExit, match=r'qcnet\.ckpt: this is a QCNet \(supervised'):
+        ssl_low_label.check_pretrained_ckpt(str(supervised), 'QCNet')
+    ssl_low_label.check_pretrained_ckpt(str(supervised), 'QCNet', 'supervised')
+    with pytest.raises(SystemExit, match=r'qcnet\.ckpt: a supervised QCNet checkpoint, but the model is ForecastMAE'):
+        ssl_low_label.check_pretrained_ckpt(str(supervised), 'ForecastMAE', 'supervised')
+    with pytest.raises(SystemExit, match=r'slim\.ckpt: a SmartPretrain pre-training checkpoint, not a supervised'):
+        ssl_low_label.check_pretrained_ckpt(str(slim), 'QCNet', 'supervised')
+    oracle_slim = tmp_path / 'oracle_slim.ckpt'
+    summary = export_pretrained(str(supervised), str(oracle_slim), 'float32', branch='supervised')
+    assert summary.num_tensors == len([k for k in model.state_dict() if k.startswith(('encoder.', 'decoder.'))])
+    fresh = fine_tuning_model('QCNet', args_hparams(ssl_checkpoints))
+    load_pretrained(fresh, str(oracle_slim), False, verbose=False, branch='supervised')
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
 
 
 @pytest.mark.parametrize('model', ['QCNet', 'ForecastMAE'])
@@ -248,55 +260,6 @@ def test_online_branch_exports_and_loads(ssl_checkpoints, tmp_path, model):
     with pytest.raises(ValueError, match=r'momentum\.ckpt: holds only the momentum branch'):
         load_pretrained(fine_tuning_model(model, hparams), str(momentum_slim), copy_refine=False, verbose=False,
                         branch='online')
-
-
-def test_ssl_low_label_online_arm_options(ssl_checkpoints, tmp_path, capsys):
-    from benchmarks import ssl_low_label
-    momentum_slim, online_slim = tmp_path / 'slim.ckpt', tmp_path / 'online.ckpt'
-    export_pretrained(str(ssl_checkpoints['QCNet']), str(momentum_slim))
-    export_pretrained(str(ssl_checkpoints['QCNet']), str(online_slim), branch='online')
-    args = ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_ckpt', str(momentum_slim),
-                                     '--online_arm', '1', '--pretrained_online_ckpt', str(online_slim)])
-    assert args.pretrained_online_ckpt == str(online_slim)
-    ssl_low_label.check_pretrained_ckpt(str(online_slim), 'QCNet', 'online')
-    with pytest.raises(SystemExit, match=r'slim\.ckpt: holds only the momentum branch'):
-        ssl_low_label.check_pretrained_ckpt(str(momentum_slim), 'QCNet', 'online')
-    full = ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_ckpt', str(ssl_checkpoints['QCNet']),
-                                     '--online_arm', '1'])
-    assert full.pretrained_online_ckpt == str(ssl_checkpoints['QCNet'])  # a full checkpoint holds both branches
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--pretrained_online_ckpt', str(online_slim)])
-    assert '--pretrained_online_ckpt goes with --pretrained_ckpt and --online_arm 1' in capsys.readouterr().err
-
-
-def test_ssl_low_label_runs_option(capsys, tmp_path):
-    from benchmarks import ssl_low_label
-    args = ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--runs', 'scratch', 'pretrained_online'])
-    assert args.runs == ['scratch', 'pretrained_online']
-    with pytest.raises(SystemExit):
-        ssl_low_label.parse_args(['--work_dir', str(tmp_path), '--runs', 'finetuned'])
-    assert "invalid choice: 'finetuned'" in capsys.readouterr().err
-
-
-def test_ssl_low_label_validates_each_run_when_it_ends(tmp_path):
-    """Runs are validated as they finish (a time-limited job keeps the val results of the runs done so far), in the
-    order they end; a failed run stops the experiment naming its log."""
-    from benchmarks import ssl_low_label
-    slow = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1.5)'])
-    fast = subprocess.Popen([sys.executable, '-c', 'pass'])
-    finished = []
-    ssl_low_label.wait_each({'slow': slow, 'fast': fast}, {'slow': 'slow.log', 'fast': 'fast.log'},
-                            lambda name: finished.append((name, slow.poll())), poll_s=0.1)
-    assert finished == [('fast', None), ('slow', 0)]  # 'fast' was validated while 'slow' still ran
-    broken = subprocess.Popen([sys.executable, '-c', 'raise SystemExit(3)'])
-    hanging = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
-    with pytest.raises(SystemExit, match=r'broken failed \(exit 3\), see .*broken\.log'):
-        ssl_low_label.wait_each({'broken': broken, 'hanging': hanging},
-                                {'broken': str(tmp_path / 'broken.log'), 'hanging': 'hanging.log'}, finished.append,
-                                poll_s=0.1)
-    assert len(finished) == 2
-    assert hanging.poll() is not None  # the other run was stopped, not left running
 
 
 @pytest.mark.parametrize('model', ['QCNet', 'ForecastMAE'])

@@ -32,11 +32,22 @@ def test_union_vocabularies_keep_argoverse2_first():
         'SOLID_DASH_WHITE', 'SOLID_DASH_YELLOW', 'SOLID_BLUE', 'NONE', 'UNKNOWN', 'CROSSWALK', 'CENTERLINE')
     assert len(AGENT_TYPES) == AV2_NUM_AGENT_TYPES
     assert len(set(POINT_TYPES)) == len(POINT_TYPES) and len(set(POLYGON_TYPES)) == len(POLYGON_TYPES)
-    from modules.qcnet_agent_encoder import AV2_NUM_AGENT_TYPES as MODEL_AGENT_TYPES
-    from modules.qcnet_map_encoder import AV2_NUM_POINT_TYPES as MODEL_POINT_TYPES
-    from modules.qcnet_map_encoder import AV2_NUM_POLYGON_TYPES as MODEL_POLYGON_TYPES
-    assert (MODEL_AGENT_TYPES, MODEL_POINT_TYPES, MODEL_POLYGON_TYPES) == (AV2_NUM_AGENT_TYPES, AV2_NUM_POINT_TYPES,
-                                                                           AV2_NUM_POLYGON_TYPES)
+    # the embedding tables of both backbones take their sizes from these vocabularies: the official QCNet sizes
+    from modules.forecast_mae_encoder import ForecastMAEEncoder
+    from modules.qcnet_agent_encoder import QCNetAgentEncoder
+    from modules.qcnet_map_encoder import QCNetMapEncoder
+    agent = QCNetAgentEncoder('argoverse_v2', 3, 8, 50, 10, 50.0, 50.0, 2, 1, 1, 8, 0.0)
+    qcnet_map = QCNetMapEncoder('argoverse_v2', 3, 8, 50, 150.0, 2, 1, 1, 8, 0.0)
+    assert agent.type_a_emb.num_embeddings == 10
+    official = {'type_pt_emb': 17, 'side_pt_emb': 3, 'type_pl_emb': 4, 'int_pl_emb': 3, 'type_pl2pl_emb': 5}
+    assert {name: getattr(qcnet_map, name).num_embeddings for name in official} == official
+    union = QCNetMapEncoder('argoverse_v2', 3, 8, 50, 150.0, 2, 1, 1, 8, 0.0, num_point_types=len(POINT_TYPES),
+                            num_polygon_types=len(POLYGON_TYPES))
+    assert (union.type_pt_emb.num_embeddings, union.type_pl_emb.num_embeddings) == (23, 9)
+    mae = ForecastMAEEncoder(2, 8, 50, 2, 1, 8, 0.0)
+    mae_tables = {'agent_embedding.type_emb': 10, 'lane_embedding.type_pt_emb': 17, 'lane_embedding.side_pt_emb': 3,
+                  'lane_embedding.type_pl_emb': 4, 'lane_embedding.int_pl_emb': 3}
+    assert {name: mae.get_submodule(name).num_embeddings for name in mae_tables} == mae_tables
 
 
 class Items(torch.utils.data.Dataset):
@@ -170,6 +181,45 @@ def test_datamodule_mixes_labelled_sources(tmp_path, av1_sample):
         MultiDatasetDataModule(sources[:1] * 2, 2, 2)
     with pytest.raises(ValueError, match='for every dataset'):
         MultiDatasetDataModule([sources[0], DatasetSource('waymo', str(tmp_path))], 2, 2)
+
+
+def test_both_data_modules_tell_the_view_transform_the_epoch_before_the_training_loader(tmp_path):
+    """Pre-training passes ``on_train_loader`` to either data module: the first loader of a resumed run (epoch 3
+    here, before any epoch hook) already draws that epoch's views."""
+    from types import SimpleNamespace
+
+    from datasets import ArgoverseV2DataModule
+    from datasets.multi_dataset import DatasetSource, MultiDatasetDataModule
+    from predictors.smartpretrain import ViewEpochCallback
+    dataset_kwargs = {'num_workers': 1, 'progress': False}
+    reference = SSLViews(50, 60, seed=7)
+    reference.set_epoch(3)
+    av2_dirs = {f'{split}_{kind}_dir': str(AV2_TRAIN) if kind == 'raw' else str(tmp_path / 'av2')
+                for split in ('train', 'val') for kind in ('raw', 'processed')}
+    first_scene = ArgoverseV2DataModule(str(tmp_path), 1, 1, 1, train_transform=None, dataset_kwargs=dataset_kwargs,
+                                        **av2_dirs)
+    first_scene.setup('fit')
+    expected = reference(first_scene.train_dataset[0])
+    epoch_0 = SSLViews(50, 60, seed=7)(first_scene.train_dataset[0])
+    assert not torch.equal(epoch_0['anchor']['agent']['position'], expected['anchor']['agent']['position'])
+    modules = {
+        'argoverse_v2': lambda views, hook: ArgoverseV2DataModule(
+            str(tmp_path), 1, 1, 1, shuffle=False, num_workers=0, train_transform=views, dataset_kwargs=dataset_kwargs,
+            on_train_loader=hook, **av2_dirs),
+        'mix': lambda views, hook: MultiDatasetDataModule(
+            [DatasetSource('argoverse_v2', str(tmp_path), raw_dirs={'train': str(AV2_TRAIN)},
+                           processed_dirs={'train': str(tmp_path / 'av2')})], 1, 1, shuffle=False,
+            train_transform=views, dataset_kwargs=dataset_kwargs, on_train_loader=hook)}
+    for name, make in modules.items():
+        views = SSLViews(50, 60, seed=7)
+        module = make(views, ViewEpochCallback(views).sync)
+        module.trainer = SimpleNamespace(current_epoch=3)
+        module.setup('fit')
+        assert views.epoch == 0
+        batch = next(iter(module.train_dataloader()))
+        assert views.epoch == 3, name
+        for key in ('anchor', 'target'):
+            torch.testing.assert_close(batch[key]['agent']['position'], expected[key]['agent']['position'])
 
 
 def test_rootless_source_keeps_processed_files_next_to_the_raw_dir(tmp_path, monkeypatch):

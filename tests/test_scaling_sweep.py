@@ -1,7 +1,7 @@
-"""Scaling-study tool (benchmarks/scaling_sweep.py, benchmarks/scaling_plots.py).
+"""Scaling-study tool (benchmarks/scaling_sweep.py = benchmarks/scaling/, benchmarks/scaling_plots.py).
 
 The real CLIs take minutes per point, so the sweep logic (resume, extension, protocol check, deadline, interruption)
-runs here with a fake runner injected into ``scaling_sweep.main``; the pieces of the real runner that are cheap
+runs here with a fake runner injected into the command line's ``main``; the pieces of the real runner that are cheap
 (run-directory resumption, FLOP counting on generated Argoverse 2-format scenarios) are tested on their own. The
 end-to-end CPU smoke command with the real CLIs is in docs/SCALING.md.
 """
@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -17,8 +18,15 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks import scaling_plots, scaling_sweep
-from benchmarks.experiment_utils import CommandFailed, read_val_metrics
+from benchmarks import scaling_plots
+from benchmarks.experiment_utils import ROOT, CommandFailed, read_val_metrics
+from benchmarks.scaling import cli as sweep_cli
+from benchmarks.scaling.flops import measure_step_flops
+from benchmarks.scaling.plan import Point, geometric_sizes, plan_points
+from benchmarks.scaling.processes import ChildProcesses
+from benchmarks.scaling.results import EXPORT_FILES, ResultsTable
+from benchmarks.scaling.runner import CliRunner
+from benchmarks.scaling.schedule import estimate_point_s, run_point, run_sweep
 
 TRUE_EXPONENT = 0.3
 
@@ -61,7 +69,7 @@ def sweep(work, *extra, fail_on=None, plots=False):
     argv = ['--work_dir', str(work), '--model', 'tiny', '--accelerator', 'cpu', *extra]
     if not plots:
         argv.append('--no_plots')
-    code = scaling_sweep.main(argv, runner_factory=lambda args: FakeRunner(args, fail_on))
+    code = sweep_cli.main(argv, runner_factory=lambda args: FakeRunner(args, fail_on))
     return code, FakeRunner.instances[-1]
 
 
@@ -88,7 +96,7 @@ def test_resume_skips_finished_points_and_adds_new_ones(tmp_path):
     assert len(lines) == 15 and lines[0].startswith('key,kind,mix,profiles,num_pretrain_scenarios,seed')
     row = next(r for r in rows if r['key'] == 'mixed/n40/s1')
     assert row['kind'] == 'pretrained' and row['mix'] == 'mixed' and row['num_pretrain_scenarios'] == 40
-    assert row['minFDE'] == pytest.approx(fake_metrics(scaling_sweep.Point('pretrained', 1, 'mixed', 40))['minFDE'])
+    assert row['minFDE'] == pytest.approx(fake_metrics(Point('pretrained', 1, 'mixed', 40))['minFDE'])
     # nothing left: a third call runs nothing
     code, third = sweep(tmp_path, '--sizes', '10', '20', '40', '--seeds', '0', '1', '--mixes', 'single', 'mixed')
     assert code == 0 and third.calls == [] and third.prepared == []
@@ -115,25 +123,25 @@ def test_deadline_leaves_points_for_the_next_call(tmp_path):
 
 
 def test_deadline_defers_points_expected_to_overrun(tmp_path):
-    table = scaling_sweep.ResultsTable(str(tmp_path))
+    table = ResultsTable(str(tmp_path))
     # recorded earlier: fine-tune + val takes 10 s, pre-training 10 s per scenario-epoch
     table.add({'key': 'scratch/s0', 'kind': 'scratch', 'mix': '', 'num_pretrain_scenarios': 0, 'seed': 0,
                'pretrain_wall_s': 0.0, 'pretrain_epochs': 0, 'point_wall_s': 10.0, 'minFDE': 4.0})
     table.add({'key': 'single/n10/s0', 'kind': 'pretrained', 'mix': 'single', 'num_pretrain_scenarios': 10,
                'seed': 0, 'pretrain_wall_s': 100.0, 'pretrain_epochs': 1, 'point_wall_s': 110.0, 'minFDE': 3.9})
-    big = scaling_sweep.Point('pretrained', 0, 'single', 20)
-    assert scaling_sweep.estimate_point_s(big, list(table.rows.values())) == pytest.approx(210.0)
-    assert scaling_sweep.estimate_point_s(big, list(table.rows.values()), pretrain_done=True) == 10.0
+    big = Point('pretrained', 0, 'single', 20)
+    assert estimate_point_s(big, list(table.rows.values())) == pytest.approx(210.0)
+    assert estimate_point_s(big, list(table.rows.values()), pretrain_done=True) == 10.0
     # with two recorded sizes: start-up + seconds per scenario-epoch from a straight line (20 s + 8 s x N)
     two_sizes = list(table.rows.values()) + [
         {'kind': 'pretrained', 'num_pretrain_scenarios': 20, 'pretrain_wall_s': 180.0, 'pretrain_epochs': 1,
          'point_wall_s': 190.0}]
     rows_line = [dict(r, pretrain_wall_s=100.0) if r.get('num_pretrain_scenarios') == 10 else r for r in two_sizes]
-    estimate = scaling_sweep.estimate_point_s(scaling_sweep.Point('pretrained', 0, 'single', 40), rows_line)
+    estimate = estimate_point_s(Point('pretrained', 0, 'single', 40), rows_line)
     assert estimate == pytest.approx(10.0 + 20.0 + 8.0 * 40)
-    runner = FakeRunner(scaling_sweep.build_parser().parse_args(['--work_dir', str(tmp_path)]))
-    points = scaling_sweep.plan_points([10, 20], ['single'], [0, 1])
-    outcome = scaling_sweep.run_sweep(points, runner, table, deadline_s=100.0, log=lambda line: None)
+    runner = FakeRunner(sweep_cli.build_parser().parse_args(['--work_dir', str(tmp_path)]))
+    points = plan_points([10, 20], ['single'], [0, 1])
+    outcome = run_sweep(points, runner, table, deadline_s=100.0, log=lambda line: None)
     # scratch/s1 is expected to take 10 s; single/n10/s1 10 s + 100 s of pre-training, over the deadline
     assert runner.calls == ['scratch/s1']
     assert outcome['remaining'] == ['single/n10/s1', 'single/n20/s0', 'single/n20/s1']
@@ -147,16 +155,16 @@ def test_bad_flags_give_one_line_errors(tmp_path):
         sweep(tmp_path, '--sizes', '4', '--mixes', 'mixed', '--mix_profiles', 'default', 'default')
     with pytest.raises(SystemExit, match='factor'):
         sweep(tmp_path, '--min_size', '10', '--size_factor', '1.01', '--num_sizes', '4')
-    assert scaling_sweep.geometric_sizes(100, 2, 4) == [100, 200, 400, 800]
+    assert geometric_sizes(100, 2, 4) == [100, 200, 400, 800]
 
 
-def test_help_lists_the_sweep_flags(capsys):
-    with pytest.raises(SystemExit) as excinfo:
-        scaling_sweep.main(['--help'])
-    assert excinfo.value.code == 0
-    out = capsys.readouterr().out
+def test_help_lists_the_sweep_flags():
+    # the script users run (benchmarks/scaling_sweep.py) in a fresh interpreter
+    help_text = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'scaling_sweep.py'), '--help'],
+                               capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert help_text.startswith('usage: scaling_sweep.py')
     for flag in ('--sizes', '--mixes', '--seeds', '--pretrain_epochs', '--deadline_s', '--flop_batches'):
-        assert flag in out
+        assert flag in help_text
     with pytest.raises(SystemExit) as excinfo:
         scaling_plots.main(['--help'])
     assert excinfo.value.code == 0
@@ -220,7 +228,7 @@ def test_plots_are_written_and_show_the_data(tmp_path):
     assert code == 0
     # what a time-limited GPU call brings back: 8 flat files (flops.json exists only with the real runner)
     assert sorted(os.listdir(tmp_path / 'export')) == sorted(
-        os.path.basename(f) for f in scaling_sweep.EXPORT_FILES if f != 'flops.json')
+        os.path.basename(f) for f in EXPORT_FILES if f != 'flops.json')
     plots = tmp_path / 'plots'
     for name in ('metric_vs_data.png', 'gain_vs_data.png', 'gain_vs_compute.png'):
         image = mpimg.imread(plots / name)
@@ -246,9 +254,9 @@ def test_plots_are_written_and_show_the_data(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 def test_interrupted_training_run_continues_from_its_checkpoint(tmp_path):
     import torch
-    args = scaling_sweep.build_parser().parse_args(['--work_dir', str(tmp_path), '--accelerator', 'cpu'])
-    runner = scaling_sweep.CliRunner(args)
-    assert runner.subset_ids_by_profile('mixed', 5) == {'default': 3, 'highway': 2}
+    args = sweep_cli.build_parser().parse_args(['--work_dir', str(tmp_path), '--accelerator', 'cpu'])
+    runner = CliRunner(args)
+    assert runner.data.subset_ids_by_profile('mixed', 5) == {'default': 3, 'highway': 2}
     os.makedirs(runner.runs)
     name = 'pre_single_n8_s0'
     checkpoints = tmp_path / 'runs' / name / 'checkpoints'
@@ -313,8 +321,8 @@ def test_fine_tuning_flops_add_up_over_scenarios(tmp_path):
     cli = ['--root', str(tmp_path), '--train_batch_size', '1', '--val_batch_size', '1', '--test_batch_size', '1',
            *model]
     raw, processed = str(tmp_path / 'raw' / 'train'), str(tmp_path / 'processed')
-    single = scaling_sweep.measure_step_flops('finetune', cli, raw, processed, batch_size=1, num_batches=2)
-    pair = scaling_sweep.measure_step_flops('finetune', cli, raw, processed, batch_size=2, num_batches=1)
+    single = measure_step_flops('finetune', cli, raw, processed, batch_size=1, num_batches=2)
+    pair = measure_step_flops('finetune', cli, raw, processed, batch_size=2, num_batches=1)
     assert single['batches'] == 2 and pair['scenarios'] == 2
     assert single['flops_per_step'] > 1e6
     # two single-scene batches decode two shared slots, the pair one: a little less, and far less than one scene
@@ -338,7 +346,7 @@ class StepRunner:
         self.markers = os.path.join(args.work_dir, 'fake_runs')
         os.makedirs(self.markers, exist_ok=True)
         self.events, self.lock = [], threading.Lock()
-        self.children = scaling_sweep.ChildProcesses(grace_s=5)
+        self.children = ChildProcesses(grace_s=5)
         self.child_started = threading.Event()
         StepRunner.instances.append(self)
 
@@ -390,7 +398,7 @@ class StepRunner:
         return {k: v for k, v in fake_metrics(point).items() if not k.startswith('pretrain')}
 
     def run(self, point):
-        return scaling_sweep.run_point(self, point)
+        return run_point(self, point)
 
     def stop(self):
         return self.children.terminate_all()
@@ -401,7 +409,7 @@ class StepRunner:
 
 def step_sweep(work, *extra, **runner_kwargs):
     argv = ['--work_dir', str(work), '--model', 'tiny', '--accelerator', 'cpu', '--no_plots', *extra]
-    code = scaling_sweep.main(argv, runner_factory=lambda args: StepRunner(args, **runner_kwargs))
+    code = sweep_cli.main(argv, runner_factory=lambda args: StepRunner(args, **runner_kwargs))
     return code, StepRunner.instances[-1]
 
 
@@ -486,17 +494,17 @@ def test_parallel_failed_job_does_not_stop_the_others(tmp_path, capsys):
 
 
 def test_parallel_deadline_defers_jobs_expected_to_overrun(tmp_path):
-    table = scaling_sweep.ResultsTable(str(tmp_path))
+    table = ResultsTable(str(tmp_path))
     # recorded earlier: fine-tune + val takes 10 s, pre-training 10 s per scenario-epoch
     table.add({'key': 'scratch/s0', 'kind': 'scratch', 'mix': '', 'num_pretrain_scenarios': 0, 'seed': 0,
                'pretrain_wall_s': 0.0, 'pretrain_epochs': 0, 'point_wall_s': 10.0, 'minFDE': 4.0})
     table.add({'key': 'single/n10/s0', 'kind': 'pretrained', 'mix': 'single', 'num_pretrain_scenarios': 10,
                'seed': 0, 'pretrain_wall_s': 100.0, 'pretrain_epochs': 1, 'point_wall_s': 110.0, 'minFDE': 3.9})
-    args = scaling_sweep.build_parser().parse_args(['--work_dir', str(tmp_path), '--pretrain_per_seed', '0'])
+    args = sweep_cli.build_parser().parse_args(['--work_dir', str(tmp_path), '--pretrain_per_seed', '0'])
     runner = StepRunner(args, step_s=0.05)
-    points = scaling_sweep.plan_points([10, 20], ['single'], [0, 1])
+    points = plan_points([10, 20], ['single'], [0, 1])
     lines = []
-    outcome = scaling_sweep.run_sweep(points, runner, table, deadline_s=100.0, log=lines.append, parallel=3)
+    outcome = run_sweep(points, runner, table, deadline_s=100.0, log=lines.append, parallel=3)
     # the scratch run fits (10 s); the shared pre-trainings (N = 10: 100 s, N = 20: 200 s) do not, and their points
     # wait with them
     assert sorted(runner.intervals('finetune')) == ['scratch/s1'] and runner.intervals('pretrain') == {}
@@ -506,7 +514,7 @@ def test_parallel_deadline_defers_jobs_expected_to_overrun(tmp_path):
     assert any('single/n20/s1: not run (its pre-training is deferred)' in line for line in lines)
     # once the N = 10 pre-training exists (kept from an earlier call), its point's fine-tune + val (10 s) fits
     open(os.path.join(runner.markers, 'pre_single_n10_s0'), 'w').close()
-    outcome = scaling_sweep.run_sweep(points, runner, table, deadline_s=100.0, log=lines.append, parallel=3)
+    outcome = run_sweep(points, runner, table, deadline_s=100.0, log=lines.append, parallel=3)
     assert outcome['ran'] == ['single/n10/s1'] and runner.intervals('pretrain') == {}
     assert outcome['remaining'] == ['single/n20/s0', 'single/n20/s1']
     # no time at all: nothing starts, main() exits 3 (points remain)
@@ -535,7 +543,7 @@ def test_parallel_sigterm_terminates_running_children_and_keeps_finished_rows(tm
     killer.start()
     try:
         with pytest.raises(SystemExit, match='terminated'):
-            scaling_sweep.main(['--work_dir', str(tmp_path), '--model', 'tiny', '--accelerator', 'cpu', '--no_plots',
+            sweep_cli.main(['--work_dir', str(tmp_path), '--model', 'tiny', '--accelerator', 'cpu', '--no_plots',
                                 '--sizes', '10', '--seeds', '0', '--parallel', '2'], runner_factory=factory)
     finally:
         signal.signal(signal.SIGTERM, previous)

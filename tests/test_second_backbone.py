@@ -1,4 +1,4 @@
-"""Second backbone (Forecast-MAE-style, issue 7): frames, batching, pre-training through the same SmartPretrain
+"""Second backbone (Forecast-MAE-style): frames, batching, pre-training through the same SmartPretrain
 module as QCNet, the supervised predictor through train.py / val.py / test.py, fine-tuning transfer, and checkpoints
 of one backbone refused by the other. Real Argoverse 2 samples under tests/data."""
 import importlib.util

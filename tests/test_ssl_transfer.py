@@ -4,7 +4,7 @@ import torch
 
 from predictors.qcnet import QCNet
 from predictors.smartpretrain import SmartPretrain
-from utils.pretrained import load_pretrained_into_qcnet
+from utils.pretrained import load_pretrained, load_pretrained_into_qcnet
 
 from tiny_configs import TINY_QCNET_SIZES
 
@@ -108,3 +108,66 @@ def test_wrong_checkpoints_fail_with_a_clear_message(pretrained, tmp_path):
     torch.save({'state_dict': truncated}, tmp_path / 'partial.ckpt')
     with pytest.raises(ValueError, match=r'partial\.ckpt: .*missing.*type_a_emb'):
         load_pretrained_into_qcnet(model, str(tmp_path / 'partial.ckpt'), True)
+
+
+def test_mode_noise_breaks_the_mode_symmetry_and_changes_nothing_else(pretrained):
+    """mode_noise_std > 0 (a deviation, off by default): the K copies of the one pre-training mode embedding differ
+    by about that std; every other tensor is the same as in the plain transfer."""
+    path, source = pretrained
+    plain, noisy = qcnet(), qcnet()
+    plain.load_state_dict(noisy.state_dict())  # same fresh initialisation of what the transfer leaves alone
+    load_pretrained_into_qcnet(plain, str(path), True, verbose=False)
+    torch.manual_seed(3)
+    report = load_pretrained(noisy, str(path), True, verbose=False, mode_noise_std=0.05)
+    key = 'decoder.mode_emb.weight'
+    same, broken = plain.state_dict()[key], noisy.state_dict()[key]
+    assert same.shape[0] == 6 and all(torch.equal(row, same[0]) for row in same)  # without: identical modes
+    assert all(not torch.equal(broken[i], broken[j]) for i in range(6) for j in range(i))
+    assert 0.03 < (broken - same).std().item() < 0.07 and (broken - same).mean().abs().item() < 0.02
+    for name, value in plain.state_dict().items():
+        if name != key:
+            assert torch.equal(value, noisy.state_dict()[name]), name
+    assert any('mode symmetry broken' in note for note in report.adapted)
+    again = qcnet()
+    torch.manual_seed(3)  # seeded: the same noise again
+    load_pretrained(again, str(path), True, verbose=False, mode_noise_std=0.05)
+    assert torch.equal(again.state_dict()[key], broken)
+
+
+def supervised_checkpoint(tmp_path, name='oracle.ckpt', model=None):
+    """A 'trained' QCNet (fresh weights moved by noise) saved as train.py saves it (state_dict + hyper-parameters)."""
+    model = model or qcnet()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / name
+    torch.save({'state_dict': model.state_dict(), 'hyper_parameters': dict(model.hparams)}, path)
+    return path, model.state_dict()
+
+
+def test_supervised_checkpoint_transfers_encoder_and_whole_decoder(pretrained, tmp_path, capsys):
+    """The oracle arm: a supervised checkpoint of the same predictor loads into every encoder and decoder tensor;
+    copy_refine, mode noise, a pre-training checkpoint or another predictor are refused with the file named."""
+    torch.manual_seed(1)
+    path, source = supervised_checkpoint(tmp_path)
+    model = qcnet()
+    report = load_pretrained(model, str(path), False, branch='supervised')
+    assert 'pre-trained weights (supervised branch)' in capsys.readouterr().out
+    state = model.state_dict()
+    parts = [k for k in state if k.startswith(('encoder.', 'decoder.'))]
+    assert parts and all(torch.equal(state[k], source[k]) for k in parts)
+    assert set(report.loaded) == set(parts) and not report.unused and not report.copied_to_refine
+    with pytest.raises(ValueError, match=r'oracle\.ckpt: copy_refine with a supervised checkpoint'):
+        load_pretrained(qcnet(), str(path), True, branch='supervised')
+    with pytest.raises(ValueError, match=r'oracle\.ckpt: mode_noise_std 0\.02 given, but no one-mode embedding'):
+        load_pretrained(qcnet(), str(path), False, branch='supervised', mode_noise_std=0.02)
+    with pytest.raises(ValueError, match=r'pretrain\.ckpt: a SmartPretrain pre-training checkpoint, not a supervised'):
+        load_pretrained(qcnet(), str(pretrained[0]), False, branch='supervised')
+    other = tmp_path / 'fmae.ckpt'
+    torch.save({'state_dict': source, 'hyper_parameters': {'model': 'ForecastMAE'}}, other)
+    with pytest.raises(ValueError, match=r'fmae\.ckpt: a supervised ForecastMAE checkpoint, but the model is QCNet'):
+        load_pretrained(qcnet(), str(other), False, branch='supervised')
+    with pytest.raises(ValueError, match=r'pre-trained decoder weights do not fit the model.*missing'):
+        partial = {k: v for k, v in source.items() if 'to_pi' not in k}
+        torch.save({'state_dict': partial, 'hyper_parameters': {'model': 'QCNet'}}, tmp_path / 'partial.ckpt')
+        load_pretrained(qcnet(), str(tmp_path / 'partial.ckpt'), False, branch='supervised')

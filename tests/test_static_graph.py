@@ -221,7 +221,7 @@ def test_cuda_graphs_flag_without_a_gpu_is_a_one_line_error(tmp_path):
         train.main(flags + ['--accelerator', 'cpu'])
     with pytest.raises(CliError, match='not available together with --checkpoint_agent_encoder'):
         train.main(flags + ['--accelerator', 'cpu', '--checkpoint_agent_encoder'])
-    # The compile flags are allowed with it (checked on the GPU, BENCHMARKS §2d): here only the missing GPU is.
+    # The compile flags are allowed with it (run on the GPU in docs/BENCHMARKS.md): here only the missing GPU is.
     with pytest.raises(CliError, match='--cuda_graphs: needs a CUDA GPU'):
         train.main(flags + ['--accelerator', 'cpu', '--compile_attention', '--compile_embeddings', '--compile_gru'])
     with pytest.raises(CliError, match='--compile_embeddings and --recompute_embeddings exclude each other'):

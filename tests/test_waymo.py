@@ -320,7 +320,7 @@ def test_preprocess_cli_waymo(tmp_path, capsys):
     assert preprocess_main(command[3:]) == 2
     assert '2 already done' in capsys.readouterr().out
 
-    from datasets.argoverse_v2_dataset import WaymoDataset
+    from datasets.waymo_dataset import WaymoDataset
     dataset = WaymoDataset(str(tmp_path), 'train', raw_dir=str(raw), processed_dir=str(processed), num_workers=1,
                            progress=False)
     assert len(dataset) == 2 and {int(dataset[i]['data_set']) for i in range(2)} == {2}

@@ -139,7 +139,7 @@ def load_submodule_weights(module: torch.nn.Module, state_dict: Mapping[str, tor
 
 
 def state_dict_spec(state_dict: Mapping[str, torch.Tensor]) -> List[Tuple[str, Tuple[int, ...]]]:
-    """[(name, shape)] in state-dict order, e.g. to compare with /shared/spec/*.tsv."""
+    """[(name, shape)] in state-dict order, e.g. to compare with tests/data/spec/*.tsv."""
     return [(k, tuple(v.shape)) for k, v in state_dict.items()]
 
 

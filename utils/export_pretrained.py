@@ -9,10 +9,12 @@ name). This writes exactly those, under the same key names, optionally cast to a
 tensors only; integer buffers keep theirs): full-size QCNet 5.4 M parameters (encoder + propose-only decoder) ->
 10.6 MiB in float16, 20.9 MiB in float32. ``load_pretrained`` copies them into the model's float32 parameters.
 ``--branch online`` exports the online branch (``branch.encoder.*`` / ``branch.decoder.*``) instead, for
-``train.py --pretrained_branch online``.
+``train.py --pretrained_branch online``; ``--branch supervised`` the ``encoder.*`` / ``decoder.*`` of a supervised
+``train.py`` checkpoint (the oracle of docs/LOW_LABEL.md), for ``train.py --pretrained_branch supervised``.
 
 Usage:
-  python -m utils.export_pretrained IN.ckpt OUT.ckpt [--dtype float32|float16|bfloat16] [--branch momentum|online]
+  python -m utils.export_pretrained IN.ckpt OUT.ckpt [--dtype float32|float16|bfloat16]
+      [--branch momentum|online|supervised]
 """
 import argparse
 import os
@@ -121,9 +123,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('out_path', help='slim checkpoint to write (one branch\'s encoder + decoder + hyper-parameters)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float16',
                         help='dtype of the exported floating tensors (default: float16)')
-    parser.add_argument('--branch', choices=['momentum', 'online'], default='momentum',
+    parser.add_argument('--branch', choices=['momentum', 'online', 'supervised'], default='momentum',
                         help='which branch to export (default: momentum, what the method fine-tunes from; online: '
-                             'for train.py --pretrained_branch online)')
+                             'for train.py --pretrained_branch online; supervised: the encoder + decoder of a '
+                             'train.py checkpoint, for train.py --pretrained_branch supervised)')
     return parser.parse_args(argv)
 
 

@@ -1,9 +1,9 @@
 """QCNet's edge lists built in the data-loader workers, next to the batch, instead of inside the training step.
 
 Why: ``build_graph`` (radius searches, dense-to-sparse masks) is the data-dependent part of a QCNet step. On the GPU
-it runs eagerly before the fixed-shape replay and waits for the host at every ``nonzero``: 10-17 ms of a replayed
-B = 32 step on the H200 were outside the replayed kernels (BENCHMARKS §2d). On the CPU it takes ~27 ms (B = 4) /
-~260 ms (B = 32) per batch on one core, so a few loader workers build the graphs of the coming batches while the GPU
+it runs eagerly before the fixed-shape replay and waits for the host at every ``nonzero``, time the GPU spends
+outside the replayed kernels (docs/BENCHMARKS.md, "Training step"). On the CPU it costs a fraction of a second per
+batch on one core, so a few loader workers build the graphs of the coming batches while the GPU
 trains on the current one. The graph travels with the batch (pinned and moved to the device with it) as the
 attribute ``qcnet_graph``; ``QCNet.forward`` and the fixed-shape runner use it instead of building their own.
 Edge sets are those the model builds itself (same functions, run on the CPU).

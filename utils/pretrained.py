@@ -15,6 +15,16 @@ file and both backbones. The returned ``TransferReport`` lists what was loaded.
 the momentum branch, an EMA whose momentum starts at 0.996: after K optimiser steps about exp(-0.002 K) of its random
 initialisation is still in it (61 % after 250 steps, 2 % after 2,000), so short pre-training runs hand fine-tuning a
 mostly random encoder; the online branch holds what was learnt at every step count.
+
+``branch='supervised'`` takes the weights of a trained predictor of the same model class (keys ``encoder.*`` /
+``decoder.*`` of a ``train.py`` checkpoint): every encoder and decoder tensor must fit, the refinement layers and heads
+come trained (so ``copy_refine`` is refused). It starts a fine-tune from supervised pre-training on a larger labelled
+pool: the "oracle" of the low-label study (docs/LOW_LABEL.md), which shows how much an unlabelled pool could give.
+
+``mode_noise_std`` > 0 is a deviation from the method, off by default: the one pre-training mode embedding repeated
+to the model's K modes makes the K mode queries identical when fine-tuning starts (only dropout breaks the tie), so
+each copy gets its own Gaussian noise of that standard deviation (fresh embeddings are initialised with std 0.02,
+``utils/weight_init.py``). It draws from torch's global generator: seed first for a reproducible transfer.
 """
 import os
 import pickle
@@ -28,6 +38,7 @@ import torch.nn as nn
 SOURCE_PREFIX = 'momentum_branch.'
 # which pre-training branch fine-tuning starts from: its key prefix in the checkpoint
 BRANCH_PREFIXES = {'momentum': SOURCE_PREFIX, 'online': 'branch.'}
+SUPERVISED = 'supervised'  # the branch name of a trained predictor's checkpoint (no prefix)
 # Vocabulary tables whose pre-training version may be longer (official multi-dataset pre-training adds AV1/Waymo
 # categories after the Argoverse 2 ones): only these may be cut to the model's vocabulary.
 _VOCABULARY_TABLES = ('type_pt_emb', 'side_pt_emb', 'type_pl_emb', 'type_a_emb')
@@ -97,16 +108,33 @@ def read_pretraining_checkpoint(ckpt_path: str) -> Tuple[Dict[str, torch.Tensor]
     return dict(state_dict), hparams
 
 
-def read_checkpoint_state_dict(ckpt_path: str) -> Dict[str, torch.Tensor]:
-    """``state_dict`` of a Lightning checkpoint (or a bare state dict), loaded on CPU without unpickling code."""
-    return read_pretraining_checkpoint(ckpt_path)[0]
-
-
 def branch_prefix(branch: str) -> str:
-    """Key prefix of pre-training ``branch`` ('momentum' or 'online')."""
+    """Key prefix of pre-training ``branch`` ('momentum' or 'online'; 'supervised': none)."""
+    if branch == SUPERVISED:
+        return ''
     if branch not in BRANCH_PREFIXES:
-        raise ValueError(f'unknown pre-training branch {branch!r}; known: {", ".join(BRANCH_PREFIXES)}')
+        raise ValueError(f'unknown pre-training branch {branch!r}; known: {", ".join(BRANCH_PREFIXES)}, '
+                         f'{SUPERVISED}')
     return BRANCH_PREFIXES[branch]
+
+
+def _check_supervised_layout(ckpt_path: str, state_dict: Mapping[str, torch.Tensor], hparams: Mapping[str, Any],
+                             model: nn.Module) -> None:
+    """A supervised checkpoint of ``model``'s class: keys encoder.* and decoder.*, hyper-parameter 'model' (when
+    there are hyper-parameters) naming the same predictor."""
+    if any(k.startswith((SOURCE_PREFIX + 'encoder.', 'branch.encoder.')) for k in state_dict):
+        raise ValueError(f'{ckpt_path}: a SmartPretrain pre-training checkpoint, not a supervised one; transfer it '
+                         f'with the momentum or online branch')
+    if not (any(k.startswith('encoder.') for k in state_dict) and any(k.startswith('decoder.') for k in state_dict)):
+        raise ValueError(f'{ckpt_path}: not a supervised predictor checkpoint: no encoder.* / decoder.* keys '
+                         f'(first keys: {list(state_dict)[:4]})')
+    if hparams:
+        found = str(hparams.get('model') or 'QCNet')
+        wanted = getattr(model, 'MODEL_NAME', type(model).__name__)
+        norm = lambda name: str(name).replace('_', '').replace('-', '').lower()  # noqa: E731
+        if norm(found) != norm(wanted):
+            raise ValueError(f'{ckpt_path}: a supervised {found} checkpoint, but the model is {wanted}; train the '
+                             f'oracle with the same --model')
 
 
 def _check_pretraining_layout(ckpt_path: str, state_dict: Mapping[str, torch.Tensor],
@@ -179,7 +207,7 @@ def _mismatches(ckpt_path: str, module_name: str, weights: Mapping[str, torch.Te
 
 
 def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose: bool = True,
-                    branch: str = 'momentum') -> TransferReport:
+                    branch: str = 'momentum', mode_noise_std: float = 0.0) -> TransferReport:
     """Loads the momentum (default) or online ``branch`` of a SmartPretrain checkpoint into ``model.encoder`` /
     ``model.decoder``.
 
@@ -190,17 +218,27 @@ def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose
         ckpt_path: pre-training checkpoint (``.ckpt`` of ``train_ssl.py`` or of the official release).
         copy_refine: also initialise the refinement layers from the proposal ones.
         verbose: print ``report.summary()``.
-        branch: 'momentum' (the method) or 'online'.
+        branch: 'momentum' (the method), 'online', or 'supervised' (a trained predictor of the same class).
+        mode_noise_std: > 0 adds independent Gaussian noise of this std to each of the K copies of a repeated
+            one-mode embedding (a deviation, see the module docstring); an error when no embedding is repeated.
     Returns a ``TransferReport``; raises ``ValueError`` naming the file on a checkpoint of the wrong kind, backbone
     or shape.
     """
+    if mode_noise_std < 0:
+        raise ValueError(f'mode_noise_std must be >= 0, got {mode_noise_std}')
     state_dict, hparams = read_pretraining_checkpoint(ckpt_path)
     prefix = branch_prefix(branch)
-    _check_pretraining_layout(ckpt_path, state_dict, hparams, branch)
-    backbone = getattr(model, 'SSL_BACKBONE', None) or 'qcnet'
+    supervised = branch == SUPERVISED
+    if supervised:
+        _check_supervised_layout(ckpt_path, state_dict, hparams, model)
+        if copy_refine:
+            raise ValueError(f'{ckpt_path}: copy_refine with a supervised checkpoint would overwrite its trained '
+                             f'refinement layers with the proposal ones; transfer it with copy_refine off')
+    else:
+        _check_pretraining_layout(ckpt_path, state_dict, hparams, branch)
+        _check_backbone(ckpt_path, hparams, model, getattr(model, 'SSL_BACKBONE', None) or 'qcnet',
+                        list(_strip(state_dict, prefix + 'encoder.')))
     propose_to_refine = getattr(model, 'PROPOSE_TO_REFINE', None) or _PROPOSE_TO_REFINE
-    _check_backbone(ckpt_path, hparams, model, backbone,
-                    list(_strip(state_dict, prefix + 'encoder.')))
     report = TransferReport(checkpoint=str(ckpt_path), branch=branch)
 
     # Encoder: every tensor must be there and fit.
@@ -221,6 +259,10 @@ def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose
             if value.shape[0] == 1 and num_modes > 1:
                 value = value.repeat(num_modes, *([1] * (value.dim() - 1)))
                 report.adapted.append(f'decoder.{key}: pre-training mode embedding repeated to {num_modes} modes')
+                if mode_noise_std > 0:
+                    value = value + mode_noise_std * torch.randn(value.shape, dtype=torch.float32).to(value.dtype)
+                    report.adapted.append(f'decoder.{key}: Gaussian noise of std {mode_noise_std:g} added to each '
+                                          f'of the {num_modes} copies (mode symmetry broken; a deviation)')
         if key not in decoder_expected:
             unused_decoder.append(key)
             continue
@@ -232,7 +274,10 @@ def load_pretrained(model: nn.Module, ckpt_path: str, copy_refine: bool, verbose
                     if refine_key in decoder_expected:
                         decoder_weights[refine_key] = value.clone()
                         report.copied_to_refine.append(f'decoder.{refine_key}')
-    _mismatches(ckpt_path, 'decoder', decoder_weights, decoder_expected, strict=False)
+    if mode_noise_std > 0 and not any('mode symmetry broken' in note for note in report.adapted):
+        raise ValueError(f'{ckpt_path}: mode_noise_std {mode_noise_std:g} given, but no one-mode embedding was '
+                         f'repeated (the checkpoint\'s decoder already has the model\'s modes): nothing to break')
+    _mismatches(ckpt_path, 'decoder', decoder_weights, decoder_expected, strict=supervised)
     result = model.decoder.load_state_dict(decoder_weights, strict=False)
     if result.unexpected_keys:  # cannot happen after the filtering above; guard against silent partial loads
         raise ValueError(f'{ckpt_path}: unexpected decoder keys {result.unexpected_keys[:6]}')
