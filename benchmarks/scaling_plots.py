@@ -27,6 +27,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.experiment_utils import METRICS, atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from utils.atomic_io import atomic_output_path  # noqa: E402
 
 AGREE_SIGMAS = 2.0
 # smallest tolerance, relative to the point's mean: gains are small numbers (a 5 % tolerance on a 10 % gain is half
@@ -259,7 +260,8 @@ def plot_metric_vs_data(rows: List[dict], path: str, model: str = 'QCNet') -> No
     _legend(axes.flat[0])
     fig.suptitle(f'Fine-tuned {model} vs amount of SmartPretrain pre-training data (dots: seeds; bars: ±1 std)')
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_output_path(path) as temporary:
+        fig.savefig(temporary, dpi=110)
     plt.close(fig)
 
 
@@ -311,7 +313,8 @@ def plot_gain_vs_data(agg: dict, fits: Dict[str, dict], path: str) -> None:
     ax_lin.set_title('gain vs data (dots: seeds, bars: ±1 std)')
     ax_log.set_title('log-log: a power law is a straight line')
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_output_path(path) as temporary:
+        fig.savefig(temporary, dpi=110)
     plt.close(fig)
 
 
@@ -335,7 +338,8 @@ def plot_gain_vs_compute(agg: dict, path: str) -> None:
         _legend(ax)
     fig.suptitle('Gain vs pre-training compute')
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_output_path(path) as temporary:
+        fig.savefig(temporary, dpi=110)
     plt.close(fig)
 
 

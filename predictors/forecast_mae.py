@@ -90,4 +90,3 @@ class ForecastMAE(TrajectoryPredictor):
     def add_model_specific_args(parent_parser):
         """Flags of the model (``predictors.arguments``)."""
         return add_forecast_mae_args(parent_parser)
-
