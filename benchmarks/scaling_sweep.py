@@ -957,7 +957,7 @@ class CliRunner:
 # command line
 # ----------------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from datasets.synthetic_profiles import PROFILES
+    from datasets.synthetic.profiles import PROFILES
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--work_dir', required=True, help='data, runs, logs, results.{json,csv} and plots/ go here')
     sizes = p.add_argument_group('pre-training data sizes (N = scenarios)')
