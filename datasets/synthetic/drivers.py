@@ -51,7 +51,7 @@ KINEMATICS = {
 def make_driver(rng, object_type: str, route: Route, s: float, v_desired: float, is_av=False) -> Driver:
     length, a_max, b_comf, headway, min_gap, _ = KINEMATICS[object_type]
     lateral_sd = 0.08 if is_av else LATERAL_BIAS_SD[object_type]
-    return Driver(object_type=object_type, route=route, s=s, v=v_desired * float(rng.uniform(0.85, 1.0)),
+    return Driver(object_type=object_type, route=route, s=s, v=v_desired * float(rng.uniform(0.97, 1.0)),
                   length=float(rng.uniform(*length)),
                   v_desired=v_desired, a_max=float(rng.uniform(*a_max)), b_comf=float(rng.uniform(*b_comf)),
                   headway=float(rng.uniform(*headway)), min_gap=min_gap, lateral_acc=float(rng.uniform(2.0, 3.0)),

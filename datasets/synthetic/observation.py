@@ -17,8 +17,8 @@ from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
 from datasets.synthetic.trajectory import NUM_HISTORICAL_STEPS, NUM_STEPS, Trajectory
 
 MIN_TRACK_STEPS = 10       # AV2 drops shorter tracks
-SCORED_RADIUS = 40.0       # fully observed movers this close to the AV at the last history step may be scored
-SCORED_PROB = 0.8          # ... and are scored with this probability
+SCORED_RADIUS = 40.0       # movers this close to the AV at the last history step may be scored ...
+SCORED_PER_SCENE = 1.1     # ... this many on average (Poisson); their tracks are kept whole
 DYNAMIC_TYPES = ('vehicle', 'bus', 'motorcyclist', 'cyclist', 'pedestrian')
 FOCAL_TYPE_WEIGHT = {'vehicle': 1.0, 'bus': 0.3, 'motorcyclist': 0.3, 'cyclist': 0.3, 'pedestrian': 0.1}
 BREAK_SCALE = {'pedestrian': 2.0, 'cyclist': 1.5, 'vehicle': 1.0, 'bus': 0.6, 'motorcyclist': 1.2}
@@ -26,35 +26,50 @@ BREAK_SCALE = {'pedestrian': 2.0, 'cyclist': 1.5, 'vehicle': 1.0, 'bus': 0.6, 'm
 Run = Tuple[int, int, int]   # (object index, first step, last step) of one track
 
 
-def choose_focal(rng, objects: List[Trajectory], sensor: float) -> Optional[int]:
-    """Index of the focal object: a road user near the AV that moves and stays in range; None if there is none."""
+def _candidates(objects: List[Trajectory], sensor: float) -> List[int]:
+    """Road users that move in the future and stay well inside the sensor range all the time."""
     av = objects[0].position
-    candidates, weights = [], []
+    out = []
     for i in range(1, len(objects)):
         obj = objects[i]
         if not obj.dynamic or obj.object_type not in DYNAMIC_TYPES:
             continue
-        dist = np.hypot(*(obj.position - av).T)
-        if dist.max() > 0.8 * sensor:
+        if np.hypot(*(obj.position - av).T).max() > 0.8 * sensor:
             continue
         future = float(np.hypot(*(obj.position[-1] - obj.position[NUM_HISTORICAL_STEPS - 1])))
-        if future < (2.0 if obj.object_type == 'pedestrian' else 5.0):
-            continue
-        candidates.append(i)
-        # AV2 picks focal tracks near the AV, mostly vehicles in motion, with a slight preference for turns
-        speed_now = float(np.hypot(*obj.velocity[NUM_HISTORICAL_STEPS - 1]))
-        weights.append(FOCAL_TYPE_WEIGHT[obj.object_type] * (1.0 + 0.3 * obj.turns) * (0.2 + min(speed_now, 8.0))
-                       * math.exp(-float(dist[NUM_HISTORICAL_STEPS - 1]) / 30.0))
+        if future >= (2.0 if obj.object_type == 'pedestrian' else 5.0):
+            out.append(i)
+    return out
+
+
+def choose_focal(rng, objects: List[Trajectory], sensor: float) -> Optional[Tuple[int, List[int]]]:
+    """(focal object, scored objects): a road user near the AV that moves and stays in range, and a few others
+    like it; None if there is none."""
+    candidates = _candidates(objects, sensor)
     if not candidates:
         return None
-    return candidates[weighted_pick(rng, weights)]
+    av_now = objects[0].position[NUM_HISTORICAL_STEPS - 1]
+    weights = []
+    for i in candidates:
+        obj = objects[i]
+        dist = float(np.hypot(*(obj.position[NUM_HISTORICAL_STEPS - 1] - av_now)))
+        speed_now = float(np.hypot(*obj.velocity[NUM_HISTORICAL_STEPS - 1]))
+        # AV2 picks focal tracks near the AV, mostly vehicles in motion, with a slight preference for turns
+        weights.append(FOCAL_TYPE_WEIGHT[obj.object_type] * (1.0 + 0.3 * obj.turns) * (0.2 + min(speed_now, 8.0))
+                       * math.exp(-dist / 30.0))
+    focal = candidates[weighted_pick(rng, weights)]
+    near = [i for i in candidates if i != focal
+            and np.hypot(*(objects[i].position[NUM_HISTORICAL_STEPS - 1] - av_now)) < SCORED_RADIUS]
+    count = min(len(near), int(rng.poisson(SCORED_PER_SCENE)))
+    scored = sorted(rng.choice(len(near), size=count, replace=False).tolist()) if count else []
+    return focal, [near[k] for k in scored]
 
 
-def tracked_runs(rng, objects: List[Trajectory], prof: SyntheticProfile, sensor: float, focal: int) -> List[Run]:
-    """Observed stretches of every object; the AV (index 0, always first) and the focal object are whole."""
+def tracked_runs(rng, objects: List[Trajectory], prof: SyntheticProfile, sensor: float, whole: List[int]) -> List[Run]:
+    """Observed stretches of every object; the AV (index 0, always first) and the objects `whole` are seen throughout."""
     av = objects[0].position
-    others = [i for i in range(1, len(objects)) if i != focal]
-    runs = [(0, 0, NUM_STEPS - 1), (focal, 0, NUM_STEPS - 1)]
+    others = [i for i in range(1, len(objects)) if i not in whole]
+    runs = [(0, 0, NUM_STEPS - 1)] + [(i, 0, NUM_STEPS - 1) for i in whole]
     if not others:
         return runs
     pos = np.stack([objects[i].position for i in others])                  # [n, T, 2]
@@ -86,25 +101,14 @@ def _tracker_state(rng, p_break: np.ndarray, p_recover: float) -> np.ndarray:
     return seen
 
 
-def choose_categories(rng, objects: List[Trajectory], runs: List[Run], focal: int) -> List[int]:
+def choose_categories(runs: List[Run], focal: int, scored: List[int]) -> List[int]:
     """AV2 category per run: 0 fragment, 1 unscored (whole but not scored), 2 scored, 3 focal."""
-    av_now = objects[0].position[NUM_HISTORICAL_STEPS - 1]
     categories = []
     for i, first, last in runs:
         if first != 0 or last != NUM_STEPS - 1:
             categories.append(0)
-            continue
-        obj = objects[i]
-        if i == focal:
-            categories.append(3)
-            continue
-        category = 1
-        if i != 0 and obj.dynamic and obj.object_type in DYNAMIC_TYPES:
-            travelled = float(np.hypot(*np.diff(obj.position, axis=0).T).sum())
-            dist = float(np.hypot(*(obj.position[NUM_HISTORICAL_STEPS - 1] - av_now)))
-            if travelled > 5.0 and dist < SCORED_RADIUS and rng.random() < SCORED_PROB:
-                category = 2
-        categories.append(category)
+        else:
+            categories.append(3 if i == focal else 2 if i in scored else 1)
     return categories
 
 
@@ -131,11 +135,12 @@ def tracker_noise(rng, objects: List[Trajectory], runs: List[Run]):
     n_runs = len(runs)
     objs = [objects[i] for i, _, _ in runs]
     sigma_pos = np.array([0.005 if o.is_av else 0.05 if o.object_type == 'pedestrian'
-                          else 0.02 if not o.dynamic else 0.03 for o in objs])
+                          else 0.02 for o in objs])
     sigma_heading = np.array([0.002 if o.is_av else 0.04 if o.object_type == 'pedestrian' else 0.01 for o in objs])
     dynamic = np.array([o.dynamic for o in objs])
     sigma_vel = np.where(dynamic, sigma_pos * 1.5, 10.0 ** rng.uniform(-5.0, -1.3, size=n_runs))
-    pos_noise = ar1_noise(rng, (n_runs, NUM_STEPS, 2), sigma_pos)
+    # tracks are smoothed: the position error drifts slowly rather than jumping from step to step
+    pos_noise = ar1_noise(rng, (n_runs, NUM_STEPS, 2), sigma_pos, rho=0.99)
     heading_noise = ar1_noise(rng, (n_runs, NUM_STEPS), sigma_heading)
     vel_noise = ar1_noise(rng, (n_runs, NUM_STEPS, 2), sigma_vel, rho=0.5)
     return pos_noise, heading_noise, vel_noise

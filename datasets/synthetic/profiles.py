@@ -32,7 +32,7 @@ class SyntheticProfile:
     bike_lane_prob: float = 0.35
     bike_lane_width: Tuple[float, float] = (1.5, 2.0)
     crosswalk_prob: float = 0.7                      # per intersection arm
-    node_control_weights: Tuple = (('signal', 0.5), ('all_stop', 0.05), ('minor_stop', 0.2), ('uncontrolled', 0.25))
+    node_control_weights: Tuple = (('signal', 0.7), ('all_stop', 0.05), ('minor_stop', 0.15), ('uncontrolled', 0.1))
     signal_cycle: Tuple[float, float] = (70.0, 110.0)  # seconds for both phases
     lane_segment_length: Tuple[float, float] = (12.0, 30.0)   # metres; longer road pieces are cut into segments
     warp_amplitude: Tuple[float, float] = (0.0, 5.0)  # smooth deformation making grid roads curve
@@ -57,7 +57,7 @@ class SyntheticProfile:
     vehicle_type_weights: Tuple = (('vehicle', 0.93), ('bus', 0.04), ('motorcyclist', 0.03))
     cyclists: Tuple[int, int] = (0, 3)
     pedestrians: Tuple[int, int] = (2, 10)
-    pedestrian_standing_prob: float = 0.4
+    pedestrian_standing_prob: float = 0.5
     static_objects: Tuple[int, int] = (2, 10)
     parked_side_prob: float = 0.3                        # per road side: a row of parked cars at the curb
     sensor_range: Tuple[float, float] = (70.0, 100.0)    # metres around the AV in which tracks are observed

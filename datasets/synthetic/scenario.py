@@ -71,7 +71,7 @@ def generate_scenario(seed: int, split: str = 'train', profile: str = 'default')
 
 
 def _simulate_tracked_scene(rng, prof: SyntheticProfile, seed: int, split: str):
-    """(road map, objects, sensor range, focal object index); retried until the scene has a focal agent."""
+    """(road map, objects, sensor range, (focal, scored objects)); retried until the scene has a focal agent."""
     for _ in range(MAX_ATTEMPTS):
         try:
             road_map = build_road_map(rng, prof)
@@ -79,9 +79,9 @@ def _simulate_tracked_scene(rng, prof: SyntheticProfile, seed: int, split: str):
             continue
         objects = simulate_scene(rng, road_map, prof)
         sensor = float(rng.uniform(*prof.sensor_range))
-        focal = choose_focal(rng, objects, sensor)
-        if focal is not None:
-            return road_map, objects, sensor, focal
+        chosen = choose_focal(rng, objects, sensor)
+        if chosen is not None:
+            return road_map, objects, sensor, chosen
     raise RuntimeError(f'synthetic scenario seed={seed} split={split} profile={prof.name}: no focal agent '
                        f'after {MAX_ATTEMPTS} attempts')
 
@@ -89,9 +89,9 @@ def _simulate_tracked_scene(rng, prof: SyntheticProfile, seed: int, split: str):
 def _generate_scenario(seed: int, split: str, prof: SyntheticProfile) -> Tuple[str, pa.Table, dict]:
     rng = _scene_rng(seed, split, prof.name)
     scenario_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
-    road_map, objects, sensor, focal = _simulate_tracked_scene(rng, prof, seed, split)
-    runs = tracked_runs(rng, objects, prof, sensor, focal)
-    categories = choose_categories(rng, objects, runs, focal)
+    road_map, objects, sensor, (focal, scored) = _simulate_tracked_scene(rng, prof, seed, split)
+    runs = tracked_runs(rng, objects, prof, sensor, [focal] + scored)
+    categories = choose_categories(runs, focal, scored)
     noise = tracker_noise(rng, objects, runs)
     city = prof.cities[int(rng.integers(len(prof.cities)))]
     theta = float(rng.uniform(-math.pi, math.pi))
