@@ -17,8 +17,8 @@ from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
 from datasets.synthetic.trajectory import NUM_HISTORICAL_STEPS, NUM_STEPS, Trajectory
 
 MIN_TRACK_STEPS = 10       # AV2 drops shorter tracks
-SCORED_RADIUS = 40.0       # movers this close to the AV at the last history step may be scored ...
-SCORED_PER_SCENE = 1.1     # ... this many on average (Poisson); their tracks are kept whole
+SCORED_RADIUS = 50.0       # movers this close to the AV at the last history step may be scored ...
+SCORED_PER_SCENE = 1.6     # ... this many on average (Poisson); their tracks are kept whole
 DYNAMIC_TYPES = ('vehicle', 'bus', 'motorcyclist', 'cyclist', 'pedestrian')
 FOCAL_TYPE_WEIGHT = {'vehicle': 1.0, 'bus': 0.3, 'motorcyclist': 0.3, 'cyclist': 0.3, 'pedestrian': 0.1}
 BREAK_SCALE = {'pedestrian': 2.0, 'cyclist': 1.5, 'vehicle': 1.0, 'bus': 0.6, 'motorcyclist': 1.2}
