@@ -34,7 +34,7 @@ def _candidates(objects: List[Trajectory], sensor: float) -> List[int]:
         obj = objects[i]
         if not obj.dynamic or obj.object_type not in DYNAMIC_TYPES:
             continue
-        if np.hypot(*(obj.position - av).T).max() > 0.8 * sensor:
+        if np.hypot(*(obj.position - av).T).max() > sensor:
             continue
         future = float(np.hypot(*(obj.position[-1] - obj.position[NUM_HISTORICAL_STEPS - 1])))
         if future >= (2.0 if obj.object_type == 'pedestrian' else 5.0):
