@@ -156,7 +156,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.backbones = [canonical_model(b) for b in args.backbones]
     except ValueError as error:
         parser.error(f'--backbones: {error}')
-    from datasets.synthetic_profiles import PROFILES
+    from datasets.synthetic.profiles import PROFILES
     for flag in ('profile', 'mix_profile'):
         if getattr(args, flag) not in PROFILES:
             parser.error(f'--{flag} {getattr(args, flag)}: unknown profile; known: {", ".join(sorted(PROFILES))}')

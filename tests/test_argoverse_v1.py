@@ -12,7 +12,7 @@ from datasets.argoverse_v1 import (MAP_RADIUS, list_argoverse_v1_scenarios, load
 from datasets.processing import build_qcnet_features
 from datasets.scenario import (AGENT_CATEGORIES, AGENT_TYPES, POLYGON_IS_INTERSECTIONS, POLYGON_KINDS,
                                POLYGON_TO_POLYGON_TYPES, ScenarioError)
-from datasets.synthetic_av1 import generate_argoverse_v1, grid_city
+from datasets.synthetic.av1 import generate_argoverse_v1, grid_city
 
 
 @pytest.fixture(scope='module')

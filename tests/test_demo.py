@@ -20,7 +20,7 @@ from av2.datasets.motion_forecasting.scenario_serialization import load_argovers
 from datasets import process_scenario
 from datasets.argoverse_v2 import load_argoverse_v2_scenario
 from datasets.synthetic import generate_split
-from datasets.synthetic_profiles import PROFILES
+from datasets.synthetic.profiles import PROFILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO = PROJECT_ROOT / 'demo.sh'

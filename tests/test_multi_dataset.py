@@ -12,7 +12,7 @@ from datasets.multi_dataset import MultiDataset, WeightedDatasetSampler, dataset
 from datasets.processing import process_scenario
 from datasets.scenario import (AGENT_TYPES, AV2_NUM_AGENT_TYPES, AV2_NUM_POINT_TYPES, AV2_NUM_POLYGON_TYPES,
                                POINT_TYPES, POLYGON_TYPES)
-from datasets.synthetic_av1 import generate_argoverse_v1
+from datasets.synthetic.av1 import generate_argoverse_v1
 from transforms.ssl_views import SSLViews
 
 from tiny_configs import TINY_QCNET_SSL, as_flags

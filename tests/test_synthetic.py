@@ -15,7 +15,7 @@ from av2.map.map_api import ArgoverseStaticMap
 
 from datasets.synthetic import (NUM_HISTORICAL_STEPS, NUM_STEPS, generate_scenario, generate_split, main,
                                 scenario_seed)
-from datasets.synthetic_profiles import AV2_CITIES, PROFILES
+from datasets.synthetic.profiles import AV2_CITIES, PROFILES
 from sample_data import AV2_DIR
 
 REAL_AV2 = AV2_DIR

@@ -40,7 +40,7 @@ from benchmarks.scaling.schedule import run_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from datasets.synthetic_profiles import PROFILES
+    from datasets.synthetic.profiles import PROFILES
     p = argparse.ArgumentParser(prog='scaling_sweep.py', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--work_dir', required=True, help='data, runs, logs, results.{json,csv} and plots/ go here')

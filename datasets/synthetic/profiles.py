@@ -20,8 +20,8 @@ class SyntheticProfile:
     cities: Tuple[str, ...] = AV2_CITIES
     # --- urban grid network ---
     grid_shapes: Tuple = (((1, 1), 0.2), ((2, 1), 0.45), ((2, 2), 0.2), ((3, 1), 0.15))
-    block_length: Tuple[float, float] = (70.0, 120.0)
-    dangling_length: Tuple[float, float] = (55.0, 90.0)
+    block_length: Tuple[float, float] = (90.0, 150.0)
+    dangling_length: Tuple[float, float] = (60.0, 100.0)
     dangling_drop_prob: float = 0.25                 # a dropped outer arm turns a 4-way node into a T-junction
     node_jitter: float = 4.0                         # metres, breaks the perfect grid
     arm_angle_jitter_deg: float = 10.0
@@ -32,7 +32,9 @@ class SyntheticProfile:
     bike_lane_prob: float = 0.35
     bike_lane_width: Tuple[float, float] = (1.5, 2.0)
     crosswalk_prob: float = 0.7                      # per intersection arm
-    node_control_weights: Tuple = (('all_stop', 0.2), ('minor_stop', 0.4), ('uncontrolled', 0.4))
+    node_control_weights: Tuple = (('signal', 0.7), ('all_stop', 0.05), ('minor_stop', 0.15), ('uncontrolled', 0.1))
+    signal_cycle: Tuple[float, float] = (70.0, 110.0)  # seconds for both phases
+    lane_segment_length: Tuple[float, float] = (12.0, 30.0)   # metres; longer road pieces are cut into segments
     warp_amplitude: Tuple[float, float] = (0.0, 5.0)  # smooth deformation making grid roads curve
     warp_wavelength: Tuple[float, float] = (220.0, 420.0)
     # --- highway network ---
@@ -44,20 +46,23 @@ class SyntheticProfile:
     exit_ramp_prob: float = 0.6
     entry_ramp_prob: float = 0.5
     # --- traffic ---
-    vehicle_density: Tuple[float, float] = (0.9, 2.0)   # vehicles per 100 m of lane
+    vehicle_density: Tuple[float, float] = (0.6, 1.4)   # vehicles per 100 m of lane
     desired_speed: Tuple[float, float] = (10.0, 16.0)    # m/s, per vehicle
     upstream_length: float = 130.0                       # virtual road before map entries that feeds traffic in
-    turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.5, 'left': 0.25, 'right': 0.25})
+    turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.7, 'left': 0.15, 'right': 0.15})
     pocket_choice_prob: float = 0.3                      # taking the left-turn pocket when passing one
     exit_choice_prob: float = 0.3                        # taking a highway exit ramp
     lane_change_prob: float = 0.15                       # per vehicle, a voluntary lane change on its route
+    lane_speed_step: float = 0.5                         # m/s more desired speed per lane to the right
     vehicle_type_weights: Tuple = (('vehicle', 0.93), ('bus', 0.04), ('motorcyclist', 0.03))
     cyclists: Tuple[int, int] = (0, 3)
-    pedestrians: Tuple[int, int] = (2, 14)
+    pedestrians: Tuple[int, int] = (2, 10)
+    pedestrian_standing_prob: float = 0.5
     static_objects: Tuple[int, int] = (2, 10)
     parked_side_prob: float = 0.3                        # per road side: a row of parked cars at the curb
     sensor_range: Tuple[float, float] = (70.0, 100.0)    # metres around the AV in which tracks are observed
-    dropout_prob: float = 0.25                           # per agent: an occlusion gap that splits its track
+    track_break_rate: float = 0.02                       # per step: the tracker loses an object (x distance)
+    track_gap_steps: float = 6.0                         # mean steps until a lost object gets a new track
 
 
 PROFILES: Dict[str, SyntheticProfile] = {
@@ -77,13 +82,15 @@ PROFILES: Dict[str, SyntheticProfile] = {
         desired_speed=(21.0, 32.0),
         upstream_length=250.0,
         lane_change_prob=0.35,
+        lane_speed_step=1.5,
+        lane_segment_length=(14.0, 34.0),
         vehicle_type_weights=(('vehicle', 0.94), ('bus', 0.03), ('motorcyclist', 0.03)),
         cyclists=(0, 0),
         pedestrians=(0, 0),
         static_objects=(0, 4),
         parked_side_prob=0.0,
         sensor_range=(90.0, 130.0),
-        dropout_prob=0.3,
+        track_break_rate=0.015,
     ),
     # Small scenes for demo.sh on a CPU: the urban grid of 'default' cut down to one or two intersections, fewer
     # lanes and side objects and a shorter sensor range, so a QCNet step costs a fraction of a 'default' one.
@@ -103,7 +110,6 @@ PROFILES: Dict[str, SyntheticProfile] = {
         static_objects=(0, 3),
         parked_side_prob=0.1,
         sensor_range=(45.0, 60.0),
-        dropout_prob=0.15,
     ),
 }
 

@@ -1,6 +1,6 @@
 """Small Argoverse 1 forecasting data sets in the genuine file formats (for tests and experiments).
 
-    python -m datasets.synthetic_av1 --out_dir DIR [--num_sequences 8] [--split train] [--city PIT] [--seed 0]
+    python -m datasets.synthetic.av1 --out_dir DIR [--num_sequences 8] [--split train] [--city PIT] [--seed 0]
 
 writes ``DIR/map_files/pruned_argoverse_<CITY>_<id>_vector_map.xml`` (a grid city: two-way roads with
 ``lanes_per_direction`` lanes each way, straight and right-turn connector lanes inside intersections flagged
@@ -237,7 +237,7 @@ def generate_argoverse_v1(out_dir: os.PathLike, num_sequences: int = 8, split: s
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m datasets.synthetic_av1', description=__doc__,
+    parser = argparse.ArgumentParser(prog='python -m datasets.synthetic.av1', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out_dir', required=True)
     parser.add_argument('--num_sequences', type=int, default=8)

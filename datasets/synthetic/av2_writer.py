@@ -1,0 +1,191 @@
+"""Argoverse 2 writer: a simulated, tracked scene -> the official scenario parquet table and map json.
+
+Output per scenario, exactly as the official release lays it out:
+    <out>/<split>/<scenario_id>/scenario_<scenario_id>.parquet       (AV2 columns and dtypes)
+    <out>/<split>/<scenario_id>/log_map_archive_<scenario_id>.json   (AV2 map schema)
+Both load with av2's `load_argoverse_scenario_parquet` and `ArgoverseStaticMap.from_json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, List, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datasets.synthetic.geometry import batch_normals, batch_resample
+from datasets.synthetic.road_network import RoadMap
+from datasets.synthetic.trajectory import NUM_HISTORICAL_STEPS, NUM_STEPS, Trajectory
+from utils.atomic_io import atomic_write_bytes
+
+CENTERLINE_SPACING = 2.0   # AV2 centre lines have <= 2 m between points
+BOUNDARY_SPACING = (10.0, 4.0)   # AV2 lane boundaries are sparse: (nearly straight road pieces, curved lanes)
+
+# (column, arrow type) in the order of the official AV2 parquet files
+COLUMNS: Tuple[Tuple[str, pa.DataType], ...] = (
+    ('observed', pa.bool_()), ('track_id', pa.string()), ('object_type', pa.string()),
+    ('object_category', pa.int64()), ('timestep', pa.int64()), ('position_x', pa.float64()),
+    ('position_y', pa.float64()), ('heading', pa.float64()), ('velocity_x', pa.float64()),
+    ('velocity_y', pa.float64()), ('scenario_id', pa.string()), ('start_timestamp', pa.float64()),
+    ('end_timestamp', pa.float64()), ('num_timestamps', pa.int64()), ('focal_track_id', pa.string()),
+    ('city', pa.string()),
+)
+
+
+def _pandas_metadata_template() -> dict:
+    """pandas metadata as pyarrow writes it for an AV2-like DataFrame (RangeIndex); 'stop' is set per table."""
+    empty = pd.DataFrame({name: pd.Series([], dtype=typ.to_pandas_dtype() if typ != pa.string() else object)
+                          for name, typ in COLUMNS})
+    return json.loads(pa.Schema.from_pandas(empty).metadata[b'pandas'])
+
+
+_PANDAS_META = _pandas_metadata_template()
+_ARROW_FIELDS = [pa.field(name, typ) for name, typ in COLUMNS]
+
+
+def rotate(points: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """points [K, 2] rotated by the 2x2 matrix `rot`."""
+    x, y = points[:, 0], points[:, 1]
+    return np.stack([rot[0, 0] * x + rot[0, 1] * y, rot[1, 0] * x + rot[1, 1] * y], axis=1)
+
+
+def track_ids(rng, runs: Sequence[Tuple[int, int, int]]) -> List[str]:
+    """'AV' for run 0, numeric ids for the others in order of first appearance (as the official files)."""
+    order = sorted(range(1, len(runs)), key=lambda r: (runs[r][1], float(rng.random())))
+    next_id = int(rng.integers(10000, 400000))
+    ids = ['AV'] + [''] * (len(runs) - 1)
+    for r in order:
+        ids[r] = str(next_id)
+        next_id += int(rng.integers(1, 12))
+    return ids
+
+
+def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Trajectory], runs, categories,
+                 noise, to_city: Callable, rot: np.ndarray, theta: float) -> pa.Table:
+    """AV2 rows for all runs, sorted by track id then timestep (as the official files).
+
+    noise: (position [R, T, 2], heading [R, T], velocity [R, T, 2]) tracker errors per run, scene frame."""
+    ids = track_ids(rng, runs)
+    pos_noise, heading_noise, vel_noise = noise
+    obj_of_run = np.array([i for i, _, _ in runs])
+    n_runs = len(runs)
+    # rows: runs in track-id order, each over its (split-truncated) steps
+    last_step = NUM_STEPS - 1 if split != 'test' else NUM_HISTORICAL_STEPS - 1
+    kept = [r for r in sorted(range(n_runs), key=lambda r: ids[r]) if runs[r][1] <= last_step]
+    first = np.array([runs[r][1] for r in kept])
+    counts = np.array([min(runs[r][2], last_step) for r in kept]) - first + 1
+    run_of_row = np.repeat(np.array(kept), counts)
+    timestep = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(first, counts))
+    obj_of_row = obj_of_run[run_of_row]
+    positions = np.stack([o.position for o in objects])      # [n_objects, T, 2]
+    headings = np.stack([o.heading for o in objects])
+    velocities = np.stack([o.velocity for o in objects])
+    position = to_city(positions[obj_of_row, timestep] + pos_noise[run_of_row, timestep])
+    heading = headings[obj_of_row, timestep] + theta + heading_noise[run_of_row, timestep]
+    heading = np.arctan2(np.sin(heading), np.cos(heading))
+    velocity = rotate(velocities[obj_of_row, timestep] + vel_noise[run_of_row, timestep], rot)
+    rows = len(timestep)
+    focal = ids[categories.index(3)]
+    types = [objects[i].object_type for i, _, _ in runs]
+
+    def per_run(values: List[str]) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array(run_of_row.astype(np.int32)),
+                                              pa.array(values, pa.string())).cast(pa.string())
+
+    def constant(value) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)),
+                                              pa.array([value], pa.string())).cast(pa.string())
+
+    start_ns = float(rng.integers(315_960_000, 316_000_000)) * 1e9 + float(rng.integers(0, 10 ** 9))
+    arrays = [
+        pa.array(timestep < NUM_HISTORICAL_STEPS),
+        per_run(ids),
+        per_run(types),
+        pa.array(np.asarray(categories, dtype=np.int64)[run_of_row]),
+        pa.array(timestep.astype(np.int64)),
+        pa.array(position[:, 0]), pa.array(position[:, 1]),
+        pa.array(heading),
+        pa.array(velocity[:, 0]), pa.array(velocity[:, 1]),
+        constant(scenario_id),
+        pa.array(np.full(rows, start_ns)),
+        pa.array(np.full(rows, start_ns + (NUM_STEPS - 1) * 1e8)),
+        pa.array(np.full(rows, NUM_STEPS, dtype=np.int64)),
+        constant(focal),
+        constant(city),
+    ]
+    meta = dict(_PANDAS_META)
+    meta['index_columns'] = [{'kind': 'range', 'name': None, 'start': 0, 'stop': rows, 'step': 1}]
+    schema = pa.schema(_ARROW_FIELDS, metadata={b'pandas': json.dumps(meta).encode('utf-8')})
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: dict) -> str:
+    """Write one scenario in the AV2 layout (atomically, file by file); returns the scenario directory."""
+    directory = os.path.join(out_dir, split, scenario_id)
+    # the official files are exactly json.dumps output
+    atomic_write_bytes(os.path.join(directory, f'log_map_archive_{scenario_id}.json'),
+                       json.dumps(map_json).encode('utf-8'))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(os.path.join(directory, f'scenario_{scenario_id}.parquet'), sink.getvalue().to_pybytes())
+    return directory
+
+
+def _points_json(points_xy: np.ndarray, z: np.ndarray) -> List[dict]:
+    xyz = np.round(np.column_stack([points_xy, z]), 2).tolist()
+    return [{'x': x, 'y': y, 'z': zz} for x, y, zz in xyz]
+
+
+def _split_points_json(points_xy: np.ndarray, z: np.ndarray, counts: np.ndarray) -> List[List[dict]]:
+    rows = _points_json(points_xy, z)
+    bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
+    """The log_map_archive dict (AV2 schema, keys in AV2 order) with coordinates mapped by `to_city`.
+
+    to_city: function [K, 2] scene -> [K, 2] city coordinates. Ground heights are taken in the scene frame.
+    Centre lines get <= 2 m point spacing and z = 0 (as in the AV2 files), boundaries 4-10 m and ground z.
+    """
+    areas = {}
+    for area_id, poly in sorted(road_map.drivable_areas, key=lambda item: item[0]):
+        areas[str(area_id)] = {'area_boundary': _points_json(to_city(poly), road_map.ground_height(poly)),
+                               'id': area_id}
+    lane_ids = sorted(road_map.lanes)
+    lane_list = [road_map.lanes[i] for i in lane_ids]
+    centers = [lane.center for lane in lane_list]
+    c_pts, c_counts = batch_resample(centers, CENTERLINE_SPACING)
+    # road pieces curve gently (radius >= ~250 m: < 5 cm chord error at 10 m); connectors, tapers, ramps do not
+    spacing = [BOUNDARY_SPACING[0] if lane.kind == 'road' else BOUNDARY_SPACING[1] for lane in lane_list]
+    b_pts, b_counts = batch_resample(centers, spacing)
+    half = np.repeat([lane.width / 2 for lane in lane_list], b_counts)[:, None] * batch_normals(b_pts, b_counts)
+    left, right = b_pts + half, b_pts - half
+    c_json = _split_points_json(to_city(c_pts), np.zeros(len(c_pts)), c_counts)
+    l_json = _split_points_json(to_city(left), road_map.ground_height(left), b_counts)
+    r_json = _split_points_json(to_city(right), road_map.ground_height(right), b_counts)
+    lanes = {}
+    for k, (lane_id, lane) in enumerate(zip(lane_ids, lane_list)):
+        lanes[str(lane_id)] = {
+            'centerline': c_json[k],
+            'id': lane_id,
+            'is_intersection': lane.is_intersection,
+            'lane_type': lane.lane_type,
+            'left_lane_boundary': l_json[k],
+            'left_lane_mark_type': lane.left_mark,
+            'left_neighbor_id': lane.left_neighbor,
+            'predecessors': list(lane.predecessors),
+            'right_lane_boundary': r_json[k],
+            'right_lane_mark_type': lane.right_mark,
+            'right_neighbor_id': lane.right_neighbor,
+            'successors': list(lane.successors),
+        }
+    crossings = {}
+    for cw in sorted(road_map.crosswalks, key=lambda c: c.id):
+        crossings[str(cw.id)] = {'edge1': _points_json(to_city(cw.edge1), road_map.ground_height(cw.edge1)),
+                                 'edge2': _points_json(to_city(cw.edge2), road_map.ground_height(cw.edge2)),
+                                 'id': cw.id}
+    return {'drivable_areas': areas, 'lane_segments': lanes, 'pedestrian_crossings': crossings}

@@ -1,0 +1,295 @@
+"""Longitudinal motion of every lane-following road user: IDM car following with per-driver parameters and a
+reaction lag, right of way at intersection gates (signals, stop signs, conflicting paths, pedestrians).
+
+All agents move along their own route (arc length s). Agent j is ahead of agent i when j's current lane lies on
+i's route. Entering a gated lane (intersection connector, merge) needs a green signal (signalised nodes), a full
+stop first (stop-controlled arms), its conflicting lanes free of other agents and its crosswalks free of
+pedestrians. The model is integrated at SUBSTEPS * DT with constant acceleration per step, which gives the 10 Hz
+samples in between exactly.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from datasets.synthetic.drivers import Driver
+from datasets.synthetic.lane_graph import LaneTable
+from datasets.synthetic.trajectory import DT
+
+SUBSTEPS = 3                 # the car-following model is integrated at SUBSTEPS * DT
+COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
+SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
+GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
+
+
+class _Padded:
+    """Per-driver route data padded into arrays [N, ...] so one numpy pass serves all agents."""
+
+    def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray]):
+        n = len(drivers)
+        n_entries = max(len(d.route.entry_start) for d in drivers) + 1
+        n_gates = max(len(d.route.gates) for d in drivers) + 1
+        self.start = np.full((n, n_entries), np.inf)
+        self.lane = np.zeros((n, n_entries), dtype=int)
+        self.base = np.zeros((n, n_entries))
+        self.lane2 = np.zeros((n, n_entries), dtype=int)
+        self.base2 = np.zeros((n, n_entries))
+        self.gate = np.full((n, n_gates), np.inf)
+        self.gate_lane = np.zeros((n, n_gates), dtype=int)
+        self.on_route = np.full((n, table.total), np.nan)
+        max_len = max(len(x) for x in speed_limits)
+        self.vlim = np.empty((n, max_len))
+        self.route_end = np.zeros(n)
+        for i, d in enumerate(drivers):
+            self._fill(i, d, table, speed_limits[i])
+
+    def _fill(self, i: int, d: Driver, table: LaneTable, vlim: np.ndarray) -> None:
+        r = d.route
+        m = len(r.entry_start)
+        self.start[i, :m] = r.entry_start
+        self.lane[i, :m] = r.entry_lane
+        self.base[i, :m] = r.entry_base
+        self.lane2[i, :m] = r.entry_lane2
+        self.base2[i, :m] = r.entry_base2
+        self.on_route[i, r.entry_lane] = r.entry_base
+        self.on_route[i, r.entry_lane2] = r.entry_base2
+        # lanes branching from the same predecessor overlap where they start: an agent that took the other
+        # branch is still in the way there, so treat it as if it were on this route
+        for lane_idx, base in zip(r.entry_lane, r.entry_base):
+            for sib, shift in table.siblings[lane_idx]:
+                if np.isnan(self.on_route[i, sib]):
+                    self.on_route[i, sib] = base + shift
+        for g, (gs, gl) in enumerate(r.gates):
+            self.gate[i, g] = gs
+            self.gate_lane[i, g] = gl
+        self.vlim[i, :len(vlim)] = vlim
+        self.vlim[i, len(vlim):] = vlim[-1]
+        self.route_end[i] = r.s[-1] - 1.0
+
+
+class VehicleSimulation:
+    """State and one integration step of all lane-following agents (see the module docstring)."""
+
+    def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
+                 crosswalk_busy: np.ndarray, red: Optional[np.ndarray]):
+        self.n = len(drivers)
+        self.ar = np.arange(self.n)
+        self.table = table
+        self.pad = _Padded(drivers, table, speed_limits)
+        self.half = np.array([d.length for d in drivers]) / 2
+        self.half_sum = self.half[:, None] + self.half[None, :]
+        self.a_max = np.array([d.a_max for d in drivers])
+        self.sqrt_ab = 2.0 * np.sqrt(self.a_max * np.array([d.b_comf for d in drivers]))
+        self.headway = np.array([d.headway for d in drivers])
+        self.min_gap = np.array([d.min_gap for d in drivers])
+        # first-order lag of the applied acceleration: a driver reacts within its reaction time
+        self.lag = np.minimum(1.0, SUBSTEPS * DT / np.array([d.reaction for d in drivers]))
+        self.dwell = [d.dwell for d in drivers]
+        self.watched = np.zeros(table.total, dtype=bool)     # lanes some gate has to keep an eye on
+        for conf in table.conflicts:
+            for c, _ in conf:
+                self.watched[c] = True
+        self.busy_sets = ([frozenset(np.nonzero(row)[0].tolist()) for row in crosswalk_busy]
+                          if crosswalk_busy.size else None)
+        self.red = red                      # [steps, lanes] signal shows red for that connector (or None)
+        self.stop_done = [-1] * self.n
+        self.stop_timer = [0] * self.n
+        self.s = np.array([d.s for d in drivers])
+        self.v = np.array([d.v for d in drivers])
+        self.acc = np.zeros(self.n)
+        self.k = (self.pad.start <= self.s[:, None]).sum(1) - 1
+        self._settle_initial_speeds()
+
+    def _settle_initial_speeds(self) -> None:
+        """Seeded agents start no faster than they could stop for their next gate and behind their leader."""
+        p, s = self.pad, self.s
+        v = np.minimum(p.vlim[self.ar, np.minimum(s.astype(int), p.vlim.shape[1] - 1)], self.v)
+        gptr = (p.gate < (s + self.half)[:, None]).sum(1)
+        first_gate = p.gate[self.ar, gptr] - s - self.half
+        gate_lane = p.gate_lane[self.ar, gptr]
+        closed = np.array(self.table.needs_stop)[gate_lane] | (self.red[0, gate_lane] if self.red is not None else False)
+        v = np.where(closed, np.minimum(v, np.sqrt(3.0 * np.maximum(first_gate - 2.0, 0.0))), v)
+        for _ in range(3):      # repeated so that platoons settle
+            lead, gap, _, _ = self.leaders()
+            # no faster than the leader plus what closes the gap to the driver's equilibrium spacing
+            v = np.minimum(v, v[lead] + np.maximum(np.minimum(gap, 1e3) - self.min_gap - v[lead] * self.headway,
+                                                   0.0) / 4.0)
+        self.v = v
+
+    @np.errstate(invalid='ignore')   # NaN (a lane that is not on a route) compares False, as intended
+    def leaders(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(leader index [N], bumper gap [N], primary lane [N], secondary lane [N]) at the current state.
+
+        rel[i, j] is how far agent j is ahead of agent i along i's route (NaN when j's lane is not on it;
+        exactly 0 for i itself). Agents changing lanes are also looked up through their secondary lane."""
+        p, k, s, ar = self.pad, self.k, self.s, self.ar
+        lane = p.lane[ar, k]
+        lane2 = p.lane2[ar, k]
+        rel = p.on_route[:, lane]
+        rel += s - p.base[ar, k]
+        rel -= s[:, None]
+        ahead = np.where(rel > 0, rel, np.inf)
+        changing = np.nonzero(lane2 != lane)[0]
+        if len(changing):
+            rel2 = p.on_route[:, lane2[changing]]
+            rel2 += s[changing] - p.base2[changing, k[changing]]
+            rel2 -= s[:, None]
+            ahead[:, changing] = np.minimum(ahead[:, changing], np.where(rel2 > 0, rel2, np.inf))
+        ahead -= self.half_sum
+        lead = ahead.argmin(1)
+        gap = ahead[ar, lead]
+        overlapped = np.nonzero(gap < 0)[0]
+        if len(overlapped):
+            # a vehicle beside us that is already faster is pulling away, not a reason for an emergency stop
+            sub = ahead[overlapped]
+            sub[(sub < 0) & (self.v[None, :] > self.v[overlapped, None] + 0.5)] = np.inf
+            lead[overlapped] = sub.argmin(1)
+            gap[overlapped] = sub[np.arange(len(overlapped)), lead[overlapped]]
+        return lead, gap, lane, lane2
+
+    def _clear_of(self, lane, lane2) -> Dict[int, float]:
+        """clear_of[lane]: how far along that lane the rearmost vehicle touching it has its rear bumper (-inf when
+        one is just entering or has claimed it). A conflict blocks until that rear passes where paths meet."""
+        p, s, ar, half = self.pad, self.s, self.ar, self.half
+        k_front = (p.start <= (s + half)[:, None]).sum(1) - 1
+        k_rear = np.maximum((p.start <= (s - half)[:, None]).sum(1) - 1, 0)
+        front = p.lane[ar, k_front]
+        rear = p.lane[ar, k_rear]
+        rear_local = s - half - p.base[ar, k_rear]
+        w = self.watched
+        touching = np.nonzero(w[lane] | w[lane2] | w[front] | w[rear])[0]
+        clear_of: Dict[int, float] = {}
+        for l1, l2, lf, lr, r_local in zip(lane[touching].tolist(), lane2[touching].tolist(),
+                                           front[touching].tolist(), rear[touching].tolist(),
+                                           rear_local[touching].tolist()):
+            marks = {l1: -np.inf, l2: -np.inf, lf: -np.inf}   # lanes it is entering
+            marks[lr] = r_local                                  # the lane its rear is in
+            for lane_i, pos_i in marks.items():
+                if pos_i < clear_of.get(lane_i, np.inf):
+                    clear_of[lane_i] = pos_i
+        self._front = front
+        return clear_of
+
+    def _gates(self, t: int, lead, gap_l, lane, lane2):
+        """(distance to a closed gate [N] (inf when open), hard stop [N], gate position [N]) at step t."""
+        p, s, half, ar = self.pad, self.s, self.half, self.ar
+        gptr = (p.gate < (s + half)[:, None]).sum(1)
+        g_s = p.gate[ar, gptr]
+        d_gate = g_s - s - half
+        gate_gap = np.full(self.n, np.inf)
+        hard_stop = np.zeros(self.n, dtype=bool)
+        # agents queued behind a leader whose front has not reached the gate yet need no check
+        cand = np.nonzero((d_gate < GATE_LOOKAHEAD) & (gap_l + 2 * half[lead] > d_gate))[0]
+        if not len(cand):
+            return gate_gap, hard_stop, g_s
+        clear_of = self._clear_of(lane, lane2)
+        busy = self.busy_sets[t] if self.busy_sets is not None else frozenset()
+        red = self.red[t] if self.red is not None else None
+        lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
+        order = cand[np.argsort(d_gate[cand])].tolist()
+        gl_list = p.gate_lane[order, gptr[order]].tolist()
+        for i, gl, dist, vi, gp in zip(order, gl_list, d_gate[order].tolist(), self.v[order].tolist(),
+                                       gptr[order].tolist()):
+            verdict = self._gate_verdict(i, gl, dist, vi, gp, clear_of, busy, red, lists)
+            if verdict is not None:
+                gate_gap[i] = dist
+                hard_stop[i] = verdict
+        return gate_gap, hard_stop, g_s
+
+    def _gate_verdict(self, i, gl, dist, vi, gp, clear_of, busy, red, lists) -> Optional[bool]:
+        """None: agent i may enter gate lane gl; else it must wait (True: stop hard at the line)."""
+        table = self.table
+        if table.needs_stop[gl] and self.stop_done[i] != gp:
+            if vi < 0.3 and dist < 3.0:
+                self.stop_timer[i] += SUBSTEPS
+                if self.stop_timer[i] >= self.dwell[i]:
+                    self.stop_done[i] = gp
+                    self.stop_timer[i] = 0
+            if self.stop_done[i] != gp:
+                return True
+        if red is not None and red[gl] and not (vi > 2.0 and dist < vi * vi / (2 * SIGNAL_COMMIT_DECEL) + 0.5):
+            return True
+        # nearest first: whoever is closer claims the conflict area, later ones see that claim.
+        # Pedestrians are only respected by agents that can still stop for them.
+        committed = vi > 3.0 and dist < vi * vi / (2 * COMMIT_DECEL) + 1.0
+        # following a leader through the same connector (a platoon) needs no new check: crossing traffic is
+        # already waiting for that leader
+        lead_list, gap_list, lane_list, front_list = lists
+        j = lead_list[i]
+        platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
+        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in table.conflicts[gl])
+        if blocked or (not committed and not busy.isdisjoint(table.crosswalks[gl])):
+            return not committed
+        if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
+            clear_of[gl] = -np.inf
+        return None
+
+    def _idm(self, v_l, gap_l, gate_gap) -> np.ndarray:
+        """IDM acceleration [N] towards the local speed limit behind the leader and any closed gate."""
+        v = self.v
+        v0 = self.pad.vlim[self.ar, self.s.astype(int)]      # s <= route_end < len(speed profile)
+        ratio = v / np.maximum(v0, 0.1)
+        ratio *= ratio
+        vh = v * self.headway
+        inter = (self.min_gap + np.maximum(vh + v * (v - v_l) / self.sqrt_ab, 0.0)) / np.maximum(gap_l, 0.1)
+        inter *= inter
+        if np.isfinite(gate_gap).any():
+            inter_g = (1.0 + vh + v * v / self.sqrt_ab) / np.maximum(gate_gap, 0.1)
+            np.maximum(inter, inter_g * inter_g, out=inter)
+        return np.clip(self.a_max * (1.0 - ratio * ratio - inter), -9.0, self.a_max)
+
+    def step(self, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """Advance by SUBSTEPS * DT; returns (s, v, acceleration, clamp) of the step (clamp: positions that
+        must not be passed within the step, or None)."""
+        p = self.pad
+        for _ in range(3):   # short entries: at most a few boundaries per step
+            self.k += p.start[self.ar, self.k + 1] <= self.s
+        lead, gap_l, lane, lane2 = self.leaders()
+        gate_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
+        target = self._idm(self.v[lead], gap_l, gate_gap)
+        # react with a lag, but brake at once when the situation demands it
+        acc = np.where(target < -2.5, target, self.acc + (target - self.acc) * self.lag)
+        sim_dt = SUBSTEPS * DT
+        v_new = np.maximum(self.v + acc * sim_dt, 0.0)
+        acc = (v_new - self.v) / sim_dt                        # a stop within the step: decelerate exactly to 0
+        s_new = self.s + 0.5 * (self.v + v_new) * sim_dt
+        clamped = None
+        if hard_stop.any():         # never roll over a line that is not clear (unless too close to stop)
+            limit = np.where(hard_stop, np.maximum(g_s - self.half - 0.05, self.s), np.inf)
+            over = s_new > limit
+            if over.any():
+                s_new = np.where(over, limit, s_new)
+                v_new = np.where(over, 0.0, v_new)
+                clamped = s_new
+        s_old, v_old = self.s, self.v
+        self.s = np.minimum(s_new, p.route_end)
+        self.v = v_new
+        self.acc = np.where(v_new > 0.0, acc, 0.0)
+        return s_old, v_old, acc, clamped
+
+
+def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
+                      crosswalk_busy: np.ndarray, red: Optional[np.ndarray], steps: int
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents."""
+    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red)
+    s_hist = np.empty((sim.n, steps))
+    v_hist = np.empty((sim.n, steps))
+    s_hist[:, 0], v_hist[:, 0] = sim.s, sim.v
+    end = sim.pad.route_end
+    for t in range(0, steps - 1, SUBSTEPS):
+        s, v, acc, clamped = sim.step(t)
+        for j in range(1, SUBSTEPS + 1):
+            if t + j >= steps:
+                break
+            if j == SUBSTEPS:
+                s_j, v_j = sim.s, sim.v
+            else:
+                s_j = s + v * (j * DT) + (0.5 * (j * DT) ** 2) * acc
+                v_j = v + acc * (j * DT)
+                if clamped is not None:
+                    s_j = np.minimum(s_j, clamped)
+            s_hist[:, t + j] = np.minimum(s_j, end)
+            v_hist[:, t + j] = v_j
+    return s_hist, v_hist

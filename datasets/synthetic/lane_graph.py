@@ -1,0 +1,120 @@
+"""The simulator's view of the lane graph: integer lane indices with cached geometry, plus virtual straight lanes
+before map entries and after map exits (never written to the map) so that traffic can enter and leave."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from datasets.synthetic.geometry import batch_arc, batch_headings
+from datasets.synthetic.road_network import RoadMap
+
+POST_EXTENSION = 450.0       # straight virtual road after lanes that leave the map
+
+
+@dataclass
+class LaneTable:
+    """Simulator view of the lane graph: integer lane indices, and virtual lanes before map entries and after
+    map exits (straight extensions, never written to the map) so traffic can enter and leave. Per lane it caches
+    arc length, unwrapped heading and curvature of the centre line, so routes are cheap to assemble."""
+    ids: List[int]
+    index: Dict[int, int]
+    points: List[np.ndarray]
+    arc: List[np.ndarray]
+    heading: List[np.ndarray]
+    curvature: List[np.ndarray]
+    lengths: List[float]
+    tails: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]   # the above without the first point
+    heading_ends: List[Tuple[float, float, float]]   # heading at the first, second and last point
+    is_turn: List[bool]                              # a left or right turn through an intersection
+    pre: Dict[int, int]           # real lane index -> virtual lane index feeding it
+    post: Dict[int, int]          # real lane index -> virtual lane index it drains into
+    gated: List[bool]
+    needs_stop: List[bool]
+    conflicts: List[Tuple[Tuple[int, float], ...]]   # (conflicting lane, arc length on it where paths meet)
+    crosswalks: List[frozenset]
+    siblings: List[Tuple[Tuple[int, float], ...]]   # (overlapping lane, shift of its s onto this lane's s)
+
+    @property
+    def total(self) -> int:
+        return len(self.points)
+
+    def add(self, pts: np.ndarray) -> int:
+        """Append a lane (real or virtual) given its centre line [K, 2]; returns its index."""
+        self.add_many([pts])
+        return len(self.points) - 1
+
+    def add_many(self, polylines: List[np.ndarray]) -> None:
+        counts = np.array([len(p) for p in polylines])
+        pts = np.concatenate(polylines)
+        arc = batch_arc(pts, counts)
+        heading = batch_headings(pts, counts)
+        curvature = np.zeros(len(pts))
+        curvature[1:-1] = np.abs(heading[2:] - heading[:-2]) / np.maximum(np.abs(arc[2:] - arc[:-2]), 1e-6)
+        starts = np.cumsum(counts) - counts
+        ends = starts + counts - 1
+        curvature[starts] = 0.0      # the differences above straddle two polylines there
+        curvature[ends] = 0.0
+        bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            p, s, h, c = polylines[k], arc[a:b], heading[a:b], curvature[a:b]
+            self.points.append(p)
+            self.arc.append(s)
+            self.heading.append(h)
+            self.curvature.append(c)
+            self.lengths.append(float(s[-1]))
+            self.tails.append((p[1:], s[1:], h[1:], c[1:]))
+            self.heading_ends.append((float(h[0]), float(h[1]), float(h[-1])))
+            self.is_turn.append(False)
+            self.gated.append(False)
+            self.needs_stop.append(False)
+            self.conflicts.append(())
+            self.crosswalks.append(frozenset())
+            self.siblings.append(())
+
+
+def straight(origin: np.ndarray, direction: np.ndarray, start: float, end: float) -> np.ndarray:
+    t = np.linspace(start, end, int(abs(end - start) / 2.0) + 1)[:, None]
+    return origin + t * (direction / np.hypot(*direction))
+
+
+def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
+    ids = list(road_map.lanes)
+    table = LaneTable(ids=ids, index={lid: i for i, lid in enumerate(ids)}, points=[], arc=[], heading=[],
+                       curvature=[], lengths=[], tails=[], heading_ends=[], is_turn=[], pre={}, post={}, gated=[],
+                       needs_stop=[], conflicts=[],
+                       crosswalks=[], siblings=[])
+    table.add_many([road_map.lanes[lid].center for lid in ids])
+    for i, lid in enumerate(ids):
+        lane = road_map.lanes[lid]
+        table.gated[i] = lane.gated
+        table.needs_stop[i] = lane.needs_stop
+        table.conflicts[i] = tuple((table.index[c], lane.conflict_at.get(c, table.lengths[table.index[c]]))
+                                   for c in lane.conflicts)
+        table.crosswalks[i] = frozenset(lane.crosswalks)
+        table.is_turn[i] = lane.turn in ('left', 'right')
+        # lanes branching from one predecessor overlap at their start (aligned there); lanes merging into one
+        # successor (a taper, a ramp, connectors into one exit lane) overlap at their end (aligned there)
+        starts = {s for p in lane.predecessors for s in road_map.lanes[p].successors} - {lid}
+        ends = {p for s in lane.successors for p in road_map.lanes[s].predecessors} - {lid} - starts
+        table.siblings[i] = tuple([(table.index[x], 0.0) for x in sorted(starts)]
+                                  + [(table.index[x], table.lengths[i] - table.lengths[table.index[x]])
+                                     for x in sorted(ends)])
+    virtual, owners = [], []
+    for lid in ids:
+        lane = road_map.lanes[lid]
+        c = lane.center
+        if not lane.predecessors:
+            virtual.append(straight(c[0], c[1] - c[0], -upstream, 0.0))
+            owners.append((table.pre, table.index[lid]))
+        if not lane.successors:
+            virtual.append(straight(c[-1], c[-1] - c[-2], 0.0, POST_EXTENSION))
+            owners.append((table.post, table.index[lid]))
+    if virtual:
+        first = table.total
+        table.add_many(virtual)
+        for k, (mapping, lane_idx) in enumerate(owners):
+            mapping[lane_idx] = first + k
+    return table
+

@@ -1,0 +1,237 @@
+"""Routes: the chain of lanes (and lane-change blends) a road user follows, with its lane bookkeeping and
+speed profile."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from datasets.synthetic.geometry import arc_length, headings, resample
+from datasets.synthetic.lane_graph import LaneTable, straight, POST_EXTENSION
+from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
+from datasets.synthetic.road_network import RoadMap
+
+
+@dataclass
+class Route:
+    points: np.ndarray            # [K, 2]
+    s: np.ndarray                 # [K] arc length
+    heading: np.ndarray           # [K] unwrapped tangent angle
+    curvature: np.ndarray         # [K] |d heading / ds|
+    entry_start: List[float]      # route s where each entry (lane occupancy interval) begins
+    entry_lane: List[int]
+    entry_base: List[float]       # route s at which that lane's own s is zero
+    entry_lane2: List[int]        # second lane the agent is in (the other lane while changing lanes)
+    entry_base2: List[float]
+    gates: List[Tuple[float, int]]
+    turns: int
+
+
+def _choose_successor(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
+                      lane_type: str) -> Optional[int]:
+    lane = road_map.lanes[table.ids[lane_idx]]
+    options = [table.index[s] for s in lane.successors if road_map.lanes[s].lane_type == lane_type]
+    if not options and lane_type == 'BIKE':   # the bike lane ends: cyclists carry on in traffic
+        options = [table.index[s] for s in lane.successors]
+    if not options:
+        return None
+    if len(options) == 1:
+        return options[0]
+    weights = []
+    kinds = [road_map.lanes[table.ids[o]].kind for o in options]
+    special = [k for k in kinds if k in ('pocket', 'ramp')]
+    for o, kind in zip(options, kinds):
+        nxt = road_map.lanes[table.ids[o]]
+        if kind == 'connector':
+            weights.append(prof.turn_weights.get(nxt.turn, 0.1))
+        elif kind == 'pocket':
+            weights.append(prof.pocket_choice_prob)
+        elif kind == 'ramp':
+            weights.append(prof.exit_choice_prob)
+        else:
+            weights.append((1.0 - (prof.pocket_choice_prob if 'pocket' in special else prof.exit_choice_prob))
+                           if special else 1.0)
+    return options[weighted_pick(rng, weights)]
+
+
+def forward_chain(rng, road_map, table, prof, start_idx: int, length_needed: float, lane_type: str) -> List[int]:
+    """Lane indices from start_idx onwards covering `length_needed` metres, ending in a virtual exit if needed."""
+    chain = [start_idx]
+    total = table.lengths[start_idx]
+    while total < length_needed:
+        cur = chain[-1]
+        nxt = None if cur >= len(table.ids) else _choose_successor(rng, road_map, table, prof, cur, lane_type)
+        if nxt is None:   # leaves the map (or only lanes of another type follow): continue straight on
+            if cur >= len(table.ids):
+                break
+            chain.append(ensure_post(table, cur))
+            break
+        chain.append(nxt)
+        total += table.lengths[nxt]
+    return chain
+
+
+def ensure_post(table: LaneTable, lane_idx: int) -> int:
+    if lane_idx not in table.post:
+        c = table.points[lane_idx]
+        table.post[lane_idx] = table.add(straight(c[-1], c[-1] - c[-2], 0.0, POST_EXTENSION))
+    return table.post[lane_idx]
+
+
+def insert_lane_change(rng, road_map, table, prof, chain: List[int], first: int, lane_type: str,
+                        length_needed: float, v_desired: float) -> List:
+    """Replace part of `chain` (lane indices) by one lane-change element; returns the element list.
+
+    The manoeuvre spans as many parallel lane pieces as needed for about 4 s of travel at the desired speed,
+    which keeps its lateral acceleration (and hence the curvature speed limit) mild.
+    """
+    elements: List = [('lane', c) for c in chain]
+    n_real = len(table.ids)
+    candidates = []
+    for q in range(first, len(chain) - 1):
+        if chain[q] >= n_real:
+            continue
+        lane = road_map.lanes[table.ids[chain[q]]]
+        if lane.kind not in ('road', 'aux'):
+            continue
+        nxt = chain[q + 1]
+        if nxt < n_real and road_map.lanes[table.ids[nxt]].kind == 'connector':
+            continue   # queues form in front of intersections: change lanes further upstream
+        for side in ('left_same', 'right_same'):
+            target = getattr(lane, side)
+            if target is not None:
+                candidates.append((q, table.index[target], 3.0 if lane.kind == 'aux' else 1.0))
+    if not candidates:
+        return elements
+    q, target, _ = candidates[weighted_pick(rng, [c[2] for c in candidates])]
+    src, dst = [chain[q]], [target]
+    wanted = max(35.0, 4.0 * v_desired)
+    while sum(table.lengths[i] for i in src) < wanted and q + len(src) < len(chain):
+        nxt_src = chain[q + len(src)]
+        if nxt_src >= n_real:
+            break
+        src_next = road_map.lanes[table.ids[nxt_src]]
+        side_of = {src_next.left_same, src_next.right_same}
+        parallel = [table.index[s] for s in road_map.lanes[table.ids[dst[-1]]].successors if s in side_of]
+        if src_next.kind not in ('road', 'aux') or not parallel:
+            break
+        src.append(nxt_src)
+        dst.append(parallel[0])
+    if sum(table.lengths[i] for i in src) < 0.6 * wanted:
+        return elements   # no room for a comfortable manoeuvre here
+    remaining = length_needed - sum(table.lengths[c] for c in chain[:q]) - sum(table.lengths[c] for c in dst)
+    rest = forward_chain(rng, road_map, table, prof, dst[-1], remaining + table.lengths[dst[-1]], lane_type)[1:]
+    return elements[:q] + [('lc', src, dst)] + [('lane', c) for c in rest]
+
+
+def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
+    """Concatenate the lanes (and lane-change blends) of `elements` into one route with lane bookkeeping."""
+    parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    offsets: List[float] = []       # route s of each part's lane-local s = 0
+    shifts: List[float] = []        # multiples of 2 pi that keep the heading continuous
+    entry_start, entry_lane, entry_base, gates = [], [], [], []
+    entry_lane2, entry_base2 = [], []
+    turns = 0
+    pos = 0.0
+    last_heading = None
+    two_pi = 2 * math.pi
+    for element in elements:
+        if element[0] == 'lane':
+            idx = element[1]
+            h_first, h_second, h_last = table.heading_ends[idx]
+            if last_heading is None:
+                parts.append((table.points[idx], table.arc[idx], table.heading[idx], table.curvature[idx]))
+                shifts.append(0.0)
+            else:   # consecutive lanes share their joint point
+                parts.append(table.tails[idx])
+                shifts.append(two_pi * round((last_heading - h_second) / two_pi))
+            last_heading = h_last + shifts[-1]
+            offsets.append(pos)
+            entry_start.append(pos)
+            entry_lane.append(idx)
+            entry_base.append(pos)
+            entry_lane2.append(idx)
+            entry_base2.append(pos)
+            if table.gated[idx]:
+                gates.append((pos, idx))
+            turns += table.is_turn[idx]
+            pos += table.lengths[idx]
+            continue
+        _, src, dst = element
+        a = np.concatenate([table.points[src[0]]] + [table.tails[i][0] for i in src[1:]])
+        b = np.concatenate([table.points[dst[0]]] + [table.tails[i][0] for i in dst[1:]])
+        count = max(len(a), len(b))
+        if len(a) != len(b):   # parallel pieces of one road already have equal point counts
+            a, b = resample(a, count), resample(b, count)
+        x = np.clip((np.linspace(0.0, 1.0, count) - 0.1) / 0.8, 0.0, 1.0)
+        alpha = (x * x * (3 - 2 * x))[:, None]
+        pts = (1 - alpha) * a + alpha * b
+        arc = arc_length(pts)
+        heading = headings(pts)
+        curv = np.zeros(count)
+        curv[1:-1] = np.abs(heading[2:] - heading[:-2]) / np.maximum(arc[2:] - arc[:-2], 1e-6)
+        length = float(arc[-1])
+        # during the manoeuvre the agent is in both lanes: the source lane first, then (from half way)
+        # the target lane as its primary lane, the other one as its secondary lane
+        switch = pos + 0.5 * length
+
+        def covering(lanes_, at):
+            base = pos
+            for i in lanes_:
+                if at < base + table.lengths[i] or i == lanes_[-1]:
+                    return i, base
+                base += table.lengths[i]
+
+        cuts = {pos, switch}
+        for lanes_ in (src, dst):
+            base = pos
+            for i in lanes_[:-1]:
+                base += table.lengths[i]
+                if pos < base < pos + length:
+                    cuts.add(base)
+        for cut in sorted(cuts):
+            primary, secondary = (src, dst) if cut < switch else (dst, src)
+            lane1, base1 = covering(primary, cut)
+            lane2, base2 = covering(secondary, cut)
+            entry_start.append(cut)
+            entry_lane.append(lane1)
+            entry_base.append(base1)
+            entry_lane2.append(lane2)
+            entry_base2.append(base2)
+        if last_heading is None:
+            shifts.append(0.0)
+        else:
+            pts, arc, heading, curv = pts[1:], arc[1:], heading[1:], curv[1:]
+            shifts.append(two_pi * round((last_heading - float(heading[0])) / two_pi))
+        last_heading = float(heading[-1]) + shifts[-1]
+        parts.append((pts, arc, heading, curv))
+        offsets.append(pos)
+        pos += length
+    counts = [len(part[0]) for part in parts]
+    return Route(points=np.concatenate([part[0] for part in parts]),
+                  s=np.concatenate([part[1] for part in parts]) + np.repeat(offsets, counts),
+                  heading=np.concatenate([part[2] for part in parts]) + np.repeat(shifts, counts),
+                  curvature=np.concatenate([part[3] for part in parts]), entry_start=entry_start,
+                  entry_lane=entry_lane, entry_base=entry_base, entry_lane2=entry_lane2, entry_base2=entry_base2,
+                  gates=gates, turns=turns)
+
+
+def speed_profile(route: Route, v_desired: float, lateral_acc: float, comfort_dec: float) -> np.ndarray:
+    """Speed limit at 1 m resolution along the route: desired speed, curvature limit, anticipated by braking."""
+    # curvature averaged over about 4 m (points are 0.5 m apart): drivers take a curve, not its joints
+    kernel = np.full(9, 1.0 / 9)
+    curvature = np.convolve(np.pad(route.curvature, 4, mode='edge'), kernel, mode='valid')
+    limit = np.minimum(v_desired, np.sqrt(lateral_acc / np.maximum(curvature, 1e-6)))
+    # v(s)^2 <= min_{s' >= s} v(s')^2 + 2 b (s' - s): a reverse running minimum
+    key = limit ** 2 + 2 * comfort_dec * route.s
+    key = np.minimum.accumulate(key[::-1])[::-1]
+    limit = np.sqrt(np.maximum(key - 2 * comfort_dec * route.s, 0.0))
+    # the limit at each metre is the lowest one within it, so short tight curves are not skipped
+    cells = route.s.astype(int)
+    grid = np.full(cells[-1] + 2, v_desired)
+    np.minimum.at(grid, cells, limit)
+    grid[-1] = grid[-2]
+    return grid
+

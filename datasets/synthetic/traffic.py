@@ -1,0 +1,43 @@
+"""Traffic of one synthetic scene: lane-following road users (car following, signals, right of way, lane
+changes, turns), pedestrians and static objects, simulated together on a road network.
+
+All positions are in the scene frame of the road network (metres), steps are DT = 0.1 s. The simulation runs
+`WARMUP_STEPS + num_steps` steps; the warm-up lets randomly spawned traffic settle before anything is recorded.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+
+from datasets.synthetic.car_following import simulate_vehicles
+from datasets.synthetic.drivers import spawn_vehicles
+from datasets.synthetic.lane_graph import build_lane_table
+from datasets.synthetic.lateral_motion import driver_trajectories
+from datasets.synthetic.pedestrians import crosswalk_occupancy, spawn_pedestrians
+from datasets.synthetic.profiles import SyntheticProfile
+from datasets.synthetic.road_network import RoadMap
+from datasets.synthetic.routes import speed_profile
+from datasets.synthetic.signals import red_lights
+from datasets.synthetic.static_objects import place_static_objects
+from datasets.synthetic.trajectory import DT, NUM_STEPS, WARMUP_STEPS, Trajectory
+
+
+def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticProfile, num_steps: int = NUM_STEPS
+                   ) -> List[Trajectory]:
+    """All objects of one scene over `num_steps` recorded steps (after the warm-up); the AV comes first."""
+    steps = WARMUP_STEPS + num_steps
+    table = build_lane_table(road_map, prof.upstream_length)
+    drivers = spawn_vehicles(rng, road_map, table, prof, steps * DT)
+    pedestrians = spawn_pedestrians(rng, road_map, prof, steps)
+    busy = crosswalk_occupancy(road_map, pedestrians, steps)
+    # turns are anticipated with a gentler deceleration than the driver's comfortable maximum
+    limits = [speed_profile(d.route, d.v_desired, d.lateral_acc, 0.5 * d.b_comf) for d in drivers]
+    s_hist, v_hist = simulate_vehicles(drivers, table, limits, busy, red_lights(road_map, table, steps), steps)
+    objects = driver_trajectories(drivers, s_hist, v_hist) + pedestrians
+    objects += place_static_objects(rng, road_map, prof, steps)
+    for obj in objects:
+        obj.position = obj.position[WARMUP_STEPS:]
+        obj.heading = obj.heading[WARMUP_STEPS:]
+        obj.velocity = obj.velocity[WARMUP_STEPS:]
+    return objects

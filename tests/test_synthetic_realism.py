@@ -1,0 +1,89 @@
+"""The synthetic default profile measured with the realism report (datasets.realism.summarize) against the bands it
+is calibrated to, plus determinism of the tracker model and the new scene contents (signals, fragments, noise).
+
+Scene count: NUM_SCENES default-profile scenarios (about 20-30 s of generation on one core); docs/REALISM_SYNTHETIC.md
+has the table on 200 scenes.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from datasets.realism import summarize
+from datasets.synthetic import generate_scenario, generate_split, scenario_seed
+from datasets.synthetic.grid_roads import build_grid
+from datasets.synthetic.profiles import PROFILES
+
+NUM_SCENES = 80
+
+# (key, low, high): the calibration bands of the default profile
+BANDS = [
+    ('centreline_offset_p50', 0.12, 0.35),
+    ('centreline_offset_p90', 0.45, 0.9),
+    ('driver_offset_spread', 0.1, math.inf),
+    ('track_length_p50', 25, 45),
+    ('short_track_fraction', 0.2, 1.0),
+    ('static_zero_velocity_fraction', 0.0, 0.0),
+    ('static_pedestrian_fraction', 0.3, 1.0),
+    ('lane_segment_length_p50', 15, 25),
+]
+# bands the current traffic model does not reach yet (stop-and-go at intersections is too frequent); strict, so a
+# model that reaches them turns these into failures that ask for moving them into BANDS
+NOT_YET = [
+    ('lon_acc_p50', 0.0, 0.4),
+    ('cruising_fraction', 0.3, 1.0),
+    ('focal_cv_fde6_mean', 5.0, 9.0),
+]
+
+
+@pytest.fixture(scope='module')
+def default_summary(tmp_path_factory):
+    root = tmp_path_factory.mktemp('realism')
+    generate_split(str(root), 'train', NUM_SCENES, seed=0, profile='default')
+    return summarize(root / 'train')
+
+
+@pytest.mark.parametrize('key,low,high', BANDS)
+def test_default_profile_inside_band(default_summary, key, low, high):
+    assert default_summary['num_scenes'] == NUM_SCENES
+    assert low <= default_summary[key] <= high, f'{key} = {default_summary[key]:.3f} outside [{low}, {high}]'
+
+
+@pytest.mark.xfail(strict=True, reason='traffic model: too much stop-and-go at intersections')
+@pytest.mark.parametrize('key,low,high', NOT_YET)
+def test_default_profile_dynamics_band(default_summary, key, low, high):
+    assert low <= default_summary[key] <= high, f'{key} = {default_summary[key]:.3f} outside [{low}, {high}]'
+
+
+def test_default_profile_scene_composition(default_summary):
+    assert 0.3 <= default_summary['scored_tracks_per_scene'] <= 2.5
+    assert 0.02 <= default_summary['full_track_fraction'] <= 0.3
+    assert default_summary['yaw_rate_p99'] < 40.0
+
+
+def test_same_seed_same_scenario_for_every_profile():
+    for profile in PROFILES:
+        a = generate_scenario(scenario_seed(3, 1), 'val', profile)
+        b = generate_scenario(scenario_seed(3, 1), 'val', profile)
+        assert a[0] == b[0] and a[1].equals(b[1]) and a[2] == b[2]
+
+
+def test_static_objects_carry_small_nonzero_velocity():
+    _, table, _ = generate_scenario(scenario_seed(0, 2), 'train')
+    frame = table.to_pandas()
+    static = frame[frame.object_type.isin(['static', 'background', 'construction', 'riderless_bicycle'])]
+    assert len(static)
+    speed = np.hypot(static.velocity_x, static.velocity_y)
+    assert (speed > 0).all() and speed.max() < 0.5
+
+
+def test_signalised_nodes_have_two_phases():
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(10):
+        road_map = build_grid(rng, PROFILES['default'])
+        for node, (cycle, green0, _) in road_map.signals.items():
+            groups = {lane.signal_group for lane in road_map.lanes.values() if lane.node == node and lane.kind == 'connector'}
+            assert groups == {0, 1} and 0 < green0 < cycle
+            found += 1
+    assert found > 0
