@@ -20,6 +20,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from utils.atomic_io import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -115,8 +116,7 @@ def main(argv=None) -> int:
     print(f'compiled vs eager: output {results["max_rel_output"]:.2e}, gradients {results["max_rel_grad"]:.2e}; '
           f'speed-up {results["eager"]["median_ms"] / results["compiled"]["median_ms"]:.2f}x', flush=True)
     if args.report:
-        with open(args.report, 'w') as handle:
-            json.dump(results, handle, indent=2)
+        atomic_write_text(args.report, json.dumps(results, indent=2))
     return 0
 
 

@@ -36,6 +36,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from acceleration.options import add_speed_args, speed_options_from_args  # noqa: E402  (no torch import)
+from utils.atomic_io import atomic_write_text  # noqa: E402
 
 AV2_CONFIG = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=128, output_dim=2, output_head=False,
                   num_historical_steps=50, num_future_steps=60, num_modes=6, num_recurrent_steps=3,
@@ -331,8 +332,7 @@ def main(argv=None) -> int:
                     row.update(profile_kernels(step, args.profile))
                 info['results'].append(row)
                 if args.report:  # after every row: a call cut short keeps what it measured
-                    with open(args.report, 'w') as handle:
-                        json.dump(info, handle, indent=2)
+                    atomic_write_text(args.report, json.dumps(info, indent=2))
                 print(f'batch {batch_size:3d} ({num_agents} agents) {precision:10s} {mode:5s}: '
                       f'median {median * 1000:9.2f} ms  {batch_size / median:8.2f} scen/s'
                       + (f'  peak {peak:6.2f} GiB' if peak is not None else '')
@@ -340,8 +340,7 @@ def main(argv=None) -> int:
                       + (f"  gpu {row['gpu_kernel_ms']:8.2f} ms in {row['kernels_per_step']} kernels"
                          if 'gpu_kernel_ms' in row else ''), flush=True)
     if args.report:
-        with open(args.report, 'w') as handle:
-            json.dump(info, handle, indent=2)
+        atomic_write_text(args.report, json.dumps(info, indent=2))
     return 0
 
 

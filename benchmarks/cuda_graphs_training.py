@@ -29,6 +29,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.bench_qcnet_step import AV2_CONFIG  # noqa: E402
+from utils.atomic_io import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -189,8 +190,7 @@ def main(argv=None) -> int:
           f'{report["val_eager"]["second_pass_s"]:.2f} s, cuda graphs {report["val_cuda_graphs"]["second_pass_s"]:.2f}'
           f' s; val metrics worst relative difference {worst:.2e}', flush=True)
     if args.report:
-        with open(args.report, 'w') as handle:
-            json.dump(report, handle, indent=2)
+        atomic_write_text(args.report, json.dumps(report, indent=2))
     return 0
 
 

@@ -35,6 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.experiment_utils import atomic_write_text  # noqa: E402
+from utils.atomic_io import atomic_output_path  # noqa: E402
 
 RUN_COLUMNS = ['backbone', 'arm', 'labelled', 'seed', 'minADE', 'minFDE', 'MR', 'brier_minFDE', 'pretrain_steps',
                'gpu_seconds']
@@ -279,10 +280,9 @@ def plot_gains(rows: Sequence[dict], path: str) -> None:
         ax.set_title(backbone)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f'.{os.path.basename(path)}.{os.getpid()}.tmp.png')
-    fig.savefig(tmp, dpi=120)
+    with atomic_output_path(path) as temporary:
+        fig.savefig(temporary, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def make_report(results_dir: str) -> dict:

@@ -44,6 +44,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.bench_qcnet_step import AV2_CONFIG  # noqa: E402
+from utils.atomic_io import atomic_write_text  # noqa: E402
 
 # Operators that only create views or metadata (no kernel on a GPU).
 METADATA_OPS = {
@@ -257,8 +258,7 @@ def main(argv=None) -> int:
         for name, ms in self_time.most_common(args.top):
             print(f'{ms:10.1f}  {name}')
     if args.report:
-        with open(args.report, 'w') as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_text(args.report, json.dumps(result, indent=2))
     return 0
 
 
