@@ -7,13 +7,14 @@
 # OFFICIAL_REPO: a checkout of the official SmartPretrain code (run unmodified, never committed here; see
 # benchmarks/bench_ssl_step.py for how to get it). OUT_DIR: one JSON report and one log per configuration.
 # BUDGET_SECONDS (default 570) bounds the whole run. CONFIG names pick configurations (default: all, in this
-# order): official_16 ours_16 fast_16 official_32 ours_32 fast_32. The fast configurations share one inductor
-# cache (COMPILE_CACHE_DIR, default /tmp/ssl_speed_protocol_compile_cache), so the second compiles in less time.
+# order): official_16 ours_16 fast_16 restart_16 official_32 ours_32 fast_32. The fast configurations share one
+# inductor cache (COMPILE_CACHE_DIR, default /tmp/ssl_speed_protocol_compile_cache): restart_16 is fast_16 started
+# again with the kernels the first run left there (its warmup_s is the warm-start time of a restarted run).
 # STEPS (default 30) timed steps per configuration. Results go into docs/BENCHMARKS.md with the date, the card and
 # the software versions.
 set -u
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 if [ $# -lt 2 ]; then
@@ -24,7 +25,7 @@ OFFICIAL=$1
 OUT=$2
 BUDGET=${3:-570}
 shift $(($# < 3 ? $# : 3))
-CONFIGS=" ${*:-official_16 ours_16 fast_16 official_32 ours_32 fast_32} "
+CONFIGS=" ${*:-official_16 ours_16 fast_16 restart_16 official_32 ours_32 fast_32} "
 mkdir -p "$OUT"
 export TORCHINDUCTOR_CACHE_DIR=${COMPILE_CACHE_DIR:-/tmp/ssl_speed_protocol_compile_cache}
 BENCH="python benchmarks/bench_ssl_step.py --device cuda --steps ${STEPS:-30} --tf32"
@@ -50,5 +51,6 @@ for B in 16 32; do
     run official_$B 120 --impl official --official_repo "$OFFICIAL" --batch_size $B --warmup 5
     run ours_$B 120 --batch_size $B --warmup 5
     run fast_$B 330 --speed fast --batch_size $B --warmup 10
+    run restart_$B 150 --speed fast --batch_size $B --warmup 10
 done
 echo "total ${SECONDS}s"
