@@ -15,6 +15,7 @@ from datasets.synthetic.routes import Route, build_route, forward_chain, insert_
 from datasets.synthetic.trajectory import DT, NUM_HISTORICAL_STEPS, NUM_STEPS, WARMUP_STEPS
 
 STOP_DWELL = (5, 13)         # steps a vehicle stands at a stop line before entering
+ARTERIAL_WEIGHT = 4.0       # preference of the AV for lanes along the arterial
 SPAWN_GAP = 20.0             # minimum spacing when seeding vehicles on a lane (about a time headway)
 
 
@@ -81,7 +82,9 @@ def _spawn_av(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile) 
     mids = np.array([table.points[i][len(table.points[i]) // 2] for i in road_lanes])
     dist = np.hypot(mids[:, 0], mids[:, 1])
     near = [road_lanes[i] for i in np.nonzero(dist < max(45.0, np.sort(dist)[min(3, len(dist) - 1)]))[0]]
-    anchor = near[int(rng.integers(len(near)))]
+    # the AV, like most traffic, mostly drives along the arterial
+    weights = [ARTERIAL_WEIGHT if road_map.along_arterial(table.points[i]) else 1.0 for i in near]
+    anchor = near[weighted_pick(rng, weights)]
     av_speed = float(rng.uniform(speed_lo, 0.5 * (speed_lo + speed_hi)))
     back_needed = av_speed * (WARMUP_STEPS + NUM_HISTORICAL_STEPS) * DT * float(rng.uniform(0.6, 1.0))
     back = _predecessor_chain(rng, road_map, table, anchor, back_needed)
@@ -125,7 +128,8 @@ def _spawn_traffic(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProf
     out = []
     for idx in spawn_lanes:
         length = table.lengths[idx]
-        count = rng.poisson(density * length)
+        arterial = road_map.arterial is None or road_map.along_arterial(table.points[idx])
+        count = rng.poisson(density * length * (1.0 if arterial else prof.cross_street_density))
         if count == 0:
             continue
         positions = np.sort(rng.uniform(0.0, max(length - 4.0, 0.0), size=count))

@@ -61,12 +61,11 @@ def build_grid(rng: np.random.Generator, prof: SyntheticProfile) -> RoadMap:
     lanes: Dict[int, Lane] = {}
     curbs = _road_lanes_and_curbs(rng, prof, ids, roads, stop_dist, lanes)
     controls = [choice(rng, prof.node_control_weights) for _ in range(len(node_pos))]
-    signals = {}
+    major = _major_axis(rng, node_pos)
     for node, arms in enumerate(node_arms):
-        _build_connectors(rng, prof, ids, node, node_pos[node], arms, roads, lanes, crosswalks, controls[node])
-        if controls[node] == 'signal':
-            cycle = float(rng.uniform(*prof.signal_cycle))
-            signals[node] = (cycle, cycle * float(rng.uniform(0.6, 0.75)), float(rng.uniform(0.0, cycle)))
+        _build_connectors(rng, prof, ids, node, node_pos[node], arms, roads, lanes, crosswalks, controls[node],
+                          major)
+    signals = _coordinated_signals(rng, prof, node_pos, major, controls)
     amp = float(rng.uniform(*prof.warp_amplitude))
     road_map = RoadMap(lanes=lanes, crosswalks=crosswalks, drivable_areas=_drivable_areas(ids, roads, node_arms,
                                                                                          node_pos, stop_dist),
@@ -74,10 +73,30 @@ def build_grid(rng: np.random.Generator, prof: SyntheticProfile) -> RoadMap:
                        nodes=[(node_pos[k], [arm for _, arm in node_arms[k]]) for k in range(len(node_pos))],
                        warp_params=(amp, float(rng.uniform(*prof.warp_wavelength)),
                                     float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0, 2 * math.pi))),
-                       signals=signals)
+                       signals=signals, arterial=major)
     road_map.ground = random_ground(rng)
     _apply_warp(road_map)
     return road_map
+
+
+def _major_axis(rng, node_pos: np.ndarray) -> np.ndarray:
+    """Unit vector of the arterial direction: the grid axis along which the nodes spread furthest."""
+    extent = node_pos.max(0) - node_pos.min(0) if len(node_pos) > 1 else np.zeros(2)
+    if abs(extent[0] - extent[1]) < 1.0:
+        return np.array([1.0, 0.0]) if rng.random() < 0.5 else np.array([0.0, 1.0])
+    return np.array([1.0, 0.0]) if extent[0] > extent[1] else np.array([0.0, 1.0])
+
+
+def _coordinated_signals(rng, prof: SyntheticProfile, node_pos: np.ndarray, major: np.ndarray,
+                         controls: List[str]) -> Dict[int, Tuple[float, float, float]]:
+    """Signal plans of one coordinated corridor: a common cycle, the larger share of green for the arterial (phase
+    0), and offsets that give a green wave to arterial traffic in one direction at the progression speed."""
+    cycle = float(rng.uniform(*prof.signal_cycle))
+    green0 = cycle * float(rng.uniform(*prof.arterial_green_share))
+    progression = float(rng.uniform(*prof.progression_speed)) * (1.0 if rng.random() < 0.5 else -1.0)
+    start = float(rng.uniform(0.0, cycle))
+    return {node: (cycle, green0, (start - float(node_pos[node] @ major) / progression) % cycle)
+            for node in range(len(node_pos)) if controls[node] == 'signal'}
 
 
 def _grid_layout(rng, prof: SyntheticProfile):
@@ -379,7 +398,8 @@ def _arm_lanes(road: _Road, node: int, incoming: bool) -> List[Tuple[int, str]]:
 
 
 def _build_connectors(rng, prof, ids, node: int, center: np.ndarray, arms, roads: List[_Road],
-                      lanes: Dict[int, Lane], crosswalks: List[Crosswalk], control: str) -> None:
+                      lanes: Dict[int, Lane], crosswalks: List[Crosswalk], control: str, arterial: np.ndarray
+                      ) -> None:
     """Lanes through one intersection: straight, left and right turns (bike lanes straight and right)."""
     if control == 'minor_stop':
         widths = [roads[r].n_fwd + roads[r].n_bwd for r, _ in arms]
@@ -387,9 +407,8 @@ def _build_connectors(rng, prof, ids, node: int, center: np.ndarray, arms, roads
         stop_arm = [w < major or (all(x == major for x in widths) and k % 2 == 1) for k, w in enumerate(widths)]
     else:
         stop_arm = [control == 'all_stop'] * len(arms)
-    # a signal serves two phases: the arms along the first arm's axis, and the arms across it
-    first = math.atan2(arms[0][1].u[1], arms[0][1].u[0])
-    phase_of_arm = [0 if abs(math.cos(math.atan2(arm.u[1], arm.u[0]) - first)) > 0.5 else 1 for _, arm in arms]
+    # a signal serves two phases: the arms along the arterial (major) axis, and the arms across it
+    phase_of_arm = [0 if abs(float(arm.u @ arterial)) > 0.5 else 1 for _, arm in arms]
     connectors: List[int] = []
     all_pairs: List[Tuple[int, int, str, int]] = []
     for k_in, (r_in, arm_in) in enumerate(arms):

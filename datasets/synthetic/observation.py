@@ -23,11 +23,13 @@ DYNAMIC_TYPES = ('vehicle', 'bus', 'motorcyclist', 'cyclist', 'pedestrian')
 FOCAL_TYPE_WEIGHT = {'vehicle': 1.0, 'bus': 0.3, 'motorcyclist': 0.3, 'cyclist': 0.3, 'pedestrian': 0.1}
 BREAK_SCALE = {'pedestrian': 2.0, 'cyclist': 1.5, 'vehicle': 1.0, 'bus': 0.6, 'motorcyclist': 1.2}
 
+PARKED_JITTER = 0.025      # m, frame-to-frame jitter of a parked vehicle's reported position
 Run = Tuple[int, int, int]   # (object index, first step, last step) of one track
 
 
 def _candidates(objects: List[Trajectory], sensor: float) -> List[int]:
-    """Road users that move in the future and stay well inside the sensor range all the time."""
+    """Road users observed throughout (inside the sensor range all the time) that are moving at the current step
+    and moved during the history. Nothing about their future enters the choice."""
     av = objects[0].position
     out = []
     for i in range(1, len(objects)):
@@ -36,8 +38,10 @@ def _candidates(objects: List[Trajectory], sensor: float) -> List[int]:
             continue
         if np.hypot(*(obj.position - av).T).max() > sensor:
             continue
-        future = float(np.hypot(*(obj.position[-1] - obj.position[NUM_HISTORICAL_STEPS - 1])))
-        if future >= (2.0 if obj.object_type == 'pedestrian' else 5.0):
+        current = NUM_HISTORICAL_STEPS - 1
+        history = float(np.hypot(*(obj.position[current] - obj.position[0])))
+        speed_now = float(np.hypot(*obj.velocity[current]))
+        if speed_now >= 1.0 and history >= (2.0 if obj.object_type == 'pedestrian' else 5.0):
             out.append(i)
     return out
 
@@ -53,10 +57,8 @@ def choose_focal(rng, objects: List[Trajectory], sensor: float) -> Optional[Tupl
     for i in candidates:
         obj = objects[i]
         dist = float(np.hypot(*(obj.position[NUM_HISTORICAL_STEPS - 1] - av_now)))
-        speed_now = float(np.hypot(*obj.velocity[NUM_HISTORICAL_STEPS - 1]))
-        # AV2 picks focal tracks near the AV, mostly vehicles in motion, with a slight preference for turns
-        weights.append(FOCAL_TYPE_WEIGHT[obj.object_type] * (1.0 + 0.3 * obj.turns) * (0.2 + min(speed_now, 8.0))
-                       * math.exp(-dist / 30.0))
+        # any moving road user near the AV, mostly vehicles; where it is headed (a stop line, a turn) plays no part
+        weights.append(FOCAL_TYPE_WEIGHT[obj.object_type] * math.exp(-dist / 30.0))
     focal = candidates[weighted_pick(rng, weights)]
     near = [i for i in candidates if i != focal
             and np.hypot(*(objects[i].position[NUM_HISTORICAL_STEPS - 1] - av_now)) < SCORED_RADIUS]
@@ -141,6 +143,11 @@ def tracker_noise(rng, objects: List[Trajectory], runs: List[Run]):
     sigma_vel = np.where(dynamic, sigma_pos * 1.5, 10.0 ** rng.uniform(-5.0, -1.3, size=n_runs))
     # tracks are smoothed: the position error drifts slowly rather than jumping from step to step
     pos_noise = ar1_noise(rng, (n_runs, NUM_STEPS, 2), sigma_pos, rho=0.99)
+    # a parked vehicle's box centre jitters from frame to frame as its visible outline changes
+    parked = ~dynamic & np.array([o.object_type == 'vehicle' for o in objs])
+    if parked.any():
+        pos_noise[parked] += ar1_noise(rng, (int(parked.sum()), NUM_STEPS, 2), np.full(int(parked.sum()),
+                                                                                        PARKED_JITTER), rho=0.7)
     heading_noise = ar1_noise(rng, (n_runs, NUM_STEPS), sigma_heading)
     vel_noise = ar1_noise(rng, (n_runs, NUM_STEPS, 2), sigma_vel, rho=0.5)
     return pos_noise, heading_noise, vel_noise

@@ -32,8 +32,12 @@ class SyntheticProfile:
     bike_lane_prob: float = 0.35
     bike_lane_width: Tuple[float, float] = (1.5, 2.0)
     crosswalk_prob: float = 0.7                      # per intersection arm
-    node_control_weights: Tuple = (('signal', 0.7), ('all_stop', 0.05), ('minor_stop', 0.15), ('uncontrolled', 0.1))
-    signal_cycle: Tuple[float, float] = (70.0, 110.0)  # seconds for both phases
+    # stop-controlled nodes are rare and, where present, mostly stop the minor road only
+    node_control_weights: Tuple = (('signal', 0.7), ('all_stop', 0.02), ('minor_stop', 0.16), ('uncontrolled', 0.12))
+    signal_cycle: Tuple[float, float] = (100.0, 150.0)  # seconds for both phases, common to a scene's corridor
+    arterial_green_share: Tuple[float, float] = (0.72, 0.85)  # of the cycle, for the arterial phase
+    cross_street_density: float = 1.0                        # traffic on cross streets relative to the arterial
+    progression_speed: Tuple[float, float] = (11.0, 14.0)    # m/s of the green wave along the arterial
     lane_segment_length: Tuple[float, float] = (12.0, 30.0)   # metres; longer road pieces are cut into segments
     warp_amplitude: Tuple[float, float] = (0.0, 5.0)  # smooth deformation making grid roads curve
     warp_wavelength: Tuple[float, float] = (220.0, 420.0)
@@ -49,8 +53,8 @@ class SyntheticProfile:
     vehicle_density: Tuple[float, float] = (0.6, 1.4)   # vehicles per 100 m of lane
     desired_speed: Tuple[float, float] = (10.0, 16.0)    # m/s, per vehicle
     upstream_length: float = 130.0                       # virtual road before map entries that feeds traffic in
-    turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.7, 'left': 0.15, 'right': 0.15})
-    pocket_choice_prob: float = 0.3                      # taking the left-turn pocket when passing one
+    turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.82, 'left': 0.09, 'right': 0.09})
+    pocket_choice_prob: float = 0.2                      # taking the left-turn pocket when passing one
     exit_choice_prob: float = 0.3                        # taking a highway exit ramp
     lane_change_prob: float = 0.15                       # per vehicle, a voluntary lane change on its route
     lane_speed_step: float = 0.5                         # m/s more desired speed per lane to the right
@@ -109,6 +113,7 @@ PROFILES: Dict[str, SyntheticProfile] = {
         pedestrians=(0, 4),
         static_objects=(0, 3),
         parked_side_prob=0.1,
+        cross_street_density=0.8,                    # small scenes: keep the cross streets busy enough
         sensor_range=(45.0, 60.0),
     ),
 }

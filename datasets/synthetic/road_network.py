@@ -92,6 +92,14 @@ class RoadMap:
     ground: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # z0, slope_x, slope_y, undulation
     signals: Dict[int, Tuple[float, float, float]] = field(default_factory=dict)  # node -> cycle (s),
     # green time of phase 0 (s), offset (s); phase 1 is green after phase 0 (less the all-red clearance)
+    arterial: Optional[np.ndarray] = None     # unit vector of the busier, signal-coordinated road direction (grid)
+
+    def along_arterial(self, points: np.ndarray) -> bool:
+        """Whether a lane polyline [K, 2] runs along the arterial direction (False without one)."""
+        if self.arterial is None:
+            return False
+        d = points[-1] - points[0]
+        return abs(float(d @ self.arterial)) > 0.7 * float(np.hypot(d[0], d[1]))
 
     def warp(self, points: np.ndarray) -> np.ndarray:
         """Smooth deformation of the scene (identity when unset); bends straight grid roads into curves."""
