@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Dict, Optional
 
+from utils.cli import str2bool, unit_fraction
+
 
 @dataclass(frozen=True)
 class SpeedOptions:
@@ -94,22 +96,6 @@ _BOOLEAN_FLAGS = {
 }
 
 
-def _boolean(value: str) -> bool:
-    lowered = str(value).strip().lower()
-    if lowered in ('1', 'true', 't', 'yes', 'y'):
-        return True
-    if lowered in ('0', 'false', 'f', 'no', 'n'):
-        return False
-    raise argparse.ArgumentTypeError(f'expected a boolean (true/false/1/0), got {value!r}')
-
-
-def _unit_fraction(value: str) -> float:
-    number = float(value)
-    if not 0.0 < number <= 1.0:
-        raise argparse.ArgumentTypeError(f'expected a number in (0, 1], got {value!r}')
-    return number
-
-
 def add_speed_args(parser: argparse.ArgumentParser, evaluation: bool = False) -> None:
     """``--speed`` and the override flags (default None: the preset decides). ``evaluation`` (val.py / test.py) also
     takes ``--compile`` (= --compile_attention 1 --compile_embeddings 1, their earlier evaluation flag)."""
@@ -135,19 +121,19 @@ def add_speed_args(parser: argparse.ArgumentParser, evaluation: bool = False) ->
                                 'of 2B scenes, BatchNorm statistics per view) instead of once per view',
     }
     for flag, text in helps.items():
-        group.add_argument(f'--{flag}', type=_boolean, nargs='?', const=True, default=argparse.SUPPRESS,
+        group.add_argument(f'--{flag}', type=str2bool, nargs='?', const=True, default=argparse.SUPPRESS,
                            metavar='0|1', help=text)
     # Left-out overrides stay out of the namespace (SUPPRESS): the preset decides, and --help shows no default.
     group.add_argument('--no_tf32', dest='tf32', action='store_const', const=False, default=argparse.SUPPRESS,
                        help='same as --tf32 0 (full float32 matmuls while training)')
-    group.add_argument('--compile_memory_budget', type=_unit_fraction, default=argparse.SUPPRESS,
+    group.add_argument('--compile_memory_budget', type=unit_fraction, default=argparse.SUPPRESS,
                        help='with the --compile_* options: fraction of their activations the compiled backward may '
                             'keep (below 1: more recomputation, less memory; default 1)')
     group.add_argument('--compile_cache_dir', type=str, default=argparse.SUPPRESS,
                        help='persistent torch.compile cache folder (training default: <run directory>/compile_cache; '
                             'a shared folder lets every run and node reuse the compiled kernels)')
     if evaluation:
-        group.add_argument('--compile', action='store_true',
+        group.add_argument('--compile', type=str2bool, nargs='?', const=True, default=False, metavar='0|1',
                            help='same as --compile_attention 1 --compile_embeddings 1')
 
 

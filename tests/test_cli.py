@@ -104,9 +104,12 @@ def test_tf32_keeps_its_official_switch():
             '--dataset', 'argoverse_v2', '--num_historical_steps', '50', '--num_future_steps', '60',
             '--num_recurrent_steps', '3', '--pl2pl_radius', '1', '--pl2a_radius', '1', '--a2a_radius', '1',
             '--pl2m_radius', '1', '--a2m_radius', '1']
-    assert parser.parse_args(base).tf32 is True
-    assert parser.parse_args(base + ['--tf32', '0']).tf32 is False
-    assert parser.parse_args(base + ['--no_tf32']).tf32 is False
+    from acceleration.options import speed_options_from_args
+    def tf32(extra):
+        return speed_options_from_args(parser.parse_args(base + extra)).tf32
+    assert tf32([]) is True  # every preset trains with TF32 on CUDA, as the official scripts do
+    assert tf32(['--tf32', '0']) is False and tf32(['--no_tf32']) is False and tf32(['--tf32']) is True
+    assert tf32(['--speed', 'fast', '--tf32', 'false']) is False
 
 
 def test_a_directory_given_as_checkpoint_lists_its_checkpoints(tmp_path):
