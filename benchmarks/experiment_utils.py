@@ -167,3 +167,18 @@ def val_cmd(py: str, data_root: str, val_raw: str, val_processed: str, ckpt: str
     if num_workers is not None:
         cmd += ['--num_workers', str(num_workers)]
     return cmd
+
+
+def link_dir(directory: str, targets: Dict[str, str]) -> str:
+    """Makes ``directory`` hold exactly the symbolic links name -> target, built in a side folder and renamed into
+    place (a killed run never leaves a half-filled folder under the final name); returns ``directory``."""
+    if os.path.isdir(directory) and sorted(os.listdir(directory)) == sorted(targets):
+        return directory
+    tmp = directory + '.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name, target in targets.items():
+        os.symlink(target, os.path.join(tmp, name))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.rename(tmp, directory)
+    return directory

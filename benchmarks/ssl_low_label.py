@@ -60,7 +60,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.experiment_utils import (MODEL_PRESETS, CommandFailed, atomic_write_json,  # noqa: E402
-                                         atomic_write_text, canonical_model, exit_on_sigterm, finetune_cmd,
+                                         atomic_write_text, canonical_model, exit_on_sigterm, finetune_cmd, link_dir,
                                          pretrain_cmd, read_json, read_val_metrics, val_cmd)
 from benchmarks.low_label_report import ARM_SOURCE, ARMS, RUN_COLUMNS, STUDY_ARMS, make_report  # noqa: E402
 from benchmarks.scaling.processes import ChildProcesses, loader_workers_per_run  # noqa: E402
@@ -376,17 +376,7 @@ class Workspace:
 
     def link_dir(self, name: str, targets: Dict[str, str]) -> str:
         """raw/<name> holding exactly the links id -> scenario directory (built aside, renamed into place)."""
-        directory = os.path.join(self.raw, name)
-        if os.path.isdir(directory) and sorted(os.listdir(directory)) == sorted(targets):
-            return directory
-        tmp = directory + '.tmp'
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        for scenario_id, target in targets.items():
-            os.symlink(target, os.path.join(tmp, scenario_id))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.rename(tmp, directory)
-        return directory
+        return link_dir(os.path.join(self.raw, name), targets)
 
     def preprocess(self, raw_dir: str, processed_dir: str, name: str) -> None:
         steps = [{'module': 'datasets.preprocess',

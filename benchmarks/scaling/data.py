@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Dict, List, Sequence
 
-from benchmarks.experiment_utils import atomic_write_json, read_json
+from benchmarks.experiment_utils import atomic_write_json, link_dir, read_json
 from benchmarks.scaling.plan import Point
 from benchmarks.scaling.processes import ChildProcesses
 
@@ -96,19 +96,6 @@ class SweepData:
                            raw_dir, '--processed_dir', processed_dir, '--num_workers', str(self.cpus), '--strict',
                            '--no_progress'], os.path.join(self.logs, f'preprocess_{name}.log'))
 
-    @staticmethod
-    def _link_dir(directory: str, targets: Dict[str, str]) -> None:
-        """Makes ``directory`` hold exactly the links name -> target (built aside, then renamed into place)."""
-        if os.path.isdir(directory) and sorted(os.listdir(directory)) == sorted(targets):
-            return
-        tmp = directory + '.tmp'
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        for name, target in targets.items():
-            os.symlink(target, os.path.join(tmp, name))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.rename(tmp, directory)
-
     def prepare(self, points: Sequence[Point]) -> None:
         """Generates and preprocesses every scenario the points need."""
         for d in (self.raw, self.root, self.logs):
@@ -125,7 +112,7 @@ class SweepData:
         all_links = {sid: os.path.join(self.raw, f'pool_{profile}', 'train', sid)
                      for profile, ids in self.pools.items() for sid in ids}
         if all_links:
-            self._link_dir(os.path.join(self.raw, 'pool_all'), all_links)
+            link_dir(os.path.join(self.raw, 'pool_all'), all_links)
             self._preprocess(os.path.join(self.raw, 'pool_all'), self.processed('pool'), 'pool')
         self._preprocess(self.labelled_raw, self.processed('labelled'), 'labelled')
         self._preprocess(self.val_raw, self.processed('val'), 'val')
@@ -148,5 +135,5 @@ class SweepData:
         if len(targets) != n:
             raise RuntimeError(f'{mix} N={n}: {len(targets)} distinct scenarios (duplicate ids across pools?)')
         directory = os.path.join(self.raw, 'subsets', f'{mix}_n{n}')
-        self._link_dir(directory, targets)
+        link_dir(directory, targets)
         return directory
