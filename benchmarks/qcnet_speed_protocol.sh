@@ -33,29 +33,7 @@ CACHE=${COMPILE_CACHE_DIR:-/tmp/qcnet_speed_protocol_compile_cache}
 BENCH="python benchmarks/bench_qcnet_step.py --device cuda --scenes_file $SCENES --steps 30"
 COMPILED="--speed fast --compile_cache_dir $CACHE"
 
-# name | seconds at most | command (its --report goes to OUT/<name>.json)
-run_command() {
-    local name=$1 limit=$2
-    shift 2
-    case "$CONFIGS" in *" $name "*) ;; *) return ;; esac
-    local left=$((BUDGET - SECONDS))
-    if [ "$left" -lt 30 ]; then
-        echo "[$name] skipped: ${left}s of the budget left"
-        return
-    fi
-    [ "$limit" -gt "$left" ] && limit=$left
-    echo "[$name] at most ${limit}s: $*"
-    timeout "$limit" "$@" --report "$OUT/$name.json" > "$OUT/$name.log" 2>&1
-    echo "[$name] exit $?"
-    grep -E '^batch|^training step|Error' "$OUT/$name.log"
-}
-
-# name | seconds at most | flags of bench_qcnet_step.py
-run() {
-    local name=$1 limit=$2
-    shift 2
-    run_command "$name" "$limit" $BENCH "$@"
-}
+source "$(dirname "$0")/protocol_runner.sh"
 
 run official 110 --impl official --official_repo "$OFFICIAL" --batch_sizes 32 4 --precision fp32 --mode train infer
 run compiled_fp32 480 $COMPILED --prebuilt_graph --batch_sizes 32 4 --precision fp32 --mode train --profile 3

@@ -30,22 +30,7 @@ mkdir -p "$OUT"
 export TORCHINDUCTOR_CACHE_DIR=${COMPILE_CACHE_DIR:-/tmp/ssl_speed_protocol_compile_cache}
 BENCH="python benchmarks/bench_ssl_step.py --device cuda --steps ${STEPS:-30} --tf32"
 
-# name | seconds at most | flags of bench_ssl_step.py (its --report goes to OUT/<name>.json)
-run() {
-    local name=$1 limit=$2
-    shift 2
-    case "$CONFIGS" in *" $name "*) ;; *) return ;; esac
-    local left=$((BUDGET - SECONDS))
-    if [ "$left" -lt 30 ]; then
-        echo "[$name] skipped: ${left}s of the budget left"
-        return
-    fi
-    [ "$limit" -gt "$left" ] && limit=$left
-    echo "[$name] at most ${limit}s: $BENCH $*"
-    timeout "$limit" $BENCH "$@" --report "$OUT/$name.json" > "$OUT/$name.log" 2>&1
-    echo "[$name] exit $? after ${SECONDS}s"
-    tail -n 3 "$OUT/$name.log"
-}
+source "$(dirname "$0")/protocol_runner.sh"
 
 for B in 16 32; do
     run official_$B 120 --impl official --official_repo "$OFFICIAL" --batch_size $B --warmup 5
