@@ -63,6 +63,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from utils.cli import str2bool  # noqa: E402
+
 # Official Argoverse 2 pre-training configuration (train_ssl.sh of the official repository).
 AV2_SSL_CONFIG = dict(dataset='argoverse_v2', input_dim=2, hidden_dim=128, output_dim=2, output_head=False,
                       num_historical_steps=50, num_future_steps=60, num_modes=1, num_recurrent_steps=3,
@@ -80,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--official_repo', type=str, default=DEFAULT_OFFICIAL_REPO,
                         help='official SmartPretrain checkout (--impl official; see above how to get it)')
     parser.add_argument('--speed', choices=['default', 'fast'], default='default', help='ours: see above')
+    parser.add_argument('--compile', type=str2bool, default=True,
+                        help='ours, --speed fast: 0 keeps the CUDA-graph step but compiles nothing (eager kernels '
+                             'replayed; quick to start, e.g. to check the capture)')
     parser.add_argument('--device', type=str, default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--batch_size', type=int, default=16, help='scenarios per step')
     parser.add_argument('--steps', type=int, default=30, help='timed steps (median reported)')
@@ -213,7 +218,7 @@ def build_model(args, modules):
     from predictors.smartpretrain import SmartPretrain
     model = SmartPretrain(**config, seed=args.seed)
     options = PRESETS[args.speed].replace(tf32=args.tf32)
-    if torch.device(args.device).type != 'cuda':  # CPU smoke runs: the padded step runs eagerly, nothing compiles
+    if torch.device(args.device).type != 'cuda' or not args.compile:  # CPU smoke runs: nothing compiles
         options = options.replace(compile_attention=False, compile_embeddings=False, compile_gru=False)
     apply(model, options)
     return model

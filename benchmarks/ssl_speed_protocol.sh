@@ -7,7 +7,8 @@
 # OFFICIAL_REPO: a checkout of the official SmartPretrain code (run unmodified, never committed here; see
 # benchmarks/bench_ssl_step.py for how to get it). OUT_DIR: one JSON report and one log per configuration.
 # BUDGET_SECONDS (default 570) bounds the whole run. CONFIG names pick configurations (default: all, in this
-# order): official_16 ours_16 fast_16 restart_16 official_32 ours_32 fast_32. The fast configurations share one
+# order): official_16 ours_16 graphs_16 fast_16 restart_16 official_32 ours_32 graphs_32 fast_32 (graphs: the
+# CUDA-graph step over eager kernels, nothing compiled: quick to start). The fast configurations share one
 # inductor cache (COMPILE_CACHE_DIR, default /tmp/ssl_speed_protocol_compile_cache): restart_16 is fast_16 started
 # again with the kernels the first run left there (its warmup_s is the warm-start time of a restarted run).
 # STEPS (default 30) timed steps per configuration. Results go into docs/BENCHMARKS.md with the date, the card and
@@ -25,7 +26,7 @@ OFFICIAL=$1
 OUT=$2
 BUDGET=${3:-570}
 shift $(($# < 3 ? $# : 3))
-CONFIGS=" ${*:-official_16 ours_16 fast_16 restart_16 official_32 ours_32 fast_32} "
+CONFIGS=" ${*:-official_16 ours_16 graphs_16 fast_16 restart_16 official_32 ours_32 graphs_32 fast_32} "
 mkdir -p "$OUT"
 export TORCHINDUCTOR_CACHE_DIR=${COMPILE_CACHE_DIR:-/tmp/ssl_speed_protocol_compile_cache}
 BENCH="python benchmarks/bench_ssl_step.py --device cuda --steps ${STEPS:-30} --tf32"
@@ -35,6 +36,7 @@ source "$(dirname "$0")/protocol_runner.sh"
 for B in 16 32; do
     run official_$B 120 --impl official --official_repo "$OFFICIAL" --batch_size $B --warmup 5
     run ours_$B 120 --batch_size $B --warmup 5
+    run graphs_$B 120 --speed fast --compile 0 --batch_size $B --warmup 5
     run fast_$B 330 --speed fast --batch_size $B --warmup 10
     run restart_$B 150 --speed fast --batch_size $B --warmup 10
 done

@@ -20,10 +20,8 @@ from torch_geometric.data import HeteroData
 from datasets.scenario import (CROSSWALK_KIND, POINT_SIDES, POINT_TYPES, POLYGON_IS_INTERSECTIONS,
                                POLYGON_TYPES, SCORED_CATEGORY, ScenarioError, ScenarioRecord)
 
-try:  # the reference implementation of the crosswalk centre line (also used by the official code)
-    from av2.geometry.interpolate import compute_midpoint_line
-except ImportError:  # pragma: no cover - av2 is a hard requirement of the Argoverse 2 pipeline
-    compute_midpoint_line = None
+# the reference implementation of the crosswalk centre line (also used by the official code)
+from av2.geometry.interpolate import compute_midpoint_line
 
 FeatureDict = Dict[Union[str, Tuple[str, str, str]], Any]
 POINT_TO_POLYGON = ('map_point', 'to', 'map_polygon')

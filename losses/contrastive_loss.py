@@ -131,11 +131,11 @@ class ContrastiveLoss(nn.Module):
         else:
             offset = 0
         num_q, num_r = q.shape[0], q.shape[1]
-        rows = torch.arange(num_q, device=q.device)
 
         logits = torch.einsum('nrd,mrd->rnm', q, k) / self.temperature           # [R, N, M_global]
         excluded = (~key_mask).unsqueeze(0).expand(num_q, -1).clone()             # [N, M_global]
-        excluded[rows, self_index + offset] = True
+        # scatter of a constant: no host-to-device copy, so it can run inside a captured CUDA graph
+        excluded.scatter_(1, (self_index + offset).long().unsqueeze(1), True)
         if grouped:
             excluded |= query_group.long().unsqueeze(1) != key_group.long().unsqueeze(0)
         logits = logits.masked_fill(excluded.unsqueeze(0), _MASKED_LOGIT)
