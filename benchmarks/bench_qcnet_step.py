@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         return 0
     device = torch.device(args.device)
     # TF32 set here (Lightning's fit hooks do not run): ours as its options say, the official step only with --tf32.
-    tf32 = args.speed_options.tf32 if args.impl == 'ours' else bool(args.tf32)
+    tf32 = args.speed_options.tf32 if args.impl == 'ours' else bool(getattr(args, 'tf32', False))  # flag left out: absent
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)

@@ -95,9 +95,10 @@ def install_fast_stand_ins() -> List[str]:
 def install_compiled_stand_ins(radius_fn=None, radius_graph_fn=None) -> List[str]:
     """Puts stand-in ``torch_cluster``/``torch_scatter`` modules in sys.modules where the real ones are missing.
 
-    torch_geometric and this project's ``utils.graph`` are imported first, so that they record the real
+    Lightning, torch_geometric and this project's ``utils.graph`` are imported first, so that they record the real
     (absent) backends and never pick the stand-ins up.
     """
+    import pytorch_lightning  # noqa: F401  (its optional-import checks must not find the torchvision stand-in)
     import torch_geometric  # noqa: F401
     import utils.graph  # noqa: F401
     installed = []
