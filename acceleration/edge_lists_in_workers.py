@@ -1,8 +1,8 @@
 """QCNet's edge lists built in the data-loader workers, next to the batch, instead of inside the training step.
 
 Why: ``QCNet.build_graph`` (radius searches, dense-to-sparse masks) is the data-dependent part of a QCNet step. On
-the GPU it runs eagerly before the fixed-shape replay and waits for the host at every ``nonzero``; on the CPU it takes
-~27 ms (B = 4) / ~260 ms (B = 32) per batch on one core, so a few loader workers build the edge lists of the coming
+the GPU it runs eagerly before the fixed-shape replay and waits for the host at every ``nonzero``; on the CPU it
+takes longer than a fast step per batch on one core, so several loader workers build the edge lists of the coming
 batches while the GPU trains on the current one. The edge lists travel with the batch (pinned and moved to the device
 with it) as the attribute ``qcnet_edge_lists``; ``QCNet.forward`` and the CUDA-graph step use them instead of
 building their own. Edge sets are those the model builds itself (same functions, run on the CPU).
