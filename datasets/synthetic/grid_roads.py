@@ -521,11 +521,20 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
             # that the other vehicle is past the first close point, after that it is simply followed
             merging = lanes[ci].successors == lanes[cj].successors
             lanes[ci].conflict_at[cj] = first + 3.0 if merging else last
-    for idx, cw in enumerate(crosswalks):
-        rel = pts - cw.origin
-        along = rel[:, 0] * cw.along[0] + rel[:, 1] * cw.along[1]
-        across = rel[:, 1] * cw.along[0] - rel[:, 0] * cw.along[1]
-        inside = (np.abs(along) < cw.half_length) & (np.abs(across) < cw.half_width + 1.0)
-        for i in np.unique(owner[inside]):
-            lanes[connectors[i]].crosswalks.append(idx)
+    if not crosswalks:
+        return
+    # all crosswalks at once: [crosswalk, point] in each crosswalk's own frame
+    origin = np.array([cw.origin for cw in crosswalks])
+    direction = np.array([cw.along for cw in crosswalks])
+    rel_x = pts[None, :, 0] - origin[:, 0, None]
+    rel_y = pts[None, :, 1] - origin[:, 1, None]
+    along = rel_x * direction[:, 0, None] + rel_y * direction[:, 1, None]
+    across = rel_y * direction[:, 0, None] - rel_x * direction[:, 1, None]
+    inside = ((np.abs(along) < np.array([cw.half_length for cw in crosswalks])[:, None])
+              & (np.abs(across) < np.array([cw.half_width for cw in crosswalks])[:, None] + 1.0))
+    cw_idx, point = np.nonzero(inside)
+    # (crosswalk, connector) pairs in crosswalk order, so each connector lists its crosswalks in index order
+    for code in np.unique(cw_idx * n + owner[point]).tolist():
+        idx, i = divmod(code, n)
+        lanes[connectors[i]].crosswalks.append(idx)
 
