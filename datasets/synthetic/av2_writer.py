@@ -153,10 +153,18 @@ def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
     to_city: function [K, 2] scene -> [K, 2] city coordinates. Ground heights are taken in the scene frame.
     Centre lines get <= 2 m point spacing and z = 0 (as in the AV2 files), boundaries 4-10 m and ground z.
     """
+    # drivable areas and crosswalk edges: many short polygons, mapped and rounded in one pass
+    area_items = sorted(road_map.drivable_areas, key=lambda item: item[0])
+    cw_list = sorted(road_map.crosswalks, key=lambda c: c.id)
+    small = [poly for _, poly in area_items] + [edge for cw in cw_list for edge in (cw.edge1, cw.edge2)]
+    small_json = []
+    if small:
+        small_pts = np.concatenate(small)
+        small_json = _split_points_json(to_city(small_pts), road_map.ground_height(small_pts),
+                                        np.array([len(poly) for poly in small]))
     areas = {}
-    for area_id, poly in sorted(road_map.drivable_areas, key=lambda item: item[0]):
-        areas[str(area_id)] = {'area_boundary': _points_json(to_city(poly), road_map.ground_height(poly)),
-                               'id': area_id}
+    for k, (area_id, _) in enumerate(area_items):
+        areas[str(area_id)] = {'area_boundary': small_json[k], 'id': area_id}
     lane_ids = sorted(road_map.lanes)
     lane_list = [road_map.lanes[i] for i in lane_ids]
     centers = [lane.center for lane in lane_list]
@@ -186,8 +194,7 @@ def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
             'successors': list(lane.successors),
         }
     crossings = {}
-    for cw in sorted(road_map.crosswalks, key=lambda c: c.id):
-        crossings[str(cw.id)] = {'edge1': _points_json(to_city(cw.edge1), road_map.ground_height(cw.edge1)),
-                                 'edge2': _points_json(to_city(cw.edge2), road_map.ground_height(cw.edge2)),
-                                 'id': cw.id}
+    for k, cw in enumerate(cw_list):
+        j = len(area_items) + 2 * k
+        crossings[str(cw.id)] = {'edge1': small_json[j], 'edge2': small_json[j + 1], 'id': cw.id}
     return {'drivable_areas': areas, 'lane_segments': lanes, 'pedestrian_crossings': crossings}

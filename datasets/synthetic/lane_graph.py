@@ -56,22 +56,23 @@ class LaneTable:
         ends = starts + counts - 1
         curvature[starts] = 0.0      # the differences above straddle two polylines there
         curvature[ends] = 0.0
-        bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
-        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-            p, s, h, c = polylines[k], arc[a:b], heading[a:b], curvature[a:b]
-            self.points.append(p)
-            self.arc.append(s)
-            self.heading.append(h)
-            self.curvature.append(c)
-            self.lengths.append(float(s[-1]))
-            self.tails.append((p[1:], s[1:], h[1:], c[1:]))
-            self.heading_ends.append((float(h[0]), float(h[1]), float(h[-1])))
-            self.is_turn.append(False)
-            self.gated.append(False)
-            self.needs_stop.append(False)
-            self.conflicts.append(())
-            self.crosswalks.append(frozenset())
-            self.siblings.append(())
+        cuts = starts[1:]
+        arcs, heads, curvs = np.split(arc, cuts), np.split(heading, cuts), np.split(curvature, cuts)
+        n = len(polylines)
+        self.points.extend(polylines)
+        self.arc.extend(arcs)
+        self.heading.extend(heads)
+        self.curvature.extend(curvs)
+        self.lengths.extend(arc[ends].tolist())
+        self.tails.extend([(p[1:], s[1:], h[1:], c[1:]) for p, s, h, c in zip(polylines, arcs, heads, curvs)])
+        self.heading_ends.extend(zip(heading[starts].tolist(), heading[starts + 1].tolist(),
+                                     heading[ends].tolist()))
+        self.is_turn.extend([False] * n)
+        self.gated.extend([False] * n)
+        self.needs_stop.extend([False] * n)
+        self.conflicts.extend([()] * n)
+        self.crosswalks.extend([frozenset()] * n)
+        self.siblings.extend([()] * n)
 
 
 def straight(origin: np.ndarray, direction: np.ndarray, start: float, end: float) -> np.ndarray:
