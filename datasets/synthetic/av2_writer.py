@@ -127,12 +127,15 @@ def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tra
 def write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: dict) -> str:
     """Write one scenario in the AV2 layout (atomically, file by file); returns the scenario directory."""
     directory = os.path.join(out_dir, split, scenario_id)
-    # the official files are exactly json.dumps output
+    # Atomic (a reader never sees part of a file) but not flushed to disk one by one: a scenario is rebuilt
+    # exactly from its seed, and thousands of flushes would cost more than the generation itself.
+    # The official files are exactly json.dumps output.
     atomic_write_bytes(os.path.join(directory, f'log_map_archive_{scenario_id}.json'),
-                       _JSON_ENCODER.encode(map_json).encode('utf-8'))
+                       _JSON_ENCODER.encode(map_json).encode('utf-8'), sync=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    atomic_write_bytes(os.path.join(directory, f'scenario_{scenario_id}.parquet'), sink.getvalue().to_pybytes())
+    atomic_write_bytes(os.path.join(directory, f'scenario_{scenario_id}.parquet'), sink.getvalue().to_pybytes(),
+                       sync=False)
     return directory
 
 

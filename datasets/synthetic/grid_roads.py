@@ -254,9 +254,10 @@ def _apply_warp(road_map: RoadMap) -> None:
         return
     warp = road_map.warp
     lanes = list(road_map.lanes.values())
-    counts = np.cumsum([len(lane.center) for lane in lanes])[:-1]
-    for lane, center in zip(lanes, np.split(warp(np.concatenate([lane.center for lane in lanes])), counts)):
-        lane.center = center
+    ends = np.cumsum([len(lane.center) for lane in lanes]).tolist()
+    warped = warp(np.concatenate([lane.center for lane in lanes]))
+    for lane, a, b in zip(lanes, [0] + ends[:-1], ends):   # plain slices: np.split costs more per piece
+        lane.center = warped[a:b]
     for cw in road_map.crosswalks:
         cw.edge1, cw.edge2 = warp(cw.edge1), warp(cw.edge2)
         corners = np.concatenate([cw.edge1, cw.edge2])
