@@ -7,6 +7,7 @@ Both load with av2's `load_argoverse_scenario_parquet` and `ArgoverseStaticMap.f
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 from typing import Callable, List, Sequence, Tuple
@@ -126,9 +127,21 @@ def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tra
 
 def write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: dict) -> str:
     """Write one scenario in the AV2 layout (atomically, file by file); returns the scenario directory."""
+    # as in generate_scenario: the map dict is tens of thousands of young objects without reference cycles, which
+    # the cyclic collector would otherwise traverse (and promote) while the files are written
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _write_scenario(out_dir, split, scenario_id, table, map_json)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: dict) -> str:
     directory = os.path.join(out_dir, split, scenario_id)
-    # Atomic (a reader never sees part of a file) but not flushed to disk one by one: a scenario is rebuilt
-    # exactly from its seed, and thousands of flushes would cost more than the generation itself.
+    # Atomic (a reader never sees part of a file) but not flushed to disk file by file: a scenario is rebuilt
+    # exactly from its seed, so a power loss costs a rerun, not data.
     # The official files are exactly json.dumps output.
     atomic_write_bytes(os.path.join(directory, f'log_map_archive_{scenario_id}.json'),
                        _JSON_ENCODER.encode(map_json).encode('utf-8'), sync=False)
