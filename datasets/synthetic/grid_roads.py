@@ -252,21 +252,25 @@ def _apply_warp(road_map: RoadMap) -> None:
     """Warp every geometric element once, after all topology has been built on the straight grid."""
     if road_map.warp_params is None or road_map.warp_params[0] == 0.0:
         return
-    warp = road_map.warp
+    # every polyline of the map in one call of the (point-wise) warp
     lanes = list(road_map.lanes.values())
-    ends = np.cumsum([len(lane.center) for lane in lanes]).tolist()
-    warped = warp(np.concatenate([lane.center for lane in lanes]))
-    for lane, a, b in zip(lanes, [0] + ends[:-1], ends):   # plain slices: np.split costs more per piece
-        lane.center = warped[a:b]
+    polylines = ([lane.center for lane in lanes]
+                 + [edge for cw in road_map.crosswalks for edge in (cw.edge1, cw.edge2)]
+                 + [poly for _, poly in road_map.drivable_areas] + [line for line, _ in road_map.curbs])
+    ends = np.cumsum([len(line) for line in polylines]).tolist()
+    warped = road_map.warp(np.concatenate(polylines))
+    pieces = iter([warped[a:b] for a, b in zip([0] + ends[:-1], ends)])   # plain slices: np.split costs more
+    for lane in lanes:
+        lane.center = next(pieces)
     for cw in road_map.crosswalks:
-        cw.edge1, cw.edge2 = warp(cw.edge1), warp(cw.edge2)
+        cw.edge1, cw.edge2 = next(pieces), next(pieces)
         corners = np.concatenate([cw.edge1, cw.edge2])
         cw.origin = corners.mean(0)
         along = (cw.edge1[1] + cw.edge2[1]) / 2 - (cw.edge1[0] + cw.edge2[0]) / 2
         cw.half_length = float(np.hypot(*along)) / 2
         cw.along = along / (2 * cw.half_length)
-    road_map.drivable_areas = [(i, warp(poly)) for i, poly in road_map.drivable_areas]
-    road_map.curbs = [(warp(line), h) for line, h in road_map.curbs]
+    road_map.drivable_areas = [(i, next(pieces)) for i, _ in road_map.drivable_areas]
+    road_map.curbs = [(next(pieces), h) for _, h in road_map.curbs]
 
 
 def _lane_piece(road: _Road, s_a: float, s_b: float, lateral, reverse: bool) -> np.ndarray:
