@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from datasets.synthetic.geometry import line_intersection, smooth_connector
+from datasets.synthetic.geometry import line_intersection, smooth_connectors
 from datasets.synthetic.profiles import SyntheticProfile
 from datasets.synthetic.road_network import (CONFLICT_DISTANCE, DENSE_SPACING, SIDEWALK_OFFSET, ArmGeometry, Crosswalk,
                                              Lane, RoadMap, choice, IdAllocator, smoothstep, split_interval, link,
@@ -475,12 +475,17 @@ def _build_connectors(rng, prof, ids, node: int, center: np.ndarray, arms, roads
             if near:
                 src, turn, k_in = served[out[near[0][1]]]
                 all_pairs.append((src, lid, turn, k_in))
-    for src, dst, turn, k_in in all_pairs:
+    if not all_pairs:
+        return
+    # the curves of all connectors of the node in one pass
+    ends_in = np.array([lanes[src].center[-2:] for src, _, _, _ in all_pairs])      # [n, 2 points, 2]
+    starts_out = np.array([lanes[dst].center[:2] for _, dst, _, _ in all_pairs])
+    d_in, d_out = ends_in[:, 1] - ends_in[:, 0], starts_out[:, 1] - starts_out[:, 0]
+    centers = smooth_connectors(ends_in[:, 1], [math.atan2(y, x) for x, y in d_in.tolist()], starts_out[:, 0],
+                                [math.atan2(y, x) for x, y in d_out.tolist()], DENSE_SPACING)
+    for (src, dst, turn, k_in), center in zip(all_pairs, centers):
         a, b = lanes[src], lanes[dst]
-        pa, pb = a.center[-1], b.center[0]
-        ha = math.atan2(*(a.center[-1] - a.center[-2])[::-1])
-        hb = math.atan2(*(b.center[1] - b.center[0])[::-1])
-        conn = Lane(id=ids('lane'), center=smooth_connector(pa, ha, pb, hb, DENSE_SPACING),
+        conn = Lane(id=ids('lane'), center=center,
                     width=(a.width + b.width) / 2, lane_type=a.lane_type, left_mark='NONE',
                     right_mark='NONE', is_intersection=True, kind='connector', turn=turn, node=node,
                     needs_stop=stop_arm[k_in], gated=True,
