@@ -284,6 +284,21 @@ def _lane_piece(road: _Road, s_a: float, s_b: float, lateral, reverse: bool) -> 
     return pts[::-1].copy() if reverse else pts
 
 
+def _lane_pieces(road: _Road, spans: List[Tuple[float, float, float]], reverse: bool) -> List[np.ndarray]:
+    """`_lane_piece` with a constant lateral offset for many (s_a, s_b, lateral) spans at once (the same points)."""
+    s_a = np.array([span[0] for span in spans])
+    s_b = np.array([span[1] for span in spans])
+    counts = np.maximum(2, np.ceil((s_b - s_a) / DENSE_SPACING).astype(int) + 1)
+    offsets = np.cumsum(counts) - counts
+    within = np.arange(counts.sum()) - np.repeat(offsets, counts)
+    if reverse:
+        within = np.repeat(counts - 1, counts) - within
+    s = np.repeat(s_a, counts) + np.repeat((s_b - s_a) / (counts - 1), counts) * within
+    base = road.start + road.n * np.array([span[2] for span in spans])[:, None]
+    pts = np.repeat(base, counts, axis=0) + s[:, None] * road.d
+    return [pts[a:a + c] for a, c in zip(offsets.tolist(), counts.tolist())]
+
+
 def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: Dict[int, Lane]) -> None:
     """Lane segments of both directions of one road between s0 and s1 (same cuts for all lanes)."""
     w, g = road.width, road.median
@@ -317,21 +332,23 @@ def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: 
         order = range(n_pieces) if forward else range(n_pieces - 1, -1, -1)
         grid: List[List[int]] = [[] for _ in range(count)]
         bikes: List[int] = []
+        lats = [sign * (g / 2 + (k + 0.5) * w) for k in range(count)]
+        if road.bike_width:
+            lats.append(sign * (g / 2 + count * w + road.bike_width / 2))
+        # centre lines of all lanes of this direction, in the order the lanes are created
+        centers = iter(_lane_pieces(road, [(*pieces[p], lat) for p in order for lat in lats], not forward))
         for p in order:
-            s_a, s_b = pieces[p]
             approach = (p == n_pieces - 1) if forward else (p == 0)
             dash = 'SOLID_WHITE' if approach else 'DASHED_WHITE'
             for k in range(count):
-                lat = sign * (g / 2 + (k + 0.5) * w)
                 left_mark = inner_mark if k == 0 else dash
                 right_mark = dash if k < count - 1 else ('SOLID_WHITE' if road.bike_width else road.edge_mark)
-                lane = Lane(id=ids('lane'), center=_lane_piece(road, s_a, s_b, lat, not forward), width=w,
+                lane = Lane(id=ids('lane'), center=next(centers), width=w,
                             lane_type='VEHICLE', left_mark=left_mark, right_mark=right_mark)
                 lanes[lane.id] = lane
                 grid[k].append(lane.id)
             if road.bike_width:
-                lat = sign * (g / 2 + count * w + road.bike_width / 2)
-                lane = Lane(id=ids('lane'), center=_lane_piece(road, s_a, s_b, lat, not forward),
+                lane = Lane(id=ids('lane'), center=next(centers),
                             width=road.bike_width, lane_type='BIKE', left_mark='SOLID_WHITE', right_mark='NONE')
                 lanes[lane.id] = lane
                 bikes.append(lane.id)
