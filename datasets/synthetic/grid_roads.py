@@ -523,9 +523,13 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     sampled = [lanes[c].center[::6] for c in connectors]
     owner = np.repeat(np.arange(len(connectors)), [len(p) for p in sampled])
     pts = np.concatenate(sampled)
-    dx = pts[:, None, 0] - pts[None, :, 0]
-    dy = pts[:, None, 1] - pts[None, :, 1]
-    d2 = dx * dx + dy * dy
+    # squared distances of all point pairs, built in place from contiguous coordinate columns
+    x, y = pts[:, 0].copy(), pts[:, 1].copy()
+    d2 = np.subtract.outer(x, x)
+    dy = np.subtract.outer(y, y)
+    d2 *= d2
+    dy *= dy
+    d2 += dy
     rows, cols = np.nonzero(d2 < CONFLICT_DISTANCE ** 2)
     n = len(connectors)
     # arc length of every sampled point along its own connector (points are 6 dense steps apart)
