@@ -531,10 +531,21 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     dy *= dy
     d2 += dy
     rows, cols = np.nonzero(d2 < CONFLICT_DISTANCE ** 2)
+    between = owner[rows] != owner[cols]          # a connector does not conflict with itself
+    rows, cols = rows[between], cols[between]
+    if len(rows):
+        _record_conflicts(lanes, connectors, owner, rows, cols, [len(p) for p in sampled])
+    if crosswalks:
+        _record_crosswalks(lanes, connectors, owner, x, y, crosswalks)
+
+
+def _record_conflicts(lanes: Dict[int, Lane], connectors: List[int], owner: np.ndarray, rows: np.ndarray,
+                      cols: np.ndarray, sizes: List[int]) -> None:
+    """Conflicts of connector pairs with close sampled points (rows, cols index the points, owner their connector)."""
     n = len(connectors)
     # arc length of every sampled point along its own connector (points are 6 dense steps apart)
-    sizes = np.array([len(p) for p in sampled])
-    along = (np.arange(len(pts)) - np.repeat(np.cumsum(sizes) - sizes, sizes)) * (6 * DENSE_SPACING)
+    sizes = np.array(sizes)
+    along = (np.arange(len(owner)) - np.repeat(np.cumsum(sizes) - sizes, sizes)) * (6 * DENSE_SPACING)
     # per connector pair (i, j): the first and last close point along j
     key = owner[rows] * n + owner[cols]
     order = np.argsort(key, kind='stable')
@@ -545,20 +556,24 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     for code, first, last in zip(key[starts].tolist(), first_at.tolist(), last_at.tolist()):
         i, j = divmod(code, n)
         ci, cj = connectors[i], connectors[j]
-        if i != j and lanes[ci].predecessors != lanes[cj].predecessors:
+        if lanes[ci].predecessors != lanes[cj].predecessors:
             lanes[ci].conflicts.append(cj)
             # where on cj the paths meet: a vehicle on cj is clear once its rear has passed the last close
             # point of a crossing; merging paths (same exit lane) converge till their end, there it is enough
             # that the other vehicle is past the first close point, after that it is simply followed
             merging = lanes[ci].successors == lanes[cj].successors
             lanes[ci].conflict_at[cj] = first + 3.0 if merging else last
-    if not crosswalks:
-        return
+
+
+def _record_crosswalks(lanes: Dict[int, Lane], connectors: List[int], owner: np.ndarray, x: np.ndarray,
+                       y: np.ndarray, crosswalks: List[Crosswalk]) -> None:
+    """The crosswalks each connector passes over, from its sampled points (x, y [P], owner [P])."""
+    n = len(connectors)
     # all crosswalks at once: [crosswalk, point] in each crosswalk's own frame
     origin = np.array([cw.origin for cw in crosswalks])
     direction = np.array([cw.along for cw in crosswalks])
-    rel_x = pts[None, :, 0] - origin[:, 0, None]
-    rel_y = pts[None, :, 1] - origin[:, 1, None]
+    rel_x = x[None, :] - origin[:, 0, None]
+    rel_y = y[None, :] - origin[:, 1, None]
     along = rel_x * direction[:, 0, None] + rel_y * direction[:, 1, None]
     across = rel_y * direction[:, 0, None] - rel_x * direction[:, 1, None]
     inside = ((np.abs(along) < np.array([cw.half_length for cw in crosswalks])[:, None])
