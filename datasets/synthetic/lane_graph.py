@@ -82,6 +82,13 @@ def straight(origin: np.ndarray, direction: np.ndarray, start: float, end: float
     return origin + t * (direction / np.hypot(*direction))
 
 
+def straights(origins: np.ndarray, directions: np.ndarray, start: float, end: float) -> np.ndarray:
+    """`straight` for many lanes at once: [n, K, 2] (the same points)."""
+    t = np.linspace(start, end, int(abs(end - start) / 2.0) + 1)[None, :, None]
+    units = directions / np.hypot(directions[:, 0], directions[:, 1])[:, None]
+    return origins[:, None, :] + t * units[:, None, :]
+
+
 def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
     ids = list(road_map.lanes)
     table = LaneTable(ids=ids, index={lid: i for i, lid in enumerate(ids)}, points=[], arc=[], heading=[],
@@ -104,20 +111,21 @@ def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
         table.siblings[i] = tuple([(table.index[x], 0.0) for x in sorted(starts)]
                                   + [(table.index[x], table.lengths[i] - table.lengths[table.index[x]])
                                      for x in sorted(ends)])
-    virtual, owners = [], []
-    for lid in ids:
-        lane = road_map.lanes[lid]
-        c = lane.center
-        if not lane.predecessors:
-            virtual.append(straight(c[0], c[1] - c[0], -upstream, 0.0))
-            owners.append((table.pre, table.index[lid]))
-        if not lane.successors:
-            virtual.append(straight(c[-1], c[-1] - c[-2], 0.0, POST_EXTENSION))
-            owners.append((table.post, table.index[lid]))
+    # straight virtual lanes: one before each lane without predecessors, one after each lane without successors
+    pre = [i for i, lid in enumerate(ids) if not road_map.lanes[lid].predecessors]
+    post = [i for i, lid in enumerate(ids) if not road_map.lanes[lid].successors]
+    before = straights(np.array([table.points[i][0] for i in pre]).reshape(-1, 2),
+                       np.array([table.points[i][1] - table.points[i][0] for i in pre]).reshape(-1, 2),
+                       -upstream, 0.0)
+    after = straights(np.array([table.points[i][-1] for i in post]).reshape(-1, 2),
+                      np.array([table.points[i][-1] - table.points[i][-2] for i in post]).reshape(-1, 2),
+                      0.0, POST_EXTENSION)
+    # virtual lanes in lane order, the one before a lane ahead of the one after it
+    virtual = sorted([(i, 0, k) for k, i in enumerate(pre)] + [(i, 1, k) for k, i in enumerate(post)])
     if virtual:
         first = table.total
-        table.add_many(virtual)
-        for k, (mapping, lane_idx) in enumerate(owners):
-            mapping[lane_idx] = first + k
+        table.add_many([(before, after)[side][k] for _, side, k in virtual])
+        for n, (lane_idx, side, _) in enumerate(virtual):
+            (table.pre, table.post)[side][lane_idx] = first + n
     return table
 
