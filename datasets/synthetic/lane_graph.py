@@ -96,21 +96,26 @@ def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
                        needs_stop=[], conflicts=[],
                        crosswalks=[], siblings=[])
     table.add_many([road_map.lanes[lid].center for lid in ids])
+    lanes, index, lengths = road_map.lanes, table.index, table.lengths
     for i, lid in enumerate(ids):
-        lane = road_map.lanes[lid]
+        lane = lanes[lid]
         table.gated[i] = lane.gated
         table.needs_stop[i] = lane.needs_stop
-        table.conflicts[i] = tuple((table.index[c], lane.conflict_at.get(c, table.lengths[table.index[c]]))
-                                   for c in lane.conflicts)
-        table.crosswalks[i] = frozenset(lane.crosswalks)
+        if lane.conflicts:
+            table.conflicts[i] = tuple((index[c], lane.conflict_at.get(c, lengths[index[c]])) for c in lane.conflicts)
+        if lane.crosswalks:
+            table.crosswalks[i] = frozenset(lane.crosswalks)
         table.is_turn[i] = lane.turn in ('left', 'right')
         # lanes branching from one predecessor overlap at their start (aligned there); lanes merging into one
         # successor (a taper, a ramp, connectors into one exit lane) overlap at their end (aligned there)
-        starts = {s for p in lane.predecessors for s in road_map.lanes[p].successors} - {lid}
-        ends = {p for s in lane.successors for p in road_map.lanes[s].predecessors} - {lid} - starts
-        table.siblings[i] = tuple([(table.index[x], 0.0) for x in sorted(starts)]
-                                  + [(table.index[x], table.lengths[i] - table.lengths[table.index[x]])
-                                     for x in sorted(ends)])
+        starts = {s for p in lane.predecessors for s in lanes[p].successors}
+        starts.discard(lid)
+        ends = {p for s in lane.successors for p in lanes[s].predecessors}
+        ends.discard(lid)
+        if starts or ends:
+            ends -= starts
+            table.siblings[i] = tuple([(index[x], 0.0) for x in sorted(starts)]
+                                      + [(index[x], lengths[i] - lengths[index[x]]) for x in sorted(ends)])
     # straight virtual lanes: one before each lane without predecessors, one after each lane without successors
     pre = [i for i, lid in enumerate(ids) if not road_map.lanes[lid].predecessors]
     post = [i for i, lid in enumerate(ids) if not road_map.lanes[lid].successors]
