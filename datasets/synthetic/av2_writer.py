@@ -153,8 +153,9 @@ def _write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table,
 
 
 def _points_json(points_xy: np.ndarray, z: np.ndarray) -> List[dict]:
-    xyz = np.round(np.column_stack([points_xy, z]), 2).tolist()
-    return [{'x': x, 'y': y, 'z': zz} for x, y, zz in xyz]
+    # three flat columns: .tolist() then makes floats only, no list per point
+    xs, ys, zs = np.round(np.stack([points_xy[:, 0], points_xy[:, 1], z]), 2).tolist()
+    return [{'x': x, 'y': y, 'z': zz} for x, y, zz in zip(xs, ys, zs)]
 
 
 def _split_points_json(points_xy: np.ndarray, z: np.ndarray, counts: np.ndarray) -> List[List[dict]]:
