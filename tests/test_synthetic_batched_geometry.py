@@ -22,19 +22,22 @@ def test_smooth_connectors_match_single_curves():
             assert single.shape == curves[k].shape and np.array_equal(single, curves[k])
 
 
-def test_lane_pieces_match_single_pieces_both_directions():
+def test_lane_pieces_match_single_pieces_over_roads_and_directions():
     rng = np.random.default_rng(1)
-    for _ in range(50):
-        d = rng.normal(size=2)
-        road = _Road(a=0, b=1, start=rng.normal(0.0, 100.0, 2), d=d / np.hypot(*d), length=100.0, n_fwd=1,
-                     n_bwd=1, width=3.5, median=0.0, bike_width=0.0, edge_mark='NONE')
-        spans = []
-        for _ in range(int(rng.integers(1, 12))):
-            s_a = float(rng.uniform(0.0, 80.0))
-            spans.append((s_a, s_a + float(rng.uniform(0.3, 40.0)), float(rng.normal(0.0, 5.0))))
-        for reverse in (False, True):
-            for (s_a, s_b, lateral), piece in zip(spans, _lane_pieces(road, spans, reverse)):
-                assert np.array_equal(_lane_piece(road, s_a, s_b, lateral, reverse), piece)
+    for _ in range(30):
+        requests = []
+        for _ in range(int(rng.integers(1, 5))):
+            d = rng.normal(size=2)
+            road = _Road(a=0, b=1, start=rng.normal(0.0, 100.0, 2), d=d / np.hypot(*d), length=100.0, n_fwd=1,
+                         n_bwd=1, width=3.5, median=0.0, bike_width=0.0, edge_mark='NONE')
+            for _ in range(int(rng.integers(1, 8))):
+                s_a = float(rng.uniform(0.0, 80.0))
+                requests.append((road, s_a, s_a + float(rng.uniform(0.3, 40.0)), float(rng.normal(0.0, 5.0)),
+                                 bool(rng.random() < 0.5)))
+        pieces = _lane_pieces(requests)
+        assert len(pieces) == len(requests)
+        for (road, s_a, s_b, lateral, reverse), piece in zip(requests, pieces):
+            assert np.array_equal(_lane_piece(road, s_a, s_b, lateral, reverse), piece)
 
 
 def test_straights_match_single_straights():

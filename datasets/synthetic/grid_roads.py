@@ -212,12 +212,13 @@ def _crosswalk(ids, c: np.ndarray, arm: ArmGeometry, cw_width: float) -> Crosswa
 def _road_lanes_and_curbs(rng, prof, ids, roads: List[_Road], stop_dist, lanes: Dict[int, Lane]):
     """Lane segments along every road (between its intersections); returns the kerb lines for parked cars."""
     curbs: List[Tuple[np.ndarray, float]] = []
+    pending: List[Tuple[Lane, Tuple]] = []     # straight lane segments whose centre lines are computed below
     for r_idx, road in enumerate(roads):
         s0 = stop_dist[(r_idx, road.a)]
         s1 = road.length - (stop_dist[(r_idx, road.b)] if road.b >= 0 else 0.0)
         if s1 - s0 < 12.0:
             raise RuntimeError('synthetic grid: road too short between intersections')
-        _build_road_lanes(rng, prof, ids, road, s0, s1, lanes)
+        _build_road_lanes(rng, prof, ids, road, s0, s1, lanes, pending)
         for forward in (True, False):
             side = -1.0 if forward else 1.0
             edge = road.half_width(forward) + 1.0
@@ -225,6 +226,8 @@ def _road_lanes_and_curbs(rng, prof, ids, roads: List[_Road], stop_dist, lanes: 
             if not forward:
                 ts = ts[::-1]
             curbs.append((road.start + np.outer(ts, road.d) + road.n * side * edge, 0.0))
+    for (lane, _), center in zip(pending, _lane_pieces([request for _, request in pending])):
+        lane.center = center
     return curbs
 
 
@@ -284,23 +287,32 @@ def _lane_piece(road: _Road, s_a: float, s_b: float, lateral, reverse: bool) -> 
     return pts[::-1].copy() if reverse else pts
 
 
-def _lane_pieces(road: _Road, spans: List[Tuple[float, float, float]], reverse: bool) -> List[np.ndarray]:
-    """`_lane_piece` with a constant lateral offset for many (s_a, s_b, lateral) spans at once (the same points)."""
-    s_a = np.array([span[0] for span in spans])
-    s_b = np.array([span[1] for span in spans])
+def _lane_pieces(requests: List[Tuple[_Road, float, float, float, bool]]) -> List[np.ndarray]:
+    """`_lane_piece` with a constant lateral offset for many (road, s_a, s_b, lateral, reverse) requests at once
+    (the same points)."""
+    s_a = np.array([r[1] for r in requests])
+    s_b = np.array([r[2] for r in requests])
     counts = np.maximum(2, np.ceil((s_b - s_a) / DENSE_SPACING).astype(int) + 1)
     offsets = np.cumsum(counts) - counts
     within = np.arange(counts.sum()) - np.repeat(offsets, counts)
-    if reverse:
-        within = np.repeat(counts - 1, counts) - within
+    reverse = np.repeat(np.array([r[4] for r in requests]), counts)
+    within = np.where(reverse, np.repeat(counts - 1, counts) - within, within)
     s = np.repeat(s_a, counts) + np.repeat((s_b - s_a) / (counts - 1), counts) * within
-    base = road.start + road.n * np.array([span[2] for span in spans])[:, None]
-    pts = np.repeat(base, counts, axis=0) + s[:, None] * road.d
+    roads = [r[0] for r in requests]
+    start = np.array([road.start for road in roads])
+    normal = np.array([road.n for road in roads])
+    direction = np.repeat(np.array([road.d for road in roads]), counts, axis=0)
+    base = start + normal * np.array([r[3] for r in requests])[:, None]
+    pts = np.repeat(base, counts, axis=0) + s[:, None] * direction
     return [pts[a:a + c] for a, c in zip(offsets.tolist(), counts.tolist())]
 
 
-def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: Dict[int, Lane]) -> None:
-    """Lane segments of both directions of one road between s0 and s1 (same cuts for all lanes)."""
+def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: Dict[int, Lane],
+                      pending: List[Tuple[Lane, Tuple]]) -> None:
+    """Lane segments of both directions of one road between s0 and s1 (same cuts for all lanes).
+
+    The straight segments are appended to `pending` with their (road, s_a, s_b, lateral, reverse) and get their
+    centre lines there, all roads at once (`_lane_pieces`); turn pockets get theirs here."""
     w, g = road.width, road.median
     usable = s1 - s0
     pocket_len = float(rng.uniform(22.0, 32.0))
@@ -332,24 +344,24 @@ def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: 
         order = range(n_pieces) if forward else range(n_pieces - 1, -1, -1)
         grid: List[List[int]] = [[] for _ in range(count)]
         bikes: List[int] = []
-        lats = [sign * (g / 2 + (k + 0.5) * w) for k in range(count)]
-        if road.bike_width:
-            lats.append(sign * (g / 2 + count * w + road.bike_width / 2))
-        # centre lines of all lanes of this direction, in the order the lanes are created
-        centers = iter(_lane_pieces(road, [(*pieces[p], lat) for p in order for lat in lats], not forward))
         for p in order:
+            s_a, s_b = pieces[p]
             approach = (p == n_pieces - 1) if forward else (p == 0)
             dash = 'SOLID_WHITE' if approach else 'DASHED_WHITE'
             for k in range(count):
+                lat = sign * (g / 2 + (k + 0.5) * w)
                 left_mark = inner_mark if k == 0 else dash
                 right_mark = dash if k < count - 1 else ('SOLID_WHITE' if road.bike_width else road.edge_mark)
-                lane = Lane(id=ids('lane'), center=next(centers), width=w,
+                lane = Lane(id=ids('lane'), center=None, width=w,
                             lane_type='VEHICLE', left_mark=left_mark, right_mark=right_mark)
+                pending.append((lane, (road, s_a, s_b, lat, not forward)))
                 lanes[lane.id] = lane
                 grid[k].append(lane.id)
             if road.bike_width:
-                lane = Lane(id=ids('lane'), center=next(centers),
+                lat = sign * (g / 2 + count * w + road.bike_width / 2)
+                lane = Lane(id=ids('lane'), center=None,
                             width=road.bike_width, lane_type='BIKE', left_mark='SOLID_WHITE', right_mark='NONE')
+                pending.append((lane, (road, s_a, s_b, lat, not forward)))
                 lanes[lane.id] = lane
                 bikes.append(lane.id)
         # topology along and across
