@@ -94,13 +94,13 @@ def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tra
     focal = ids[categories.index(3)]
     types = [objects[i].object_type for i, _, _ in runs]
 
+    run_index = pa.array(run_of_row.astype(np.int32))
+
     def per_run(values: List[str]) -> pa.Array:
-        return pa.DictionaryArray.from_arrays(pa.array(run_of_row.astype(np.int32)),
-                                              pa.array(values, pa.string())).cast(pa.string())
+        return pa.array(values, pa.string()).take(run_index)
 
     def constant(value) -> pa.Array:
-        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)),
-                                              pa.array([value], pa.string())).cast(pa.string())
+        return pa.repeat(pa.scalar(value, pa.string()), rows)
 
     start_ns = float(rng.integers(315_960_000, 316_000_000)) * 1e9 + float(rng.integers(0, 10 ** 9))
     arrays = [
