@@ -179,6 +179,7 @@ Each has `--help`; docs/BENCHMARKS.md records their results with date, card and 
 | `python benchmarks/ssl_low_label.py pretrain\|finetune\|report` | low-label study (docs/LOW_LABEL.md): pre-train on an unlabelled pool, fine-tune every arm on labelled subsets, paired gains against scratch |
 | `python benchmarks/momentum_init_share.py` | how much of its random initialisation a momentum branch still holds |
 | `python benchmarks/scaling_sweep.py` | gain of pre-training vs pre-training data and compute, power-law fits (docs/SCALING.md) |
+| `python benchmarks/synthetic_generation_speed.py` | synthetic scenario generation per core, in memory and with file writes (docs/REALISM_SYNTHETIC.md) |
 """
 
 

@@ -7,6 +7,7 @@ Both load with av2's `load_argoverse_scenario_parquet` and `ArgoverseStaticMap.f
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 from typing import Callable, List, Sequence, Tuple
@@ -44,6 +45,8 @@ def _pandas_metadata_template() -> dict:
 
 _PANDAS_META = _pandas_metadata_template()
 _ARROW_FIELDS = [pa.field(name, typ) for name, typ in COLUMNS]
+# json.dumps' settings without its reference-cycle check (a map dict is a tree): the same text, a little faster
+_JSON_ENCODER = json.JSONEncoder(check_circular=False)
 
 
 def rotate(points: np.ndarray, rot: np.ndarray) -> np.ndarray:
@@ -91,13 +94,13 @@ def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tra
     focal = ids[categories.index(3)]
     types = [objects[i].object_type for i, _, _ in runs]
 
+    run_index = pa.array(run_of_row.astype(np.int32))
+
     def per_run(values: List[str]) -> pa.Array:
-        return pa.DictionaryArray.from_arrays(pa.array(run_of_row.astype(np.int32)),
-                                              pa.array(values, pa.string())).cast(pa.string())
+        return pa.array(values, pa.string()).take(run_index)
 
     def constant(value) -> pa.Array:
-        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)),
-                                              pa.array([value], pa.string())).cast(pa.string())
+        return pa.repeat(pa.scalar(value, pa.string()), rows)
 
     start_ns = float(rng.integers(315_960_000, 316_000_000)) * 1e9 + float(rng.integers(0, 10 ** 9))
     arrays = [
@@ -124,19 +127,35 @@ def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tra
 
 def write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: dict) -> str:
     """Write one scenario in the AV2 layout (atomically, file by file); returns the scenario directory."""
+    # as in generate_scenario: the map dict is tens of thousands of young objects without reference cycles, which
+    # the cyclic collector would otherwise traverse (and promote) while the files are written
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _write_scenario(out_dir, split, scenario_id, table, map_json)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: dict) -> str:
     directory = os.path.join(out_dir, split, scenario_id)
-    # the official files are exactly json.dumps output
+    # Atomic (a reader never sees part of a file) but not flushed to disk file by file: a scenario is rebuilt
+    # exactly from its seed, so a power loss costs a rerun, not data.
+    # The official files are exactly json.dumps output.
     atomic_write_bytes(os.path.join(directory, f'log_map_archive_{scenario_id}.json'),
-                       json.dumps(map_json).encode('utf-8'))
+                       _JSON_ENCODER.encode(map_json).encode('utf-8'), sync=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    atomic_write_bytes(os.path.join(directory, f'scenario_{scenario_id}.parquet'), sink.getvalue().to_pybytes())
+    atomic_write_bytes(os.path.join(directory, f'scenario_{scenario_id}.parquet'), sink.getvalue().to_pybytes(),
+                       sync=False)
     return directory
 
 
 def _points_json(points_xy: np.ndarray, z: np.ndarray) -> List[dict]:
-    xyz = np.round(np.column_stack([points_xy, z]), 2).tolist()
-    return [{'x': x, 'y': y, 'z': zz} for x, y, zz in xyz]
+    # three flat columns: .tolist() then makes floats only, no list per point
+    xs, ys, zs = np.round(np.stack([points_xy[:, 0], points_xy[:, 1], z]), 2).tolist()
+    return [{'x': x, 'y': y, 'z': zz} for x, y, zz in zip(xs, ys, zs)]
 
 
 def _split_points_json(points_xy: np.ndarray, z: np.ndarray, counts: np.ndarray) -> List[List[dict]]:
@@ -151,10 +170,18 @@ def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
     to_city: function [K, 2] scene -> [K, 2] city coordinates. Ground heights are taken in the scene frame.
     Centre lines get <= 2 m point spacing and z = 0 (as in the AV2 files), boundaries 4-10 m and ground z.
     """
+    # drivable areas and crosswalk edges: many short polygons, mapped and rounded in one pass
+    area_items = sorted(road_map.drivable_areas, key=lambda item: item[0])
+    cw_list = sorted(road_map.crosswalks, key=lambda c: c.id)
+    small = [poly for _, poly in area_items] + [edge for cw in cw_list for edge in (cw.edge1, cw.edge2)]
+    small_json = []
+    if small:
+        small_pts = np.concatenate(small)
+        small_json = _split_points_json(to_city(small_pts), road_map.ground_height(small_pts),
+                                        np.array([len(poly) for poly in small]))
     areas = {}
-    for area_id, poly in sorted(road_map.drivable_areas, key=lambda item: item[0]):
-        areas[str(area_id)] = {'area_boundary': _points_json(to_city(poly), road_map.ground_height(poly)),
-                               'id': area_id}
+    for k, (area_id, _) in enumerate(area_items):
+        areas[str(area_id)] = {'area_boundary': small_json[k], 'id': area_id}
     lane_ids = sorted(road_map.lanes)
     lane_list = [road_map.lanes[i] for i in lane_ids]
     centers = [lane.center for lane in lane_list]
@@ -184,8 +211,7 @@ def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
             'successors': list(lane.successors),
         }
     crossings = {}
-    for cw in sorted(road_map.crosswalks, key=lambda c: c.id):
-        crossings[str(cw.id)] = {'edge1': _points_json(to_city(cw.edge1), road_map.ground_height(cw.edge1)),
-                                 'edge2': _points_json(to_city(cw.edge2), road_map.ground_height(cw.edge2)),
-                                 'id': cw.id}
+    for k, cw in enumerate(cw_list):
+        j = len(area_items) + 2 * k
+        crossings[str(cw.id)] = {'edge1': small_json[j], 'edge2': small_json[j + 1], 'id': cw.id}
     return {'drivable_areas': areas, 'lane_segments': lanes, 'pedestrian_crossings': crossings}

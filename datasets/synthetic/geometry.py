@@ -5,6 +5,7 @@ All functions take and return float64 numpy arrays of shape [K, 2] (x, y in metr
 from __future__ import annotations
 
 import math
+from typing import List
 
 import numpy as np
 
@@ -82,6 +83,30 @@ def smooth_connector(start, start_heading: float, end, end_heading: float, spaci
     # the control polygon bounds the curve length, so this keeps the point spacing below `spacing`
     polygon = arm * 2 + float(np.hypot(*(p2 - p1)))
     return cubic_bezier(start, p1, p2, end, max(4, int(math.ceil(polygon / spacing)) + 1))
+
+
+def smooth_connectors(starts: np.ndarray, start_headings, ends: np.ndarray, end_headings,
+                      spacing: float = 0.5) -> List[np.ndarray]:
+    """`smooth_connector` for n curves at once (the same points): starts, ends [n, 2], headings [n] -> n curves."""
+    starts = np.asarray(starts, dtype=float)
+    ends = np.asarray(ends, dtype=float)
+    chord = np.hypot(ends[:, 0] - starts[:, 0], ends[:, 1] - starts[:, 1])
+    arm = (0.39 * chord)[:, None]
+    # math's cos/sin, as the single-curve version uses
+    p1 = starts + arm * np.array([[math.cos(h), math.sin(h)] for h in start_headings])
+    p2 = ends - arm * np.array([[math.cos(h), math.sin(h)] for h in end_headings])
+    polygon = arm[:, 0] * 2 + np.hypot(p2[:, 0] - p1[:, 0], p2[:, 1] - p1[:, 1])
+    counts = np.array([max(4, int(math.ceil(length / spacing)) + 1) for length in polygon.tolist()])
+    # t: np.linspace(0, 1, count) per curve, laid end to end (index * (1 / (count - 1)), the last one exactly 1)
+    offsets = np.cumsum(counts) - counts
+    within = np.arange(counts.sum()) - np.repeat(offsets, counts)
+    t = (within * np.repeat(1.0 / (counts - 1), counts))[:, None]
+    t[offsets + counts - 1] = 1.0
+    u = 1.0 - t
+    owner = np.repeat(np.arange(len(counts)), counts)
+    points = ((u ** 3) * starts[owner] + 3 * (u ** 2) * t * p1[owner] + 3 * u * (t ** 2) * p2[owner]
+              + (t ** 3) * ends[owner])
+    return [points[a:a + c] for a, c in zip(offsets.tolist(), counts.tolist())]
 
 
 def rotation(theta: float) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from datasets.synthetic.geometry import line_intersection, smooth_connector
+from datasets.synthetic.geometry import line_intersection, smooth_connectors
 from datasets.synthetic.profiles import SyntheticProfile
 from datasets.synthetic.road_network import (CONFLICT_DISTANCE, DENSE_SPACING, SIDEWALK_OFFSET, ArmGeometry, Crosswalk,
                                              Lane, RoadMap, choice, IdAllocator, smoothstep, split_interval, link,
@@ -212,12 +212,13 @@ def _crosswalk(ids, c: np.ndarray, arm: ArmGeometry, cw_width: float) -> Crosswa
 def _road_lanes_and_curbs(rng, prof, ids, roads: List[_Road], stop_dist, lanes: Dict[int, Lane]):
     """Lane segments along every road (between its intersections); returns the kerb lines for parked cars."""
     curbs: List[Tuple[np.ndarray, float]] = []
+    pending: List[Tuple[Lane, Tuple]] = []     # straight lane segments whose centre lines are computed below
     for r_idx, road in enumerate(roads):
         s0 = stop_dist[(r_idx, road.a)]
         s1 = road.length - (stop_dist[(r_idx, road.b)] if road.b >= 0 else 0.0)
         if s1 - s0 < 12.0:
             raise RuntimeError('synthetic grid: road too short between intersections')
-        _build_road_lanes(rng, prof, ids, road, s0, s1, lanes)
+        _build_road_lanes(rng, prof, ids, road, s0, s1, lanes, pending)
         for forward in (True, False):
             side = -1.0 if forward else 1.0
             edge = road.half_width(forward) + 1.0
@@ -225,6 +226,8 @@ def _road_lanes_and_curbs(rng, prof, ids, roads: List[_Road], stop_dist, lanes: 
             if not forward:
                 ts = ts[::-1]
             curbs.append((road.start + np.outer(ts, road.d) + road.n * side * edge, 0.0))
+    for (lane, _), center in zip(pending, _lane_pieces([request for _, request in pending])):
+        lane.center = center
     return curbs
 
 
@@ -252,20 +255,25 @@ def _apply_warp(road_map: RoadMap) -> None:
     """Warp every geometric element once, after all topology has been built on the straight grid."""
     if road_map.warp_params is None or road_map.warp_params[0] == 0.0:
         return
-    warp = road_map.warp
+    # every polyline of the map in one call of the (point-wise) warp
     lanes = list(road_map.lanes.values())
-    counts = np.cumsum([len(lane.center) for lane in lanes])[:-1]
-    for lane, center in zip(lanes, np.split(warp(np.concatenate([lane.center for lane in lanes])), counts)):
-        lane.center = center
+    polylines = ([lane.center for lane in lanes]
+                 + [edge for cw in road_map.crosswalks for edge in (cw.edge1, cw.edge2)]
+                 + [poly for _, poly in road_map.drivable_areas] + [line for line, _ in road_map.curbs])
+    ends = np.cumsum([len(line) for line in polylines]).tolist()
+    warped = road_map.warp(np.concatenate(polylines))
+    pieces = iter([warped[a:b] for a, b in zip([0] + ends[:-1], ends)])   # plain slices: np.split costs more
+    for lane in lanes:
+        lane.center = next(pieces)
     for cw in road_map.crosswalks:
-        cw.edge1, cw.edge2 = warp(cw.edge1), warp(cw.edge2)
+        cw.edge1, cw.edge2 = next(pieces), next(pieces)
         corners = np.concatenate([cw.edge1, cw.edge2])
         cw.origin = corners.mean(0)
         along = (cw.edge1[1] + cw.edge2[1]) / 2 - (cw.edge1[0] + cw.edge2[0]) / 2
         cw.half_length = float(np.hypot(*along)) / 2
         cw.along = along / (2 * cw.half_length)
-    road_map.drivable_areas = [(i, warp(poly)) for i, poly in road_map.drivable_areas]
-    road_map.curbs = [(warp(line), h) for line, h in road_map.curbs]
+    road_map.drivable_areas = [(i, next(pieces)) for i, _ in road_map.drivable_areas]
+    road_map.curbs = [(next(pieces), h) for _, h in road_map.curbs]
 
 
 def _lane_piece(road: _Road, s_a: float, s_b: float, lateral, reverse: bool) -> np.ndarray:
@@ -279,8 +287,32 @@ def _lane_piece(road: _Road, s_a: float, s_b: float, lateral, reverse: bool) -> 
     return pts[::-1].copy() if reverse else pts
 
 
-def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: Dict[int, Lane]) -> None:
-    """Lane segments of both directions of one road between s0 and s1 (same cuts for all lanes)."""
+def _lane_pieces(requests: List[Tuple[_Road, float, float, float, bool]]) -> List[np.ndarray]:
+    """`_lane_piece` with a constant lateral offset for many (road, s_a, s_b, lateral, reverse) requests at once
+    (the same points)."""
+    s_a = np.array([r[1] for r in requests])
+    s_b = np.array([r[2] for r in requests])
+    counts = np.maximum(2, np.ceil((s_b - s_a) / DENSE_SPACING).astype(int) + 1)
+    offsets = np.cumsum(counts) - counts
+    within = np.arange(counts.sum()) - np.repeat(offsets, counts)
+    reverse = np.repeat(np.array([r[4] for r in requests]), counts)
+    within = np.where(reverse, np.repeat(counts - 1, counts) - within, within)
+    s = np.repeat(s_a, counts) + np.repeat((s_b - s_a) / (counts - 1), counts) * within
+    roads = [r[0] for r in requests]
+    start = np.array([road.start for road in roads])
+    normal = np.array([road.n for road in roads])
+    direction = np.repeat(np.array([road.d for road in roads]), counts, axis=0)
+    base = start + normal * np.array([r[3] for r in requests])[:, None]
+    pts = np.repeat(base, counts, axis=0) + s[:, None] * direction
+    return [pts[a:a + c] for a, c in zip(offsets.tolist(), counts.tolist())]
+
+
+def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: Dict[int, Lane],
+                      pending: List[Tuple[Lane, Tuple]]) -> None:
+    """Lane segments of both directions of one road between s0 and s1 (same cuts for all lanes).
+
+    The straight segments are appended to `pending` with their (road, s_a, s_b, lateral, reverse) and get their
+    centre lines there, all roads at once (`_lane_pieces`); turn pockets get theirs here."""
     w, g = road.width, road.median
     usable = s1 - s0
     pocket_len = float(rng.uniform(22.0, 32.0))
@@ -320,14 +352,16 @@ def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: 
                 lat = sign * (g / 2 + (k + 0.5) * w)
                 left_mark = inner_mark if k == 0 else dash
                 right_mark = dash if k < count - 1 else ('SOLID_WHITE' if road.bike_width else road.edge_mark)
-                lane = Lane(id=ids('lane'), center=_lane_piece(road, s_a, s_b, lat, not forward), width=w,
+                lane = Lane(id=ids('lane'), center=None, width=w,
                             lane_type='VEHICLE', left_mark=left_mark, right_mark=right_mark)
+                pending.append((lane, (road, s_a, s_b, lat, not forward)))
                 lanes[lane.id] = lane
                 grid[k].append(lane.id)
             if road.bike_width:
                 lat = sign * (g / 2 + count * w + road.bike_width / 2)
-                lane = Lane(id=ids('lane'), center=_lane_piece(road, s_a, s_b, lat, not forward),
+                lane = Lane(id=ids('lane'), center=None,
                             width=road.bike_width, lane_type='BIKE', left_mark='SOLID_WHITE', right_mark='NONE')
+                pending.append((lane, (road, s_a, s_b, lat, not forward)))
                 lanes[lane.id] = lane
                 bikes.append(lane.id)
         # topology along and across
@@ -470,12 +504,17 @@ def _build_connectors(rng, prof, ids, node: int, center: np.ndarray, arms, roads
             if near:
                 src, turn, k_in = served[out[near[0][1]]]
                 all_pairs.append((src, lid, turn, k_in))
-    for src, dst, turn, k_in in all_pairs:
+    if not all_pairs:
+        return
+    # the curves of all connectors of the node in one pass
+    ends_in = np.array([lanes[src].center[-2:] for src, _, _, _ in all_pairs])      # [n, 2 points, 2]
+    starts_out = np.array([lanes[dst].center[:2] for _, dst, _, _ in all_pairs])
+    d_in, d_out = ends_in[:, 1] - ends_in[:, 0], starts_out[:, 1] - starts_out[:, 0]
+    centers = smooth_connectors(ends_in[:, 1], [math.atan2(y, x) for x, y in d_in.tolist()], starts_out[:, 0],
+                                [math.atan2(y, x) for x, y in d_out.tolist()], DENSE_SPACING)
+    for (src, dst, turn, k_in), center in zip(all_pairs, centers):
         a, b = lanes[src], lanes[dst]
-        pa, pb = a.center[-1], b.center[0]
-        ha = math.atan2(*(a.center[-1] - a.center[-2])[::-1])
-        hb = math.atan2(*(b.center[1] - b.center[0])[::-1])
-        conn = Lane(id=ids('lane'), center=smooth_connector(pa, ha, pb, hb, DENSE_SPACING),
+        conn = Lane(id=ids('lane'), center=center,
                     width=(a.width + b.width) / 2, lane_type=a.lane_type, left_mark='NONE',
                     right_mark='NONE', is_intersection=True, kind='connector', turn=turn, node=node,
                     needs_stop=stop_arm[k_in], gated=True,
@@ -496,14 +535,29 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     sampled = [lanes[c].center[::6] for c in connectors]
     owner = np.repeat(np.arange(len(connectors)), [len(p) for p in sampled])
     pts = np.concatenate(sampled)
-    dx = pts[:, None, 0] - pts[None, :, 0]
-    dy = pts[:, None, 1] - pts[None, :, 1]
-    d2 = dx * dx + dy * dy
+    # squared distances of all point pairs, built in place from contiguous coordinate columns
+    x, y = pts[:, 0].copy(), pts[:, 1].copy()
+    d2 = np.subtract.outer(x, x)
+    dy = np.subtract.outer(y, y)
+    d2 *= d2
+    dy *= dy
+    d2 += dy
     rows, cols = np.nonzero(d2 < CONFLICT_DISTANCE ** 2)
+    between = owner[rows] != owner[cols]          # a connector does not conflict with itself
+    rows, cols = rows[between], cols[between]
+    if len(rows):
+        _record_conflicts(lanes, connectors, owner, rows, cols, [len(p) for p in sampled])
+    if crosswalks:
+        _record_crosswalks(lanes, connectors, owner, x, y, crosswalks)
+
+
+def _record_conflicts(lanes: Dict[int, Lane], connectors: List[int], owner: np.ndarray, rows: np.ndarray,
+                      cols: np.ndarray, sizes: List[int]) -> None:
+    """Conflicts of connector pairs with close sampled points (rows, cols index the points, owner their connector)."""
     n = len(connectors)
     # arc length of every sampled point along its own connector (points are 6 dense steps apart)
-    sizes = np.array([len(p) for p in sampled])
-    along = (np.arange(len(pts)) - np.repeat(np.cumsum(sizes) - sizes, sizes)) * (6 * DENSE_SPACING)
+    sizes = np.array(sizes)
+    along = (np.arange(len(owner)) - np.repeat(np.cumsum(sizes) - sizes, sizes)) * (6 * DENSE_SPACING)
     # per connector pair (i, j): the first and last close point along j
     key = owner[rows] * n + owner[cols]
     order = np.argsort(key, kind='stable')
@@ -514,18 +568,31 @@ def _mark_conflicts(lanes: Dict[int, Lane], connectors: List[int], crosswalks: L
     for code, first, last in zip(key[starts].tolist(), first_at.tolist(), last_at.tolist()):
         i, j = divmod(code, n)
         ci, cj = connectors[i], connectors[j]
-        if i != j and lanes[ci].predecessors != lanes[cj].predecessors:
+        if lanes[ci].predecessors != lanes[cj].predecessors:
             lanes[ci].conflicts.append(cj)
             # where on cj the paths meet: a vehicle on cj is clear once its rear has passed the last close
             # point of a crossing; merging paths (same exit lane) converge till their end, there it is enough
             # that the other vehicle is past the first close point, after that it is simply followed
             merging = lanes[ci].successors == lanes[cj].successors
             lanes[ci].conflict_at[cj] = first + 3.0 if merging else last
-    for idx, cw in enumerate(crosswalks):
-        rel = pts - cw.origin
-        along = rel[:, 0] * cw.along[0] + rel[:, 1] * cw.along[1]
-        across = rel[:, 1] * cw.along[0] - rel[:, 0] * cw.along[1]
-        inside = (np.abs(along) < cw.half_length) & (np.abs(across) < cw.half_width + 1.0)
-        for i in np.unique(owner[inside]):
-            lanes[connectors[i]].crosswalks.append(idx)
+
+
+def _record_crosswalks(lanes: Dict[int, Lane], connectors: List[int], owner: np.ndarray, x: np.ndarray,
+                       y: np.ndarray, crosswalks: List[Crosswalk]) -> None:
+    """The crosswalks each connector passes over, from its sampled points (x, y [P], owner [P])."""
+    n = len(connectors)
+    # all crosswalks at once: [crosswalk, point] in each crosswalk's own frame
+    origin = np.array([cw.origin for cw in crosswalks])
+    direction = np.array([cw.along for cw in crosswalks])
+    rel_x = x[None, :] - origin[:, 0, None]
+    rel_y = y[None, :] - origin[:, 1, None]
+    along = rel_x * direction[:, 0, None] + rel_y * direction[:, 1, None]
+    across = rel_y * direction[:, 0, None] - rel_x * direction[:, 1, None]
+    inside = ((np.abs(along) < np.array([cw.half_length for cw in crosswalks])[:, None])
+              & (np.abs(across) < np.array([cw.half_width for cw in crosswalks])[:, None] + 1.0))
+    cw_idx, point = np.nonzero(inside)
+    # (crosswalk, connector) pairs in crosswalk order, so each connector lists its crosswalks in index order
+    for code in np.unique(cw_idx * n + owner[point]).tolist():
+        idx, i = divmod(code, n)
+        lanes[connectors[i]].crosswalks.append(idx)
 

@@ -43,10 +43,12 @@ def build_highway(rng: np.random.Generator, prof: SyntheticProfile) -> RoadMap:
         sign = -1.0 if forward else 1.0
         grid: List[List[int]] = [[] for _ in range(n_lanes)]
         order = range(n_pieces) if forward else range(n_pieces - 1, -1, -1)
+        # each lane's full-length centre line once; its segments are copies of slices of it (no shared points)
+        full = [ref + normals * (sign * (g / 2 + (k + 0.5) * w)) for k in range(n_lanes)]
         for p in order:
             for k in range(n_lanes):
-                pts = center(idx_cuts[p], idx_cuts[p + 1], sign * (g / 2 + (k + 0.5) * w))
-                lane = Lane(id=ids('lane'), center=pts if forward else pts[::-1].copy(), width=w,
+                pts = full[k][idx_cuts[p]:idx_cuts[p + 1] + 1]
+                lane = Lane(id=ids('lane'), center=pts.copy() if forward else pts[::-1].copy(), width=w,
                             lane_type='VEHICLE', left_mark='SOLID_YELLOW' if k == 0 else 'DASHED_WHITE',
                             right_mark='DASHED_WHITE' if k < n_lanes - 1 else 'SOLID_WHITE')
                 lanes[lane.id] = lane

@@ -56,27 +56,37 @@ class LaneTable:
         ends = starts + counts - 1
         curvature[starts] = 0.0      # the differences above straddle two polylines there
         curvature[ends] = 0.0
-        bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
-        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-            p, s, h, c = polylines[k], arc[a:b], heading[a:b], curvature[a:b]
-            self.points.append(p)
-            self.arc.append(s)
-            self.heading.append(h)
-            self.curvature.append(c)
-            self.lengths.append(float(s[-1]))
-            self.tails.append((p[1:], s[1:], h[1:], c[1:]))
-            self.heading_ends.append((float(h[0]), float(h[1]), float(h[-1])))
-            self.is_turn.append(False)
-            self.gated.append(False)
-            self.needs_stop.append(False)
-            self.conflicts.append(())
-            self.crosswalks.append(frozenset())
-            self.siblings.append(())
+        bounds = list(zip(starts.tolist(), (ends + 1).tolist()))   # plain slices: np.split costs more per piece
+        arcs = [arc[a:b] for a, b in bounds]
+        heads = [heading[a:b] for a, b in bounds]
+        curvs = [curvature[a:b] for a, b in bounds]
+        n = len(polylines)
+        self.points.extend(polylines)
+        self.arc.extend(arcs)
+        self.heading.extend(heads)
+        self.curvature.extend(curvs)
+        self.lengths.extend(arc[ends].tolist())
+        self.tails.extend([(p[1:], s[1:], h[1:], c[1:]) for p, s, h, c in zip(polylines, arcs, heads, curvs)])
+        self.heading_ends.extend(zip(heading[starts].tolist(), heading[starts + 1].tolist(),
+                                     heading[ends].tolist()))
+        self.is_turn.extend([False] * n)
+        self.gated.extend([False] * n)
+        self.needs_stop.extend([False] * n)
+        self.conflicts.extend([()] * n)
+        self.crosswalks.extend([frozenset()] * n)
+        self.siblings.extend([()] * n)
 
 
 def straight(origin: np.ndarray, direction: np.ndarray, start: float, end: float) -> np.ndarray:
     t = np.linspace(start, end, int(abs(end - start) / 2.0) + 1)[:, None]
     return origin + t * (direction / np.hypot(*direction))
+
+
+def straights(origins: np.ndarray, directions: np.ndarray, start: float, end: float) -> np.ndarray:
+    """`straight` for many lanes at once: [n, K, 2] (the same points)."""
+    t = np.linspace(start, end, int(abs(end - start) / 2.0) + 1)[None, :, None]
+    units = directions / np.hypot(directions[:, 0], directions[:, 1])[:, None]
+    return origins[:, None, :] + t * units[:, None, :]
 
 
 def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
@@ -86,35 +96,41 @@ def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
                        needs_stop=[], conflicts=[],
                        crosswalks=[], siblings=[])
     table.add_many([road_map.lanes[lid].center for lid in ids])
+    lanes, index, lengths = road_map.lanes, table.index, table.lengths
     for i, lid in enumerate(ids):
-        lane = road_map.lanes[lid]
+        lane = lanes[lid]
         table.gated[i] = lane.gated
         table.needs_stop[i] = lane.needs_stop
-        table.conflicts[i] = tuple((table.index[c], lane.conflict_at.get(c, table.lengths[table.index[c]]))
-                                   for c in lane.conflicts)
-        table.crosswalks[i] = frozenset(lane.crosswalks)
+        if lane.conflicts:
+            table.conflicts[i] = tuple((index[c], lane.conflict_at.get(c, lengths[index[c]])) for c in lane.conflicts)
+        if lane.crosswalks:
+            table.crosswalks[i] = frozenset(lane.crosswalks)
         table.is_turn[i] = lane.turn in ('left', 'right')
         # lanes branching from one predecessor overlap at their start (aligned there); lanes merging into one
         # successor (a taper, a ramp, connectors into one exit lane) overlap at their end (aligned there)
-        starts = {s for p in lane.predecessors for s in road_map.lanes[p].successors} - {lid}
-        ends = {p for s in lane.successors for p in road_map.lanes[s].predecessors} - {lid} - starts
-        table.siblings[i] = tuple([(table.index[x], 0.0) for x in sorted(starts)]
-                                  + [(table.index[x], table.lengths[i] - table.lengths[table.index[x]])
-                                     for x in sorted(ends)])
-    virtual, owners = [], []
-    for lid in ids:
-        lane = road_map.lanes[lid]
-        c = lane.center
-        if not lane.predecessors:
-            virtual.append(straight(c[0], c[1] - c[0], -upstream, 0.0))
-            owners.append((table.pre, table.index[lid]))
-        if not lane.successors:
-            virtual.append(straight(c[-1], c[-1] - c[-2], 0.0, POST_EXTENSION))
-            owners.append((table.post, table.index[lid]))
+        starts = {s for p in lane.predecessors for s in lanes[p].successors}
+        starts.discard(lid)
+        ends = {p for s in lane.successors for p in lanes[s].predecessors}
+        ends.discard(lid)
+        if starts or ends:
+            ends -= starts
+            table.siblings[i] = tuple([(index[x], 0.0) for x in sorted(starts)]
+                                      + [(index[x], lengths[i] - lengths[index[x]]) for x in sorted(ends)])
+    # straight virtual lanes: one before each lane without predecessors, one after each lane without successors
+    pre = [i for i, lid in enumerate(ids) if not road_map.lanes[lid].predecessors]
+    post = [i for i, lid in enumerate(ids) if not road_map.lanes[lid].successors]
+    before = straights(np.array([table.points[i][0] for i in pre]).reshape(-1, 2),
+                       np.array([table.points[i][1] - table.points[i][0] for i in pre]).reshape(-1, 2),
+                       -upstream, 0.0)
+    after = straights(np.array([table.points[i][-1] for i in post]).reshape(-1, 2),
+                      np.array([table.points[i][-1] - table.points[i][-2] for i in post]).reshape(-1, 2),
+                      0.0, POST_EXTENSION)
+    # virtual lanes in lane order, the one before a lane ahead of the one after it
+    virtual = sorted([(i, 0, k) for k, i in enumerate(pre)] + [(i, 1, k) for k, i in enumerate(post)])
     if virtual:
         first = table.total
-        table.add_many(virtual)
-        for k, (mapping, lane_idx) in enumerate(owners):
-            mapping[lane_idx] = first + k
+        table.add_many([(before, after)[side][k] for _, side, k in virtual])
+        for n, (lane_idx, side, _) in enumerate(virtual):
+            (table.pre, table.post)[side][lane_idx] = first + n
     return table
 

@@ -14,29 +14,24 @@ from datasets.synthetic.drivers import Driver
 from datasets.synthetic.trajectory import Trajectory
 
 
-def lateral_offset(driver: Driver, s: np.ndarray):
-    """(offset [T] in metres, left positive; its slope d offset / ds [T]) along the route positions s [T]."""
-    amplitude, wavelength, phase = driver.wander
-    k = 2 * np.pi / wavelength
-    angle = k * s + phase
-    return driver.lateral_bias + amplitude * np.sin(angle), amplitude * k * np.cos(angle)
-
-
 def driver_trajectories(drivers: List[Driver], s_hist: np.ndarray, v_hist: np.ndarray) -> List[Trajectory]:
     """Trajectories of the lane-following agents from their route positions s [N, T] and speeds [N, T]."""
-    out = []
-    for i, d in enumerate(drivers):
-        r = d.route
-        s = s_hist[i]
-        x = np.interp(s, r.s, r.points[:, 0])
-        y = np.interp(s, r.s, r.points[:, 1])
-        h = np.interp(s, r.s, r.heading)
-        off, slope = lateral_offset(d, s)
-        cos_h, sin_h = np.cos(h), np.sin(h)
-        position = np.stack([x - sin_h * off, y + cos_h * off], 1)
-        heading = h + np.arctan(slope)
-        speed = v_hist[i]
-        out.append(Trajectory(object_type=d.object_type, position=position, heading=heading,
-                              velocity=np.stack([speed * np.cos(heading), speed * np.sin(heading)], 1),
-                              is_av=d.is_av, turns=r.turns))
-    return out
+    if not drivers:
+        return []
+    # the look-up along each route is per driver; everything after it runs on all drivers at once [N, T]
+    x = np.stack([np.interp(s, d.route.s, d.route.points[:, 0]) for d, s in zip(drivers, s_hist)])
+    y = np.stack([np.interp(s, d.route.s, d.route.points[:, 1]) for d, s in zip(drivers, s_hist)])
+    h = np.stack([np.interp(s, d.route.s, d.route.heading) for d, s in zip(drivers, s_hist)])
+    # own offset plus the weave (amplitude, wavelength, phase per driver) as a function of the distance driven
+    amplitude, wavelength, phase = (np.array(values)[:, None] for values in zip(*(d.wander for d in drivers)))
+    k = 2 * np.pi / wavelength
+    angle = k * s_hist[:len(drivers)] + phase
+    off = np.array([d.lateral_bias for d in drivers])[:, None] + amplitude * np.sin(angle)
+    slope = amplitude * k * np.cos(angle)
+    cos_h, sin_h = np.cos(h), np.sin(h)
+    position = np.stack([x - sin_h * off, y + cos_h * off], 2)
+    heading = h + np.arctan(slope)
+    speed = v_hist[:len(drivers)]
+    velocity = np.stack([speed * np.cos(heading), speed * np.sin(heading)], 2)
+    return [Trajectory(object_type=d.object_type, position=position[i], heading=heading[i], velocity=velocity[i],
+                       is_av=d.is_av, turns=d.route.turns) for i, d in enumerate(drivers)]

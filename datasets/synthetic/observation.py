@@ -95,12 +95,18 @@ def _tracker_state(rng, p_break: np.ndarray, p_recover: float) -> np.ndarray:
     """seen [n, T]: a two-state chain per object (tracked / lost) with per-step loss probabilities p_break."""
     n, steps = p_break.shape
     u = rng.random((n, steps))
-    seen = np.empty((n, steps), dtype=bool)
-    state = u[:, 0] < 0.85
-    for t in range(steps):
-        state = np.where(state, u[:, t] >= p_break[:, t], u[:, t] < p_recover)
-        seen[:, t] = state
-    return seen
+    initial = u[:, 0] < 0.85
+    stay = u >= p_break            # the next state when tracked now
+    regain = u < p_recover         # the next state when lost now
+    # Without a loop over steps: where both next states agree the state is set whatever it was; where only
+    # `stay` holds it is kept; where only `regain` holds it flips. So the state is the last set value (or the
+    # initial one) flipped once per flip since then.
+    steps_idx = np.arange(steps)
+    last_set = np.maximum.accumulate(np.where(stay == regain, steps_idx, -1), axis=1)
+    set_value = np.where(last_set >= 0, np.take_along_axis(stay, np.maximum(last_set, 0), axis=1), initial[:, None])
+    flips = np.cumsum(~stay & regain, axis=1)
+    flips_before = np.where(last_set >= 0, np.take_along_axis(flips, np.maximum(last_set, 0), axis=1), 0)
+    return set_value ^ ((flips - flips_before) % 2 == 1)
 
 
 def choose_categories(runs: List[Run], focal: int, scored: List[int]) -> List[int]:
