@@ -82,9 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--official_repo', type=str, default=DEFAULT_OFFICIAL_REPO,
                         help='official SmartPretrain checkout (--impl official; see above how to get it)')
     parser.add_argument('--speed', choices=['default', 'fast'], default='default', help='ours: see above')
-    parser.add_argument('--compile', type=str2bool, default=True,
+    parser.add_argument('--compile', type=str2bool, default=None,
                         help='ours, --speed fast: 0 keeps the CUDA-graph step but compiles nothing (eager kernels '
-                             'replayed; quick to start, e.g. to check the capture)')
+                             'replayed; quick to start, e.g. to check the capture); 1 compiles on the CPU too '
+                             '(default: compile on CUDA only)')
     parser.add_argument('--device', type=str, default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--batch_size', type=int, default=16, help='scenarios per step')
     parser.add_argument('--steps', type=int, default=30, help='timed steps (median reported)')
@@ -218,7 +219,8 @@ def build_model(args, modules):
     from predictors.smartpretrain import SmartPretrain
     model = SmartPretrain(**config, seed=args.seed)
     options = PRESETS[args.speed].replace(tf32=args.tf32)
-    if torch.device(args.device).type != 'cuda' or not args.compile:  # CPU smoke runs: nothing compiles
+    compile_here = args.compile if args.compile is not None else torch.device(args.device).type == 'cuda'
+    if not compile_here:  # CPU smoke runs compile nothing unless asked to
         options = options.replace(compile_attention=False, compile_embeddings=False, compile_gru=False)
     apply(model, options)
     return model
@@ -261,6 +263,18 @@ def step_timer(device: torch.device, warmup: int):
             return [b - a for a, b in self.events[warmup:]]
 
     return StepTimer()
+
+
+def compile_statistics() -> Dict[str, object]:
+    """What torch.compile did in this process: graphs compiled by dynamo and seconds spent per compile phase (the
+    split between tracing and code generation that a warm start with a filled cache can or cannot skip)."""
+    import torch._dynamo.utils as dynamo_utils
+    stats = dynamo_utils.counters['stats']
+    phases = {}
+    if stats.get('unique_graphs', 0):
+        names, values = dynamo_utils.compile_times(repr='csv', aggregate=True)
+        phases = {name: round(float(value), 2) for name, value in zip(names, values)}
+    return {'compiled_graphs': int(stats.get('unique_graphs', 0)), 'compile_phase_s': phases}
 
 
 def main(argv=None) -> int:
@@ -318,8 +332,9 @@ def main(argv=None) -> int:
               'median_s': median, 'min_s': min(times), 'max_s': max(times),
               'scenarios_per_s': args.batch_size / median, 'peak_alloc_gib': peak,
               'warmup_s': (timer.warmup_end or time.perf_counter()) - timer.fit_start,
-              'graph_build_cpu_s': build_s, 'official_repo': os.path.abspath(args.official_repo)
+              'graph_build_cpu_s': build_s, 'official_repo': os.path.relpath(args.official_repo, ROOT)
               if args.impl == 'official' else None}
+    result.update(compile_statistics())
     text = json.dumps(result, indent=2)
     print(text, flush=True)
     if args.report:
