@@ -4,7 +4,8 @@ reaction lag, right of way at intersection gates (signals, stop signs, conflicti
 All agents move along their own route (arc length s). Agent j is ahead of agent i when j's current lane lies on
 i's route. Entering a gated lane (intersection connector, merge) needs a green signal (signalised nodes), a full
 stop first (stop-controlled arms), its conflicting lanes free of other agents and its crosswalks free of
-pedestrians. The model is integrated at SUBSTEPS * DT with constant acceleration per step, which gives the 10 Hz
+pedestrians. Where two connectors conflict, the one of lower priority (a stop arm, a permissive left turn) also
+gives way to vehicles approaching on the other within ACCEPTED_GAP. The model is integrated at SUBSTEPS * DT with constant acceleration per step, which gives the 10 Hz
 samples in between exactly.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ SUBSTEPS = 3                 # the car-following model is integrated at SUBSTEPS
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
 GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
+ACCEPTED_GAP = 4.5           # s: a driver giving way enters only if priority traffic is further away than this
+PRIORITY_RANGE = 80.0        # metres before a gate within which approaching priority traffic is seen
 
 
 class _Padded:
@@ -72,7 +75,7 @@ class VehicleSimulation:
     """State and one integration step of all lane-following agents (see the module docstring)."""
 
     def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
-                 crosswalk_busy: np.ndarray, red: Optional[np.ndarray]):
+                 crosswalk_busy: np.ndarray, red: Optional[np.ndarray], priority: Optional[np.ndarray] = None):
         self.n = len(drivers)
         self.ar = np.arange(self.n)
         self.table = table
@@ -93,6 +96,10 @@ class VehicleSimulation:
         self.busy_sets = ([frozenset(np.nonzero(row)[0].tolist()) for row in crosswalk_busy]
                           if crosswalk_busy.size else None)
         self.red = red                      # [steps, lanes] signal shows red for that connector (or None)
+        self.priority = np.full(table.total, -1) if priority is None else priority   # [lanes], -1: no rule
+        # per lane: the conflicting lanes of higher priority, with where the paths meet on them
+        self.yield_to = [tuple((c, at) for c, at in conf if self.priority[c] > self.priority[lane] >= 0)
+                         for lane, conf in enumerate(table.conflicts)]
         self.stop_done = [-1] * self.n
         self.stop_timer = [0] * self.n
         self.s = np.array([d.s for d in drivers])
@@ -184,6 +191,7 @@ class VehicleSimulation:
         if not len(cand):
             return gate_gap, hard_stop, g_s
         clear_of = self._clear_of(lane, lane2)
+        self._approach = self._approaching(t, d_gate, p.gate_lane[ar, gptr])
         busy = self.busy_sets[t] if self.busy_sets is not None else frozenset()
         red = self.red[t] if self.red is not None else None
         lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
@@ -196,6 +204,26 @@ class VehicleSimulation:
                 gate_gap[i] = dist
                 hard_stop[i] = verdict
         return gate_gap, hard_stop, g_s
+
+    def _approaching(self, t: int, d_gate: np.ndarray, gate_lane: np.ndarray) -> Dict[int, List[Tuple[float, float]]]:
+        """approach[lane]: (distance, speed) of the moving agents heading for that priority lane, not held by a
+        red signal or a stop sign."""
+        moving = (d_gate < PRIORITY_RANGE) & (self.v > 1.5) & (self.priority[gate_lane] >= 0)
+        moving &= ~np.asarray(self.table.needs_stop)[gate_lane]
+        if self.red is not None:
+            moving &= ~self.red[t, gate_lane]
+        approach: Dict[int, List[Tuple[float, float]]] = {}
+        for i in np.nonzero(moving)[0].tolist():
+            approach.setdefault(int(gate_lane[i]), []).append((float(d_gate[i]), float(self.v[i])))
+        return approach
+
+    def _gap_too_short(self, gl: int) -> bool:
+        """A vehicle with right of way over lane gl reaches the conflict point within ACCEPTED_GAP."""
+        for c, at in self.yield_to[gl]:
+            for d, v in self._approach.get(c, ()):
+                if d + at < ACCEPTED_GAP * v:
+                    return True
+        return False
 
     def _gate_verdict(self, i, gl, dist, vi, gp, clear_of, busy, red, lists) -> Optional[bool]:
         """None: agent i may enter gate lane gl; else it must wait (True: stop hard at the line)."""
@@ -219,6 +247,7 @@ class VehicleSimulation:
         j = lead_list[i]
         platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
         blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in table.conflicts[gl])
+        blocked = blocked or (not committed and self._gap_too_short(gl))
         if blocked or (not committed and not busy.isdisjoint(table.crosswalks[gl])):
             return not committed
         if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
@@ -270,10 +299,11 @@ class VehicleSimulation:
 
 
 def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
-                      crosswalk_busy: np.ndarray, red: Optional[np.ndarray], steps: int
-                      ) -> Tuple[np.ndarray, np.ndarray]:
-    """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents."""
-    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red)
+                      crosswalk_busy: np.ndarray, red: Optional[np.ndarray], steps: int,
+                      priority: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents (priority [lanes]: see
+    signals.connector_priority)."""
+    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority)
     s_hist = np.empty((sim.n, steps))
     v_hist = np.empty((sim.n, steps))
     s_hist[:, 0], v_hist[:, 0] = sim.s, sim.v

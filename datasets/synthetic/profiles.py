@@ -36,7 +36,7 @@ class SyntheticProfile:
     node_control_weights: Tuple = (('signal', 0.7), ('all_stop', 0.02), ('minor_stop', 0.16), ('uncontrolled', 0.12))
     signal_cycle: Tuple[float, float] = (100.0, 150.0)  # seconds for both phases, common to a scene's corridor
     arterial_green_share: Tuple[float, float] = (0.72, 0.85)  # of the cycle, for the arterial phase
-    cross_street_density: float = 1.0                        # traffic on cross streets relative to the arterial
+    cross_street_density: float = 0.35                       # traffic on cross streets relative to the arterial
     progression_speed: Tuple[float, float] = (11.0, 14.0)    # m/s of the green wave along the arterial
     lane_segment_length: Tuple[float, float] = (12.0, 30.0)   # metres; longer road pieces are cut into segments
     warp_amplitude: Tuple[float, float] = (0.0, 5.0)  # smooth deformation making grid roads curve
