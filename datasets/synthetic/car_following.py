@@ -5,7 +5,8 @@ All agents move along their own route (arc length s). Agent j is ahead of agent 
 i's route. Entering a gated lane (intersection connector, merge) needs a green signal (signalised nodes), a full
 stop first (stop-controlled arms), its conflicting lanes free of other agents and its crosswalks free of
 pedestrians. Where two connectors conflict, the one of lower priority (a stop arm, a permissive left turn) also
-gives way to vehicles approaching on the other within ACCEPTED_GAP. The model is integrated at SUBSTEPS * DT with constant acceleration per step, which gives the 10 Hz
+gives way to vehicles approaching on the other within ACCEPTED_GAP, and nobody enters in front of a vehicle that
+is too close to stop. The model is integrated at SUBSTEPS * DT with constant acceleration per step, which gives the 10 Hz
 samples in between exactly.
 """
 from __future__ import annotations
@@ -206,8 +207,8 @@ class VehicleSimulation:
         return gate_gap, hard_stop, g_s
 
     def _approaching(self, t: int, d_gate: np.ndarray, gate_lane: np.ndarray) -> Dict[int, List[Tuple[float, float]]]:
-        """approach[lane]: (distance, speed) of the moving agents heading for that priority lane, not held by a
-        red signal or a stop sign."""
+        """approach[lane]: (distance, speed) of the moving agents heading for that intersection connector, not
+        held by a red signal or a stop sign."""
         moving = (d_gate < PRIORITY_RANGE) & (self.v > 1.5) & (self.priority[gate_lane] >= 0)
         moving &= ~np.asarray(self.table.needs_stop)[gate_lane]
         if self.red is not None:
@@ -218,10 +219,13 @@ class VehicleSimulation:
         return approach
 
     def _gap_too_short(self, gl: int) -> bool:
-        """A vehicle with right of way over lane gl reaches the conflict point within ACCEPTED_GAP."""
-        for c, at in self.yield_to[gl]:
+        """Someone must be let through before entering lane gl: a vehicle with right of way over gl reaches the
+        point where the paths meet within ACCEPTED_GAP, or one on any conflicting lane is too close to stop."""
+        own = self.priority[gl]
+        for c, at in self.table.conflicts[gl]:
+            higher = self.priority[c] > own >= 0
             for d, v in self._approach.get(c, ()):
-                if d + at < ACCEPTED_GAP * v:
+                if (higher and d + at < ACCEPTED_GAP * v) or d < v * v / (2 * COMMIT_DECEL) + 1.0:
                     return True
         return False
 
