@@ -11,6 +11,8 @@ samples in between exactly.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +26,7 @@ COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this 
 SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
 GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
 ACCEPTED_GAP = 4.5           # s: a driver giving way enters only if priority traffic is further away than this
+CLEAR_MARGIN = 2.0           # s: ... and than the time it needs to clear the conflict point, plus this
 PRIORITY_RANGE = 80.0        # metres before a gate within which approaching priority traffic is seen
 
 
@@ -98,9 +101,11 @@ class VehicleSimulation:
                           if crosswalk_busy.size else None)
         self.red = red                      # [steps, lanes] signal shows red for that connector (or None)
         self.priority = np.full(table.total, -1) if priority is None else priority   # [lanes], -1: no rule
-        # per lane: the conflicting lanes of higher priority, with where the paths meet on them
-        self.yield_to = [tuple((c, at) for c, at in conf if self.priority[c] > self.priority[lane] >= 0)
-                         for lane, conf in enumerate(table.conflicts)]
+        # meet[lane][c]: arc length on `lane` where its path meets that of the conflicting lane c
+        self.meet: List[Dict[int, float]] = [{} for _ in range(table.total)]
+        for c, conf in enumerate(table.conflicts):
+            for lane, at in conf:
+                self.meet[lane][c] = at
         self.stop_done = [-1] * self.n
         self.stop_timer = [0] * self.n
         self.s = np.array([d.s for d in drivers])
@@ -218,14 +223,20 @@ class VehicleSimulation:
             approach.setdefault(int(gate_lane[i]), []).append((float(d_gate[i]), float(self.v[i])))
         return approach
 
-    def _gap_too_short(self, gl: int) -> bool:
-        """Someone must be let through before entering lane gl: a vehicle with right of way over gl reaches the
-        point where the paths meet within ACCEPTED_GAP, or one on any conflicting lane is too close to stop."""
+    def _gap_too_short(self, i: int, gl: int, dist: float, vi: float) -> bool:
+        """Agent i (dist metres before lane gl, at speed vi) must let someone through first: a vehicle with right
+        of way over gl that reaches the point where the paths meet before i has cleared it (at least
+        ACCEPTED_GAP), or one on any conflicting lane that is too close to stop."""
         own = self.priority[gl]
+        a = self.a_max[i]
         for c, at in self.table.conflicts[gl]:
             higher = self.priority[c] > own >= 0
+            if higher:
+                # time for i to get its rear past the meeting point, accelerating from vi
+                d_clear = dist + self.meet[gl].get(c, 0.0) + 2.0 * self.half[i]
+                needed = max(ACCEPTED_GAP, (math.sqrt(vi * vi + 2.0 * a * d_clear) - vi) / a + CLEAR_MARGIN)
             for d, v in self._approach.get(c, ()):
-                if (higher and d + at < ACCEPTED_GAP * v) or d < v * v / (2 * COMMIT_DECEL) + 1.0:
+                if (higher and d + at < needed * v) or d < v * v / (2 * COMMIT_DECEL) + 1.0:
                     return True
         return False
 
@@ -251,7 +262,7 @@ class VehicleSimulation:
         j = lead_list[i]
         platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
         blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in table.conflicts[gl])
-        blocked = blocked or (not committed and self._gap_too_short(gl))
+        blocked = blocked or (not committed and self._gap_too_short(i, gl, dist, vi))
         if blocked or (not committed and not busy.isdisjoint(table.crosswalks[gl])):
             return not committed
         if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
