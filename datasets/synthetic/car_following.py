@@ -93,6 +93,7 @@ class VehicleSimulation:
         # first-order lag of the applied acceleration: a driver reacts within its reaction time
         self.lag = np.minimum(1.0, SUBSTEPS * DT / np.array([d.reaction for d in drivers]))
         self.dwell = [d.dwell for d in drivers]
+        self.stop_speed = [d.stop_speed for d in drivers]
         self.watched = np.zeros(table.total, dtype=bool)     # lanes some gate has to keep an eye on
         for conf in table.conflicts:
             for c, _ in conf:
@@ -244,7 +245,8 @@ class VehicleSimulation:
         """None: agent i may enter gate lane gl; else it must wait (True: stop hard at the line)."""
         table = self.table
         if table.needs_stop[gl] and self.stop_done[i] != gp:
-            if vi < 0.3 and dist < 3.0:
+            # a full stop near the line, or a rolling one a little earlier
+            if vi < self.stop_speed[i] and dist < (3.0 if self.dwell[i] else 5.0):
                 self.stop_timer[i] += SUBSTEPS
                 if self.stop_timer[i] >= self.dwell[i]:
                     self.stop_done[i] = gp
@@ -281,7 +283,7 @@ class VehicleSimulation:
         if np.isfinite(gate_gap).any():
             inter_g = (1.0 + vh + v * v / self.sqrt_ab) / np.maximum(gate_gap, 0.1)
             np.maximum(inter, inter_g * inter_g, out=inter)
-        return np.clip(self.a_max * (1.0 - ratio * ratio - inter), -9.0, self.a_max)
+        return np.clip(self.a_max * (1.0 - ratio - inter), -9.0, self.a_max)
 
     def step(self, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Advance by SUBSTEPS * DT; returns (s, v, acceleration, clamp) of the step (clamp: positions that
