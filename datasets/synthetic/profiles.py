@@ -20,7 +20,7 @@ class SyntheticProfile:
     cities: Tuple[str, ...] = AV2_CITIES
     # --- urban grid network ---
     grid_shapes: Tuple = (((1, 1), 0.2), ((2, 1), 0.45), ((2, 2), 0.2), ((3, 1), 0.15))
-    block_length: Tuple[float, float] = (90.0, 150.0)
+    block_length: Tuple[float, float] = (120.0, 220.0)
     dangling_length: Tuple[float, float] = (60.0, 100.0)
     dangling_drop_prob: float = 0.25                 # a dropped outer arm turns a 4-way node into a T-junction
     node_jitter: float = 4.0                         # metres, breaks the perfect grid
