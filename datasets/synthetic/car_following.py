@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -25,6 +25,7 @@ SUBSTEPS = 3                 # the car-following model is integrated at SUBSTEPS
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
 GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
+MERGE_VIEW = 30.0            # metres before merging connectors from which the other stream is followed
 ACCEPTED_GAP = 4.5           # s: a driver giving way enters only if priority traffic is further away than this
 CLEAR_MARGIN = 2.0           # s: ... and than the time it needs to clear the conflict point, plus this
 PRIORITY_RANGE = 80.0        # metres before a gate within which approaching priority traffic is seen
@@ -79,7 +80,8 @@ class VehicleSimulation:
     """State and one integration step of all lane-following agents (see the module docstring)."""
 
     def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
-                 crosswalk_busy: np.ndarray, red: Optional[np.ndarray], priority: Optional[np.ndarray] = None):
+                 crosswalk_busy: np.ndarray, red: Optional[np.ndarray], priority: Optional[np.ndarray] = None,
+                 merges: Set[Tuple[int, int]] = frozenset()):
         self.n = len(drivers)
         self.ar = np.arange(self.n)
         self.table = table
@@ -102,6 +104,12 @@ class VehicleSimulation:
                           if crosswalk_busy.size else None)
         self.red = red                      # [steps, lanes] signal shows red for that connector (or None)
         self.priority = np.full(table.total, -1) if priority is None else priority   # [lanes], -1: no rule
+        self.merges = merges
+        self.merging = np.zeros(table.total, dtype=bool)   # connectors that merge into another's exit lane
+        self.merge_partners: Dict[int, List[int]] = {}
+        for lane, other in merges:
+            self.merging[lane] = True
+            self.merge_partners.setdefault(lane, []).append(other)
         # meet[lane][c]: arc length on `lane` where its path meets that of the conflicting lane c
         self.meet: List[Dict[int, float]] = [{} for _ in range(table.total)]
         for c, conf in enumerate(table.conflicts):
@@ -231,6 +239,8 @@ class VehicleSimulation:
         own = self.priority[gl]
         a = self.a_max[i]
         for c, at in self.table.conflicts[gl]:
+            if (gl, c) in self.merges:
+                continue
             higher = self.priority[c] > own >= 0
             if higher:
                 # time for i to get its rear past the meeting point, accelerating from vi
@@ -263,13 +273,45 @@ class VehicleSimulation:
         lead_list, gap_list, lane_list, front_list = lists
         j = lead_list[i]
         platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
-        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in table.conflicts[gl])
+        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in table.conflicts[gl]
+                                      if (gl, c) not in self.merges)
         blocked = blocked or (not committed and self._gap_too_short(i, gl, dist, vi))
         if blocked or (not committed and not busy.isdisjoint(table.crosswalks[gl])):
             return not committed
         if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
             clear_of[gl] = -np.inf
         return None
+
+    def _merge_leaders(self, lead: np.ndarray, gap_l: np.ndarray, lane: np.ndarray):
+        """(leader [N], gap [N]) with vehicles on merging connectors as leaders: on (or within MERGE_VIEW
+        metres before) two connectors that merge, the vehicle further along, measured from where the paths
+        meet, leads the other."""
+        p, s, half, ar = self.pad, self.s, self.half, self.ar
+        gptr = (p.gate < (s + half)[:, None]).sum(1)
+        next_lane = p.gate_lane[ar, gptr]
+        d_gate = p.gate[ar, gptr] - s - half
+        inside = self.merging[lane]
+        before = ~inside & self.merging[next_lane] & (d_gate < MERGE_VIEW)
+        agents = np.nonzero(inside | before)[0]
+        if len(agents) < 2:
+            return lead, gap_l
+        own_lane = np.where(inside, lane, next_lane)
+        # centre position along the own connector (negative before its start)
+        x = np.where(inside, s - p.base[ar, self.k], -d_gate - half)
+        on: Dict[int, List[int]] = {}
+        for j in agents.tolist():
+            on.setdefault(int(own_lane[j]), []).append(j)
+        lead, gap_l = lead.copy(), gap_l.copy()
+        for i in agents.tolist():
+            li = int(own_lane[i])
+            for c in self.merge_partners[li]:
+                for j in on.get(c, ()):
+                    ahead = x[j] - self.meet[c][li] + self.meet[li][c] - x[i]   # j's lead over i, centres
+                    if ahead > 0.0 or (ahead == 0.0 and j < i):
+                        g = ahead - half[i] - half[j]
+                        if g < gap_l[i]:
+                            lead[i], gap_l[i] = j, g
+        return lead, gap_l
 
     def _idm(self, v_l, gap_l, gate_gap) -> np.ndarray:
         """IDM acceleration [N] towards the local speed limit behind the leader and any closed gate."""
@@ -293,6 +335,8 @@ class VehicleSimulation:
             self.k += p.start[self.ar, self.k + 1] <= self.s
         lead, gap_l, lane, lane2 = self.leaders()
         gate_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
+        if self.merges:
+            lead, gap_l = self._merge_leaders(lead, gap_l, lane)
         target = self._idm(self.v[lead], gap_l, gate_gap)
         # react with a lag, but brake at once when the situation demands it
         acc = np.where(target < -2.5, target, self.acc + (target - self.acc) * self.lag)
@@ -317,10 +361,11 @@ class VehicleSimulation:
 
 def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
                       crosswalk_busy: np.ndarray, red: Optional[np.ndarray], steps: int,
-                      priority: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+                      priority: Optional[np.ndarray] = None, merges: Set[Tuple[int, int]] = frozenset()
+                      ) -> Tuple[np.ndarray, np.ndarray]:
     """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents (priority [lanes]: see
     signals.connector_priority)."""
-    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority)
+    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority, merges)
     s_hist = np.empty((sim.n, steps))
     v_hist = np.empty((sim.n, steps))
     s_hist[:, 0], v_hist[:, 0] = sim.s, sim.v

@@ -6,7 +6,7 @@ driver who cannot stop comfortably when the light turns red drives on (see `car_
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
 
@@ -69,3 +69,14 @@ def connector_priority(road_map: RoadMap, table: LaneTable) -> np.ndarray:
                                          or road_map.along_arterial(entry))
         priority[table.index[lane_id]] = (2 if major else 0) + (0 if lane.turn == 'left' else 1)
     return priority
+
+
+def merging_pairs(road_map: RoadMap, table: LaneTable) -> Set[Tuple[int, int]]:
+    """(lane, other lane) index pairs of conflicting connectors that lead into the same lane: traffic on them
+    merges (zip), one vehicle following the other, instead of waiting at the line for the other stream."""
+    pairs = set()
+    for lane_id, lane in road_map.lanes.items():
+        for other in lane.conflicts:
+            if road_map.lanes[other].successors == lane.successors:
+                pairs.add((table.index[lane_id], table.index[other]))
+    return pairs
