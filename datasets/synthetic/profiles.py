@@ -51,7 +51,7 @@ class SyntheticProfile:
     entry_ramp_prob: float = 0.5
     # --- traffic ---
     vehicle_density: Tuple[float, float] = (0.6, 1.4)   # vehicles per 100 m of lane
-    desired_speed: Tuple[float, float] = (10.0, 16.0)    # m/s, per vehicle
+    desired_speed: Tuple[float, float] = (9.0, 14.0)     # m/s, per vehicle
     upstream_length: float = 130.0                       # virtual road before map entries that feeds traffic in
     turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.82, 'left': 0.09, 'right': 0.09})
     pocket_choice_prob: float = 0.2                      # taking the left-turn pocket when passing one
