@@ -104,12 +104,14 @@ class VehicleSimulation:
                           if crosswalk_busy.size else None)
         self.red = red                      # [steps, lanes] signal shows red for that connector (or None)
         self.priority = np.full(table.total, -1) if priority is None else priority   # [lanes], -1: no rule
-        self.merges = merges
         self.merging = np.zeros(table.total, dtype=bool)   # connectors that merge into another's exit lane
         self.merge_partners: Dict[int, List[int]] = {}
         for lane, other in merges:
             self.merging[lane] = True
             self.merge_partners.setdefault(lane, []).append(other)
+        # per lane: the conflicting lanes whose paths cross it (merging ones are followed, not waited for)
+        self.crossing = [tuple((c, at) for c, at in conf if (lane, c) not in merges)
+                         for lane, conf in enumerate(table.conflicts)]
         # meet[lane][c]: arc length on `lane` where its path meets that of the conflicting lane c
         self.meet: List[Dict[int, float]] = [{} for _ in range(table.total)]
         for c, conf in enumerate(table.conflicts):
@@ -199,6 +201,7 @@ class VehicleSimulation:
         gptr = (p.gate < (s + half)[:, None]).sum(1)
         g_s = p.gate[ar, gptr]
         d_gate = g_s - s - half
+        self._next_gate_lane, self._d_gate = p.gate_lane[ar, gptr], d_gate
         gate_gap = np.full(self.n, np.inf)
         hard_stop = np.zeros(self.n, dtype=bool)
         # agents queued behind a leader whose front has not reached the gate yet need no check
@@ -206,7 +209,8 @@ class VehicleSimulation:
         if not len(cand):
             return gate_gap, hard_stop, g_s
         clear_of = self._clear_of(lane, lane2)
-        self._approach = self._approaching(t, d_gate, p.gate_lane[ar, gptr])
+        self._approach = None     # computed when first asked for in this step
+        self._t = t
         busy = self.busy_sets[t] if self.busy_sets is not None else frozenset()
         red = self.red[t] if self.red is not None else None
         lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
@@ -236,11 +240,11 @@ class VehicleSimulation:
         """Agent i (dist metres before lane gl, at speed vi) must let someone through first: a vehicle with right
         of way over gl that reaches the point where the paths meet before i has cleared it (at least
         ACCEPTED_GAP), or one on any conflicting lane that is too close to stop."""
+        if self._approach is None:
+            self._approach = self._approaching(self._t, self._d_gate, self._next_gate_lane)
         own = self.priority[gl]
         a = self.a_max[i]
-        for c, at in self.table.conflicts[gl]:
-            if (gl, c) in self.merges:
-                continue
+        for c, at in self.crossing[gl]:
             higher = self.priority[c] > own >= 0
             if higher:
                 # time for i to get its rear past the meeting point, accelerating from vi
@@ -273,8 +277,7 @@ class VehicleSimulation:
         lead_list, gap_list, lane_list, front_list = lists
         j = lead_list[i]
         platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
-        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in table.conflicts[gl]
-                                      if (gl, c) not in self.merges)
+        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in self.crossing[gl])
         blocked = blocked or (not committed and self._gap_too_short(i, gl, dist, vi))
         if blocked or (not committed and not busy.isdisjoint(table.crosswalks[gl])):
             return not committed
@@ -287,9 +290,7 @@ class VehicleSimulation:
         metres before) two connectors that merge, the vehicle further along, measured from where the paths
         meet, leads the other."""
         p, s, half, ar = self.pad, self.s, self.half, self.ar
-        gptr = (p.gate < (s + half)[:, None]).sum(1)
-        next_lane = p.gate_lane[ar, gptr]
-        d_gate = p.gate[ar, gptr] - s - half
+        next_lane, d_gate = self._next_gate_lane, self._d_gate     # set by _gates this step
         inside = self.merging[lane]
         before = ~inside & self.merging[next_lane] & (d_gate < MERGE_VIEW)
         agents = np.nonzero(inside | before)[0]
@@ -335,7 +336,7 @@ class VehicleSimulation:
             self.k += p.start[self.ar, self.k + 1] <= self.s
         lead, gap_l, lane, lane2 = self.leaders()
         gate_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
-        if self.merges:
+        if self.merge_partners:
             lead, gap_l = self._merge_leaders(lead, gap_l, lane)
         target = self._idm(self.v[lead], gap_l, gate_gap)
         # react with a lag, but brake at once when the situation demands it
