@@ -123,6 +123,7 @@ class VehicleSimulation:
         self.v = np.array([d.v for d in drivers])
         self.acc = np.zeros(self.n)
         self.k = (self.pad.start <= self.s[:, None]).sum(1) - 1
+        self.gptr = (self.pad.gate < (self.s + self.half)[:, None]).sum(1)   # next gate ahead of the front
         self._settle_initial_speeds()
 
     def _settle_initial_speeds(self) -> None:
@@ -198,7 +199,11 @@ class VehicleSimulation:
     def _gates(self, t: int, lead, gap_l, lane, lane2):
         """(distance to a closed gate [N] (inf when open), hard stop [N], gate position [N]) at step t."""
         p, s, half, ar = self.pad, self.s, self.half, self.ar
-        gptr = (p.gate < (s + half)[:, None]).sum(1)
+        gptr = self.gptr
+        adv = p.gate[ar, gptr] < s + half         # positions only grow: move the pointers on when passed
+        while adv.any():
+            gptr += adv
+            adv = p.gate[ar, gptr] < s + half
         g_s = p.gate[ar, gptr]
         d_gate = g_s - s - half
         self._next_gate_lane, self._d_gate = p.gate_lane[ar, gptr], d_gate
@@ -292,10 +297,10 @@ class VehicleSimulation:
         p, s, half, ar = self.pad, self.s, self.half, self.ar
         next_lane, d_gate = self._next_gate_lane, self._d_gate     # set by _gates this step
         inside = self.merging[lane]
-        before = ~inside & self.merging[next_lane] & (d_gate < MERGE_VIEW)
-        agents = np.nonzero(inside | before)[0]
-        if len(agents) < 2:
+        near = inside | (self.merging[next_lane] & (d_gate < MERGE_VIEW))
+        if np.count_nonzero(near) < 2:
             return lead, gap_l
+        agents = np.nonzero(near)[0]
         own_lane = np.where(inside, lane, next_lane)
         # centre position along the own connector (negative before its start)
         x = np.where(inside, s - p.base[ar, self.k], -d_gate - half)
@@ -332,8 +337,10 @@ class VehicleSimulation:
         """Advance by SUBSTEPS * DT; returns (s, v, acceleration, clamp) of the step (clamp: positions that
         must not be passed within the step, or None)."""
         p = self.pad
-        for _ in range(3):   # short entries: at most a few boundaries per step
-            self.k += p.start[self.ar, self.k + 1] <= self.s
+        adv = p.start[self.ar, self.k + 1] <= self.s   # short entries: a few boundaries may pass in one step
+        while adv.any():
+            self.k += adv
+            adv = p.start[self.ar, self.k + 1] <= self.s
         lead, gap_l, lane, lane2 = self.leaders()
         gate_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
         if self.merge_partners:

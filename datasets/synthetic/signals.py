@@ -72,11 +72,19 @@ def connector_priority(road_map: RoadMap, table: LaneTable) -> np.ndarray:
 
 
 def merging_pairs(road_map: RoadMap, table: LaneTable) -> Set[Tuple[int, int]]:
-    """(lane, other lane) index pairs of conflicting connectors that lead into the same lane: traffic on them
-    merges (zip), one vehicle following the other, instead of waiting at the line for the other stream."""
+    """(lane, other lane) index pairs of conflicting connectors that come side by side from one road and lead into
+    the same lane (a lane drop through the intersection): their traffic zips, one vehicle following the other,
+    instead of waiting at the line for the other stream. Streams from different arms keep their right of way."""
     pairs = set()
-    for lane_id, lane in road_map.lanes.items():
-        for other in lane.conflicts:
-            if road_map.lanes[other].successors == lane.successors:
-                pairs.add((table.index[lane_id], table.index[other]))
+    lanes = road_map.lanes
+    for lane_id, lane in lanes.items():
+        start = lane.center[1] - lane.center[0]
+        for other_id in lane.conflicts:
+            other = lanes[other_id]
+            if other.successors != lane.successors or other.turn != lane.turn:
+                continue
+            other_start = other.center[1] - other.center[0]
+            # same direction of travel where they begin (within about 25 degrees)
+            if float(start @ other_start) > 0.9 * float(np.hypot(*start) * np.hypot(*other_start)):
+                pairs.add((table.index[lane_id], table.index[other_id]))
     return pairs
