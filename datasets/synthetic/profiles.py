@@ -32,7 +32,7 @@ class SyntheticProfile:
     bike_lane_prob: float = 0.35
     bike_lane_width: Tuple[float, float] = (1.5, 2.0)
     crosswalk_prob: float = 0.7                      # per intersection arm
-    # stop-controlled nodes are rare and, where present, mostly stop the minor road only
+    # half the intersections signalised; most others stop the cross street only (two-way stop), the arterial runs
     node_control_weights: Tuple = (('signal', 0.5), ('all_stop', 0.02), ('minor_stop', 0.36), ('uncontrolled', 0.12))
     signal_cycle: Tuple[float, float] = (100.0, 150.0)  # seconds for both phases, common to a scene's corridor
     arterial_green_share: Tuple[float, float] = (0.72, 0.85)  # of the cycle, for the arterial phase
