@@ -31,10 +31,8 @@ BANDS = [
     # moving-vehicle keys (lon_acc_p50, cruising_fraction) give 0.66-0.82 and 0.13-0.14.
     ('all_vehicle_lon_acc_p50', 0.0, 0.4),
     ('all_vehicle_cruising_fraction', 0.3, 1.0),
-]
-# bands the current traffic model does not reach yet (too many focal agents slow down or stop near intersections);
-# strict, so a model that reaches them turns these into failures that ask for moving them into BANDS
-NOT_YET = [
+    # constant-velocity error of the focal agent at 6 s (real Argoverse 2: about 5.6 m on the samples, 7-8 m
+    # reported for the validation split)
     ('focal_cv_fde6_mean', 5.0, 9.0),
 ]
 
@@ -49,12 +47,6 @@ def default_summary(tmp_path_factory):
 @pytest.mark.parametrize('key,low,high', BANDS)
 def test_default_profile_inside_band(default_summary, key, low, high):
     assert default_summary['num_scenes'] == NUM_SCENES
-    assert low <= default_summary[key] <= high, f'{key} = {default_summary[key]:.3f} outside [{low}, {high}]'
-
-
-@pytest.mark.xfail(strict=True, reason='traffic model: focal futures still too often slow down or stop')
-@pytest.mark.parametrize('key,low,high', NOT_YET)
-def test_default_profile_dynamics_band(default_summary, key, low, high):
     assert low <= default_summary[key] <= high, f'{key} = {default_summary[key]:.3f} outside [{low}, {high}]'
 
 
@@ -90,3 +82,29 @@ def test_signalised_nodes_have_two_phases():
             assert groups == {0, 1} and 0 < green0 < cycle
             found += 1
     assert found > 0
+
+
+def test_pedestrians_step_onto_signalised_crossings_only_when_they_may_walk():
+    from datasets.synthetic.lane_graph import build_lane_table
+    from datasets.synthetic.pedestrians import spawn_pedestrians
+    from datasets.synthetic.signals import red_lights, walk_signals
+
+    prof = PROFILES['default']
+    rng = np.random.default_rng(1)
+    entries = 0
+    for _ in range(12):
+        road_map = build_grid(rng, prof)
+        table = build_lane_table(road_map, prof.upstream_length)
+        walk = walk_signals(road_map, table, red_lights(road_map, table, 600))
+        for ped in spawn_pedestrians(rng, road_map, prof, 600, walk):
+            for c, signal in walk.items():
+                cw = road_map.crosswalks[c]
+                rel = ped.position - cw.origin
+                along = np.abs(rel @ cw.along)
+                across = np.abs(rel[:, 1] * cw.along[0] - rel[:, 0] * cw.along[1])
+                on_road = (along < cw.half_length - 1.0) & (across < cw.half_width + 0.5)
+                stepped_on = np.flatnonzero(on_road[1:] & ~on_road[:-1]) + 1
+                entries += len(stepped_on)
+                # the first steps may still be a crossing that began before the scene: look from 3 s on
+                assert signal[stepped_on[stepped_on > 30] - 1].all()
+    assert entries > 0

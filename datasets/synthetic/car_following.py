@@ -4,12 +4,16 @@ reaction lag, right of way at intersection gates (signals, stop signs, conflicti
 All agents move along their own route (arc length s). Agent j is ahead of agent i when j's current lane lies on
 i's route. Entering a gated lane (intersection connector, merge) needs a green signal (signalised nodes), a full
 stop first (stop-controlled arms), its conflicting lanes free of other agents and its crosswalks free of
-pedestrians. The model is integrated at SUBSTEPS * DT with constant acceleration per step, which gives the 10 Hz
+pedestrians. Where two connectors conflict, the one of lower priority (a stop arm, a permissive left turn) also
+gives way to vehicles approaching on the other within ACCEPTED_GAP, and nobody enters in front of a vehicle that
+is too close to stop. The model is integrated at SUBSTEPS * DT with constant acceleration per step, which gives the 10 Hz
 samples in between exactly.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+import math
+
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -21,6 +25,10 @@ SUBSTEPS = 3                 # the car-following model is integrated at SUBSTEPS
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
 GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
+MERGE_VIEW = 30.0            # metres before merging connectors from which the other stream is followed
+ACCEPTED_GAP = 4.5           # s: a driver giving way enters only if priority traffic is further away than this
+CLEAR_MARGIN = 2.0           # s: ... and than the time it needs to clear the conflict point, plus this
+PRIORITY_RANGE = 80.0        # metres before a gate within which approaching priority traffic is seen
 
 
 class _Padded:
@@ -72,7 +80,8 @@ class VehicleSimulation:
     """State and one integration step of all lane-following agents (see the module docstring)."""
 
     def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
-                 crosswalk_busy: np.ndarray, red: Optional[np.ndarray]):
+                 crosswalk_busy: np.ndarray, red: Optional[np.ndarray], priority: Optional[np.ndarray] = None,
+                 merges: Set[Tuple[int, int]] = frozenset()):
         self.n = len(drivers)
         self.ar = np.arange(self.n)
         self.table = table
@@ -86,6 +95,7 @@ class VehicleSimulation:
         # first-order lag of the applied acceleration: a driver reacts within its reaction time
         self.lag = np.minimum(1.0, SUBSTEPS * DT / np.array([d.reaction for d in drivers]))
         self.dwell = [d.dwell for d in drivers]
+        self.stop_speed = [d.stop_speed for d in drivers]
         self.watched = np.zeros(table.total, dtype=bool)     # lanes some gate has to keep an eye on
         for conf in table.conflicts:
             for c, _ in conf:
@@ -93,12 +103,27 @@ class VehicleSimulation:
         self.busy_sets = ([frozenset(np.nonzero(row)[0].tolist()) for row in crosswalk_busy]
                           if crosswalk_busy.size else None)
         self.red = red                      # [steps, lanes] signal shows red for that connector (or None)
+        self.priority = np.full(table.total, -1) if priority is None else priority   # [lanes], -1: no rule
+        self.merging = np.zeros(table.total, dtype=bool)   # connectors that merge into another's exit lane
+        self.merge_partners: Dict[int, List[int]] = {}
+        for lane, other in merges:
+            self.merging[lane] = True
+            self.merge_partners.setdefault(lane, []).append(other)
+        # per lane: the conflicting lanes whose paths cross it (merging ones are followed, not waited for)
+        self.crossing = [tuple((c, at) for c, at in conf if (lane, c) not in merges)
+                         for lane, conf in enumerate(table.conflicts)]
+        # meet[lane][c]: arc length on `lane` where its path meets that of the conflicting lane c
+        self.meet: List[Dict[int, float]] = [{} for _ in range(table.total)]
+        for c, conf in enumerate(table.conflicts):
+            for lane, at in conf:
+                self.meet[lane][c] = at
         self.stop_done = [-1] * self.n
         self.stop_timer = [0] * self.n
         self.s = np.array([d.s for d in drivers])
         self.v = np.array([d.v for d in drivers])
         self.acc = np.zeros(self.n)
         self.k = (self.pad.start <= self.s[:, None]).sum(1) - 1
+        self.gptr = (self.pad.gate < (self.s + self.half)[:, None]).sum(1)   # next gate ahead of the front
         self._settle_initial_speeds()
 
     def _settle_initial_speeds(self) -> None:
@@ -174,9 +199,14 @@ class VehicleSimulation:
     def _gates(self, t: int, lead, gap_l, lane, lane2):
         """(distance to a closed gate [N] (inf when open), hard stop [N], gate position [N]) at step t."""
         p, s, half, ar = self.pad, self.s, self.half, self.ar
-        gptr = (p.gate < (s + half)[:, None]).sum(1)
+        gptr = self.gptr
+        adv = p.gate[ar, gptr] < s + half         # positions only grow: move the pointers on when passed
+        while adv.any():
+            gptr += adv
+            adv = p.gate[ar, gptr] < s + half
         g_s = p.gate[ar, gptr]
         d_gate = g_s - s - half
+        self._next_gate_lane, self._d_gate = p.gate_lane[ar, gptr], d_gate
         gate_gap = np.full(self.n, np.inf)
         hard_stop = np.zeros(self.n, dtype=bool)
         # agents queued behind a leader whose front has not reached the gate yet need no check
@@ -184,6 +214,8 @@ class VehicleSimulation:
         if not len(cand):
             return gate_gap, hard_stop, g_s
         clear_of = self._clear_of(lane, lane2)
+        self._approach = None     # computed when first asked for in this step
+        self._t = t
         busy = self.busy_sets[t] if self.busy_sets is not None else frozenset()
         red = self.red[t] if self.red is not None else None
         lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
@@ -197,11 +229,43 @@ class VehicleSimulation:
                 hard_stop[i] = verdict
         return gate_gap, hard_stop, g_s
 
+    def _approaching(self, t: int, d_gate: np.ndarray, gate_lane: np.ndarray) -> Dict[int, List[Tuple[float, float]]]:
+        """approach[lane]: (distance, speed) of the moving agents heading for that intersection connector, not
+        held by a red signal or a stop sign."""
+        moving = (d_gate < PRIORITY_RANGE) & (self.v > 1.5) & (self.priority[gate_lane] >= 0)
+        moving &= ~np.asarray(self.table.needs_stop)[gate_lane]
+        if self.red is not None:
+            moving &= ~self.red[t, gate_lane]
+        approach: Dict[int, List[Tuple[float, float]]] = {}
+        for i in np.nonzero(moving)[0].tolist():
+            approach.setdefault(int(gate_lane[i]), []).append((float(d_gate[i]), float(self.v[i])))
+        return approach
+
+    def _gap_too_short(self, i: int, gl: int, dist: float, vi: float) -> bool:
+        """Agent i (dist metres before lane gl, at speed vi) must let someone through first: a vehicle with right
+        of way over gl that reaches the point where the paths meet before i has cleared it (at least
+        ACCEPTED_GAP), or one on any conflicting lane that is too close to stop."""
+        if self._approach is None:
+            self._approach = self._approaching(self._t, self._d_gate, self._next_gate_lane)
+        own = self.priority[gl]
+        a = self.a_max[i]
+        for c, at in self.crossing[gl]:
+            higher = self.priority[c] > own >= 0
+            if higher:
+                # time for i to get its rear past the meeting point, accelerating from vi
+                d_clear = dist + self.meet[gl].get(c, 0.0) + 2.0 * self.half[i]
+                needed = max(ACCEPTED_GAP, (math.sqrt(vi * vi + 2.0 * a * d_clear) - vi) / a + CLEAR_MARGIN)
+            for d, v in self._approach.get(c, ()):
+                if (higher and d + at < needed * v) or d < v * v / (2 * COMMIT_DECEL) + 1.0:
+                    return True
+        return False
+
     def _gate_verdict(self, i, gl, dist, vi, gp, clear_of, busy, red, lists) -> Optional[bool]:
         """None: agent i may enter gate lane gl; else it must wait (True: stop hard at the line)."""
         table = self.table
         if table.needs_stop[gl] and self.stop_done[i] != gp:
-            if vi < 0.3 and dist < 3.0:
+            # a full stop near the line, or a rolling one a little earlier
+            if vi < self.stop_speed[i] and dist < (3.0 if self.dwell[i] else 5.0):
                 self.stop_timer[i] += SUBSTEPS
                 if self.stop_timer[i] >= self.dwell[i]:
                     self.stop_done[i] = gp
@@ -218,12 +282,42 @@ class VehicleSimulation:
         lead_list, gap_list, lane_list, front_list = lists
         j = lead_list[i]
         platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
-        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in table.conflicts[gl])
+        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in self.crossing[gl])
+        blocked = blocked or (not committed and self._gap_too_short(i, gl, dist, vi))
         if blocked or (not committed and not busy.isdisjoint(table.crosswalks[gl])):
             return not committed
         if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
             clear_of[gl] = -np.inf
         return None
+
+    def _merge_leaders(self, lead: np.ndarray, gap_l: np.ndarray, lane: np.ndarray):
+        """(leader [N], gap [N]) with vehicles on merging connectors as leaders: on (or within MERGE_VIEW
+        metres before) two connectors that merge, the vehicle further along, measured from where the paths
+        meet, leads the other."""
+        p, s, half, ar = self.pad, self.s, self.half, self.ar
+        next_lane, d_gate = self._next_gate_lane, self._d_gate     # set by _gates this step
+        inside = self.merging[lane]
+        near = inside | (self.merging[next_lane] & (d_gate < MERGE_VIEW))
+        if np.count_nonzero(near) < 2:
+            return lead, gap_l
+        agents = np.nonzero(near)[0]
+        own_lane = np.where(inside, lane, next_lane)
+        # centre position along the own connector (negative before its start)
+        x = np.where(inside, s - p.base[ar, self.k], -d_gate - half)
+        on: Dict[int, List[int]] = {}
+        for j in agents.tolist():
+            on.setdefault(int(own_lane[j]), []).append(j)
+        lead, gap_l = lead.copy(), gap_l.copy()
+        for i in agents.tolist():
+            li = int(own_lane[i])
+            for c in self.merge_partners[li]:
+                for j in on.get(c, ()):
+                    ahead = x[j] - self.meet[c][li] + self.meet[li][c] - x[i]   # j's lead over i, centres
+                    if ahead > 0.0 or (ahead == 0.0 and j < i):
+                        g = ahead - half[i] - half[j]
+                        if g < gap_l[i]:
+                            lead[i], gap_l[i] = j, g
+        return lead, gap_l
 
     def _idm(self, v_l, gap_l, gate_gap) -> np.ndarray:
         """IDM acceleration [N] towards the local speed limit behind the leader and any closed gate."""
@@ -237,16 +331,20 @@ class VehicleSimulation:
         if np.isfinite(gate_gap).any():
             inter_g = (1.0 + vh + v * v / self.sqrt_ab) / np.maximum(gate_gap, 0.1)
             np.maximum(inter, inter_g * inter_g, out=inter)
-        return np.clip(self.a_max * (1.0 - ratio * ratio - inter), -9.0, self.a_max)
+        return np.clip(self.a_max * (1.0 - ratio - inter), -9.0, self.a_max)
 
     def step(self, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Advance by SUBSTEPS * DT; returns (s, v, acceleration, clamp) of the step (clamp: positions that
         must not be passed within the step, or None)."""
         p = self.pad
-        for _ in range(3):   # short entries: at most a few boundaries per step
-            self.k += p.start[self.ar, self.k + 1] <= self.s
+        adv = p.start[self.ar, self.k + 1] <= self.s   # short entries: a few boundaries may pass in one step
+        while adv.any():
+            self.k += adv
+            adv = p.start[self.ar, self.k + 1] <= self.s
         lead, gap_l, lane, lane2 = self.leaders()
         gate_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
+        if self.merge_partners:
+            lead, gap_l = self._merge_leaders(lead, gap_l, lane)
         target = self._idm(self.v[lead], gap_l, gate_gap)
         # react with a lag, but brake at once when the situation demands it
         acc = np.where(target < -2.5, target, self.acc + (target - self.acc) * self.lag)
@@ -270,10 +368,12 @@ class VehicleSimulation:
 
 
 def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
-                      crosswalk_busy: np.ndarray, red: Optional[np.ndarray], steps: int
+                      crosswalk_busy: np.ndarray, red: Optional[np.ndarray], steps: int,
+                      priority: Optional[np.ndarray] = None, merges: Set[Tuple[int, int]] = frozenset()
                       ) -> Tuple[np.ndarray, np.ndarray]:
-    """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents."""
-    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red)
+    """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents (priority [lanes]: see
+    signals.connector_priority)."""
+    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority, merges)
     s_hist = np.empty((sim.n, steps))
     v_hist = np.empty((sim.n, steps))
     s_hist[:, 0], v_hist[:, 0] = sim.s, sim.v

@@ -15,6 +15,8 @@ from datasets.synthetic.routes import Route, build_route, forward_chain, insert_
 from datasets.synthetic.trajectory import DT, NUM_HISTORICAL_STEPS, NUM_STEPS, WARMUP_STEPS
 
 STOP_DWELL = (5, 13)         # steps a vehicle stands at a stop line before entering
+FULL_STOP_PROB = 0.35        # drivers who stop completely at a stop sign; the others roll through slowly
+ROLLING_STOP_SPEED = (1.5, 3.0)   # m/s below which a rolling stop counts as done
 ARTERIAL_WEIGHT = 4.0       # preference of the AV for lanes along the arterial
 SPAWN_GAP = 20.0             # minimum spacing when seeding vehicles on a lane (about a time headway)
 
@@ -32,7 +34,8 @@ class Driver:
     headway: float
     min_gap: float
     lateral_acc: float
-    dwell: int
+    dwell: int                    # steps standing at a stop line (0: a rolling stop)
+    stop_speed: float             # m/s at the stop line that counts as having stopped
     reaction: float               # s, lag of the applied acceleration behind the desired one
     lateral_bias: float           # m, the driver's own offset from the lane centre (left positive)
     wander: Tuple[float, float, float]   # slow weaving within the lane: amplitude (m), wavelength (m), phase
@@ -52,11 +55,14 @@ KINEMATICS = {
 def make_driver(rng, object_type: str, route: Route, s: float, v_desired: float, is_av=False) -> Driver:
     length, a_max, b_comf, headway, min_gap, _ = KINEMATICS[object_type]
     lateral_sd = 0.08 if is_av else LATERAL_BIAS_SD[object_type]
+    full_stop = is_av or rng.random() < FULL_STOP_PROB
     return Driver(object_type=object_type, route=route, s=s, v=v_desired * float(rng.uniform(0.97, 1.0)),
                   length=float(rng.uniform(*length)),
                   v_desired=v_desired, a_max=float(rng.uniform(*a_max)), b_comf=float(rng.uniform(*b_comf)),
                   headway=float(rng.uniform(*headway)), min_gap=min_gap, lateral_acc=float(rng.uniform(2.0, 3.0)),
-                  dwell=int(rng.integers(*STOP_DWELL)), reaction=float(rng.uniform(0.3, 0.9)),
+                  dwell=int(rng.integers(*STOP_DWELL)) if full_stop else 0,
+                  stop_speed=0.3 if full_stop else float(rng.uniform(*ROLLING_STOP_SPEED)),
+                  reaction=float(rng.uniform(0.3, 0.9)),
                   lateral_bias=float(np.clip(rng.normal(0.0, lateral_sd), -2.5 * lateral_sd, 2.5 * lateral_sd)),
                   wander=(float(rng.uniform(0.03, 0.2)), float(rng.uniform(40.0, 140.0)),
                           float(rng.uniform(0.0, 2 * np.pi))), is_av=is_av)

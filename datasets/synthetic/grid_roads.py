@@ -435,14 +435,12 @@ def _build_connectors(rng, prof, ids, node: int, center: np.ndarray, arms, roads
                       lanes: Dict[int, Lane], crosswalks: List[Crosswalk], control: str, arterial: np.ndarray
                       ) -> None:
     """Lanes through one intersection: straight, left and right turns (bike lanes straight and right)."""
-    if control == 'minor_stop':
-        widths = [roads[r].n_fwd + roads[r].n_bwd for r, _ in arms]
-        major = max(widths)
-        stop_arm = [w < major or (all(x == major for x in widths) and k % 2 == 1) for k, w in enumerate(widths)]
-    else:
-        stop_arm = [control == 'all_stop'] * len(arms)
     # a signal serves two phases: the arms along the arterial (major) axis, and the arms across it
     phase_of_arm = [0 if abs(float(arm.u @ arterial)) > 0.5 else 1 for _, arm in arms]
+    if control == 'minor_stop':     # the cross street stops, the arterial runs through
+        stop_arm = [phase == 1 for phase in phase_of_arm]
+    else:
+        stop_arm = [control == 'all_stop'] * len(arms)
     connectors: List[int] = []
     all_pairs: List[Tuple[int, int, str, int]] = []
     for k_in, (r_in, arm_in) in enumerate(arms):

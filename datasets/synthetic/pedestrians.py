@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -12,8 +12,13 @@ from datasets.synthetic.road_network import RoadMap
 from datasets.synthetic.sidewalks import pedestrian_path
 from datasets.synthetic.trajectory import DT, Trajectory
 
+CROSSING_LENGTH = 14.0   # metres a pedestrian wants of walk time ahead when stepping off the kerb
 
-def spawn_pedestrians(rng, road_map: RoadMap, prof: SyntheticProfile, steps: int) -> List[Trajectory]:
+
+def spawn_pedestrians(rng, road_map: RoadMap, prof: SyntheticProfile, steps: int,
+                      walk: Optional[Dict[int, np.ndarray]] = None) -> List[Trajectory]:
+    """Pedestrians over `steps` steps; at signalised crosswalks (walk[crosswalk] [steps]) they wait at the kerb
+    for their walk phase."""
     if not road_map.nodes:
         return []
     count = int(rng.integers(prof.pedestrians[0], prof.pedestrians[1] + 1))
@@ -31,13 +36,17 @@ def spawn_pedestrians(rng, road_map: RoadMap, prof: SyntheticProfile, steps: int
             wobble = 1.0 + 0.08 * np.sin(2 * math.pi * np.arange(steps) / rng.uniform(15, 40) + rng.uniform(0, 6.3))
             speed = base * wobble
         s0 = float(rng.uniform(0.0, 0.6 * ps[-1]))
-        if s_cross is not None and speed[0] > 0 and rng.random() < 0.4 and s0 < s_cross:
-            # wait at the kerb before crossing
+        if standing and s_cross is not None:   # people stand on the sidewalk, not on the crossing
+            s0 = min(s0, max(s_cross - 2.0, 0.0))
+        if s_cross is not None and speed[0] > 0 and s0 < s_cross:
+            signal = _walk_signal(road_map, path, ps, s_cross, walk)
             travelled = s0 + np.cumsum(speed) * DT
             k = int(np.searchsorted(travelled, s_cross - 0.3))
-            dwell = int(rng.integers(10, 60))
-            speed = speed.copy()
-            speed[k:k + dwell] = 0.0
+            if signal is not None:
+                speed = _wait_for_walk(speed, k, signal, CROSSING_LENGTH / float(speed.mean()))
+            elif rng.random() < 0.4:   # wait at the kerb for a gap in traffic
+                speed = speed.copy()
+                speed[k:k + int(rng.integers(10, 60))] = 0.0
         s = np.minimum(s0 + np.concatenate([[0.0], np.cumsum(speed[:-1]) * DT]), ps[-1])
         speed = np.where(s >= ps[-1] - 1e-9, 0.0, speed)   # the path ends: stand there
         x = np.interp(s, ps, path[:, 0])
@@ -56,17 +65,52 @@ def spawn_pedestrians(rng, road_map: RoadMap, prof: SyntheticProfile, steps: int
     return out
 
 
+def _walk_signal(road_map: RoadMap, path: np.ndarray, ps: np.ndarray, s_cross: float,
+                 walk: Optional[Dict[int, np.ndarray]]) -> Optional[np.ndarray]:
+    """walk [steps] of the signalised crosswalk the path steps onto at s_cross (None: not signalised)."""
+    if not walk:
+        return None
+    on = np.array([np.interp(s_cross + 2.0, ps, path[:, 0]), np.interp(s_cross + 2.0, ps, path[:, 1])])
+    for c in walk:
+        cw = road_map.crosswalks[c]
+        rel = on - cw.origin
+        if (abs(float(rel @ cw.along)) < cw.half_length + 1.0
+                and abs(float(rel[1] * cw.along[0] - rel[0] * cw.along[1])) < cw.half_width + 1.5):
+            return walk[c]
+    return None
+
+
+def _wait_for_walk(speed: np.ndarray, k: int, walk: np.ndarray, crossing_s: float) -> np.ndarray:
+    """speed [T] with a stop at the kerb from step k until the walk phase leaves time to cross (crossing_s)."""
+    steps = len(speed)
+    if k >= steps:
+        return speed
+    need = min(int(math.ceil(crossing_s / DT)), steps)
+    closed = np.concatenate([[0], np.cumsum(~walk)])
+    # start at t when the signal shows walk for the next `need` steps (or until the end of the scene)
+    ends = np.minimum(np.arange(steps) + need, steps)
+    ok = np.flatnonzero((closed[ends] - closed[:steps] == 0)[k:])
+    start = k + int(ok[0]) if len(ok) else steps
+    if start > k:
+        speed = speed.copy()
+        speed[k:start] = 0.0
+    return speed
+
+
 def crosswalk_occupancy(road_map: RoadMap, pedestrians: List[Trajectory], steps: int) -> np.ndarray:
-    """busy [steps, n_crosswalks]: a pedestrian stands on (or within 0.5 m of) the crossing."""
+    """busy [steps, n_crosswalks]: a pedestrian is on the crossing, or walks within 0.5 m of it. Someone standing
+    at the kerb (waiting for the signal or a gap, or just standing) does not hold traffic."""
     n_cw = len(road_map.crosswalks)
     if n_cw == 0 or not pedestrians:
         return np.zeros((steps, n_cw), dtype=bool)
     pos = np.stack([p.position for p in pedestrians], 1)   # [T, P, 2]
+    walking = np.stack([np.abs(p.velocity).sum(1) > 0.0 for p in pedestrians], 1)   # [T, P]
     busy = np.zeros((steps, n_cw), dtype=bool)
     for c, cw in enumerate(road_map.crosswalks):
         rel = pos - cw.origin
-        along = rel[..., 0] * cw.along[0] + rel[..., 1] * cw.along[1]
-        across = rel[..., 1] * cw.along[0] - rel[..., 0] * cw.along[1]
-        busy[:, c] = ((np.abs(along) < cw.half_length + 0.5) & (np.abs(across) < cw.half_width + 0.5)).any(1)
+        along = np.abs(rel[..., 0] * cw.along[0] + rel[..., 1] * cw.along[1])
+        across = np.abs(rel[..., 1] * cw.along[0] - rel[..., 0] * cw.along[1])
+        near = (along < cw.half_length + 0.5) & (across < cw.half_width + 0.5)
+        on_road = (along < cw.half_length - 1.5) & (across < cw.half_width)
+        busy[:, c] = ((near & walking) | on_road).any(1)
     return busy
-

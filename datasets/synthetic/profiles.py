@@ -20,7 +20,7 @@ class SyntheticProfile:
     cities: Tuple[str, ...] = AV2_CITIES
     # --- urban grid network ---
     grid_shapes: Tuple = (((1, 1), 0.2), ((2, 1), 0.45), ((2, 2), 0.2), ((3, 1), 0.15))
-    block_length: Tuple[float, float] = (90.0, 150.0)
+    block_length: Tuple[float, float] = (120.0, 220.0)  # metres between intersections (arterial signal spacing)
     dangling_length: Tuple[float, float] = (60.0, 100.0)
     dangling_drop_prob: float = 0.25                 # a dropped outer arm turns a 4-way node into a T-junction
     node_jitter: float = 4.0                         # metres, breaks the perfect grid
@@ -32,11 +32,12 @@ class SyntheticProfile:
     bike_lane_prob: float = 0.35
     bike_lane_width: Tuple[float, float] = (1.5, 2.0)
     crosswalk_prob: float = 0.7                      # per intersection arm
-    # stop-controlled nodes are rare and, where present, mostly stop the minor road only
-    node_control_weights: Tuple = (('signal', 0.7), ('all_stop', 0.02), ('minor_stop', 0.16), ('uncontrolled', 0.12))
+    # half the intersections signalised; most others stop the cross street only (two-way stop), the arterial runs
+    node_control_weights: Tuple = (('signal', 0.5), ('all_stop', 0.02), ('minor_stop', 0.36), ('uncontrolled', 0.12))
     signal_cycle: Tuple[float, float] = (100.0, 150.0)  # seconds for both phases, common to a scene's corridor
     arterial_green_share: Tuple[float, float] = (0.72, 0.85)  # of the cycle, for the arterial phase
-    cross_street_density: float = 1.0                        # traffic on cross streets relative to the arterial
+    # traffic on cross streets relative to the arterial: demand in proportion to the shorter green they get
+    cross_street_density: float = 0.35
     progression_speed: Tuple[float, float] = (11.0, 14.0)    # m/s of the green wave along the arterial
     lane_segment_length: Tuple[float, float] = (12.0, 30.0)   # metres; longer road pieces are cut into segments
     warp_amplitude: Tuple[float, float] = (0.0, 5.0)  # smooth deformation making grid roads curve
@@ -50,8 +51,8 @@ class SyntheticProfile:
     exit_ramp_prob: float = 0.6
     entry_ramp_prob: float = 0.5
     # --- traffic ---
-    vehicle_density: Tuple[float, float] = (0.6, 1.4)   # vehicles per 100 m of lane
-    desired_speed: Tuple[float, float] = (10.0, 16.0)    # m/s, per vehicle
+    vehicle_density: Tuple[float, float] = (1.0, 2.0)   # vehicles per 100 m of lane
+    desired_speed: Tuple[float, float] = (9.0, 14.0)     # m/s, per vehicle
     upstream_length: float = 130.0                       # virtual road before map entries that feeds traffic in
     turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.82, 'left': 0.09, 'right': 0.09})
     pocket_choice_prob: float = 0.2                      # taking the left-turn pocket when passing one
@@ -113,7 +114,8 @@ PROFILES: Dict[str, SyntheticProfile] = {
         pedestrians=(0, 4),
         static_objects=(0, 3),
         parked_side_prob=0.1,
-        cross_street_density=0.8,                    # small scenes: keep the cross streets busy enough
+        vehicle_density=(0.5, 1.2),                  # small scenes: lighter traffic than 'default'
+        cross_street_density=0.8,                    # ... but keep the cross streets busy enough
         sensor_range=(45.0, 60.0),
     ),
 }

@@ -6,7 +6,7 @@ driver who cannot stop comfortably when the light turns red drives on (see `car_
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
 
@@ -34,3 +34,57 @@ def red_lights(road_map: RoadMap, table: LaneTable, steps: int) -> Optional[np.n
             green = (x >= green0 + ALL_RED) & (x < cycle - ALL_RED)
         red[:, table.index[lane_id]] = ~green
     return red
+
+
+def walk_signals(road_map: RoadMap, table: LaneTable, red: Optional[np.ndarray]) -> Dict[int, np.ndarray]:
+    """walk[crosswalk] [steps]: pedestrians may step onto that crosswalk of a signalised node.
+
+    A crosswalk runs across one road; its walk phase is the red phase of the traffic along that road (the
+    straight connectors that cross it), so pedestrians cross beside the traffic that has green and only turning
+    vehicles meet them. Crosswalks without a straight signalised connector (the stem of a T) have no signal."""
+    if red is None:
+        return {}
+    straight: Dict[int, list] = {}
+    for lane_id, lane in road_map.lanes.items():
+        if lane.signal_group >= 0 and lane.turn == 'straight' and lane.lane_type == 'VEHICLE':
+            for cw in lane.crosswalks:
+                straight.setdefault(cw, []).append(table.index[lane_id])
+    return {cw: red[:, lanes].all(1) for cw, lanes in straight.items()}
+
+
+def connector_priority(road_map: RoadMap, table: LaneTable) -> np.ndarray:
+    """priority [lanes] of intersection connectors (-1 elsewhere): where two connectors conflict, the one of
+    lower priority gives way to vehicles approaching on the other.
+
+    At nodes without a signal the arterial has right of way: arms with a stop sign and, at uncontrolled nodes,
+    arms across the arterial rank below it (a yield). On either, straight on and right turns rank above left
+    turns (a permissive left yields to oncoming traffic)."""
+    priority = np.full(table.total, -1, dtype=int)
+    lanes = road_map.lanes
+    for lane_id, lane in lanes.items():
+        if lane.kind != 'connector':
+            continue
+        entry = lanes[lane.predecessors[0]].center if lane.predecessors else lane.center
+        major = not lane.needs_stop and (lane.signal_group >= 0 or road_map.arterial is None
+                                         or road_map.along_arterial(entry))
+        priority[table.index[lane_id]] = (2 if major else 0) + (0 if lane.turn == 'left' else 1)
+    return priority
+
+
+def merging_pairs(road_map: RoadMap, table: LaneTable) -> Set[Tuple[int, int]]:
+    """(lane, other lane) index pairs of conflicting connectors that come side by side from one road and lead into
+    the same lane (a lane drop through the intersection): their traffic zips, one vehicle following the other,
+    instead of waiting at the line for the other stream. Streams from different arms keep their right of way."""
+    pairs = set()
+    lanes = road_map.lanes
+    for lane_id, lane in lanes.items():
+        start = lane.center[1] - lane.center[0]
+        for other_id in lane.conflicts:
+            other = lanes[other_id]
+            if other.successors != lane.successors or other.turn != lane.turn:
+                continue
+            other_start = other.center[1] - other.center[0]
+            # same direction of travel where they begin (within about 25 degrees)
+            if float(start @ other_start) > 0.9 * float(np.hypot(*start) * np.hypot(*other_start)):
+                pairs.add((table.index[lane_id], table.index[other_id]))
+    return pairs

@@ -18,7 +18,7 @@ from datasets.synthetic.pedestrians import crosswalk_occupancy, spawn_pedestrian
 from datasets.synthetic.profiles import SyntheticProfile
 from datasets.synthetic.road_network import RoadMap
 from datasets.synthetic.routes import speed_profile
-from datasets.synthetic.signals import red_lights
+from datasets.synthetic.signals import connector_priority, merging_pairs, red_lights, walk_signals
 from datasets.synthetic.static_objects import place_static_objects
 from datasets.synthetic.trajectory import DT, NUM_STEPS, WARMUP_STEPS, Trajectory
 
@@ -29,11 +29,13 @@ def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticP
     steps = WARMUP_STEPS + num_steps
     table = build_lane_table(road_map, prof.upstream_length)
     drivers = spawn_vehicles(rng, road_map, table, prof, steps * DT)
-    pedestrians = spawn_pedestrians(rng, road_map, prof, steps)
+    red = red_lights(road_map, table, steps)
+    pedestrians = spawn_pedestrians(rng, road_map, prof, steps, walk_signals(road_map, table, red))
     busy = crosswalk_occupancy(road_map, pedestrians, steps)
     # turns are anticipated with a gentler deceleration than the driver's comfortable maximum
     limits = [speed_profile(d.route, d.v_desired, d.lateral_acc, 0.5 * d.b_comf) for d in drivers]
-    s_hist, v_hist = simulate_vehicles(drivers, table, limits, busy, red_lights(road_map, table, steps), steps)
+    s_hist, v_hist = simulate_vehicles(drivers, table, limits, busy, red, steps,
+                                       connector_priority(road_map, table), merging_pairs(road_map, table))
     objects = driver_trajectories(drivers, s_hist, v_hist) + pedestrians
     objects += place_static_objects(rng, road_map, prof, steps)
     for obj in objects:
