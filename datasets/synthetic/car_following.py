@@ -83,6 +83,7 @@ class VehicleSimulation:
                  crosswalk_busy: np.ndarray, red: Optional[np.ndarray], priority: Optional[np.ndarray] = None,
                  merges: Set[Tuple[int, int]] = frozenset()):
         self.n = len(drivers)
+        self._inf_n = np.full(self.n, np.inf)
         self.ar = np.arange(self.n)
         self.table = table
         self.pad = _Padded(drivers, table, speed_limits)
@@ -119,11 +120,21 @@ class VehicleSimulation:
                 self.meet[lane][c] = at
         self.stop_done = [-1] * self.n
         self.stop_timer = [0] * self.n
+        # plain-Python copies of per-lane and per-agent constants for the scalar right-of-way checks
+        self.needs_stop = np.asarray(table.needs_stop, dtype=bool)
+        self.needs_stop_list = [bool(x) for x in table.needs_stop]
+        self.priority_list = self.priority.tolist()
+        self.half_list = self.half.tolist()
+        self.a_max_list = self.a_max.tolist()
+        self.ns_or_nopri = self.needs_stop | (self.priority < 0)   # lanes whose approaching agents never count
         self.s = np.array([d.s for d in drivers])
         self.v = np.array([d.v for d in drivers])
         self.acc = np.zeros(self.n)
         self.k = (self.pad.start <= self.s[:, None]).sum(1) - 1
         self.gptr = (self.pad.gate < (self.s + self.half)[:, None]).sum(1)   # next gate ahead of the front
+        # entry pointers of the front and rear bumpers (positions only grow, so they only move on)
+        self.k_front = (self.pad.start <= (self.s + self.half)[:, None]).sum(1) - 1
+        self.k_rear = np.maximum((self.pad.start <= (self.s - self.half)[:, None]).sum(1) - 1, 0)
         self._settle_initial_speeds()
 
     def _settle_initial_speeds(self) -> None:
@@ -133,7 +144,7 @@ class VehicleSimulation:
         gptr = (p.gate < (s + self.half)[:, None]).sum(1)
         first_gate = p.gate[self.ar, gptr] - s - self.half
         gate_lane = p.gate_lane[self.ar, gptr]
-        closed = np.array(self.table.needs_stop)[gate_lane] | (self.red[0, gate_lane] if self.red is not None else False)
+        closed = self.needs_stop[gate_lane] | (self.red[0, gate_lane] if self.red is not None else False)
         v = np.where(closed, np.minimum(v, np.sqrt(3.0 * np.maximum(first_gate - 2.0, 0.0))), v)
         for _ in range(3):      # repeated so that platoons settle
             lead, gap, _, _ = self.leaders()
@@ -173,26 +184,40 @@ class VehicleSimulation:
             gap[overlapped] = sub[np.arange(len(overlapped)), lead[overlapped]]
         return lead, gap, lane, lane2
 
+    def _advance(self, ptr: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Move the entry pointers `ptr` [N] (in place) on to the last route entry starting at or before `x` [N]."""
+        start, ar = self.pad.start, self.ar
+        adv = start[ar, ptr + 1] <= x
+        while adv.any():
+            ptr += adv
+            adv = start[ar, ptr + 1] <= x
+        return ptr
+
     def _clear_of(self, lane, lane2) -> Dict[int, float]:
         """clear_of[lane]: how far along that lane the rearmost vehicle touching it has its rear bumper (-inf when
         one is just entering or has claimed it). A conflict blocks until that rear passes where paths meet."""
         p, s, ar, half = self.pad, self.s, self.ar, self.half
-        k_front = (p.start <= (s + half)[:, None]).sum(1) - 1
-        k_rear = np.maximum((p.start <= (s - half)[:, None]).sum(1) - 1, 0)
+        k_front = self._advance(self.k_front, s + half)
+        k_rear = self._advance(self.k_rear, s - half)
         front = p.lane[ar, k_front]
         rear = p.lane[ar, k_rear]
         rear_local = s - half - p.base[ar, k_rear]
         w = self.watched
         touching = np.nonzero(w[lane] | w[lane2] | w[front] | w[rear])[0]
         clear_of: Dict[int, float] = {}
+        inf = math.inf
         for l1, l2, lf, lr, r_local in zip(lane[touching].tolist(), lane2[touching].tolist(),
                                            front[touching].tolist(), rear[touching].tolist(),
                                            rear_local[touching].tolist()):
-            marks = {l1: -np.inf, l2: -np.inf, lf: -np.inf}   # lanes it is entering
-            marks[lr] = r_local                                  # the lane its rear is in
-            for lane_i, pos_i in marks.items():
-                if pos_i < clear_of.get(lane_i, np.inf):
-                    clear_of[lane_i] = pos_i
+            # lanes it is entering are claimed; the lane its rear is in is clear behind the rear bumper
+            if l1 != lr:
+                clear_of[l1] = -inf
+            if l2 != lr:
+                clear_of[l2] = -inf
+            if lf != lr:
+                clear_of[lf] = -inf
+            if r_local < clear_of.get(lr, inf):
+                clear_of[lr] = r_local
         self._front = front
         return clear_of
 
@@ -207,7 +232,7 @@ class VehicleSimulation:
         g_s = p.gate[ar, gptr]
         d_gate = g_s - s - half
         self._next_gate_lane, self._d_gate = p.gate_lane[ar, gptr], d_gate
-        gate_gap = np.full(self.n, np.inf)
+        gate_gap = self._inf_n.copy()
         hard_stop = np.zeros(self.n, dtype=bool)
         # agents queued behind a leader whose front has not reached the gate yet need no check
         cand = np.nonzero((d_gate < GATE_LOOKAHEAD) & (gap_l + 2 * half[lead] > d_gate))[0]
@@ -232,13 +257,14 @@ class VehicleSimulation:
     def _approaching(self, t: int, d_gate: np.ndarray, gate_lane: np.ndarray) -> Dict[int, List[Tuple[float, float]]]:
         """approach[lane]: (distance, speed) of the moving agents heading for that intersection connector, not
         held by a red signal or a stop sign."""
-        moving = (d_gate < PRIORITY_RANGE) & (self.v > 1.5) & (self.priority[gate_lane] >= 0)
-        moving &= ~np.asarray(self.table.needs_stop)[gate_lane]
+        v = self.v
+        excluded = self.ns_or_nopri[gate_lane]
         if self.red is not None:
-            moving &= ~self.red[t, gate_lane]
+            excluded |= self.red[t, gate_lane]
+        moving = np.nonzero((d_gate < PRIORITY_RANGE) & (v > 1.5) & ~excluded)[0]
         approach: Dict[int, List[Tuple[float, float]]] = {}
-        for i in np.nonzero(moving)[0].tolist():
-            approach.setdefault(int(gate_lane[i]), []).append((float(d_gate[i]), float(self.v[i])))
+        for gl, d, vi in zip(gate_lane[moving].tolist(), d_gate[moving].tolist(), v[moving].tolist()):
+            approach.setdefault(gl, []).append((d, vi))
         return approach
 
     def _gap_too_short(self, i: int, gl: int, dist: float, vi: float) -> bool:
@@ -247,23 +273,28 @@ class VehicleSimulation:
         ACCEPTED_GAP), or one on any conflicting lane that is too close to stop."""
         if self._approach is None:
             self._approach = self._approaching(self._t, self._d_gate, self._next_gate_lane)
-        own = self.priority[gl]
-        a = self.a_max[i]
+        approach = self._approach
+        if not approach:
+            return False
+        priority = self.priority_list
+        own = priority[gl]
+        a = self.a_max_list[i]
         for c, at in self.crossing[gl]:
-            higher = self.priority[c] > own >= 0
+            if c not in approach:
+                continue
+            higher = priority[c] > own >= 0
             if higher:
                 # time for i to get its rear past the meeting point, accelerating from vi
-                d_clear = dist + self.meet[gl].get(c, 0.0) + 2.0 * self.half[i]
+                d_clear = dist + self.meet[gl].get(c, 0.0) + 2.0 * self.half_list[i]
                 needed = max(ACCEPTED_GAP, (math.sqrt(vi * vi + 2.0 * a * d_clear) - vi) / a + CLEAR_MARGIN)
-            for d, v in self._approach.get(c, ()):
+            for d, v in approach[c]:
                 if (higher and d + at < needed * v) or d < v * v / (2 * COMMIT_DECEL) + 1.0:
                     return True
         return False
 
     def _gate_verdict(self, i, gl, dist, vi, gp, clear_of, busy, red, lists) -> Optional[bool]:
         """None: agent i may enter gate lane gl; else it must wait (True: stop hard at the line)."""
-        table = self.table
-        if table.needs_stop[gl] and self.stop_done[i] != gp:
+        if self.needs_stop_list[gl] and self.stop_done[i] != gp:
             # a full stop near the line, or a rolling one a little earlier
             if vi < self.stop_speed[i] and dist < (3.0 if self.dwell[i] else 5.0):
                 self.stop_timer[i] += SUBSTEPS
@@ -282,9 +313,14 @@ class VehicleSimulation:
         lead_list, gap_list, lane_list, front_list = lists
         j = lead_list[i]
         platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
-        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in self.crossing[gl])
+        blocked = False
+        if not platoon:
+            for c, at in self.crossing[gl]:
+                if c in clear_of and clear_of[c] < at + 1.0:
+                    blocked = True
+                    break
         blocked = blocked or (not committed and self._gap_too_short(i, gl, dist, vi))
-        if blocked or (not committed and not busy.isdisjoint(table.crosswalks[gl])):
+        if blocked or (not committed and busy and not busy.isdisjoint(self.table.crosswalks[gl])):
             return not committed
         if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
             clear_of[gl] = -np.inf
