@@ -413,19 +413,20 @@ def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: Lis
     s_hist = np.empty((sim.n, steps))
     v_hist = np.empty((sim.n, steps))
     s_hist[:, 0], v_hist[:, 0] = sim.s, sim.v
-    end = sim.pad.route_end
+    end = sim.pad.route_end[:, None]
+    # samples in between the integration steps, under the step's constant acceleration
+    offsets = np.arange(1, SUBSTEPS) * DT           # j * DT, j = 1 .. SUBSTEPS - 1
+    half_sq = 0.5 * offsets ** 2
     for t in range(0, steps - 1, SUBSTEPS):
         s, v, acc, clamped = sim.step(t)
-        for j in range(1, SUBSTEPS + 1):
-            if t + j >= steps:
-                break
-            if j == SUBSTEPS:
-                s_j, v_j = sim.s, sim.v
-            else:
-                s_j = s + v * (j * DT) + (0.5 * (j * DT) ** 2) * acc
-                v_j = v + acc * (j * DT)
-                if clamped is not None:
-                    s_j = np.minimum(s_j, clamped)
-            s_hist[:, t + j] = np.minimum(s_j, end)
-            v_hist[:, t + j] = v_j
+        inner = min(SUBSTEPS - 1, steps - 1 - t)
+        if inner > 0:
+            s_j = s[:, None] + v[:, None] * offsets[:inner] + half_sq[:inner] * acc[:, None]
+            if clamped is not None:
+                np.minimum(s_j, clamped[:, None], out=s_j)
+            s_hist[:, t + 1:t + 1 + inner] = np.minimum(s_j, end)
+            v_hist[:, t + 1:t + 1 + inner] = v[:, None] + acc[:, None] * offsets[:inner]
+        if t + SUBSTEPS < steps:
+            s_hist[:, t + SUBSTEPS] = np.minimum(sim.s, end[:, 0])
+            v_hist[:, t + SUBSTEPS] = sim.v
     return s_hist, v_hist
