@@ -66,7 +66,7 @@ class _Padded:
         # branch is still in the way there, so treat it as if it were on this route
         for lane_idx, base in zip(r.entry_lane, r.entry_base):
             for sib, shift in table.siblings[lane_idx]:
-                if np.isnan(self.on_route[i, sib]):
+                if math.isnan(self.on_route[i, sib]):
                     self.on_route[i, sib] = base + shift
         for g, (gs, gl) in enumerate(r.gates):
             self.gate[i, g] = gs
@@ -101,8 +101,8 @@ class VehicleSimulation:
         for conf in table.conflicts:
             for c, _ in conf:
                 self.watched[c] = True
-        self.busy_sets = ([frozenset(np.nonzero(row)[0].tolist()) for row in crosswalk_busy]
-                          if crosswalk_busy.size else None)
+        # [steps, crosswalks] pedestrians on each crosswalk; turned into sets only for the steps that ask
+        self.crosswalk_busy = crosswalk_busy if crosswalk_busy.size else None
         self.red = red                      # [steps, lanes] signal shows red for that connector (or None)
         self.priority = np.full(table.total, -1) if priority is None else priority   # [lanes], -1: no rule
         self.merging = np.zeros(table.total, dtype=bool)   # connectors that merge into another's exit lane
@@ -153,12 +153,12 @@ class VehicleSimulation:
                                                    0.0) / 4.0)
         self.v = v
 
-    @np.errstate(invalid='ignore')   # NaN (a lane that is not on a route) compares False, as intended
     def leaders(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(leader index [N], bumper gap [N], primary lane [N], secondary lane [N]) at the current state.
 
         rel[i, j] is how far agent j is ahead of agent i along i's route (NaN when j's lane is not on it;
-        exactly 0 for i itself). Agents changing lanes are also looked up through their secondary lane."""
+        exactly 0 for i itself). Agents changing lanes are also looked up through their secondary lane. Called
+        under np.errstate(invalid='ignore') (see simulate_vehicles)."""
         p, k, s, ar = self.pad, self.k, self.s, self.ar
         lane = p.lane[ar, k]
         lane2 = p.lane2[ar, k]
@@ -241,7 +241,8 @@ class VehicleSimulation:
         clear_of = self._clear_of(lane, lane2)
         self._approach = None     # computed when first asked for in this step
         self._t = t
-        busy = self.busy_sets[t] if self.busy_sets is not None else frozenset()
+        busy = (frozenset(np.flatnonzero(self.crosswalk_busy[t]).tolist()) if self.crosswalk_busy is not None
+                else frozenset())
         red = self.red[t] if self.red is not None else None
         lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
         order = cand[np.argsort(d_gate[cand])].tolist()
@@ -409,7 +410,13 @@ def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: Lis
                       ) -> Tuple[np.ndarray, np.ndarray]:
     """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents (priority [lanes]: see
     signals.connector_priority)."""
-    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority, merges)
+    # NaN (a lane that is not on a route) compares False in `leaders`, as intended
+    with np.errstate(invalid='ignore'):
+        return _run(VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority, merges), steps)
+
+
+def _run(sim: VehicleSimulation, steps: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Route positions s [N, steps] and speeds [N, steps] sampled at DT while `sim` integrates."""
     s_hist = np.empty((sim.n, steps))
     v_hist = np.empty((sim.n, steps))
     s_hist[:, 0], v_hist[:, 0] = sim.s, sim.v
