@@ -230,11 +230,9 @@ def speed_profile(route: Route, v_desired: float, lateral_acc: float, comfort_de
     key = np.minimum.accumulate(key[::-1])[::-1]
     limit = np.sqrt(np.maximum(key - 2 * comfort_dec * route.s, 0.0))
     # the limit at each metre is the lowest one within it, so short tight curves are not skipped
-    cells = route.s.astype(int)     # non-decreasing: route s grows along the route
+    cells = route.s.astype(int)
     grid = np.full(cells[-1] + 2, v_desired)
-    first = np.flatnonzero(np.diff(cells, prepend=-1))      # where each metre's run of points starts
-    used = cells[first]
-    grid[used] = np.minimum(grid[used], np.minimum.reduceat(limit, first))
+    np.minimum.at(grid, cells, limit)
     grid[-1] = grid[-2]
     return grid
 
