@@ -245,10 +245,9 @@ class VehicleSimulation:
                 else frozenset())
         red = self.red[t] if self.red is not None else None
         lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
-        order = cand[np.argsort(d_gate[cand])].tolist()
-        gl_list = p.gate_lane[order, gptr[order]].tolist()
-        for i, gl, dist, vi, gp in zip(order, gl_list, d_gate[order].tolist(), self.v[order].tolist(),
-                                       gptr[order].tolist()):
+        order = cand[np.argsort(d_gate[cand])]
+        for i, gl, dist, vi, gp in zip(order.tolist(), self._next_gate_lane[order].tolist(), d_gate[order].tolist(),
+                                       self.v[order].tolist(), gptr[order].tolist()):
             verdict = self._gate_verdict(i, gl, dist, vi, gp, clear_of, busy, red, lists)
             if verdict is not None:
                 gate_gap[i] = dist
