@@ -131,11 +131,32 @@ class VehicleSimulation:
         self.v = np.array([d.v for d in drivers])
         self.acc = np.zeros(self.n)
         self.k = (self.pad.start <= self.s[:, None]).sum(1) - 1
+        self._entries_moved()
         self.gptr = (self.pad.gate < (self.s + self.half)[:, None]).sum(1)   # next gate ahead of the front
+        self._gates_moved()
         # entry pointers of the front and rear bumpers (positions only grow, so they only move on)
         self.k_front = (self.pad.start <= (self.s + self.half)[:, None]).sum(1) - 1
         self.k_rear = np.maximum((self.pad.start <= (self.s - self.half)[:, None]).sum(1) - 1, 0)
+        self._bumpers_moved()
         self._settle_initial_speeds()
+
+    # The route entries and gates that the pointers select change only when an agent passes a boundary, so
+    # what is looked up through them is kept until a pointer moves.
+    def _entries_moved(self) -> None:
+        p, ar, k = self.pad, self.ar, self.k
+        self.lane, self.lane2 = p.lane[ar, k], p.lane2[ar, k]
+        self.base, self.base2 = p.base[ar, k], p.base2[ar, k]
+        self.next_start = p.start[ar, k + 1]
+
+    def _gates_moved(self) -> None:
+        p, ar, gptr = self.pad, self.ar, self.gptr
+        self.gate_s, self.gate_lane = p.gate[ar, gptr], p.gate_lane[ar, gptr]
+
+    def _bumpers_moved(self) -> None:
+        p, ar = self.pad, self.ar
+        self.front, self.rear = p.lane[ar, self.k_front], p.lane[ar, self.k_rear]
+        self.rear_base = p.base[ar, self.k_rear]
+        self.front_next, self.rear_next = p.start[ar, self.k_front + 1], p.start[ar, self.k_rear + 1]
 
     def _settle_initial_speeds(self) -> None:
         """Seeded agents start no faster than they could stop for their next gate and behind their leader."""
@@ -159,17 +180,16 @@ class VehicleSimulation:
         rel[i, j] is how far agent j is ahead of agent i along i's route (NaN when j's lane is not on it;
         exactly 0 for i itself). Agents changing lanes are also looked up through their secondary lane. Called
         under np.errstate(invalid='ignore') (see simulate_vehicles)."""
-        p, k, s, ar = self.pad, self.k, self.s, self.ar
-        lane = p.lane[ar, k]
-        lane2 = p.lane2[ar, k]
+        p, s, ar = self.pad, self.s, self.ar
+        lane, lane2 = self.lane, self.lane2
         rel = p.on_route[:, lane]
-        rel += s - p.base[ar, k]
+        rel += s - self.base
         rel -= s[:, None]
         ahead = np.where(rel > 0, rel, np.inf)
         changing = np.nonzero(lane2 != lane)[0]
         if len(changing):
             rel2 = p.on_route[:, lane2[changing]]
-            rel2 += s[changing] - p.base2[changing, k[changing]]
+            rel2 += s[changing] - self.base2[changing]
             rel2 -= s[:, None]
             ahead[:, changing] = np.minimum(ahead[:, changing], np.where(rel2 > 0, rel2, np.inf))
         ahead -= self.half_sum
@@ -184,24 +204,30 @@ class VehicleSimulation:
             gap[overlapped] = sub[np.arange(len(overlapped)), lead[overlapped]]
         return lead, gap, lane, lane2
 
-    def _advance(self, ptr: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Move the entry pointers `ptr` [N] (in place) on to the last route entry starting at or before `x` [N]."""
-        start, ar = self.pad.start, self.ar
-        adv = start[ar, ptr + 1] <= x
-        while adv.any():
-            ptr += adv
-            adv = start[ar, ptr + 1] <= x
-        return ptr
-
     def _clear_of(self, lane, lane2) -> Dict[int, float]:
         """clear_of[lane]: how far along that lane the rearmost vehicle touching it has its rear bumper (-inf when
         one is just entering or has claimed it). A conflict blocks until that rear passes where paths meet."""
-        p, s, ar, half = self.pad, self.s, self.ar, self.half
-        k_front = self._advance(self.k_front, s + half)
-        k_rear = self._advance(self.k_rear, s - half)
-        front = p.lane[ar, k_front]
-        rear = p.lane[ar, k_rear]
-        rear_local = s - half - p.base[ar, k_rear]
+        s, half = self.s, self.half
+        start = self.pad.start
+        ar = self.ar
+        moved = False
+        adv = self.front_next <= s + half
+        while adv.any():
+            self.k_front += adv
+            self.front_next = start[ar, self.k_front + 1]
+            adv = self.front_next <= s + half
+            moved = True
+        rear_s = s - half
+        adv = self.rear_next <= rear_s
+        while adv.any():
+            self.k_rear += adv
+            self.rear_next = start[ar, self.k_rear + 1]
+            adv = self.rear_next <= rear_s
+            moved = True
+        if moved:
+            self._bumpers_moved()
+        front, rear = self.front, self.rear
+        rear_local = rear_s - self.rear_base
         w = self.watched
         touching = np.nonzero(w[lane] | w[lane2] | w[front] | w[rear])[0]
         clear_of: Dict[int, float] = {}
@@ -223,15 +249,18 @@ class VehicleSimulation:
 
     def _gates(self, t: int, lead, gap_l, lane, lane2):
         """(distance to a closed gate [N] (inf when open), hard stop [N], gate position [N]) at step t."""
-        p, s, half, ar = self.pad, self.s, self.half, self.ar
+        s, half = self.s, self.half
         gptr = self.gptr
-        adv = p.gate[ar, gptr] < s + half         # positions only grow: move the pointers on when passed
-        while adv.any():
-            gptr += adv
-            adv = p.gate[ar, gptr] < s + half
-        g_s = p.gate[ar, gptr]
+        front_s = s + half
+        adv = self.gate_s < front_s         # positions only grow: move the pointers on when passed
+        if adv.any():
+            while adv.any():
+                gptr += adv
+                adv = self.pad.gate[self.ar, gptr] < front_s
+            self._gates_moved()
+        g_s = self.gate_s
         d_gate = g_s - s - half
-        self._next_gate_lane, self._d_gate = p.gate_lane[ar, gptr], d_gate
+        self._next_gate_lane, self._d_gate = self.gate_lane, d_gate
         gate_gap = self._inf_n.copy()
         hard_stop = np.zeros(self.n, dtype=bool)
         # agents queued behind a leader whose front has not reached the gate yet need no check
@@ -330,7 +359,7 @@ class VehicleSimulation:
         """(leader [N], gap [N]) with vehicles on merging connectors as leaders: on (or within MERGE_VIEW
         metres before) two connectors that merge, the vehicle further along, measured from where the paths
         meet, leads the other."""
-        p, s, half, ar = self.pad, self.s, self.half, self.ar
+        s, half = self.s, self.half
         next_lane, d_gate = self._next_gate_lane, self._d_gate     # set by _gates this step
         inside = self.merging[lane]
         near = inside | (self.merging[next_lane] & (d_gate < MERGE_VIEW))
@@ -339,7 +368,7 @@ class VehicleSimulation:
         agents = np.nonzero(near)[0]
         own_lane = np.where(inside, lane, next_lane)
         # centre position along the own connector (negative before its start)
-        x = np.where(inside, s - p.base[ar, self.k], -d_gate - half)
+        x = np.where(inside, s - self.base, -d_gate - half)
         on: Dict[int, List[int]] = {}
         for j in agents.tolist():
             on.setdefault(int(own_lane[j]), []).append(j)
@@ -367,16 +396,18 @@ class VehicleSimulation:
         if np.isfinite(gate_gap).any():
             inter_g = (1.0 + vh + v * v / self.sqrt_ab) / np.maximum(gate_gap, 0.1)
             np.maximum(inter, inter_g * inter_g, out=inter)
-        return np.clip(self.a_max * (1.0 - ratio - inter), -9.0, self.a_max)
+        return np.minimum(np.maximum(self.a_max * (1.0 - ratio - inter), -9.0), self.a_max)
 
     def step(self, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Advance by SUBSTEPS * DT; returns (s, v, acceleration, clamp) of the step (clamp: positions that
         must not be passed within the step, or None)."""
         p = self.pad
-        adv = p.start[self.ar, self.k + 1] <= self.s   # short entries: a few boundaries may pass in one step
-        while adv.any():
-            self.k += adv
-            adv = p.start[self.ar, self.k + 1] <= self.s
+        adv = self.next_start <= self.s   # short entries: a few boundaries may pass in one step
+        if adv.any():
+            while adv.any():
+                self.k += adv
+                adv = p.start[self.ar, self.k + 1] <= self.s
+            self._entries_moved()
         lead, gap_l, lane, lane2 = self.leaders()
         gate_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
         if self.merge_partners:
