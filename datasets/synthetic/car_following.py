@@ -186,7 +186,7 @@ class VehicleSimulation:
         rel += s - self.base
         rel -= s[:, None]
         ahead = np.where(rel > 0, rel, np.inf)
-        changing = np.nonzero(lane2 != lane)[0]
+        changing = (lane2 != lane).nonzero()[0]
         if len(changing):
             rel2 = p.on_route[:, lane2[changing]]
             rel2 += s[changing] - self.base2[changing]
@@ -195,7 +195,7 @@ class VehicleSimulation:
         ahead -= self.half_sum
         lead = ahead.argmin(1)
         gap = ahead[ar, lead]
-        overlapped = np.nonzero(gap < 0)[0]
+        overlapped = (gap < 0).nonzero()[0]
         if len(overlapped):
             # a vehicle beside us that is already faster is pulling away, not a reason for an emergency stop
             sub = ahead[overlapped]
@@ -212,14 +212,14 @@ class VehicleSimulation:
         ar = self.ar
         moved = False
         adv = self.front_next <= s + half
-        while adv.any():
+        while np.count_nonzero(adv):
             self.k_front += adv
             self.front_next = start[ar, self.k_front + 1]
             adv = self.front_next <= s + half
             moved = True
         rear_s = s - half
         adv = self.rear_next <= rear_s
-        while adv.any():
+        while np.count_nonzero(adv):
             self.k_rear += adv
             self.rear_next = start[ar, self.k_rear + 1]
             adv = self.rear_next <= rear_s
@@ -229,7 +229,7 @@ class VehicleSimulation:
         front, rear = self.front, self.rear
         rear_local = rear_s - self.rear_base
         w = self.watched
-        touching = np.nonzero(w[lane] | w[lane2] | w[front] | w[rear])[0]
+        touching = (w[lane] | w[lane2] | w[front] | w[rear]).nonzero()[0]
         clear_of: Dict[int, float] = {}
         inf = math.inf
         for l1, l2, lf, lr, r_local in zip(lane[touching].tolist(), lane2[touching].tolist(),
@@ -253,8 +253,8 @@ class VehicleSimulation:
         gptr = self.gptr
         front_s = s + half
         adv = self.gate_s < front_s         # positions only grow: move the pointers on when passed
-        if adv.any():
-            while adv.any():
+        if np.count_nonzero(adv):
+            while np.count_nonzero(adv):
                 gptr += adv
                 adv = self.pad.gate[self.ar, gptr] < front_s
             self._gates_moved()
@@ -264,13 +264,13 @@ class VehicleSimulation:
         gate_gap = self._inf_n.copy()
         hard_stop = np.zeros(self.n, dtype=bool)
         # agents queued behind a leader whose front has not reached the gate yet need no check
-        cand = np.nonzero((d_gate < GATE_LOOKAHEAD) & (gap_l + 2 * half[lead] > d_gate))[0]
+        cand = ((d_gate < GATE_LOOKAHEAD) & (gap_l + 2 * half[lead] > d_gate)).nonzero()[0]
         if not len(cand):
             return gate_gap, hard_stop, g_s
         clear_of = self._clear_of(lane, lane2)
         self._approach = None     # computed when first asked for in this step
         self._t = t
-        busy = (frozenset(np.flatnonzero(self.crosswalk_busy[t]).tolist()) if self.crosswalk_busy is not None
+        busy = (frozenset(self.crosswalk_busy[t].nonzero()[0].tolist()) if self.crosswalk_busy is not None
                 else frozenset())
         red = self.red[t] if self.red is not None else None
         lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
@@ -290,7 +290,7 @@ class VehicleSimulation:
         excluded = self.ns_or_nopri[gate_lane]
         if self.red is not None:
             excluded |= self.red[t, gate_lane]
-        moving = np.nonzero((d_gate < PRIORITY_RANGE) & (v > 1.5) & ~excluded)[0]
+        moving = ((d_gate < PRIORITY_RANGE) & (v > 1.5) & ~excluded).nonzero()[0]
         approach: Dict[int, List[Tuple[float, float]]] = {}
         for gl, d, vi in zip(gate_lane[moving].tolist(), d_gate[moving].tolist(), v[moving].tolist()):
             approach.setdefault(gl, []).append((d, vi))
@@ -365,7 +365,7 @@ class VehicleSimulation:
         near = inside | (self.merging[next_lane] & (d_gate < MERGE_VIEW))
         if np.count_nonzero(near) < 2:
             return lead, gap_l
-        agents = np.nonzero(near)[0]
+        agents = near.nonzero()[0]
         own_lane = np.where(inside, lane, next_lane)
         # centre position along the own connector (negative before its start)
         x = np.where(inside, s - self.base, -d_gate - half)
@@ -393,7 +393,7 @@ class VehicleSimulation:
         vh = v * self.headway
         inter = (self.min_gap + np.maximum(vh + v * (v - v_l) / self.sqrt_ab, 0.0)) / np.maximum(gap_l, 0.1)
         inter *= inter
-        if np.isfinite(gate_gap).any():
+        if np.count_nonzero(np.isfinite(gate_gap)):
             inter_g = (1.0 + vh + v * v / self.sqrt_ab) / np.maximum(gate_gap, 0.1)
             np.maximum(inter, inter_g * inter_g, out=inter)
         return np.minimum(np.maximum(self.a_max * (1.0 - ratio - inter), -9.0), self.a_max)
@@ -403,8 +403,8 @@ class VehicleSimulation:
         must not be passed within the step, or None)."""
         p = self.pad
         adv = self.next_start <= self.s   # short entries: a few boundaries may pass in one step
-        if adv.any():
-            while adv.any():
+        if np.count_nonzero(adv):
+            while np.count_nonzero(adv):
                 self.k += adv
                 adv = p.start[self.ar, self.k + 1] <= self.s
             self._entries_moved()
@@ -420,10 +420,11 @@ class VehicleSimulation:
         acc = (v_new - self.v) / sim_dt                        # a stop within the step: decelerate exactly to 0
         s_new = self.s + 0.5 * (self.v + v_new) * sim_dt
         clamped = None
-        if hard_stop.any():         # never roll over a line that is not clear (unless too close to stop)
+        # never roll over a line that is not clear (unless too close to stop)
+        if np.count_nonzero(hard_stop):
             limit = np.where(hard_stop, np.maximum(g_s - self.half - 0.05, self.s), np.inf)
             over = s_new > limit
-            if over.any():
+            if np.count_nonzero(over):
                 s_new = np.where(over, limit, s_new)
                 v_new = np.where(over, 0.0, v_new)
                 clamped = s_new
