@@ -225,7 +225,9 @@ class VehicleSimulation:
             adv = self.rear_next <= rear_s
             moved = True
         if moved:
-            self._bumpers_moved()
+            p = self.pad
+            self.front, self.rear = p.lane[ar, self.k_front], p.lane[ar, self.k_rear]
+            self.rear_base = p.base[ar, self.k_rear]
         front, rear = self.front, self.rear
         rear_local = rear_s - self.rear_base
         w = self.watched
@@ -369,19 +371,26 @@ class VehicleSimulation:
         own_lane = np.where(inside, lane, next_lane)
         # centre position along the own connector (negative before its start)
         x = np.where(inside, s - self.base, -d_gate - half)
+        agent_list = agents.tolist()
+        lanes_of = own_lane[agents].tolist()
+        x_of = dict(zip(agent_list, x[agents].tolist()))
         on: Dict[int, List[int]] = {}
-        for j in agents.tolist():
-            on.setdefault(int(own_lane[j]), []).append(j)
+        for j, lj in zip(agent_list, lanes_of):
+            on.setdefault(lj, []).append(j)
         lead, gap_l = lead.copy(), gap_l.copy()
-        for i in agents.tolist():
-            li = int(own_lane[i])
+        half_list, meet = self.half_list, self.meet
+        for i, li in zip(agent_list, lanes_of):
+            xi, best = x_of[i], None
+            g_i = gap_l[i].item()
             for c in self.merge_partners[li]:
                 for j in on.get(c, ()):
-                    ahead = x[j] - self.meet[c][li] + self.meet[li][c] - x[i]   # j's lead over i, centres
+                    ahead = x_of[j] - meet[c][li] + meet[li][c] - xi   # j's lead over i, centres
                     if ahead > 0.0 or (ahead == 0.0 and j < i):
-                        g = ahead - half[i] - half[j]
-                        if g < gap_l[i]:
-                            lead[i], gap_l[i] = j, g
+                        g = ahead - half_list[i] - half_list[j]
+                        if g < g_i:
+                            best, g_i = j, g
+            if best is not None:
+                lead[i], gap_l[i] = best, g_i
         return lead, gap_l
 
     def _idm(self, v_l, gap_l, gate_gap) -> np.ndarray:
