@@ -66,7 +66,7 @@ class _Padded:
         # branch is still in the way there, so treat it as if it were on this route
         for lane_idx, base in zip(r.entry_lane, r.entry_base):
             for sib, shift in table.siblings[lane_idx]:
-                if np.isnan(self.on_route[i, sib]):
+                if math.isnan(self.on_route[i, sib]):
                     self.on_route[i, sib] = base + shift
         for g, (gs, gl) in enumerate(r.gates):
             self.gate[i, g] = gs
@@ -83,6 +83,7 @@ class VehicleSimulation:
                  crosswalk_busy: np.ndarray, red: Optional[np.ndarray], priority: Optional[np.ndarray] = None,
                  merges: Set[Tuple[int, int]] = frozenset()):
         self.n = len(drivers)
+        self._inf_n = np.full(self.n, np.inf)
         self.ar = np.arange(self.n)
         self.table = table
         self.pad = _Padded(drivers, table, speed_limits)
@@ -100,8 +101,8 @@ class VehicleSimulation:
         for conf in table.conflicts:
             for c, _ in conf:
                 self.watched[c] = True
-        self.busy_sets = ([frozenset(np.nonzero(row)[0].tolist()) for row in crosswalk_busy]
-                          if crosswalk_busy.size else None)
+        # [steps, crosswalks] pedestrians on each crosswalk; turned into sets only for the steps that ask
+        self.crosswalk_busy = crosswalk_busy if crosswalk_busy.size else None
         self.red = red                      # [steps, lanes] signal shows red for that connector (or None)
         self.priority = np.full(table.total, -1) if priority is None else priority   # [lanes], -1: no rule
         self.merging = np.zeros(table.total, dtype=bool)   # connectors that merge into another's exit lane
@@ -119,12 +120,43 @@ class VehicleSimulation:
                 self.meet[lane][c] = at
         self.stop_done = [-1] * self.n
         self.stop_timer = [0] * self.n
+        # plain-Python copies of per-lane and per-agent constants for the scalar right-of-way checks
+        self.needs_stop = np.asarray(table.needs_stop, dtype=bool)
+        self.needs_stop_list = [bool(x) for x in table.needs_stop]
+        self.priority_list = self.priority.tolist()
+        self.half_list = self.half.tolist()
+        self.a_max_list = self.a_max.tolist()
+        self.ns_or_nopri = self.needs_stop | (self.priority < 0)   # lanes whose approaching agents never count
         self.s = np.array([d.s for d in drivers])
         self.v = np.array([d.v for d in drivers])
         self.acc = np.zeros(self.n)
         self.k = (self.pad.start <= self.s[:, None]).sum(1) - 1
+        self._entries_moved()
         self.gptr = (self.pad.gate < (self.s + self.half)[:, None]).sum(1)   # next gate ahead of the front
+        self._gates_moved()
+        # entry pointers of the front and rear bumpers (positions only grow, so they only move on)
+        self.k_front = (self.pad.start <= (self.s + self.half)[:, None]).sum(1) - 1
+        self.k_rear = np.maximum((self.pad.start <= (self.s - self.half)[:, None]).sum(1) - 1, 0)
+        self._bumpers_moved()
         self._settle_initial_speeds()
+
+    # The route entries and gates that the pointers select change only when an agent passes a boundary, so
+    # what is looked up through them is kept until a pointer moves.
+    def _entries_moved(self) -> None:
+        p, ar, k = self.pad, self.ar, self.k
+        self.lane, self.lane2 = p.lane[ar, k], p.lane2[ar, k]
+        self.base, self.base2 = p.base[ar, k], p.base2[ar, k]
+        self.next_start = p.start[ar, k + 1]
+
+    def _gates_moved(self) -> None:
+        p, ar, gptr = self.pad, self.ar, self.gptr
+        self.gate_s, self.gate_lane = p.gate[ar, gptr], p.gate_lane[ar, gptr]
+
+    def _bumpers_moved(self) -> None:
+        p, ar = self.pad, self.ar
+        self.front, self.rear = p.lane[ar, self.k_front], p.lane[ar, self.k_rear]
+        self.rear_base = p.base[ar, self.k_rear]
+        self.front_next, self.rear_next = p.start[ar, self.k_front + 1], p.start[ar, self.k_rear + 1]
 
     def _settle_initial_speeds(self) -> None:
         """Seeded agents start no faster than they could stop for their next gate and behind their leader."""
@@ -133,7 +165,7 @@ class VehicleSimulation:
         gptr = (p.gate < (s + self.half)[:, None]).sum(1)
         first_gate = p.gate[self.ar, gptr] - s - self.half
         gate_lane = p.gate_lane[self.ar, gptr]
-        closed = np.array(self.table.needs_stop)[gate_lane] | (self.red[0, gate_lane] if self.red is not None else False)
+        closed = self.needs_stop[gate_lane] | (self.red[0, gate_lane] if self.red is not None else False)
         v = np.where(closed, np.minimum(v, np.sqrt(3.0 * np.maximum(first_gate - 2.0, 0.0))), v)
         for _ in range(3):      # repeated so that platoons settle
             lead, gap, _, _ = self.leaders()
@@ -142,29 +174,28 @@ class VehicleSimulation:
                                                    0.0) / 4.0)
         self.v = v
 
-    @np.errstate(invalid='ignore')   # NaN (a lane that is not on a route) compares False, as intended
     def leaders(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(leader index [N], bumper gap [N], primary lane [N], secondary lane [N]) at the current state.
 
         rel[i, j] is how far agent j is ahead of agent i along i's route (NaN when j's lane is not on it;
-        exactly 0 for i itself). Agents changing lanes are also looked up through their secondary lane."""
-        p, k, s, ar = self.pad, self.k, self.s, self.ar
-        lane = p.lane[ar, k]
-        lane2 = p.lane2[ar, k]
+        exactly 0 for i itself). Agents changing lanes are also looked up through their secondary lane. Called
+        under np.errstate(invalid='ignore') (see simulate_vehicles)."""
+        p, s, ar = self.pad, self.s, self.ar
+        lane, lane2 = self.lane, self.lane2
         rel = p.on_route[:, lane]
-        rel += s - p.base[ar, k]
+        rel += s - self.base
         rel -= s[:, None]
         ahead = np.where(rel > 0, rel, np.inf)
-        changing = np.nonzero(lane2 != lane)[0]
+        changing = (lane2 != lane).nonzero()[0]
         if len(changing):
             rel2 = p.on_route[:, lane2[changing]]
-            rel2 += s[changing] - p.base2[changing, k[changing]]
+            rel2 += s[changing] - self.base2[changing]
             rel2 -= s[:, None]
             ahead[:, changing] = np.minimum(ahead[:, changing], np.where(rel2 > 0, rel2, np.inf))
         ahead -= self.half_sum
         lead = ahead.argmin(1)
         gap = ahead[ar, lead]
-        overlapped = np.nonzero(gap < 0)[0]
+        overlapped = (gap < 0).nonzero()[0]
         if len(overlapped):
             # a vehicle beside us that is already faster is pulling away, not a reason for an emergency stop
             sub = ahead[overlapped]
@@ -176,53 +207,78 @@ class VehicleSimulation:
     def _clear_of(self, lane, lane2) -> Dict[int, float]:
         """clear_of[lane]: how far along that lane the rearmost vehicle touching it has its rear bumper (-inf when
         one is just entering or has claimed it). A conflict blocks until that rear passes where paths meet."""
-        p, s, ar, half = self.pad, self.s, self.ar, self.half
-        k_front = (p.start <= (s + half)[:, None]).sum(1) - 1
-        k_rear = np.maximum((p.start <= (s - half)[:, None]).sum(1) - 1, 0)
-        front = p.lane[ar, k_front]
-        rear = p.lane[ar, k_rear]
-        rear_local = s - half - p.base[ar, k_rear]
+        s, half = self.s, self.half
+        start = self.pad.start
+        ar = self.ar
+        moved = False
+        adv = self.front_next <= s + half
+        while np.count_nonzero(adv):
+            self.k_front += adv
+            self.front_next = start[ar, self.k_front + 1]
+            adv = self.front_next <= s + half
+            moved = True
+        rear_s = s - half
+        adv = self.rear_next <= rear_s
+        while np.count_nonzero(adv):
+            self.k_rear += adv
+            self.rear_next = start[ar, self.k_rear + 1]
+            adv = self.rear_next <= rear_s
+            moved = True
+        if moved:
+            p = self.pad
+            self.front, self.rear = p.lane[ar, self.k_front], p.lane[ar, self.k_rear]
+            self.rear_base = p.base[ar, self.k_rear]
+        front, rear = self.front, self.rear
+        rear_local = rear_s - self.rear_base
         w = self.watched
-        touching = np.nonzero(w[lane] | w[lane2] | w[front] | w[rear])[0]
+        touching = (w[lane] | w[lane2] | w[front] | w[rear]).nonzero()[0]
         clear_of: Dict[int, float] = {}
+        inf = math.inf
         for l1, l2, lf, lr, r_local in zip(lane[touching].tolist(), lane2[touching].tolist(),
                                            front[touching].tolist(), rear[touching].tolist(),
                                            rear_local[touching].tolist()):
-            marks = {l1: -np.inf, l2: -np.inf, lf: -np.inf}   # lanes it is entering
-            marks[lr] = r_local                                  # the lane its rear is in
-            for lane_i, pos_i in marks.items():
-                if pos_i < clear_of.get(lane_i, np.inf):
-                    clear_of[lane_i] = pos_i
+            # lanes it is entering are claimed; the lane its rear is in is clear behind the rear bumper
+            if l1 != lr:
+                clear_of[l1] = -inf
+            if l2 != lr:
+                clear_of[l2] = -inf
+            if lf != lr:
+                clear_of[lf] = -inf
+            if r_local < clear_of.get(lr, inf):
+                clear_of[lr] = r_local
         self._front = front
         return clear_of
 
     def _gates(self, t: int, lead, gap_l, lane, lane2):
         """(distance to a closed gate [N] (inf when open), hard stop [N], gate position [N]) at step t."""
-        p, s, half, ar = self.pad, self.s, self.half, self.ar
+        s, half = self.s, self.half
         gptr = self.gptr
-        adv = p.gate[ar, gptr] < s + half         # positions only grow: move the pointers on when passed
-        while adv.any():
-            gptr += adv
-            adv = p.gate[ar, gptr] < s + half
-        g_s = p.gate[ar, gptr]
+        front_s = s + half
+        adv = self.gate_s < front_s         # positions only grow: move the pointers on when passed
+        if np.count_nonzero(adv):
+            while np.count_nonzero(adv):
+                gptr += adv
+                adv = self.pad.gate[self.ar, gptr] < front_s
+            self._gates_moved()
+        g_s = self.gate_s
         d_gate = g_s - s - half
-        self._next_gate_lane, self._d_gate = p.gate_lane[ar, gptr], d_gate
-        gate_gap = np.full(self.n, np.inf)
+        self._next_gate_lane, self._d_gate = self.gate_lane, d_gate
+        gate_gap = self._inf_n.copy()
         hard_stop = np.zeros(self.n, dtype=bool)
         # agents queued behind a leader whose front has not reached the gate yet need no check
-        cand = np.nonzero((d_gate < GATE_LOOKAHEAD) & (gap_l + 2 * half[lead] > d_gate))[0]
+        cand = ((d_gate < GATE_LOOKAHEAD) & (gap_l + 2 * half[lead] > d_gate)).nonzero()[0]
         if not len(cand):
             return gate_gap, hard_stop, g_s
         clear_of = self._clear_of(lane, lane2)
         self._approach = None     # computed when first asked for in this step
         self._t = t
-        busy = self.busy_sets[t] if self.busy_sets is not None else frozenset()
+        busy = (frozenset(self.crosswalk_busy[t].nonzero()[0].tolist()) if self.crosswalk_busy is not None
+                else frozenset())
         red = self.red[t] if self.red is not None else None
         lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
-        order = cand[np.argsort(d_gate[cand])].tolist()
-        gl_list = p.gate_lane[order, gptr[order]].tolist()
-        for i, gl, dist, vi, gp in zip(order, gl_list, d_gate[order].tolist(), self.v[order].tolist(),
-                                       gptr[order].tolist()):
+        order = cand[np.argsort(d_gate[cand])]
+        for i, gl, dist, vi, gp in zip(order.tolist(), self._next_gate_lane[order].tolist(), d_gate[order].tolist(),
+                                       self.v[order].tolist(), gptr[order].tolist()):
             verdict = self._gate_verdict(i, gl, dist, vi, gp, clear_of, busy, red, lists)
             if verdict is not None:
                 gate_gap[i] = dist
@@ -232,13 +288,14 @@ class VehicleSimulation:
     def _approaching(self, t: int, d_gate: np.ndarray, gate_lane: np.ndarray) -> Dict[int, List[Tuple[float, float]]]:
         """approach[lane]: (distance, speed) of the moving agents heading for that intersection connector, not
         held by a red signal or a stop sign."""
-        moving = (d_gate < PRIORITY_RANGE) & (self.v > 1.5) & (self.priority[gate_lane] >= 0)
-        moving &= ~np.asarray(self.table.needs_stop)[gate_lane]
+        v = self.v
+        excluded = self.ns_or_nopri[gate_lane]
         if self.red is not None:
-            moving &= ~self.red[t, gate_lane]
+            excluded |= self.red[t, gate_lane]
+        moving = ((d_gate < PRIORITY_RANGE) & (v > 1.5) & ~excluded).nonzero()[0]
         approach: Dict[int, List[Tuple[float, float]]] = {}
-        for i in np.nonzero(moving)[0].tolist():
-            approach.setdefault(int(gate_lane[i]), []).append((float(d_gate[i]), float(self.v[i])))
+        for gl, d, vi in zip(gate_lane[moving].tolist(), d_gate[moving].tolist(), v[moving].tolist()):
+            approach.setdefault(gl, []).append((d, vi))
         return approach
 
     def _gap_too_short(self, i: int, gl: int, dist: float, vi: float) -> bool:
@@ -247,23 +304,28 @@ class VehicleSimulation:
         ACCEPTED_GAP), or one on any conflicting lane that is too close to stop."""
         if self._approach is None:
             self._approach = self._approaching(self._t, self._d_gate, self._next_gate_lane)
-        own = self.priority[gl]
-        a = self.a_max[i]
+        approach = self._approach
+        if not approach:
+            return False
+        priority = self.priority_list
+        own = priority[gl]
+        a = self.a_max_list[i]
         for c, at in self.crossing[gl]:
-            higher = self.priority[c] > own >= 0
+            if c not in approach:
+                continue
+            higher = priority[c] > own >= 0
             if higher:
                 # time for i to get its rear past the meeting point, accelerating from vi
-                d_clear = dist + self.meet[gl].get(c, 0.0) + 2.0 * self.half[i]
+                d_clear = dist + self.meet[gl].get(c, 0.0) + 2.0 * self.half_list[i]
                 needed = max(ACCEPTED_GAP, (math.sqrt(vi * vi + 2.0 * a * d_clear) - vi) / a + CLEAR_MARGIN)
-            for d, v in self._approach.get(c, ()):
+            for d, v in approach[c]:
                 if (higher and d + at < needed * v) or d < v * v / (2 * COMMIT_DECEL) + 1.0:
                     return True
         return False
 
     def _gate_verdict(self, i, gl, dist, vi, gp, clear_of, busy, red, lists) -> Optional[bool]:
         """None: agent i may enter gate lane gl; else it must wait (True: stop hard at the line)."""
-        table = self.table
-        if table.needs_stop[gl] and self.stop_done[i] != gp:
+        if self.needs_stop_list[gl] and self.stop_done[i] != gp:
             # a full stop near the line, or a rolling one a little earlier
             if vi < self.stop_speed[i] and dist < (3.0 if self.dwell[i] else 5.0):
                 self.stop_timer[i] += SUBSTEPS
@@ -282,9 +344,14 @@ class VehicleSimulation:
         lead_list, gap_list, lane_list, front_list = lists
         j = lead_list[i]
         platoon = gap_list[i] < 15.0 and (lane_list[j] == gl or front_list[j] == gl)
-        blocked = not platoon and any(clear_of.get(c, np.inf) < at + 1.0 for c, at in self.crossing[gl])
+        blocked = False
+        if not platoon:
+            for c, at in self.crossing[gl]:
+                if c in clear_of and clear_of[c] < at + 1.0:
+                    blocked = True
+                    break
         blocked = blocked or (not committed and self._gap_too_short(i, gl, dist, vi))
-        if blocked or (not committed and not busy.isdisjoint(table.crosswalks[gl])):
+        if blocked or (not committed and busy and not busy.isdisjoint(self.table.crosswalks[gl])):
             return not committed
         if dist < max(12.0, vi * vi / (2 * COMMIT_DECEL) + 3.0):
             clear_of[gl] = -np.inf
@@ -294,29 +361,36 @@ class VehicleSimulation:
         """(leader [N], gap [N]) with vehicles on merging connectors as leaders: on (or within MERGE_VIEW
         metres before) two connectors that merge, the vehicle further along, measured from where the paths
         meet, leads the other."""
-        p, s, half, ar = self.pad, self.s, self.half, self.ar
+        s, half = self.s, self.half
         next_lane, d_gate = self._next_gate_lane, self._d_gate     # set by _gates this step
         inside = self.merging[lane]
         near = inside | (self.merging[next_lane] & (d_gate < MERGE_VIEW))
         if np.count_nonzero(near) < 2:
             return lead, gap_l
-        agents = np.nonzero(near)[0]
+        agents = near.nonzero()[0]
         own_lane = np.where(inside, lane, next_lane)
         # centre position along the own connector (negative before its start)
-        x = np.where(inside, s - p.base[ar, self.k], -d_gate - half)
+        x = np.where(inside, s - self.base, -d_gate - half)
+        agent_list = agents.tolist()
+        lanes_of = own_lane[agents].tolist()
+        x_of = dict(zip(agent_list, x[agents].tolist()))
         on: Dict[int, List[int]] = {}
-        for j in agents.tolist():
-            on.setdefault(int(own_lane[j]), []).append(j)
+        for j, lj in zip(agent_list, lanes_of):
+            on.setdefault(lj, []).append(j)
         lead, gap_l = lead.copy(), gap_l.copy()
-        for i in agents.tolist():
-            li = int(own_lane[i])
+        half_list, meet = self.half_list, self.meet
+        for i, li in zip(agent_list, lanes_of):
+            xi, best = x_of[i], None
+            g_i = gap_l[i].item()
             for c in self.merge_partners[li]:
                 for j in on.get(c, ()):
-                    ahead = x[j] - self.meet[c][li] + self.meet[li][c] - x[i]   # j's lead over i, centres
+                    ahead = x_of[j] - meet[c][li] + meet[li][c] - xi   # j's lead over i, centres
                     if ahead > 0.0 or (ahead == 0.0 and j < i):
-                        g = ahead - half[i] - half[j]
-                        if g < gap_l[i]:
-                            lead[i], gap_l[i] = j, g
+                        g = ahead - half_list[i] - half_list[j]
+                        if g < g_i:
+                            best, g_i = j, g
+            if best is not None:
+                lead[i], gap_l[i] = best, g_i
         return lead, gap_l
 
     def _idm(self, v_l, gap_l, gate_gap) -> np.ndarray:
@@ -328,19 +402,21 @@ class VehicleSimulation:
         vh = v * self.headway
         inter = (self.min_gap + np.maximum(vh + v * (v - v_l) / self.sqrt_ab, 0.0)) / np.maximum(gap_l, 0.1)
         inter *= inter
-        if np.isfinite(gate_gap).any():
+        if np.count_nonzero(np.isfinite(gate_gap)):
             inter_g = (1.0 + vh + v * v / self.sqrt_ab) / np.maximum(gate_gap, 0.1)
             np.maximum(inter, inter_g * inter_g, out=inter)
-        return np.clip(self.a_max * (1.0 - ratio - inter), -9.0, self.a_max)
+        return np.minimum(np.maximum(self.a_max * (1.0 - ratio - inter), -9.0), self.a_max)
 
     def step(self, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Advance by SUBSTEPS * DT; returns (s, v, acceleration, clamp) of the step (clamp: positions that
         must not be passed within the step, or None)."""
         p = self.pad
-        adv = p.start[self.ar, self.k + 1] <= self.s   # short entries: a few boundaries may pass in one step
-        while adv.any():
-            self.k += adv
-            adv = p.start[self.ar, self.k + 1] <= self.s
+        adv = self.next_start <= self.s   # short entries: a few boundaries may pass in one step
+        if np.count_nonzero(adv):
+            while np.count_nonzero(adv):
+                self.k += adv
+                adv = p.start[self.ar, self.k + 1] <= self.s
+            self._entries_moved()
         lead, gap_l, lane, lane2 = self.leaders()
         gate_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
         if self.merge_partners:
@@ -353,10 +429,11 @@ class VehicleSimulation:
         acc = (v_new - self.v) / sim_dt                        # a stop within the step: decelerate exactly to 0
         s_new = self.s + 0.5 * (self.v + v_new) * sim_dt
         clamped = None
-        if hard_stop.any():         # never roll over a line that is not clear (unless too close to stop)
+        # never roll over a line that is not clear (unless too close to stop)
+        if np.count_nonzero(hard_stop):
             limit = np.where(hard_stop, np.maximum(g_s - self.half - 0.05, self.s), np.inf)
             over = s_new > limit
-            if over.any():
+            if np.count_nonzero(over):
                 s_new = np.where(over, limit, s_new)
                 v_new = np.where(over, 0.0, v_new)
                 clamped = s_new
@@ -373,23 +450,30 @@ def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: Lis
                       ) -> Tuple[np.ndarray, np.ndarray]:
     """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents (priority [lanes]: see
     signals.connector_priority)."""
-    sim = VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority, merges)
+    # NaN (a lane that is not on a route) compares False in `leaders`, as intended
+    with np.errstate(invalid='ignore'):
+        return _run(VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority, merges), steps)
+
+
+def _run(sim: VehicleSimulation, steps: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Route positions s [N, steps] and speeds [N, steps] sampled at DT while `sim` integrates."""
     s_hist = np.empty((sim.n, steps))
     v_hist = np.empty((sim.n, steps))
     s_hist[:, 0], v_hist[:, 0] = sim.s, sim.v
-    end = sim.pad.route_end
+    end = sim.pad.route_end[:, None]
+    # samples in between the integration steps, under the step's constant acceleration
+    offsets = np.arange(1, SUBSTEPS) * DT           # j * DT, j = 1 .. SUBSTEPS - 1
+    half_sq = 0.5 * offsets ** 2
     for t in range(0, steps - 1, SUBSTEPS):
         s, v, acc, clamped = sim.step(t)
-        for j in range(1, SUBSTEPS + 1):
-            if t + j >= steps:
-                break
-            if j == SUBSTEPS:
-                s_j, v_j = sim.s, sim.v
-            else:
-                s_j = s + v * (j * DT) + (0.5 * (j * DT) ** 2) * acc
-                v_j = v + acc * (j * DT)
-                if clamped is not None:
-                    s_j = np.minimum(s_j, clamped)
-            s_hist[:, t + j] = np.minimum(s_j, end)
-            v_hist[:, t + j] = v_j
+        inner = min(SUBSTEPS - 1, steps - 1 - t)
+        if inner > 0:
+            s_j = s[:, None] + v[:, None] * offsets[:inner] + half_sq[:inner] * acc[:, None]
+            if clamped is not None:
+                np.minimum(s_j, clamped[:, None], out=s_j)
+            s_hist[:, t + 1:t + 1 + inner] = np.minimum(s_j, end)
+            v_hist[:, t + 1:t + 1 + inner] = v[:, None] + acc[:, None] * offsets[:inner]
+        if t + SUBSTEPS < steps:
+            s_hist[:, t + SUBSTEPS] = np.minimum(sim.s, end[:, 0])
+            v_hist[:, t + SUBSTEPS] = sim.v
     return s_hist, v_hist

@@ -63,7 +63,7 @@ def make_driver(rng, object_type: str, route: Route, s: float, v_desired: float,
                   dwell=int(rng.integers(*STOP_DWELL)) if full_stop else 0,
                   stop_speed=0.3 if full_stop else float(rng.uniform(*ROLLING_STOP_SPEED)),
                   reaction=float(rng.uniform(0.3, 0.9)),
-                  lateral_bias=float(np.clip(rng.normal(0.0, lateral_sd), -2.5 * lateral_sd, 2.5 * lateral_sd)),
+                  lateral_bias=min(max(float(rng.normal(0.0, lateral_sd)), -2.5 * lateral_sd), 2.5 * lateral_sd),
                   wander=(float(rng.uniform(0.03, 0.2)), float(rng.uniform(40.0, 140.0)),
                           float(rng.uniform(0.0, 2 * np.pi))), is_av=is_av)
 

@@ -128,6 +128,8 @@ def insert_lane_change(rng, road_map, table, prof, chain: List[int], first: int,
 
 def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
     """Concatenate the lanes (and lane-change blends) of `elements` into one route with lane bookkeeping."""
+    if all(element[0] == 'lane' for element in elements):
+        return _lane_route(table, [element[1] for element in elements])
     parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     offsets: List[float] = []       # route s of each part's lane-local s = 0
     shifts: List[float] = []        # multiples of 2 pi that keep the heading continuous
@@ -216,6 +218,35 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
                   curvature=np.concatenate([part[3] for part in parts]), entry_start=entry_start,
                   entry_lane=entry_lane, entry_base=entry_base, entry_lane2=entry_lane2, entry_base2=entry_base2,
                   gates=gates, turns=turns)
+
+
+def _lane_route(table: LaneTable, chain: List[int]) -> Route:
+    """`build_route` for a plain chain of lane indices (no lane change): the same route, built in fewer steps."""
+    two_pi = 2 * math.pi
+    lengths, heading_ends, gated, is_turn = table.lengths, table.heading_ends, table.gated, table.is_turn
+    first = chain[0]
+    parts = [(table.points[first], table.arc[first], table.heading[first], table.curvature[first])]
+    parts += [table.tails[idx] for idx in chain[1:]]
+    starts: List[float] = []
+    shifts = [0.0]
+    pos = 0.0
+    last_heading = heading_ends[first][2]
+    for n, idx in enumerate(chain):
+        if n:   # consecutive lanes share their joint point
+            _, h_second, h_last = heading_ends[idx]
+            shift = two_pi * round((last_heading - h_second) / two_pi)
+            shifts.append(shift)
+            last_heading = h_last + shift
+        starts.append(pos)
+        pos += lengths[idx]
+    counts = [len(part[0]) for part in parts]
+    return Route(points=np.concatenate([part[0] for part in parts]),
+                 s=np.concatenate([part[1] for part in parts]) + np.repeat(starts, counts),
+                 heading=np.concatenate([part[2] for part in parts]) + np.repeat(shifts, counts),
+                 curvature=np.concatenate([part[3] for part in parts]), entry_start=starts,
+                 entry_lane=list(chain), entry_base=list(starts), entry_lane2=list(chain), entry_base2=list(starts),
+                 gates=[(pos_, idx) for pos_, idx in zip(starts, chain) if gated[idx]],
+                 turns=sum(is_turn[idx] for idx in chain))
 
 
 def speed_profile(route: Route, v_desired: float, lateral_acc: float, comfort_dec: float) -> np.ndarray:
