@@ -12,7 +12,7 @@ from datasets.synthetic.geometry import line_intersection, smooth_connectors
 from datasets.synthetic.profiles import SyntheticProfile
 from datasets.synthetic.road_network import (CONFLICT_DISTANCE, DENSE_SPACING, SIDEWALK_OFFSET, ArmGeometry, Crosswalk,
                                              Lane, RoadMap, choice, IdAllocator, smoothstep, split_interval, link,
-                                             random_ground)
+                                             link_lane_grid, random_ground)
 
 
 @dataclass
@@ -364,14 +364,7 @@ def _build_road_lanes(rng, prof, ids, road: _Road, s0: float, s1: float, lanes: 
                 pending.append((lane, (road, s_a, s_b, lat, not forward)))
                 lanes[lane.id] = lane
                 bikes.append(lane.id)
-        # topology along and across
-        for k in range(count):
-            for q in range(n_pieces - 1):
-                link(lanes, grid[k][q], grid[k][q + 1])
-            for q in range(n_pieces):
-                if k > 0:
-                    lanes[grid[k][q]].left_neighbor = lanes[grid[k][q]].left_same = grid[k - 1][q]
-                    lanes[grid[k - 1][q]].right_neighbor = lanes[grid[k - 1][q]].right_same = grid[k][q]
+        link_lane_grid(lanes, grid)
         for q in range(len(bikes)):
             if q + 1 < len(bikes):
                 link(lanes, bikes[q], bikes[q + 1])

@@ -10,7 +10,7 @@ import numpy as np
 from datasets.synthetic.geometry import offset, resample_spacing, unit_normals
 from datasets.synthetic.profiles import SyntheticProfile
 from datasets.synthetic.road_network import (DENSE_SPACING, Lane, RoadMap, choice, IdAllocator, smoothstep, split_interval,
-                                             link, random_ground)
+                                             link, link_lane_grid, random_ground)
 
 
 def build_highway(rng: np.random.Generator, prof: SyntheticProfile) -> RoadMap:
@@ -53,13 +53,7 @@ def build_highway(rng: np.random.Generator, prof: SyntheticProfile) -> RoadMap:
                             right_mark='DASHED_WHITE' if k < n_lanes - 1 else 'SOLID_WHITE')
                 lanes[lane.id] = lane
                 grid[k].append(lane.id)
-        for k in range(n_lanes):
-            for q in range(n_pieces - 1):
-                link(lanes, grid[k][q], grid[k][q + 1])
-            for q in range(n_pieces):
-                if k > 0:
-                    lanes[grid[k][q]].left_neighbor = lanes[grid[k][q]].left_same = grid[k - 1][q]
-                    lanes[grid[k - 1][q]].right_neighbor = lanes[grid[k - 1][q]].right_same = grid[k][q]
+        link_lane_grid(lanes, grid)
         grids[forward] = grid
 
     areas: List[Tuple[int, np.ndarray]] = []

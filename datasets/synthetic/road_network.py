@@ -163,3 +163,16 @@ def link(lanes: Dict[int, Lane], a: int, b: int) -> None:
         lanes[a].successors.append(b)
     if a not in lanes[b].predecessors:
         lanes[b].predecessors.append(a)
+
+
+def link_lane_grid(lanes: Dict[int, Lane], grid: List[List[int]]) -> None:
+    """Topology of one direction of a road: ``grid[k][q]`` is the lane id of lane k (0: leftmost) in piece q along
+    the road; each lane links to its next piece, and side by side lanes are each other's same-direction
+    neighbours."""
+    for k, row in enumerate(grid):
+        for q in range(len(row) - 1):
+            link(lanes, row[q], row[q + 1])
+        if k > 0:
+            for q, lane_id in enumerate(row):
+                lanes[lane_id].left_neighbor = lanes[lane_id].left_same = grid[k - 1][q]
+                lanes[grid[k - 1][q]].right_neighbor = lanes[grid[k - 1][q]].right_same = lane_id
