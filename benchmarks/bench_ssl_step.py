@@ -47,7 +47,6 @@ Examples:
   done
 """
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -117,26 +116,6 @@ def load_scenes(data_root: str) -> List:
     if not scenes:
         raise SystemExit(f'bench_ssl_step: {data_root}: no Argoverse 2 scenario folders')
     return scenes
-
-
-def crop_scene(data, radius: float):
-    """The agents (observed at the current step) and map polygons (with their points) within ``radius`` metres of
-    the AV at the last history step: a smaller real scene."""
-    agent, steps = data['agent'], AV2_SSL_CONFIG['num_historical_steps']
-    av = int(agent['av_index'])
-    center = agent['position'][av, steps - 1, :2]
-    near = (agent['position'][:, steps - 1, :2] - center).norm(dim=-1) < radius
-    keep_agents = (near & agent['valid_mask'][:, steps - 1]).nonzero().squeeze(1)
-    keep_polygons = ((data['map_polygon']['position'][:, :2] - center).norm(dim=-1) < radius).nonzero().squeeze(1)
-    point_polygon = data['map_point', 'to', 'map_polygon']['edge_index'][1]
-    keep_points = torch.isin(point_polygon, keep_polygons).nonzero().squeeze(1)
-    ids = agent['id']
-    data = data.clone()
-    del data['agent'].id
-    sub = data.subgraph({'agent': keep_agents, 'map_polygon': keep_polygons, 'map_point': keep_points})
-    sub['agent']['id'] = [ids[i] for i in keep_agents.tolist()]
-    sub['agent']['av_index'] = int((keep_agents == av).nonzero()[0, 0])
-    return sub
 
 
 def view_windows(scenes: List, batch_size: int, seed: int) -> List[Tuple[object, int, int]]:
@@ -288,7 +267,9 @@ def main(argv=None) -> int:
     modules = official_modules(args.official_repo) if args.impl == 'official' else None
     scenes = load_scenes(args.data_root)
     if args.crop_radius is not None:
-        scenes = [crop_scene(scene, args.crop_radius) for scene in scenes]
+        from utils.scene_crop import crop_scene
+        current = AV2_SSL_CONFIG['num_historical_steps'] - 1
+        scenes = [crop_scene(scene, args.crop_radius, current) for scene in scenes]
     items = view_windows(scenes, args.batch_size, args.seed)
     pl.seed_everything(args.seed, verbose=False)
     model = build_model(args, modules)

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from torch_geometric.data import HeteroData
 from torch_geometric.loader import DataLoader
 
 from modules.backbone import SSLBackbone, available_backbones, build_backbone, register_backbone
 from predictors.smartpretrain import SmartPretrain
 from transforms.ssl_views import SSLViews
+from utils.scene_crop import crop_scene  # noqa: F401  (other test modules import it from here)
 
 from tiny_configs import TINY_QCNET_SSL
 from sample_data import AV2_TRAIN_DIR, SPEC_DIR
@@ -19,25 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = AV2_TRAIN_DIR
 SPEC = SPEC_DIR / 'smartpretrain_checkpoint_keys.tsv'
 SCENARIOS = ['0a0a2bb7-c4f4-44cd-958a-9ee15cb34aca', '0a1e6f0a-1817-4a98-b02e-db8c9327d151']
-
-
-def crop_scene(data: HeteroData, radius: float) -> HeteroData:
-    """The agents (observed at the current step) and map polygons within ``radius`` of the AV: a smaller real scene."""
-    agent = data['agent']
-    av = agent['av_index']
-    center = agent['position'][av, 49, :2]
-    near = (agent['position'][:, 49, :2] - center).norm(dim=-1) < radius
-    keep_agents = (near & agent['valid_mask'][:, 49]).nonzero().squeeze(1)
-    keep_polygons = ((data['map_polygon']['position'][:, :2] - center).norm(dim=-1) < radius).nonzero().squeeze(1)
-    point_polygon = data['map_point', 'to', 'map_polygon']['edge_index'][1]
-    keep_points = torch.isin(point_polygon, keep_polygons).nonzero().squeeze(1)
-    ids = agent['id']
-    data = data.clone()
-    del data['agent'].id
-    sub = data.subgraph({'agent': keep_agents, 'map_polygon': keep_polygons, 'map_point': keep_points})
-    sub['agent']['id'] = [ids[i] for i in keep_agents.tolist()]
-    sub['agent']['av_index'] = int((keep_agents == av).nonzero()[0, 0])
-    return sub
 
 
 def real_scenes(radius: float = 30.0):
