@@ -76,6 +76,20 @@ class _Padded:
         self.route_end[i] = r.s[-1] - 1.0
 
 
+class _Flat:
+    """One-dimensional views of the `_Padded` arrays and each agent's row offset into them: looking up one
+    element per agent in a flat array is cheaper than a two-dimensional fancy index."""
+
+    def __init__(self, pad: _Padded):
+        n = len(pad.route_end)
+        self.entry_row = np.arange(n) * pad.start.shape[1]
+        self.gate_row = np.arange(n) * pad.gate.shape[1]
+        self.vlim_row = np.arange(n) * pad.vlim.shape[1]
+        self.start, self.lane, self.base = pad.start.ravel(), pad.lane.ravel(), pad.base.ravel()
+        self.lane2, self.base2 = pad.lane2.ravel(), pad.base2.ravel()
+        self.gate, self.gate_lane, self.vlim = pad.gate.ravel(), pad.gate_lane.ravel(), pad.vlim.ravel()
+
+
 class VehicleSimulation:
     """State and one integration step of all lane-following agents (see the module docstring)."""
 
@@ -83,11 +97,12 @@ class VehicleSimulation:
                  crosswalk_busy: np.ndarray, red: Optional[np.ndarray], priority: Optional[np.ndarray] = None,
                  merges: Set[Tuple[int, int]] = frozenset()):
         self.n = len(drivers)
-        self._inf_n = np.full(self.n, np.inf)
         self.ar = np.arange(self.n)
         self.table = table
         self.pad = _Padded(drivers, table, speed_limits)
-        self.half = np.array([d.length for d in drivers]) / 2
+        self.flat = _Flat(self.pad)
+        self.length = np.array([d.length for d in drivers])
+        self.half = self.length / 2
         self.half_sum = self.half[:, None] + self.half[None, :]
         self.a_max = np.array([d.a_max for d in drivers])
         self.sqrt_ab = 2.0 * np.sqrt(self.a_max * np.array([d.b_comf for d in drivers]))
@@ -143,20 +158,23 @@ class VehicleSimulation:
     # The route entries and gates that the pointers select change only when an agent passes a boundary, so
     # what is looked up through them is kept until a pointer moves.
     def _entries_moved(self) -> None:
-        p, ar, k = self.pad, self.ar, self.k
-        self.lane, self.lane2 = p.lane[ar, k], p.lane2[ar, k]
-        self.base, self.base2 = p.base[ar, k], p.base2[ar, k]
-        self.next_start = p.start[ar, k + 1]
+        f = self.flat
+        at = f.entry_row + self.k
+        self.lane, self.lane2 = f.lane[at], f.lane2[at]
+        self.base, self.base2 = f.base[at], f.base2[at]
+        self.next_start = f.start[at + 1]
 
     def _gates_moved(self) -> None:
-        p, ar, gptr = self.pad, self.ar, self.gptr
-        self.gate_s, self.gate_lane = p.gate[ar, gptr], p.gate_lane[ar, gptr]
+        f = self.flat
+        at = f.gate_row + self.gptr
+        self.gate_s, self.gate_lane = f.gate[at], f.gate_lane[at]
 
     def _bumpers_moved(self) -> None:
-        p, ar = self.pad, self.ar
-        self.front, self.rear = p.lane[ar, self.k_front], p.lane[ar, self.k_rear]
-        self.rear_base = p.base[ar, self.k_rear]
-        self.front_next, self.rear_next = p.start[ar, self.k_front + 1], p.start[ar, self.k_rear + 1]
+        f = self.flat
+        front, rear = f.entry_row + self.k_front, f.entry_row + self.k_rear
+        self.front, self.rear = f.lane[front], f.lane[rear]
+        self.rear_base = f.base[rear]
+        self.front_next, self.rear_next = f.start[front + 1], f.start[rear + 1]
 
     def _settle_initial_speeds(self) -> None:
         """Seeded agents start no faster than they could stop for their next gate and behind their leader."""
@@ -208,26 +226,26 @@ class VehicleSimulation:
         """clear_of[lane]: how far along that lane the rearmost vehicle touching it has its rear bumper (-inf when
         one is just entering or has claimed it). A conflict blocks until that rear passes where paths meet."""
         s, half = self.s, self.half
-        start = self.pad.start
-        ar = self.ar
+        f = self.flat
         moved = False
-        adv = self.front_next <= s + half
+        front_s = s + half
+        adv = self.front_next <= front_s
         while np.count_nonzero(adv):
             self.k_front += adv
-            self.front_next = start[ar, self.k_front + 1]
-            adv = self.front_next <= s + half
+            self.front_next = f.start[f.entry_row + self.k_front + 1]
+            adv = self.front_next <= front_s
             moved = True
         rear_s = s - half
         adv = self.rear_next <= rear_s
         while np.count_nonzero(adv):
             self.k_rear += adv
-            self.rear_next = start[ar, self.k_rear + 1]
+            self.rear_next = f.start[f.entry_row + self.k_rear + 1]
             adv = self.rear_next <= rear_s
             moved = True
         if moved:
-            p = self.pad
-            self.front, self.rear = p.lane[ar, self.k_front], p.lane[ar, self.k_rear]
-            self.rear_base = p.base[ar, self.k_rear]
+            rear_at = f.entry_row + self.k_rear
+            self.front, self.rear = f.lane[f.entry_row + self.k_front], f.lane[rear_at]
+            self.rear_base = f.base[rear_at]
         front, rear = self.front, self.rear
         rear_local = rear_s - self.rear_base
         w = self.watched
@@ -250,7 +268,8 @@ class VehicleSimulation:
         return clear_of
 
     def _gates(self, t: int, lead, gap_l, lane, lane2):
-        """(distance to a closed gate [N] (inf when open), hard stop [N], gate position [N]) at step t."""
+        """(waiting agents, their distance to the closed gate, those of them that stop hard at the line, gate
+        position [N]) at step t; the first three are lists."""
         s, half = self.s, self.half
         gptr = self.gptr
         front_s = s + half
@@ -258,17 +277,16 @@ class VehicleSimulation:
         if np.count_nonzero(adv):
             while np.count_nonzero(adv):
                 gptr += adv
-                adv = self.pad.gate[self.ar, gptr] < front_s
+                adv = self.flat.gate[self.flat.gate_row + gptr] < front_s
             self._gates_moved()
         g_s = self.gate_s
         d_gate = g_s - s - half
         self._next_gate_lane, self._d_gate = self.gate_lane, d_gate
-        gate_gap = self._inf_n.copy()
-        hard_stop = np.zeros(self.n, dtype=bool)
+        waiting, wait_gap, hard_stop = [], [], []
         # agents queued behind a leader whose front has not reached the gate yet need no check
-        cand = ((d_gate < GATE_LOOKAHEAD) & (gap_l + 2 * half[lead] > d_gate)).nonzero()[0]
+        cand = ((d_gate < GATE_LOOKAHEAD) & (gap_l + self.length[lead] > d_gate)).nonzero()[0]
         if not len(cand):
-            return gate_gap, hard_stop, g_s
+            return waiting, wait_gap, hard_stop, g_s
         clear_of = self._clear_of(lane, lane2)
         self._approach = None     # computed when first asked for in this step
         self._t = t
@@ -277,13 +295,17 @@ class VehicleSimulation:
         red = self.red[t] if self.red is not None else None
         lists = (lead.tolist(), gap_l.tolist(), lane.tolist(), self._front.tolist())
         order = cand[np.argsort(d_gate[cand])]
-        for i, gl, dist, vi, gp in zip(order.tolist(), self._next_gate_lane[order].tolist(), d_gate[order].tolist(),
-                                       self.v[order].tolist(), gptr[order].tolist()):
-            verdict = self._gate_verdict(i, gl, dist, vi, gp, clear_of, busy, red, lists)
+        gate_lanes, dists, speeds, pointers = (self._next_gate_lane.tolist(), d_gate.tolist(), self.v.tolist(),
+                                               gptr.tolist())
+        for i in order.tolist():
+            dist = dists[i]
+            verdict = self._gate_verdict(i, gate_lanes[i], dist, speeds[i], pointers[i], clear_of, busy, red, lists)
             if verdict is not None:
-                gate_gap[i] = dist
-                hard_stop[i] = verdict
-        return gate_gap, hard_stop, g_s
+                waiting.append(i)
+                wait_gap.append(dist)
+                if verdict:
+                    hard_stop.append(i)
+        return waiting, wait_gap, hard_stop, g_s
 
     def _approaching(self, t: int, d_gate: np.ndarray, gate_lane: np.ndarray) -> Dict[int, List[Tuple[float, float]]]:
         """approach[lane]: (distance, speed) of the moving agents heading for that intersection connector, not
@@ -393,18 +415,20 @@ class VehicleSimulation:
                 lead[i], gap_l[i] = best, g_i
         return lead, gap_l
 
-    def _idm(self, v_l, gap_l, gate_gap) -> np.ndarray:
-        """IDM acceleration [N] towards the local speed limit behind the leader and any closed gate."""
+    def _idm(self, v_l, gap_l, waiting: List[int], wait_gap: List[float]) -> np.ndarray:
+        """IDM acceleration [N] towards the local speed limit behind the leader and, for the `waiting` agents,
+        the closed gate `wait_gap` metres ahead."""
         v = self.v
-        v0 = self.pad.vlim[self.ar, self.s.astype(int)]      # s <= route_end < len(speed profile)
+        v0 = self.flat.vlim[self.flat.vlim_row + self.s.astype(int)]   # s <= route_end < len(speed profile)
         ratio = v / np.maximum(v0, 0.1)
         ratio *= ratio
         vh = v * self.headway
         inter = (self.min_gap + np.maximum(vh + v * (v - v_l) / self.sqrt_ab, 0.0)) / np.maximum(gap_l, 0.1)
         inter *= inter
-        if np.count_nonzero(np.isfinite(gate_gap)):
-            inter_g = (1.0 + vh + v * v / self.sqrt_ab) / np.maximum(gate_gap, 0.1)
-            np.maximum(inter, inter_g * inter_g, out=inter)
+        if waiting:
+            at = np.array(waiting)
+            inter_g = (1.0 + vh[at] + v[at] * v[at] / self.sqrt_ab[at]) / np.maximum(wait_gap, 0.1)
+            inter[at] = np.maximum(inter[at], inter_g * inter_g)
         return np.minimum(np.maximum(self.a_max * (1.0 - ratio - inter), -9.0), self.a_max)
 
     def step(self, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -415,13 +439,13 @@ class VehicleSimulation:
         if np.count_nonzero(adv):
             while np.count_nonzero(adv):
                 self.k += adv
-                adv = p.start[self.ar, self.k + 1] <= self.s
+                adv = self.flat.start[self.flat.entry_row + self.k + 1] <= self.s
             self._entries_moved()
         lead, gap_l, lane, lane2 = self.leaders()
-        gate_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
+        waiting, wait_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
         if self.merge_partners:
             lead, gap_l = self._merge_leaders(lead, gap_l, lane)
-        target = self._idm(self.v[lead], gap_l, gate_gap)
+        target = self._idm(self.v[lead], gap_l, waiting, wait_gap)
         # react with a lag, but brake at once when the situation demands it
         acc = np.where(target < -2.5, target, self.acc + (target - self.acc) * self.lag)
         sim_dt = SUBSTEPS * DT
@@ -430,12 +454,13 @@ class VehicleSimulation:
         s_new = self.s + 0.5 * (self.v + v_new) * sim_dt
         clamped = None
         # never roll over a line that is not clear (unless too close to stop)
-        if np.count_nonzero(hard_stop):
-            limit = np.where(hard_stop, np.maximum(g_s - self.half - 0.05, self.s), np.inf)
-            over = s_new > limit
+        if hard_stop:
+            at = np.array(hard_stop)
+            limit = np.maximum(g_s[at] - self.half[at] - 0.05, self.s[at])
+            over = s_new[at] > limit
             if np.count_nonzero(over):
-                s_new = np.where(over, limit, s_new)
-                v_new = np.where(over, 0.0, v_new)
+                s_new[at[over]] = limit[over]
+                v_new[at[over]] = 0.0
                 clamped = s_new
         s_old, v_old = self.s, self.v
         self.s = np.minimum(s_new, p.route_end)
