@@ -11,7 +11,7 @@ import numpy as np
 from datasets.synthetic.lane_graph import LaneTable
 from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
 from datasets.synthetic.road_network import RoadMap
-from datasets.synthetic.routes import Route, build_route, forward_chain, insert_lane_change
+from datasets.synthetic.routes import Route, build_route, forward_chain, insert_lane_change, join_geometry
 from datasets.synthetic.trajectory import DT, NUM_HISTORICAL_STEPS, NUM_STEPS, WARMUP_STEPS
 
 STOP_DWELL = (5, 13)         # steps a vehicle stands at a stop line before entering
@@ -76,7 +76,9 @@ def spawn_vehicles(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProf
     av_lane, av_pos = lane_at(av.route, av.s)
     occupied.setdefault(av_lane, []).append(av_pos)
     drivers = [av] + _spawn_traffic(rng, road_map, table, prof, horizon_s, occupied)
-    return drivers + _spawn_cyclists(rng, road_map, table, prof, horizon_s, occupied)
+    drivers += _spawn_cyclists(rng, road_map, table, prof, horizon_s, occupied)
+    join_geometry([d.route for d in drivers])
+    return drivers
 
 
 def _spawn_av(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile) -> Driver:

@@ -16,10 +16,8 @@ from datasets.synthetic.road_network import RoadMap
 
 @dataclass
 class Route:
-    points: np.ndarray            # [K, 2]
-    s: np.ndarray                 # [K] arc length
-    heading: np.ndarray           # [K] unwrapped tangent angle
-    curvature: np.ndarray         # [K] |d heading / ds|
+    """Lane bookkeeping of a route, and its geometry: `parts` (pieces of lane-local points, arc length, heading,
+    curvature) until `join_geometry` turns them into the arrays below."""
     entry_start: List[float]      # route s where each entry (lane occupancy interval) begins
     entry_lane: List[int]
     entry_base: List[float]       # route s at which that lane's own s is zero
@@ -27,6 +25,13 @@ class Route:
     entry_base2: List[float]
     gates: List[Tuple[float, int]]
     turns: int
+    parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    part_offsets: List[float]     # route s of each part's local arc length 0
+    part_shifts: List[float]      # multiples of 2 pi added to each part's heading (continuous heading)
+    points: Optional[np.ndarray] = None       # [K, 2]
+    s: Optional[np.ndarray] = None            # [K] arc length
+    heading: Optional[np.ndarray] = None      # [K] unwrapped tangent angle
+    curvature: Optional[np.ndarray] = None    # [K] |d heading / ds|
 
 
 def _choose_successor(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
@@ -211,13 +216,9 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
         parts.append((pts, arc, heading, curv))
         offsets.append(pos)
         pos += length
-    counts = [len(part[0]) for part in parts]
-    return Route(points=np.concatenate([part[0] for part in parts]),
-                  s=np.concatenate([part[1] for part in parts]) + np.repeat(offsets, counts),
-                  heading=np.concatenate([part[2] for part in parts]) + np.repeat(shifts, counts),
-                  curvature=np.concatenate([part[3] for part in parts]), entry_start=entry_start,
-                  entry_lane=entry_lane, entry_base=entry_base, entry_lane2=entry_lane2, entry_base2=entry_base2,
-                  gates=gates, turns=turns)
+    return Route(entry_start=entry_start, entry_lane=entry_lane, entry_base=entry_base, entry_lane2=entry_lane2,
+                 entry_base2=entry_base2, gates=gates, turns=turns, parts=parts, part_offsets=offsets,
+                 part_shifts=shifts)
 
 
 def _lane_route(table: LaneTable, chain: List[int]) -> Route:
@@ -239,31 +240,75 @@ def _lane_route(table: LaneTable, chain: List[int]) -> Route:
             last_heading = h_last + shift
         starts.append(pos)
         pos += lengths[idx]
+    return Route(entry_start=starts, entry_lane=list(chain), entry_base=list(starts), entry_lane2=list(chain),
+                 entry_base2=list(starts), gates=[(pos_, idx) for pos_, idx in zip(starts, chain) if gated[idx]],
+                 turns=sum(is_turn[idx] for idx in chain), parts=parts, part_offsets=list(starts), part_shifts=shifts)
+
+
+def join_geometry(routes: List[Route]) -> None:
+    """Set points, s, heading and curvature of every route from its parts: one concatenation for all routes, each
+    route gets its slice."""
+    parts = [part for route in routes for part in route.parts]
     counts = [len(part[0]) for part in parts]
-    return Route(points=np.concatenate([part[0] for part in parts]),
-                 s=np.concatenate([part[1] for part in parts]) + np.repeat(starts, counts),
-                 heading=np.concatenate([part[2] for part in parts]) + np.repeat(shifts, counts),
-                 curvature=np.concatenate([part[3] for part in parts]), entry_start=starts,
-                 entry_lane=list(chain), entry_base=list(starts), entry_lane2=list(chain), entry_base2=list(starts),
-                 gates=[(pos_, idx) for pos_, idx in zip(starts, chain) if gated[idx]],
-                 turns=sum(is_turn[idx] for idx in chain))
+    offsets = [offset for route in routes for offset in route.part_offsets]
+    shifts = [shift for route in routes for shift in route.part_shifts]
+    points = np.concatenate([part[0] for part in parts])
+    s = np.concatenate([part[1] for part in parts]) + np.repeat(offsets, counts)
+    heading = np.concatenate([part[2] for part in parts]) + np.repeat(shifts, counts)
+    curvature = np.concatenate([part[3] for part in parts])
+    end = 0
+    for route in routes:
+        count = sum(len(part[0]) for part in route.parts)
+        start, end = end, end + count
+        route.points, route.s = points[start:end], s[start:end]
+        route.heading, route.curvature = heading[start:end], curvature[start:end]
 
 
-def speed_profile(route: Route, v_desired: float, lateral_acc: float, comfort_dec: float) -> np.ndarray:
-    """Speed limit at 1 m resolution along the route: desired speed, curvature limit, anticipated by braking."""
-    # curvature averaged over about 4 m (points are 0.5 m apart): drivers take a curve, not its joints
-    kernel = np.full(9, 1.0 / 9)
-    c = route.curvature     # padded with its end values, as np.pad(mode='edge') would (at a fraction of its cost)
-    curvature = np.convolve(np.concatenate([np.full(4, c[0]), c, np.full(4, c[-1])]), kernel, mode='valid')
-    limit = np.minimum(v_desired, np.sqrt(lateral_acc / np.maximum(curvature, 1e-6)))
-    # v(s)^2 <= min_{s' >= s} v(s')^2 + 2 b (s' - s): a reverse running minimum
-    key = limit ** 2 + 2 * comfort_dec * route.s
-    key = np.minimum.accumulate(key[::-1])[::-1]
-    limit = np.sqrt(np.maximum(key - 2 * comfort_dec * route.s, 0.0))
-    # the limit at each metre is the lowest one within it, so short tight curves are not skipped
-    cells = route.s.astype(int)
-    grid = np.full(cells[-1] + 2, v_desired)
-    np.minimum.at(grid, cells, limit)
-    grid[-1] = grid[-2]
-    return grid
+def speed_profiles(routes: List[Route], v_desired: List[float], lateral_acc: List[float],
+                   comfort_dec: List[float]) -> List[np.ndarray]:
+    """Speed limit of each route at 1 m resolution: its desired speed, the curvature limit, anticipated by braking
+    at its comfortable deceleration. All routes are processed together; each gets its slice."""
+    counts = [len(route.s) for route in routes]
+    s = np.concatenate([route.s for route in routes])
 
+    def per_point(values):
+        return np.repeat(values, counts)
+
+    curvature = _smoothed_curvature([route.curvature for route in routes], counts)
+    limit = np.minimum(per_point(v_desired), np.sqrt(per_point(lateral_acc) / np.maximum(curvature, 1e-6)))
+    # v(s)^2 <= min_{s' >= s} v(s')^2 + 2 b (s' - s): a reverse running minimum along each route
+    braking = per_point([2 * b for b in comfort_dec]) * s
+    key = limit ** 2 + braking
+    bounds = np.cumsum([0] + counts).tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        key[a:b] = np.minimum.accumulate(key[a:b][::-1])[::-1]
+    limit = np.sqrt(np.maximum(key - braking, 0.0))
+    return _per_metre_minimum(s, limit, v_desired, bounds)
+
+
+def _smoothed_curvature(curvatures: List[np.ndarray], counts: List[int]) -> np.ndarray:
+    """Curvature averaged over about 4 m (points are 0.5 m apart): drivers take a curve, not its joints. Each
+    route is padded with its end values (as np.pad(mode='edge')) and convolved in one pass over all routes."""
+    c = np.concatenate(curvatures)
+    n = np.array(counts)
+    starts = np.cumsum(n) - n
+    route = np.repeat(np.arange(len(n)), n + 8)
+    local = np.arange(len(c) + 8 * len(n)) - np.repeat(starts + 8 * np.arange(len(n)), n + 8)
+    padded = c[starts[route] + np.clip(local - 4, 0, n[route] - 1)]
+    smooth = np.convolve(padded, np.full(9, 1.0 / 9), mode='valid')
+    # the windows that straddle two routes are dropped
+    return smooth[np.arange(len(c)) + 8 * np.repeat(np.arange(len(n)), n)]
+
+
+def _per_metre_minimum(s: np.ndarray, limit: np.ndarray, v_desired: List[float], bounds: List[int]
+                       ) -> List[np.ndarray]:
+    """Per route, the speed limit at each metre: the lowest one within it, so short tight curves are not skipped
+    (cells beyond the route end hold the last one)."""
+    cells = s.astype(int)
+    sizes = [int(cells[b - 1]) + 2 for b in bounds[1:]]
+    grid_start = np.cumsum([0] + sizes).tolist()
+    grid = np.repeat(v_desired, sizes)
+    np.minimum.at(grid, cells + np.repeat(grid_start[:-1], np.diff(bounds)), limit)
+    last = np.array(grid_start[1:]) - 1
+    grid[last] = grid[last - 1]
+    return [grid[a:b] for a, b in zip(grid_start[:-1], grid_start[1:])]

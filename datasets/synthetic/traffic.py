@@ -17,7 +17,7 @@ from datasets.synthetic.lateral_motion import driver_trajectories
 from datasets.synthetic.pedestrians import crosswalk_occupancy, spawn_pedestrians
 from datasets.synthetic.profiles import SyntheticProfile
 from datasets.synthetic.road_network import RoadMap
-from datasets.synthetic.routes import speed_profile
+from datasets.synthetic.routes import speed_profiles
 from datasets.synthetic.signals import connector_priority, merging_pairs, red_lights, walk_signals
 from datasets.synthetic.static_objects import place_static_objects
 from datasets.synthetic.trajectory import DT, NUM_STEPS, WARMUP_STEPS, Trajectory
@@ -33,7 +33,8 @@ def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticP
     pedestrians = spawn_pedestrians(rng, road_map, prof, steps, walk_signals(road_map, table, red))
     busy = crosswalk_occupancy(road_map, pedestrians, steps)
     # turns are anticipated with a gentler deceleration than the driver's comfortable maximum
-    limits = [speed_profile(d.route, d.v_desired, d.lateral_acc, 0.5 * d.b_comf) for d in drivers]
+    limits = speed_profiles([d.route for d in drivers], [d.v_desired for d in drivers],
+                            [d.lateral_acc for d in drivers], [0.5 * d.b_comf for d in drivers])
     s_hist, v_hist = simulate_vehicles(drivers, table, limits, busy, red, steps,
                                        connector_priority(road_map, table), merging_pairs(road_map, table))
     objects = driver_trajectories(drivers, s_hist, v_hist) + pedestrians
