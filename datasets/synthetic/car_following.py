@@ -36,44 +36,52 @@ class _Padded:
 
     def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray]):
         n = len(drivers)
-        n_entries = max(len(d.route.entry_start) for d in drivers) + 1
-        n_gates = max(len(d.route.gates) for d in drivers) + 1
-        self.start = np.full((n, n_entries), np.inf)
-        self.lane = np.zeros((n, n_entries), dtype=int)
-        self.base = np.zeros((n, n_entries))
-        self.lane2 = np.zeros((n, n_entries), dtype=int)
-        self.base2 = np.zeros((n, n_entries))
-        self.gate = np.full((n, n_gates), np.inf)
-        self.gate_lane = np.zeros((n, n_gates), dtype=int)
-        self.on_route = np.full((n, table.total), np.nan)
+        routes = [d.route for d in drivers]
+        n_entries = max(len(r.entry_start) for r in routes) + 1
+        n_gates = max(len(r.gates) for r in routes) + 1
+        # row-major masks of the filled cells, so each field is written from one flat list of all agents
+        entries = np.arange(n_entries) < np.array([len(r.entry_start) for r in routes])[:, None]
+        gates = np.arange(n_gates) < np.array([len(r.gates) for r in routes])[:, None]
+        self.start = _padded(entries, np.inf, float, [r.entry_start for r in routes])
+        self.lane = _padded(entries, 0, int, [r.entry_lane for r in routes])
+        self.base = _padded(entries, 0.0, float, [r.entry_base for r in routes])
+        self.lane2 = _padded(entries, 0, int, [r.entry_lane2 for r in routes])
+        self.base2 = _padded(entries, 0.0, float, [r.entry_base2 for r in routes])
+        self.gate = _padded(gates, np.inf, float, [[g for g, _ in r.gates] for r in routes])
+        self.gate_lane = _padded(gates, 0, int, [[lane for _, lane in r.gates] for r in routes])
+        self.on_route = _route_positions(routes, table)
         max_len = max(len(x) for x in speed_limits)
-        self.vlim = np.empty((n, max_len))
-        self.route_end = np.zeros(n)
-        for i, d in enumerate(drivers):
-            self._fill(i, d, table, speed_limits[i])
+        self.vlim = np.repeat(np.array([x[-1] for x in speed_limits])[:, None], max_len, 1)
+        self.vlim[np.arange(max_len) < np.array([len(x) for x in speed_limits])[:, None]] = \
+            np.concatenate(speed_limits)
+        self.route_end = np.array([r.s[-1] for r in routes]) - 1.0
 
-    def _fill(self, i: int, d: Driver, table: LaneTable, vlim: np.ndarray) -> None:
-        r = d.route
-        m = len(r.entry_start)
-        self.start[i, :m] = r.entry_start
-        self.lane[i, :m] = r.entry_lane
-        self.base[i, :m] = r.entry_base
-        self.lane2[i, :m] = r.entry_lane2
-        self.base2[i, :m] = r.entry_base2
-        self.on_route[i, r.entry_lane] = r.entry_base
-        self.on_route[i, r.entry_lane2] = r.entry_base2
+
+def _padded(filled: np.ndarray, fill, dtype, rows: List[List]) -> np.ndarray:
+    """Array shaped like the mask `filled` [N, M]: the values of `rows` in its True cells, `fill` elsewhere."""
+    out = np.full(filled.shape, fill, dtype=dtype)
+    out[filled] = [value for row in rows for value in row]
+    return out
+
+
+def _route_positions(routes, table: LaneTable) -> np.ndarray:
+    """on_route[i, lane]: route s of agent i at which that lane's own s is zero (NaN: not on i's route)."""
+    rows, lanes, values = [], [], []
+    for i, r in enumerate(routes):
+        own = dict(zip(r.entry_lane, r.entry_base))
+        own.update(zip(r.entry_lane2, r.entry_base2))
         # lanes branching from the same predecessor overlap where they start: an agent that took the other
         # branch is still in the way there, so treat it as if it were on this route
         for lane_idx, base in zip(r.entry_lane, r.entry_base):
             for sib, shift in table.siblings[lane_idx]:
-                if math.isnan(self.on_route[i, sib]):
-                    self.on_route[i, sib] = base + shift
-        for g, (gs, gl) in enumerate(r.gates):
-            self.gate[i, g] = gs
-            self.gate_lane[i, g] = gl
-        self.vlim[i, :len(vlim)] = vlim
-        self.vlim[i, len(vlim):] = vlim[-1]
-        self.route_end[i] = r.s[-1] - 1.0
+                if sib not in own:
+                    own[sib] = base + shift
+        rows += [i] * len(own)
+        lanes += own.keys()
+        values += own.values()
+    on_route = np.full((len(routes), table.total), np.nan)
+    on_route[rows, lanes] = values
+    return on_route
 
 
 class _Flat:
