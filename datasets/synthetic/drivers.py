@@ -52,20 +52,38 @@ KINEMATICS = {
 }
 
 
+def _bounds(lows, highs) -> Tuple[np.ndarray, np.ndarray]:
+    low = np.array(lows, dtype=float)
+    return low, np.array(highs, dtype=float) - low
+
+
+def _uniform(rng, bounds: Tuple[np.ndarray, np.ndarray]) -> List[float]:
+    """Uniform draws in [low, high) per element: the same numbers as one rng.uniform(low, high) call per element
+    (low + (high - low) * a standard uniform), at the cost of one call."""
+    low, span = bounds
+    return (low + span * rng.random(len(low))).tolist()
+
+
+# speed factor, length, a_max, b_comf, headway, lateral acceleration in curves
+STYLE_BOUNDS = {kind: _bounds((0.97, k[0][0], k[1][0], k[2][0], k[3][0], 2.0),
+                              (1.0, k[0][1], k[1][1], k[2][1], k[3][1], 3.0))
+                for kind, k in KINEMATICS.items()}
+WANDER_BOUNDS = _bounds((0.03, 40.0, 0.0), (0.2, 140.0, 2 * np.pi))   # amplitude, wavelength, phase
+
+
 def make_driver(rng, object_type: str, route: Route, s: float, v_desired: float, is_av=False) -> Driver:
-    length, a_max, b_comf, headway, min_gap, _ = KINEMATICS[object_type]
+    min_gap = KINEMATICS[object_type][4]
     lateral_sd = 0.08 if is_av else LATERAL_BIAS_SD[object_type]
     full_stop = is_av or rng.random() < FULL_STOP_PROB
-    return Driver(object_type=object_type, route=route, s=s, v=v_desired * float(rng.uniform(0.97, 1.0)),
-                  length=float(rng.uniform(*length)),
-                  v_desired=v_desired, a_max=float(rng.uniform(*a_max)), b_comf=float(rng.uniform(*b_comf)),
-                  headway=float(rng.uniform(*headway)), min_gap=min_gap, lateral_acc=float(rng.uniform(2.0, 3.0)),
-                  dwell=int(rng.integers(*STOP_DWELL)) if full_stop else 0,
-                  stop_speed=0.3 if full_stop else float(rng.uniform(*ROLLING_STOP_SPEED)),
-                  reaction=float(rng.uniform(0.3, 0.9)),
-                  lateral_bias=min(max(float(rng.normal(0.0, lateral_sd)), -2.5 * lateral_sd), 2.5 * lateral_sd),
-                  wander=(float(rng.uniform(0.03, 0.2)), float(rng.uniform(40.0, 140.0)),
-                          float(rng.uniform(0.0, 2 * np.pi))), is_av=is_av)
+    speed_factor, length, a_max, b_comf, headway, lateral_acc = _uniform(rng, STYLE_BOUNDS[object_type])
+    dwell = int(rng.integers(*STOP_DWELL)) if full_stop else 0
+    stop_speed = 0.3 if full_stop else float(rng.uniform(*ROLLING_STOP_SPEED))
+    reaction = float(rng.uniform(0.3, 0.9))
+    lateral_bias = min(max(float(rng.normal(0.0, lateral_sd)), -2.5 * lateral_sd), 2.5 * lateral_sd)
+    return Driver(object_type=object_type, route=route, s=s, v=v_desired * speed_factor, length=length,
+                  v_desired=v_desired, a_max=a_max, b_comf=b_comf, headway=headway, min_gap=min_gap,
+                  lateral_acc=lateral_acc, dwell=dwell, stop_speed=stop_speed, reaction=reaction,
+                  lateral_bias=lateral_bias, wander=tuple(_uniform(rng, WANDER_BOUNDS)), is_av=is_av)
 
 
 def spawn_vehicles(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, horizon_s: float,
