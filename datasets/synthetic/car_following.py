@@ -490,23 +490,31 @@ def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: Lis
 
 def _run(sim: VehicleSimulation, steps: int) -> Tuple[np.ndarray, np.ndarray]:
     """Route positions s [N, steps] and speeds [N, steps] sampled at DT while `sim` integrates."""
-    s_hist = np.empty((sim.n, steps))
-    v_hist = np.empty((sim.n, steps))
-    s_hist[:, 0], v_hist[:, 0] = sim.s, sim.v
-    end = sim.pad.route_end[:, None]
-    # samples in between the integration steps, under the step's constant acceleration
-    offsets = np.arange(1, SUBSTEPS) * DT           # j * DT, j = 1 .. SUBSTEPS - 1
-    half_sq = 0.5 * offsets ** 2
+    s_at, v_at, acc, clamp = [sim.s], [sim.v], [], []     # per integration step
+    no_clamp = np.full(sim.n, np.inf)
     for t in range(0, steps - 1, SUBSTEPS):
-        s, v, acc, clamped = sim.step(t)
-        inner = min(SUBSTEPS - 1, steps - 1 - t)
-        if inner > 0:
-            s_j = s[:, None] + v[:, None] * offsets[:inner] + half_sq[:inner] * acc[:, None]
-            if clamped is not None:
-                np.minimum(s_j, clamped[:, None], out=s_j)
-            s_hist[:, t + 1:t + 1 + inner] = np.minimum(s_j, end)
-            v_hist[:, t + 1:t + 1 + inner] = v[:, None] + acc[:, None] * offsets[:inner]
-        if t + SUBSTEPS < steps:
-            s_hist[:, t + SUBSTEPS] = np.minimum(sim.s, end[:, 0])
-            v_hist[:, t + SUBSTEPS] = sim.v
-    return s_hist, v_hist
+        _, _, acc_t, clamped = sim.step(t)
+        acc.append(acc_t)
+        clamp.append(no_clamp if clamped is None else clamped)
+        s_at.append(sim.s)
+        v_at.append(sim.v)
+    return _sampled(np.stack(s_at, 1), np.stack(v_at, 1), np.stack(acc, 1), np.stack(clamp, 1),
+                    sim.pad.route_end, steps)
+
+
+def _sampled(s_at, v_at, acc, clamp, route_end, steps: int) -> Tuple[np.ndarray, np.ndarray]:
+    """s [N, steps] and v [N, steps] at DT from the state at each integration step (s_at, v_at [N, M + 1]) and
+    the constant acceleration and clamp of each step (acc, clamp [N, M]): the samples in between follow
+    s + v t + a t^2 / 2, never past the clamp or the route end."""
+    n, m = acc.shape
+    end = route_end[:, None, None]
+    offsets = np.arange(1, SUBSTEPS) * DT           # j * DT, j = 1 .. SUBSTEPS - 1
+    s0, v0, a = s_at[:, :-1, None], v_at[:, :-1, None], acc[:, :, None]
+    s_inner = np.minimum(np.minimum(s0 + v0 * offsets + 0.5 * offsets ** 2 * a, clamp[:, :, None]), end)
+    s_hist = np.concatenate([np.minimum(s0, end), s_inner], 2).reshape(n, SUBSTEPS * m)
+    v_hist = np.concatenate([v0, v0 + a * offsets], 2).reshape(n, SUBSTEPS * m)
+    s_hist[:, 0] = s_at[:, 0]     # the initial state as spawned; later ones never pass the route end
+    if steps > SUBSTEPS * m:      # the state after the last step is a sample of its own
+        s_hist = np.concatenate([s_hist, np.minimum(s_at[:, -1:], route_end[:, None])], 1)
+        v_hist = np.concatenate([v_hist, v_at[:, -1:]], 1)
+    return s_hist[:, :steps], v_hist[:, :steps]
