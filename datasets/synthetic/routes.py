@@ -290,14 +290,15 @@ def _smoothed_curvature(curvatures: List[np.ndarray], counts: List[int]) -> np.n
     """Curvature averaged over about 4 m (points are 0.5 m apart): drivers take a curve, not its joints. Each
     route is padded with its end values (as np.pad(mode='edge')) and convolved in one pass over all routes."""
     c = np.concatenate(curvatures)
-    n = np.array(counts)
-    starts = np.cumsum(n) - n
-    route = np.repeat(np.arange(len(n)), n + 8)
-    local = np.arange(len(c) + 8 * len(n)) - np.repeat(starts + 8 * np.arange(len(n)), n + 8)
-    padded = c[starts[route] + np.clip(local - 4, 0, n[route] - 1)]
-    smooth = np.convolve(padded, np.full(9, 1.0 / 9), mode='valid')
-    # the windows that straddle two routes are dropped
-    return smooth[np.arange(len(c)) + 8 * np.repeat(np.arange(len(n)), n)]
+    ends = np.cumsum(counts)
+    copies = np.ones(len(c), dtype=int)
+    copies[ends - counts] += 4
+    copies[ends - 1] += 4
+    smooth = np.convolve(np.repeat(c, copies), np.full(9, 1.0 / 9), mode='valid')
+    # drop the 8 windows that straddle the end of one route and the start of the next
+    keep = np.ones(len(smooth), dtype=bool)
+    keep[((ends[:-1] + 8 * np.arange(len(counts) - 1))[:, None] + np.arange(8)).ravel()] = False
+    return smooth[keep]
 
 
 def _per_metre_minimum(s: np.ndarray, limit: np.ndarray, v_desired: List[float], bounds: List[int]
