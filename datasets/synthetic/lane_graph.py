@@ -2,7 +2,7 @@
 before map entries and after map exits (never written to the map) so that traffic can enter and leave."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -35,6 +35,8 @@ class LaneTable:
     conflicts: List[Tuple[Tuple[int, float], ...]]   # (conflicting lane, arc length on it where paths meet)
     crosswalks: List[frozenset]
     siblings: List[Tuple[Tuple[int, float], ...]]   # (overlapping lane, shift of its s onto this lane's s)
+    # (lane, lane type) -> (successors a road user may take, their weights), filled as routes are built
+    successor_choices: Dict[Tuple[int, str], Tuple[List[int], List[float]]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:

@@ -36,14 +36,26 @@ class Route:
 
 def _choose_successor(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
                       lane_type: str) -> Optional[int]:
-    lane = road_map.lanes[table.ids[lane_idx]]
-    options = [table.index[s] for s in lane.successors if road_map.lanes[s].lane_type == lane_type]
-    if not options and lane_type == 'BIKE':   # the bike lane ends: cyclists carry on in traffic
-        options = [table.index[s] for s in lane.successors]
+    key = (lane_idx, lane_type)
+    if key not in table.successor_choices:   # the same for every road user of the scene
+        table.successor_choices[key] = _successor_options(road_map, table, prof, lane_idx, lane_type)
+    options, weights = table.successor_choices[key]
     if not options:
         return None
     if len(options) == 1:
         return options[0]
+    return options[weighted_pick(rng, weights)]
+
+
+def _successor_options(road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
+                       lane_type: str) -> Tuple[List[int], List[float]]:
+    """(successor lane indices a road user on lane `lane_type` may take, their weights)."""
+    lane = road_map.lanes[table.ids[lane_idx]]
+    options = [table.index[s] for s in lane.successors if road_map.lanes[s].lane_type == lane_type]
+    if not options and lane_type == 'BIKE':   # the bike lane ends: cyclists carry on in traffic
+        options = [table.index[s] for s in lane.successors]
+    if len(options) < 2:
+        return options, []
     weights = []
     kinds = [road_map.lanes[table.ids[o]].kind for o in options]
     special = [k for k in kinds if k in ('pocket', 'ramp')]
@@ -58,7 +70,7 @@ def _choose_successor(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticP
         else:
             weights.append((1.0 - (prof.pocket_choice_prob if 'pocket' in special else prof.exit_choice_prob))
                            if special else 1.0)
-    return options[weighted_pick(rng, weights)]
+    return options, weights
 
 
 def forward_chain(rng, road_map, table, prof, start_idx: int, length_needed: float, lane_type: str) -> List[int]:
