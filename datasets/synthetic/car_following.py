@@ -208,13 +208,13 @@ class VehicleSimulation:
         under np.errstate(invalid='ignore') (see simulate_vehicles)."""
         p, s, ar = self.pad, self.s, self.ar
         lane, lane2 = self.lane, self.lane2
-        rel = p.on_route[:, lane]
+        rel = p.on_route.take(lane, axis=1)   # C order, unlike on_route[:, lane]
         rel += s - self.base
         rel -= s[:, None]
         ahead = np.where(rel > 0, rel, np.inf)
         changing = (lane2 != lane).nonzero()[0]
         if len(changing):
-            rel2 = p.on_route[:, lane2[changing]]
+            rel2 = p.on_route.take(lane2[changing], axis=1)
             rel2 += s[changing] - self.base2[changing]
             rel2 -= s[:, None]
             ahead[:, changing] = np.minimum(ahead[:, changing], np.where(rel2 > 0, rel2, np.inf))
