@@ -407,11 +407,11 @@ class VehicleSimulation:
         on: Dict[int, List[int]] = {}
         for j, lj in zip(agent_list, lanes_of):
             on.setdefault(lj, []).append(j)
+        gaps = gap_l.tolist()
         lead, gap_l = lead.copy(), gap_l.copy()
         half_list, meet = self.half_list, self.meet
         for i, li in zip(agent_list, lanes_of):
-            xi, best = x_of[i], None
-            g_i = gap_l[i].item()
+            xi, best, g_i = x_of[i], None, gaps[i]
             for c in self.merge_partners[li]:
                 for j in on.get(c, ()):
                     ahead = x_of[j] - meet[c][li] + meet[li][c] - xi   # j's lead over i, centres
