@@ -42,3 +42,18 @@ def test_short_run_reports_positive_rates(tmp_path):
         assert r['generate_scenarios_per_s'] == pytest.approx(1 / r['generate_cpu_s_per_scenario'])
         assert r['write_scenarios_per_s'] == pytest.approx(1 / r['write_cpu_s_per_scenario'])
     assert '| demo |' in done.stdout and '| highway |' in done.stdout and 'scenarios/s' in done.stdout
+
+
+def test_baseline_comparison_reports_both_generators(tmp_path):
+    # the checkout against itself: both generators are imported and timed scene by scene
+    report = tmp_path / 'compare.json'
+    done = subprocess.run([sys.executable, str(SCRIPT), '--num', '2', '--repeats', '1', '--profiles', 'demo',
+                           '--baseline', str(ROOT), '--json', str(report)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(report.read_text())
+    assert result['baseline'] == str(ROOT)
+    [r] = result['results']
+    assert r['profile'] == 'demo' and r['num'] == 2
+    assert r['baseline_scenarios_per_s'] > 0 and r['this_scenarios_per_s'] > 0
+    assert '| demo |' in done.stdout and 'x |' in done.stdout
