@@ -35,7 +35,6 @@ class _Padded:
     """Per-driver route data padded into arrays [N, ...] so one numpy pass serves all agents."""
 
     def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray]):
-        n = len(drivers)
         routes = [d.route for d in drivers]
         n_entries = max(len(r.entry_start) for r in routes) + 1
         n_gates = max(len(r.gates) for r in routes) + 1
@@ -498,6 +497,8 @@ def _run(sim: VehicleSimulation, steps: int) -> Tuple[np.ndarray, np.ndarray]:
         clamp.append(no_clamp if clamped is None else clamped)
         s_at.append(sim.s)
         v_at.append(sim.v)
+    if not acc:     # a single sample: the initial state
+        return np.stack(s_at, 1), np.stack(v_at, 1)
     return _sampled(np.stack(s_at, 1), np.stack(v_at, 1), np.stack(acc, 1), np.stack(clamp, 1),
                     sim.pad.route_end, steps)
 
