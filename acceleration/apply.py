@@ -99,15 +99,20 @@ def remove(model: torch.nn.Module) -> torch.nn.Module:
 
 def padding_scheme(model: torch.nn.Module):
     """The padding scheme of ``model``'s CUDA-graph step (looked up by type); ValueError for a model without one."""
+    from predictors.forecast_mae import ForecastMAE
     from predictors.qcnet import QCNet
     from predictors.smartpretrain import SmartPretrain
     if isinstance(model, QCNet):
         from acceleration.padded_qcnet_batch import QCNetPadding
         return QCNetPadding(model)
+    if isinstance(model, ForecastMAE):
+        from acceleration.padded_forecast_mae_batch import ForecastMAEPadding
+        return ForecastMAEPadding(model)
     if isinstance(model, SmartPretrain):
         from acceleration.padded_ssl_batch import ViewPairPadding
         return ViewPairPadding(model)
-    raise ValueError(f'--cuda_graphs: {type(model).__name__} has no fixed-shape step yet (QCNet, SmartPretrain)')
+    raise ValueError(f'--cuda_graphs: {type(model).__name__} has no fixed-shape step yet (QCNet, ForecastMAE, '
+                     'SmartPretrain)')
 
 
 def check_cuda_device(accelerator: str) -> None:

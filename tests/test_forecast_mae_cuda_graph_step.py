@@ -1,0 +1,189 @@
+"""The CUDA-graph step (acceleration.cuda_graph_step) with ForecastMAE's padding
+(acceleration.padded_forecast_mae_batch) on real Argoverse 2 scenes: the padded forward, losses and gradients equal
+the unpadded ones, for scenes of very different sizes and a smaller last batch; the --cuda_graphs training path of
+the Lightning module (on CPU the padded step runs without capture)."""
+import os
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from acceleration.apply import apply
+from acceleration.cuda_graph_step import CudaGraphStep
+from acceleration.options import SpeedOptions
+from acceleration.padded_forecast_mae_batch import (SCENE_AGENTS, SCENE_TOKENS, ForecastMAEPadding,
+                                                    PaddedForecastMAEBatch, layout_sizes)
+from modules.forecast_mae_layout import scene_layout
+from predictors import ForecastMAE
+from transforms.target_builder import TargetBuilder
+from utils.scene_crop import crop_scene
+
+from sample_data import AV2_DIR
+from tiny_configs import TINY_FMAE
+
+TRAIN_DIR = AV2_DIR / 'train'
+pytestmark = pytest.mark.skipif(not TRAIN_DIR.is_dir(), reason=f'real Argoverse 2 samples not found at {TRAIN_DIR}')
+
+
+@pytest.fixture(scope='module')
+def scenes():
+    """The two real training scenes, and a 12 m crop of the second (a few agents and polygons): very different
+    sizes in one batch."""
+    from datasets import load_argoverse_v2_scenario, process_scenario
+    full = [process_scenario(load_argoverse_v2_scenario(p)) for p in sorted(TRAIN_DIR.iterdir()) if p.is_dir()]
+    targets = TargetBuilder(50, 60)
+    return [targets(s) for s in full] + [targets(crop_scene(full[1], radius=12.0))]
+
+
+@pytest.fixture(scope='module')
+def batch(scenes):
+    """Full scene, small crop, full scene."""
+    return Batch.from_data_list([scenes[0], scenes[2], scenes[1]])
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return ForecastMAE(**dict(TINY_FMAE, **overrides))
+
+
+def assert_close(actual, expected, what, tol=1e-5):
+    scale = expected.abs().max().clamp(min=1.0)
+    error = float((actual - expected).abs().max() / scale)
+    assert error < tol, f'{what}: scale-relative error {error:.2e}'
+
+
+def roomy_capacities(batch, extra=37):
+    """Capacities with a few dozen padded rows of every kind (odd numbers: no accidental alignment)."""
+    return {name: count + extra for name, count in layout_sizes(batch, scene_layout(batch)).items()}
+
+
+def test_scenes_differ_in_size(batch):
+    agents = batch['agent']['ptr'].diff().tolist()
+    polygons = batch['map_polygon']['ptr'].diff().tolist()
+    assert min(agents) * 4 < max(agents) and min(polygons) * 4 < max(polygons), (agents, polygons)
+
+
+def test_padded_forward_equals_unpadded(batch):
+    model = tiny_model().eval()
+    layout = scene_layout(batch)
+    sizes = layout_sizes(batch, layout)
+    static = PaddedForecastMAEBatch(batch, layout.num_scenes, roomy_capacities(batch))
+    static.fill(batch, layout, sizes)
+    with torch.no_grad():
+        expected = model(batch)
+        padded = model(static.data, static.layout)
+    num_agents = sizes['agent']
+    assert padded['pi'].size(0) == static.capacities['agent'] > num_agents
+    for name, value in expected.items():
+        assert_close(padded[name][:num_agents], value, name)
+        assert torch.isfinite(padded[name]).all(), f'{name}: padded rows are not finite'
+    # the padded slot is masked out of every scene's row; real tokens keep theirs
+    mask = static.layout.token_mask()
+    assert not mask[:, -1].any()
+    assert int(mask.sum()) == layout.num_scenes + sizes['agent'] + sizes['map_polygon']
+
+
+def test_padded_losses_and_gradients_equal_unpadded(batch):
+    model = tiny_model(dropout=0.0).train()
+    losses = model.compute_losses(batch, model(batch))
+    losses['loss'].backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    runner = CudaGraphStep(model, ForecastMAEPadding(model), capture=False).training_runner
+    padded_losses = runner(batch)
+    for name in ('agent', 'map_polygon', 'map_point', SCENE_AGENTS, SCENE_TOKENS):
+        assert runner.last_capacities[name] > runner.last_sizes[name], name
+    for name in ('loss', 'reg_loss_propose', 'reg_loss_refine', 'cls_loss'):
+        assert_close(padded_losses[name], losses[name].detach(), name)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected.keys() and len(grads) > 50
+    for name, grad in grads.items():
+        assert_close(grad, expected[name], f'gradient of {name}', tol=1e-4)
+    # a second step replaces the gradients, as a replayed graph does (no accumulation across steps)
+    runner(batch)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert_close(p.grad, expected[name], f'gradient of {name} after a second step', tol=1e-4)
+
+
+def test_smaller_last_batch_gets_buffers_of_its_own_and_stays_exact(batch, scenes):
+    """An epoch's last batch with fewer scenes: its own static buffers (the scene count is exact), the same results
+    as unpadded; a full batch afterwards still uses the first buffers."""
+    model = tiny_model(dropout=0.0).train()
+    runner = CudaGraphStep(model, ForecastMAEPadding(model), capture=False).training_runner
+    runner(batch)
+    last = Batch.from_data_list([scenes[2]])
+    model.zero_grad(set_to_none=True)
+    expected = model.compute_losses(last, model(last))
+    expected['loss'].backward()
+    expected_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    padded_losses = runner(last)
+    assert len(runner._entries) == 2
+    assert_close(padded_losses['loss'], expected['loss'].detach(), 'loss of the last batch')
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert_close(p.grad, expected_grads[name], f'gradient of {name} (last batch)', tol=1e-4)
+    runner(batch)
+    assert len(runner._entries) == 2  # the full batch's buffers are reused
+
+
+def test_infer_runner_matches_forward_with_and_without_targets(batch):
+    model = tiny_model().eval()
+    runner = CudaGraphStep(model, ForecastMAEPadding(model), capture=False).inference_runner
+    with torch.no_grad():
+        expected = model(batch)
+    first = runner(batch)
+    assert runner(batch).keys() == first.keys() and len(runner._entries) == 1
+    for name, value in expected.items():
+        assert first[name].shape == value.shape
+        assert_close(first[name], value, name)
+    test_like = batch.clone()
+    del test_like['agent']['target']  # test batches carry no targets: separate static buffers, same outputs
+    without = runner(test_like)
+    assert len(runner._entries) == 2
+    for name, value in first.items():
+        assert torch.equal(without[name], value)
+
+
+def test_static_batch_refuses_a_batch_that_does_not_fit(batch):
+    layout = scene_layout(batch)
+    sizes = layout_sizes(batch, layout)
+    static = PaddedForecastMAEBatch(batch, layout.num_scenes, {**roomy_capacities(batch, extra=1),
+                                                               SCENE_TOKENS: sizes[SCENE_TOKENS]})
+    with pytest.raises(ValueError, match='exceed the capacities'):
+        static.fill(batch, layout, sizes)
+
+
+def test_cuda_graphs_flag_trains_with_manual_optimisation_on_cpu(scenes, tmp_path):
+    """--cuda_graphs switches ForecastMAE to the padded step with its own backward + optimiser step; on CPU it runs
+    without capture. Same losses as the automatic path over two epochs of a full and a smaller last batch."""
+    import pytorch_lightning as pl
+    from torch_geometric.loader import DataLoader
+
+    def fit(cuda_graphs):
+        model = tiny_model(dropout=0.0, T_max=4)
+        apply(model, SpeedOptions(cuda_graphs=cuda_graphs))
+        before = [p.detach().clone() for p in model.parameters()]
+        recorded = []
+
+        class Record(pl.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, data, batch_idx):
+                loss = outputs['loss'] if isinstance(outputs, dict) else outputs
+                recorded.append(float(loss))
+
+        trainer = pl.Trainer(accelerator='cpu', devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+                             default_root_dir=str(tmp_path))
+        trainer.fit(model, DataLoader(scenes, batch_size=2, shuffle=False))
+        moved = sum(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+        return model, recorded, moved, trainer
+
+    model, recorded, moved, trainer = fit(True)
+    assert not model.automatic_optimization and model.fixed_shape_step is not None
+    assert trainer.global_step == 4 and moved > 0
+    assert len(model.fixed_shape_step.training_runner._entries) == 2  # batches of 2 scenes and of 1
+    _, reference, _, _ = fit(False)
+    assert len(recorded) == len(reference) == 4
+    for step, (value, expected) in enumerate(zip(recorded, reference)):
+        assert abs(value - expected) < 1e-4 * max(1.0, abs(expected)), (step, value, expected)
