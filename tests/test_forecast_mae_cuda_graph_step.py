@@ -19,6 +19,7 @@ from transforms.target_builder import TargetBuilder
 from utils.scene_crop import crop_scene
 
 from sample_data import AV2_DIR
+from test_ssl_fast_step import pairs  # noqa: F401  (fixture)
 from tiny_configs import TINY_FMAE
 
 TRAIN_DIR = AV2_DIR / 'train'
@@ -187,3 +188,46 @@ def test_cuda_graphs_flag_trains_with_manual_optimisation_on_cpu(scenes, tmp_pat
     assert len(recorded) == len(reference) == 4
     for step, (value, expected) in enumerate(zip(recorded, reference)):
         assert abs(value - expected) < 1e-4 * max(1.0, abs(expected)), (step, value, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pre-training with the forecast_mae backbone (SmartPretrain, acceleration.padded_ssl_batch)
+# ----------------------------------------------------------------------------------------------------------------
+def _assert_same_pretraining_step(padded, plain):
+    from test_ssl_cuda_graph_step import worst_relative
+    for key in ('loss', 'contra_loss', 'rec_loss', 'contra_acc', 'num_queries', 'num_keys'):
+        torch.testing.assert_close(padded[0][key].double(), plain[0][key].detach().double(), rtol=1e-6, atol=1e-9,
+                                   msg=key)
+    assert plain[0]['num_queries'] > 0 and plain[0]['contra_loss'] > 0
+    assert plain[1].keys() == padded[1].keys() and len(plain[1]) > 50
+    # float64 (the losses compute a few terms in float32): gradients that are zero in exact arithmetic (biases
+    # right before a BatchNorm) are compared absolutely
+    assert worst_relative(padded[1], plain[1]) < 1e-6
+    for name in plain[2]:  # running statistics of the momentum projector: padded agents stay out of them
+        torch.testing.assert_close(padded[2][name], plain[2][name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_pretraining_padded_step_equals_plain_step_and_a_smaller_last_batch(pairs):  # noqa: F811
+    """In float64: the padded agents, polygons and scenes' rows change float32 sums at the rounding level, which
+    for the gradients that cancel to almost zero (e.g. the last decoder block's output bias: a BatchNorm follows)
+    is their whole size."""
+    import copy
+    from acceleration.view_pair_batch import ViewPairCollate
+    from test_second_backbone import to_double
+    from test_ssl_cuda_graph_step import _one_step
+    from test_ssl_fast_step import _collate, _model
+    start = _model(backbone='forecast_mae', **TINY_FMAE).double()
+    pairs = [{name: to_double(view) for name, view in pair.items()} for pair in pairs]
+    padded_model = copy.deepcopy(start)
+    apply(padded_model, SpeedOptions(cuda_graphs=True, tf32=False))
+    runner = padded_model.fixed_shape_step.training_runner
+    for items in (pairs, pairs[2:]):  # three view pairs, then a last batch of one
+        # both from the same weights (one AdamW step each)
+        padded_model.load_state_dict(start.state_dict())
+        plain = _one_step(copy.deepcopy(start), _collate(items)(items), padded=False)
+        padded = _one_step(padded_model, ViewPairCollate(_collate(items))(items), padded=True)
+        for name in ('anchor.agent', 'views.agent', f'views.{SCENE_TOKENS}'):
+            assert runner.last_capacities[name] > runner.last_sizes[name], name
+        assert runner.last_sizes['views.agent'] == 2 * runner.last_sizes['anchor.agent']
+        _assert_same_pretraining_step(padded, plain)
+    assert len(runner._entries) == 2

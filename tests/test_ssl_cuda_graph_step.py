@@ -117,9 +117,14 @@ def test_fast_preset_refusals():
         apply(model, SpeedOptions(cuda_graphs=True, batch_views=False))
     with pytest.raises(ValueError, match='separate_dataset_negatives'):
         apply(SmartPretrain(**TINY_QCNET_SSL, separate_dataset_negatives=1), SpeedOptions(cuda_graphs=True))
+    # the forecast_mae backbone takes the CUDA-graph step (tests/test_forecast_mae_cuda_graph_step.py), but has no
+    # edge lists to build in the loader workers
+    from acceleration.options import PRESETS
     from test_second_backbone import TINY_SSL_EITHER_BACKBONE
-    with pytest.raises(ValueError, match='qcnet backbone'):
-        apply(SmartPretrain(backbone='forecast_mae', **TINY_SSL_EITHER_BACKBONE), SpeedOptions(cuda_graphs=True))
+    forecast_mae = SmartPretrain(backbone='forecast_mae', **TINY_SSL_EITHER_BACKBONE)
+    assert apply(forecast_mae, SpeedOptions(cuda_graphs=True)).fixed_shape_step is not None
+    with pytest.raises(ValueError, match='^--build_graph_in_workers: SmartPretrain has no separate edge-list'):
+        apply(forecast_mae, PRESETS['fast'])
 
 
 # ----------------------------------------------------------------------------------------------------------------
