@@ -231,3 +231,25 @@ def test_pretraining_padded_step_equals_plain_step_and_a_smaller_last_batch(pair
         assert runner.last_sizes['views.agent'] == 2 * runner.last_sizes['anchor.agent']
         _assert_same_pretraining_step(padded, plain)
     assert len(runner._entries) == 2
+
+
+@pytest.mark.slow
+def test_pretraining_padded_step_under_ddp_gathers_keys_from_both_processes(tmp_path, pairs):  # noqa: F811
+    """Two gloo processes through Lightning's DDP with the forecast_mae backbone: capacities agreed across the
+    processes, so the keys of both are gathered inside the padded step (equal row counts) and the losses and averaged
+    gradients are eager DDP's."""
+    from test_ssl_cuda_graph_step import fit_two_processes, worst_relative
+    items = [pairs[0], pairs[1], pairs[2], pairs[0]]  # rank 0 sees pairs 0, 2 and rank 1 pairs 1, 0
+    overrides = dict(backbone='forecast_mae', **TINY_FMAE)
+    graphs = fit_two_processes(items, True, str(tmp_path / 'graphs'), **overrides)
+    eager = fit_two_processes(items, False, str(tmp_path / 'eager'), **overrides)
+    for rank in range(2):
+        for name in ('num_neg_sample_step', 'num_query_step', 'loss_step', 'contra_acc_step'):
+            assert graphs[rank]['logged'][name] == pytest.approx(eager[rank]['logged'][name], rel=1e-5), name
+    keys = [int(pairs[i]['anchor']['agent']['view_mask'].sum() + pairs[i]['target']['agent']['view_mask'].sum())
+            for i in (0, 1)]
+    assert graphs[0]['logged']['num_neg_sample_step'] == sum(keys)
+    assert worst_relative(graphs[0]['grads'], graphs[1]['grads']) == 0.0
+    assert graphs[0]['grads'].keys() == eager[0]['grads'].keys() and len(eager[0]['grads']) > 50
+    # float32: gradients that cancel to almost zero (a BatchNorm follows) differ at the rounding level
+    assert worst_relative(graphs[0]['grads'], eager[0]['grads'], floor=1e-2) < 1e-3

@@ -153,13 +153,13 @@ class SaveEachRank(pl.Callback):
         self._save(trainer, 'params', {n: p.detach().clone() for n, p in module.named_parameters()})
 
 
-def fit_two_processes(items, cuda_graphs, out_dir):
+def fit_two_processes(items, cuda_graphs, out_dir, **model_overrides):
     from pytorch_lightning.strategies import DDPStrategy
     from torch.utils.data import DataLoader
     from torch_geometric.loader.dataloader import Collater
     os.makedirs(out_dir)
     pl.seed_everything(0)
-    model = SmartPretrain(**dict(TINY_QCNET_SSL, dropout=0.0, warmup=1))
+    model = SmartPretrain(**dict(TINY_QCNET_SSL, dropout=0.0, warmup=1, **model_overrides))
     apply(model, SpeedOptions(cuda_graphs=cuda_graphs, tf32=False))
     # the collate among the constructor arguments: Lightning re-creates the loader with its distributed sampler
     loader = DataLoader(items, batch_size=1, shuffle=False, collate_fn=ViewPairCollate(Collater(items)))
