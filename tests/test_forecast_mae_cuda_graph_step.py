@@ -253,3 +253,42 @@ def test_pretraining_padded_step_under_ddp_gathers_keys_from_both_processes(tmp_
     assert graphs[0]['grads'].keys() == eager[0]['grads'].keys() and len(eager[0]['grads']) > 50
     # float32: gradients that cancel to almost zero (a BatchNorm follows) differ at the rounding level
     assert worst_relative(graphs[0]['grads'], eager[0]['grads'], floor=1e-2) < 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --speed fast and the benchmark
+# ----------------------------------------------------------------------------------------------------------------
+def test_fast_preset_builds_edge_lists_only_for_models_that_have_them():
+    """--speed fast names the edge lists in the loader workers; ForecastMAE (supervised or as the pre-training
+    backbone) has none and takes the rest of the preset; --build_graph_in_workers 1 given explicitly stays a one-line
+    flag error."""
+    from acceleration.apply import options_for_model
+    from acceleration.options import PRESETS
+    from predictors import QCNet
+    from predictors.smartpretrain import SmartPretrain
+    from test_second_backbone import TINY_SSL_EITHER_BACKBONE
+    from tiny_configs import TINY_QCNET
+    fast = PRESETS['fast']
+    for model in (tiny_model(), SmartPretrain(backbone='forecast_mae', **TINY_SSL_EITHER_BACKBONE)):
+        options = options_for_model(model, fast, {'speed': 'fast'})
+        assert options == fast.replace(edge_lists_in_workers=False)
+        apply(model, options.replace(compile_attention=False, compile_embeddings=False, compile_gru=False))
+        assert model.fixed_shape_step is not None
+        given = options_for_model(model, fast, {'speed': 'fast', 'build_graph_in_workers': True})
+        with pytest.raises(ValueError, match='^--build_graph_in_workers: .* has no separate edge-list construction'):
+            apply(model, given)
+    for model in (QCNet(**TINY_QCNET), SmartPretrain(backbone='qcnet', **TINY_SSL_EITHER_BACKBONE)):
+        assert options_for_model(model, fast, {'speed': 'fast'}) == fast
+
+
+def test_backbone_benchmark_times_the_forecast_mae_cuda_graph_step(tmp_path):
+    """benchmarks/bench_backbones.py --speed fast: the padded step of each mode (on the CPU without capture)."""
+    import json
+    from benchmarks.bench_backbones import main
+    report = tmp_path / 'report.json'
+    assert main(['--device', 'cpu', '--size', 'tiny', '--models', 'ForecastMAE', '--batch_sizes', '2', '--steps', '1',
+                 '--warmup', '1', '--precision', 'fp32', '--speed', 'fast', '--report', str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result['speed'] == 'fast'
+    assert sorted(row['mode'] for row in result['results']) == ['infer', 'ssl', 'train']
+    assert all(row['scenarios_per_s'] > 0 for row in result['results'])
