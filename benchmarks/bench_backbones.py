@@ -133,8 +133,8 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     info = {'device': str(device), 'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
-            'torch': torch.__version__, 'size': args.size, 'speed': args.speed, 'num_scenes_available': len(scenes), 'tf32': args.tf32,
-            'results': []}
+            'torch': torch.__version__, 'size': args.size, 'speed': args.speed, 'num_scenes_available': len(scenes),
+            'tf32': args.tf32, 'results': []}
     print(json.dumps({k: v for k, v in info.items() if k != 'results'}))
     timer = Timer(device)
     for model_name in args.models:

@@ -53,7 +53,8 @@ class ForecastMAEBackbone(SSLBackbone):
     def propose(self, view: HeteroData, scene_enc: ForecastMAEEncoding) -> torch.Tensor:
         return self.decoder(scene_enc)[:, 0]                                   # [A, 1, R, D] -> [A, R, D]
 
-    def forward(self, view: HeteroData, graph: None = None, layout: Optional[SceneLayout] = None) -> torch.Tensor:
+    def forward(self, view: HeteroData, graph: Optional[Any] = None,
+                layout: Optional[SceneLayout] = None) -> torch.Tensor:
         """layout: the scene token layout of ``view`` computed beforehand (the fixed-shape step pads it); None:
         computed here. There are no edge lists (``graph``)."""
         if graph is not None:

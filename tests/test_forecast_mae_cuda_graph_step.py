@@ -1,8 +1,8 @@
 """The CUDA-graph step (acceleration.cuda_graph_step) with ForecastMAE's padding
 (acceleration.padded_forecast_mae_batch) on real Argoverse 2 scenes: the padded forward, losses and gradients equal
 the unpadded ones, for scenes of very different sizes and a smaller last batch; the --cuda_graphs training path of
-the Lightning module (on CPU the padded step runs without capture)."""
-import os
+the Lightning module (on CPU the padded step runs without capture); SmartPretrain pre-training with the forecast_mae
+backbone (acceleration.padded_ssl_batch), in one process and in two; --speed fast and the benchmark."""
 
 import pytest
 import torch
