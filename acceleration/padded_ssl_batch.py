@@ -113,7 +113,17 @@ class ViewPairPadding:
         parts = {part: self.part.prepare(batch[part]) for part in PARTS}
         local = {f'{part}.{name}': count for part in PARTS for name, count in parts[part][0].items()}
         key = tuple(parts[part][1] for part in PARTS)
-        return agree_across_processes(local), key, (parts[ANCHOR][2], parts[VIEWS][2], local)
+        if self.backbone_input != 'layout':
+            return agree_across_processes(local), key, (parts[ANCHOR][2], parts[VIEWS][2], local)
+        # The scene count is exact (part of the key): every process must replay the same graph, or one would capture
+        # (warm-up runs with the key gather) while another replays. Its maximum and minimum ride on the same
+        # all-reduce (Lightning's distributed sampler gives every process the same number of samples).
+        num_scenes = parts[ANCHOR][1][0]
+        agreed = agree_across_processes({**local, 'scenes': num_scenes, 'minus_scenes': -num_scenes})
+        if agreed.pop('scenes') != -agreed.pop('minus_scenes'):
+            raise ValueError(f'--cuda_graphs: this process has a batch of {num_scenes} scenes, another process a '
+                             'different number (pre-training with the forecast_mae backbone needs equal batches)')
+        return agreed, key, (parts[ANCHOR][2], parts[VIEWS][2], local)
 
     def allocate(self, payload: tuple, capacities: Mapping[str, int]) -> PaddedViewPairBatch:
         anchor = self.part.allocate(payload[0], _split(capacities, ANCHOR))

@@ -292,3 +292,19 @@ def test_backbone_benchmark_times_the_forecast_mae_cuda_graph_step(tmp_path):
     assert result['speed'] == 'fast'
     assert sorted(row['mode'] for row in result['results']) == ['infer', 'ssl', 'train']
     assert all(row['scenarios_per_s'] > 0 for row in result['results'])
+
+
+def test_pretraining_refuses_processes_with_different_scene_counts(pairs, monkeypatch):  # noqa: F811
+    """Each scene count has graphs of its own: processes holding different counts would not replay the same graph
+    (one capturing while another replays), so the step stops with one line instead of waiting forever."""
+    import acceleration.padded_ssl_batch as padded_ssl_batch
+    from acceleration.view_pair_batch import ViewPairCollate
+    from test_ssl_fast_step import _collate, _model
+    model = _model(backbone='forecast_mae', **TINY_FMAE)
+    apply(model, SpeedOptions(cuda_graphs=True, tf32=False))
+    batch = ViewPairCollate(_collate(pairs))(pairs)
+    # another process with one scene more: the maximum of the counts rises, the minimum stays
+    monkeypatch.setattr(padded_ssl_batch, 'agree_across_processes', lambda sizes: {**sizes, 'scenes': 4})
+    with pytest.raises(ValueError, match='^--cuda_graphs: this process has a batch of 3 scenes, another process a '
+                                         'different number'):
+        model.fixed_shape_step.train(batch, model.configure_optimizers())
