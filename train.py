@@ -173,10 +173,11 @@ def main(argv: Optional[List[str]] = None) -> Any:
     model = model_class(args.model)(**model_arguments(args))
     graph_builder = None
     with input_errors(ValueError):
+        from acceleration.apply import apply, options_for_model
+        speed = options_for_model(model, speed, vars(args))
         if speed.edge_lists_in_workers:
             from acceleration.edge_lists_in_workers import EdgeListCollate, edge_list_builder_for
             graph_builder = edge_list_builder_for(model, args.num_workers)
-        from acceleration.apply import apply
         apply(model, speed)
     if resume_path is not None:
         with input_errors(CheckpointError):

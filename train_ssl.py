@@ -155,7 +155,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
     with input_errors(ValueError):  # contradicting speed flags, a flag the backbone cannot take
         speed = speed_options_from_args(args, default_cache_dir=str(run_dir / 'compile_cache'))
         model = SmartPretrain(**model_arguments(args))
-        from acceleration.apply import apply
+        from acceleration.apply import apply, options_for_model
+        speed = options_for_model(model, speed, vars(args))
         apply(model, speed)
         # the loaders' collate: both views in one batch, edge lists of both views built in the workers
         builder = view_edge_list_builder(model, args.num_workers) if speed.edge_lists_in_workers else None

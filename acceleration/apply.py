@@ -38,6 +38,23 @@ def _has_gru_hook(module: torch.nn.Module) -> bool:
     return hasattr(module, 'ops') and hasattr(type(module), 'ops') and hasattr(module, 'traj_emb')
 
 
+def builds_edge_lists(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has edge lists to build beforehand: QCNet, pre-training with the qcnet backbone (its
+    backbone's, acceleration.view_pair_batch)."""
+    builds = model if not hasattr(model, 'momentum_branch') else getattr(model.branch, 'backbone', None)
+    return hasattr(builds, 'build_graph')
+
+
+def options_for_model(model: torch.nn.Module, options: SpeedOptions, given_flags) -> SpeedOptions:
+    """``options`` as ``model`` takes them from a preset: the edge lists in the loader workers of ``--speed fast``
+    only for a model that builds edge lists (ForecastMAE's data-dependent part, its scene token layout, is computed in
+    the step). ``given_flags``: the flags given on the command line (``vars(args)``); ``--build_graph_in_workers 1``
+    among them stays a flag error for such a model (``apply``)."""
+    if options.edge_lists_in_workers and 'build_graph_in_workers' not in given_flags and not builds_edge_lists(model):
+        return options.replace(edge_lists_in_workers=False)
+    return options
+
+
 def apply(model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     """Installs ``options`` into ``model`` (in place; returns it). Raises ValueError (one line naming the flag) for an
     option the model cannot take, e.g. ``cuda_graphs`` for a model without a padding scheme."""
@@ -55,9 +72,7 @@ def apply(model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     wanted = [name for name in ('compile_attention', 'compile_embeddings', 'compile_gru') if getattr(options, name)]
     if wanted and not any(compiles):
         raise ValueError(f'--{wanted[0]}: {type(model).__name__} has no layer of that kind to compile')
-    # pre-training builds its backbone's edge lists (acceleration.view_pair_batch)
-    builds = model if not hasattr(model, 'momentum_branch') else getattr(model.branch, 'backbone', None)
-    if options.edge_lists_in_workers and not hasattr(builds, 'build_graph'):
+    if options.edge_lists_in_workers and not builds_edge_lists(model):
         raise ValueError(f'--build_graph_in_workers: {type(model).__name__} has no separate edge-list construction '
                          '(QCNet and pre-training with the qcnet backbone only)')
     if options.compiles:
@@ -99,15 +114,20 @@ def remove(model: torch.nn.Module) -> torch.nn.Module:
 
 def padding_scheme(model: torch.nn.Module):
     """The padding scheme of ``model``'s CUDA-graph step (looked up by type); ValueError for a model without one."""
+    from predictors.forecast_mae import ForecastMAE
     from predictors.qcnet import QCNet
     from predictors.smartpretrain import SmartPretrain
     if isinstance(model, QCNet):
         from acceleration.padded_qcnet_batch import QCNetPadding
         return QCNetPadding(model)
+    if isinstance(model, ForecastMAE):
+        from acceleration.padded_forecast_mae_batch import ForecastMAEPadding
+        return ForecastMAEPadding(model)
     if isinstance(model, SmartPretrain):
         from acceleration.padded_ssl_batch import ViewPairPadding
         return ViewPairPadding(model)
-    raise ValueError(f'--cuda_graphs: {type(model).__name__} has no fixed-shape step yet (QCNet, SmartPretrain)')
+    raise ValueError(f'--cuda_graphs: {type(model).__name__} has no fixed-shape step yet (QCNet, ForecastMAE, '
+                     'SmartPretrain)')
 
 
 def check_cuda_device(accelerator: str) -> None:

@@ -11,8 +11,8 @@ def prepare_model_for_evaluation(model: torch.nn.Module, args: argparse.Namespac
     """Installs ``--speed`` and its overrides into ``model`` (ValueError, one line, for a flag the model or machine
     cannot take); returns the CPU edge-list builder for the loader workers (EdgeListCollate) or None.
     Training-only options (TF32, the fused optimiser) have no effect on evaluation."""
-    from acceleration.apply import apply, check_cuda_device
-    speed = speed_options_from_args(args).replace(tf32=False)
+    from acceleration.apply import apply, check_cuda_device, options_for_model
+    speed = options_for_model(model, speed_options_from_args(args).replace(tf32=False), vars(args))
     if speed.cuda_graphs:
         check_cuda_device(args.accelerator)
     builder = None

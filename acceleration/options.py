@@ -103,8 +103,9 @@ def add_speed_args(parser: argparse.ArgumentParser, evaluation: bool = False) ->
                                       'flag left out takes its value from --speed; docs/PERFORMANCE.md)')
     group.add_argument('--speed', choices=sorted(PRESETS), default='default',
                        help='preset of the options below: default (fused kernels, TF32 while training on CUDA), fast '
-                            '(+ torch.compile, CUDA graphs, edge lists in the loader workers; CUDA GPUs), low_memory '
-                            '(activation checkpointing and recomputed embeddings); each flag below overrides it')
+                            '(+ torch.compile, CUDA graphs, edge lists in the loader workers where the model has '
+                            'them; CUDA GPUs), low_memory (activation checkpointing and recomputed embeddings); each '
+                            'flag below overrides it')
     helps = {
         'tf32': 'TF32 tensor-core matmuls while training on CUDA',
         'fused_kernels': "the layers' fused custom-autograd / split-K forms (0: the plain PyTorch formulation)",

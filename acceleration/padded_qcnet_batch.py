@@ -161,9 +161,12 @@ class QCNetPadding:
     """The padding scheme of QCNet for ``acceleration.cuda_graph_step.CudaGraphStep``: a batch's sizes and edge
     lists (attached by a loader worker, else built here), static buffers for a capacity, and the copy into them."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, steps: Optional[int] = None, modes: Optional[int] = None) -> None:
+        """``model``: QCNet, or anything with its ``build_graph`` (e.g. the qcnet pre-training backbone, with
+        ``steps`` / ``modes`` given)."""
         self.model = model
-        self.steps, self.modes = model.num_historical_steps, model.num_modes
+        self.steps = model.num_historical_steps if steps is None else steps
+        self.modes = model.num_modes if modes is None else modes
 
     def prepare(self, batch: HeteroData) -> Tuple[Dict[str, int], Hashable, tuple]:
         """(sizes, structure key, payload): the counts that must fit a capacity; which per-node tensors the batch

@@ -1,9 +1,11 @@
 """SmartPretrain batches padded to fixed sizes: the padding scheme of the pre-training CUDA-graph step.
 
 A pre-training batch here is the two-view form of ``acceleration.view_pair_batch``: ``{'anchor': Batch,
-'views': Batch(target views + anchor views)}``. Each of the two batches is padded like a QCNet batch
-(``acceleration.padded_qcnet_batch``: zero agents, polygons and points after the real ones, padded edges joining the
-last padded nodes), so the backbone's fixed-shape part is QCNet's. What pre-training adds:
+'views': Batch(target views + anchor views)}``. Each of the two batches is padded as its backbone's supervised
+predictor pads a batch (qcnet: ``acceleration.padded_qcnet_batch``, zero agents, polygons and points after the real
+ones, padded edges joining the last padded nodes; forecast_mae: ``acceleration.padded_forecast_mae_batch``, the same
+zero rows and a padded scene token layout), so the backbone's fixed-shape part is the supervised one's. What
+pre-training adds:
 
 - agent groups: each agent's view in the two-view batch (0 .. V-1 in ``VIEW_ORDER``) and 0 for the anchor batch's
   agents; -1 for padding. The projector and predictor BatchNorm layers normalise each group by its own statistics
@@ -25,8 +27,8 @@ import torch
 import torch.distributed as dist
 from torch_geometric.data import HeteroData
 
-from acceleration.edge_lists_in_workers import attached_edge_lists
-from acceleration.padded_qcnet_batch import NODE_TYPES, PaddedQCNetBatch, per_node_keys, qcnet_sizes
+from acceleration.padded_forecast_mae_batch import ForecastMAEPadding
+from acceleration.padded_qcnet_batch import QCNetPadding
 from transforms.ssl_views import ANCHOR, TARGET, VIEW_ORDER, VIEWS
 
 PARTS = (ANCHOR, VIEWS)
@@ -49,25 +51,24 @@ def agree_across_processes(sizes: Dict[str, int]) -> Dict[str, int]:
 
 
 class PaddedViewPairBatch:
-    """Static buffers of one capacity: the padded anchor batch and two-view batch (``PaddedQCNetBatch`` each) and
-    the pre-training index buffers (module docstring)."""
+    """Static buffers of one capacity: the padded anchor batch and two-view batch (``PaddedQCNetBatch`` or
+    ``PaddedForecastMAEBatch`` each, ``.data`` their node tensors), the pre-training index buffers (module docstring)
+    and ``anchor_inputs`` / ``views_inputs``: what the branches take besides the data (``SSLBranch`` keywords: the
+    padded edge lists, or the padded scene layout)."""
 
-    def __init__(self, anchor: HeteroData, views: HeteroData, capacities: Mapping[str, int], steps: int,
-                 modes: int) -> None:
-        self.anchor = PaddedQCNetBatch(anchor, _split(capacities, ANCHOR), steps, modes)
-        self.views = PaddedQCNetBatch(views, _split(capacities, VIEWS), steps, modes)
-        device = anchor['agent']['position'].device
-        anchor_cap, views_cap = self.anchor.capacities['agent'], self.views.capacities['agent']
+    def __init__(self, anchor, views, backbone_input: str) -> None:
+        self.anchor, self.views = anchor, views
+        self.anchor_inputs = {backbone_input: getattr(anchor, backbone_input)}
+        self.views_inputs = {backbone_input: getattr(views, backbone_input)}
+        device = anchor.data['agent']['position'].device
+        anchor_cap, views_cap = anchor.capacities['agent'], views.capacities['agent']
         self.anchor_groups = torch.full((anchor_cap,), -1, dtype=torch.long, device=device)
         self.view_of_agent = torch.full((views_cap,), -1, dtype=torch.long, device=device)
         self.positive_index = torch.zeros(anchor_cap, dtype=torch.long, device=device)
         self.self_index = torch.zeros(anchor_cap, dtype=torch.long, device=device)
 
-    def fill(self, anchor: HeteroData, anchor_edges, views: HeteroData, views_edges,
-             local_sizes: Mapping[str, int]) -> None:
-        self.anchor.fill(anchor, anchor_edges, _split(local_sizes, ANCHOR))
-        self.views.fill(views, views_edges, _split(local_sizes, VIEWS))
-        num_agents = local_sizes[f'{ANCHOR}.agent']
+    def fill_indices(self, num_agents: int) -> None:
+        """Agent groups and key rows of a batch of ``num_agents`` anchor agents (after both parts are filled)."""
         device = self.anchor_groups.device
         agents = torch.arange(num_agents, device=device)
         self.anchor_groups.fill_(-1)
@@ -84,46 +85,56 @@ class PaddedViewPairBatch:
 
 
 class ViewPairPadding:
-    """The padding scheme of SmartPretrain (qcnet backbone) for ``acceleration.cuda_graph_step.CudaGraphStep``."""
+    """The padding scheme of SmartPretrain (qcnet or forecast_mae backbone) for
+    ``acceleration.cuda_graph_step.CudaGraphStep``: each view batch padded by its backbone's part scheme
+    (``QCNetPadding`` / ``ForecastMAEPadding``), capacities agreed across processes."""
 
     def __init__(self, model: torch.nn.Module) -> None:
+        from modules.forecast_mae_backbone import ForecastMAEBackbone
         backbone = model.branch.backbone
-        if not hasattr(backbone, 'build_graph'):
-            raise ValueError(f'--cuda_graphs: the {type(backbone).__name__} of pre-training has no fixed-shape step '
-                             '(the qcnet backbone has)')
         if model.hparams.get('separate_dataset_negatives'):
             raise ValueError('--cuda_graphs: not available with --separate_dataset_negatives 1 yet')
-        self.backbone = backbone
-        self.steps, self.modes = model.num_historical_steps, int(backbone.decoder.num_modes)
-
-    def _edge_lists(self, batch: HeteroData) -> Dict[str, torch.Tensor]:
-        edge_lists = attached_edge_lists(batch)
-        if edge_lists is None:
-            with torch.no_grad():
-                edge_lists = self.backbone.build_graph(batch)
-        return edge_lists
+        if hasattr(backbone, 'build_graph'):
+            self.part = QCNetPadding(backbone, steps=model.num_historical_steps, modes=int(backbone.decoder.num_modes))
+            self.backbone_input = 'edge_lists'
+        elif isinstance(backbone, ForecastMAEBackbone):
+            self.part = ForecastMAEPadding(backbone)
+            self.backbone_input = 'layout'
+        else:
+            raise ValueError(f'--cuda_graphs: the {type(backbone).__name__} of pre-training has no fixed-shape step '
+                             '(the qcnet and forecast_mae backbones have)')
 
     def prepare(self, batch: Mapping[str, HeteroData]) -> Tuple[Dict[str, int], Hashable, tuple]:
-        """(sizes agreed across processes, structure key, payload (anchor, its edge lists, views, theirs, this
-        process's own sizes))."""
+        """(sizes agreed across processes, structure key, payload (each part's payload, this process's own
+        sizes))."""
         if VIEWS not in batch:
             raise ValueError('--cuda_graphs: pre-training batches must hold both views in one batch '
                              '(--batch_momentum_views 1)')
-        anchor, views = batch[ANCHOR], batch[VIEWS]
-        anchor_edges, views_edges = self._edge_lists(anchor), self._edge_lists(views)
-        local = {f'{part}.{name}': count for part, data, edges in ((ANCHOR, anchor, anchor_edges),
-                                                                   (VIEWS, views, views_edges))
-                 for name, count in qcnet_sizes(data, edges).items()}
-        key = tuple(tuple(per_node_keys(data[t], local[f'{part}.{t}'])) for part, data in ((ANCHOR, anchor),
-                                                                                         (VIEWS, views))
-                    for t in NODE_TYPES)
-        return agree_across_processes(local), key, (anchor, anchor_edges, views, views_edges, local)
+        parts = {part: self.part.prepare(batch[part]) for part in PARTS}
+        local = {f'{part}.{name}': count for part in PARTS for name, count in parts[part][0].items()}
+        key = tuple(parts[part][1] for part in PARTS)
+        if self.backbone_input != 'layout':
+            return agree_across_processes(local), key, (parts[ANCHOR][2], parts[VIEWS][2], local)
+        # The scene count is exact (part of the key): every process must replay the same graph, or one would capture
+        # (warm-up runs with the key gather) while another replays. Its maximum and minimum ride on the same
+        # all-reduce (Lightning's distributed sampler gives every process the same number of samples).
+        num_scenes = parts[ANCHOR][1][0]
+        agreed = agree_across_processes({**local, 'scenes': num_scenes, 'minus_scenes': -num_scenes})
+        if agreed.pop('scenes') != -agreed.pop('minus_scenes'):
+            raise ValueError(f'--cuda_graphs: this process has a batch of {num_scenes} scenes, another process a '
+                             'different number (pre-training with the forecast_mae backbone needs equal batches)')
+        return agreed, key, (parts[ANCHOR][2], parts[VIEWS][2], local)
 
     def allocate(self, payload: tuple, capacities: Mapping[str, int]) -> PaddedViewPairBatch:
-        return PaddedViewPairBatch(payload[0], payload[2], capacities, self.steps, self.modes)
+        anchor = self.part.allocate(payload[0], _split(capacities, ANCHOR))
+        views = self.part.allocate(payload[1], _split(capacities, VIEWS))
+        return PaddedViewPairBatch(anchor, views, self.backbone_input)
 
     def fill(self, padded: PaddedViewPairBatch, payload: tuple, sizes: Mapping[str, int]) -> None:
-        padded.fill(*payload)
+        local = payload[2]
+        self.part.fill(padded.anchor, payload[0], _split(local, ANCHOR))
+        self.part.fill(padded.views, payload[1], _split(local, VIEWS))
+        padded.fill_indices(local[f'{ANCHOR}.agent'])
 
     @staticmethod
     def real_rows(outputs: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> Dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@
 - ssl: momentum update + SmartPretrain forward on both views (online and momentum branches) + contrastive and
   reconstruction losses + backward + AdamW step, through the same pre-training module for both backbones;
 - infer: supervised forward under torch.no_grad.
+--speed fast: the options of train.py / train_ssl.py --speed fast (acceleration.apply: the CUDA-graph step, compiled
+attention layers and embeddings); train and ssl time ``fixed_shape_step.train`` (replay + optimiser step), infer
+``fixed_shape_step.infer``. QCNet's edge lists are built once before the timed steps, as the loader workers do.
 Each measurement is the median of --steps timed repetitions after --warmup untimed ones (CUDA events on GPU,
 perf_counter on CPU), on a batch already on the device. Reports scenarios/s and the peak allocated GPU memory.
 
@@ -18,6 +21,9 @@ Examples:
   # H100, both models, full size
   python benchmarks/bench_backbones.py --device cuda --batch_sizes 4 16 32 --precision fp32 bf16-mixed \
       --report bench_backbones.json
+  # ForecastMAE with every speed option (CUDA-graph step) against its plain step
+  python benchmarks/bench_backbones.py --device cuda --models ForecastMAE --batch_sizes 4 32 --precision fp32 \
+      --tf32 --speed fast --report fmae_fast.json
 """
 import argparse
 import copy
@@ -63,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--steps', type=int, default=30, help='timed repetitions per setting (median reported)')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32 runs')
+    parser.add_argument('--speed', choices=['default', 'fast'], default='default',
+                        help='default: the plain step; fast: the CUDA-graph step with compiled layers (see above)')
     parser.add_argument('--data_root', type=str, default=os.path.join(ROOT, 'tests', 'data', 'av2', 'train'),
                         help='raw Argoverse 2 scenario folders to process and cycle')
     parser.add_argument('--processed_dir', type=str, default=None, help="this project's processed cache folder")
@@ -87,8 +95,11 @@ def build(model_name: str, size: str, mode: str):
     return name, module, optimizer
 
 
-def ssl_batch(scenes: List, batch_size: int, device: torch.device) -> Dict:
+def ssl_batch(scenes: List, batch_size: int, device: torch.device, both_views: bool = False) -> Dict:
+    """{'anchor', 'target'} view batches, or with ``both_views`` the {'anchor', 'views'} form of the CUDA-graph step
+    (acceleration.view_pair_batch)."""
     from torch_geometric.data import Batch
+    from acceleration.view_pair_batch import ViewPairCollate
     from transforms.ssl_views import SSLViews
     views = SSLViews(AV2_CONFIG['num_historical_steps'], AV2_CONFIG['num_future_steps'])
     pairs = []
@@ -97,7 +108,20 @@ def ssl_batch(scenes: List, batch_size: int, device: torch.device) -> Dict:
         if 'target' in scene['agent']:  # views are cut from the raw sample
             del scene['agent'].target
         pairs.append(views.make_views(scene, 0, views.num_steps - views.num_historical_steps))
+    if both_views:
+        return {key: value.to(device) for key, value in ViewPairCollate(Batch.from_data_list)(pairs).items()}
     return {key: Batch.from_data_list([pair[key] for pair in pairs]).to(device) for key in ('anchor', 'target')}
+
+
+def attach_edge_lists(batch, builder: torch.nn.Module) -> None:
+    """QCNet-style edge lists built once and attached to each batch of ``batch`` (what the loader workers of
+    --build_graph_in_workers do); nothing for a model without edge lists."""
+    from acceleration.edge_lists_in_workers import EDGE_LISTS_ATTRIBUTE
+    if not hasattr(builder, 'build_graph'):
+        return
+    with torch.no_grad():
+        for data in (batch.values() if isinstance(batch, dict) else [batch]):
+            setattr(data, EDGE_LISTS_ATTRIBUTE, builder.build_graph(data))
 
 
 def main(argv=None) -> int:
@@ -109,8 +133,8 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     info = {'device': str(device), 'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
-            'torch': torch.__version__, 'size': args.size, 'num_scenes_available': len(scenes), 'tf32': args.tf32,
-            'results': []}
+            'torch': torch.__version__, 'size': args.size, 'speed': args.speed, 'num_scenes_available': len(scenes),
+            'tf32': args.tf32, 'results': []}
     print(json.dumps({k: v for k, v in info.items() if k != 'results'}))
     timer = Timer(device)
     for model_name in args.models:
@@ -118,15 +142,25 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             name, module, optimizer = build(model_name, args.size, mode)
             module = module.to(device).train()
+            if args.speed == 'fast':
+                from acceleration.apply import apply
+                from acceleration.options import PRESETS
+                options = PRESETS['fast'].replace(tf32=args.tf32, edge_lists_in_workers=False)
+                if device.type != 'cuda':  # CPU smoke runs: the padded step runs eagerly and compiles nothing
+                    options = options.replace(compile_attention=False, compile_embeddings=False, compile_gru=False)
+                apply(module, options)
             params = sum(p.numel() for p in module.parameters())
             for batch_size in args.batch_sizes:
+                fast = args.speed == 'fast'
                 if mode == 'ssl':
-                    batch = ssl_batch(scenes, batch_size, device)
+                    batch = ssl_batch(scenes, batch_size, device, both_views=fast)
                     num_agents = int(batch['anchor']['agent']['num_nodes'])
                 else:
                     batch = Batch.from_data_list([copy.deepcopy(scenes[i % len(scenes)])
                                                   for i in range(batch_size)]).to(device)
                     num_agents = int(batch['agent']['num_nodes'])
+                if fast:
+                    attach_edge_lists(batch, module.branch.backbone if mode == 'ssl' else module)
                 for precision in args.precision:
                     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                               enabled=precision == 'bf16-mixed')
@@ -134,7 +168,20 @@ def main(argv=None) -> int:
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats(device)
 
-                    if mode == 'train':
+                    if fast and mode == 'train':
+                        def step():
+                            with autocast:
+                                module.fixed_shape_step.train(batch, optimizer)
+                    elif fast and mode == 'ssl':
+                        def step():
+                            module.update_momentum_branch(0.996)
+                            with autocast:
+                                module.fixed_shape_step.train(batch, optimizer)
+                    elif fast:
+                        def step():
+                            with autocast:
+                                module.fixed_shape_step.infer(batch)
+                    elif mode == 'train':
                         def step():
                             optimizer.zero_grad(set_to_none=True)
                             with autocast:

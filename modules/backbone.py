@@ -160,10 +160,11 @@ class SSLBranch(nn.Module):
             backbone._modules[name] = module  # e.g. SyncBatchNorm conversion replacing a child
 
     def forward(self, view: HeteroData, num_views: int = 1, edge_lists: Optional[Mapping[str, torch.Tensor]] = None,
-                agent_groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+                agent_groups: Optional[torch.Tensor] = None, layout: Optional[Any] = None) -> torch.Tensor:
         """view: one batch of views -> float[A, R, proj_dim]. ``edge_lists``: the backbone's edge lists built
         beforehand; else those a loader worker attached to the batch (``acceleration.edge_lists_in_workers``); else
-        built here.
+        built here. ``layout``: the forecast_mae backbone's scene token layout computed beforehand (none: computed
+        there).
 
         num_views > 1: the batch holds that many views of the same scenes one after the other (equal agent
         counts, e.g. ``acceleration.view_pair_batch``), run through the backbone together. The projector's
@@ -172,8 +173,11 @@ class SSLBranch(nn.Module):
         agent_groups long[A] (fixed-shape batches): each agent's view (0 .. num_views - 1), -1 for padding agents,
         which then take no part in the BatchNorm statistics (``layers.grouped_batch_norm``).
         """
-        graph = edge_lists if edge_lists is not None else attached_edge_lists(view)
-        embeddings = self.backbone(view) if graph is None else self.backbone(view, graph)  # [A, R, D]
+        if layout is not None:
+            embeddings = self.backbone(view, layout=layout)                                   # [A, R, D]
+        else:
+            graph = edge_lists if edge_lists is not None else attached_edge_lists(view)
+            embeddings = self.backbone(view) if graph is None else self.backbone(view, graph)  # [A, R, D]
         num_agents, num_rec, _ = embeddings.shape
         rows = embeddings.reshape(num_agents * num_rec, -1)
         if agent_groups is not None:

@@ -1,5 +1,5 @@
 """SmartPretrain adapter of the Forecast-MAE-style backbone (registered as 'forecast_mae')."""
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -8,6 +8,7 @@ from torch_geometric.data import HeteroData
 from modules.backbone import SSLBackbone, _pick, register_backbone
 from modules.forecast_mae_encoder import (DEFAULT_NUM_SCENE_LAYERS, DEFAULT_NUM_TEMPORAL_LAYERS, ForecastMAEEncoder,
                                           ForecastMAEEncoding)
+from modules.forecast_mae_layout import SceneLayout
 from modules.forecast_mae_proposal_decoder import ForecastMAEProposalDecoder
 
 # Defaults of the flags QCNet has no counterpart for (argparse and SmartPretrain(**hparams) without them).
@@ -46,8 +47,16 @@ class ForecastMAEBackbone(SSLBackbone):
         return cls(encoder, decoder, hidden_dim=hparams['hidden_dim'],
                    num_recurrent_steps=hparams['num_recurrent_steps'])
 
-    def encode(self, view: HeteroData) -> ForecastMAEEncoding:
-        return self.encoder(view)
+    def encode(self, view: HeteroData, layout: Optional[SceneLayout] = None) -> ForecastMAEEncoding:
+        return self.encoder(view, layout)
 
     def propose(self, view: HeteroData, scene_enc: ForecastMAEEncoding) -> torch.Tensor:
         return self.decoder(scene_enc)[:, 0]                                   # [A, 1, R, D] -> [A, R, D]
+
+    def forward(self, view: HeteroData, graph: Optional[Any] = None,
+                layout: Optional[SceneLayout] = None) -> torch.Tensor:
+        """layout: the scene token layout of ``view`` computed beforehand (the fixed-shape step pads it); None:
+        computed here. There are no edge lists (``graph``)."""
+        if graph is not None:
+            raise ValueError(f'{type(self).__name__} takes no edge lists built beforehand')
+        return self.propose(view, self.encode(view, layout))

@@ -64,10 +64,13 @@ class ForecastMAEEncoder(nn.Module):
         self.token_kind_emb.apply(weight_init)
         self.norm.apply(weight_init)
 
-    def forward(self, data: HeteroData) -> ForecastMAEEncoding:
+    def forward(self, data: HeteroData, layout: Optional[SceneLayout] = None) -> ForecastMAEEncoding:
+        """``layout``: the token layout of ``data`` computed beforehand (the fixed-shape step pads it,
+        ``acceleration.padded_forecast_mae_batch``); None: ``scene_layout(data)``."""
         hist = self.num_historical_steps
         agent, polygon, point = data['agent'], data['map_polygon'], data['map_point']
-        layout = scene_layout(data)
+        if layout is None:
+            layout = scene_layout(data)
         position = agent['position'][:, :hist, :2]
         heading = agent['heading'][:, :hist]
         observed = observed_history(agent['valid_mask'], agent['predict_mask'], hist)

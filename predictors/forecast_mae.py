@@ -12,6 +12,7 @@ from torch_geometric.data import HeteroData
 from modules.forecast_mae_backbone import BACKBONE_DEFAULTS
 from modules.forecast_mae_decoder import ForecastMAEDecoder
 from modules.forecast_mae_encoder import ForecastMAEEncoder
+from modules.forecast_mae_layout import SceneLayout
 from predictors.arguments import add_forecast_mae_args
 from predictors.trajectory_predictor import TrajectoryPredictor
 
@@ -82,9 +83,19 @@ class ForecastMAE(TrajectoryPredictor):
             num_heads=num_heads, head_dim=head_dim, dropout=dropout)
         self.init_objectives()
 
-    def forward(self, data: HeteroData) -> Dict[str, torch.Tensor]:
-        """The decoder's output dict (see :class:`modules.ForecastMAEDecoder`), in each agent's frame."""
-        return self.decoder(self.encoder(data))
+    def forward(self, data: HeteroData, layout: Optional[SceneLayout] = None) -> Dict[str, torch.Tensor]:
+        """The decoder's output dict (see :class:`modules.ForecastMAEDecoder`), in each agent's frame. ``layout``:
+        the scene token layout computed beforehand (the CUDA-graph step pads it); None: computed here."""
+        return self.decoder(self.encoder(data, layout))
+
+    def padded_step_losses(self, padded) -> Dict[str, torch.Tensor]:
+        """Losses of a batch padded to fixed sizes (acceleration.padded_forecast_mae_batch): the CUDA-graph step's
+        body."""
+        return self.compute_losses(padded.data, self(padded.data, padded.layout))
+
+    def padded_forward(self, padded) -> Dict[str, torch.Tensor]:
+        """Forward outputs of a padded batch (the CUDA-graph evaluation step's body)."""
+        return self(padded.data, padded.layout)
 
     @staticmethod
     def add_model_specific_args(parent_parser):

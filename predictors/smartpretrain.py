@@ -207,9 +207,9 @@ class SmartPretrain(pl.LightningModule):
         gathered from every process with equal row counts (capacities agreed across processes)."""
         anchor, views = padded.anchor, padded.views
         with torch.no_grad():
-            keys = self.momentum_branch(views.data, num_views=len(VIEW_ORDER), edge_lists=views.edge_lists,
-                                        agent_groups=padded.view_of_agent)
-        z_anchor = self.branch(anchor.data, edge_lists=anchor.edge_lists, agent_groups=padded.anchor_groups)
+            keys = self.momentum_branch(views.data, num_views=len(VIEW_ORDER), agent_groups=padded.view_of_agent,
+                                        **padded.views_inputs)
+        z_anchor = self.branch(anchor.data, agent_groups=padded.anchor_groups, **padded.anchor_inputs)
         num_agents, num_rec, proj_dim = z_anchor.shape
         queries = mlp_with_grouped_norm(self.contra_predictor, z_anchor.reshape(num_agents * num_rec, proj_dim),
                                         padded.anchor_groups.repeat_interleave(num_rec), 1)

@@ -117,9 +117,14 @@ def test_fast_preset_refusals():
         apply(model, SpeedOptions(cuda_graphs=True, batch_views=False))
     with pytest.raises(ValueError, match='separate_dataset_negatives'):
         apply(SmartPretrain(**TINY_QCNET_SSL, separate_dataset_negatives=1), SpeedOptions(cuda_graphs=True))
+    # the forecast_mae backbone takes the CUDA-graph step (tests/test_forecast_mae_cuda_graph_step.py), but has no
+    # edge lists to build in the loader workers
+    from acceleration.options import PRESETS
     from test_second_backbone import TINY_SSL_EITHER_BACKBONE
-    with pytest.raises(ValueError, match='qcnet backbone'):
-        apply(SmartPretrain(backbone='forecast_mae', **TINY_SSL_EITHER_BACKBONE), SpeedOptions(cuda_graphs=True))
+    forecast_mae = SmartPretrain(backbone='forecast_mae', **TINY_SSL_EITHER_BACKBONE)
+    assert apply(forecast_mae, SpeedOptions(cuda_graphs=True)).fixed_shape_step is not None
+    with pytest.raises(ValueError, match='^--build_graph_in_workers: SmartPretrain has no separate edge-list'):
+        apply(forecast_mae, PRESETS['fast'])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,13 +153,13 @@ class SaveEachRank(pl.Callback):
         self._save(trainer, 'params', {n: p.detach().clone() for n, p in module.named_parameters()})
 
 
-def fit_two_processes(items, cuda_graphs, out_dir):
+def fit_two_processes(items, cuda_graphs, out_dir, **model_overrides):
     from pytorch_lightning.strategies import DDPStrategy
     from torch.utils.data import DataLoader
     from torch_geometric.loader.dataloader import Collater
     os.makedirs(out_dir)
     pl.seed_everything(0)
-    model = SmartPretrain(**dict(TINY_QCNET_SSL, dropout=0.0, warmup=1))
+    model = SmartPretrain(**dict(TINY_QCNET_SSL, dropout=0.0, warmup=1, **model_overrides))
     apply(model, SpeedOptions(cuda_graphs=cuda_graphs, tf32=False))
     # the collate among the constructor arguments: Lightning re-creates the loader with its distributed sampler
     loader = DataLoader(items, batch_size=1, shuffle=False, collate_fn=ViewPairCollate(Collater(items)))
