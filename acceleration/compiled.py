@@ -20,24 +20,51 @@ def compiled(function: Callable) -> Callable:
         import torch._dynamo
         limit = 'recompile_limit' if hasattr(torch._dynamo.config, 'recompile_limit') else 'cache_size_limit'
         setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), RECOMPILE_LIMIT))
+        # Without duck shaping: sizes that happen to be equal in the first call (padded capacities are multiples of
+        # 32, so a node count and an edge count often are) would otherwise share one symbol, and every later call
+        # where they differ would trace a new graph.
+        import torch.fx.experimental._config as fx_config
+        fx_config.use_duck_shape = False
         result = _COMPILED[function] = torch.compile(function, dynamic=True)
     return result
 
 
+def graph_input(value):
+    """A compiled function's argument with its tensors as plain contiguous tensors. Dynamo guards the strides of
+    each input tensor and, for a view, the layout of the tensor it views, so the same call with a view of another
+    tensor (the output of a split-K linear map is a view of its 3-D result, the decoder's first queries are one
+    embedding expanded over the slots) would trace a graph of its own. A contiguous view is re-labelled without a
+    copy (``_unsafe_view``, as torch.matmul does with its folded result; nothing writes into these tensors), other
+    layouts are copied."""
+    if isinstance(value, tuple):
+        return tuple(graph_input(item) for item in value)
+    if not isinstance(value, torch.Tensor):
+        return value
+    if not value.is_contiguous():
+        return value.contiguous()
+    return torch.ops.aten._unsafe_view(value, value.shape) if value._is_view() else value
+
+
 def use_compile_cache_dir(path: Optional[str]) -> Optional[str]:
-    """Keeps inductor's compiled kernels (and triton's, which inductor places below it) in ``path``, so a later run
-    with the same shapes loads them instead of compiling again; None leaves inductor's default (a folder under the
-    system temporary directory). Inductor reads the folder from TORCHINDUCTOR_CACHE_DIR at each compilation, so
-    this is set before the first one. Returns the folder in use."""
+    """Keeps inductor's compiled kernels (and triton's, which inductor places below it) and the traced
+    forward-backward graphs in ``path``, so a later run with the same shapes loads them instead of compiling again;
+    None leaves inductor's default (a folder under the system temporary directory, or TORCHINDUCTOR_CACHE_DIR).
+    Inductor reads the folder from TORCHINDUCTOR_CACHE_DIR at each compilation, so this is set before the first
+    one. Returns the folder in use."""
     if path is not None:
         os.makedirs(path, exist_ok=True)
         os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.path.abspath(path)
-        import torch._inductor.config
-        torch._inductor.config.fx_graph_cache = True  # compiled graphs (forward and backward)
-        torch._inductor.config.autotune_local_cache = True
-        import torch._functorch.config
-        if hasattr(torch._functorch.config, 'enable_autograd_cache'):
-            torch._functorch.config.enable_autograd_cache = True
+    import torch._inductor.config
+    torch._inductor.config.fx_graph_cache = True  # compiled graphs (forward and backward)
+    torch._inductor.config.autotune_local_cache = True
+    import torch._functorch.config
+    if hasattr(torch._functorch.config, 'enable_autograd_cache'):
+        torch._functorch.config.enable_autograd_cache = True  # the forward-backward split of each graph
+    if hasattr(torch._functorch.config, 'autograd_cache_allow_custom_autograd_functions'):
+        # The attention layers' custom autograd functions (acceleration/kernels/gather_scatter.py) are traced into
+        # the graph with their forward and backward, which the cache key covers; without this switch every graph
+        # holding one bypasses the cache and is traced forward and backward again at each start.
+        torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
     return os.environ.get('TORCHINDUCTOR_CACHE_DIR')
 
 

@@ -245,15 +245,20 @@ def step_timer(device: torch.device, warmup: int):
 
 
 def compile_statistics() -> Dict[str, object]:
-    """What torch.compile did in this process: graphs compiled by dynamo and seconds spent per compile phase (the
-    split between tracing and code generation that a warm start with a filled cache can or cannot skip)."""
+    """What torch.compile did in this process: graphs compiled by dynamo, hits and misses of the persistent compile
+    cache, and seconds spent per compile phase (the split between tracing and code generation that a warm start
+    with a filled cache can or cannot skip)."""
     import torch._dynamo.utils as dynamo_utils
     stats = dynamo_utils.counters['stats']
     phases = {}
     if stats.get('unique_graphs', 0):
         names, values = dynamo_utils.compile_times(repr='csv', aggregate=True)
         phases = {name: round(float(value), 2) for name, value in zip(names, values)}
-    return {'compiled_graphs': int(stats.get('unique_graphs', 0)), 'compile_phase_s': phases}
+    # cache hits / misses: a restart with the persistent cache finds every graph's forward-backward split
+    # (aot_autograd) and kernels (inductor fx graph) there; a miss or bypass is traced or compiled again
+    caches = {f'{group}.{name}': int(count) for group in ('aot_autograd', 'inductor')
+              for name, count in dynamo_utils.counters[group].items() if 'cache' in name}
+    return {'compiled_graphs': int(stats.get('unique_graphs', 0)), 'compile_cache': caches, 'compile_phase_s': phases}
 
 
 def main(argv=None) -> int:

@@ -137,24 +137,33 @@ def test_split_rows_match_the_per_scalar_formulation(rows):
 @pytest.mark.slow
 def test_compiled_training_path_matches_eager_values_and_gradients():
     """CompiledOps: the compiled traced formulation gives the fused values/gradients for several row counts
-    (dynamic shapes: no recompilation per count), and the same no-grad outputs."""
+    (dynamic shapes: no recompilation per count) and input counts (3 and 4 continuous inputs share one graph),
+    with no, one or two categorical embeddings, and the same no-grad outputs."""
     import copy
-    emb = make_embedding(3, hidden=16).float().train()
-    twin = copy.deepcopy(emb)
-    emb.ops = CompiledOps()
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
     gen = torch.Generator().manual_seed(3)
-    for rows in (40, 77):
-        inputs = (5 * torch.randn(rows, 3, generator=gen)).requires_grad_()
-        categorical = [torch.randn(rows, 16, generator=gen)]
-        out, ref = emb(inputs, categorical), twin(inputs, categorical)
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-        upstream = torch.randn(out.shape, generator=gen)
-        for got, want in zip(torch.autograd.grad((out * upstream).sum(), [inputs] + list(emb.parameters())),
-                             torch.autograd.grad((ref * upstream).sum(), [inputs] + list(twin.parameters()))):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    with torch.no_grad():
-        torch.testing.assert_close(emb.eval()(inputs, categorical), twin.eval()(inputs, categorical),
-                                   rtol=1e-5, atol=1e-5)
+    for input_dim, num_categorical in ((3, 1), (4, 1), (4, 0), (1, 2)):
+        emb = make_embedding(input_dim, hidden=16, seed=input_dim).float().train()
+        twin = copy.deepcopy(emb)
+        emb.ops = CompiledOps()
+        for rows in (40, 77):
+            inputs = (5 * torch.randn(rows, input_dim, generator=gen)).requires_grad_()
+            categorical = [torch.randn(rows, 16, generator=gen) for _ in range(num_categorical)] or None
+            out, ref = emb(inputs, categorical), twin(inputs, categorical)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+            upstream = torch.randn(out.shape, generator=gen)
+            for got, want in zip(torch.autograd.grad((out * upstream).sum(), [inputs] + list(emb.parameters())),
+                                 torch.autograd.grad((ref * upstream).sum(), [inputs] + list(twin.parameters()))):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            torch.testing.assert_close(emb.eval()(inputs, categorical), twin.eval()(inputs, categorical),
+                                       rtol=1e-5, atol=1e-5)
+    # with gradients: (3 or 4 inputs, categorical), (4, none), (1, categorical); without: the same three
+    assert counters['stats']['unique_graphs'] == 6
 
 
 @pytest.mark.slow

@@ -111,6 +111,34 @@ def test_padded_step_equals_plain_step(pairs):  # noqa: F811
     assert moved > 50  # the optimiser stepped
 
 
+def test_compiled_step_traces_one_graph_per_kind_of_layer_call(pairs, monkeypatch):  # noqa: F811
+    """The compiled pre-training step traces a graph per kind of layer call, not per layer, branch or batch size:
+    attention (self-attention with and without edge embeddings, bipartite with 2-D and 3-D targets) and Fourier
+    embedding (one or several continuous inputs, with or without categorical ones), each once with gradients (the
+    online branch) and once without (the momentum branch), and no more for a batch of another capacity. Each graph
+    is traced again in every new process (also with a filled compile cache), so their number sets how long a
+    restart takes. Counted with dynamo's eager backend (the graphs are dynamo's; no code generation)."""
+    import functools
+
+    import torch._dynamo
+    import acceleration.compiled
+    from torch._dynamo.utils import counters
+    monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='eager'))
+    monkeypatch.setattr(acceleration.compiled, '_COMPILED', {})
+    torch._dynamo.reset()
+    counters.clear()
+    model = _model()
+    apply(model, SpeedOptions(cuda_graphs=True, compile_attention=True, compile_embeddings=True, tf32=False))
+    collate = ViewPairCollate(_collate(pairs))
+    model.fixed_shape_step.train(collate(pairs[:2]), model.configure_optimizers())
+    first = counters['stats']['unique_graphs']
+    assert first == 2 * (4 + 3)
+    out = model.fixed_shape_step.train(collate(pairs), model.configure_optimizers())
+    assert len(model.fixed_shape_step.training_runner.capacity_rungs()) == 2 and torch.isfinite(out['loss'])
+    assert counters['stats']['unique_graphs'] == first
+    torch._dynamo.reset()
+
+
 def test_fast_preset_refusals():
     model = SmartPretrain(**TINY_QCNET_SSL)
     with pytest.raises(ValueError, match='--batch_momentum_views 1'):

@@ -3,14 +3,16 @@
 ``fused_embedding``: the input_dim per-scalar MLPs as batched matmuls, the first layer a custom autograd function
 that recomputes its Fourier features in the backward pass (:class:`FourierFirstLayer`), the second layers and the sum
 over scalars one matmul. ``traced_embedding``: the same batched layout in plain tensor operations, for torch.compile
-(no custom autograd: inductor fuses features, norms and sums and decides what to recompute).
+(no custom autograd: inductor fuses features, norms and sums and decides what to recompute), taking the per-scalar
+parameters stacked (``scalar_weights``) so that one compiled graph serves embeddings of different input_dim.
 """
 import math
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
+from acceleration.compiled import graph_input
 from acceleration.kernels.split_k_linear import batched_linear, linear, split_k_weight_grad
 
 TWO_PI = 2 * math.pi
@@ -102,40 +104,87 @@ def fused_continuous(layer, inputs: torch.Tensor) -> torch.Tensor:
     return linear(normed, *_second_layers(layer))
 
 
-def traced_continuous(layer, inputs: torch.Tensor) -> torch.Tensor:
+class ScalarWeights(NamedTuple):
+    """The per-scalar parameters of a FourierEmbedding stacked along a leading scalar dimension I (plain tensors
+    built from the parameters, so gradients reach them): freqs [I, F], w1 [I, 2F+1, H], b1 / gamma / beta
+    [I, 1, H], w2 [H, I*H] (the second layers side by side), b2 [H] (their biases summed)."""
+    freqs: torch.Tensor
+    w1: torch.Tensor
+    b1: torch.Tensor
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+
+
+def scalar_weights(layer) -> ScalarWeights:
+    """``layer``'s per-scalar parameters stacked (:class:`ScalarWeights`). Only their I-dependent dimension is left
+    dynamic for torch.compile: an embedding of 3 scalars and one of 4 then share one compiled graph (parameters
+    themselves would be compiled with static shapes, one graph per I); every other dimension stays static."""
+    first, norms = [mlp[0] for mlp in layer.mlps], [mlp[1] for mlp in layer.mlps]
+    freqs = graph_input(layer.freqs.weight.view(layer.freqs.weight.shape))  # a plain tensor, not a Parameter
+    w1 = torch.stack([lin.weight for lin in first]).transpose(1, 2)
+    b1 = torch.stack([lin.bias for lin in first]).unsqueeze(1)
+    gamma = torch.stack([n.weight for n in norms]).unsqueeze(1)
+    beta = torch.stack([n.bias for n in norms]).unsqueeze(1)
+    w2, b2 = _second_layers(layer)
+    weights = ScalarWeights(*map(graph_input, (freqs, w1, b1, gamma, beta, w2, b2)))
+    from torch._dynamo import mark_static
+    for tensor, dynamic in zip(weights, (0, 0, 0, 0, 0, 1, None)):
+        for dim in range(tensor.dim()):
+            if dim != dynamic:
+                mark_static(tensor, dim)
+    return weights
+
+
+def traced_continuous(inputs: torch.Tensor, weights: ScalarWeights, eps: float) -> torch.Tensor:
     """The function of fused_continuous in plain tensor operations, for torch.compile: the per-scalar norms as one
     normalisation with stacked affine parameters, fused by inductor with the ReLU and the layout change."""
     scalars = inputs.t().unsqueeze(-1)  # [I, N, 1]
-    angles = scalars * layer.freqs.weight.unsqueeze(1) * TWO_PI  # [I, N, F]
+    angles = scalars * weights.freqs.unsqueeze(1) * TWO_PI  # [I, N, F]
     feats = torch.cat([angles.cos(), angles.sin(), scalars], dim=-1)  # [I, N, 2F+1]
-    w1 = torch.stack([mlp[0].weight for mlp in layer.mlps]).transpose(1, 2)  # [I, 2F+1, H]
-    b1 = torch.stack([mlp[0].bias for mlp in layer.mlps]).unsqueeze(1)
-    hidden = batched_linear(feats, w1, b1)  # [I, N, H]
-    norms = [mlp[1] for mlp in layer.mlps]
-    gamma = torch.stack([n.weight for n in norms]).unsqueeze(1)
-    beta = torch.stack([n.bias for n in norms]).unsqueeze(1)
-    normed = torch.relu(F.layer_norm(hidden, hidden.shape[-1:], eps=norms[0].eps) * gamma + beta)
+    hidden = batched_linear(feats, weights.w1, weights.b1)  # [I, N, H]
+    normed = torch.relu(F.layer_norm(hidden, hidden.shape[-1:], eps=eps) * weights.gamma + weights.beta)
     normed = normed.permute(1, 0, 2).reshape(inputs.size(0), -1)  # [N, I*H]
-    return linear(normed, *_second_layers(layer))
+    return linear(normed, weights.w2, weights.b2)
 
 
-def _embedding(continuous, layer, continuous_inputs: Optional[torch.Tensor],
-               categorical_embs: Optional[List[torch.Tensor]]) -> torch.Tensor:
+def categorical_sum(categorical_embs: Optional[List[torch.Tensor]]) -> Optional[torch.Tensor]:
+    """The sum of the categorical embeddings ([N, hidden] each), None for none."""
+    if categorical_embs is None:
+        return None
+    return categorical_embs[0] if len(categorical_embs) == 1 else torch.stack(categorical_embs).sum(dim=0)
+
+
+def fused_embedding(layer, continuous_inputs: Optional[torch.Tensor],
+                    categorical_embs: Optional[List[torch.Tensor]]) -> torch.Tensor:
+    """FourierEmbedding's function through fused_continuous and split-K output layer."""
     if continuous_inputs is None:
-        x = torch.stack(categorical_embs).sum(dim=0)
+        x = categorical_sum(categorical_embs)
     else:
-        x = continuous(layer, continuous_inputs)
+        x = fused_continuous(layer, continuous_inputs)
         if categorical_embs is not None:
-            x = x + torch.stack(categorical_embs).sum(dim=0)
+            x = x + categorical_sum(categorical_embs)
     norm, _, out = layer.to_out
     return linear(torch.relu(norm(x)), out.weight, out.bias)
 
 
-def fused_embedding(layer, continuous_inputs, categorical_embs):
-    """FourierEmbedding's function through fused_continuous and split-K output layer."""
-    return _embedding(fused_continuous, layer, continuous_inputs, categorical_embs)
+def traced_embedding(layer, continuous_inputs: torch.Tensor, categorical: Optional[torch.Tensor], eps: float,
+                     *weights: torch.Tensor) -> torch.Tensor:
+    """FourierEmbedding's function in plain batched operations, what torch.compile compiles: continuous_inputs
+    [N, I], categorical [N, hidden] (the summed categorical embeddings, ``categorical_sum``) or None, eps of the
+    per-scalar norms, weights ``scalar_weights(layer)``. Nothing here reads the per-scalar modules of ``layer`` (their
+    count would be a guard): one compiled graph serves every embedding with the same presence of categorical inputs
+    and I = 1 or any I > 1 (a size of 1 is always a graph of its own)."""
+    x = traced_continuous(continuous_inputs, ScalarWeights(*weights), eps)
+    if categorical is not None:
+        x = x + categorical
+    norm, _, out = layer.to_out
+    return linear(torch.relu(norm(x)), out.weight, out.bias)
 
 
-def traced_embedding(layer, continuous_inputs, categorical_embs):
-    """FourierEmbedding's function in plain batched operations (what torch.compile compiles)."""
-    return _embedding(traced_continuous, layer, continuous_inputs, categorical_embs)
+def traced_embedding_arguments(layer, continuous_inputs: torch.Tensor,
+                               categorical_embs: Optional[List[torch.Tensor]]) -> tuple:
+    """The arguments of ``traced_embedding`` for the arguments of ``layer``'s forward."""
+    return (layer, graph_input(continuous_inputs), graph_input(categorical_sum(categorical_embs)),
+            layer.mlps[0][1].eps, *scalar_weights(layer))

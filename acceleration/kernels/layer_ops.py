@@ -6,8 +6,8 @@ Each class computes the same functions as ``layers.layer_ops.LayerOps``; acceler
 import torch
 import torch.utils.checkpoint
 
-from acceleration.compiled import compiled
-from acceleration.kernels.fourier_embedding import fused_embedding, traced_embedding
+from acceleration.compiled import compiled, graph_input
+from acceleration.kernels.fourier_embedding import fused_embedding, traced_embedding, traced_embedding_arguments
 from acceleration.kernels.gather_scatter import GatherDot, SumByIndex
 from acceleration.kernels.gru_loop import gru_final_state_loop
 from acceleration.kernels.split_k_linear import linear as split_k_linear
@@ -42,12 +42,22 @@ class CompiledOps(FusedOps):
     """The layer's forward through torch.compile (dynamic shapes; one compiled function per layer class, shared by
     every instance): inductor fuses the many small elementwise and normalisation kernels. The primitives inside are
     ``FusedOps``' (dynamo traces custom autograd functions), except the Fourier embedding, which compiles its plain
-    batched form so that inductor decides what to recompute."""
+    batched form so that inductor decides what to recompute.
+
+    Each compiled graph is traced again in every new process, also when the compile cache holds its kernels, so the
+    calls are shaped to need few graphs: one per kind of attention (self-attention with or without edge
+    embeddings, bipartite with 2-D or 3-D targets) and per kind of embedding (one continuous input, several, each
+    with or without categorical inputs), once with and once without gradients (the momentum branch). Embeddings
+    without continuous inputs (a sum, a norm and a linear map) run the fused eager form."""
 
     def run(self, layer, *args):
         from layers.fourier_embedding import FourierEmbedding
-        function = traced_embedding if isinstance(layer, FourierEmbedding) else _compiled_attention
-        return compiled(function)(layer, *args)
+        if isinstance(layer, FourierEmbedding):
+            continuous_inputs, categorical_embs = args
+            if continuous_inputs is None:
+                return fused_embedding(layer, continuous_inputs, categorical_embs)
+            return compiled(traced_embedding)(*traced_embedding_arguments(layer, continuous_inputs, categorical_embs))
+        return compiled(_compiled_attention)(layer, *map(graph_input, args))
 
 
 class RecomputedOps(FusedOps):

@@ -19,7 +19,13 @@ MIN_ROWS = 16384
 
 def split_rows(rows: int) -> bool:
     """Whether a matmul over ``rows`` rows takes the split-K form (the rows must divide into the chunks: the
-    fixed-shape step pads every count to a multiple of 32, so it always does there)."""
+    fixed-shape step pads every count to a multiple of 32, so it always does there).
+
+    Inside torch.compile the row count is symbolic and a threshold on it would be a guard: every compiled function
+    would get one graph for small and one for large row counts. There the split form is taken whenever the rows
+    divide (small matmuls lose nothing measurable by it), which holds for every shape of the fixed-shape step."""
+    if torch.compiler.is_compiling():
+        return rows % SPLIT_CHUNKS == 0
     return rows >= MIN_ROWS and rows % SPLIT_CHUNKS == 0
 
 
