@@ -24,7 +24,7 @@ python benchmarks/ssl_low_label.py pretrain $COMMON --out "$STUDY" --sources ssl
 echo "pretrain done at ${SECONDS}s"
 python benchmarks/ssl_low_label.py finetune $COMMON --out "$STUDY" --pretrained_dir "$STUDY" \
     --arms scratch pretrained pretrained_sym oracle --smallest_only pretrained_sym --labelled 50 200 \
-    --seeds 0 1 2 --finetune_epochs 30 15 --finetune_batch_size 16 --mode_noise_std 0.02 --parallel 8 \
+    --seeds 0 1 2 --finetune_epochs 30 15 --finetune_batch_size 16 --mode_noise_std 0.02 --parallel 4 \
     --deadline_s $((BUDGET - SECONDS - 30)) 2>&1 | tail -25
 echo "finetune done at ${SECONDS}s"
 tar -czf "$OUT/low_label.tar.gz" -C "$STUDY" --exclude='*.ckpt' --exclude='*.pt' \

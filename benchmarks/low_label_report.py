@@ -274,7 +274,12 @@ def plot_gains(rows: Sequence[dict], path: str) -> None:
             ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3, label=arm)
         ax.axhline(0, color='black', lw=0.8)
         ax.axhline(100 * SHOWN_GAIN, color='grey', lw=0.8, ls='--')
+        sizes = sorted({n for b, n, _ in fde if b == backbone})
         ax.set_xscale('log')
+        ax.set_xticks(sizes, [str(n) for n in sizes])  # the labelled sizes only: no log-scale minor labels
+        ax.minorticks_off()
+        if len(sizes) == 1:
+            ax.set_xlim(sizes[0] / 1.3, sizes[0] * 1.3)
         ax.set_xlabel('labelled scenarios')
         ax.set_ylabel('minFDE gain over scratch (%), ± 2 SE')
         ax.set_title(backbone)
