@@ -26,7 +26,7 @@ from typing import Dict, Hashable, List, Mapping, Tuple
 import torch
 from torch_geometric.data import HeteroData
 
-from acceleration.padded_qcnet_batch import NODE_TYPES, per_node_keys
+from acceleration.padded_qcnet_batch import NODE_TYPES, fill_node_buffers, per_node_keys
 from modules.forecast_mae_layout import SceneLayout, scene_layout
 
 POINT_TO_POLYGON = ('map_point', 'to', 'map_polygon')
@@ -113,15 +113,7 @@ class PaddedForecastMAEBatch:
         if layout.num_scenes != self.num_scenes:
             raise ValueError(f'PaddedForecastMAEBatch.fill: {layout.num_scenes} scenes, the buffers hold '
                              f'{self.num_scenes}')
-        for node_type, keys in self.node_keys.items():
-            count = sizes[node_type]
-            for key in keys:
-                if key not in batch[node_type]:
-                    raise KeyError(f'PaddedForecastMAEBatch.fill: the batch has no {node_type}.{key}, which the '
-                                   'first batch had')
-                buffer = self.data[node_type][key]
-                buffer[:count].copy_(batch[node_type][key])
-                buffer[count:].zero_()
+        fill_node_buffers(self.data, batch, self.node_keys, sizes, 'PaddedForecastMAEBatch')
         num_agents, num_polygons, num_points = sizes['agent'], sizes['map_polygon'], sizes['map_point']
         # AV row of each scene such that av_index + agent_offset is the same agent as in the unpadded batch (an
         # index of -1 in the first scene wraps to the last real agent there, not to the last padded one)

@@ -45,6 +45,20 @@ def per_node_keys(store, count: int) -> List[str]:
             and isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == count]
 
 
+def fill_node_buffers(buffers: HeteroData, batch: HeteroData, node_keys: Mapping[str, List[str]],
+                      sizes: Mapping[str, int], owner: str) -> None:
+    """Copies each per-node tensor of ``batch`` into the first rows of its static buffer and zeroes the padded rows
+    after them. KeyError naming ``owner`` when the batch lacks a tensor the first batch had."""
+    for node_type, keys in node_keys.items():
+        count = sizes[node_type]
+        for key in keys:
+            if key not in batch[node_type]:
+                raise KeyError(f'{owner}.fill: the batch has no {node_type}.{key}, which the first batch had')
+            buffer = buffers[node_type][key]
+            buffer[:count].copy_(batch[node_type][key])
+            buffer[count:].zero_()
+
+
 def node_sizes(data: HeteroData) -> Dict[str, int]:
     """Number of nodes of each node type (host integers: tensor shapes, no device synchronisation)."""
     return {node_type: int(data[node_type]['position'].size(0)) for node_type in NODE_TYPES}
@@ -126,15 +140,7 @@ class PaddedQCNetBatch:
         sizes = dict(qcnet_sizes(batch, edge_lists) if sizes is None else sizes)
         if not self.fits(sizes):
             raise ValueError(f'PaddedQCNetBatch.fill: batch sizes {sizes} exceed the capacities {self.capacities}')
-        for node_type, keys in self.node_keys.items():
-            count = sizes[node_type]
-            for key in keys:
-                if key not in batch[node_type]:
-                    raise KeyError(f'PaddedQCNetBatch.fill: the batch has no {node_type}.{key}, which the first '
-                                   'batch had')
-                buffer = self.data[node_type][key]
-                buffer[:count].copy_(batch[node_type][key])
-                buffer[count:].zero_()
+        fill_node_buffers(self.data, batch, self.node_keys, sizes, 'PaddedQCNetBatch')
         num_agents, agent_cap = sizes['agent'], self.capacities['agent']
         for name, (src_layout, dst_layout) in QCNET_EDGE_LAYOUTS.items():
             count, buffer = sizes[name], self.edge_lists[name]
