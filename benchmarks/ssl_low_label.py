@@ -250,12 +250,28 @@ class Job:
     prepare: Optional[Callable[[], None]] = None
 
 
+# What a run's log says when the device ran out of memory (PyTorch's error, or cuBLAS failing to allocate its
+# workspace) - a sign of too many runs at once rather than of a broken run.
+OUT_OF_MEMORY_MARKERS = ('CUDA out of memory', 'OutOfMemoryError', 'CUBLAS_STATUS_ALLOC_FAILED')
+
+
+def ran_out_of_memory(log_path: str) -> bool:
+    """Whether the last lines of a run's log report an out-of-memory error."""
+    if not os.path.exists(log_path):
+        return False
+    tail = '\n'.join(open(log_path, errors='replace').read().splitlines()[-40:])
+    return any(marker in tail for marker in OUT_OF_MEMORY_MARKERS)
+
+
 def run_jobs(jobs: Sequence[Job], executor: Executor, parallel: int, deadline_s: Optional[float],
              started: float, failures_log: Optional[str] = None) -> dict:
     """Runs ``jobs`` in their order, up to ``parallel`` at once; a failed job is reported and the others go on.
-    Returns {'done': [...], 'failed': {name: message}, 'deferred': [...]}."""
+    A job that ran out of device memory while others ran beside it is not a failure yet: it runs once more, first
+    in the queue, and from then on one run fewer shares the device. Returns {'done': [...], 'failed': {name:
+    message}, 'deferred': [...], 'parallel': the limit at the end}."""
     durations: Dict[str, List[float]] = {}
-    result = {'done': [], 'failed': {}, 'deferred': []}
+    result = {'done': [], 'failed': {}, 'deferred': [], 'parallel': parallel}
+    retried = set()
 
     def fits(job: Job) -> bool:
         if deadline_s is None or not durations.get(job.group):
@@ -277,6 +293,13 @@ def run_jobs(jobs: Sequence[Job], executor: Executor, parallel: int, deadline_s:
                 return
             except (OSError, ValueError, KeyError) as post_error:
                 error = post_error
+        elif result['parallel'] > 1 and job.name not in retried and ran_out_of_memory(job.log):
+            retried.add(job.name)
+            result['parallel'] -= 1
+            pending.insert(0, job)
+            print(f'[{time.time() - started:6.0f} s] {job.name} ran out of device memory: it runs again, and at most '
+                  f'{result["parallel"]} runs share the device from now on', flush=True)
+            return
         result['failed'][job.name] = str(error)
         print(f'[{time.time() - started:6.0f} s] {job.name} FAILED: {error}', flush=True)
         if failures_log:
@@ -301,7 +324,7 @@ def run_jobs(jobs: Sequence[Job], executor: Executor, parallel: int, deadline_s:
     pool = ThreadPoolExecutor(max_workers=parallel)
     try:
         while pending or running:
-            while pending and len(running) < parallel:
+            while pending and len(running) < result['parallel']:
                 job = pending.pop(0)
                 if not fits(job):
                     result['deferred'].append(job.name)

@@ -3,6 +3,7 @@ statistics / decision rule of benchmarks/low_label_report.py."""
 import csv
 import json
 import math
+import os
 import threading
 import time
 
@@ -110,16 +111,57 @@ def test_scheduler_runs_in_parallel_isolates_failures_and_keeps_the_deadline(tmp
     def job(name, seconds, module='sleep', group='g'):
         return study.Job(name=name, steps=lambda: [{'module': module, 'argv': [seconds]}],
                          done=lambda wall: done.append(name), group=group, log=str(tmp_path / f'{name}.log'))
-    (tmp_path / 'bad.log').write_text('line 1\nTraceback: out of memory\n')
+    (tmp_path / 'bad.log').write_text('line 1\nValueError: scene_0007.parquet: no focal track\n')
     executor = FakeExecutor()
     jobs = [job('a', 0.3), job('bad', 0, 'fail'), job('b', 0.3), job('c', 0.3), job('late', 0.3)]
     started = time.time()
     result = study.run_jobs(jobs, executor, 3, deadline_s=0.45, started=started,
                             failures_log=str(tmp_path / 'failures.log'))
     assert executor.peak == 3 and set(result['failed']) == {'bad'}
-    assert 'out of memory' in (tmp_path / 'failures.log').read_text()
+    assert 'scene_0007.parquet: no focal track' in (tmp_path / 'failures.log').read_text()
     # 'late' would start after a 0.3 s run with the median 0.3 s estimate: past the 0.45 s deadline
     assert result['deferred'] == ['late'] and sorted(done) == ['a', 'b', 'c']
+
+
+class MemoryBoundExecutor(FakeExecutor):
+    """A device that holds ``capacity`` runs: a run started beyond that writes an out-of-memory error to its log
+    and fails, as a CUDA run does."""
+
+    def __init__(self, capacity):
+        super().__init__()
+        self.capacity, self.attempts = capacity, []
+
+    def run(self, steps, log_path):
+        with self.lock:
+            over = self.active >= self.capacity
+            self.attempts.append(os.path.basename(log_path))
+        if over:
+            with open(log_path, 'w') as log:
+                log.write('Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of memory. Tried to '
+                          'allocate 106.00 MiB.\n')
+            raise CommandFailed(f'job exited with 1, see {log_path}')
+        return super().run(steps, log_path)
+
+
+def test_scheduler_runs_a_job_that_ran_out_of_memory_again_with_fewer_beside_it(tmp_path):
+    done = []
+    jobs = [study.Job(name=n, steps=lambda: [{'module': 'sleep', 'argv': [0.5]}], done=lambda wall, n=n: done.append(n),
+                      group='g', log=str(tmp_path / f'{n}.log')) for n in 'abcd']
+    executor = MemoryBoundExecutor(capacity=2)
+    result = study.run_jobs(jobs, executor, 3, deadline_s=None, started=time.time(),
+                            failures_log=str(tmp_path / 'failures.log'))
+    assert sorted(done) == ['a', 'b', 'c', 'd'] and result['failed'] == {}
+    # the run started third at once ran out of memory and ran again later, with at most two at once
+    assert result['parallel'] == 2 and len(executor.attempts) == 5
+    assert [executor.attempts.count(f'{n}.log') for n in 'abcd'].count(2) == 1
+    assert not (tmp_path / 'failures.log').exists()
+    # a job that fails for another reason, or runs out of memory a second time, is a failure as before
+    (tmp_path / 'x.log').write_text('torch.OutOfMemoryError: CUDA out of memory.\n')
+    always = study.Job(name='x', steps=lambda: [{'module': 'fail', 'argv': []}], done=lambda wall: None, group='g',
+                       log=str(tmp_path / 'x.log'))
+    result = study.run_jobs([always], FakeExecutor(), 2, deadline_s=None, started=time.time(),
+                            failures_log=str(tmp_path / 'failures.log'))
+    assert set(result['failed']) == {'x'} and result['parallel'] == 1
 
 
 def test_arguments_and_plan():
