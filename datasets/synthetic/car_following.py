@@ -22,7 +22,7 @@ from datasets.synthetic.lane_graph import LaneTable
 from datasets.synthetic.trajectory import DT
 
 SUBSTEPS = 3                 # the car-following model is integrated at SUBSTEPS * DT
-DECIDE_EVERY = 8             # integration steps between two looks of the drivers at the lanes beside them
+DECIDE_EVERY = 5             # integration steps between two looks of the drivers at the lanes beside them
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
 GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
