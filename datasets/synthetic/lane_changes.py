@@ -191,8 +191,8 @@ class LaneChanges:
 
     def _plan(self, state: '_State', i: int, side: str, mandatory: bool
               ) -> Optional[Tuple[float, str, int, List[int], List[int], float]]:
-        """(incentive, side, first element, source pieces, target pieces) of a change of agent i to `side`, or None
-        when there is no room, no safe gap or (unless mandatory) no advantage."""
+        """(incentive, side, first element, source pieces, target pieces, blend span) of a change of agent i to
+        `side`, or None when there is no room, no safe gap or (unless mandatory) no advantage."""
         route = self.drivers[i].route
         found = self._manoeuvre(state, i, route, side)
         if found is None:
@@ -227,8 +227,9 @@ class LaneChanges:
 
     def _manoeuvre(self, state: '_State', i: int, route: Route, side: str
                    ) -> Optional[Tuple[int, List[int], List[int], float]]:
-        """(index of the route element where the change starts, source pieces, target pieces), or None when the
-        road ahead does not run parallel long enough or a junction is too close."""
+        """(index of the route element where the change starts, source pieces, target pieces, share of their
+        length the lateral move takes), or None when the road ahead does not run parallel long enough or a junction
+        is too close."""
         s_i, v_i = state.s[i], state.v[i]
         # the change starts ahead of the front bumper even after this integration step, so nothing driven moves
         front = s_i + state.half[i] + v_i * state.step_time + 1.0
