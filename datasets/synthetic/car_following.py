@@ -17,11 +17,12 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
-from datasets.synthetic.drivers import Driver
+from datasets.synthetic.drivers import Driver, driver_speed_limits
 from datasets.synthetic.lane_graph import LaneTable
 from datasets.synthetic.trajectory import DT
 
 SUBSTEPS = 3                 # the car-following model is integrated at SUBSTEPS * DT
+DECIDE_EVERY = 5             # integration steps between two looks of the drivers at the lanes beside them
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
 GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
@@ -29,15 +30,18 @@ MERGE_VIEW = 30.0            # metres before merging connectors from which the o
 ACCEPTED_GAP = 4.5           # s: a driver giving way enters only if priority traffic is further away than this
 CLEAR_MARGIN = 2.0           # s: ... and than the time it needs to clear the conflict point, plus this
 PRIORITY_RANGE = 80.0        # metres before a gate within which approaching priority traffic is seen
+ENTRY_SLACK, GATE_SLACK, METRE_SLACK = 16, 2, 80   # spare columns for routes that change during the run
 
 
 class _Padded:
     """Per-driver route data padded into arrays [N, ...] so one numpy pass serves all agents."""
 
-    def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray]):
+    def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
+                 slack: bool = False):
         routes = [d.route for d in drivers]
-        n_entries = max(len(r.entry_start) for r in routes) + 1
-        n_gates = max(len(r.gates) for r in routes) + 1
+        # with slack, routes that change during the run usually still fit their row (see set_row)
+        n_entries = max(len(r.entry_start) for r in routes) + 1 + (ENTRY_SLACK if slack else 0)
+        n_gates = max(len(r.gates) for r in routes) + 1 + (GATE_SLACK if slack else 0)
         # row-major masks of the filled cells, so each field is written from one flat list of all agents
         entries = np.arange(n_entries) < np.array([len(r.entry_start) for r in routes])[:, None]
         gates = np.arange(n_gates) < np.array([len(r.gates) for r in routes])[:, None]
@@ -49,11 +53,35 @@ class _Padded:
         self.gate = _padded(gates, np.inf, float, [[g for g, _ in r.gates] for r in routes])
         self.gate_lane = _padded(gates, 0, int, [[lane for _, lane in r.gates] for r in routes])
         self.on_route = _route_positions(routes, table)
-        max_len = max(len(x) for x in speed_limits)
+        max_len = max(len(x) for x in speed_limits) + (METRE_SLACK if slack else 0)
         self.vlim = np.repeat(np.array([x[-1] for x in speed_limits])[:, None], max_len, 1)
         self.vlim[np.arange(max_len) < np.array([len(x) for x in speed_limits])[:, None]] = \
             np.concatenate(speed_limits)
         self.route_end = np.array([r.s[-1] for r in routes]) - 1.0
+
+    def set_row(self, i: int, route, limit: np.ndarray, table: LaneTable) -> bool:
+        """Write agent i's new route and speed limit into its rows; False (nothing written) when they do not fit.
+        The flat views of _Flat see the change."""
+        n = len(route.entry_start)
+        if n >= self.start.shape[1] or len(route.gates) >= self.gate.shape[1] or len(limit) > self.vlim.shape[1]:
+            return False
+        for field, values, fill in ((self.start, route.entry_start, np.inf), (self.lane, route.entry_lane, 0),
+                                    (self.base, route.entry_base, 0.0), (self.lane2, route.entry_lane2, 0),
+                                    (self.base2, route.entry_base2, 0.0)):
+            field[i, :n] = values
+            field[i, n:] = fill
+        g = len(route.gates)
+        self.gate[i, :g] = [pos for pos, _ in route.gates]
+        self.gate[i, g:] = np.inf
+        self.gate_lane[i, :g] = [lane for _, lane in route.gates]
+        self.gate_lane[i, g:] = 0
+        self.on_route[i] = np.nan
+        own = _own_lanes(route, table)
+        self.on_route[i, list(own)] = list(own.values())
+        self.vlim[i, :len(limit)] = limit
+        self.vlim[i, len(limit):] = limit[-1]
+        self.route_end[i] = route.s[-1] - 1.0
+        return True
 
 
 def _padded(filled: np.ndarray, fill, dtype, rows: List[List]) -> np.ndarray:
@@ -67,20 +95,26 @@ def _route_positions(routes, table: LaneTable) -> np.ndarray:
     """on_route[i, lane]: route s of agent i at which that lane's own s is zero (NaN: not on i's route)."""
     rows, lanes, values = [], [], []
     for i, r in enumerate(routes):
-        own = dict(zip(r.entry_lane, r.entry_base))
-        own.update(zip(r.entry_lane2, r.entry_base2))
-        # lanes branching from the same predecessor overlap where they start: an agent that took the other
-        # branch is still in the way there, so treat it as if it were on this route
-        for lane_idx, base in zip(r.entry_lane, r.entry_base):
-            for sib, shift in table.siblings[lane_idx]:
-                if sib not in own:
-                    own[sib] = base + shift
+        own = _own_lanes(r, table)
         rows += [i] * len(own)
         lanes += own.keys()
         values += own.values()
     on_route = np.full((len(routes), table.total), np.nan)
     on_route[rows, lanes] = values
     return on_route
+
+
+def _own_lanes(r, table: LaneTable) -> Dict[int, float]:
+    """{lane: route s at which that lane's own s is zero} for the lanes of route r."""
+    own = dict(zip(r.entry_lane, r.entry_base))
+    own.update(zip(r.entry_lane2, r.entry_base2))
+    # lanes branching from the same predecessor overlap where they start: an agent that took the other
+    # branch is still in the way there, so treat it as if it were on this route
+    for lane_idx, base in zip(r.entry_lane, r.entry_base):
+        for sib, shift in table.siblings[lane_idx]:
+            if sib not in own:
+                own[sib] = base + shift
+    return own
 
 
 class _Flat:
@@ -102,11 +136,16 @@ class VehicleSimulation:
 
     def __init__(self, drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
                  crosswalk_busy: np.ndarray, red: Optional[np.ndarray], priority: Optional[np.ndarray] = None,
-                 merges: Set[Tuple[int, int]] = frozenset()):
+                 merges: Set[Tuple[int, int]] = frozenset(), lane_changes=None):
         self.n = len(drivers)
+        self.drivers, self.speed_limits = drivers, list(speed_limits)
+        # decides lane changes during the run (a lane_changes.LaneChanges, or None: routes stay as spawned)
+        self.lane_changes = lane_changes
+        if lane_changes is not None:
+            lane_changes.bind(drivers)
         self.ar = np.arange(self.n)
         self.table = table
-        self.pad = _Padded(drivers, table, speed_limits)
+        self.pad = _Padded(drivers, table, speed_limits, slack=lane_changes is not None)
         self.flat = _Flat(self.pad)
         self.length = np.array([d.length for d in drivers])
         self.half = self.length / 2
@@ -152,6 +191,11 @@ class VehicleSimulation:
         self.s = np.array([d.s for d in drivers])
         self.v = np.array([d.v for d in drivers])
         self.acc = np.zeros(self.n)
+        self._set_pointers()
+        self._settle_initial_speeds()
+
+    def _set_pointers(self) -> None:
+        """Route entry and gate pointers of every agent from its position, and what they select."""
         self.k = (self.pad.start <= self.s[:, None]).sum(1) - 1
         self._entries_moved()
         self.gptr = (self.pad.gate < (self.s + self.half)[:, None]).sum(1)   # next gate ahead of the front
@@ -160,7 +204,20 @@ class VehicleSimulation:
         self.k_front = (self.pad.start <= (self.s + self.half)[:, None]).sum(1) - 1
         self.k_rear = np.maximum((self.pad.start <= (self.s - self.half)[:, None]).sum(1) - 1, 0)
         self._bumpers_moved()
-        self._settle_initial_speeds()
+
+    def replace_routes(self, changes) -> None:
+        """Give agents new routes [(agent, Route)] that agree with their old ones up to where they are: their
+        padded rows are rewritten (all rows rebuilt when one does no longer fit) and the pointers set again."""
+        for i, route in changes:
+            self.drivers[i].route = route
+        fits = True
+        for (i, route), limit in zip(changes, driver_speed_limits([self.drivers[i] for i, _ in changes])):
+            self.speed_limits[i] = limit
+            fits = fits and self.pad.set_row(i, route, limit, self.table)
+        if not fits:
+            self.pad = _Padded(self.drivers, self.table, self.speed_limits, slack=True)
+            self.flat = _Flat(self.pad)
+        self._set_pointers()
 
     # The route entries and gates that the pointers select change only when an agent passes a boundary, so
     # what is looked up through them is kept until a pointer moves.
@@ -452,6 +509,9 @@ class VehicleSimulation:
         waiting, wait_gap, hard_stop, g_s = self._gates(t, lead, gap_l, lane, lane2)
         if self.merge_partners:
             lead, gap_l = self._merge_leaders(lead, gap_l, lane)
+        changes = None
+        if self.lane_changes is not None and t % (SUBSTEPS * DECIDE_EVERY) == 0:
+            changes = self.lane_changes.decide(self, lead, gap_l)
         target = self._idm(self.v[lead], gap_l, waiting, wait_gap)
         # react with a lag, but brake at once when the situation demands it
         acc = np.where(target < -2.5, target, self.acc + (target - self.acc) * self.lag)
@@ -473,18 +533,22 @@ class VehicleSimulation:
         self.s = np.minimum(s_new, p.route_end)
         self.v = v_new
         self.acc = np.where(v_new > 0.0, acc, 0.0)
+        if changes:
+            self.replace_routes(changes)
         return s_old, v_old, acc, clamped
 
 
 def simulate_vehicles(drivers: List[Driver], table: LaneTable, speed_limits: List[np.ndarray],
                       crosswalk_busy: np.ndarray, red: Optional[np.ndarray], steps: int,
-                      priority: Optional[np.ndarray] = None, merges: Set[Tuple[int, int]] = frozenset()
-                      ) -> Tuple[np.ndarray, np.ndarray]:
+                      priority: Optional[np.ndarray] = None, merges: Set[Tuple[int, int]] = frozenset(),
+                      lane_changes=None) -> Tuple[np.ndarray, np.ndarray]:
     """Route positions s [N, steps] and speeds [N, steps] of all lane-following agents (priority [lanes]: see
-    signals.connector_priority)."""
+    signals.connector_priority; lane_changes: a lane_changes.LaneChanges or None). Drivers whose route changes
+    get their new route."""
     # NaN (a lane that is not on a route) compares False in `leaders`, as intended
     with np.errstate(invalid='ignore'):
-        return _run(VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority, merges), steps)
+        return _run(VehicleSimulation(drivers, table, speed_limits, crosswalk_busy, red, priority, merges,
+                                      lane_changes), steps)
 
 
 def _run(sim: VehicleSimulation, steps: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import numpy as np
 from datasets.synthetic.lane_graph import LaneTable
 from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
 from datasets.synthetic.road_network import RoadMap
-from datasets.synthetic.routes import Route, build_route, forward_chain, insert_lane_change, join_geometry
+from datasets.synthetic.routes import Route, build_route, forward_chain, join_geometry, speed_profiles
 from datasets.synthetic.trajectory import DT, NUM_HISTORICAL_STEPS, NUM_STEPS, WARMUP_STEPS
 
 STOP_DWELL = (5, 13)         # steps a vehicle stands at a stop line before entering
@@ -39,6 +39,12 @@ class Driver:
     reaction: float               # s, lag of the applied acceleration behind the desired one
     lateral_bias: float           # m, the driver's own offset from the lane centre (left positive)
     wander: Tuple[float, float, float]   # slow weaving within the lane: amplitude (m), wavelength (m), phase
+    # lane changing: the advantage (m/s^2) that makes the driver change, the weight it gives to what its
+    # followers gain or lose, and the time (s) its lateral move takes
+    change_threshold: float = 0.3
+    politeness: float = 0.3
+    change_duration: float = 4.5
+    patience: float = 0.0         # s behind a slower leader before it looks for a gap beside it
     is_av: bool = False
 
 
@@ -71,7 +77,8 @@ STYLE_BOUNDS = {kind: _bounds((0.97, k[0][0], k[1][0], k[2][0], k[3][0], 2.0),
 WANDER_BOUNDS = _bounds((0.03, 40.0, 0.0), (0.2, 140.0, 2 * np.pi))   # amplitude, wavelength, phase
 
 
-def make_driver(rng, object_type: str, route: Route, s: float, v_desired: float, is_av=False) -> Driver:
+def make_driver(rng, prof: SyntheticProfile, object_type: str, route: Route, s: float, v_desired: float,
+                is_av=False) -> Driver:
     min_gap = KINEMATICS[object_type][4]
     lateral_sd = 0.08 if is_av else LATERAL_BIAS_SD[object_type]
     full_stop = is_av or rng.random() < FULL_STOP_PROB
@@ -80,10 +87,22 @@ def make_driver(rng, object_type: str, route: Route, s: float, v_desired: float,
     stop_speed = 0.3 if full_stop else float(rng.uniform(*ROLLING_STOP_SPEED))
     reaction = float(rng.uniform(0.3, 0.9))
     lateral_bias = min(max(float(rng.normal(0.0, lateral_sd)), -2.5 * lateral_sd), 2.5 * lateral_sd)
+    wander = tuple(_uniform(rng, WANDER_BOUNDS))
+    threshold, politeness, duration, patience = _uniform(rng, _bounds(*zip(
+        prof.lane_change_threshold, prof.lane_change_politeness, prof.lane_change_duration,
+        prof.lane_change_patience)))
     return Driver(object_type=object_type, route=route, s=s, v=v_desired * speed_factor, length=length,
                   v_desired=v_desired, a_max=a_max, b_comf=b_comf, headway=headway, min_gap=min_gap,
                   lateral_acc=lateral_acc, dwell=dwell, stop_speed=stop_speed, reaction=reaction,
-                  lateral_bias=lateral_bias, wander=tuple(_uniform(rng, WANDER_BOUNDS)), is_av=is_av)
+                  lateral_bias=lateral_bias, wander=wander, change_threshold=threshold, politeness=politeness,
+                  change_duration=duration, patience=patience, is_av=is_av)
+
+
+def driver_speed_limits(drivers: List[Driver]) -> List[np.ndarray]:
+    """Speed limit [metres] along each driver's route; turns are anticipated with a gentler deceleration than
+    the driver's comfortable maximum."""
+    return speed_profiles([d.route for d in drivers], [d.v_desired for d in drivers],
+                          [d.lateral_acc for d in drivers], [0.5 * d.b_comf for d in drivers])
 
 
 def spawn_vehicles(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, horizon_s: float,
@@ -120,7 +139,7 @@ def _spawn_av(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile) 
     need = s_av + speed_hi * (WARMUP_STEPS + NUM_STEPS) * DT * 1.2 + 40.0
     chain = back + forward_chain(rng, road_map, table, prof, anchor, need - before, 'VEHICLE')
     route = build_route(table, road_map, [('lane', c) for c in chain])
-    return make_driver(rng, 'vehicle', route, s_av, av_speed, is_av=True)
+    return make_driver(rng, prof, 'vehicle', route, s_av, av_speed, is_av=True)
 
 
 def _predecessor_chain(rng, road_map: RoadMap, table: LaneTable, anchor: int, back_needed: float) -> List[int]:
@@ -224,11 +243,6 @@ def driver_from(rng, road_map, table, prof, idx: int, p: float, object_type: str
     need = p + v_desired * horizon_s * 1.15 + 40.0
     chain = prefix + forward_chain(rng, road_map, table, prof, start, need - (table.lengths[idx] if prefix else 0.0),
                                     lane_type)
-    if object_type != 'cyclist' and rng.random() < prof.lane_change_prob:
-        elements = insert_lane_change(rng, road_map, table, prof, chain, 1, lane_type, need, v_desired)
-    else:
-        elements = [('lane', c) for c in chain]
-    route = build_route(table, road_map, elements)
-    driver = make_driver(rng, object_type, route, p, v_desired)
-    return driver
+    route = build_route(table, road_map, [('lane', c) for c in chain])
+    return make_driver(rng, prof, object_type, route, p, v_desired)
 

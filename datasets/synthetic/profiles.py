@@ -57,7 +57,15 @@ class SyntheticProfile:
     turn_weights: Dict[str, float] = field(default_factory=lambda: {'straight': 0.82, 'left': 0.09, 'right': 0.09})
     pocket_choice_prob: float = 0.2                      # taking the left-turn pocket when passing one
     exit_choice_prob: float = 0.3                        # taking a highway exit ramp
-    lane_change_prob: float = 0.15                       # per vehicle, a voluntary lane change on its route
+    # lane changes decided during the simulation (see lane_changes): per-driver ranges of the advantage that
+    # triggers one (m/s^2), the politeness towards the followers, the duration of the lateral move (s) and the
+    # patience (s) behind a slower leader before looking for a gap
+    lane_changes: bool = True
+    lane_change_threshold: Tuple[float, float] = (0.0, 0.4)
+    lane_change_politeness: Tuple[float, float] = (0.0, 0.6)
+    lane_change_duration: Tuple[float, float] = (3.0, 6.0)
+    lane_change_patience: Tuple[float, float] = (0.0, 1.0)
+    lane_preference_share: float = 0.6                   # drivers who want the lane to one side (route beyond)
     lane_speed_step: float = 0.5                         # m/s more desired speed per lane to the right
     vehicle_type_weights: Tuple = (('vehicle', 0.93), ('bus', 0.04), ('motorcyclist', 0.03))
     cyclists: Tuple[int, int] = (0, 3)
@@ -86,7 +94,9 @@ PROFILES: Dict[str, SyntheticProfile] = {
         vehicle_density=(1.2, 2.4),
         desired_speed=(21.0, 32.0),
         upstream_length=250.0,
-        lane_change_prob=0.35,
+        lane_change_threshold=(0.2, 0.8),
+        lane_change_patience=(4.0, 20.0),
+        lane_preference_share=0.15,
         lane_speed_step=1.5,
         lane_segment_length=(14.0, 34.0),
         vehicle_type_weights=(('vehicle', 0.94), ('bus', 0.03), ('motorcyclist', 0.03)),

@@ -32,6 +32,11 @@ class Route:
     s: Optional[np.ndarray] = None            # [K] arc length
     heading: Optional[np.ndarray] = None      # [K] unwrapped tangent angle
     curvature: Optional[np.ndarray] = None    # [K] |d heading / ds|
+    # ('lane', lane) and ('lc', source lanes, target lanes[, start, span]) in order; a lane change moves across
+    # over the `span` of its length that begins at `start` (fractions; 0.1 and 0.8 when not given)
+    elements: Optional[List] = None
+    element_start: Optional[List[float]] = None   # route s at which each element begins
+    lane_change_end: float = -math.inf        # route s at which its last lane change ends
 
 
 def _choose_successor(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
@@ -97,37 +102,17 @@ def ensure_post(table: LaneTable, lane_idx: int) -> int:
     return table.post[lane_idx]
 
 
-def insert_lane_change(rng, road_map, table, prof, chain: List[int], first: int, lane_type: str,
-                        length_needed: float, v_desired: float) -> List:
-    """Replace part of `chain` (lane indices) by one lane-change element; returns the element list.
-
-    The manoeuvre spans as many parallel lane pieces as needed for about 4 s of travel at the desired speed,
-    which keeps its lateral acceleration (and hence the curvature speed limit) mild.
-    """
-    elements: List = [('lane', c) for c in chain]
+def parallel_run(road_map: RoadMap, table: LaneTable, src_lanes: List[int], first_target: int,
+                 wanted: float, at_most: float = math.inf) -> Tuple[List[int], List[int]]:
+    """(source pieces, target pieces) of a lane change starting on src_lanes[0] towards first_target (a side
+    neighbour of it): consecutive road or auxiliary pieces of `src_lanes` with their parallel pieces in the target
+    lane, until they cover `wanted` metres (or the road stops running parallel, or the next piece would take
+    them past `at_most` metres)."""
     n_real = len(table.ids)
-    candidates = []
-    for q in range(first, len(chain) - 1):
-        if chain[q] >= n_real:
-            continue
-        lane = road_map.lanes[table.ids[chain[q]]]
-        if lane.kind not in ('road', 'aux'):
-            continue
-        nxt = chain[q + 1]
-        if nxt < n_real and road_map.lanes[table.ids[nxt]].kind == 'connector':
-            continue   # queues form in front of intersections: change lanes further upstream
-        for side in ('left_same', 'right_same'):
-            target = getattr(lane, side)
-            if target is not None:
-                candidates.append((q, table.index[target], 3.0 if lane.kind == 'aux' else 1.0))
-    if not candidates:
-        return elements
-    q, target, _ = candidates[weighted_pick(rng, [c[2] for c in candidates])]
-    src, dst = [chain[q]], [target]
-    wanted = max(35.0, 4.0 * v_desired)
-    while sum(table.lengths[i] for i in src) < wanted and q + len(src) < len(chain):
-        nxt_src = chain[q + len(src)]
-        if nxt_src >= n_real:
+    src, dst = [src_lanes[0]], [first_target]
+    length = table.lengths[src_lanes[0]]
+    for nxt_src in src_lanes[1:]:
+        if length >= wanted or nxt_src >= n_real or length + table.lengths[nxt_src] > at_most:
             break
         src_next = road_map.lanes[table.ids[nxt_src]]
         side_of = {src_next.left_same, src_next.right_same}
@@ -136,17 +121,16 @@ def insert_lane_change(rng, road_map, table, prof, chain: List[int], first: int,
             break
         src.append(nxt_src)
         dst.append(parallel[0])
-    if sum(table.lengths[i] for i in src) < 0.6 * wanted:
-        return elements   # no room for a comfortable manoeuvre here
-    remaining = length_needed - sum(table.lengths[c] for c in chain[:q]) - sum(table.lengths[c] for c in dst)
-    rest = forward_chain(rng, road_map, table, prof, dst[-1], remaining + table.lengths[dst[-1]], lane_type)[1:]
-    return elements[:q] + [('lc', src, dst)] + [('lane', c) for c in rest]
+        length += table.lengths[nxt_src]
+    return src, dst
 
 
 def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
     """Concatenate the lanes (and lane-change blends) of `elements` into one route with lane bookkeeping."""
     if all(element[0] == 'lane' for element in elements):
         return _lane_route(table, [element[1] for element in elements])
+    element_start: List[float] = []
+    lane_change_end = -math.inf
     parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     offsets: List[float] = []       # route s of each part's lane-local s = 0
     shifts: List[float] = []        # multiples of 2 pi that keep the heading continuous
@@ -157,6 +141,7 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
     last_heading = None
     two_pi = 2 * math.pi
     for element in elements:
+        element_start.append(pos)
         if element[0] == 'lane':
             idx = element[1]
             h_first, h_second, h_last = table.heading_ends[idx]
@@ -178,13 +163,14 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
             turns += table.is_turn[idx]
             pos += table.lengths[idx]
             continue
-        _, src, dst = element
+        src, dst = element[1], element[2]
+        start, span = element[3:5] if len(element) > 3 else (0.1, 0.8)   # of the manoeuvre: the lateral move
         a = np.concatenate([table.points[src[0]]] + [table.tails[i][0] for i in src[1:]])
         b = np.concatenate([table.points[dst[0]]] + [table.tails[i][0] for i in dst[1:]])
         count = max(len(a), len(b))
         if len(a) != len(b):   # parallel pieces of one road already have equal point counts
             a, b = resample(a, count), resample(b, count)
-        x = np.clip((np.linspace(0.0, 1.0, count) - 0.1) / 0.8, 0.0, 1.0)
+        x = np.clip((np.linspace(0.0, 1.0, count) - start) / span, 0.0, 1.0)
         alpha = (x * x * (3 - 2 * x))[:, None]
         pts = (1 - alpha) * a + alpha * b
         arc = arc_length(pts)
@@ -192,9 +178,9 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
         curv = np.zeros(count)
         curv[1:-1] = np.abs(heading[2:] - heading[:-2]) / np.maximum(arc[2:] - arc[:-2], 1e-6)
         length = float(arc[-1])
-        # during the manoeuvre the agent is in both lanes: the source lane first, then (from half way)
-        # the target lane as its primary lane, the other one as its secondary lane
-        switch = pos + 0.5 * length
+        # during the manoeuvre the agent is in both lanes: the source lane first, then (from the crossing of
+        # the lane line) the target lane as its primary lane, the other one as its secondary lane
+        switch = pos + (start + 0.5 * span) * length
 
         def covering(lanes_, at):
             base = pos
@@ -228,9 +214,11 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
         parts.append((pts, arc, heading, curv))
         offsets.append(pos)
         pos += length
+        lane_change_end = pos
     return Route(entry_start=entry_start, entry_lane=entry_lane, entry_base=entry_base, entry_lane2=entry_lane2,
                  entry_base2=entry_base2, gates=gates, turns=turns, parts=parts, part_offsets=offsets,
-                 part_shifts=shifts)
+                 part_shifts=shifts, elements=list(elements), element_start=element_start,
+                 lane_change_end=lane_change_end)
 
 
 def _lane_route(table: LaneTable, chain: List[int]) -> Route:
@@ -254,7 +242,8 @@ def _lane_route(table: LaneTable, chain: List[int]) -> Route:
         pos += lengths[idx]
     return Route(entry_start=starts, entry_lane=list(chain), entry_base=list(starts), entry_lane2=list(chain),
                  entry_base2=list(starts), gates=[(pos_, idx) for pos_, idx in zip(starts, chain) if gated[idx]],
-                 turns=sum(is_turn[idx] for idx in chain), parts=parts, part_offsets=list(starts), part_shifts=shifts)
+                 turns=sum(is_turn[idx] for idx in chain), parts=parts, part_offsets=list(starts), part_shifts=shifts,
+                 elements=[('lane', idx) for idx in chain], element_start=starts)
 
 
 def join_geometry(routes: List[Route]) -> None:

@@ -6,18 +6,18 @@ All positions are in the scene frame of the road network (metres), steps are DT 
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 
 from datasets.synthetic.car_following import simulate_vehicles
-from datasets.synthetic.drivers import spawn_vehicles
+from datasets.synthetic.drivers import Driver, driver_speed_limits, spawn_vehicles
+from datasets.synthetic.lane_changes import LaneChanges
 from datasets.synthetic.lane_graph import build_lane_table
 from datasets.synthetic.lateral_motion import driver_trajectories
 from datasets.synthetic.pedestrians import crosswalk_occupancy, spawn_pedestrians
 from datasets.synthetic.profiles import SyntheticProfile
 from datasets.synthetic.road_network import RoadMap
-from datasets.synthetic.routes import speed_profiles
 from datasets.synthetic.signals import connector_priority, merging_pairs, red_lights, walk_signals
 from datasets.synthetic.static_objects import place_static_objects
 from datasets.synthetic.trajectory import DT, NUM_STEPS, WARMUP_STEPS, Trajectory
@@ -27,16 +27,7 @@ def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticP
                    ) -> List[Trajectory]:
     """All objects of one scene over `num_steps` recorded steps (after the warm-up); the AV comes first."""
     steps = WARMUP_STEPS + num_steps
-    table = build_lane_table(road_map, prof.upstream_length)
-    drivers = spawn_vehicles(rng, road_map, table, prof, steps * DT)
-    red = red_lights(road_map, table, steps)
-    pedestrians = spawn_pedestrians(rng, road_map, prof, steps, walk_signals(road_map, table, red))
-    busy = crosswalk_occupancy(road_map, pedestrians, steps)
-    # turns are anticipated with a gentler deceleration than the driver's comfortable maximum
-    limits = speed_profiles([d.route for d in drivers], [d.v_desired for d in drivers],
-                            [d.lateral_acc for d in drivers], [0.5 * d.b_comf for d in drivers])
-    s_hist, v_hist = simulate_vehicles(drivers, table, limits, busy, red, steps,
-                                       connector_priority(road_map, table), merging_pairs(road_map, table))
+    drivers, s_hist, v_hist, pedestrians = simulate_road_users(rng, road_map, prof, steps)
     objects = driver_trajectories(drivers, s_hist, v_hist) + pedestrians
     objects += place_static_objects(rng, road_map, prof, steps)
     for obj in objects:
@@ -44,3 +35,20 @@ def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticP
         obj.heading = obj.heading[WARMUP_STEPS:]
         obj.velocity = obj.velocity[WARMUP_STEPS:]
     return objects
+
+
+def simulate_road_users(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticProfile, steps: int
+                        ) -> Tuple[List[Driver], np.ndarray, np.ndarray, List[Trajectory]]:
+    """(lane-following drivers with the routes they ended up taking, their route positions s [N, steps] and
+    speeds [N, steps], pedestrian trajectories) over all `steps`, warm-up included."""
+    table = build_lane_table(road_map, prof.upstream_length)
+    drivers = spawn_vehicles(rng, road_map, table, prof, steps * DT)
+    red = red_lights(road_map, table, steps)
+    pedestrians = spawn_pedestrians(rng, road_map, prof, steps, walk_signals(road_map, table, red))
+    busy = crosswalk_occupancy(road_map, pedestrians, steps)
+    # lane changes draw from their own generator, so the rest of the scene is the same with them or without
+    change_rng = np.random.default_rng(int(rng.integers(1 << 62)))
+    changes = LaneChanges(change_rng, road_map, table, prof) if prof.lane_changes else None
+    s_hist, v_hist = simulate_vehicles(drivers, table, driver_speed_limits(drivers), busy, red, steps,
+                                       connector_priority(road_map, table), merging_pairs(road_map, table), changes)
+    return drivers, s_hist, v_hist, pedestrians
