@@ -187,3 +187,23 @@ def test_damaged_waymo_file_is_reported(tmp_path, capsys):
     assert samples.num_scenes == 0 and len(samples.skipped) == 1
     assert samples.skipped[0][0] == str(damaged)
     assert str(damaged) in capsys.readouterr().err
+
+
+def test_lane_change_across_the_end_of_lane_segments_counts():
+    """Two parallel lanes, each cut into two segments at x = 20 m: left 1 -> 2, right 3 -> 4 (1|3 and 2|4
+    neighbours). A move from 1 to 4 crosses the lane line where the segments end; 1 -> 2 only follows the lane."""
+    from datasets.realism.reading import lane_map_from_centrelines
+    from datasets.realism.track_statistics import MIN_LANE_RUN_STEPS, lane_changes
+    line = lambda x0, y: np.array([[x0, y], [x0 + 20.0, y]])  # noqa: E731
+    lane_map = lane_map_from_centrelines({1: line(0, 3.5), 2: line(20, 3.5), 3: line(0, 0), 4: line(20, 0)},
+                                         {1: (3,), 3: (1,), 2: (4,), 4: (2,)}, 0, successors={1: (2,), 3: (4,)})
+    row = {int(lane_id): i for i, lane_id in enumerate(lane_map.lane_ids)}
+    hold = lambda *lanes: np.repeat([row[lane] for lane in lanes], MIN_LANE_RUN_STEPS)  # noqa: E731
+    assert lane_changes(hold(1, 2), lane_map) == 0
+    assert lane_changes(hold(1, 3), lane_map) == 1                  # within one segment pair
+    assert lane_changes(hold(1, 4), lane_map) == 1                  # across the segment ends
+    assert lane_changes(hold(3, 2), lane_map) == 1
+    assert lane_changes(hold(1, 4, 2), lane_map) == 2               # and back
+    without_successors = lane_map_from_centrelines({1: line(0, 3.5), 2: line(20, 3.5), 3: line(0, 0), 4: line(20, 0)},
+                                                   {1: (3,), 3: (1,), 2: (4,), 4: (2,)}, 0)
+    assert lane_changes(hold(1, 4), without_successors) == 0       # a map without successors: as before

@@ -42,7 +42,8 @@ Keys (one line each):
 - static_zero_velocity_fraction: among observations of static tracks (all types), share whose reported velocity is
   exactly (0, 0).
 - static_pedestrian_fraction: share of pedestrian tracks that are static.
-- lane_changes_per_track: moves to a left/right neighbour lane per moving-vehicle track (lanes held >= 5 steps).
+- lane_changes_per_track: moves to a left/right neighbour lane per moving-vehicle track, also across the ends of
+  lane segments (lanes held >= 5 steps).
 - lane_segment_length_p50: centreline length (m) of the map's lane segments (av2 midpoint ladder, all lane types).
 - polygons_per_scene: lane segments + 2 x pedestrian crossings per map (QCNet's polygon count).
 """

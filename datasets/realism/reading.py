@@ -64,7 +64,8 @@ class LaneMap:
 
     piece_start / piece_end [P, 2]: ends of each centreline piece (city frame, m); piece_lane [P]: row in
     ``lane_ids`` of the lane the piece belongs to; lane_ids [L]; lane_lengths [L] (m, along the centreline);
-    neighbours: lane id -> ids of its left and right neighbours; num_crosswalks: pedestrian crossings;
+    neighbours: lane id -> ids of its left and right neighbours; successors: lane id -> ids of the lanes that
+    continue it (empty when the map does not say); num_crosswalks: pedestrian crossings;
     argoverse_segments: lanes are Argoverse 2 lane segments (lengths and polygon counts comparable across folders)."""
     lane_ids: np.ndarray
     lane_lengths: np.ndarray
@@ -72,6 +73,7 @@ class LaneMap:
     piece_end: np.ndarray
     piece_lane: np.ndarray
     neighbours: Dict[int, Tuple[int, ...]] = field(default_factory=dict)
+    successors: Dict[int, Tuple[int, ...]] = field(default_factory=dict)
     num_crosswalks: int = 0
     argoverse_segments: bool = True
 
@@ -156,17 +158,20 @@ def read_lane_map(path) -> LaneMap:
         static_map = ArgoverseStaticMap.from_json(Path(path))
     except Exception as error:  # json, av2 and numpy errors of a damaged file
         raise RealismInputError(path, f'not a readable Argoverse 2 map ({type(error).__name__}: {error})') from None
-    centrelines, neighbours = {}, {}
+    centrelines, neighbours, successors = {}, {}, {}
     for lane_id, segment in static_map.vector_lane_segments.items():
         centrelines[lane_id] = lane_centreline(segment.left_lane_boundary.xyz, segment.right_lane_boundary.xyz)
         neighbours[lane_id] = tuple(n for n in (segment.left_neighbor_id, segment.right_neighbor_id) if n is not None)
+        successors[lane_id] = tuple(segment.successors or ())
     if not centrelines:
         raise RealismInputError(path, 'map has no lane segments')
-    return lane_map_from_centrelines(centrelines, neighbours, len(static_map.vector_pedestrian_crossings))
+    return lane_map_from_centrelines(centrelines, neighbours, len(static_map.vector_pedestrian_crossings),
+                                     successors=successors)
 
 
 def lane_map_from_centrelines(centrelines: Dict[int, np.ndarray], neighbours: Dict[int, Tuple[int, ...]],
-                              num_crosswalks: int, argoverse_segments: bool = True) -> LaneMap:
+                              num_crosswalks: int, argoverse_segments: bool = True,
+                              successors: Optional[Dict[int, Tuple[int, ...]]] = None) -> LaneMap:
     """lane id -> centreline [K >= 2, 2] (city frame, m) -> :class:`LaneMap` (lanes of fewer than 2 points are left
     out)."""
     lane_ids, lengths, starts, ends, owners = [], [], [], [], []
@@ -182,7 +187,8 @@ def lane_map_from_centrelines(centrelines: Dict[int, np.ndarray], neighbours: Di
                    piece_start=np.concatenate(starts) if starts else np.zeros((0, 2)),
                    piece_end=np.concatenate(ends) if ends else np.zeros((0, 2)),
                    piece_lane=np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64),
-                   neighbours=neighbours, num_crosswalks=num_crosswalks, argoverse_segments=argoverse_segments)
+                   neighbours=neighbours, successors=dict(successors or {}), num_crosswalks=num_crosswalks,
+                   argoverse_segments=argoverse_segments)
 
 
 def read_scenarios(folder, max_scenes: Optional[int] = None) -> Iterator[Tuple[str, object]]:

@@ -54,7 +54,9 @@ def waymo_lane_map(scenario: WaymoScenario):
     centrelines = {f.id: f.points[:, :2] for f in lanes}
     neighbours = {f.id: tuple(f.left_neighbors) + tuple(f.right_neighbors) for f in lanes}
     crosswalks = sum(f.kind == 'crosswalk' for f in scenario.map_features)
-    lane_map = lane_map_from_centrelines(centrelines, neighbours, crosswalks, argoverse_segments=False)
+    successors = {f.id: tuple(f.exit_lanes) for f in lanes}
+    lane_map = lane_map_from_centrelines(centrelines, neighbours, crosswalks, argoverse_segments=False,
+                                         successors=successors)
     return lane_map if len(lane_map.lane_ids) else None
 
 

@@ -125,10 +125,21 @@ def centreline_offsets(points: np.ndarray, headings: np.ndarray, lane_map: LaneM
     return offsets, lanes
 
 
+def is_lateral_move(before: int, after: int, lane_map: LaneMap) -> bool:
+    """Whether going from lane ``before`` to lane ``after`` (ids) crosses a lane line: ``after`` is a left or right
+    neighbour of ``before``, or - for a change that crosses where lane segments end - a neighbour of a lane that
+    continues ``before``, or a lane that continues one of its neighbours."""
+    neighbours, successors = lane_map.neighbours, lane_map.successors
+    if after in neighbours.get(before, ()):
+        return True
+    return (any(after in neighbours.get(s, ()) for s in successors.get(before, ()))
+            or any(after in successors.get(n, ()) for n in neighbours.get(before, ())))
+
+
 def lane_changes(lane_rows: np.ndarray, lane_map: LaneMap) -> int:
-    """Number of moves of one track to a left or right neighbour lane. lane_rows [T]: matched lane row per step
-    (-1: none). Runs shorter than ``MIN_LANE_RUN_STEPS`` are dropped first so that flicker near a lane boundary does
-    not count."""
+    """Number of moves of one track to a left or right neighbour lane (``is_lateral_move``). lane_rows [T]: matched
+    lane row per step (-1: none). Runs shorter than ``MIN_LANE_RUN_STEPS`` are dropped first so that flicker near a
+    lane boundary does not count."""
     kept = lane_rows[lane_rows >= 0]
     if len(kept) == 0:
         return 0
@@ -137,7 +148,7 @@ def lane_changes(lane_rows: np.ndarray, lane_map: LaneMap) -> int:
     runs = [kept[s] for s, e in zip(bounds[:-1], bounds[1:]) if e - s >= MIN_LANE_RUN_STEPS]
     count = 0
     for before, after in zip(runs[:-1], runs[1:]):
-        if lane_map.lane_ids[after] in lane_map.neighbours.get(int(lane_map.lane_ids[before]), ()):
+        if is_lateral_move(int(lane_map.lane_ids[before]), int(lane_map.lane_ids[after]), lane_map):
             count += 1
     return count
 
