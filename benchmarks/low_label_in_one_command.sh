@@ -10,6 +10,10 @@
 # end later are left for a repeat of the finetune step (docs/LOW_LABEL.md, Resuming). The pre-training sources
 # are the target pool and the supervised oracle; the mixed-source arm needs the two-command form of docs/LOW_LABEL.md.
 set -u
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+fi
 OUT=${1:?usage: low_label_in_one_command.sh OUT_DIR [BACKBONE [BUDGET_SECONDS]]}
 BACKBONE=${2:-QCNet}
 BUDGET=${3:-540}
