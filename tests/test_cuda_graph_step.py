@@ -15,6 +15,7 @@ from acceleration.padded_qcnet_batch import QCNET_EDGE_LAYOUTS, PaddedQCNetBatch
 from acceleration.padded_qcnet_batch import qcnet_sizes as graph_sizes
 
 from tiny_configs import TINY_QCNET
+from padded_step_checks import assert_close, check_padded_training_step
 from sample_data import AV2_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,12 +61,6 @@ def roomy_capacities(model, batch, extra=37):
     return required_capacities(sizes, extra=extra)
 
 
-def assert_close(actual, expected, what, tol=1e-5):
-    scale = expected.abs().max().clamp(min=1.0)
-    error = float((actual - expected).abs().max() / scale)
-    assert error < tol, f'{what}: scale-relative error {error:.2e}'
-
-
 def test_padded_forward_equals_unpadded(batch):
     model = tiny_model().eval()
     with torch.no_grad():
@@ -80,25 +75,7 @@ def test_padded_forward_equals_unpadded(batch):
 
 def test_padded_losses_and_gradients_equal_unpadded(batch):
     model = tiny_model(dropout=0.0).train()
-    losses = model.compute_losses(batch, model(batch))
-    losses['loss'].backward()
-    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-
-    runner = CudaGraphStep(model, QCNetPadding(model), capture=False).training_runner
-    padded_losses = runner(batch)
-    assert runner.last_capacities['agent'] > runner.last_sizes['agent']
-    for name in ('loss', 'reg_loss_propose', 'reg_loss_refine', 'cls_loss'):
-        assert_close(padded_losses[name], losses[name].detach(), name)
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    assert grads.keys() == expected.keys()
-    for name, grad in grads.items():
-        assert_close(grad, expected[name], f'gradient of {name}', tol=1e-4)
-    # a second step replaces the gradients, as a replayed graph does (no accumulation across steps)
-    runner(batch)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert_close(p.grad, expected[name], f'gradient of {name} after a second step', tol=1e-4)
+    check_padded_training_step(model, QCNetPadding(model), batch, ('agent',))
 
 
 def test_infer_runner_matches_forward_and_reuses_capacity(batch):
