@@ -36,3 +36,31 @@ def check_padded_training_step(model, padding, batch, padded_sizes: Sequence[str
     for name, p in model.named_parameters():
         if p.grad is not None:
             assert_close(p.grad, expected[name], f'gradient of {name} after a second step', tol=1e-4)
+
+
+def fit_two_epochs(model, scenes, tmp_path, cuda_graphs: bool):
+    """Two CPU epochs of Lightning over ``scenes`` (batches of 2, in order) with ``SpeedOptions(cuda_graphs=...)``
+    applied (the padded step runs without capture on CPU). Returns (model, [(loss, learning rate) per step],
+    number of parameters that moved, trainer)."""
+    import pytorch_lightning as pl
+    import torch
+    from torch_geometric.loader import DataLoader
+
+    from acceleration.apply import apply
+    from acceleration.options import SpeedOptions
+
+    apply(model, SpeedOptions(cuda_graphs=cuda_graphs))
+    before = [p.detach().clone() for p in model.parameters()]
+    recorded = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, data, batch_idx):
+            loss = outputs['loss'] if isinstance(outputs, dict) else outputs
+            recorded.append((float(loss), trainer.optimizers[0].param_groups[0]['lr']))
+
+    trainer = pl.Trainer(accelerator='cpu', devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+                         default_root_dir=str(tmp_path))
+    trainer.fit(model, DataLoader(scenes, batch_size=2, shuffle=False))
+    moved = sum(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    return model, recorded, moved, trainer

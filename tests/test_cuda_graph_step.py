@@ -8,14 +8,12 @@ import torch
 from torch_geometric.data import Batch
 
 from predictors import QCNet
-from acceleration.apply import apply
 from acceleration.cuda_graph_step import CapacityLadder, CudaGraphStep
-from acceleration.options import SpeedOptions
 from acceleration.padded_qcnet_batch import QCNET_EDGE_LAYOUTS, PaddedQCNetBatch, QCNetPadding
 from acceleration.padded_qcnet_batch import qcnet_sizes as graph_sizes
 
 from tiny_configs import TINY_QCNET
-from padded_step_checks import assert_close, check_padded_training_step
+from padded_step_checks import assert_close, check_padded_training_step, fit_two_epochs
 from sample_data import AV2_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,28 +158,10 @@ def test_capacity_ladder():
 def test_cuda_graphs_flag_trains_with_manual_optimisation_on_cpu(batch, tmp_path):
     """--cuda_graphs switches the module to its own backward + optimiser step; on CPU the padded step runs without
     capture. Same first-step loss as the automatic path; parameters move; the cosine schedule steps per epoch."""
-    import pytorch_lightning as pl
-    from torch_geometric.loader import DataLoader
-
     scenes = [batch.get_example(i) for i in range(batch.num_graphs)]
 
     def fit(cuda_graphs):
-        model = tiny_model(dropout=0.0, T_max=4)
-        apply(model, SpeedOptions(cuda_graphs=cuda_graphs))
-        before = [p.detach().clone() for p in model.parameters()]
-        recorded = []
-
-        class Record(pl.Callback):
-            def on_train_batch_end(self, trainer, module, outputs, data, batch_idx):
-                loss = outputs['loss'] if isinstance(outputs, dict) else outputs
-                recorded.append((float(loss), trainer.optimizers[0].param_groups[0]['lr']))
-
-        trainer = pl.Trainer(accelerator='cpu', devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
-                             default_root_dir=str(tmp_path))
-        trainer.fit(model, DataLoader(scenes, batch_size=2, shuffle=False))
-        moved = sum(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
-        return model, recorded, moved, trainer
+        return fit_two_epochs(tiny_model(dropout=0.0, T_max=4), scenes, tmp_path, cuda_graphs)
 
     model, recorded, moved, trainer = fit(True)
     assert not model.automatic_optimization

@@ -18,7 +18,7 @@ from predictors import ForecastMAE
 from transforms.target_builder import TargetBuilder
 from utils.scene_crop import crop_scene
 
-from padded_step_checks import assert_close, check_padded_training_step
+from padded_step_checks import assert_close, check_padded_training_step, fit_two_epochs
 from sample_data import AV2_DIR
 from test_ssl_fast_step import pairs  # noqa: F401  (fixture)
 from tiny_configs import TINY_FMAE
@@ -135,26 +135,10 @@ def test_static_batch_refuses_a_batch_that_does_not_fit(batch):
 def test_cuda_graphs_flag_trains_with_manual_optimisation_on_cpu(scenes, tmp_path):
     """--cuda_graphs switches ForecastMAE to the padded step with its own backward + optimiser step; on CPU it runs
     without capture. Same losses as the automatic path over two epochs of a full and a smaller last batch."""
-    import pytorch_lightning as pl
-    from torch_geometric.loader import DataLoader
-
     def fit(cuda_graphs):
-        model = tiny_model(dropout=0.0, T_max=4)
-        apply(model, SpeedOptions(cuda_graphs=cuda_graphs))
-        before = [p.detach().clone() for p in model.parameters()]
-        recorded = []
-
-        class Record(pl.Callback):
-            def on_train_batch_end(self, trainer, module, outputs, data, batch_idx):
-                loss = outputs['loss'] if isinstance(outputs, dict) else outputs
-                recorded.append(float(loss))
-
-        trainer = pl.Trainer(accelerator='cpu', devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
-                             default_root_dir=str(tmp_path))
-        trainer.fit(model, DataLoader(scenes, batch_size=2, shuffle=False))
-        moved = sum(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
-        return model, recorded, moved, trainer
+        model, recorded, moved, trainer = fit_two_epochs(tiny_model(dropout=0.0, T_max=4), scenes, tmp_path,
+                                                         cuda_graphs)
+        return model, [loss for loss, _ in recorded], moved, trainer
 
     model, recorded, moved, trainer = fit(True)
     assert not model.automatic_optimization and model.fixed_shape_step is not None
