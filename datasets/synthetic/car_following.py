@@ -26,10 +26,14 @@ DECIDE_EVERY = 5             # integration steps between two looks of the driver
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
 GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
+RED_VIEW = 100.0             # metres before a red signal from which drivers slow down for it
 MERGE_VIEW = 30.0            # metres before merging connectors from which the other stream is followed
+MERGE_ROOM = 0.5             # share of the distance left to where merging paths meet that adds to the gap
 ACCEPTED_GAP = 4.5           # s: a driver giving way enters only if priority traffic is further away than this
 CLEAR_MARGIN = 2.0           # s: ... and than the time it needs to clear the conflict point, plus this
 PRIORITY_RANGE = 80.0        # metres before a gate within which approaching priority traffic is seen
+CAH_FROM = 0.5               # m/s^2 of IDM braking from which the ACC blend is applied (it is ~ the IDM below)
+CAH_COOLNESS = 0.99          # weight of the constant-acceleration heuristic in the ACC blend
 ENTRY_SLACK, GATE_SLACK, METRE_SLACK = 16, 2, 80   # spare columns for routes that change during the run
 
 
@@ -151,7 +155,8 @@ class VehicleSimulation:
         self.half = self.length / 2
         self.half_sum = self.half[:, None] + self.half[None, :]
         self.a_max = np.array([d.a_max for d in drivers])
-        self.sqrt_ab = 2.0 * np.sqrt(self.a_max * np.array([d.b_comf for d in drivers]))
+        self.b_comf = np.array([d.b_comf for d in drivers])
+        self.sqrt_ab = 2.0 * np.sqrt(self.a_max * self.b_comf)
         self.headway = np.array([d.headway for d in drivers])
         self.min_gap = np.array([d.min_gap for d in drivers])
         # first-order lag of the applied acceleration: a driver reacts within its reaction time
@@ -348,7 +353,14 @@ class VehicleSimulation:
         self._next_gate_lane, self._d_gate = self.gate_lane, d_gate
         waiting, wait_gap, hard_stop = [], [], []
         # agents queued behind a leader whose front has not reached the gate yet need no check
-        cand = ((d_gate < GATE_LOOKAHEAD) & (gap_l + self.length[lead] > d_gate)).nonzero()[0]
+        first = gap_l + self.length[lead] > d_gate
+        cand = ((d_gate < GATE_LOOKAHEAD) & first).nonzero()[0]
+        if self.red is not None:
+            # a red light is seen from further away than right of way is judged: drivers ease off early
+            far = ((d_gate >= GATE_LOOKAHEAD) & (d_gate < RED_VIEW) & first
+                   & self.red[t, self.gate_lane]).nonzero()[0]
+            if len(far):
+                waiting, wait_gap = far.tolist(), d_gate[far].tolist()
         if not len(cand):
             return waiting, wait_gap, hard_stop, g_s
         clear_of = self._clear_of(lane, lane2)
@@ -472,16 +484,20 @@ class VehicleSimulation:
                 for j in on.get(c, ()):
                     ahead = x_of[j] - meet[c][li] + meet[li][c] - xi   # j's lead over i, centres
                     if ahead > 0.0 or (ahead == 0.0 and j < i):
-                        g = ahead - half_list[i] - half_list[j]
+                        # projected onto i's lane; i need only be behind j where the paths meet, so part of the
+                        # distance left to that point counts as room (no emergency stop for a car alongside)
+                        g = (ahead - half_list[i] - half_list[j]
+                             + MERGE_ROOM * max(meet[li][c] - xi - half_list[i], 0.0))
                         if g < g_i:
                             best, g_i = j, g
             if best is not None:
                 lead[i], gap_l[i] = best, g_i
         return lead, gap_l
 
-    def _idm(self, v_l, gap_l, waiting: List[int], wait_gap: List[float]) -> np.ndarray:
-        """IDM acceleration [N] towards the local speed limit behind the leader and, for the `waiting` agents,
-        the closed gate `wait_gap` metres ahead."""
+    def _idm(self, v_l, a_l, gap_l, waiting: List[int], wait_gap: List[float]) -> np.ndarray:
+        """Acceleration [N] towards the local speed limit behind the leader (speed v_l, acceleration a_l) and,
+        for the `waiting` agents, the closed gate `wait_gap` metres ahead: IDM, with its braking limited by the
+        constant-acceleration heuristic where the IDM would overreact (see `_limited_braking`)."""
         v = self.v
         v0 = self.flat.vlim[self.flat.vlim_row + self.s.astype(int)]   # s <= route_end < len(speed profile)
         ratio = v / np.maximum(v0, 0.1)
@@ -493,7 +509,35 @@ class VehicleSimulation:
             at = np.array(waiting)
             inter_g = (1.0 + vh[at] + v[at] * v[at] / self.sqrt_ab[at]) / np.maximum(wait_gap, 0.1)
             inter[at] = np.maximum(inter[at], inter_g * inter_g)
-        return np.minimum(np.maximum(self.a_max * (1.0 - ratio - inter), -9.0), self.a_max)
+        acc = self.a_max * (1.0 - ratio - inter)
+        braking = (acc < -CAH_FROM).nonzero()[0]
+        if len(braking):
+            acc[braking] = self._limited_braking(braking, acc[braking], v_l, a_l, gap_l, waiting, wait_gap)
+        return np.minimum(np.maximum(acc, -9.0), self.a_max)
+
+    def _limited_braking(self, at: np.ndarray, a_idm: np.ndarray, v_l, a_l, gap_l, waiting: List[int],
+                         wait_gap: List[float]) -> np.ndarray:
+        """The ACC model's blend (Kesting, Treiber and Helbing 2010) for the braking agents `at`: where the IDM
+        brakes harder than the constant-acceleration heuristic (CAH: the leader keeps its acceleration, the
+        follower just avoids a collision) says is needed, as when a leader cuts in or a gate closes close ahead,
+        the driver brakes about the CAH deceleration plus at most its comfortable one, not the IDM's panic."""
+        v, vl, s = self.v[at], v_l[at], np.maximum(gap_l[at], 0.1)
+        al = np.minimum(a_l[at], self.a_max[at])
+        closing = np.maximum(v - vl, 0.0)
+        cah = al - closing * closing / (2.0 * s)
+        # a braking leader that will stop before the follower catches up with it
+        stops_first = (al < 0.0) & (vl * (v - vl) <= -2.0 * s * al)
+        cah = np.where(stops_first, v * v * al / np.where(stops_first, vl * vl - 2.0 * s * al, 1.0), cah)
+        if waiting:
+            # a closed gate is a standing obstacle about a metre before the line
+            pos = {agent: k for k, agent in enumerate(at.tolist())}
+            for agent, gap in zip(waiting, wait_gap):
+                k = pos.get(agent)
+                if k is not None:
+                    cah[k] = min(cah[k], -v[k] * v[k] / (2.0 * max(gap - 1.0, 0.1)))
+        b = self.b_comf[at]
+        blended = (1.0 - CAH_COOLNESS) * a_idm + CAH_COOLNESS * (cah + b * np.tanh((a_idm - cah) / b))
+        return np.where(a_idm < cah, blended, a_idm)
 
     def step(self, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Advance by SUBSTEPS * DT; returns (s, v, acceleration, clamp) of the step (clamp: positions that
@@ -512,7 +556,7 @@ class VehicleSimulation:
         changes = None
         if self.lane_changes is not None and t % (SUBSTEPS * DECIDE_EVERY) == 0:
             changes = self.lane_changes.decide(self, lead, gap_l)
-        target = self._idm(self.v[lead], gap_l, waiting, wait_gap)
+        target = self._idm(self.v[lead], self.acc[lead], gap_l, waiting, wait_gap)
         # react with a lag, but brake at once when the situation demands it
         acc = np.where(target < -2.5, target, self.acc + (target - self.acc) * self.lag)
         sim_dt = SUBSTEPS * DT

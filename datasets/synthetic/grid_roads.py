@@ -583,7 +583,11 @@ def _record_crosswalks(lanes: Dict[int, Lane], connectors: List[int], owner: np.
               & (np.abs(across) < np.array([cw.half_width for cw in crosswalks])[:, None] + 1.0))
     cw_idx, point = np.nonzero(inside)
     # (crosswalk, connector) pairs in crosswalk order, so each connector lists its crosswalks in index order
-    for code in np.unique(cw_idx * n + owner[point]).tolist():
+    codes, pair = np.unique(cw_idx * n + owner[point], return_inverse=True)
+    # where along the crosswalk the connector crosses it: the mean of its points on the crossing
+    at = np.bincount(pair, weights=along[cw_idx, point]) / np.bincount(pair)
+    for code, position in zip(codes.tolist(), at.tolist()):
         idx, i = divmod(code, n)
         lanes[connectors[i]].crosswalks.append(idx)
+        lanes[connectors[i]].crosswalk_at[idx] = position
 

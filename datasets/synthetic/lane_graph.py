@@ -33,7 +33,8 @@ class LaneTable:
     gated: List[bool]
     needs_stop: List[bool]
     conflicts: List[Tuple[Tuple[int, float], ...]]   # (conflicting lane, arc length on it where paths meet)
-    crosswalks: List[frozenset]
+    crosswalks: List[frozenset]                      # indices into `crossings` of the lane's crossings
+    crossings: List[Tuple[int, float]]               # (crosswalk, position along it) where a lane crosses
     siblings: List[Tuple[Tuple[int, float], ...]]   # (overlapping lane, shift of its s onto this lane's s)
     # (lane, lane type) -> (successors a road user may take, their weights), filled as routes are built
     successor_choices: Dict[Tuple[int, str], Tuple[List[int], List[float]]] = field(default_factory=dict)
@@ -96,7 +97,7 @@ def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
     table = LaneTable(ids=ids, index={lid: i for i, lid in enumerate(ids)}, points=[], arc=[], heading=[],
                        curvature=[], lengths=[], tails=[], heading_ends=[], is_turn=[], pre={}, post={}, gated=[],
                        needs_stop=[], conflicts=[],
-                       crosswalks=[], siblings=[])
+                       crosswalks=[], crossings=[], siblings=[])
     table.add_many([road_map.lanes[lid].center for lid in ids])
     lanes, index, lengths = road_map.lanes, table.index, table.lengths
     for i, lid in enumerate(ids):
@@ -106,7 +107,9 @@ def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
         if lane.conflicts:
             table.conflicts[i] = tuple((index[c], lane.conflict_at.get(c, lengths[index[c]])) for c in lane.conflicts)
         if lane.crosswalks:
-            table.crosswalks[i] = frozenset(lane.crosswalks)
+            first = len(table.crossings)
+            table.crossings.extend((c, lane.crosswalk_at.get(c, 0.0)) for c in lane.crosswalks)
+            table.crosswalks[i] = frozenset(range(first, len(table.crossings)))
         table.is_turn[i] = lane.turn in ('left', 'right')
         # lanes branching from one predecessor overlap at their start (aligned there); lanes merging into one
         # successor (a taper, a ramp, connectors into one exit lane) overlap at their end (aligned there)

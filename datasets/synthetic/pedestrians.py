@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -13,6 +13,8 @@ from datasets.synthetic.sidewalks import pedestrian_path
 from datasets.synthetic.trajectory import DT, Trajectory
 
 CROSSING_LENGTH = 14.0   # metres a pedestrian wants of walk time ahead when stepping off the kerb
+PATH_MARGIN = 4.5        # metres along a crosswalk either side of a vehicle's path within which it waits for a
+                         # pedestrian (its own lane and the next one): not for someone on the far side of the road
 
 
 def spawn_pedestrians(rng, road_map: RoadMap, prof: SyntheticProfile, steps: int,
@@ -97,20 +99,37 @@ def _wait_for_walk(speed: np.ndarray, k: int, walk: np.ndarray, crossing_s: floa
     return speed
 
 
-def crosswalk_occupancy(road_map: RoadMap, pedestrians: List[Trajectory], steps: int) -> np.ndarray:
-    """busy [steps, n_crosswalks]: a pedestrian is on the crossing, or walks within 0.5 m of it. Someone standing
-    at the kerb (waiting for the signal or a gap, or just standing) does not hold traffic."""
-    n_cw = len(road_map.crosswalks)
-    if n_cw == 0 or not pedestrians:
-        return np.zeros((steps, n_cw), dtype=bool)
+def crosswalk_occupancy(road_map: RoadMap, pedestrians: List[Trajectory], steps: int,
+                        crossings: Optional[List[Tuple[int, float]]] = None) -> np.ndarray:
+    """busy [steps, crossings]: a pedestrian is on the crossing, or walks within 0.5 m of it, within
+    PATH_MARGIN of where a lane crosses it (crossings: (crosswalk, position along it), see LaneTable.crossings;
+    None: each whole crosswalk). Someone standing at the kerb (waiting for the signal or a gap, or just standing)
+    does not hold traffic, and a driver does not wait for someone on the far side of the road."""
+    if crossings is None:
+        crossings = [(c, None) for c in range(len(road_map.crosswalks))]
+    busy = np.zeros((steps, len(crossings)), dtype=bool)
+    if not crossings or not pedestrians:
+        return busy
+    on_crosswalk: Dict[int, List[Tuple[int, Optional[float]]]] = {}
+    for k, (c, at) in enumerate(crossings):
+        on_crosswalk.setdefault(c, []).append((k, at))
     pos = np.stack([p.position for p in pedestrians], 1)   # [T, P, 2]
     walking = np.stack([np.abs(p.velocity).sum(1) > 0.0 for p in pedestrians], 1)   # [T, P]
-    busy = np.zeros((steps, n_cw), dtype=bool)
-    for c, cw in enumerate(road_map.crosswalks):
+    for c, lanes in on_crosswalk.items():
+        cw = road_map.crosswalks[c]
         rel = pos - cw.origin
-        along = np.abs(rel[..., 0] * cw.along[0] + rel[..., 1] * cw.along[1])
+        signed = rel[..., 0] * cw.along[0] + rel[..., 1] * cw.along[1]
+        along = np.abs(signed)
         across = np.abs(rel[..., 1] * cw.along[0] - rel[..., 0] * cw.along[1])
         near = (along < cw.half_length + 0.5) & (across < cw.half_width + 0.5)
         on_road = (along < cw.half_length - 1.5) & (across < cw.half_width)
-        busy[:, c] = ((near & walking) | on_road).any(1)
+        holding = (near & walking) | on_road                 # [T, P]
+        if not holding.any():
+            continue
+        ks = [k for k, _ in lanes]
+        if lanes[0][1] is None:
+            busy[:, ks] = holding.any(1)[:, None]
+        else:
+            at = np.array([a for _, a in lanes])
+            busy[:, ks] = (holding[..., None] & (np.abs(signed[..., None] - at) < PATH_MARGIN)).any(1)
     return busy

@@ -48,6 +48,8 @@ class Lane:
     conflict_at: Dict[int, float] = field(default_factory=dict)   # conflicting lane -> arc length on it where
                                                                   # the two paths meet (absent: its whole length)
     crosswalks: List[int] = field(default_factory=list)  # crosswalk indices this lane crosses
+    crosswalk_at: Dict[int, float] = field(default_factory=dict)  # crosswalk -> where along its walking
+                                                                  # direction the lane crosses it (m)
     signal_group: int = -1                # signalised connectors: the signal phase that lets it go
 
     @property

@@ -6,7 +6,7 @@ driver who cannot stop comfortably when the light turns red drives on (see `car_
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from datasets.synthetic.road_network import RoadMap
 from datasets.synthetic.trajectory import DT
 
 ALL_RED = 2.0   # seconds between one phase's red and the other's green
+QUEUE_STOP_MARGIN = 1.0   # metres between a queue's first vehicle and the stop line
 
 
 def red_lights(road_map: RoadMap, table: LaneTable, steps: int) -> Optional[np.ndarray]:
@@ -34,6 +35,62 @@ def red_lights(road_map: RoadMap, table: LaneTable, steps: int) -> Optional[np.n
             green = (x >= green0 + ALL_RED) & (x < cycle - ALL_RED)
         red[:, table.index[lane_id]] = ~green
     return red
+
+
+def red_elapsed(road_map: RoadMap, table: LaneTable) -> np.ndarray:
+    """elapsed [lanes]: seconds for which the signal of each connector lane has shown red at step 0 (0 where it
+    is green or there is no signal)."""
+    elapsed = np.zeros(table.total)
+    for lane_id, lane in road_map.lanes.items():
+        if lane.signal_group < 0:
+            continue
+        cycle, green0, offset = road_map.signals[lane.node]
+        x = offset % cycle
+        if lane.signal_group == 0:
+            since = x - green0                       # red from the end of phase 0's green to the cycle's end
+        elif x >= cycle - ALL_RED:
+            since = x - (cycle - ALL_RED)            # phase 1 turned red before the cycle's end ...
+        else:
+            since = x + ALL_RED if x < green0 + ALL_RED else 0.0   # ... and stays red into the next one
+        elapsed[table.index[lane_id]] = max(since, 0.0)
+    return elapsed
+
+
+def queue_at_red_signals(drivers, road_map: RoadMap, table: LaneTable) -> None:
+    """Stand the spawned road users that would have reached a red signal since it turned red in its queue.
+
+    Traffic is spawned moving and spread along the lanes; without this, every queue at a red light builds up from
+    nothing in the first seconds of a scene and most traffic near a signal brakes to a stop in the recording. A
+    driver whose next gate is a red signal joins the queue at its line if it would have covered the distance to the
+    back of the queue at its spawn speed in the time the signal has been red; the queue stands at the line, one
+    vehicle length and standstill gap per vehicle. Approach lanes where some drivers have green are left alone.
+    Changes the drivers' `s` and `v` in place."""
+    elapsed = red_elapsed(road_map, table)
+    approaches: Dict[int, List[Tuple[float, float, object]]] = {}
+    mixed = set()
+    for d in drivers:
+        route = d.route
+        front = d.s + 0.5 * d.length
+        gate = next(((g, lane) for g, lane in route.gates if g > front), None)
+        if gate is None:
+            continue
+        g, gate_lane = gate
+        k = int(np.searchsorted(np.asarray(route.entry_start), g - 1e-6, side='right')) - 1
+        approach = route.entry_lane[max(k, 0)]
+        if elapsed[gate_lane] <= 0.0:
+            mixed.add(approach)
+            continue
+        approaches.setdefault(approach, []).append((g - front, g, float(elapsed[gate_lane]), d))
+    for approach, waiting in approaches.items():
+        if approach in mixed:
+            continue
+        queue = 0.0
+        for dist, g, since, d in sorted(waiting, key=lambda w: w[0]):
+            if dist - queue >= since * d.v:
+                break
+            d.s = g - 0.5 * d.length - QUEUE_STOP_MARGIN - queue
+            d.v = 0.0
+            queue += d.length + d.min_gap
 
 
 def walk_signals(road_map: RoadMap, table: LaneTable, red: Optional[np.ndarray]) -> Dict[int, np.ndarray]:

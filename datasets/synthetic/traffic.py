@@ -18,7 +18,8 @@ from datasets.synthetic.lateral_motion import driver_trajectories
 from datasets.synthetic.pedestrians import crosswalk_occupancy, spawn_pedestrians
 from datasets.synthetic.profiles import SyntheticProfile
 from datasets.synthetic.road_network import RoadMap
-from datasets.synthetic.signals import connector_priority, merging_pairs, red_lights, walk_signals
+from datasets.synthetic.signals import (connector_priority, merging_pairs, queue_at_red_signals, red_lights,
+                                        walk_signals)
 from datasets.synthetic.static_objects import place_static_objects
 from datasets.synthetic.trajectory import DT, NUM_STEPS, WARMUP_STEPS, Trajectory
 
@@ -44,8 +45,9 @@ def simulate_road_users(rng: np.random.Generator, road_map: RoadMap, prof: Synth
     table = build_lane_table(road_map, prof.upstream_length)
     drivers = spawn_vehicles(rng, road_map, table, prof, steps * DT)
     red = red_lights(road_map, table, steps)
+    queue_at_red_signals(drivers, road_map, table)
     pedestrians = spawn_pedestrians(rng, road_map, prof, steps, walk_signals(road_map, table, red))
-    busy = crosswalk_occupancy(road_map, pedestrians, steps)
+    busy = crosswalk_occupancy(road_map, pedestrians, steps, table.crossings)
     # lane changes draw from their own generator, so the rest of the scene is the same with them or without
     change_rng = np.random.default_rng(int(rng.integers(1 << 62)))
     changes = LaneChanges(change_rng, road_map, table, prof) if prof.lane_changes else None
