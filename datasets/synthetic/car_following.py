@@ -26,14 +26,16 @@ DECIDE_EVERY = 5             # integration steps between two looks of the driver
 COMMIT_DECEL = 4.0           # m/s^2: closer than the stopping distance at this deceleration -> go
 SIGNAL_COMMIT_DECEL = 3.0    # amber: a driver who cannot stop comfortably drives on
 GATE_LOOKAHEAD = 45.0        # metres before a gate at which right of way is checked
-RED_VIEW = 100.0             # metres before a red signal from which drivers slow down for it
+STOP_VIEW = 100.0            # metres before a red signal or a stop sign from which drivers slow down for it
 MERGE_VIEW = 30.0            # metres before merging connectors from which the other stream is followed
 MERGE_ROOM = 0.5             # share of the distance left to where merging paths meet that adds to the gap
 ACCEPTED_GAP = 4.5           # s: a driver giving way enters only if priority traffic is further away than this
 CLEAR_MARGIN = 2.0           # s: ... and than the time it needs to clear the conflict point, plus this
 PRIORITY_RANGE = 80.0        # metres before a gate within which approaching priority traffic is seen
+MAX_DECEL = 9.0              # m/s^2, the hardest braking
 CAH_FROM = 0.5               # m/s^2 of IDM braking from which the ACC blend is applied (it is ~ the IDM below)
 CAH_COOLNESS = 0.99          # weight of the constant-acceleration heuristic in the ACC blend
+CAH_MIN_GAP = 2.0            # metres: the gap the heuristic assumes at least
 ENTRY_SLACK, GATE_SLACK, METRE_SLACK = 16, 2, 80   # spare columns for routes that change during the run
 
 
@@ -355,12 +357,14 @@ class VehicleSimulation:
         # agents queued behind a leader whose front has not reached the gate yet need no check
         first = gap_l + self.length[lead] > d_gate
         cand = ((d_gate < GATE_LOOKAHEAD) & first).nonzero()[0]
+        # a red light or a stop sign is seen from further away than right of way is judged: drivers ease off
+        # early (a stop is only made near the line, so one further away is still to come)
+        closed = self.needs_stop[self.gate_lane]
         if self.red is not None:
-            # a red light is seen from further away than right of way is judged: drivers ease off early
-            far = ((d_gate >= GATE_LOOKAHEAD) & (d_gate < RED_VIEW) & first
-                   & self.red[t, self.gate_lane]).nonzero()[0]
-            if len(far):
-                waiting, wait_gap = far.tolist(), d_gate[far].tolist()
+            closed = closed | self.red[t, self.gate_lane]
+        far = ((d_gate >= GATE_LOOKAHEAD) & (d_gate < STOP_VIEW) & first & closed).nonzero()[0]
+        if len(far):
+            waiting, wait_gap = far.tolist(), d_gate[far].tolist()
         if not len(cand):
             return waiting, wait_gap, hard_stop, g_s
         clear_of = self._clear_of(lane, lane2)
@@ -513,7 +517,7 @@ class VehicleSimulation:
         braking = (acc < -CAH_FROM).nonzero()[0]
         if len(braking):
             acc[braking] = self._limited_braking(braking, acc[braking], v_l, a_l, gap_l, waiting, wait_gap)
-        return np.minimum(np.maximum(acc, -9.0), self.a_max)
+        return np.minimum(np.maximum(acc, -MAX_DECEL), self.a_max)
 
     def _limited_braking(self, at: np.ndarray, a_idm: np.ndarray, v_l, a_l, gap_l, waiting: List[int],
                          wait_gap: List[float]) -> np.ndarray:
@@ -521,7 +525,8 @@ class VehicleSimulation:
         brakes harder than the constant-acceleration heuristic (CAH: the leader keeps its acceleration, the
         follower just avoids a collision) says is needed, as when a leader cuts in or a gate closes close ahead,
         the driver brakes about the CAH deceleration plus at most its comfortable one, not the IDM's panic."""
-        v, vl, s = self.v[at], v_l[at], np.maximum(gap_l[at], 0.1)
+        # a leader that appears (nearly) alongside, e.g. where lanes overlap, counts as a standstill gap ahead
+        v, vl, s = self.v[at], v_l[at], np.maximum(gap_l[at], CAH_MIN_GAP)
         al = np.minimum(a_l[at], self.a_max[at])
         closing = np.maximum(v - vl, 0.0)
         cah = al - closing * closing / (2.0 * s)
@@ -536,6 +541,7 @@ class VehicleSimulation:
                 if k is not None:
                     cah[k] = min(cah[k], -v[k] * v[k] / (2.0 * max(gap - 1.0, 0.1)))
         b = self.b_comf[at]
+        a_idm = np.maximum(a_idm, -MAX_DECEL)   # the IDM's term is unbounded as the gap closes
         blended = (1.0 - CAH_COOLNESS) * a_idm + CAH_COOLNESS * (cah + b * np.tanh((a_idm - cah) / b))
         return np.where(a_idm < cah, blended, a_idm)
 

@@ -71,8 +71,8 @@ def _uniform(rng, bounds: Tuple[np.ndarray, np.ndarray]) -> List[float]:
 
 
 # speed factor, length, a_max, b_comf, headway, lateral acceleration in curves
-STYLE_BOUNDS = {kind: _bounds((0.97, k[0][0], k[1][0], k[2][0], k[3][0], 2.0),
-                              (1.0, k[0][1], k[1][1], k[2][1], k[3][1], 3.0))
+STYLE_BOUNDS = {kind: _bounds((0.97, k[0][0], k[1][0], k[2][0], k[3][0], 1.5),
+                              (1.0, k[0][1], k[1][1], k[2][1], k[3][1], 2.5))
                 for kind, k in KINEMATICS.items()}
 WANDER_BOUNDS = _bounds((0.03, 40.0, 0.0), (0.2, 140.0, 2 * np.pi))   # amplitude, wavelength, phase
 
