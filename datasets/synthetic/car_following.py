@@ -194,6 +194,7 @@ class VehicleSimulation:
         self.priority_list = self.priority.tolist()
         self.half_list = self.half.tolist()
         self.a_max_list = self.a_max.tolist()
+        self.b_comf_list = self.b_comf.tolist()
         self.ns_or_nopri = self.needs_stop | (self.priority < 0)   # lanes whose approaching agents never count
         self.s = np.array([d.s for d in drivers])
         self.v = np.array([d.v for d in drivers])
@@ -239,6 +240,7 @@ class VehicleSimulation:
         f = self.flat
         at = f.gate_row + self.gptr
         self.gate_s, self.gate_lane = f.gate[at], f.gate_lane[at]
+        self.gate_stop = self.needs_stop[self.gate_lane]
 
     def _bumpers_moved(self) -> None:
         f = self.flat
@@ -359,10 +361,9 @@ class VehicleSimulation:
         cand = ((d_gate < GATE_LOOKAHEAD) & first).nonzero()[0]
         # a red light or a stop sign is seen from further away than right of way is judged: drivers ease off
         # early (a stop is only made near the line, so one further away is still to come)
-        closed = self.needs_stop[self.gate_lane]
-        if self.red is not None:
-            closed = closed | self.red[t, self.gate_lane]
-        far = ((d_gate >= GATE_LOOKAHEAD) & (d_gate < STOP_VIEW) & first & closed).nonzero()[0]
+        far = (d_gate >= GATE_LOOKAHEAD) & (d_gate < STOP_VIEW) & first
+        far &= self.gate_stop | self.red[t, self.gate_lane] if self.red is not None else self.gate_stop
+        far = far.nonzero()[0]
         if len(far):
             waiting, wait_gap = far.tolist(), d_gate[far].tolist()
         if not len(cand):
@@ -525,25 +526,27 @@ class VehicleSimulation:
         brakes harder than the constant-acceleration heuristic (CAH: the leader keeps its acceleration, the
         follower just avoids a collision) says is needed, as when a leader cuts in or a gate closes close ahead,
         the driver brakes about the CAH deceleration plus at most its comfortable one, not the IDM's panic."""
-        # a leader that appears (nearly) alongside, e.g. where lanes overlap, counts as a standstill gap ahead
-        v, vl, s = self.v[at], v_l[at], np.maximum(gap_l[at], CAH_MIN_GAP)
-        al = np.minimum(a_l[at], self.a_max[at])
-        closing = np.maximum(v - vl, 0.0)
-        cah = al - closing * closing / (2.0 * s)
-        # a braking leader that will stop before the follower catches up with it
-        stops_first = (al < 0.0) & (vl * (v - vl) <= -2.0 * s * al)
-        cah = np.where(stops_first, v * v * al / np.where(stops_first, vl * vl - 2.0 * s * al, 1.0), cah)
-        if waiting:
-            # a closed gate is a standing obstacle about a metre before the line
-            pos = {agent: k for k, agent in enumerate(at.tolist())}
-            for agent, gap in zip(waiting, wait_gap):
-                k = pos.get(agent)
-                if k is not None:
-                    cah[k] = min(cah[k], -v[k] * v[k] / (2.0 * max(gap - 1.0, 0.1)))
-        b = self.b_comf[at]
-        a_idm = np.maximum(a_idm, -MAX_DECEL)   # the IDM's term is unbounded as the gap closes
-        blended = (1.0 - CAH_COOLNESS) * a_idm + CAH_COOLNESS * (cah + b * np.tanh((a_idm - cah) / b))
-        return np.where(a_idm < cah, blended, a_idm)
+        # plain Python: only a few agents brake at a time, too few for numpy to pay
+        gate_gap = dict(zip(waiting, wait_gap)) if waiting else {}
+        out = []
+        for i, a, v, vl, al, s in zip(at.tolist(), a_idm.tolist(), self.v[at].tolist(), v_l[at].tolist(),
+                                      a_l[at].tolist(), gap_l[at].tolist()):
+            # a leader that appears (nearly) alongside, e.g. where lanes overlap, counts as a standstill gap ahead
+            s = max(s, CAH_MIN_GAP)
+            al = min(al, self.a_max_list[i])
+            if al < 0.0 and vl * (v - vl) <= -2.0 * s * al:
+                cah = v * v * al / (vl * vl - 2.0 * s * al)   # a braking leader that stops before it is reached
+            else:
+                closing = max(v - vl, 0.0)
+                cah = al - closing * closing / (2.0 * s)
+            if i in gate_gap:   # a closed gate is a standing obstacle about a metre before the line
+                cah = min(cah, -v * v / (2.0 * max(gate_gap[i] - 1.0, 0.1)))
+            a = max(a, -MAX_DECEL)   # the IDM's term is unbounded as the gap closes
+            if a < cah:
+                b = self.b_comf_list[i]
+                a = (1.0 - CAH_COOLNESS) * a + CAH_COOLNESS * (cah + b * math.tanh((a - cah) / b))
+            out.append(a)
+        return np.array(out)
 
     def step(self, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Advance by SUBSTEPS * DT; returns (s, v, acceleration, clamp) of the step (clamp: positions that
