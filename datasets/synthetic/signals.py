@@ -63,7 +63,8 @@ def queue_at_red_signals(drivers, road_map: RoadMap, table: LaneTable) -> None:
     nothing in the first seconds of a scene and most traffic near a signal brakes to a stop in the recording. A
     driver whose next gate is a red signal joins the queue at its line if it would have covered the distance to the
     back of the queue at its spawn speed in the time the signal has been red; the queue stands at the line, one
-    vehicle length and standstill gap per vehicle. Approach lanes where some drivers have green are left alone.
+    vehicle length and standstill gap per vehicle. Approach lanes where some drivers have green, or that overlap
+    another lane, are left alone.
     Changes the drivers' `s` and `v` in place."""
     elapsed = red_elapsed(road_map, table)
     approaches: Dict[int, List[Tuple[float, float, object]]] = {}
@@ -77,7 +78,9 @@ def queue_at_red_signals(drivers, road_map: RoadMap, table: LaneTable) -> None:
         g, gate_lane = gate
         k = int(np.searchsorted(np.asarray(route.entry_start), g - 1e-6, side='right')) - 1
         approach = route.entry_lane[max(k, 0)]
-        if elapsed[gate_lane] <= 0.0:
+        # where the approach lane overlaps another one (a turn pocket branching off) two queues would share the
+        # road before it: those queues build up as traffic arrives
+        if elapsed[gate_lane] <= 0.0 or table.siblings[approach]:
             mixed.add(approach)
             continue
         approaches.setdefault(approach, []).append((g - front, g, float(elapsed[gate_lane]), d))
