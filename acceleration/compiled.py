@@ -25,8 +25,21 @@ def compiled(function: Callable) -> Callable:
         # where they differ would trace a new graph.
         import torch.fx.experimental._config as fx_config
         fx_config.use_duck_shape = False
+        avoid_mix_order_reduction()
         result = _COMPILED[function] = torch.compile(function, dynamic=True)
     return result
+
+
+def avoid_mix_order_reduction() -> None:
+    """Turns off inductor's mix-order reduction (Triton backends, on by default since torch 2.10), which fuses a
+    per-row reduction with the per-column sums of a parameter gradient. In the torch releases we run on GPUs it
+    returns wrongly shaped gradients for broadcast parameters such as the stacked [1, 1, H] norm scales of a
+    one-scalar Fourier embedding (https://github.com/pytorch/pytorch/issues/178080, seen here with torch 2.11) and,
+    for scale tables sliced from one tensor, silently wrong ones (https://github.com/pytorch/pytorch/issues/193061).
+    Correct gradients come first."""
+    import torch._inductor.config as inductor_config
+    if hasattr(inductor_config.triton, 'mix_order_reduction'):
+        inductor_config.triton.mix_order_reduction = False
 
 
 def graph_input(value):

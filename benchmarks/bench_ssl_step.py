@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='ours, --speed fast: 0 keeps the CUDA-graph step but compiles nothing (eager kernels '
                              'replayed; quick to start, e.g. to check the capture); 1 compiles on the CPU too '
                              '(default: compile on CUDA only)')
+    parser.add_argument('--compile_memory_budget', type=float, default=None,
+                        help='ours: fraction of their activations the compiled backward keeps (below 1: recompute '
+                             'more, keep less; default: the preset\'s)')
     parser.add_argument('--device', type=str, default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--batch_size', type=int, default=16, help='scenarios per step')
     parser.add_argument('--steps', type=int, default=30, help='timed steps (median reported)')
@@ -100,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=2025, help='model initialisation and view windows')
     parser.add_argument('--report', type=str, default=None, help='write the result as JSON here')
     args = parser.parse_args(argv)
-    if args.impl == 'official' and args.speed != 'default':
+    if args.impl == 'official' and (args.speed != 'default' or args.compile_memory_budget is not None):
         parser.error('--speed is for --impl ours (the official step has no speed options)')
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error('--steps and --batch_size must be >= 1, --warmup >= 0')
@@ -198,6 +201,8 @@ def build_model(args, modules):
     from predictors.smartpretrain import SmartPretrain
     model = SmartPretrain(**config, seed=args.seed)
     options = PRESETS[args.speed].replace(tf32=args.tf32)
+    if args.compile_memory_budget is not None:
+        options = options.replace(compile_memory_budget=args.compile_memory_budget)
     compile_here = args.compile if args.compile is not None else torch.device(args.device).type == 'cuda'
     if not compile_here:  # CPU smoke runs compile nothing unless asked to
         options = options.replace(compile_attention=False, compile_embeddings=False, compile_gru=False)
@@ -313,7 +318,8 @@ def main(argv=None) -> int:
     result = {'impl': args.impl, 'speed': args.speed, 'device': str(device),
               'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
               'torch': torch.__version__, 'precision': args.precision, 'tf32': args.tf32,
-              'hidden_dim': args.hidden_dim, 'batch_size': args.batch_size, 'agents': num_agents,
+              'compile_memory_budget': args.compile_memory_budget, 'hidden_dim': args.hidden_dim,
+              'batch_size': args.batch_size, 'agents': num_agents,
               'num_scenes_available': len(scenes), 'steps': args.steps, 'warmup': args.warmup,
               'median_s': median, 'min_s': min(times), 'max_s': max(times),
               'scenarios_per_s': args.batch_size / median, 'peak_alloc_gib': peak,

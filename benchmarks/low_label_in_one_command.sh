@@ -9,9 +9,11 @@
 # BACKBONE: QCNet (default) or ForecastMAE. BUDGET_SECONDS (default 540) bounds the whole call; fine-tunes that would
 # end later are left for a repeat of the finetune step (docs/LOW_LABEL.md, Resuming). The pre-training sources
 # are the target pool and the supervised oracle; the mixed-source arm needs the two-command form of docs/LOW_LABEL.md.
+# ARMS (default "scratch pretrained pretrained_sym oracle"), LABELLED (default "50 200") and EPOCHS (default "30 15",
+# one value or one per labelled size) pick the fine-tunes.
 set -u
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 OUT=${1:?usage: low_label_in_one_command.sh OUT_DIR [BACKBONE [BUDGET_SECONDS]]}
@@ -27,8 +29,8 @@ python benchmarks/ssl_low_label.py pretrain $COMMON --out "$STUDY" --sources ssl
     --parallel 2 --deadline_s $((BUDGET * 6 / 10)) 2>&1 | tail -25
 echo "pretrain done at ${SECONDS}s"
 python benchmarks/ssl_low_label.py finetune $COMMON --out "$STUDY" --pretrained_dir "$STUDY" \
-    --arms scratch pretrained pretrained_sym oracle --smallest_only pretrained_sym --labelled 50 200 \
-    --seeds 0 1 2 --finetune_epochs 30 15 --finetune_batch_size 16 --mode_noise_std 0.02 --parallel 4 \
+    --arms ${ARMS:-scratch pretrained pretrained_sym oracle} --smallest_only pretrained_sym --labelled ${LABELLED:-50 200} \
+    --seeds 0 1 2 --finetune_epochs ${EPOCHS:-30 15} --finetune_batch_size 16 --mode_noise_std 0.02 --parallel 4 \
     --deadline_s $((BUDGET - SECONDS - 30)) 2>&1 | tail -25
 echo "finetune done at ${SECONDS}s"
 tar -czf "$OUT/low_label.tar.gz" -C "$STUDY" --exclude='*.ckpt' --exclude='*.pt' \

@@ -216,6 +216,21 @@ def test_compile_memory_budget_is_set_by_apply(uncompiled):
         functorch_config.activation_memory_budget = before
 
 
+def test_compiled_functions_are_built_without_mix_order_reduction():
+    # Inductor's mix-order reduction returns [H] gradients for the [1, 1, H] norm scales of one-scalar embeddings on
+    # CUDA (acceleration/compiled.py); every compiled function of the project must be built with it off.
+    import torch._inductor.config as inductor_config
+    if not hasattr(inductor_config.triton, 'mix_order_reduction'):
+        pytest.skip('this torch has no mix-order reduction')
+    before = inductor_config.triton.mix_order_reduction
+    inductor_config.triton.mix_order_reduction = True
+    try:
+        acceleration.compiled.compiled(lambda x: x + 1)
+        assert inductor_config.triton.mix_order_reduction is False
+    finally:
+        inductor_config.triton.mix_order_reduction = before
+
+
 def test_bf16_autocast_step_gives_float32_outputs_close_to_float32(train_batch):
     torch.manual_seed(0)
     model = apply(QCNet(**dict(TINY_QCNET_TWO_AGENT_LAYERS, dropout=0.0)).train(), PRESETS['default'])

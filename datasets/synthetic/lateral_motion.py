@@ -19,9 +19,12 @@ def driver_trajectories(drivers: List[Driver], s_hist: np.ndarray, v_hist: np.nd
     if not drivers:
         return []
     # the look-up along each route is per driver; everything after it runs on all drivers at once [N, T]
-    x = np.stack([np.interp(s, d.route.s, d.route.points[:, 0]) for d, s in zip(drivers, s_hist)])
-    y = np.stack([np.interp(s, d.route.s, d.route.points[:, 1]) for d, s in zip(drivers, s_hist)])
-    h = np.stack([np.interp(s, d.route.s, d.route.heading) for d, s in zip(drivers, s_hist)])
+    x, y, h = (np.empty((len(drivers), s_hist.shape[1])) for _ in range(3))
+    for i, d in enumerate(drivers):
+        route = d.route
+        x[i] = np.interp(s_hist[i], route.s, route.points[:, 0])
+        y[i] = np.interp(s_hist[i], route.s, route.points[:, 1])
+        h[i] = np.interp(s_hist[i], route.s, route.heading)
     # own offset plus the weave (amplitude, wavelength, phase per driver) as a function of the distance driven
     amplitude, wavelength, phase = (np.array(values)[:, None] for values in zip(*(d.wander for d in drivers)))
     k = 2 * np.pi / wavelength

@@ -30,20 +30,19 @@ Run = Tuple[int, int, int]   # (object index, first step, last step) of one trac
 def _candidates(objects: List[Trajectory], sensor: float) -> List[int]:
     """Road users observed throughout (inside the sensor range all the time) that are moving at the current step
     and moved during the history. Nothing about their future enters the choice."""
+    road_users = [i for i in range(1, len(objects))
+                  if objects[i].dynamic and objects[i].object_type in DYNAMIC_TYPES]
+    if not road_users:
+        return []
     av = objects[0].position
-    out = []
-    for i in range(1, len(objects)):
-        obj = objects[i]
-        if not obj.dynamic or obj.object_type not in DYNAMIC_TYPES:
-            continue
-        if np.hypot(*(obj.position - av).T).max() > sensor:
-            continue
-        current = NUM_HISTORICAL_STEPS - 1
-        history = float(np.hypot(*(obj.position[current] - obj.position[0])))
-        speed_now = float(np.hypot(*obj.velocity[current]))
-        if speed_now >= 1.0 and history >= (2.0 if obj.object_type == 'pedestrian' else 5.0):
-            out.append(i)
-    return out
+    pos = np.stack([objects[i].position for i in road_users])                  # [n, T, 2]
+    in_range = np.hypot(pos[..., 0] - av[:, 0], pos[..., 1] - av[:, 1]).max(1) <= sensor
+    current = NUM_HISTORICAL_STEPS - 1
+    history = np.hypot(pos[:, current, 0] - pos[:, 0, 0], pos[:, current, 1] - pos[:, 0, 1])
+    velocity = np.stack([objects[i].velocity[current] for i in road_users])    # [n, 2]
+    moving = np.hypot(velocity[:, 0], velocity[:, 1]) >= 1.0
+    min_history = np.array([2.0 if objects[i].object_type == 'pedestrian' else 5.0 for i in road_users])
+    return [road_users[k] for k in (in_range & moving & (history >= min_history)).nonzero()[0].tolist()]
 
 
 def choose_focal(rng, objects: List[Trajectory], sensor: float) -> Optional[Tuple[int, List[int]]]:
