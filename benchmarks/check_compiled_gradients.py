@@ -2,7 +2,8 @@
 """Checks on a GPU that the compiled Fourier embeddings (``--compile_embeddings``, acceleration/compiled.py) give the
 plain embedding's output and parameter gradients, for 1 to 4 continuous scalars with and without categorical inputs.
 
-    python benchmarks/check_compiled_gradients.py [--device cuda] [--rows 20000] [--allow_mix_order_reduction]
+    python benchmarks/check_compiled_gradients.py [--device cuda] [--rows 20000] [--scalars 1 2 3 4]
+        [--allow_mix_order_reduction]
 
 The CPU tests compare the compiled forms with the plain ones through inductor's C++ backend; this runs the same
 comparison through the Triton backend, where the compiled backward is generated differently (for example inductor's
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--rows', type=int, default=20000, help='rows of the embedded inputs')
+    parser.add_argument('--scalars', type=int, nargs='+', default=[1, 2, 3, 4],
+                        help='numbers of continuous scalars to check (QCNet embeds 1 to 4)')
     parser.add_argument('--hidden_dim', type=int, default=128)
     parser.add_argument('--num_freq_bands', type=int, default=64)
     parser.add_argument('--allow_mix_order_reduction', action='store_true',
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
     print(f'torch {torch.__version__}, {torch.cuda.get_device_name() if args.device == "cuda" else args.device}, '
           f'mix-order reduction {"on" if args.allow_mix_order_reduction else "off"}')
     failed = 0
-    for input_dim in (1, 2, 3, 4):
+    for input_dim in args.scalars:
         for categorical in (False, True):
             try:
                 verdict = 'ok, largest relative difference ' + check(input_dim, categorical, args)
