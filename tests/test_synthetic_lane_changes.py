@@ -16,6 +16,7 @@ from datasets.synthetic.scenario import build_road_map
 from datasets.synthetic.signals import connector_priority, merging_pairs, red_lights
 from datasets.synthetic.traffic import simulate_road_users
 from datasets.synthetic.trajectory import DT, NUM_STEPS, WARMUP_STEPS
+from synthetic_road_maps import road_maps
 
 STEPS = WARMUP_STEPS + NUM_STEPS
 NUM_SCENES = 12
@@ -25,12 +26,7 @@ def _scenes(profile: str, lane_changes: bool = True):
     """(road map, drivers with their final routes, s [N, T]) of NUM_SCENES simulated scenes."""
     prof = dataclasses.replace(PROFILES[profile], lane_changes=lane_changes)
     out = []
-    for seed in range(100):
-        rng = np.random.default_rng(seed)
-        try:
-            road_map = build_road_map(rng, prof)
-        except RuntimeError:   # a degenerate random network; the generator draws another one
-            continue
+    for rng, road_map in road_maps(prof, 100):
         drivers, s_hist, _, _ = simulate_road_users(rng, road_map, prof, STEPS)
         out.append((road_map, drivers, s_hist))
         if len(out) == NUM_SCENES:

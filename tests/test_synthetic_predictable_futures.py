@@ -9,10 +9,10 @@ from datasets.synthetic.drivers import driver_speed_limits, spawn_vehicles
 from datasets.synthetic.lane_graph import build_lane_table
 from datasets.synthetic.pedestrians import PATH_MARGIN, crosswalk_occupancy
 from datasets.synthetic.profiles import PROFILES
-from datasets.synthetic.scenario import build_road_map
 from datasets.synthetic.signals import (QUEUE_STOP_MARGIN, connector_priority, merging_pairs, queue_at_red_signals,
                                         red_elapsed, red_lights)
 from datasets.synthetic.trajectory import DT, NUM_STEPS, WARMUP_STEPS, Trajectory
+from synthetic_road_maps import road_maps
 
 STEPS = WARMUP_STEPS + NUM_STEPS
 PROF = PROFILES['default']
@@ -21,12 +21,7 @@ PROF = PROFILES['default']
 def _scenes(count: int, signalised: bool = False):
     """(road map, lane table, spawned drivers) of `count` default scenes (with signals if `signalised`)."""
     out = []
-    for seed in range(200):
-        rng = np.random.default_rng(seed)
-        try:
-            road_map = build_road_map(rng, PROF)
-        except RuntimeError:   # a degenerate random network; the generator draws another one
-            continue
+    for rng, road_map in road_maps(PROF, 200):
         if signalised and not road_map.signals:
             continue
         table = build_lane_table(road_map, PROF.upstream_length)
