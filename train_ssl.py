@@ -2,7 +2,7 @@
 
 --backbone (alias --model) picks the backbone: qcnet (default) or forecast_mae (predictor names QCNet / ForecastMAE
 work too); both go through the same pre-training module and losses. Mirrors the official train_qcnet_ssl.py flags.
-Extras: --devices, --precision, --resume, --log_dir, --max_steps, --limit_*_batches, --lambda_rec, --backbone, --seed.
+Extras: --devices, --precision, --resume, --log_dir, --max_steps, --limit_*_batches, --lambda_rec, --lambda_contra, --backbone, --seed.
 One device (or CPU) trains without DDP; DDP with synchronised BatchNorm is used only when devices * num_nodes > 1.
 
 Run directory <log_dir>/<exp_name>/ holds checkpoints/ (top-5 by val_loss + last.ckpt, written atomically),

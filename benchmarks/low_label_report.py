@@ -40,16 +40,20 @@ from utils.atomic_io import atomic_output_path  # noqa: E402
 RUN_COLUMNS = ['backbone', 'arm', 'labelled', 'seed', 'minADE', 'minFDE', 'MR', 'brier_minFDE', 'pretrain_steps',
                'gpu_seconds']
 METRIC_COLUMNS = ['minADE', 'minFDE', 'MR', 'brier_minFDE']
-ARMS = ('scratch', 'pretrained', 'pretrained_sym', 'oracle', 'mixed', 'scratch_frozen', 'pretrained_frozen')
-STUDY_ARMS = ARMS[:5]  # the protocol's arms; the frozen-encoder probes are a diagnostic on request
+ARMS = ('scratch', 'pretrained', 'pretrained_sym', 'oracle', 'mixed', 'scratch_frozen', 'pretrained_frozen',
+        'pretrained_contrastive', 'pretrained_reconstruction')
+STUDY_ARMS = ARMS[:5]  # the protocol's arms; the probes and the one-task ablations are diagnostics on request
 ARM_TITLES = {'scratch': 'scratch', 'pretrained': 'pre-trained (momentum branch: the method)',
               'pretrained_sym': 'pre-trained, mode symmetry broken (deviation)',
               'oracle': 'oracle (supervised pre-training on the labelled pool)',
               'mixed': 'pre-trained on two profiles mixed',
               'scratch_frozen': 'probe: random encoder frozen, decoder trained',
-              'pretrained_frozen': 'probe: pre-trained encoder frozen, decoder trained'}
+              'pretrained_frozen': 'probe: pre-trained encoder frozen, decoder trained',
+              'pretrained_contrastive': 'ablation: pre-trained with the contrastive task only',
+              'pretrained_reconstruction': 'ablation: pre-trained with the reconstruction task only'}
 ARM_SOURCE = {'scratch': None, 'pretrained': 'ssl_target', 'pretrained_sym': 'ssl_target', 'oracle': 'oracle',
-              'mixed': 'ssl_mixed', 'scratch_frozen': None, 'pretrained_frozen': 'ssl_target'}
+              'mixed': 'ssl_mixed', 'scratch_frozen': None, 'pretrained_frozen': 'ssl_target',
+              'pretrained_contrastive': 'ssl_contrastive', 'pretrained_reconstruction': 'ssl_reconstruction'}
 SHOWN_GAIN, SHOWN_STANDARD_ERRORS = 0.05, 2.0
 REFUTED_ORACLE, REFUTED_METHOD, TESTABLE_ORACLE = 0.10, 0.03, 0.05
 PLATEAU_TOLERANCE = 0.02   # the last quarter of epochs improves the best val minFDE by less than this: a plateau

@@ -9,7 +9,9 @@ Three subcommands, each resumable (finished work is skipped), all through the pr
 
   pretrain   generate + preprocess the data; per backbone of ``--backbones`` run the pre-trainings
              ``ssl_target`` (train_ssl.py on the pool), ``ssl_mixed`` (on the mixed pool) and ``oracle`` (train.py,
-             supervised, on the labelled pool), several at once (``--parallel``); write into ``--out`` the slim
+             supervised, on the labelled pool), and on request (``--sources``) ``ssl_contrastive`` /
+             ``ssl_reconstruction`` (train_ssl.py with one pretext task only: ``--lambda_rec 0`` /
+             ``--lambda_contra 0``), several at once (``--parallel``); write into ``--out`` the slim
              checkpoints ``<backbone>_<source>.ckpt``, ``pretrain.json`` (steps, GPU-seconds, momentum branch's share
              of its initialisation, measured as benchmarks/momentum_init_share.py does) and ``pretrain_curves.csv``.
   finetune   generate the labelled prefixes + val split (if missing); for every backbone x arm x labelled size x seed
@@ -21,7 +23,9 @@ Three subcommands, each resumable (finished work is skipped), all through the pr
                oracle          the supervised oracle checkpoint, all of its encoder and decoder;
                mixed           the momentum branch of ssl_mixed (only at the smallest labelled size);
                scratch_frozen, pretrained_frozen  (on request) probes: only the decoder is trained, on a frozen
-                               random / pre-trained encoder (train.py --freeze_encoder 1).
+                               random / pre-trained encoder (train.py --freeze_encoder 1);
+               pretrained_contrastive, pretrained_reconstruction  (on request) ablations: the momentum branch of
+                               ssl_contrastive / ssl_reconstruction.
              Then the report (below) unless ``--no_report``.
   report     ``benchmarks/low_label_report.py`` on ``--out``: summary.md + gain_vs_labelled.png.
 
@@ -66,7 +70,10 @@ from benchmarks.low_label_report import ARM_SOURCE, ARMS, RUN_COLUMNS, STUDY_ARM
 from benchmarks.scaling.processes import ChildProcesses, loader_workers_per_run  # noqa: E402
 
 POOL_SEED, VAL_SEED = 0, 1          # synthetic base seeds: the pools (all profiles), the val split
-SOURCES = ('ssl_target', 'ssl_mixed', 'oracle')
+SOURCES = ('ssl_target', 'ssl_mixed', 'oracle', 'ssl_contrastive', 'ssl_reconstruction')
+STUDY_SOURCES = SOURCES[:3]   # the one-task pre-trainings (ablations) run when named
+# pre-training flags of the one-task ablations: the other pretext task's loss weighted 0
+PRETEXT_TASK_FLAGS = {'ssl_contrastive': ['--lambda_rec', '0'], 'ssl_reconstruction': ['--lambda_contra', '0']}
 PRETRAIN_JSON, PRETRAIN_CURVES = 'pretrain.json', 'pretrain_curves.csv'
 RUNS_CSV, FINETUNE_CURVES, PROTOCOL_JSON = 'runs.csv', 'finetune_curves.csv', 'protocol.json'
 FAILURES_LOG = 'failures.log'   # --out: the last lines of each failed run's log (the logs themselves stay in work_dir)
@@ -108,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
     pre = sub.add_parser('pretrain', parents=[common], help='data + pre-trainings + slim checkpoints')
-    pre.add_argument('--sources', nargs='+', choices=SOURCES, default=list(SOURCES))
+    pre.add_argument('--sources', nargs='+', choices=SOURCES, default=list(STUDY_SOURCES),
+                     help='pre-trainings to run (ssl_contrastive / ssl_reconstruction: one pretext task only, '
+                          'for the ablation arms pretrained_contrastive / pretrained_reconstruction)')
     pre.add_argument('--pretrain_steps', type=int, default=250, help='SmartPretrain optimiser steps')
     pre.add_argument('--pretrain_batch_size', type=int, default=32)
     pre.add_argument('--epoch_steps', type=int, default=50,
@@ -576,7 +585,7 @@ def pretrain_job(args, ws: Workspace, py: str, name: str, backbone: str, source:
                            args.pretrain_warmup, workers, args.accelerator, 1, args.precision, args.pretrain_seed,
                            ws.runs, name, args.size, limit_val_batches='1', model=backbone,
                            extra=per_epoch + ['--contra_momentum', str(args.contra_momentum)]
-                           + extra_flags(args.pretrain_extra))
+                           + PRETEXT_TASK_FLAGS.get(source, []) + extra_flags(args.pretrain_extra))
         return [{'module': 'train_ssl', 'argv': cmd[2:]}]
 
     def done(wall: float) -> None:

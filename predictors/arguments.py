@@ -131,6 +131,8 @@ def add_smartpretrain_args(parent_parser: ArgumentParser) -> ArgumentParser:
     parser.add_argument('--warmup', '--warmup_epochs', dest='warmup', type=int, default=15,
                         help='learning-rate warm-up in epochs')
     parser.add_argument('--lambda_rec', type=float, default=1.0, help='weight of the reconstruction loss')
+    parser.add_argument('--lambda_contra', type=float, default=1.0,
+                        help='weight of the contrastive loss (0 with --lambda_rec 1: reconstruction only)')
     parser.add_argument('--separate_dataset_negatives', **bool_flag(False),
                         help='multi-dataset pre-training: contrastive negatives only from the query\'s dataset')
     return parent_parser

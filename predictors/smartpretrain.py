@@ -40,7 +40,8 @@ RNG_KEY = 'ssl_rng_states'
 class SmartPretrain(pl.LightningModule):
     """Pre-training Lightning module. Constructor arguments follow the official ``QCNet_ssl`` names (unused ones,
     e.g. ``T_max`` or ``submission_dir``, are accepted and stored so official hyper-parameters load), plus
-    ``lambda_rec`` (weight of the reconstruction loss), ``backbone`` (registry name) and ``seed``."""
+    ``lambda_rec`` and ``lambda_contra`` (weights of the reconstruction and contrastive losses; 0 pre-trains with
+    one pretext task only), ``backbone`` (registry name) and ``seed``."""
 
     # Run-time speed hooks (set by acceleration.apply; never hyper-parameters, never saved).
     fixed_shape_step = None
@@ -83,6 +84,7 @@ class SmartPretrain(pl.LightningModule):
                  contra_momentum: float = 0.996,
                  warmup: int = 15,
                  lambda_rec: float = 1.0,
+                 lambda_contra: float = 1.0,
                  backbone: str = 'qcnet',
                  seed: int = 2025,
                  separate_dataset_negatives: int = 0,
@@ -95,6 +97,7 @@ class SmartPretrain(pl.LightningModule):
         self.num_future_steps = num_future_steps
         self.num_recurrent_steps = num_recurrent_steps
         self.lambda_rec = lambda_rec
+        self.lambda_contra = lambda_contra
 
         online = build_backbone(backbone, **dict(hp))
         if online.num_recurrent_steps != num_recurrent_steps:
@@ -197,7 +200,7 @@ class SmartPretrain(pl.LightningModule):
             gather_segment_displacements(displacements.float(), target_steps, self.rec_segments), dim=1)
         rec_loss = self.reconstruction_loss(pred_positions, anchor_agent['rec_target'], anchor_agent['rec_mask'])
 
-        return {'loss': contra.loss + self.lambda_rec * rec_loss, 'contra_loss': contra.loss, 'rec_loss': rec_loss,
+        return {'loss': self.lambda_contra * contra.loss + self.lambda_rec * rec_loss, 'contra_loss': contra.loss, 'rec_loss': rec_loss,
                 'contra_acc': contra.accuracy, 'num_queries': contra.num_queries, 'num_keys': contra.num_keys}
 
     def padded_step_losses(self, padded) -> Dict[str, torch.Tensor]:

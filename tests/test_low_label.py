@@ -225,6 +225,25 @@ def test_whole_pipeline_on_cpu(tmp_path, capsys):
         study.main(finetune[:-1] + ['4'])
 
 
+def test_one_pretext_task_pretrainings_weight_the_other_task_zero(tmp_path):
+    """The ablation sources pre-train with one loss only and feed the ablation arms."""
+    work, pre = tmp_path / 'work', tmp_path / 'pre'
+    assert study.main(['pretrain', '--work_dir', str(work), '--out', str(pre), '--size', 'tiny', '--backbones',
+                       'QCNet', '--profile', 'demo', '--num_pool', '4', '--num_val', '2', '--accelerator', 'cpu',
+                       '--precision', '32', '--num_workers', '0', '--executor', 'inprocess',
+                       '--sources', 'ssl_contrastive', 'ssl_reconstruction', '--pretrain_steps', '1',
+                       '--pretrain_batch_size', '2', '--pretrain_extra', TINY]) == 0
+    assert set(json.loads((pre / 'pretrain.json').read_text())['runs']) == {'QCNet_ssl_contrastive',
+                                                                             'QCNet_ssl_reconstruction'}
+    import torch
+    for name, weights in (('QCNet_ssl_contrastive', (1.0, 0.0)), ('QCNet_ssl_reconstruction', (0.0, 1.0))):
+        hparams = torch.load(work / 'runs' / name / 'checkpoints' / 'last.ckpt', map_location='cpu',
+                             weights_only=False)['hyper_parameters']
+        assert (hparams['lambda_contra'], hparams['lambda_rec']) == weights, name
+    assert {report.ARM_SOURCE[a] for a in ('pretrained_contrastive', 'pretrained_reconstruction')} == {
+        'ssl_contrastive', 'ssl_reconstruction'}
+
+
 def test_job_subcommand_runs_steps_in_one_process(tmp_path, capsys):
     """What each child process of ``--executor subprocess`` runs: the steps of a job file, in order; a failing step
     names its module."""

@@ -81,6 +81,23 @@ def test_lambda_rec_weights_the_reconstruction(view_batch):
     torch.testing.assert_close(out_b['loss'], out_a['contra_loss'] + 0.25 * out_a['rec_loss'])
 
 
+@pytest.mark.parametrize('task', ['contrastive', 'reconstruction'])
+def test_one_pretext_task_alone_trains_only_its_head(view_batch, task):
+    # the ablation of pre-training with one pretext task: the other head gets no gradient, the backbone still does
+    torch.manual_seed(0)
+    weights = {'lambda_rec': 0.0} if task == 'contrastive' else {'lambda_contra': 0.0}
+    model = SmartPretrain(**TINY_QCNET_SSL, dropout=0.0, **weights)
+    out = model(view_batch)
+    torch.testing.assert_close(out['loss'], out['contra_loss'] if task == 'contrastive' else out['rec_loss'])
+    out['loss'].backward()
+    params = dict(model.named_parameters())
+    trained, idle = (('contra_predictor', 'rec_predictor') if task == 'contrastive'
+                     else ('rec_predictor', 'contra_predictor'))
+    assert params[f'{trained}.3.weight'].grad.abs().sum() > 0
+    assert params[f'{idle}.3.weight'].grad is None or params[f'{idle}.3.weight'].grad.abs().sum() == 0
+    assert params['branch.encoder.agent_encoder.type_a_emb.weight'].grad.abs().sum() > 0
+
+
 def test_a_few_pretraining_steps_reduce_the_loss(view_batch):
     torch.manual_seed(0)
     model = SmartPretrain(**TINY_QCNET_SSL, dropout=0.0)

@@ -159,7 +159,7 @@ def test_train_ssl_flags(capsys):
                  '--test_batch_size', '--exp_name', '--max_epochs', '--T_max', '--lr', '--lr_init', '--lr_last',
                  '--weight_decay', '--weight_decay_init', '--warmup', '--contra_t', '--contra_momentum',
                  '--load_av1', '--load_waymo', '--num_workers', '--precision', '--accelerator', '--devices',
-                 '--lambda_rec', '--seed', '--max_steps', '--limit_train_batches', '--log_dir', '--resume',
+                 '--lambda_rec', '--lambda_contra', '--seed', '--max_steps', '--limit_train_batches', '--log_dir', '--resume',
                  '--num_recurrent_steps', '--pl2pl_radius', '--backbone'):
         assert flag in text, flag
     for flag in ('--load_waymo', '--load_av1'):  # a mix needs the other dataset's data
