@@ -112,7 +112,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help='; '.join(f'{name}: {p.description}' for name, p in sorted(PROFILES.items())))
     parser.add_argument('--scenes_per_map', type=int, default=SCENES_PER_MAP,
                         help='consecutive scenarios that share one road network and city frame (their map json is '
-                             'identical, as scenarios recorded on the same streets); 1: a map per scenario')
+                             'identical, as scenarios recorded on the same streets); 1: a map per scenario '
+                             '(default: %(default)s)')
     parser.add_argument('--no_progress', dest='progress', action='store_false', help='no progress bar')
     return parser
 
