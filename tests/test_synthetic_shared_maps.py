@@ -84,6 +84,15 @@ def test_a_scenario_alone_equals_the_same_scenario_in_the_split(split_dirs):
         assert encode_map_json(map_json) == map_path.read_bytes()
 
 
+def test_workers_write_the_same_bytes(split_dirs, tmp_path):
+    ids = generate_split(str(tmp_path), 'train', NUM, seed=SEED, profile='demo', num_workers=2,
+                         scenes_per_map=PER_MAP)
+    assert ids == [d.name for d in split_dirs]
+    for directory in split_dirs:
+        for mine, theirs in zip(_files(directory), _files(tmp_path / 'train' / directory.name)):
+            assert mine.read_bytes() == theirs.read_bytes()
+
+
 def test_each_scenario_depends_on_its_seed_and_index_only():
     everything = {i: (sid, _table_digest(t), cm.json_bytes())
                   for i, sid, t, cm in generate_scenarios(SEED, range(NUM), 'val', 'demo', PER_MAP)}
