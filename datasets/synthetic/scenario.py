@@ -1,7 +1,8 @@
 """One synthetic scenario: road network -> traffic -> tracker -> Argoverse 2 table and map json.
 
 Coordinates: city frame in metres (a random rotation and offset of the scene frame), 10 Hz, 110 steps
-(50 history + 60 future) for train/val, 50 history steps for test. Same seed -> byte-identical output.
+(50 history + 60 future) for train/val, 50 history steps for test. Same seed -> byte-identical output. The road
+network and city frame are the scenario's own, or a `CityMap` shared by a block of scenarios (`generate_scenarios`).
 """
 from __future__ import annotations
 
@@ -85,8 +86,9 @@ def generate_scenarios(seed: int, indices: Iterable[int], split: str = 'train', 
 
     Scenario k has seed scenario_seed(seed, k). With scenes_per_map > 1 it runs on the city map of
     road_seed(seed, k // scenes_per_map), built once for consecutive indices of one block (its `json_dict()` and
-    `json_bytes()` are shared by them); with 1 each scenario draws its own map, as `generate_scenario` without a
-    road seed. Either way scenario k is the same whatever else is generated.
+    `json_bytes()` are shared by them; a scenario whose traffic gives no focal agent there in MAX_ATTEMPTS tries
+    draws a map of its own); with 1 each scenario draws its own map, as `generate_scenario` without a road seed.
+    Either way scenario k is the same whatever else is generated.
     """
     _check_split(split)
     prof = get_profile(profile)
