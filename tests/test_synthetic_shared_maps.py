@@ -16,6 +16,7 @@ import datasets.synthetic.scenario as scenario_module
 from datasets.synthetic import (generate_scenario, generate_scenarios, generate_split, main, road_seed,
                                 scenario_seed)
 from datasets.synthetic.av2_writer import encode_map_json
+from datasets.synthetic.cli import _blocks_of
 
 SEED, PER_MAP, NUM = 5, 3, 5     # blocks {0, 1, 2} and {3, 4}
 
@@ -91,6 +92,18 @@ def test_workers_write_the_same_bytes(split_dirs, tmp_path):
     for directory in split_dirs:
         for mine, theirs in zip(_files(directory), _files(tmp_path / 'train' / directory.name)):
             assert mine.read_bytes() == theirs.read_bytes()
+
+
+@pytest.mark.parametrize('num,size,per_map', [(17, 3, 8), (20, 16, 8), (16, 2, 8), (10, 100, 8), (5, 1, 1), (9, 4, 3)])
+def test_work_pieces_cover_the_split_without_straddling_a_block(num, size, per_map):
+    pieces = _blocks_of(num, size, per_map)
+    assert [i for piece in pieces for i in piece] == list(range(num))
+    for piece in pieces:
+        assert len(piece) <= max(size, per_map)
+        if size < per_map:     # parts of one block
+            assert piece[0] // per_map == piece[-1] // per_map
+        else:                  # whole blocks
+            assert piece.start % per_map == 0 and (piece.stop % per_map == 0 or piece.stop == num)
 
 
 def test_each_scenario_depends_on_its_seed_and_index_only():

@@ -42,9 +42,13 @@ def _generate_range(args) -> List[str]:
 
 
 def _blocks_of(num: int, size: int, scenes_per_map: int) -> List[range]:
-    """range(num) cut into consecutive pieces of about `size` indices that end on a block of shared maps."""
-    size = max(1, -(-size // scenes_per_map)) * scenes_per_map
-    return [range(lo, min(num, lo + size)) for lo in range(0, num, size)]
+    """range(num) cut into consecutive pieces of about `size` indices that do not straddle two blocks of a shared
+    map: whole blocks when `size` holds one, else parts of one block (each part then builds the block's map)."""
+    if size >= scenes_per_map:
+        size = size // scenes_per_map * scenes_per_map
+        return [range(lo, min(num, lo + size)) for lo in range(0, num, size)]
+    return [range(lo, min(num, block + scenes_per_map, lo + size))
+            for block in range(0, num, scenes_per_map) for lo in range(block, min(num, block + scenes_per_map), size)]
 
 
 def generate_split(out_dir: str, split: str, num: int, seed: int, num_workers: int = 1,
