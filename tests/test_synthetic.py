@@ -70,7 +70,7 @@ def test_files_load_with_av2_loaders(dataset):
 
 def _check_map_topology(static_map: ArgoverseStaticMap):
     lanes = static_map.vector_lane_segments
-    assert 20 <= len(lanes) <= 250
+    assert 20 <= len(lanes) <= 400   # the largest grids (3 x 1 nodes, 3 lanes per direction) reach ~360
     for lane in lanes.values():
         for other in lane.successors:
             assert other in lanes and lane.id in lanes[other].predecessors

@@ -29,13 +29,13 @@ def test_help_imports_nothing_heavy():
 def test_short_run_reports_positive_rates(tmp_path):
     report = tmp_path / 'speed.json'
     done = subprocess.run([sys.executable, str(SCRIPT), '--num', '2', '--repeats', '2', '--profiles', 'demo', 'highway',
-                           '--json', str(report)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+                           '--scenes_per_map', '2', '--json', str(report)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(report.read_text())
     assert [r['profile'] for r in result['results']] == ['demo', 'highway']
     for r in result['results']:
-        assert r['num'] == 2 and r['repeats'] == 2
+        assert r['num'] == 2 and r['repeats'] == 2 and r['scenes_per_map'] == 2
         assert len(r['generate_cpu_s_passes']) == 2 and len(r['write_cpu_s_passes']) == 2
         assert r['generate_cpu_s_per_scenario'] == pytest.approx(min(r['generate_cpu_s_passes']) / 2)
         assert r['generate_cpu_s_per_scenario'] > 0 and r['write_cpu_s_per_scenario'] > 0

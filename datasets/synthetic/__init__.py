@@ -8,13 +8,18 @@ and one focal track). `av2_writer` writes the official parquet and map json; `av
 data sets. Profiles (`profiles`) make different data sets from the same machinery.
 
     python -m datasets.synthetic --out DIR --split train --num 100 --seed 0 [--num_workers 2] [--profile highway]
+        [--scenes_per_map 8]
+
+Consecutive scenarios of a split share one road network and city frame (`--scenes_per_map`, `city_map`), as
+real logs are recorded on the same streets; traffic, focal agent and tracker are each scenario's own.
 """
 from datasets.synthetic.av2_writer import write_scenario
 from datasets.synthetic.cli import build_arg_parser, generate_split, main
 from datasets.synthetic.profiles import AV2_CITIES, PROFILES, SyntheticProfile, get_profile
-from datasets.synthetic.scenario import SPLITS, generate_scenario, scenario_seed
+from datasets.synthetic.city_map import CityMap, road_seed
+from datasets.synthetic.scenario import SCENES_PER_MAP, SPLITS, generate_scenario, generate_scenarios, scenario_seed
 from datasets.synthetic.trajectory import NUM_HISTORICAL_STEPS, NUM_STEPS
 
-__all__ = ['AV2_CITIES', 'NUM_HISTORICAL_STEPS', 'NUM_STEPS', 'PROFILES', 'SPLITS', 'SyntheticProfile',
-           'build_arg_parser', 'generate_scenario', 'generate_split', 'get_profile', 'main', 'scenario_seed',
-           'write_scenario']
+__all__ = ['AV2_CITIES', 'CityMap', 'NUM_HISTORICAL_STEPS', 'NUM_STEPS', 'PROFILES', 'SCENES_PER_MAP', 'SPLITS',
+           'SyntheticProfile', 'build_arg_parser', 'generate_scenario', 'generate_scenarios', 'generate_split',
+           'get_profile', 'main', 'road_seed', 'scenario_seed', 'write_scenario']

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -125,8 +125,16 @@ def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tra
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: dict) -> str:
-    """Write one scenario in the AV2 layout (atomically, file by file); returns the scenario directory."""
+def encode_map_json(map_json: dict) -> bytes:
+    """The map json file's bytes: exactly json.dumps(map_json), as the official files."""
+    return _JSON_ENCODER.encode(map_json).encode('utf-8')
+
+
+def write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: Union[dict, bytes]
+                   ) -> str:
+    """Write one scenario in the AV2 layout (atomically, file by file); returns the scenario directory.
+
+    map_json: the map dict, or its bytes from `encode_map_json` (scenarios sharing a map encode it once)."""
     # as in generate_scenario: the map dict is tens of thousands of young objects without reference cycles, which
     # the cyclic collector would otherwise traverse (and promote) while the files are written
     gc_was_enabled = gc.isenabled()
@@ -138,13 +146,13 @@ def write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, 
             gc.enable()
 
 
-def _write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: dict) -> str:
+def _write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table, map_json: Union[dict, bytes]
+                    ) -> str:
     directory = os.path.join(out_dir, split, scenario_id)
     # Atomic (a reader never sees part of a file) but not flushed to disk file by file: a scenario is rebuilt
     # exactly from its seed, so a power loss costs a rerun, not data.
-    # The official files are exactly json.dumps output.
-    atomic_write_bytes(os.path.join(directory, f'log_map_archive_{scenario_id}.json'),
-                       _JSON_ENCODER.encode(map_json).encode('utf-8'), sync=False)
+    map_bytes = map_json if isinstance(map_json, bytes) else encode_map_json(map_json)
+    atomic_write_bytes(os.path.join(directory, f'log_map_archive_{scenario_id}.json'), map_bytes, sync=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(os.path.join(directory, f'scenario_{scenario_id}.parquet'), sink.getvalue().to_pybytes(),

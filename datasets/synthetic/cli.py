@@ -1,6 +1,7 @@
 """Writing many scenarios: `generate_split` and the command line.
 
     python -m datasets.synthetic --out DIR --split train --num 100 --seed 0 [--num_workers 2] [--profile highway]
+        [--scenes_per_map 8]
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import List, Optional, Sequence
 
 from datasets.synthetic.av2_writer import write_scenario
 from datasets.synthetic.profiles import PROFILES, get_profile
-from datasets.synthetic.scenario import SPLITS, generate_scenario, scenario_seed
+from datasets.synthetic.scenario import SCENES_PER_MAP, SPLITS, generate_scenarios
 
 
 def _check_writable(directory: str) -> None:
@@ -32,21 +33,32 @@ def _check_writable(directory: str) -> None:
 
 
 def _generate_range(args) -> List[str]:
-    out_dir, split, seed, profile, indices = args
+    out_dir, split, seed, profile, indices, scenes_per_map = args
     ids = []
-    for index in indices:
-        scenario_id, table, map_json = generate_scenario(scenario_seed(seed, index), split, profile)
-        write_scenario(out_dir, split, scenario_id, table, map_json)
+    for _, scenario_id, table, city_map in generate_scenarios(seed, indices, split, profile, scenes_per_map):
+        write_scenario(out_dir, split, scenario_id, table, city_map.json_bytes())
         ids.append(scenario_id)
     return ids
 
 
+def _blocks_of(num: int, size: int, scenes_per_map: int) -> List[range]:
+    """range(num) cut into consecutive pieces of about `size` indices that do not straddle two blocks of a shared
+    map: whole blocks when `size` holds one, else parts of one block (each part then builds the block's map)."""
+    if size >= scenes_per_map:
+        size = size // scenes_per_map * scenes_per_map
+        return [range(lo, min(num, lo + size)) for lo in range(0, num, size)]
+    return [range(lo, min(num, block + scenes_per_map, lo + size))
+            for block in range(0, num, scenes_per_map) for lo in range(block, min(num, block + scenes_per_map), size)]
+
+
 def generate_split(out_dir: str, split: str, num: int, seed: int, num_workers: int = 1,
-                   profile: str = 'default', progress: bool = False) -> List[str]:
+                   profile: str = 'default', progress: bool = False, scenes_per_map: int = SCENES_PER_MAP
+                   ) -> List[str]:
     """Write `num` scenarios under out_dir/split; returns their ids in generation order.
 
-    Scenario k uses seed scenario_seed(seed, k), so the result does not depend on num_workers. ``progress`` shows a
-    progress bar on stderr.
+    Scenario k uses seed scenario_seed(seed, k) and, with scenes_per_map > 1, the road network and city frame of
+    road_seed(seed, k // scenes_per_map) (shared by the scenarios of that block), so the result does not depend on
+    num_workers. ``progress`` shows a progress bar on stderr.
     """
     if split not in SPLITS:
         raise ValueError(f'unknown split {split!r}; expected one of {", ".join(SPLITS)}')
@@ -55,6 +67,8 @@ def generate_split(out_dir: str, split: str, num: int, seed: int, num_workers: i
         raise ValueError(f'--num must be >= 0, got {num}')
     if num_workers < 1:
         raise ValueError(f'--num_workers must be >= 1, got {num_workers}')
+    if scenes_per_map < 1:
+        raise ValueError(f'--scenes_per_map must be >= 1, got {scenes_per_map}')
     _check_writable(os.path.join(out_dir, split))
     bar = None
     if progress and num > 0:
@@ -65,13 +79,14 @@ def generate_split(out_dir: str, split: str, num: int, seed: int, num_workers: i
         if num_workers == 1 or num <= 1:
             chunk = 16 if bar is not None else max(num, 1)  # small chunks only to move the bar
             ids = []
-            for lo in range(0, num, chunk):
-                ids += _generate_range((out_dir, split, seed, profile, range(lo, min(num, lo + chunk))))
+            for indices in _blocks_of(num, chunk, scenes_per_map):
+                ids += _generate_range((out_dir, split, seed, profile, indices, scenes_per_map))
                 if bar is not None:
-                    bar.update(min(num, lo + chunk) - lo)
+                    bar.update(len(indices))
         else:
             chunk = max(1, min(64, num // (num_workers * 4) or 1))
-            jobs = [(out_dir, split, seed, profile, range(lo, min(num, lo + chunk))) for lo in range(0, num, chunk)]
+            jobs = [(out_dir, split, seed, profile, indices, scenes_per_map)
+                    for indices in _blocks_of(num, chunk, scenes_per_map)]
             ids = []
             with ProcessPoolExecutor(max_workers=num_workers) as pool:
                 for part in pool.map(_generate_range, jobs):  # in job order
@@ -99,6 +114,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument('--num_workers', type=int, default=1, help='parallel worker processes')
     parser.add_argument('--profile', type=str, default='default', choices=sorted(PROFILES),
                         help='; '.join(f'{name}: {p.description}' for name, p in sorted(PROFILES.items())))
+    parser.add_argument('--scenes_per_map', type=int, default=SCENES_PER_MAP,
+                        help='consecutive scenarios that share one road network and city frame (their map json is '
+                             'identical, as scenarios recorded on the same streets); 1: a map per scenario '
+                             '(default: %(default)s)')
     parser.add_argument('--no_progress', dest='progress', action='store_false', help='no progress bar')
     return parser
 
@@ -108,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         ids = generate_split(args.out, args.split, args.num, args.seed, args.num_workers, args.profile,
-                             progress=args.progress)
+                             progress=args.progress, scenes_per_map=args.scenes_per_map)
     except (ValueError, OSError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

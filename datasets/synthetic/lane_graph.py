@@ -2,7 +2,7 @@
 before map entries and after map exits (never written to the map) so that traffic can enter and leave."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -38,6 +38,13 @@ class LaneTable:
     siblings: List[Tuple[Tuple[int, float], ...]]   # (overlapping lane, shift of its s onto this lane's s)
     # (lane, lane type) -> (successors a road user may take, their weights), filled as routes are built
     successor_choices: Dict[Tuple[int, str], Tuple[List[int], List[float]]] = field(default_factory=dict)
+
+    def copy(self) -> 'LaneTable':
+        """A table that can grow (virtual lanes appended) without changing this one; the arrays per lane and the
+        successor choices (a function of the lane graph alone) are shared."""
+        lists = {f.name: list(getattr(self, f.name)) for f in fields(self)
+                 if isinstance(getattr(self, f.name), list)}
+        return replace(self, pre=dict(self.pre), post=dict(self.post), **lists)
 
     @property
     def total(self) -> int:

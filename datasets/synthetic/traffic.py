@@ -6,14 +6,14 @@ All positions are in the scene frame of the road network (metres), steps are DT 
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from datasets.synthetic.car_following import simulate_vehicles
 from datasets.synthetic.drivers import Driver, driver_speed_limits, spawn_vehicles
 from datasets.synthetic.lane_changes import LaneChanges
-from datasets.synthetic.lane_graph import build_lane_table
+from datasets.synthetic.lane_graph import LaneTable, build_lane_table
 from datasets.synthetic.lateral_motion import driver_trajectories
 from datasets.synthetic.pedestrians import crosswalk_occupancy, spawn_pedestrians
 from datasets.synthetic.profiles import SyntheticProfile
@@ -24,11 +24,13 @@ from datasets.synthetic.static_objects import place_static_objects
 from datasets.synthetic.trajectory import DT, NUM_STEPS, WARMUP_STEPS, Trajectory
 
 
-def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticProfile, num_steps: int = NUM_STEPS
-                   ) -> List[Trajectory]:
-    """All objects of one scene over `num_steps` recorded steps (after the warm-up); the AV comes first."""
+def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticProfile, num_steps: int = NUM_STEPS,
+                   table: Optional[LaneTable] = None) -> List[Trajectory]:
+    """All objects of one scene over `num_steps` recorded steps (after the warm-up); the AV comes first.
+
+    table: this scene's own lane table of `road_map` (built here when None; the scene may append virtual lanes)."""
     steps = WARMUP_STEPS + num_steps
-    drivers, s_hist, v_hist, pedestrians = simulate_road_users(rng, road_map, prof, steps)
+    drivers, s_hist, v_hist, pedestrians = simulate_road_users(rng, road_map, prof, steps, table)
     objects = driver_trajectories(drivers, s_hist, v_hist) + pedestrians
     objects += place_static_objects(rng, road_map, prof, steps)
     for obj in objects:
@@ -38,11 +40,13 @@ def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticP
     return objects
 
 
-def simulate_road_users(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticProfile, steps: int
+def simulate_road_users(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticProfile, steps: int,
+                        table: Optional[LaneTable] = None
                         ) -> Tuple[List[Driver], np.ndarray, np.ndarray, List[Trajectory]]:
     """(lane-following drivers with the routes they ended up taking, their route positions s [N, steps] and
     speeds [N, steps], pedestrian trajectories) over all `steps`, warm-up included."""
-    table = build_lane_table(road_map, prof.upstream_length)
+    if table is None:
+        table = build_lane_table(road_map, prof.upstream_length)
     drivers = spawn_vehicles(rng, road_map, table, prof, steps * DT)
     red = red_lights(road_map, table, steps)
     queue_at_red_signals(drivers, road_map, table)
