@@ -232,6 +232,12 @@ def summary_markdown(rows: Sequence[dict], pretrain: dict, pretrain_curves: Sequ
         lines += ['', '## Two profiles mixed vs the target profile alone (same pre-training steps)', '',
                   'Gain of the mixed pre-training over the target-only one (positive: mixed is better).', '',
                   '| backbone | labelled | gain |', '|---|---|---|'] + mixed_lines
+    task_lines = [f'| {arm} ' + line for arm in ('pretrained_contrastive', 'pretrained_reconstruction')
+                  for line in between('pretrained', arm)]
+    if task_lines:
+        lines += ['', '## One pretext task vs both (same pre-training steps)', '',
+                  'Gain of pre-training with one task over pre-training with both (positive: one task alone is '
+                  'better).', '', '| arm | backbone | labelled | gain |', '|---|---|---|---|'] + task_lines
     probe_lines = between('scratch_frozen', 'pretrained_frozen')
     if probe_lines:
         lines += ['', '## Probe: frozen pre-trained encoder vs frozen random encoder (decoder trained)', '',

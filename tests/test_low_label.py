@@ -77,6 +77,16 @@ def test_report_files(tmp_path):
     assert '| QCNet | 200 |' in text and '250 steps, 120 GPU-s' in text and '5.0 % ± 0.1' in text
     assert 'Two profiles mixed vs the target profile alone' in text
     assert (tmp_path / 'gain_vs_labelled.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert 'One pretext task vs both' not in text
+    # the one-task ablations are compared with the method, seed by seed
+    study.write_csv(str(tmp_path / 'runs.csv'), report.RUN_COLUMNS,
+                    rows + rows_for({'pretrained': (0.06, 0.07, 0.08), 'pretrained_contrastive': (0.06, 0.07, 0.08),
+                                     'pretrained_reconstruction': (0.0, 0.0, 0.0)}, labelled=1000))
+    assert report.main([str(tmp_path)]) == 0
+    text = (tmp_path / 'summary.md').read_text()
+    assert '| pretrained_contrastive | QCNet | 1000 | +0.0 ± 0.0 % (n=3) |' in text
+    worse = [line for line in text.splitlines() if line.startswith('| pretrained_reconstruction | QCNet | 1000 | -')]
+    assert worse, text
     (tmp_path / 'runs.csv').write_text('backbone,arm\nQCNet,scratch\n')
     assert report.main([str(tmp_path)]) == 2  # one line naming the file, no traceback
 
