@@ -82,6 +82,14 @@ class CityMap:
         return self._json_bytes
 
 
+def place_in_city(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticProfile) -> CityMap:
+    """`road_map` placed in one of the profile's cities by a random rotation and an offset of up to 3 km."""
+    city = prof.cities[int(rng.integers(len(prof.cities)))]
+    theta = float(rng.uniform(-math.pi, math.pi))
+    offset = rng.uniform(-3000.0, 3000.0, size=2)
+    return CityMap(road_map, city, theta, offset)
+
+
 def build_city_map(seed: int, split: str, prof: SyntheticProfile) -> CityMap:
     """The city map of road seed `seed` (see `road_seed`) for `split` and profile `prof`.
 
@@ -94,9 +102,6 @@ def build_city_map(seed: int, split: str, prof: SyntheticProfile) -> CityMap:
             road_map = build_road_map(rng, prof)
         except RuntimeError:   # a degenerate random network
             continue
-        city = prof.cities[int(rng.integers(len(prof.cities)))]
-        theta = float(rng.uniform(-math.pi, math.pi))
-        offset = rng.uniform(-3000.0, 3000.0, size=2)
-        return CityMap(road_map, city, theta, offset)
+        return place_in_city(rng, road_map, prof)
     raise RuntimeError(f'synthetic road seed={seed} split={split} profile={prof.name}: no usable road network '
                        f'in {MAX_NETWORK_DRAWS} draws')

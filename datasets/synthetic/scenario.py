@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import uuid
 from typing import Iterable, Iterator, Optional, Tuple
 
@@ -16,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from datasets.synthetic.av2_writer import tracks_table
-from datasets.synthetic.city_map import CityMap, build_city_map, build_road_map, road_seed, stable_code
+from datasets.synthetic.city_map import (CityMap, build_city_map, build_road_map, place_in_city, road_seed,
+                                         stable_code)
 from datasets.synthetic.observation import choose_categories, choose_focal, tracked_runs, tracker_noise
 from datasets.synthetic.profiles import SyntheticProfile, get_profile
 from datasets.synthetic.traffic import simulate_scene
@@ -146,10 +146,7 @@ def _generate_scenario(seed: int, split: str, prof: SyntheticProfile, city_map: 
     categories = choose_categories(runs, focal, scored)
     noise = tracker_noise(rng, objects, runs)
     if city_map is None:   # a map of its own, placed with the scene's generator
-        city = prof.cities[int(rng.integers(len(prof.cities)))]
-        theta = float(rng.uniform(-math.pi, math.pi))
-        offset = rng.uniform(-3000.0, 3000.0, size=2)
-        city_map = CityMap(road_map, city, theta, offset)
+        city_map = place_in_city(rng, road_map, prof)
     table = tracks_table(rng, scenario_id, city_map.city, split, objects, runs, categories, noise, city_map.to_city,
                          city_map.rot, city_map.theta)
     return scenario_id, table, city_map
