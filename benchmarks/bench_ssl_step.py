@@ -105,11 +105,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'history step (small scenes for CPU smoke runs; default: whole scenes)')
     parser.add_argument('--seed', type=int, default=2025, help='model initialisation and view windows')
     parser.add_argument('--report', type=str, default=None, help='write the result as JSON here')
+    parser.add_argument('--profile_steps', type=int, default=0,
+                        help='run this many more steps after the timed ones under torch.profiler and report the '
+                             'device time per step and its largest kernels (where a step\'s time goes)')
     args = parser.parse_args(argv)
     if args.impl == 'official' and (args.speed != 'default' or args.compile_memory_budget is not None):
         parser.error('--speed is for --impl ours (the official step has no speed options)')
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
-        parser.error('--steps and --batch_size must be >= 1, --warmup >= 0')
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.profile_steps < 0:
+        parser.error('--steps and --batch_size must be >= 1, --warmup and --profile_steps >= 0')
     return args
 
 
@@ -255,6 +258,46 @@ def step_timer(device: torch.device, warmup: int):
     return StepTimer()
 
 
+def kernel_profiler(device: torch.device, first: int, count: int):
+    """A Lightning callback running steps ``first`` .. ``first + count - 1`` under torch.profiler; ``summary()`` then
+    gives the device (kernel) time per step, the number of kernels per step and the largest kernels, so that the
+    wall time of a step can be split into GPU work and the rest (launches, host work, waiting)."""
+    import pytorch_lightning as pl
+    from torch.profiler import ProfilerActivity, profile
+
+    class KernelProfiler(pl.Callback):
+        def __init__(self) -> None:
+            self.count, self.profiler = 0, None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.count == first:
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+                self.profiler = profile(activities=activities)
+                self.profiler.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.count += 1
+            if self.count == first + count:
+                if device.type == 'cuda':
+                    torch.cuda.synchronize(device)
+                self.profiler.__exit__(None, None, None)
+
+        def summary(self, top: int = 20) -> Dict[str, object]:
+            if self.profiler is None:
+                raise SystemExit('bench_ssl_step: the profiled steps did not run')
+            kernels = [event for event in self.profiler.key_averages()
+                       if event.device_type == torch.autograd.DeviceType.CUDA]
+            total_us = sum(event.self_device_time_total for event in kernels)
+            largest = sorted(kernels, key=lambda event: event.self_device_time_total, reverse=True)[:top]
+            return {'profiled_steps': count, 'device_ms_per_step': total_us / 1000.0 / count,
+                    'kernels_per_step': sum(event.count for event in kernels) / count,
+                    'largest_kernels': [{'name': event.key[:120], 'ms_per_step': event.self_device_time_total
+                                         / 1000.0 / count, 'calls_per_step': event.count / count}
+                                        for event in largest]}
+
+    return KernelProfiler()
+
+
 def compile_statistics() -> Dict[str, object]:
     """What torch.compile did in this process: graphs compiled by dynamo, hits and misses of the persistent compile
     cache, and seconds spent per compile phase (the split between tracing and code generation that a warm start
@@ -298,9 +341,10 @@ def main(argv=None) -> int:
         batch, build_s = our_batch(items, model, args.speed)
         num_agents = int(batch['anchor']['agent']['num_nodes'])
     batch = {name: view.to(device) for name, view in batch.items()}
-    total = args.warmup + args.steps
+    total = args.warmup + args.steps + args.profile_steps
     loader = torch.utils.data.DataLoader([batch] * total, batch_size=None, collate_fn=lambda item: item)
     timer = step_timer(device, args.warmup)
+    profiler = kernel_profiler(device, args.warmup + args.steps, args.profile_steps) if args.profile_steps else None
     accelerator = 'gpu' if device.type == 'cuda' else 'cpu'
     if args.impl == 'official':  # the official script's trainer: DDP finding unused parameters, synchronised BN
         strategy = DDPStrategy(find_unused_parameters=True,
@@ -312,11 +356,12 @@ def main(argv=None) -> int:
                          strategy=strategy, sync_batchnorm=args.impl == 'official' and device.type == 'cuda',
                          precision=args.precision, max_epochs=1, max_steps=total, limit_val_batches=0,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[timer] + ([profiler] if profiler else []))
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     trainer.fit(model, train_dataloaders=loader)
-    times = timer.durations()
+    times = timer.durations()[:args.steps]
     if len(times) != args.steps:
         raise SystemExit(f'bench_ssl_step: {len(times)} timed steps instead of {args.steps}')
     median = statistics.median(times)
@@ -333,6 +378,8 @@ def main(argv=None) -> int:
               'graph_build_cpu_s': build_s, 'official_repo': os.path.relpath(args.official_repo, ROOT)
               if args.impl == 'official' else None}
     result.update(compile_statistics())
+    if profiler:
+        result['kernel_profile'] = profiler.summary()
     text = json.dumps(result, indent=2)
     print(text, flush=True)
     if args.report:
