@@ -16,11 +16,13 @@
 # /tmp/ssl_speed_protocol_compile_cache): restart_16 is fast_16 started again with the kernels the first run left
 # there (its warmup_s is the warm-start time of a restarted run).
 # STEPS (default 30) timed steps per configuration; PROFILE_STEPS (default 0) more steps under torch.profiler (kernel
-# time per step and the largest kernels, in each JSON report). Results go into docs/BENCHMARKS.md with the date, the card and
-# the software versions.
+# time per step and the largest kernels, in each JSON report). DATA_ROOT (default: the real scenes of tests/data) a
+# folder of Argoverse 2 scenarios to cycle instead, e.g. heavy ones from
+# `python -m datasets.synthetic --profile heavy --split train --num 8 --out data/heavy` (DATA_ROOT=data/heavy/train).
+# Results go into docs/BENCHMARKS.md with the date, the card and the software versions.
 set -u
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 if [ $# -lt 2 ]; then
@@ -34,7 +36,7 @@ shift $(($# < 3 ? $# : 3))
 CONFIGS=" ${*:-official_16 ours_16 graphs_16 fast_16 restart_16 official_32 ours_32 graphs_32 fast_32} "
 mkdir -p "$OUT"
 export TORCHINDUCTOR_CACHE_DIR=${COMPILE_CACHE_DIR:-/tmp/ssl_speed_protocol_compile_cache}
-BENCH="python benchmarks/bench_ssl_step.py --device cuda --steps ${STEPS:-30} --profile_steps ${PROFILE_STEPS:-0} --tf32"
+BENCH="python benchmarks/bench_ssl_step.py --device cuda --steps ${STEPS:-30} --profile_steps ${PROFILE_STEPS:-0} --tf32 ${DATA_ROOT:+--data_root $DATA_ROOT}"
 
 source "$(dirname "$0")/protocol_runner.sh"
 

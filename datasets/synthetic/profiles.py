@@ -128,6 +128,25 @@ PROFILES: Dict[str, SyntheticProfile] = {
         cross_street_density=0.8,                    # ... but keep the cross streets busy enough
         sensor_range=(45.0, 60.0),
     ),
+    # The size of Argoverse 2's largest scenes (about 150 tracks, about 250 lane segments and crossings): a dense
+    # downtown grid for speed and memory benchmarks on heavy scenes, not a dataset of its own.
+    'heavy': SyntheticProfile(
+        name='heavy',
+        description='dense downtown grid the size of the largest Argoverse 2 scenes (~150 tracks, ~250 map '
+                    'polygons), for speed and memory benchmarks',
+        road_kind='grid',
+        grid_shapes=(((2, 2), 0.5), ((3, 1), 0.5)),
+        block_length=(100.0, 150.0),
+        dangling_drop_prob=0.1,
+        lanes_per_direction=((2, 0.6), (3, 0.4)),
+        vehicle_density=(2.0, 2.8),
+        cross_street_density=0.6,
+        cyclists=(2, 6),
+        pedestrians=(15, 30),
+        static_objects=(10, 20),
+        parked_side_prob=0.5,
+        sensor_range=(110.0, 140.0),
+    ),
 }
 
 
