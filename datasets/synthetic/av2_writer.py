@@ -66,6 +66,14 @@ def track_ids(rng, runs: Sequence[Tuple[int, int, int]]) -> List[str]:
     return ids
 
 
+def repeated_string(value: str, rows: int) -> pa.Array:
+    """A string array of `rows` copies of `value`, built from its buffers (pa.repeat copies long strings one by
+    one)."""
+    data = value.encode('utf-8')
+    offsets = np.arange(rows + 1, dtype=np.int32) * np.int32(len(data))
+    return pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(data * rows))
+
+
 def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Trajectory], runs, categories,
                  noise, to_city: Callable, rot: np.ndarray, theta: float) -> pa.Table:
     """AV2 rows for all runs, sorted by track id then timestep (as the official files).
@@ -99,8 +107,8 @@ def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tra
     def per_run(values: List[str]) -> pa.Array:
         return pa.array(values, pa.string()).take(run_index)
 
-    def constant(value) -> pa.Array:
-        return pa.repeat(pa.scalar(value, pa.string()), rows)
+    def constant(value: str) -> pa.Array:
+        return repeated_string(value, rows)
 
     start_ns = float(rng.integers(315_960_000, 316_000_000)) * 1e9 + float(rng.integers(0, 10 ** 9))
     arrays = [
