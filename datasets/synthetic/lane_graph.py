@@ -41,10 +41,12 @@ class LaneTable:
     arterial: List[bool]
     # (lane, lane type) -> (successors a road user may take, their weights), filled as routes are built
     successor_choices: Dict[Tuple[int, str], Tuple[List[int], List[float]]] = field(default_factory=dict)
+    # other values worked out from the map's lanes alone (name -> value), shared by the copies like the above
+    derived: Dict[str, object] = field(default_factory=dict)
 
     def copy(self) -> 'LaneTable':
-        """A table that can grow (virtual lanes appended) without changing this one; the arrays per lane and the
-        successor choices (a function of the lane graph alone) are shared."""
+        """A table that can grow (virtual lanes appended) without changing this one; the arrays per lane, the
+        successor choices and the derived values (functions of the lane graph alone) are shared."""
         lists = {f.name: list(getattr(self, f.name)) for f in fields(self)
                  if isinstance(getattr(self, f.name), list)}
         return replace(self, pre=dict(self.pre), post=dict(self.post), **lists)
