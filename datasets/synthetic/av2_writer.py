@@ -225,7 +225,7 @@ def map_to_av2_json(road_map: RoadMap, to_city, point_lists: Callable = _split_p
     if small:
         small_pts = np.concatenate(small)
         small_json = point_lists(to_city(small_pts), road_map.ground_height(small_pts),
-                                        np.array([len(poly) for poly in small]))
+                                 np.array([len(poly) for poly in small]))
     areas = {}
     for k, (area_id, _) in enumerate(area_items):
         areas[str(area_id)] = {'area_boundary': small_json[k], 'id': area_id}
