@@ -56,4 +56,6 @@ def test_baseline_comparison_reports_both_generators(tmp_path):
     [r] = result['results']
     assert r['profile'] == 'demo' and r['num'] == 2
     assert r['baseline_scenarios_per_s'] > 0 and r['this_scenarios_per_s'] > 0
-    assert '| demo |' in done.stdout and 'x |' in done.stdout
+    assert r['baseline_write_scenarios_per_s'] > 0 and r['this_write_scenarios_per_s'] > 0
+    assert '| demo | in memory |' in done.stdout and '| demo | with file writes |' in done.stdout
+    assert 'x |' in done.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 from typing import Callable, List, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datasets.synthetic.geometry import batch_normals, batch_resample
+from datasets.synthetic.points_text import point_lists_text
 from datasets.synthetic.road_network import RoadMap
 from datasets.synthetic.trajectory import NUM_HISTORICAL_STEPS, NUM_STEPS, Trajectory
 from utils.atomic_io import atomic_write_bytes
@@ -66,6 +68,14 @@ def track_ids(rng, runs: Sequence[Tuple[int, int, int]]) -> List[str]:
     return ids
 
 
+def repeated_string(value: str, rows: int) -> pa.Array:
+    """A string array of `rows` copies of `value`, built from its buffers (pa.repeat copies long strings one by
+    one)."""
+    data = value.encode('utf-8')
+    offsets = np.arange(rows + 1, dtype=np.int32) * np.int32(len(data))
+    return pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(data * rows))
+
+
 def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Trajectory], runs, categories,
                  noise, to_city: Callable, rot: np.ndarray, theta: float) -> pa.Table:
     """AV2 rows for all runs, sorted by track id then timestep (as the official files).
@@ -99,8 +109,8 @@ def tracks_table(rng, scenario_id: str, city: str, split: str, objects: List[Tra
     def per_run(values: List[str]) -> pa.Array:
         return pa.array(values, pa.string()).take(run_index)
 
-    def constant(value) -> pa.Array:
-        return pa.repeat(pa.scalar(value, pa.string()), rows)
+    def constant(value: str) -> pa.Array:
+        return repeated_string(value, rows)
 
     start_ns = float(rng.integers(315_960_000, 316_000_000)) * 1e9 + float(rng.integers(0, 10 ** 9))
     arrays = [
@@ -160,23 +170,52 @@ def _write_scenario(out_dir: str, split: str, scenario_id: str, table: pa.Table,
     return directory
 
 
-def _points_json(points_xy: np.ndarray, z: np.ndarray) -> List[dict]:
-    # three flat columns: .tolist() then makes floats only, no list per point
-    xs, ys, zs = np.round(np.stack([points_xy[:, 0], points_xy[:, 1], z]), 2).tolist()
-    return [{'x': x, 'y': y, 'z': zz} for x, y, zz in zip(xs, ys, zs)]
+def _rounded(points_xy: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """[3, K] x, y, z rounded to centimetres (as the map json stores them)."""
+    return np.round(np.stack([points_xy[:, 0], points_xy[:, 1], z]), 2)
 
 
 def _split_points_json(points_xy: np.ndarray, z: np.ndarray, counts: np.ndarray) -> List[List[dict]]:
-    rows = _points_json(points_xy, z)
+    """Consecutive point lists [{'x': .., 'y': .., 'z': ..}, ...], one per entry of `counts`."""
+    # three flat columns: .tolist() then makes floats only, no list per point
+    xs, ys, zs = _rounded(points_xy, z).tolist()
+    rows = [{'x': x, 'y': y, 'z': zz} for x, y, zz in zip(xs, ys, zs)]
     bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
     return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
+# a point list's place in the map dict of `map_json_bytes` (json writes the NUL character as \u0000; no map
+# string contains it)
+_MARK = '\0'
+_MARKED = re.compile(r'"\\u0000(\d+)"')
+
+
+def map_json_bytes(road_map: RoadMap, to_city) -> bytes:
+    """The map json file's bytes, exactly encode_map_json(map_to_av2_json(road_map, to_city)): the point lists
+    are written by `points_text` for all points at once and put in place of markers in the dict's json."""
+    points: List[np.ndarray] = []    # [3, K] rounded x, y, z per call
+    counts: List[np.ndarray] = []
+
+    def marked_lists(points_xy: np.ndarray, z: np.ndarray, list_counts: np.ndarray) -> List[str]:
+        first = sum(len(c) for c in counts)
+        points.append(_rounded(points_xy, z))
+        counts.append(np.asarray(list_counts))
+        return [f'{_MARK}{k}' for k in range(first, first + len(list_counts))]
+
+    skeleton = _JSON_ENCODER.encode(map_to_av2_json(road_map, to_city, marked_lists))
+    texts = point_lists_text(*np.concatenate(points, axis=1), np.concatenate(counts)) if points else []
+    pieces = _MARKED.split(skeleton)
+    pieces[1::2] = [texts[int(k)] for k in pieces[1::2]]
+    return ''.join(pieces).encode('utf-8')
+
+
+def map_to_av2_json(road_map: RoadMap, to_city, point_lists: Callable = _split_points_json) -> dict:
     """The log_map_archive dict (AV2 schema, keys in AV2 order) with coordinates mapped by `to_city`.
 
     to_city: function [K, 2] scene -> [K, 2] city coordinates. Ground heights are taken in the scene frame.
     Centre lines get <= 2 m point spacing and z = 0 (as in the AV2 files), boundaries 4-10 m and ground z.
+    point_lists(points_xy [K, 2], z [K], counts): what stands for each of the consecutive point lists in the dict
+    (by default the lists of point dicts themselves).
     """
     # drivable areas and crosswalk edges: many short polygons, mapped and rounded in one pass
     area_items = sorted(road_map.drivable_areas, key=lambda item: item[0])
@@ -185,8 +224,8 @@ def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
     small_json = []
     if small:
         small_pts = np.concatenate(small)
-        small_json = _split_points_json(to_city(small_pts), road_map.ground_height(small_pts),
-                                        np.array([len(poly) for poly in small]))
+        small_json = point_lists(to_city(small_pts), road_map.ground_height(small_pts),
+                                 np.array([len(poly) for poly in small]))
     areas = {}
     for k, (area_id, _) in enumerate(area_items):
         areas[str(area_id)] = {'area_boundary': small_json[k], 'id': area_id}
@@ -199,9 +238,9 @@ def map_to_av2_json(road_map: RoadMap, to_city) -> dict:
     b_pts, b_counts = batch_resample(centers, spacing)
     half = np.repeat([lane.width / 2 for lane in lane_list], b_counts)[:, None] * batch_normals(b_pts, b_counts)
     left, right = b_pts + half, b_pts - half
-    c_json = _split_points_json(to_city(c_pts), np.zeros(len(c_pts)), c_counts)
-    l_json = _split_points_json(to_city(left), road_map.ground_height(left), b_counts)
-    r_json = _split_points_json(to_city(right), road_map.ground_height(right), b_counts)
+    c_json = point_lists(to_city(c_pts), np.zeros(len(c_pts)), c_counts)
+    l_json = point_lists(to_city(left), road_map.ground_height(left), b_counts)
+    r_json = point_lists(to_city(right), road_map.ground_height(right), b_counts)
     lanes = {}
     for k, (lane_id, lane) in enumerate(zip(lane_ids, lane_list)):
         lanes[str(lane_id)] = {

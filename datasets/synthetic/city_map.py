@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from datasets.synthetic.av2_writer import encode_map_json, map_to_av2_json, rotate
+from datasets.synthetic.av2_writer import map_json_bytes, map_to_av2_json, rotate
 from datasets.synthetic.geometry import rotation
 from datasets.synthetic.grid_roads import build_grid
 from datasets.synthetic.highway_roads import build_highway
@@ -76,9 +76,9 @@ class CityMap:
         return self._json
 
     def json_bytes(self) -> bytes:
-        """The map json file's bytes (exactly json.dumps of `json_dict`), encoded once."""
+        """The map json file's bytes (exactly json.dumps of `json_dict`, which it does not need), encoded once."""
         if self._json_bytes is None:
-            self._json_bytes = encode_map_json(self.json_dict())
+            self._json_bytes = map_json_bytes(self.road_map, self.to_city)
         return self._json_bytes
 
 

@@ -77,6 +77,19 @@ STYLE_BOUNDS = {kind: _bounds((0.97, k[0][0], k[1][0], k[2][0], k[3][0], 1.5),
 WANDER_BOUNDS = _bounds((0.03, 40.0, 0.0), (0.2, 140.0, 2 * np.pi))   # amplitude, wavelength, phase
 
 
+_LANE_CHANGE_BOUNDS: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _lane_change_bounds(prof: SyntheticProfile) -> Tuple[np.ndarray, np.ndarray]:
+    """Bounds of the lane-change style (threshold, politeness, duration, patience), made once per profile
+    setting (every driver draws from them)."""
+    ranges = (prof.lane_change_threshold, prof.lane_change_politeness, prof.lane_change_duration,
+              prof.lane_change_patience)
+    if ranges not in _LANE_CHANGE_BOUNDS:
+        _LANE_CHANGE_BOUNDS[ranges] = _bounds(*zip(*ranges))
+    return _LANE_CHANGE_BOUNDS[ranges]
+
+
 def make_driver(rng, prof: SyntheticProfile, object_type: str, route: Route, s: float, v_desired: float,
                 is_av=False) -> Driver:
     min_gap = KINEMATICS[object_type][4]
@@ -88,9 +101,7 @@ def make_driver(rng, prof: SyntheticProfile, object_type: str, route: Route, s: 
     reaction = float(rng.uniform(0.3, 0.9))
     lateral_bias = min(max(float(rng.normal(0.0, lateral_sd)), -2.5 * lateral_sd), 2.5 * lateral_sd)
     wander = tuple(_uniform(rng, WANDER_BOUNDS))
-    threshold, politeness, duration, patience = _uniform(rng, _bounds(*zip(
-        prof.lane_change_threshold, prof.lane_change_politeness, prof.lane_change_duration,
-        prof.lane_change_patience)))
+    threshold, politeness, duration, patience = _uniform(rng, _lane_change_bounds(prof))
     return Driver(object_type=object_type, route=route, s=s, v=v_desired * speed_factor, length=length,
                   v_desired=v_desired, a_max=a_max, b_comf=b_comf, headway=headway, min_gap=min_gap,
                   lateral_acc=lateral_acc, dwell=dwell, stop_speed=stop_speed, reaction=reaction,
@@ -128,7 +139,7 @@ def _spawn_av(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile) 
     dist = np.hypot(mids[:, 0], mids[:, 1])
     near = [road_lanes[i] for i in np.nonzero(dist < max(45.0, np.sort(dist)[min(3, len(dist) - 1)]))[0]]
     # the AV, like most traffic, mostly drives along the arterial
-    weights = [ARTERIAL_WEIGHT if road_map.along_arterial(table.points[i]) else 1.0 for i in near]
+    weights = [ARTERIAL_WEIGHT if table.arterial[i] else 1.0 for i in near]
     anchor = near[weighted_pick(rng, weights)]
     av_speed = float(rng.uniform(speed_lo, 0.5 * (speed_lo + speed_hi)))
     back_needed = av_speed * (WARMUP_STEPS + NUM_HISTORICAL_STEPS) * DT * float(rng.uniform(0.6, 1.0))
@@ -173,7 +184,7 @@ def _spawn_traffic(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProf
     out = []
     for idx in spawn_lanes:
         length = table.lengths[idx]
-        arterial = road_map.arterial is None or road_map.along_arterial(table.points[idx])
+        arterial = road_map.arterial is None or table.arterial[idx]
         count = rng.poisson(density * length * (1.0 if arterial else prof.cross_street_density))
         if count == 0:
             continue

@@ -36,12 +36,17 @@ class LaneTable:
     crosswalks: List[frozenset]                      # indices into `crossings` of the lane's crossings
     crossings: List[Tuple[int, float]]               # (crosswalk, position along it) where a lane crosses
     siblings: List[Tuple[Tuple[int, float], ...]]   # (overlapping lane, shift of its s onto this lane's s)
+    # RoadMap.along_arterial of each lane of the table as built (map lanes and the virtual lanes before and after
+    # them); lanes appended later by a scene have none (an IndexError, not a guess)
+    arterial: List[bool]
     # (lane, lane type) -> (successors a road user may take, their weights), filled as routes are built
     successor_choices: Dict[Tuple[int, str], Tuple[List[int], List[float]]] = field(default_factory=dict)
+    # other values worked out from the map's lanes alone (name -> value), shared by the copies like the above
+    derived: Dict[str, object] = field(default_factory=dict)
 
     def copy(self) -> 'LaneTable':
-        """A table that can grow (virtual lanes appended) without changing this one; the arrays per lane and the
-        successor choices (a function of the lane graph alone) are shared."""
+        """A table that can grow (virtual lanes appended) without changing this one; the arrays per lane, the
+        successor choices and the derived values (functions of the lane graph alone) are shared."""
         lists = {f.name: list(getattr(self, f.name)) for f in fields(self)
                  if isinstance(getattr(self, f.name), list)}
         return replace(self, pre=dict(self.pre), post=dict(self.post), **lists)
@@ -104,7 +109,7 @@ def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
     table = LaneTable(ids=ids, index={lid: i for i, lid in enumerate(ids)}, points=[], arc=[], heading=[],
                        curvature=[], lengths=[], tails=[], heading_ends=[], is_turn=[], pre={}, post={}, gated=[],
                        needs_stop=[], conflicts=[],
-                       crosswalks=[], crossings=[], siblings=[])
+                       crosswalks=[], crossings=[], siblings=[], arterial=[])
     table.add_many([road_map.lanes[lid].center for lid in ids])
     lanes, index, lengths = road_map.lanes, table.index, table.lengths
     for i, lid in enumerate(ids):
@@ -144,5 +149,7 @@ def build_lane_table(road_map: RoadMap, upstream: float) -> LaneTable:
         table.add_many([(before, after)[side][k] for _, side, k in virtual])
         for n, (lane_idx, side, _) in enumerate(virtual):
             (table.pre, table.post)[side][lane_idx] = first + n
+    # spawning asks this of the same lanes in every scene on the map: worked out once here
+    table.arterial = [road_map.along_arterial(pts) for pts in table.points]
     return table
 

@@ -134,7 +134,14 @@ def connector_priority(road_map: RoadMap, table: LaneTable) -> np.ndarray:
 def merging_pairs(road_map: RoadMap, table: LaneTable) -> Set[Tuple[int, int]]:
     """(lane, other lane) index pairs of conflicting connectors that come side by side from one road and lead into
     the same lane (a lane drop through the intersection): their traffic zips, one vehicle following the other,
-    instead of waiting at the line for the other stream. Streams from different arms keep their right of way."""
+    instead of waiting at the line for the other stream. Streams from different arms keep their right of way.
+    Worked out once per lane table and its copies (the same set each time: read it, do not change it)."""
+    if 'merging_pairs' not in table.derived:
+        table.derived['merging_pairs'] = _merging_pairs(road_map, table)
+    return table.derived['merging_pairs']
+
+
+def _merging_pairs(road_map: RoadMap, table: LaneTable) -> Set[Tuple[int, int]]:
     pairs = set()
     lanes = road_map.lanes
     for lane_id, lane in lanes.items():
