@@ -11,7 +11,7 @@ import numpy as np
 from datasets.synthetic.lane_graph import LaneTable
 from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
 from datasets.synthetic.road_network import RoadMap
-from datasets.synthetic.routes import Route, build_route, forward_chain, join_geometry, speed_profiles
+from datasets.synthetic.routes import Route, build_route, forward_chain, join_lane_routes, speed_profiles
 from datasets.synthetic.trajectory import DT, NUM_HISTORICAL_STEPS, NUM_STEPS, WARMUP_STEPS
 
 STOP_DWELL = (5, 13)         # steps a vehicle stands at a stop line before entering
@@ -125,7 +125,7 @@ def spawn_vehicles(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProf
     occupied.setdefault(av_lane, []).append(av_pos)
     drivers = [av] + _spawn_traffic(rng, road_map, table, prof, horizon_s, occupied)
     drivers += _spawn_cyclists(rng, road_map, table, prof, horizon_s, occupied)
-    join_geometry([d.route for d in drivers])
+    join_lane_routes([d.route for d in drivers], table)
     return drivers
 
 

@@ -265,6 +265,32 @@ def join_geometry(routes: List[Route]) -> None:
         route.heading, route.curvature = heading[start:end], curvature[start:end]
 
 
+def join_lane_routes(routes: List[Route], table: LaneTable) -> None:
+    """`join_geometry` for routes of lanes alone (as `build_route` makes them without lane changes): each route's
+    points are gathered from the lane table's flat arrays in one pass for all routes (the same values)."""
+    if any(route.lane_change_end != -math.inf for route in routes):
+        raise ValueError('join_lane_routes takes routes without lane changes')
+    lanes = np.array([element[1] for route in routes for element in route.elements])
+    per_route = np.array([len(route.elements) for route in routes])
+    ends = np.cumsum(per_route)
+    tail = np.ones(len(lanes), dtype=int)      # consecutive lanes share their joint point: it is skipped
+    tail[ends - per_route] = 0
+    first = np.asarray(table.first_point)[lanes] + tail
+    counts = np.array([len(table.arc[k]) for k in lanes.tolist()]) - tail
+    stops = np.cumsum(counts)
+    at = np.arange(int(stops[-1])) + np.repeat(first - (stops - counts), counts)
+    points, arc, heading, curvature = table.flat_geometry()
+    offsets = [offset for route in routes for offset in route.part_offsets]
+    shifts = [shift for route in routes for shift in route.part_shifts]
+    # `take`: a two-dimensional fancy index of rows costs many times as much here
+    points, s = points.take(at, axis=0), arc.take(at) + np.repeat(offsets, counts)
+    heading, curvature = heading.take(at) + np.repeat(shifts, counts), curvature.take(at)
+    bounds = stops[ends - 1].tolist()
+    for route, start, end in zip(routes, [0] + bounds, bounds):
+        route.points, route.s = points[start:end], s[start:end]
+        route.heading, route.curvature = heading[start:end], curvature[start:end]
+
+
 def speed_profiles(routes: List[Route], v_desired: List[float], lateral_acc: List[float],
                    comfort_dec: List[float]) -> List[np.ndarray]:
     """Speed limit of each route at 1 m resolution: its desired speed, the curvature limit, anticipated by braking
