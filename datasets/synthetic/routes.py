@@ -39,19 +39,6 @@ class Route:
     lane_change_end: float = -math.inf        # route s at which its last lane change ends
 
 
-def _choose_successor(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
-                      lane_type: str) -> Optional[int]:
-    key = (lane_idx, lane_type)
-    if key not in table.successor_choices:   # the same for every road user of the scene
-        table.successor_choices[key] = _successor_options(road_map, table, prof, lane_idx, lane_type)
-    options, weights = table.successor_choices[key]
-    if not options:
-        return None
-    if len(options) == 1:
-        return options[0]
-    return options[weighted_pick(rng, weights)]
-
-
 def _successor_options(road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
                        lane_type: str) -> Tuple[List[int], List[float]]:
     """(successor lane indices a road user on lane `lane_type` may take, their weights)."""
@@ -81,17 +68,23 @@ def _successor_options(road_map: RoadMap, table: LaneTable, prof: SyntheticProfi
 def forward_chain(rng, road_map, table, prof, start_idx: int, length_needed: float, lane_type: str) -> List[int]:
     """Lane indices from start_idx onwards covering `length_needed` metres, ending in a virtual exit if needed."""
     chain = [start_idx]
-    total = table.lengths[start_idx]
+    lengths, choices, n_real = table.lengths, table.successor_choices, len(table.ids)
+    total = lengths[start_idx]
     while total < length_needed:
         cur = chain[-1]
-        nxt = None if cur >= len(table.ids) else _choose_successor(rng, road_map, table, prof, cur, lane_type)
-        if nxt is None:   # leaves the map (or only lanes of another type follow): continue straight on
-            if cur >= len(table.ids):
-                break
+        if cur >= n_real:   # a virtual lane: the road ends
+            break
+        # the successor options are the same for every road user of the scene: worked out once per lane
+        key = (cur, lane_type)
+        if key not in choices:
+            choices[key] = _successor_options(road_map, table, prof, cur, lane_type)
+        options, weights = choices[key]
+        if not options:   # leaves the map (or only lanes of another type follow): continue straight on
             chain.append(ensure_post(table, cur))
             break
+        nxt = options[0] if len(options) == 1 else options[weighted_pick(rng, weights)]
         chain.append(nxt)
-        total += table.lengths[nxt]
+        total += lengths[nxt]
     return chain
 
 
