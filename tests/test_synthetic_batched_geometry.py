@@ -8,7 +8,8 @@ from datasets.synthetic.lane_graph import straight, straights
 from datasets.synthetic.observation import _tracker_state
 from datasets.synthetic.lane_graph import build_lane_table
 from datasets.synthetic.profiles import get_profile
-from datasets.synthetic.routes import build_route, ensure_post, forward_chain, join_geometry, join_lane_routes
+from datasets.synthetic.routes import (_smoothed_curvature, build_route, ensure_post, forward_chain, join_geometry,
+                                      join_lane_routes)
 from tests.synthetic_road_maps import road_maps
 
 
@@ -112,3 +113,13 @@ def test_join_lane_routes_refuses_lane_changes():
     except ValueError:
         return
     raise AssertionError('a route with a lane change was joined as lanes alone')
+
+
+def test_smoothed_curvature_matches_each_route_padded_alone():
+    rng = np.random.default_rng(3)
+    kernel = np.full(9, 1.0 / 9)
+    for trial in range(400):
+        counts = rng.integers(1, 30 if trial % 2 else 400, int(rng.integers(1, 8))).tolist()
+        curvatures = [np.abs(rng.normal(0.0, 0.01, n)) * (rng.random(n) < 0.7) for n in counts]
+        alone = np.concatenate([np.convolve(np.pad(c, 4, mode='edge'), kernel, mode='valid') for c in curvatures])
+        assert np.array_equal(_smoothed_curvature(curvatures, counts), alone)
