@@ -341,7 +341,8 @@ def _per_metre_minimum(s: np.ndarray, limit: np.ndarray, v_desired: List[float],
     sizes = [int(cells[b - 1]) + 2 for b in bounds[1:]]
     grid_start = np.cumsum([0] + sizes).tolist()
     grid = np.repeat(v_desired, sizes)
-    np.minimum.at(grid, cells + np.repeat(grid_start[:-1], np.diff(bounds)), limit)
+    cells += np.repeat(grid_start[:-1], np.diff(bounds))
+    np.minimum.at(grid, cells, limit)
     last = np.array(grid_start[1:]) - 1
     grid[last] = grid[last - 1]
     return [grid[a:b] for a, b in zip(grid_start[:-1], grid_start[1:])]
