@@ -122,39 +122,36 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
     """Concatenate the lanes (and lane-change blends) of `elements` into one route with lane bookkeeping."""
     if all(element[0] == 'lane' for element in elements):
         return _lane_route(table, [element[1] for element in elements])
-    element_start: List[float] = []
+    element_start: List[float] = []   # also the route s of each part's lane-local s = 0
     lane_change_end = -math.inf
     parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    offsets: List[float] = []       # route s of each part's lane-local s = 0
     shifts: List[float] = []        # multiples of 2 pi that keep the heading continuous
-    entry_start, entry_lane, entry_base, gates = [], [], [], []
-    entry_lane2, entry_base2 = [], []
+    entries: List[Tuple[float, int, float, int, float]] = []   # (start, lane, base, lane2, base2) of each entry
+    gates = []
     turns = 0
     pos = 0.0
     last_heading = None
     two_pi = 2 * math.pi
+    lengths, heading_ends, tails, gated, is_turn = (table.lengths, table.heading_ends, table.tails, table.gated,
+                                                    table.is_turn)
     for element in elements:
         element_start.append(pos)
         if element[0] == 'lane':
             idx = element[1]
-            h_first, h_second, h_last = table.heading_ends[idx]
+            _, h_second, h_last = heading_ends[idx]
             if last_heading is None:
                 parts.append((table.points[idx], table.arc[idx], table.heading[idx], table.curvature[idx]))
-                shifts.append(0.0)
+                shift = 0.0
             else:   # consecutive lanes share their joint point
-                parts.append(table.tails[idx])
-                shifts.append(two_pi * round((last_heading - h_second) / two_pi))
-            last_heading = h_last + shifts[-1]
-            offsets.append(pos)
-            entry_start.append(pos)
-            entry_lane.append(idx)
-            entry_base.append(pos)
-            entry_lane2.append(idx)
-            entry_base2.append(pos)
-            if table.gated[idx]:
+                parts.append(tails[idx])
+                shift = two_pi * round((last_heading - h_second) / two_pi)
+            shifts.append(shift)
+            last_heading = h_last + shift
+            entries.append((pos, idx, pos, idx, pos))
+            if gated[idx]:
                 gates.append((pos, idx))
-            turns += table.is_turn[idx]
-            pos += table.lengths[idx]
+            turns += is_turn[idx]
+            pos += lengths[idx]
             continue
         src, dst = element[1], element[2]
         start, span = element[3:5] if len(element) > 3 else (0.1, 0.8)   # of the manoeuvre: the lateral move
@@ -191,13 +188,7 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
                     cuts.add(base)
         for cut in sorted(cuts):
             primary, secondary = (src, dst) if cut < switch else (dst, src)
-            lane1, base1 = covering(primary, cut)
-            lane2, base2 = covering(secondary, cut)
-            entry_start.append(cut)
-            entry_lane.append(lane1)
-            entry_base.append(base1)
-            entry_lane2.append(lane2)
-            entry_base2.append(base2)
+            entries.append((cut, *covering(primary, cut), *covering(secondary, cut)))
         if last_heading is None:
             shifts.append(0.0)
         else:
@@ -205,11 +196,11 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
             shifts.append(two_pi * round((last_heading - float(heading[0])) / two_pi))
         last_heading = float(heading[-1]) + shifts[-1]
         parts.append((pts, arc, heading, curv))
-        offsets.append(pos)
         pos += length
         lane_change_end = pos
+    entry_start, entry_lane, entry_base, entry_lane2, entry_base2 = map(list, zip(*entries))
     return Route(entry_start=entry_start, entry_lane=entry_lane, entry_base=entry_base, entry_lane2=entry_lane2,
-                 entry_base2=entry_base2, gates=gates, turns=turns, parts=parts, part_offsets=offsets,
+                 entry_base2=entry_base2, gates=gates, turns=turns, parts=parts, part_offsets=list(element_start),
                  part_shifts=shifts, elements=list(elements), element_start=element_start,
                  lane_change_end=lane_change_end)
 
