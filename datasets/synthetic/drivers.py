@@ -58,16 +58,17 @@ KINEMATICS = {
 }
 
 
-def _bounds(lows, highs) -> Tuple[np.ndarray, np.ndarray]:
+def _bounds(lows, highs) -> Tuple[List[float], List[float]]:
     low = np.array(lows, dtype=float)
-    return low, np.array(highs, dtype=float) - low
+    return low.tolist(), (np.array(highs, dtype=float) - low).tolist()
 
 
-def _uniform(rng, bounds: Tuple[np.ndarray, np.ndarray]) -> List[float]:
+def _uniform(rng, bounds: Tuple[List[float], List[float]]) -> List[float]:
     """Uniform draws in [low, high) per element: the same numbers as one rng.uniform(low, high) call per element
     (low + (high - low) * a standard uniform), at the cost of one call."""
     low, span = bounds
-    return (low + span * rng.random(len(low))).tolist()
+    # in plain Python: the same arithmetic (one product, one sum per element) on a handful of values
+    return [a + b * u for a, b, u in zip(low, span, rng.random(len(low)).tolist())]
 
 
 # speed factor, length, a_max, b_comf, headway, lateral acceleration in curves
@@ -77,10 +78,10 @@ STYLE_BOUNDS = {kind: _bounds((0.97, k[0][0], k[1][0], k[2][0], k[3][0], 1.5),
 WANDER_BOUNDS = _bounds((0.03, 40.0, 0.0), (0.2, 140.0, 2 * np.pi))   # amplitude, wavelength, phase
 
 
-_LANE_CHANGE_BOUNDS: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
+_LANE_CHANGE_BOUNDS: Dict[tuple, Tuple[List[float], List[float]]] = {}
 
 
-def _lane_change_bounds(prof: SyntheticProfile) -> Tuple[np.ndarray, np.ndarray]:
+def _lane_change_bounds(prof: SyntheticProfile) -> Tuple[List[float], List[float]]:
     """Bounds of the lane-change style (threshold, politeness, duration, patience), made once per profile
     setting (every driver draws from them)."""
     ranges = (prof.lane_change_threshold, prof.lane_change_politeness, prof.lane_change_duration,

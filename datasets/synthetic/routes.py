@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -208,26 +209,23 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
 def _lane_route(table: LaneTable, chain: List[int]) -> Route:
     """`build_route` for a plain chain of lane indices (no lane change): the same route, built in fewer steps."""
     two_pi = 2 * math.pi
-    lengths, heading_ends, gated, is_turn = table.lengths, table.heading_ends, table.gated, table.is_turn
+    heading_ends, gated, is_turn = table.heading_ends, table.gated, table.is_turn
     first = chain[0]
     parts = [(table.points[first], table.arc[first], table.heading[first], table.curvature[first])]
     parts += [table.tails[idx] for idx in chain[1:]]
-    starts: List[float] = []
+    # the same sums as adding the lane lengths one by one
+    starts = list(accumulate([table.lengths[idx] for idx in chain[:-1]], initial=0.0))
     shifts = [0.0]
-    pos = 0.0
     last_heading = heading_ends[first][2]
-    for n, idx in enumerate(chain):
-        if n:   # consecutive lanes share their joint point
-            _, h_second, h_last = heading_ends[idx]
-            shift = two_pi * round((last_heading - h_second) / two_pi)
-            shifts.append(shift)
-            last_heading = h_last + shift
-        starts.append(pos)
-        pos += lengths[idx]
+    for idx in chain[1:]:   # consecutive lanes share their joint point
+        _, h_second, h_last = heading_ends[idx]
+        shift = two_pi * round((last_heading - h_second) / two_pi)
+        shifts.append(shift)
+        last_heading = h_last + shift
     return Route(entry_start=starts, entry_lane=list(chain), entry_base=list(starts), entry_lane2=list(chain),
                  entry_base2=list(starts), gates=[(pos_, idx) for pos_, idx in zip(starts, chain) if gated[idx]],
-                 turns=sum(is_turn[idx] for idx in chain), parts=parts, part_offsets=list(starts), part_shifts=shifts,
-                 elements=[('lane', idx) for idx in chain], element_start=starts)
+                 turns=sum([is_turn[idx] for idx in chain]), parts=parts, part_offsets=list(starts),
+                 part_shifts=shifts, elements=[('lane', idx) for idx in chain], element_start=starts)
 
 
 def join_geometry(routes: List[Route]) -> None:
