@@ -301,25 +301,17 @@ def speed_profiles(routes: List[Route], v_desired: List[float], lateral_acc: Lis
 
 def _smoothed_curvature(curvatures: List[np.ndarray], counts: List[int]) -> np.ndarray:
     """Curvature averaged over about 4 m (points are 0.5 m apart): drivers take a curve, not its joints. Each
-    route is padded with its end values (as np.pad(mode='edge')): the windows within one route come from one
-    convolution of all routes, those of the 4 points at either end of each route from a convolution of these
-    ends padded."""
+    route is padded with its end values (as np.pad(mode='edge')) and convolved in one pass over all routes."""
     c = np.concatenate(curvatures)
-    kernel = np.full(9, 1.0 / 9)
-    # (fewer points than the kernel: all of them are end points, set below)
-    smooth = np.convolve(c, kernel, mode='same') if len(c) >= len(kernel) else np.empty(len(c))
-    # per route end, 12 values of the padded route whose 4 full windows give its 4 end points
-    n = np.repeat(counts, 2)
-    start = np.repeat(np.cumsum(counts) - counts, 2)
-    # the route point whose window each block begins with: 0 at the start of a route, n - 4 at its end
-    first = np.where(np.arange(len(n)) % 2 == 0, 0, n - 4)
-    local = np.clip(first[:, None] + np.arange(-4, 8), 0, n[:, None] - 1)
-    ends = np.convolve(c.take((start[:, None] + local).ravel()), kernel, mode='valid')
-    # the 4 windows at the start of each 12-value block, for the points the route has
-    out = first[:, None] + np.arange(4)
-    valid = (out >= 0) & (out < n[:, None])
-    smooth[(start[:, None] + out)[valid]] = ends[12 * np.arange(len(n))[:, None] + np.arange(4)][valid]
-    return smooth
+    ends = np.cumsum(counts)
+    copies = np.ones(len(c), dtype=int)
+    copies[ends - counts] += 4
+    copies[ends - 1] += 4
+    smooth = np.convolve(np.repeat(c, copies), np.full(9, 1.0 / 9), mode='valid')
+    # drop the 8 windows that straddle the end of one route and the start of the next
+    keep = np.ones(len(smooth), dtype=bool)
+    keep[((ends[:-1] + 8 * np.arange(len(counts) - 1))[:, None] + np.arange(8)).ravel()] = False
+    return smooth[keep]
 
 
 def _per_metre_minimum(s: np.ndarray, limit: np.ndarray, v_desired: List[float], bounds: List[int]
