@@ -11,7 +11,7 @@ import numpy as np
 from datasets.synthetic.lane_graph import LaneTable
 from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
 from datasets.synthetic.road_network import RoadMap
-from datasets.synthetic.routes import Route, build_route, forward_chain, join_lane_routes, speed_profiles
+from datasets.synthetic.routes import Route, forward_chain, join_lane_routes, lane_route, speed_profiles
 from datasets.synthetic.trajectory import DT, NUM_HISTORICAL_STEPS, NUM_STEPS, WARMUP_STEPS
 
 STOP_DWELL = (5, 13)         # steps a vehicle stands at a stop line before entering
@@ -150,7 +150,7 @@ def _spawn_av(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile) 
     s_av = max(0.0, before + offset_in_anchor - back_needed)
     need = s_av + speed_hi * (WARMUP_STEPS + NUM_STEPS) * DT * 1.2 + 40.0
     chain = back + forward_chain(rng, road_map, table, prof, anchor, need - before, 'VEHICLE')
-    route = build_route(table, road_map, [('lane', c) for c in chain])
+    route = lane_route(table, chain)
     return make_driver(rng, prof, 'vehicle', route, s_av, av_speed, is_av=True)
 
 
@@ -255,6 +255,6 @@ def driver_from(rng, road_map, table, prof, idx: int, p: float, object_type: str
     need = p + v_desired * horizon_s * 1.15 + 40.0
     chain = prefix + forward_chain(rng, road_map, table, prof, start, need - (table.lengths[idx] if prefix else 0.0),
                                     lane_type)
-    route = build_route(table, road_map, [('lane', c) for c in chain])
+    route = lane_route(table, chain)
     return make_driver(rng, prof, object_type, route, p, v_desired)
 

@@ -122,7 +122,7 @@ def parallel_run(road_map: RoadMap, table: LaneTable, src_lanes: List[int], firs
 def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
     """Concatenate the lanes (and lane-change blends) of `elements` into one route with lane bookkeeping."""
     if all(element[0] == 'lane' for element in elements):
-        return _lane_route(table, [element[1] for element in elements])
+        return lane_route(table, [element[1] for element in elements])
     element_start: List[float] = []   # also the route s of each part's lane-local s = 0
     lane_change_end = -math.inf
     parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -206,7 +206,7 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
                  lane_change_end=lane_change_end)
 
 
-def _lane_route(table: LaneTable, chain: List[int]) -> Route:
+def lane_route(table: LaneTable, chain: List[int]) -> Route:
     """`build_route` for a plain chain of lane indices (no lane change): the same route, built in fewer steps."""
     two_pi = 2 * math.pi
     heading_ends, gated, is_turn = table.heading_ends, table.gated, table.is_turn
