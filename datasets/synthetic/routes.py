@@ -102,21 +102,34 @@ def parallel_run(road_map: RoadMap, table: LaneTable, src_lanes: List[int], firs
     neighbour of it): consecutive road or auxiliary pieces of `src_lanes` with their parallel pieces in the target
     lane, until they cover `wanted` metres (or the road stops running parallel, or the next piece would take
     them past `at_most` metres)."""
-    n_real = len(table.ids)
+    n_real, lengths = len(table.ids), table.lengths
+    # (next source piece, target piece) -> the target's successor beside it: a function of the map's lanes alone
+    beside = table.derived.setdefault('parallel_next', {})
     src, dst = [src_lanes[0]], [first_target]
-    length = table.lengths[src_lanes[0]]
+    length = lengths[src_lanes[0]]
     for nxt_src in src_lanes[1:]:
-        if length >= wanted or nxt_src >= n_real or length + table.lengths[nxt_src] > at_most:
+        if length >= wanted or nxt_src >= n_real or length + lengths[nxt_src] > at_most:
             break
-        src_next = road_map.lanes[table.ids[nxt_src]]
-        side_of = {src_next.left_same, src_next.right_same}
-        parallel = [table.index[s] for s in road_map.lanes[table.ids[dst[-1]]].successors if s in side_of]
-        if src_next.kind not in ('road', 'aux') or not parallel:
+        key = (nxt_src, dst[-1])
+        if key not in beside:
+            beside[key] = _parallel_next(road_map, table, nxt_src, dst[-1])
+        if beside[key] < 0:
             break
         src.append(nxt_src)
-        dst.append(parallel[0])
-        length += table.lengths[nxt_src]
+        dst.append(beside[key])
+        length += lengths[nxt_src]
     return src, dst
+
+
+def _parallel_next(road_map: RoadMap, table: LaneTable, src_next: int, target: int) -> int:
+    """The successor of lane `target` that runs beside lane `src_next` (map lanes); -1 when there is none or
+    src_next is no road or auxiliary piece."""
+    lane = road_map.lanes[table.ids[src_next]]
+    side_of = {lane.left_same, lane.right_same}
+    parallel = [table.index[s] for s in road_map.lanes[table.ids[target]].successors if s in side_of]
+    if lane.kind not in ('road', 'aux') or not parallel:
+        return -1
+    return parallel[0]
 
 
 def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
