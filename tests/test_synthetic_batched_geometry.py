@@ -6,6 +6,11 @@ from datasets.synthetic.geometry import smooth_connector, smooth_connectors
 from datasets.synthetic.grid_roads import _lane_piece, _lane_pieces, _Road
 from datasets.synthetic.lane_graph import straight, straights
 from datasets.synthetic.observation import _tracker_state
+from datasets.synthetic.lane_graph import build_lane_table
+from datasets.synthetic.profiles import get_profile
+from datasets.synthetic.routes import (_smoothed_curvature, build_route, ensure_post, forward_chain, join_geometry,
+                                      join_lane_routes)
+from tests.synthetic_road_maps import road_maps
 
 
 def test_smooth_connectors_match_single_curves():
@@ -69,3 +74,52 @@ def test_tracker_state_matches_the_step_by_step_chain():
         fast = _tracker_state(np.random.default_rng(trial), p_break, p_recover)
         slow = _tracker_state_step_by_step(np.random.default_rng(trial), p_break, p_recover)
         assert fast.dtype == bool and fast.shape == slow.shape and np.array_equal(fast, slow)
+
+
+def _lane_routes(rng, road_map, table, prof, count):
+    """`count` routes of lane chains from random vehicle lanes, and a few into virtual lanes appended to the
+    table now."""
+    starts = [table.index[lid] for lid, lane in road_map.lanes.items() if lane.lane_type == 'VEHICLE']
+    chains = [forward_chain(rng, road_map, table, prof, starts[int(rng.integers(len(starts)))],
+                            float(rng.uniform(10.0, 900.0)), 'VEHICLE') for _ in range(count)]
+    # a straight continuation after lanes that have successors: appended to the table as scenes do
+    chains += [[k, ensure_post(table, k)] for k in starts[:5] if k not in table.post]
+    return [build_route(table, road_map, [('lane', k) for k in chain]) for chain in chains]
+
+
+def test_join_lane_routes_matches_join_geometry():
+    for name in ('highway', 'default'):
+        prof = get_profile(name)
+        for rng, road_map in road_maps(prof, 4):
+            table = build_lane_table(road_map, prof.upstream_length).copy()
+            routes = _lane_routes(rng, road_map, table, prof, 25)
+            assert len(table.blocks) > 2      # virtual lanes appended after the table was built
+            twins = [build_route(table, road_map, route.elements) for route in routes]
+            join_lane_routes(routes, table)
+            join_geometry(twins)
+            for route, twin in zip(routes, twins):
+                for key in ('points', 's', 'heading', 'curvature'):
+                    assert np.array_equal(getattr(route, key), getattr(twin, key))
+
+
+def test_join_lane_routes_refuses_lane_changes():
+    prof = get_profile('highway')
+    rng, road_map = next(road_maps(prof, 4))
+    table = build_lane_table(road_map, prof.upstream_length)
+    route = _lane_routes(rng, road_map, table, prof, 1)[0]
+    route.lane_change_end = 10.0
+    try:
+        join_lane_routes([route], table)
+    except ValueError:
+        return
+    raise AssertionError('a route with a lane change was joined as lanes alone')
+
+
+def test_smoothed_curvature_matches_each_route_padded_alone():
+    rng = np.random.default_rng(3)
+    kernel = np.full(9, 1.0 / 9)
+    for trial in range(400):
+        counts = rng.integers(1, 30 if trial % 2 else 400, int(rng.integers(1, 8))).tolist()
+        curvatures = [np.abs(rng.normal(0.0, 0.01, n)) * (rng.random(n) < 0.7) for n in counts]
+        alone = np.concatenate([np.convolve(np.pad(c, 4, mode='edge'), kernel, mode='valid') for c in curvatures])
+        assert np.array_equal(_smoothed_curvature(curvatures, counts), alone)

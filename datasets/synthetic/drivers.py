@@ -11,7 +11,7 @@ import numpy as np
 from datasets.synthetic.lane_graph import LaneTable
 from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
 from datasets.synthetic.road_network import RoadMap
-from datasets.synthetic.routes import Route, build_route, forward_chain, join_geometry, speed_profiles
+from datasets.synthetic.routes import Route, forward_chain, join_lane_routes, lane_route, speed_profiles
 from datasets.synthetic.trajectory import DT, NUM_HISTORICAL_STEPS, NUM_STEPS, WARMUP_STEPS
 
 STOP_DWELL = (5, 13)         # steps a vehicle stands at a stop line before entering
@@ -58,16 +58,17 @@ KINEMATICS = {
 }
 
 
-def _bounds(lows, highs) -> Tuple[np.ndarray, np.ndarray]:
+def _bounds(lows, highs) -> Tuple[List[float], List[float]]:
     low = np.array(lows, dtype=float)
-    return low, np.array(highs, dtype=float) - low
+    return low.tolist(), (np.array(highs, dtype=float) - low).tolist()
 
 
-def _uniform(rng, bounds: Tuple[np.ndarray, np.ndarray]) -> List[float]:
+def _uniform(rng, bounds: Tuple[List[float], List[float]]) -> List[float]:
     """Uniform draws in [low, high) per element: the same numbers as one rng.uniform(low, high) call per element
     (low + (high - low) * a standard uniform), at the cost of one call."""
     low, span = bounds
-    return (low + span * rng.random(len(low))).tolist()
+    # in plain Python: the same arithmetic (one product, one sum per element) on a handful of values
+    return [a + b * u for a, b, u in zip(low, span, rng.random(len(low)).tolist())]
 
 
 # speed factor, length, a_max, b_comf, headway, lateral acceleration in curves
@@ -77,10 +78,10 @@ STYLE_BOUNDS = {kind: _bounds((0.97, k[0][0], k[1][0], k[2][0], k[3][0], 1.5),
 WANDER_BOUNDS = _bounds((0.03, 40.0, 0.0), (0.2, 140.0, 2 * np.pi))   # amplitude, wavelength, phase
 
 
-_LANE_CHANGE_BOUNDS: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
+_LANE_CHANGE_BOUNDS: Dict[tuple, Tuple[List[float], List[float]]] = {}
 
 
-def _lane_change_bounds(prof: SyntheticProfile) -> Tuple[np.ndarray, np.ndarray]:
+def _lane_change_bounds(prof: SyntheticProfile) -> Tuple[List[float], List[float]]:
     """Bounds of the lane-change style (threshold, politeness, duration, patience), made once per profile
     setting (every driver draws from them)."""
     ranges = (prof.lane_change_threshold, prof.lane_change_politeness, prof.lane_change_duration,
@@ -125,7 +126,7 @@ def spawn_vehicles(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProf
     occupied.setdefault(av_lane, []).append(av_pos)
     drivers = [av] + _spawn_traffic(rng, road_map, table, prof, horizon_s, occupied)
     drivers += _spawn_cyclists(rng, road_map, table, prof, horizon_s, occupied)
-    join_geometry([d.route for d in drivers])
+    join_lane_routes([d.route for d in drivers], table)
     return drivers
 
 
@@ -149,7 +150,7 @@ def _spawn_av(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile) 
     s_av = max(0.0, before + offset_in_anchor - back_needed)
     need = s_av + speed_hi * (WARMUP_STEPS + NUM_STEPS) * DT * 1.2 + 40.0
     chain = back + forward_chain(rng, road_map, table, prof, anchor, need - before, 'VEHICLE')
-    route = build_route(table, road_map, [('lane', c) for c in chain])
+    route = lane_route(table, chain)
     return make_driver(rng, prof, 'vehicle', route, s_av, av_speed, is_av=True)
 
 
@@ -254,6 +255,6 @@ def driver_from(rng, road_map, table, prof, idx: int, p: float, object_type: str
     need = p + v_desired * horizon_s * 1.15 + 40.0
     chain = prefix + forward_chain(rng, road_map, table, prof, start, need - (table.lengths[idx] if prefix else 0.0),
                                     lane_type)
-    route = build_route(table, road_map, [('lane', c) for c in chain])
+    route = lane_route(table, chain)
     return make_driver(rng, prof, object_type, route, p, v_desired)
 

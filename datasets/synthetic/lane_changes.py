@@ -81,6 +81,9 @@ class LaneChanges:
                 if getattr(lane, name) is not None:
                     self.side[name][idx] = table.index[getattr(lane, name)]
         self.has_side = (self.side['left_same'] >= 0) | (self.side['right_same'] >= 0)
+        # plain-Python copies for the per-driver checks (a numpy scalar look-up costs several times as much)
+        self.side_list = {name: self.side[name].tolist() for name in SIDES}
+        self.changeable_list, self.lane_drop_list = self.changeable.tolist(), self.lane_drop.tolist()
 
     def bind(self, drivers) -> None:
         """Per-driver constants of the simulated drivers."""
@@ -169,7 +172,7 @@ class LaneChanges:
         """Agent i's new route if it changes lanes now (wish: the turn it prepares for, 0: none), else None."""
         if wish:
             sides, mandatory = (WISH_SIDE[wish],), True
-        elif self.lane_drop[state.lane[i]]:
+        elif self.lane_drop_list[state.lane[i]]:
             sides, mandatory = ('left_same',), True
         elif self.prefer[i]:
             sides, mandatory = (WISH_SIDE[int(self.prefer[i])],), False
@@ -178,7 +181,7 @@ class LaneChanges:
         best = None
         lane = state.lane[i]
         for side in sides:
-            if self.side[side][lane] < 0:
+            if self.side_list[side][lane] < 0:
                 continue
             plan = self._plan(state, i, side, mandatory)
             if plan is not None and (best is None or plan[0] > best[0]):
@@ -198,7 +201,7 @@ class LaneChanges:
         if found is None:
             return None
         e, src, dst, span = found
-        new_lead, new_follow = state.neighbours(i, route, e, self.side[side])
+        new_lead, new_follow = state.neighbours(i, route, e, self.side_list[side])
         if new_lead is False:
             return None       # someone is beside the driver in the target lane
         a_new = state.idm(i, *new_lead)
@@ -249,8 +252,9 @@ class LaneChanges:
         """_manoeuvre from route element e on."""
         starts, elements = route.element_start, route.elements
         first = elements[e][1]
-        target = int(self.side[side][first]) if first < len(self.changeable) else -1
-        if target < 0 or not self.changeable[first] or not self.changeable[target]:
+        changeable = self.changeable_list
+        target = self.side_list[side][first] if first < len(changeable) else -1
+        if target < 0 or not changeable[first] or not changeable[target]:
             return None
         gates = route.gates
         g = bisect.bisect_left(gates, (s_i, -1))
@@ -323,11 +327,11 @@ class _State:
         self.step_time = SUBSTEPS * DT
         self.s, self.v, self.lane = sim.s.tolist(), sim.v.tolist(), sim.lane.tolist()
         self.lead, self.gap, self.follower = lead.tolist(), gap.tolist(), follower.tolist()
-        self.half = sim.half.tolist()
+        self.half, self.min_gap = sim.half.tolist(), sim.min_gap.tolist()
         self.occupants = occupants
         self.sim = sim
 
-    def neighbours(self, i: int, route: Route, e: int, side_of: np.ndarray):
+    def neighbours(self, i: int, route: Route, e: int, side_of: List[int]):
         """((speed, gap) of the new leader, (agent, gap) of the new follower or None) of agent i in the lane on
         one side of its route; (False, None) when someone there overlaps it. Positions on the side lanes are
         mapped onto i's route through the lane boundaries they share with it."""
@@ -339,10 +343,10 @@ class _State:
         while m < len(elements) and starts[m] < horizon:
             element = elements[m]
             if element[0] == 'lane' and element[1] < len(side_of) and side_of[element[1]] >= 0:
-                side_base[int(side_of[element[1]])] = starts[m]
+                side_base[side_of[element[1]]] = starts[m]
             m += 1
         lead_gap, lead_v, follow, follow_gap = math.inf, 0.0, None, math.inf
-        min_gap = self.sim.min_gap[i]
+        min_gap = self.min_gap[i]
         for lane, base in side_base.items():
             for j, base_j in self.occupants.get(lane, ()):
                 if j == i:

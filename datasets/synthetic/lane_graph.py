@@ -43,6 +43,10 @@ class LaneTable:
     successor_choices: Dict[Tuple[int, str], Tuple[List[int], List[float]]] = field(default_factory=dict)
     # other values worked out from the map's lanes alone (name -> value), shared by the copies like the above
     derived: Dict[str, object] = field(default_factory=dict)
+    # the lanes' geometry as added, one (points [P, 2], arc [P], heading [P], curvature [P]) per `add_many`
+    # call, and the index of each lane's first point in the concatenation of these blocks (`flat_geometry`)
+    blocks: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    first_point: List[int] = field(default_factory=list)
 
     def copy(self) -> 'LaneTable':
         """A table that can grow (virtual lanes appended) without changing this one; the arrays per lane, the
@@ -54,6 +58,13 @@ class LaneTable:
     @property
     def total(self) -> int:
         return len(self.points)
+
+    def flat_geometry(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(points [P, 2], arc [P], heading [P], curvature [P]) of all lanes in one array each, lane i's points
+        from first_point[i] on (the same values as points[i], arc[i], heading[i], curvature[i])."""
+        if len(self.blocks) == 1:
+            return self.blocks[0]
+        return tuple(np.concatenate(column) for column in zip(*self.blocks))
 
     def add(self, pts: np.ndarray) -> int:
         """Append a lane (real or virtual) given its centre line [K, 2]; returns its index."""
@@ -76,6 +87,9 @@ class LaneTable:
         heads = [heading[a:b] for a, b in bounds]
         curvs = [curvature[a:b] for a, b in bounds]
         n = len(polylines)
+        first = (self.first_point[-1] + len(self.points[-1])) if self.points else 0
+        self.first_point.extend((first + starts).tolist())
+        self.blocks.append((pts, arc, heading, curvature))
         self.points.extend(polylines)
         self.arc.extend(arcs)
         self.heading.extend(heads)

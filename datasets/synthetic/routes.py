@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -39,19 +40,6 @@ class Route:
     lane_change_end: float = -math.inf        # route s at which its last lane change ends
 
 
-def _choose_successor(rng, road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
-                      lane_type: str) -> Optional[int]:
-    key = (lane_idx, lane_type)
-    if key not in table.successor_choices:   # the same for every road user of the scene
-        table.successor_choices[key] = _successor_options(road_map, table, prof, lane_idx, lane_type)
-    options, weights = table.successor_choices[key]
-    if not options:
-        return None
-    if len(options) == 1:
-        return options[0]
-    return options[weighted_pick(rng, weights)]
-
-
 def _successor_options(road_map: RoadMap, table: LaneTable, prof: SyntheticProfile, lane_idx: int,
                        lane_type: str) -> Tuple[List[int], List[float]]:
     """(successor lane indices a road user on lane `lane_type` may take, their weights)."""
@@ -81,17 +69,23 @@ def _successor_options(road_map: RoadMap, table: LaneTable, prof: SyntheticProfi
 def forward_chain(rng, road_map, table, prof, start_idx: int, length_needed: float, lane_type: str) -> List[int]:
     """Lane indices from start_idx onwards covering `length_needed` metres, ending in a virtual exit if needed."""
     chain = [start_idx]
-    total = table.lengths[start_idx]
+    lengths, choices, n_real = table.lengths, table.successor_choices, len(table.ids)
+    total = lengths[start_idx]
     while total < length_needed:
         cur = chain[-1]
-        nxt = None if cur >= len(table.ids) else _choose_successor(rng, road_map, table, prof, cur, lane_type)
-        if nxt is None:   # leaves the map (or only lanes of another type follow): continue straight on
-            if cur >= len(table.ids):
-                break
+        if cur >= n_real:   # a virtual lane: the road ends
+            break
+        # the successor options are the same for every road user of the scene: worked out once per lane
+        key = (cur, lane_type)
+        if key not in choices:
+            choices[key] = _successor_options(road_map, table, prof, cur, lane_type)
+        options, weights = choices[key]
+        if not options:   # leaves the map (or only lanes of another type follow): continue straight on
             chain.append(ensure_post(table, cur))
             break
+        nxt = options[0] if len(options) == 1 else options[weighted_pick(rng, weights)]
         chain.append(nxt)
-        total += table.lengths[nxt]
+        total += lengths[nxt]
     return chain
 
 
@@ -108,60 +102,70 @@ def parallel_run(road_map: RoadMap, table: LaneTable, src_lanes: List[int], firs
     neighbour of it): consecutive road or auxiliary pieces of `src_lanes` with their parallel pieces in the target
     lane, until they cover `wanted` metres (or the road stops running parallel, or the next piece would take
     them past `at_most` metres)."""
-    n_real = len(table.ids)
+    n_real, lengths = len(table.ids), table.lengths
+    # (next source piece, target piece) -> the target's successor beside it: a function of the map's lanes alone
+    beside = table.derived.setdefault('parallel_next', {})
     src, dst = [src_lanes[0]], [first_target]
-    length = table.lengths[src_lanes[0]]
+    length = lengths[src_lanes[0]]
     for nxt_src in src_lanes[1:]:
-        if length >= wanted or nxt_src >= n_real or length + table.lengths[nxt_src] > at_most:
+        if length >= wanted or nxt_src >= n_real or length + lengths[nxt_src] > at_most:
             break
-        src_next = road_map.lanes[table.ids[nxt_src]]
-        side_of = {src_next.left_same, src_next.right_same}
-        parallel = [table.index[s] for s in road_map.lanes[table.ids[dst[-1]]].successors if s in side_of]
-        if src_next.kind not in ('road', 'aux') or not parallel:
+        key = (nxt_src, dst[-1])
+        if key not in beside:
+            beside[key] = _parallel_next(road_map, table, nxt_src, dst[-1])
+        if beside[key] < 0:
             break
         src.append(nxt_src)
-        dst.append(parallel[0])
-        length += table.lengths[nxt_src]
+        dst.append(beside[key])
+        length += lengths[nxt_src]
     return src, dst
+
+
+def _parallel_next(road_map: RoadMap, table: LaneTable, src_next: int, target: int) -> int:
+    """The successor of lane `target` that runs beside lane `src_next` (map lanes); -1 when there is none or
+    src_next is no road or auxiliary piece."""
+    lane = road_map.lanes[table.ids[src_next]]
+    side_of = {lane.left_same, lane.right_same}
+    parallel = [table.index[s] for s in road_map.lanes[table.ids[target]].successors if s in side_of]
+    if lane.kind not in ('road', 'aux') or not parallel:
+        return -1
+    return parallel[0]
 
 
 def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
     """Concatenate the lanes (and lane-change blends) of `elements` into one route with lane bookkeeping."""
     if all(element[0] == 'lane' for element in elements):
-        return _lane_route(table, [element[1] for element in elements])
-    element_start: List[float] = []
+        return lane_route(table, [element[1] for element in elements])
+    element_start: List[float] = []   # also the route s of each part's lane-local s = 0
     lane_change_end = -math.inf
     parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    offsets: List[float] = []       # route s of each part's lane-local s = 0
     shifts: List[float] = []        # multiples of 2 pi that keep the heading continuous
-    entry_start, entry_lane, entry_base, gates = [], [], [], []
-    entry_lane2, entry_base2 = [], []
+    entries: List[Tuple[float, int, float, int, float]] = []   # (start, lane, base, lane2, base2) of each entry
+    gates = []
     turns = 0
     pos = 0.0
     last_heading = None
     two_pi = 2 * math.pi
+    lengths, heading_ends, tails, gated, is_turn = (table.lengths, table.heading_ends, table.tails, table.gated,
+                                                    table.is_turn)
     for element in elements:
         element_start.append(pos)
         if element[0] == 'lane':
             idx = element[1]
-            h_first, h_second, h_last = table.heading_ends[idx]
+            _, h_second, h_last = heading_ends[idx]
             if last_heading is None:
                 parts.append((table.points[idx], table.arc[idx], table.heading[idx], table.curvature[idx]))
-                shifts.append(0.0)
+                shift = 0.0
             else:   # consecutive lanes share their joint point
-                parts.append(table.tails[idx])
-                shifts.append(two_pi * round((last_heading - h_second) / two_pi))
-            last_heading = h_last + shifts[-1]
-            offsets.append(pos)
-            entry_start.append(pos)
-            entry_lane.append(idx)
-            entry_base.append(pos)
-            entry_lane2.append(idx)
-            entry_base2.append(pos)
-            if table.gated[idx]:
+                parts.append(tails[idx])
+                shift = two_pi * round((last_heading - h_second) / two_pi)
+            shifts.append(shift)
+            last_heading = h_last + shift
+            entries.append((pos, idx, pos, idx, pos))
+            if gated[idx]:
                 gates.append((pos, idx))
-            turns += table.is_turn[idx]
-            pos += table.lengths[idx]
+            turns += is_turn[idx]
+            pos += lengths[idx]
             continue
         src, dst = element[1], element[2]
         start, span = element[3:5] if len(element) > 3 else (0.1, 0.8)   # of the manoeuvre: the lateral move
@@ -198,13 +202,7 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
                     cuts.add(base)
         for cut in sorted(cuts):
             primary, secondary = (src, dst) if cut < switch else (dst, src)
-            lane1, base1 = covering(primary, cut)
-            lane2, base2 = covering(secondary, cut)
-            entry_start.append(cut)
-            entry_lane.append(lane1)
-            entry_base.append(base1)
-            entry_lane2.append(lane2)
-            entry_base2.append(base2)
+            entries.append((cut, *covering(primary, cut), *covering(secondary, cut)))
         if last_heading is None:
             shifts.append(0.0)
         else:
@@ -212,38 +210,35 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
             shifts.append(two_pi * round((last_heading - float(heading[0])) / two_pi))
         last_heading = float(heading[-1]) + shifts[-1]
         parts.append((pts, arc, heading, curv))
-        offsets.append(pos)
         pos += length
         lane_change_end = pos
+    entry_start, entry_lane, entry_base, entry_lane2, entry_base2 = map(list, zip(*entries))
     return Route(entry_start=entry_start, entry_lane=entry_lane, entry_base=entry_base, entry_lane2=entry_lane2,
-                 entry_base2=entry_base2, gates=gates, turns=turns, parts=parts, part_offsets=offsets,
+                 entry_base2=entry_base2, gates=gates, turns=turns, parts=parts, part_offsets=list(element_start),
                  part_shifts=shifts, elements=list(elements), element_start=element_start,
                  lane_change_end=lane_change_end)
 
 
-def _lane_route(table: LaneTable, chain: List[int]) -> Route:
+def lane_route(table: LaneTable, chain: List[int]) -> Route:
     """`build_route` for a plain chain of lane indices (no lane change): the same route, built in fewer steps."""
     two_pi = 2 * math.pi
-    lengths, heading_ends, gated, is_turn = table.lengths, table.heading_ends, table.gated, table.is_turn
+    heading_ends, gated, is_turn = table.heading_ends, table.gated, table.is_turn
     first = chain[0]
     parts = [(table.points[first], table.arc[first], table.heading[first], table.curvature[first])]
     parts += [table.tails[idx] for idx in chain[1:]]
-    starts: List[float] = []
+    # the same sums as adding the lane lengths one by one
+    starts = list(accumulate([table.lengths[idx] for idx in chain[:-1]], initial=0.0))
     shifts = [0.0]
-    pos = 0.0
     last_heading = heading_ends[first][2]
-    for n, idx in enumerate(chain):
-        if n:   # consecutive lanes share their joint point
-            _, h_second, h_last = heading_ends[idx]
-            shift = two_pi * round((last_heading - h_second) / two_pi)
-            shifts.append(shift)
-            last_heading = h_last + shift
-        starts.append(pos)
-        pos += lengths[idx]
+    for idx in chain[1:]:   # consecutive lanes share their joint point
+        _, h_second, h_last = heading_ends[idx]
+        shift = two_pi * round((last_heading - h_second) / two_pi)
+        shifts.append(shift)
+        last_heading = h_last + shift
     return Route(entry_start=starts, entry_lane=list(chain), entry_base=list(starts), entry_lane2=list(chain),
                  entry_base2=list(starts), gates=[(pos_, idx) for pos_, idx in zip(starts, chain) if gated[idx]],
-                 turns=sum(is_turn[idx] for idx in chain), parts=parts, part_offsets=list(starts), part_shifts=shifts,
-                 elements=[('lane', idx) for idx in chain], element_start=starts)
+                 turns=sum([is_turn[idx] for idx in chain]), parts=parts, part_offsets=list(starts),
+                 part_shifts=shifts, elements=[('lane', idx) for idx in chain], element_start=starts)
 
 
 def join_geometry(routes: List[Route]) -> None:
@@ -265,25 +260,55 @@ def join_geometry(routes: List[Route]) -> None:
         route.heading, route.curvature = heading[start:end], curvature[start:end]
 
 
+def join_lane_routes(routes: List[Route], table: LaneTable) -> None:
+    """`join_geometry` for routes of lanes alone (as `build_route` makes them without lane changes): each route's
+    points are gathered from the lane table's flat arrays in one pass for all routes (the same values)."""
+    if any(route.lane_change_end != -math.inf for route in routes):
+        raise ValueError('join_lane_routes takes routes without lane changes')
+    lanes = np.array([element[1] for route in routes for element in route.elements])
+    per_route = np.array([len(route.elements) for route in routes])
+    ends = np.cumsum(per_route)
+    tail = np.ones(len(lanes), dtype=int)      # consecutive lanes share their joint point: it is skipped
+    tail[ends - per_route] = 0
+    first = np.asarray(table.first_point)[lanes] + tail
+    counts = np.array([len(table.arc[k]) for k in lanes.tolist()]) - tail
+    stops = np.cumsum(counts)
+    at = np.repeat(first - (stops - counts), counts)
+    at += np.arange(len(at))
+    points, arc, heading, curvature = table.flat_geometry()
+    # `take`: a two-dimensional fancy index of rows costs many times as much here; in place where the values
+    # allow (these arrays hold every point of every route)
+    points, s, heading, curvature = points.take(at, axis=0), arc.take(at), heading.take(at), curvature.take(at)
+    s += np.repeat([offset for route in routes for offset in route.part_offsets], counts)
+    heading += np.repeat([shift for route in routes for shift in route.part_shifts], counts)
+    bounds = stops[ends - 1].tolist()
+    for route, start, end in zip(routes, [0] + bounds, bounds):
+        route.points, route.s = points[start:end], s[start:end]
+        route.heading, route.curvature = heading[start:end], curvature[start:end]
+
+
 def speed_profiles(routes: List[Route], v_desired: List[float], lateral_acc: List[float],
                    comfort_dec: List[float]) -> List[np.ndarray]:
     """Speed limit of each route at 1 m resolution: its desired speed, the curvature limit, anticipated by braking
     at its comfortable deceleration. All routes are processed together; each gets its slice."""
     counts = [len(route.s) for route in routes]
     s = np.concatenate([route.s for route in routes])
-
-    def per_point(values):
-        return np.repeat(values, counts)
-
     curvature = _smoothed_curvature([route.curvature for route in routes], counts)
-    limit = np.minimum(per_point(v_desired), np.sqrt(per_point(lateral_acc) / np.maximum(curvature, 1e-6)))
+    # in place where the values allow: these arrays hold every point of every route
+    limit = np.repeat(lateral_acc, counts)
+    limit /= np.maximum(curvature, 1e-6, out=curvature)
+    np.minimum(np.repeat(v_desired, counts), np.sqrt(limit, out=limit), out=limit)
     # v(s)^2 <= min_{s' >= s} v(s')^2 + 2 b (s' - s): a reverse running minimum along each route
-    braking = per_point([2 * b for b in comfort_dec]) * s
-    key = limit ** 2 + braking
+    braking = np.repeat([2 * b for b in comfort_dec], counts)
+    braking *= s
+    key = np.square(limit, out=limit)
+    key += braking
     bounds = np.cumsum([0] + counts).tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
-        key[a:b] = np.minimum.accumulate(key[a:b][::-1])[::-1]
-    limit = np.sqrt(np.maximum(key - braking, 0.0))
+        back = key[a:b][::-1]
+        np.minimum.accumulate(back, out=back)
+    key -= braking
+    limit = np.sqrt(np.maximum(key, 0.0, out=key), out=key)
     return _per_metre_minimum(s, limit, v_desired, bounds)
 
 
@@ -310,7 +335,8 @@ def _per_metre_minimum(s: np.ndarray, limit: np.ndarray, v_desired: List[float],
     sizes = [int(cells[b - 1]) + 2 for b in bounds[1:]]
     grid_start = np.cumsum([0] + sizes).tolist()
     grid = np.repeat(v_desired, sizes)
-    np.minimum.at(grid, cells + np.repeat(grid_start[:-1], np.diff(bounds)), limit)
+    cells += np.repeat(grid_start[:-1], np.diff(bounds))
+    np.minimum.at(grid, cells, limit)
     last = np.array(grid_start[1:]) - 1
     grid[last] = grid[last - 1]
     return [grid[a:b] for a, b in zip(grid_start[:-1], grid_start[1:])]

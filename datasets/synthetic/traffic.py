@@ -31,13 +31,14 @@ def simulate_scene(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticP
     table: this scene's own lane table of `road_map` (built here when None; the scene may append virtual lanes)."""
     steps = WARMUP_STEPS + num_steps
     drivers, s_hist, v_hist, pedestrians = simulate_road_users(rng, road_map, prof, steps, table)
-    objects = driver_trajectories(drivers, s_hist, v_hist) + pedestrians
-    objects += place_static_objects(rng, road_map, prof, steps)
-    for obj in objects:
+    # the drivers' 2-D motion is worked out for the recorded steps alone (it is a function of each step's s and v)
+    objects = driver_trajectories(drivers, s_hist[:, WARMUP_STEPS:], v_hist[:, WARMUP_STEPS:])
+    others = pedestrians + place_static_objects(rng, road_map, prof, steps)
+    for obj in others:
         obj.position = obj.position[WARMUP_STEPS:]
         obj.heading = obj.heading[WARMUP_STEPS:]
         obj.velocity = obj.velocity[WARMUP_STEPS:]
-    return objects
+    return objects + others
 
 
 def simulate_road_users(rng: np.random.Generator, road_map: RoadMap, prof: SyntheticProfile, steps: int,
