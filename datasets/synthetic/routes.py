@@ -293,22 +293,19 @@ def speed_profiles(routes: List[Route], v_desired: List[float], lateral_acc: Lis
     at its comfortable deceleration. All routes are processed together; each gets its slice."""
     counts = [len(route.s) for route in routes]
     s = np.concatenate([route.s for route in routes])
+
+    def per_point(values):
+        return np.repeat(values, counts)
+
     curvature = _smoothed_curvature([route.curvature for route in routes], counts)
-    # in place where the values allow: these arrays hold every point of every route
-    limit = np.repeat(lateral_acc, counts)
-    limit /= np.maximum(curvature, 1e-6, out=curvature)
-    np.minimum(np.repeat(v_desired, counts), np.sqrt(limit, out=limit), out=limit)
+    limit = np.minimum(per_point(v_desired), np.sqrt(per_point(lateral_acc) / np.maximum(curvature, 1e-6)))
     # v(s)^2 <= min_{s' >= s} v(s')^2 + 2 b (s' - s): a reverse running minimum along each route
-    braking = np.repeat([2 * b for b in comfort_dec], counts)
-    braking *= s
-    key = np.square(limit, out=limit)
-    key += braking
+    braking = per_point([2 * b for b in comfort_dec]) * s
+    key = limit ** 2 + braking
     bounds = np.cumsum([0] + counts).tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
-        back = key[a:b][::-1]
-        np.minimum.accumulate(back, out=back)
-    key -= braking
-    limit = np.sqrt(np.maximum(key, 0.0, out=key), out=key)
+        key[a:b] = np.minimum.accumulate(key[a:b][::-1])[::-1]
+    limit = np.sqrt(np.maximum(key - braking, 0.0))
     return _per_metre_minimum(s, limit, v_desired, bounds)
 
 
