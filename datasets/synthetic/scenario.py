@@ -14,7 +14,6 @@ from typing import Iterable, Iterator, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from datasets.synthetic.allocator import keep_freed_memory
 from datasets.synthetic.av2_writer import tracks_table
 from datasets.synthetic.city_map import (CityMap, build_city_map, build_road_map, place_in_city, road_seed,
                                          stable_code)
@@ -96,7 +95,6 @@ def generate_scenarios(seed: int, indices: Iterable[int], split: str = 'train', 
     seed = _check_seed(seed, 'seed')
     if scenes_per_map < 1:
         raise ValueError(f'scenes_per_map must be >= 1, got {scenes_per_map}')
-    keep_freed_memory()   # many scenes in a row: their arrays reuse the memory freed by the previous ones
     block, city_map = None, None
     for index in indices:
         with _without_cyclic_gc():
