@@ -329,6 +329,8 @@ def _smoothed_curvature(curvatures: List[np.ndarray], counts: List[int]) -> np.n
     copies[ends - counts] += 4
     copies[ends - 1] += 4
     smooth = np.convolve(np.repeat(c, copies), np.full(9, 1.0 / 9), mode='valid')
+    if len(counts) == 1:    # (the single routes of lane changes)
+        return smooth
     # drop the 8 windows that straddle the end of one route and the start of the next
     keep = np.ones(len(smooth), dtype=bool)
     keep[((ends[:-1] + 8 * np.arange(len(counts) - 1))[:, None] + np.arange(8)).ravel()] = False
