@@ -2,7 +2,8 @@
 so generated scenes do not depend on how the work is grouped."""
 import numpy as np
 
-from datasets.synthetic.geometry import smooth_connector, smooth_connectors
+from datasets.synthetic.geometry import (arc_length, arc_length_and_headings, headings, smooth_connector,
+                                         smooth_connectors)
 from datasets.synthetic.grid_roads import _lane_piece, _lane_pieces, _Road
 from datasets.synthetic.lane_graph import straight, straights
 from datasets.synthetic.observation import _tracker_state
@@ -123,3 +124,26 @@ def test_smoothed_curvature_matches_each_route_padded_alone():
         curvatures = [np.abs(rng.normal(0.0, 0.01, n)) * (rng.random(n) < 0.7) for n in counts]
         alone = np.concatenate([np.convolve(np.pad(c, 4, mode='edge'), kernel, mode='valid') for c in curvatures])
         assert np.array_equal(_smoothed_curvature(curvatures, counts), alone)
+
+
+def _headings_reference(points: np.ndarray) -> np.ndarray:
+    """geometry.headings written out step by step."""
+    d = np.diff(points, axis=0)
+    seg = np.arctan2(d[:, 1], d[:, 0])
+    if len(seg) > 1:
+        step = np.diff(seg)
+        step -= 2 * np.pi * np.round(step / (2 * np.pi))
+        seg = seg[0] + np.concatenate([[0.0], np.cumsum(step)])
+    return np.concatenate([[seg[0]], 0.5 * (seg[1:] + seg[:-1]), [seg[-1]]])
+
+
+def test_arc_length_and_headings_match_the_single_functions():
+    rng = np.random.default_rng(5)
+    for count in (2, 3, 17, 400):
+        # a winding path: its heading passes +-pi several times
+        turn = np.cumsum(rng.normal(0.0, 0.6, count))
+        points = np.cumsum(np.stack([np.cos(turn), np.sin(turn)], 1) * rng.uniform(0.1, 2.0, (count, 1)), 0)
+        arc, heading = arc_length_and_headings(points)
+        assert np.array_equal(arc, arc_length(points))
+        assert np.array_equal(heading, headings(points))
+        assert np.array_equal(heading, _headings_reference(points))

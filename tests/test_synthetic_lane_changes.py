@@ -154,3 +154,61 @@ def test_follower_in_the_target_lane_follows_the_changer():
                     assert lead[j] == i or gap[j] <= distance + 1e-6
                     seen += lead[j] == i
     assert seen >= 5
+
+
+class _RepointingAll(VehicleSimulation):
+    """Sets every agent's pointers afresh after new routes, not only those of the agents that got them."""
+
+    def replace_routes(self, changes) -> None:
+        super().replace_routes(changes)
+        self._set_pointers()
+
+
+def _selected(sim) -> dict:
+    """What the pointers of every agent select in the current padded rows, looked up afresh."""
+    f = sim.flat
+    at, gate = f.entry_row + sim.k, f.gate_row + sim.gptr
+    front, rear = f.entry_row + sim.k_front, f.entry_row + sim.k_rear
+    return dict(lane=f.lane[at], lane2=f.lane2[at], base=f.base[at], base2=f.base2[at], next_start=f.start[at + 1],
+                gate_s=f.gate[gate], gate_lane=f.gate_lane[gate], front=f.lane[front], rear=f.lane[rear],
+                rear_base=f.base[rear], front_next=f.start[front + 1], rear_next=f.start[rear + 1])
+
+
+def _run(profile: str, seed: int, simulation):
+    """(s [steps, N], number of steps with new routes) of one scene simulated by `simulation`; after new routes
+    what the pointers select is checked against the rows."""
+    prof = PROFILES[profile]
+    rng = np.random.default_rng(seed)
+    road_map = build_road_map(rng, prof)
+    table = build_lane_table(road_map, prof.upstream_length)
+    drivers = spawn_vehicles(rng, road_map, table, prof, STEPS * DT)
+    sim = simulation(drivers, table, driver_speed_limits(drivers), crosswalk_occupancy(road_map, [], STEPS),
+                     red_lights(road_map, table, STEPS), connector_priority(road_map, table),
+                     merging_pairs(road_map, table), LaneChanges(np.random.default_rng(seed), road_map, table, prof))
+    replaced = 0
+    original = sim.replace_routes
+
+    def checked(changes):
+        nonlocal replaced
+        replaced += 1
+        original(changes)
+        for name, values in _selected(sim).items():
+            assert np.array_equal(getattr(sim, name), values), name
+
+    sim.replace_routes = checked
+    with np.errstate(invalid='ignore'):
+        s = [sim.step(t)[0] for t in range(0, STEPS - 1, SUBSTEPS)]
+    return np.stack(s), replaced
+
+
+def test_new_routes_keep_the_pointers():
+    # a new route agrees with the old one beyond the front bumper: the pointers stay, what they select is read
+    # again, and the run is the same as with every pointer set afresh after new routes
+    replaced = 0
+    for profile in ('highway', 'default'):
+        for seed in range(6):
+            s, count = _run(profile, seed, VehicleSimulation)
+            s_all, count_all = _run(profile, seed, _RepointingAll)
+            assert count == count_all and np.array_equal(s, s_all)
+            replaced += count
+    assert replaced >= 12

@@ -215,7 +215,7 @@ class VehicleSimulation:
 
     def replace_routes(self, changes) -> None:
         """Give agents new routes [(agent, Route)] that agree with their old ones up to where they are: their
-        padded rows are rewritten (all rows rebuilt when one does no longer fit) and the pointers set again."""
+        padded rows are rewritten (all rows rebuilt when one does no longer fit)."""
         for i, route in changes:
             self.drivers[i].route = route
         fits = True
@@ -225,7 +225,12 @@ class VehicleSimulation:
         if not fits:
             self.pad = _Padded(self.drivers, self.table, self.speed_limits, slack=True)
             self.flat = _Flat(self.pad)
-        self._set_pointers()
+        # a new route agrees with the old one beyond the front bumper (a change starts ahead of it even after this
+        # step), so every pointer still selects the same entry and gate (the step moves them on as ever); only
+        # what they select is read again from the rewritten (or rebuilt) rows
+        self._entries_moved()
+        self._gates_moved()
+        self._bumpers_moved()
 
     # The route entries and gates that the pointers select change only when an agent passes a boundary, so
     # what is looked up through them is kept until a pointer moves.

@@ -5,7 +5,7 @@ All functions take and return float64 numpy arrays of shape [K, 2] (x, y in metr
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 
@@ -49,13 +49,29 @@ def offset(points: np.ndarray, lateral) -> np.ndarray:
 
 def headings(points: np.ndarray) -> np.ndarray:
     """Unwrapped tangent angle [K] (radians) of a polyline [K, 2]: the mean of the two adjacent segments' angles."""
-    d = np.diff(points, axis=0)
+    return _headings(points[1:] - points[:-1])
+
+
+def arc_length_and_headings(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(arc_length(points) [K], headings(points) [K]) from one pass of point differences."""
+    d = points[1:] - points[:-1]
+    out = np.empty(len(points))
+    out[0] = 0.0
+    np.cumsum(np.hypot(d[:, 0], d[:, 1]), out=out[1:])
+    return out, _headings(d)
+
+
+def _headings(d: np.ndarray) -> np.ndarray:
+    """headings() of a polyline from its point differences [K - 1, 2]."""
     seg = np.arctan2(d[:, 1], d[:, 0])
     if len(seg) > 1:
-        step = np.diff(seg)
-        step -= 2 * np.pi * np.round(step / (2 * np.pi))
-        seg = seg[0] + np.concatenate([[0.0], np.cumsum(step)])
-    out = np.empty(len(points))
+        step = seg[1:] - seg[:-1]
+        step -= 2 * np.pi * np.rint(step / (2 * np.pi))   # np.round to integers is rint
+        turned = np.empty(len(seg))
+        turned[0] = 0.0
+        np.cumsum(step, out=turned[1:])
+        seg = seg[0] + turned
+    out = np.empty(len(seg) + 1)
     out[0] = seg[0]
     out[-1] = seg[-1]
     out[1:-1] = 0.5 * (seg[1:] + seg[:-1])

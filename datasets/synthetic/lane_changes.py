@@ -328,8 +328,9 @@ class _State:
         self.s, self.v, self.lane = sim.s.tolist(), sim.v.tolist(), sim.lane.tolist()
         self.lead, self.gap, self.follower = lead.tolist(), gap.tolist(), follower.tolist()
         self.half, self.min_gap = sim.half.tolist(), sim.min_gap.tolist()
+        self.a_max, self.headway, self.sqrt_ab = sim.a_max_list, sim.headway.tolist(), sim.sqrt_ab.tolist()
+        self.v0 = sim.flat.vlim[sim.flat.vlim_row + sim.s.astype(int)].tolist()   # speed limit where each is
         self.occupants = occupants
-        self.sim = sim
 
     def neighbours(self, i: int, route: Route, e: int, side_of: List[int]):
         """((speed, gap) of the new leader, (agent, gap) of the new follower or None) of agent i in the lane on
@@ -363,11 +364,9 @@ class _State:
 
     def idm(self, i: int, v_lead: float, gap: float) -> float:
         """IDM acceleration of agent i behind a leader at speed v_lead, `gap` metres ahead (inf: free road)."""
-        sim = self.sim
         v = self.v[i]
-        v0 = float(sim.flat.vlim[sim.flat.vlim_row[i] + int(self.s[i])])
-        free = (v / max(v0, 0.1)) ** 2
+        free = (v / max(self.v0[i], 0.1)) ** 2
         if gap == math.inf:
-            return float(sim.a_max[i]) * (1.0 - free)
-        wanted = sim.min_gap[i] + max(v * sim.headway[i] + v * (v - v_lead) / sim.sqrt_ab[i], 0.0)
-        return max(float(sim.a_max[i]) * (1.0 - free - (wanted / max(gap, 0.1)) ** 2), -9.0)
+            return self.a_max[i] * (1.0 - free)
+        wanted = self.min_gap[i] + max(v * self.headway[i] + v * (v - v_lead) / self.sqrt_ab[i], 0.0)
+        return max(self.a_max[i] * (1.0 - free - (wanted / max(gap, 0.1)) ** 2), -9.0)

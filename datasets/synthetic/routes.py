@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import accumulate
 from typing import List, Optional, Tuple
 
 import numpy as np
 
-from datasets.synthetic.geometry import arc_length, headings, resample
+from datasets.synthetic.geometry import arc_length_and_headings, resample
 from datasets.synthetic.lane_graph import LaneTable, straight, POST_EXTENSION
 from datasets.synthetic.profiles import SyntheticProfile, weighted_pick
 from datasets.synthetic.road_network import RoadMap
@@ -174,11 +175,13 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
         count = max(len(a), len(b))
         if len(a) != len(b):   # parallel pieces of one road already have equal point counts
             a, b = resample(a, count), resample(b, count)
-        x = np.clip((np.linspace(0.0, 1.0, count) - start) / span, 0.0, 1.0)
+        x = _unit_steps(count) - start     # np.clip((linspace - start) / span, 0, 1) with fewer temporaries
+        x /= span
+        np.maximum(x, 0.0, out=x)
+        np.minimum(x, 1.0, out=x)
         alpha = (x * x * (3 - 2 * x))[:, None]
         pts = (1 - alpha) * a + alpha * b
-        arc = arc_length(pts)
-        heading = headings(pts)
+        arc, heading = arc_length_and_headings(pts)
         curv = np.zeros(count)
         curv[1:-1] = np.abs(heading[2:] - heading[:-2]) / np.maximum(arc[2:] - arc[:-2], 1e-6)
         length = float(arc[-1])
@@ -217,6 +220,14 @@ def build_route(table: LaneTable, road_map: RoadMap, elements: List) -> Route:
                  entry_base2=entry_base2, gates=gates, turns=turns, parts=parts, part_offsets=list(element_start),
                  part_shifts=shifts, elements=list(elements), element_start=element_start,
                  lane_change_end=lane_change_end)
+
+
+@lru_cache(maxsize=1024)
+def _unit_steps(count: int) -> np.ndarray:
+    """np.linspace(0, 1, count), read-only: the blends of lane changes share it."""
+    out = np.linspace(0.0, 1.0, count)
+    out.flags.writeable = False
+    return out
 
 
 def lane_route(table: LaneTable, chain: List[int]) -> Route:
@@ -318,6 +329,8 @@ def _smoothed_curvature(curvatures: List[np.ndarray], counts: List[int]) -> np.n
     copies[ends - counts] += 4
     copies[ends - 1] += 4
     smooth = np.convolve(np.repeat(c, copies), np.full(9, 1.0 / 9), mode='valid')
+    if len(counts) == 1:    # (the single routes of lane changes)
+        return smooth
     # drop the 8 windows that straddle the end of one route and the start of the next
     keep = np.ones(len(smooth), dtype=bool)
     keep[((ends[:-1] + 8 * np.arange(len(counts) - 1))[:, None] + np.arange(8)).ravel()] = False
