@@ -198,7 +198,7 @@ def test_pretraining_padded_step_under_ddp_gathers_keys_from_both_processes(tmp_
     """Two gloo processes through Lightning's DDP with the forecast_mae backbone: capacities agreed across the
     processes, so the keys of both are gathered inside the padded step (equal row counts) and the losses and averaged
     gradients are eager DDP's."""
-    from test_ssl_cuda_graph_step import fit_two_processes, worst_relative
+    from test_ssl_cuda_graph_step import BEFORE_NORM, fit_two_processes, worst_relative
     items = [pairs[0], pairs[1], pairs[2], pairs[0]]  # rank 0 sees pairs 0, 2 and rank 1 pairs 1, 0
     overrides = dict(backbone='forecast_mae', **TINY_FMAE)
     graphs = fit_two_processes(items, True, str(tmp_path / 'graphs'), **overrides)
@@ -211,8 +211,14 @@ def test_pretraining_padded_step_under_ddp_gathers_keys_from_both_processes(tmp_
     assert graphs[0]['logged']['num_neg_sample_step'] == sum(keys)
     assert worst_relative(graphs[0]['grads'], graphs[1]['grads']) == 0.0
     assert graphs[0]['grads'].keys() == eager[0]['grads'].keys() and len(eager[0]['grads']) > 50
-    # float32: gradients that cancel to almost zero (a BatchNorm follows) differ at the rounding level
-    assert worst_relative(graphs[0]['grads'], eager[0]['grads'], floor=1e-2) < 1e-3
+    # float32: gradients that cancel to almost zero differ at the rounding level, which depends on the CPU's
+    # kernels; the biases right before a BatchNorm are zero in exact arithmetic and compared absolutely
+    grads = {n: v for n, v in eager[0]['grads'].items() if n not in BEFORE_NORM}
+    assert worst_relative(graphs[0]['grads'], grads, floor=1e-2) < 1e-3
+    before_norm = [name for name in BEFORE_NORM if name in eager[0]['grads']]
+    assert before_norm
+    for name in before_norm:
+        assert float((graphs[0]['grads'][name] - eager[0]['grads'][name]).abs().max()) < 1e-4, name
 
 
 # ----------------------------------------------------------------------------------------------------------------
