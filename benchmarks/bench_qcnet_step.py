@@ -203,19 +203,14 @@ def profile_kernels(step: Callable[[], None], steps: int) -> dict:
     """GPU kernel time and kernel count per step (torch.profiler over ``steps`` steps), and the fifteen kernels that
     take the most GPU time."""
     from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.kernel_profile import kernel_summary
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total_us = sum(e.device_time for e in kernels)
-    per_name = {}
-    for e in kernels:
-        per_name[e.name] = per_name.get(e.name, 0.0) + e.device_time
-    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:15]
-    return {'gpu_kernel_ms': total_us / 1000.0 / steps, 'kernels_per_step': round(len(kernels) / steps),
-            'top_kernels': [{'name': name[:90], 'ms_per_step': us / 1000.0 / steps} for name, us in top]}
+    return kernel_summary(prof, steps)
 
 
 def main(argv=None) -> int:

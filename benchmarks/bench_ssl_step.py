@@ -282,18 +282,11 @@ def kernel_profiler(device: torch.device, first: int, count: int):
                     torch.cuda.synchronize(device)
                 self.profiler.__exit__(None, None, None)
 
-        def summary(self, top: int = 20) -> Dict[str, object]:
+        def summary(self) -> Dict[str, object]:
+            from benchmarks.kernel_profile import kernel_summary
             if self.profiler is None:
                 raise SystemExit('bench_ssl_step: the profiled steps did not run')
-            kernels = [event for event in self.profiler.key_averages()
-                       if event.device_type == torch.autograd.DeviceType.CUDA]
-            total_us = sum(event.self_device_time_total for event in kernels)
-            largest = sorted(kernels, key=lambda event: event.self_device_time_total, reverse=True)[:top]
-            return {'profiled_steps': count, 'device_ms_per_step': total_us / 1000.0 / count,
-                    'kernels_per_step': sum(event.count for event in kernels) / count,
-                    'largest_kernels': [{'name': event.key[:120], 'ms_per_step': event.self_device_time_total
-                                         / 1000.0 / count, 'calls_per_step': event.count / count}
-                                        for event in largest]}
+            return {'profiled_steps': count, **kernel_summary(self.profiler, count)}
 
     return KernelProfiler()
 
