@@ -44,6 +44,7 @@ Example (CPU smoke, tiny models; the GPU commands are in docs/LOW_LABEL.md):
 import argparse
 import contextlib
 import csv
+import fcntl
 import hashlib
 import importlib
 import io
@@ -474,6 +475,18 @@ def replace_rows(path: str, columns: Sequence[str], keep: Callable[[dict], bool]
     write_csv(path, columns, [r for r in read_csv_rows(path) if keep(r)] + list(new_rows))
 
 
+@contextlib.contextmanager
+def rows_lock(out: str):
+    """Holds an exclusive lock on ``out``'s result tables: two finetune calls (e.g. the scratch arm running while the
+    pre-training runs, and the pre-trained arms after it) may then write rows into the same folder."""
+    with open(os.path.join(out, '.rows.lock'), 'a') as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def workers_env(args: argparse.Namespace) -> Optional[Dict[str, str]]:
     """Each of the --parallel runs gets cores / K intra-op threads (unless OMP_NUM_THREADS is set already)."""
     if args.parallel > 1 and 'OMP_NUM_THREADS' not in os.environ:
@@ -801,7 +814,7 @@ def finetune_job(args, ws: Workspace, plan: dict, labelled_dir: str, val_dir: st
         curve = [{'backbone': backbone, 'arm': arm, 'labelled': n, 'seed': seed, 'epoch': r.get('epoch', ''),
                   'step': r.get('step', ''), 'val_minFDE': r['val_minFDE']}
                  for r in (read_csv_rows(path) if path else []) if r.get('val_minFDE') not in (None, '')]
-        with lock:
+        with lock, rows_lock(out):
             key = run_key(row)
             replace_rows(os.path.join(out, FINETUNE_CURVES), FINETUNE_CURVE_COLUMNS,
                          lambda r: run_key(r) != key, curve)

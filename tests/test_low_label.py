@@ -283,3 +283,30 @@ def test_mode_noise_needs_a_pretrained_checkpoint(tmp_path):
                     '--num_historical_steps', '50', '--num_future_steps', '60', '--num_recurrent_steps', '3',
                     *as_flags({k: 20 for k in ('pl2pl_radius', 'pl2a_radius', 'a2a_radius', 'pl2m_radius',
                                                'a2m_radius')})])
+
+
+def _append_rows_locked(out: str, tag: str, count: int) -> None:
+    """One writer process: ``count`` read-modify-write updates of runs.csv under the rows lock."""
+    path = os.path.join(out, study.RUNS_CSV)
+    for seed in range(count):
+        row = {'backbone': 'QCNet', 'arm': tag, 'labelled': 50, 'seed': seed}
+        with study.rows_lock(out):
+            rows = study.read_csv_rows(path)
+            time.sleep(0.002)   # widen the window in which an unlocked writer would lose the other's row
+            study.write_csv(path, list(row), rows + [row])
+
+
+def test_two_finetune_processes_keep_each_others_rows(tmp_path):
+    import multiprocessing
+    context = multiprocessing.get_context('spawn')
+    writers = [context.Process(target=_append_rows_locked, args=(str(tmp_path), arm, 25))
+               for arm in ('scratch', 'pretrained')]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    rows = study.read_csv_rows(os.path.join(tmp_path, study.RUNS_CSV))
+    assert sorted((r['arm'], int(r['seed'])) for r in rows) == sorted(
+        (arm, seed) for arm in ('scratch', 'pretrained') for seed in range(25))
+
