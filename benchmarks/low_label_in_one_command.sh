@@ -6,7 +6,8 @@
 #   bash benchmarks/low_label_in_one_command.sh OUT_DIR [BACKBONE [BUDGET_SECONDS]]
 #
 # OUT_DIR gets low_label.tar.gz (runs.csv, finetune_curves.csv, pretrain.json, pretrain_curves.csv, protocol.json,
-# summary.md, gain_vs_labelled.png, failures.log if a run failed; no checkpoints) and the logs' tails.
+# summary.md, gain_vs_labelled.png, failures.log if a run failed), the slim pre-trained checkpoints and the logs'
+# tails.
 # BACKBONE: QCNet (default) or ForecastMAE. BUDGET_SECONDS (default 540) bounds the whole call; fine-tunes that would
 # end later are left for a repeat of the finetune step (docs/LOW_LABEL.md, Resuming). The pre-trainings are those
 # the arms need: the target pool for pretrained / pretrained_sym, the supervised oracle for oracle, the one-task
@@ -17,7 +18,7 @@
 # pre-training; PARALLEL (default 4: fits an 80 GB card with full-size QCNet) the fine-tunes sharing the card.
 set -u
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 OUT=${1:?usage: low_label_in_one_command.sh OUT_DIR [BACKBONE [BUDGET_SECONDS]]}
@@ -69,5 +70,8 @@ fi
 [ -n "$SCRATCH_PID" ] && tail -15 "$OUT/finetune_scratch.log"
 python benchmarks/ssl_low_label.py report --out "$STUDY" 2>&1 | tail -10
 echo "finetune done at ${SECONDS}s"
+# the slim pre-trained checkpoints too (each ~5-15 MiB), so that a later call can run the fine-tunes left over
+# (carry them into the pretrained dir, docs/LOW_LABEL.md, Resuming)
+[ -n "$SOURCES" ] && cp "$STUDY"/*.ckpt "$OUT"/ 2>/dev/null
 tar -czf "$OUT/low_label.tar.gz" -C "$STUDY" --exclude='*.ckpt' --exclude='*.pt' \
     $(cd "$STUDY" && ls | grep -v -e '\.ckpt$' -e '\.pt$')

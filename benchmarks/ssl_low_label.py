@@ -274,12 +274,14 @@ def ran_out_of_memory(log_path: str) -> bool:
 
 
 def run_jobs(jobs: Sequence[Job], executor: Executor, parallel: int, deadline_s: Optional[float],
-             started: float, failures_log: Optional[str] = None) -> dict:
+             started: float, failures_log: Optional[str] = None,
+             known_durations: Optional[Dict[str, List[float]]] = None) -> dict:
     """Runs ``jobs`` in their order, up to ``parallel`` at once; a failed job is reported and the others go on.
     A job that ran out of device memory while others ran beside it is not a failure yet: it runs once more, first
     in the queue, and from then on one run fewer shares the device. Returns {'done': [...], 'failed': {name:
-    message}, 'deferred': [...], 'parallel': the limit at the end}."""
-    durations: Dict[str, List[float]] = {}
+    message}, 'deferred': [...], 'parallel': the limit at the end}. ``known_durations``: wall times of runs of each
+    group finished before this call (e.g. by another process), the deadline's estimate until runs here finish."""
+    durations: Dict[str, List[float]] = {group: list(walls) for group, walls in (known_durations or {}).items()}
     result = {'done': [], 'failed': {}, 'deferred': [], 'parallel': parallel}
     retried = set()
 
@@ -696,6 +698,22 @@ def plan_runs(args: argparse.Namespace) -> List[dict]:
     return plan
 
 
+def finetune_group(backbone: str, labelled) -> str:
+    """Fine-tunes of one backbone and labelled size take about as long: the deadline's estimates pool them."""
+    return f'{backbone}_n{labelled}'
+
+
+def finished_durations(rows: Sequence[dict]) -> Dict[str, List[float]]:
+    """{group: wall seconds} of the runs.csv rows, so that a call that starts after other calls (or beside one)
+    estimates its runs from theirs."""
+    durations: Dict[str, List[float]] = {}
+    for row in rows:
+        if row.get('gpu_seconds') not in (None, ''):
+            durations.setdefault(finetune_group(row['backbone'], row['labelled']), []).append(
+                float(row['gpu_seconds']))
+    return durations
+
+
 def run_key(row: dict) -> tuple:
     return (row['backbone'], row['arm'], int(row['labelled']), int(row['seed']))
 
@@ -761,7 +779,8 @@ def finetune(args: argparse.Namespace) -> int:
     lock = threading.Lock()
     workers = loader_workers_per_run(args.num_workers, args.parallel)
     jobs = [finetune_job(args, ws, p, labelled_dirs[p['labelled']], val_dir, workers, out, pre, lock) for p in plan]
-    result = run_jobs(jobs, executor, args.parallel, args.deadline_s, started, os.path.join(out, FAILURES_LOG))
+    result = run_jobs(jobs, executor, args.parallel, args.deadline_s, started, os.path.join(out, FAILURES_LOG),
+                      known_durations=finished_durations(read_csv_rows(runs_path)))
     print(f'fine-tuning: {len(result["done"])} done, {len(result["failed"])} failed, {len(result["deferred"])} '
           f'deferred to the next call; {time.time() - started:.0f} s in all', flush=True)
     for name, message in result['failed'].items():
@@ -820,7 +839,7 @@ def finetune_job(args, ws: Workspace, plan: dict, labelled_dir: str, val_dir: st
                          lambda r: run_key(r) != key, curve)
             replace_rows(os.path.join(out, RUNS_CSV), RUN_COLUMNS, lambda r: run_key(r) != key, [row])
 
-    return Job(name=name, steps=commands, done=done, group=f'{backbone}_n{n}',
+    return Job(name=name, steps=commands, done=done, group=finetune_group(backbone, n),
                log=os.path.join(ws.logs, f'{name}.log'), prepare=prepare)
 
 

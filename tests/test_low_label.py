@@ -310,3 +310,21 @@ def test_two_finetune_processes_keep_each_others_rows(tmp_path):
     assert sorted((r['arm'], int(r['seed'])) for r in rows) == sorted(
         (arm, seed) for arm in ('scratch', 'pretrained') for seed in range(25))
 
+
+
+def test_deadline_estimates_runs_from_rows_another_call_finished(tmp_path):
+    """A second finetune call (e.g. the pre-trained arms after the scratch ones ran beside the pre-training) must not
+    start a run it cannot finish: it estimates its length from the rows already in runs.csv."""
+    rows = [{'backbone': 'QCNet', 'labelled': '50', 'gpu_seconds': '170.0'},
+            {'backbone': 'QCNet', 'labelled': '50', 'gpu_seconds': '174.0'},
+            {'backbone': 'QCNet', 'labelled': '200', 'gpu_seconds': ''}]
+    known = study.finished_durations(rows)
+    assert known == {study.finetune_group('QCNet', 50): [170.0, 174.0]}
+    ran = []
+    job = study.Job(name='late', steps=lambda: [{'module': 'sleep', 'argv': [0]}], done=lambda wall: ran.append(wall),
+                    group=study.finetune_group('QCNet', 50), log=str(tmp_path / 'late.log'))
+    result = study.run_jobs([job], FakeExecutor(), 2, deadline_s=60, started=time.time(), known_durations=known)
+    assert result['deferred'] == ['late'] and not ran
+    # without the earlier rows nothing is known and the run starts
+    result = study.run_jobs([job], FakeExecutor(), 2, deadline_s=60, started=time.time())
+    assert result['deferred'] == [] and len(ran) == 1
