@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One backbone's low-label study (docs/LOW_LABEL.md) in one call of about ten minutes on one GPU: data, the
-# pre-trainings (the scratch fine-tunes run beside them: they need none), then every other fine-tune that fits before
-# the deadline, and the report.
+# pre-trainings (the scratch fine-tunes run beside a single one: they need none), then every other fine-tune that fits
+# before the deadline, and the report.
 #
 #   bash benchmarks/low_label_in_one_command.sh OUT_DIR [BACKBONE [BUDGET_SECONDS]]
 #
@@ -50,14 +50,19 @@ if [ -n "$SOURCES" ]; then
     PRETRAIN_PID=$!
 fi
 SCRATCH_PID=""
-case " $ARM_LIST " in *" scratch "*)
-    # the scratch arm needs no pre-training: it starts once the data are ready and shares the card with it
+# The scratch arm needs no pre-training: beside a single pre-training it starts once the data are ready and shares
+# the card with it. Two pre-trainings at once (e.g. the target pool and the oracle) fill an 80 GB card on their own
+# (~49 + 25 GiB for full-size QCNet), so then the scratch arm waits and runs with the other arms.
+if [ $(echo $SOURCES | wc -w) -gt 1 ]; then
+    case " $ARM_LIST " in *" scratch "*) OTHER_ARMS="scratch $OTHER_ARMS" ;; esac
+else case " $ARM_LIST " in *" scratch "*)
     while [ -n "$PRETRAIN_PID" ] && kill -0 $PRETRAIN_PID 2>/dev/null \
           && ! grep -q "^data ready" "$OUT/pretrain.log" 2>/dev/null; do sleep 2; done
     $FINETUNE --arms scratch --parallel $(( PARALLEL > 1 ? PARALLEL - 1 : 1 )) \
         --deadline_s $((BUDGET - SECONDS - 30)) --no_report > "$OUT/finetune_scratch.log" 2>&1 &
     SCRATCH_PID=$! ;;
 esac
+fi
 if [ -n "$PRETRAIN_PID" ]; then
     wait $PRETRAIN_PID
     tail -25 "$OUT/pretrain.log"
