@@ -12,7 +12,7 @@ from typing import List
 import pytorch_lightning as pl
 import torch
 
-from acceleration.compiled import set_activation_memory_budget, start_compile_workers, use_compile_cache_dir
+from acceleration.compiled import set_activation_memory_budget, use_compile_cache_dir
 from acceleration.kernels.layer_ops import CompiledOps, FusedOps, GRULoopOps, RecomputedOps
 from acceleration.options import SpeedOptions
 from layers.attention_layer import AttentionLayer
@@ -78,7 +78,6 @@ def apply(model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     if options.compiles:
         use_compile_cache_dir(options.compile_cache_dir)
         set_activation_memory_budget(options.compile_memory_budget)
-        start_compile_workers()
 
     if isinstance(model, pl.LightningModule):
         model.fused_optimizer = options.fused_optimizer

@@ -42,19 +42,6 @@ def avoid_mix_order_reduction() -> None:
         inductor_config.triton.mix_order_reduction = False
 
 
-def start_compile_workers() -> None:
-    """Starts inductor's kernel-compiling worker processes now and asks them to report ready, instead of at the first
-    compiled call. A restarted run finds its kernels in the compile cache and loads them at the first calls: in this
-    process, one after another, unless the workers are ready by then, in which case they load them in parallel.
-    Started here, they come up while the model is moved and the functions are traced. GPU only: the workers serve
-    the Triton backend."""
-    if not torch.cuda.is_available():
-        return
-    from torch._inductor.async_compile import AsyncCompile
-    AsyncCompile.warm_pool()
-    AsyncCompile.wakeup()   # submits the readiness job; returns at once
-
-
 def graph_input(value):
     """A compiled function's argument with its tensors as plain contiguous tensors. Dynamo guards the strides of
     each input tensor and, for a view, the layout of the tensor it views, so the same call with a view of another

@@ -88,9 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--compile_memory_budget', type=float, default=None,
                         help='ours: fraction of their activations the compiled backward keeps (below 1: recompute '
                              'more, keep less; default: the preset\'s)')
-    parser.add_argument('--early_compile_workers', type=str2bool, default=True,
-                        help="ours: start inductor's kernel-compiling workers when the options are applied (default) "
-                             'or, with 0, at the first compiled call as inductor does by itself')
     parser.add_argument('--device', type=str, default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--batch_size', type=int, default=16, help='scenarios per step')
     parser.add_argument('--steps', type=int, default=30, help='timed steps (median reported)')
@@ -212,9 +209,6 @@ def build_model(args, modules):
     compile_here = args.compile if args.compile is not None else torch.device(args.device).type == 'cuda'
     if not compile_here:  # CPU smoke runs compile nothing unless asked to
         options = options.replace(compile_attention=False, compile_embeddings=False, compile_gru=False)
-    if not args.early_compile_workers:
-        import acceleration.apply
-        acceleration.apply.start_compile_workers = lambda: None
     apply(model, options)
     return model
 
@@ -363,7 +357,7 @@ def main(argv=None) -> int:
               'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
               'torch': torch.__version__, 'precision': args.precision, 'tf32': args.tf32,
               'compile_memory_budget': args.compile_memory_budget, 'hidden_dim': args.hidden_dim,
-              'early_compile_workers': args.early_compile_workers, 'batch_size': args.batch_size, 'agents': num_agents,
+              'batch_size': args.batch_size, 'agents': num_agents,
               'num_scenes_available': len(scenes), 'steps': args.steps, 'warmup': args.warmup,
               'median_s': median, 'min_s': min(times), 'max_s': max(times),
               'scenarios_per_s': args.batch_size / median, 'peak_alloc_gib': peak,

@@ -216,21 +216,6 @@ def test_compile_memory_budget_is_set_by_apply(uncompiled):
         functorch_config.activation_memory_budget = before
 
 
-@pytest.mark.parametrize('cuda', [False, True])
-def test_apply_starts_the_kernel_compiling_workers_only_for_compiled_gpu_runs(uncompiled, monkeypatch, cuda):
-    # A restart loads its cached kernels at the first compiled calls, in parallel only if inductor's workers are
-    # ready by then; apply() starts them early. Stand-ins record the calls: the real pool spawns processes.
-    from torch._inductor.async_compile import AsyncCompile
-    calls = []
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
-    monkeypatch.setattr(AsyncCompile, 'warm_pool', classmethod(lambda cls: calls.append('warm_pool')))
-    monkeypatch.setattr(AsyncCompile, 'wakeup', classmethod(lambda cls: calls.append('wakeup')))
-    apply(QCNet(**TINY_QCNET), SpeedOptions())
-    assert calls == []                                  # nothing compiled: no workers
-    apply(QCNet(**TINY_QCNET), SpeedOptions(compile_attention=True))
-    assert calls == (['warm_pool', 'wakeup'] if cuda else [])
-
-
 def test_compiled_functions_are_built_without_mix_order_reduction():
     # Inductor's mix-order reduction returns [H] gradients for the [1, 1, H] norm scales of one-scalar embeddings on
     # CUDA (acceleration/compiled.py); every compiled function of the project must be built with it off.
