@@ -85,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='ours, --speed fast: 0 keeps the CUDA-graph step but compiles nothing (eager kernels '
                              'replayed; quick to start, e.g. to check the capture); 1 compiles on the CPU too '
                              '(default: compile on CUDA only)')
+    parser.add_argument('--cuda_graphs', type=str2bool, default=None,
+                        help='ours: 0 runs the step of the preset without CUDA graphs (with --speed fast: compiled '
+                             'pieces launched eagerly, so that --profile_steps can name the operator behind each '
+                             'kernel; a replayed graph launches no operator); default: the preset\'s')
     parser.add_argument('--compile_memory_budget', type=float, default=None,
                         help='ours: fraction of their activations the compiled backward keeps (below 1: recompute '
                              'more, keep less; default: the preset\'s)')
@@ -106,7 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='run this many more steps after the timed ones under torch.profiler and report the '
                              'device time per step and its largest kernels (where a step\'s time goes)')
     args = parser.parse_args(argv)
-    if args.impl == 'official' and (args.speed != 'default' or args.compile_memory_budget is not None):
+    if args.impl == 'official' and (args.speed != 'default' or args.compile_memory_budget is not None
+                                    or args.cuda_graphs is not None):
         parser.error('--speed is for --impl ours (the official step has no speed options)')
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.profile_steps < 0:
         parser.error('--steps and --batch_size must be >= 1, --warmup and --profile_steps >= 0')
@@ -206,6 +211,8 @@ def build_model(args, modules):
     options = PRESETS[args.speed].replace(tf32=args.tf32)
     if args.compile_memory_budget is not None:
         options = options.replace(compile_memory_budget=args.compile_memory_budget)
+    if args.cuda_graphs is not None:
+        options = options.replace(cuda_graphs=args.cuda_graphs)
     compile_here = args.compile if args.compile is not None else torch.device(args.device).type == 'cuda'
     if not compile_here:  # CPU smoke runs compile nothing unless asked to
         options = options.replace(compile_attention=False, compile_embeddings=False, compile_gru=False)
@@ -266,7 +273,7 @@ def kernel_profiler(device: torch.device, first: int, count: int):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if self.count == first:
                 activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-                self.profiler = profile(activities=activities)
+                self.profiler = profile(activities=activities, record_shapes=True)
                 self.profiler.__enter__()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -356,7 +363,8 @@ def main(argv=None) -> int:
     result = {'impl': args.impl, 'speed': args.speed, 'device': str(device),
               'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
               'torch': torch.__version__, 'precision': args.precision, 'tf32': args.tf32,
-              'compile_memory_budget': args.compile_memory_budget, 'hidden_dim': args.hidden_dim,
+              'compile_memory_budget': args.compile_memory_budget, 'cuda_graphs': args.cuda_graphs,
+              'hidden_dim': args.hidden_dim,
               'batch_size': args.batch_size, 'agents': num_agents,
               'num_scenes_available': len(scenes), 'steps': args.steps, 'warmup': args.warmup,
               'median_s': median, 'min_s': min(times), 'max_s': max(times),

@@ -10,7 +10,8 @@
 # order): official_16 ours_16 graphs_16 fast_16 restart_16 official_32 ours_32 graphs_32 fast_32 (graphs: the
 # CUDA-graph step over eager kernels, nothing compiled: quick to start). Named only: fast_bf16_16/32 (--speed fast
 # under bf16-mixed); budget_16/32 (--speed fast with --compile_memory_budget MEMORY_BUDGET, default 0.6: the
-# compiled backward recomputes more and keeps less).
+# compiled backward recomputes more and keeps less); eager_launch_16/32 (the compiled pieces of --speed fast
+# launched without CUDA graphs: with PROFILE_STEPS > 0 the report names the operators behind the kernels).
 # The fast configurations share one inductor cache (COMPILE_CACHE_DIR, default
 # /tmp/ssl_speed_protocol_compile_cache): restart_16 is fast_16 started again with the kernels the first run left
 # there (its warmup_s is the warm-start time of a restarted run).
@@ -46,6 +47,8 @@ for B in 16 32; do
     run fast_$B 330 --speed fast --batch_size $B --warmup 10
     run restart_$B 150 --speed fast --batch_size $B --warmup 10
     run fast_bf16_$B 330 --speed fast --precision bf16-mixed --batch_size $B --warmup 10
+    # compiled, no CUDA graphs: with PROFILE_STEPS, the operator behind each kernel (a replay launches none)
+    run eager_launch_$B 200 --speed fast --cuda_graphs 0 --batch_size $B --warmup 10
     run budget_$B 330 --speed fast --compile_memory_budget "${MEMORY_BUDGET:-0.6}" --batch_size $B --warmup 10
 done
 echo "total ${SECONDS}s"

@@ -50,9 +50,22 @@ def test_official_step_on_the_same_scenes(tmp_path):
     assert official['agents'] == ours['agents'] > 0  # same scenes (views keep every agent of the scene)
 
 
+def test_cuda_graphs_flag_reaches_the_model():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_ssl_step import build_model, parse_args
+    fast = build_model(parse_args(['--device', 'cpu', '--hidden_dim', '16', '--speed', 'fast']), None)
+    assert fast.fixed_shape_step is not None
+    eager = build_model(parse_args(['--device', 'cpu', '--hidden_dim', '16', '--speed', 'fast', '--cuda_graphs', '0']),
+                        None)
+    assert eager.fixed_shape_step is None
+
+
 def test_flag_errors():
     done = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_ssl_step.py'), '--impl', 'official',
                            '--speed', 'fast'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and '--speed is for --impl ours' in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_ssl_step.py'), '--impl', 'official',
+                           '--cuda_graphs', '0'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and '--speed is for --impl ours' in done.stderr
     done = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_ssl_step.py'), '--impl', 'official',
                            '--official_repo', str(ROOT / 'tests')], cwd=ROOT, capture_output=True, text=True,
