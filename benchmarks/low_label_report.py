@@ -8,7 +8,8 @@ Reads the files that ``benchmarks/ssl_low_label.py`` writes into its results fol
   pretrain_curves.csv  pre-training loss / contrastive accuracy over steps
   finetune_curves.csv  in-training val minFDE per fine-tuning epoch (the plateau check)
 
-and writes ``summary.md`` and ``gain_vs_labelled.png`` next to them.
+and writes ``summary.md``, ``gain_vs_labelled.png`` and ``pretrain_curves.png`` (when pre-training curves exist)
+next to them.
 
 Gain of an arm over scratch at one (backbone, labelled size): the paired differences d_s = scratch_s - arm_s over
 the seeds s that both have; gain = mean(d) / mean(scratch), its standard error = sd(d) / sqrt(n) / mean(scratch)
@@ -300,8 +301,61 @@ def plot_gains(rows: Sequence[dict], path: str) -> None:
     plt.close(fig)
 
 
+def _number(text: str) -> Optional[float]:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_pretrain_curves(curves: Sequence[dict], path: str) -> bool:
+    """pretrain_curves.png: per self-supervised pre-training run, the loss and its two terms, and the contrastive
+    accuracy (train, and val where logged) against the chance level 1 / number of keys, over optimiser steps.
+    Returns False (and writes nothing) when no run logged a contrastive term (e.g. only the supervised oracle)."""
+    runs: Dict[str, List[dict]] = {}
+    for row in curves:
+        if _number(row.get('contra_loss')) is not None and _number(row.get('step')) is not None:
+            runs.setdefault(row['run'], []).append(row)
+    if not runs:
+        return False
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
+    for (loss_ax, acc_ax), (run, rows) in zip(axes, sorted(runs.items())):
+        rows = sorted(rows, key=lambda r: _number(r['step']))
+        steps = [_number(r['step']) for r in rows]
+        for column, label in (('loss', 'loss'), ('contra_loss', 'contrastive'), ('rec_loss', 'reconstruction')):
+            values = [_number(r.get(column)) for r in rows]
+            if any(v is not None for v in values):
+                loss_ax.plot(steps, [math.nan if v is None else v for v in values], label=label)
+        val = [(s, _number(r.get('val_loss'))) for s, r in zip(steps, rows) if _number(r.get('val_loss')) is not None]
+        if val:
+            loss_ax.plot(*zip(*val), 'o--', label='val loss')
+        loss_ax.set_title(f'{run}: loss')
+        loss_ax.set_xlabel('optimiser step')
+        loss_ax.legend(fontsize=8)
+        accuracy = [_number(r.get('contra_acc')) for r in rows]
+        acc_ax.plot(steps, [100 * (math.nan if a is None else a) for a in accuracy], label='train')
+        val_acc = [(s, _number(r.get('val_contra_acc'))) for s, r in zip(steps, rows)
+                   if _number(r.get('val_contra_acc')) is not None]
+        if val_acc:
+            acc_ax.plot([s for s, _ in val_acc], [100 * a for _, a in val_acc], 'o--', label='val')
+        chance = [(s, 100 / k) for s, k in ((s, _number(r.get('num_keys'))) for s, r in zip(steps, rows)) if k]
+        if chance:
+            acc_ax.plot(*zip(*chance), color='grey', lw=0.8, ls=':', label='chance (1 / keys)')
+        acc_ax.set_title(f'{run}: contrastive accuracy (%)')
+        acc_ax.set_xlabel('optimiser step')
+        acc_ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_output_path(path) as temporary:
+        fig.savefig(temporary, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def make_report(results_dir: str) -> dict:
-    """Writes summary.md and gain_vs_labelled.png into ``results_dir``; returns the verdicts."""
+    """Writes summary.md, gain_vs_labelled.png and pretrain_curves.png into ``results_dir``; returns the verdicts."""
     runs_path = os.path.join(results_dir, 'runs.csv')
     if not os.path.exists(runs_path):
         raise ValueError(f'{runs_path}: no such file (run `ssl_low_label.py finetune` first)')
@@ -317,12 +371,13 @@ def make_report(results_dir: str) -> dict:
         except json.JSONDecodeError as error:
             raise ValueError(f'{path}: not valid JSON: {error}') from None
 
-    text, verdicts = summary_markdown(rows, read_json('pretrain.json'),
-                                      read_curves(os.path.join(results_dir, 'pretrain_curves.csv')),
+    pretrain_curves = read_curves(os.path.join(results_dir, 'pretrain_curves.csv'))
+    text, verdicts = summary_markdown(rows, read_json('pretrain.json'), pretrain_curves,
                                       read_curves(os.path.join(results_dir, 'finetune_curves.csv')),
                                       read_json('protocol.json'))
     atomic_write_text(os.path.join(results_dir, 'summary.md'), text)
     plot_gains(rows, os.path.join(results_dir, 'gain_vs_labelled.png'))
+    plot_pretrain_curves(pretrain_curves, os.path.join(results_dir, 'pretrain_curves.png'))
     return verdicts
 
 
@@ -338,7 +393,7 @@ def main(argv=None) -> int:
     for backbone, by_size in verdicts.items():
         for n, text in sorted(by_size.items()):
             print(f'{backbone}, {n} labelled: {text}')
-    print(f'summary.md and gain_vs_labelled.png written to {args.results_dir}')
+    print(f'summary.md and the plots written to {args.results_dir}')
     return 0
 
 

@@ -77,6 +77,7 @@ def test_report_files(tmp_path):
     assert '| QCNet | 200 |' in text and '250 steps, 120 GPU-s' in text and '5.0 % ± 0.1' in text
     assert 'Two profiles mixed vs the target profile alone' in text
     assert (tmp_path / 'gain_vs_labelled.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert not (tmp_path / 'pretrain_curves.png').exists()   # no pre-training curves logged
     assert 'One pretext task vs both' not in text
     # the one-task ablations are compared with the method, seed by seed
     study.write_csv(str(tmp_path / 'runs.csv'), report.RUN_COLUMNS,
@@ -328,3 +329,21 @@ def test_deadline_estimates_runs_from_rows_another_call_finished(tmp_path):
     # without the earlier rows nothing is known and the run starts
     result = study.run_jobs([job], FakeExecutor(), 2, deadline_s=60, started=time.time())
     assert result['deferred'] == [] and len(ran) == 1
+
+
+def test_pretrain_curve_plot(tmp_path):
+    columns = ['run', 'backbone', 'source', 'step', 'epoch', 'loss', 'contra_loss', 'rec_loss', 'contra_acc',
+               'num_keys', 'momentum', 'val_loss', 'val_contra_acc']
+    rows = [{'run': 'QCNet_ssl_target', 'backbone': 'QCNet', 'source': 'ssl_target', 'step': step, 'epoch': 0,
+             'loss': 6 - step / 10, 'contra_loss': 0.8, 'rec_loss': 5 - step / 10, 'contra_acc': 0.01 * step / 10,
+             'num_keys': 500, 'momentum': 0.9, 'val_loss': '' if step < 30 else 2.0, 'val_contra_acc': ''}
+            for step in (10, 20, 30)]
+    rows.append({'run': 'QCNet_oracle', 'backbone': 'QCNet', 'source': 'oracle', 'step': 10, 'epoch': 0, 'loss': 3.0,
+                 **{c: '' for c in columns[6:]}})   # supervised: no contrastive term, no panel
+    path = tmp_path / 'pretrain_curves.png'
+    assert report.plot_pretrain_curves(rows, str(path))
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    from PIL import Image
+    assert Image.open(path).size[1] < 500     # one row of panels: the oracle run has none
+    assert not report.plot_pretrain_curves(rows[-1:], str(tmp_path / 'none.png'))
+    assert not (tmp_path / 'none.png').exists()
