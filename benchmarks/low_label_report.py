@@ -311,11 +311,15 @@ def _number(text: str) -> Optional[float]:
 def plot_pretrain_curves(curves: Sequence[dict], path: str) -> bool:
     """pretrain_curves.png: per self-supervised pre-training run, the loss and its two terms, and the contrastive
     accuracy (train, and val where logged) against the chance level 1 / number of keys, over optimiser steps.
-    Returns False (and writes nothing) when no run logged a contrastive term (e.g. only the supervised oracle)."""
+    Returns False (and writes nothing) when no run logged a contrastive term, in training or validation (e.g. only
+    the supervised oracle)."""
     runs: Dict[str, List[dict]] = {}
     for row in curves:
-        if _number(row.get('contra_loss')) is not None and _number(row.get('step')) is not None:
+        if _number(row.get('step')) is not None:
             runs.setdefault(row['run'], []).append(row)
+    runs = {run: rows for run, rows in runs.items()
+            if any(_number(r.get('contra_loss')) is not None or _number(r.get('val_contra_acc')) is not None
+                   for r in rows)}
     if not runs:
         return False
     import matplotlib
@@ -326,17 +330,19 @@ def plot_pretrain_curves(curves: Sequence[dict], path: str) -> bool:
         rows = sorted(rows, key=lambda r: _number(r['step']))
         steps = [_number(r['step']) for r in rows]
         for column, label in (('loss', 'loss'), ('contra_loss', 'contrastive'), ('rec_loss', 'reconstruction')):
-            values = [_number(r.get(column)) for r in rows]
-            if any(v is not None for v in values):
-                loss_ax.plot(steps, [math.nan if v is None else v for v in values], label=label)
+            points = [(s, _number(r.get(column))) for s, r in zip(steps, rows) if _number(r.get(column)) is not None]
+            if points:
+                loss_ax.plot(*zip(*points), label=label)
         val = [(s, _number(r.get('val_loss'))) for s, r in zip(steps, rows) if _number(r.get('val_loss')) is not None]
         if val:
             loss_ax.plot(*zip(*val), 'o--', label='val loss')
         loss_ax.set_title(f'{run}: loss')
         loss_ax.set_xlabel('optimiser step')
         loss_ax.legend(fontsize=8)
-        accuracy = [_number(r.get('contra_acc')) for r in rows]
-        acc_ax.plot(steps, [100 * (math.nan if a is None else a) for a in accuracy], label='train')
+        accuracy = [(s, _number(r.get('contra_acc'))) for s, r in zip(steps, rows) if _number(r.get('contra_acc'))
+                    is not None]
+        if accuracy:
+            acc_ax.plot([s for s, _ in accuracy], [100 * a for _, a in accuracy], label='train')
         val_acc = [(s, _number(r.get('val_contra_acc'))) for s, r in zip(steps, rows)
                    if _number(r.get('val_contra_acc')) is not None]
         if val_acc:

@@ -849,8 +849,9 @@ def report(out: str) -> int:
     for backbone, by_size in verdicts.items():
         for n, text in sorted(by_size.items()):
             print(f'{backbone}, {n} labelled: {text}', flush=True)
-    print(f'summary: {os.path.join(out, "summary.md")}, plot: {os.path.join(out, "gain_vs_labelled.png")}',
-          flush=True)
+    plots = [os.path.join(out, name) for name in ('gain_vs_labelled.png', 'pretrain_curves.png')
+             if os.path.exists(os.path.join(out, name))]
+    print(f'summary: {os.path.join(out, "summary.md")}, plots: {", ".join(plots)}', flush=True)
     return 0
 
 

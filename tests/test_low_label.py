@@ -346,4 +346,7 @@ def test_pretrain_curve_plot(tmp_path):
     from PIL import Image
     assert Image.open(path).size[1] < 500     # one row of panels: the oracle run has none
     assert not report.plot_pretrain_curves(rows[-1:], str(tmp_path / 'none.png'))
+    # a short run may log only its validation rows: still a panel
+    val_only = [{'run': 'r', 'step': 3, 'val_loss': 4.0, 'val_contra_acc': 0.02}]
+    assert report.plot_pretrain_curves(val_only, str(tmp_path / 'val.png'))
     assert not (tmp_path / 'none.png').exists()
