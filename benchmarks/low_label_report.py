@@ -328,31 +328,28 @@ def plot_pretrain_curves(curves: Sequence[dict], path: str) -> bool:
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
     for (loss_ax, acc_ax), (run, rows) in zip(axes, sorted(runs.items())):
         rows = sorted(rows, key=lambda r: _number(r['step']))
-        steps = [_number(r['step']) for r in rows]
-        for column, label in (('loss', 'loss'), ('contra_loss', 'contrastive'), ('rec_loss', 'reconstruction')):
-            points = [(s, _number(r.get(column))) for s, r in zip(steps, rows) if _number(r.get(column)) is not None]
-            if points:
-                loss_ax.plot(*zip(*points), label=label)
-        val = [(s, _number(r.get('val_loss'))) for s, r in zip(steps, rows) if _number(r.get('val_loss')) is not None]
-        if val:
-            loss_ax.plot(*zip(*val), 'o--', label='val loss')
-        loss_ax.set_title(f'{run}: loss')
-        loss_ax.set_xlabel('optimiser step')
-        loss_ax.legend(fontsize=8)
-        accuracy = [(s, _number(r.get('contra_acc'))) for s, r in zip(steps, rows) if _number(r.get('contra_acc'))
-                    is not None]
-        if accuracy:
-            acc_ax.plot([s for s, _ in accuracy], [100 * a for _, a in accuracy], label='train')
-        val_acc = [(s, _number(r.get('val_contra_acc'))) for s, r in zip(steps, rows)
-                   if _number(r.get('val_contra_acc')) is not None]
-        if val_acc:
-            acc_ax.plot([s for s, _ in val_acc], [100 * a for _, a in val_acc], 'o--', label='val')
-        chance = [(s, 100 / k) for s, k in ((s, _number(r.get('num_keys'))) for s, r in zip(steps, rows)) if k]
+
+        def series(column: str, scale: float = 1.0) -> Tuple[List[float], List[float]]:
+            """(steps, scale * values) of the rows that logged ``column``."""
+            points = [(_number(r['step']), scale * _number(r[column])) for r in rows
+                      if _number(r.get(column)) is not None]
+            return [s for s, _ in points], [v for _, v in points]
+
+        lines = [(loss_ax, 'loss', 1.0, '-', 'loss'), (loss_ax, 'contra_loss', 1.0, '-', 'contrastive'),
+                 (loss_ax, 'rec_loss', 1.0, '-', 'reconstruction'), (loss_ax, 'val_loss', 1.0, 'o--', 'val loss'),
+                 (acc_ax, 'contra_acc', 100.0, '-', 'train'), (acc_ax, 'val_contra_acc', 100.0, 'o--', 'val')]
+        for ax, column, scale, style, label in lines:
+            xs, ys = series(column, scale)
+            if xs:
+                ax.plot(xs, ys, style, label=label)
+        keys_steps, keys = series('num_keys')
+        chance = [(s, 100 / k) for s, k in zip(keys_steps, keys) if k]
         if chance:
             acc_ax.plot(*zip(*chance), color='grey', lw=0.8, ls=':', label='chance (1 / keys)')
-        acc_ax.set_title(f'{run}: contrastive accuracy (%)')
-        acc_ax.set_xlabel('optimiser step')
-        acc_ax.legend(fontsize=8)
+        for ax, title in ((loss_ax, 'loss'), (acc_ax, 'contrastive accuracy (%)')):
+            ax.set_title(f'{run}: {title}')
+            ax.set_xlabel('optimiser step')
+            ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_output_path(path) as temporary:
         fig.savefig(temporary, dpi=110)
